@@ -1,0 +1,51 @@
+"""The one interface every backend implements, and the one every kernel runtime implements.
+
+A backend only multiplies and reduces; the equations of the layer live in linear.functional.
+
+    Backend.gemm(a, b, c, trans_a=, trans_b=, alpha=, beta=, bias=)
+        c[...] = alpha * op(a) @ op(b) + beta * c (+ bias[None, :] when bias is given)
+        op(x) = x.T when the flag is set. op(a) is (M, K), op(b) is (K, N), c is (M, N).
+    Backend.colsum(a, out, beta=)
+        out[...] = a.sum(axis=0) + beta * out, in a fixed (deterministic) order.
+
+What linear.functional guarantees to a backend (so backends never re-check it):
+- every array is an array of `backend.xp`, 2-D for a, b, c and 1-D for bias and out;
+- all arrays share one dtype (float16, bfloat16, float32 or float64); half types accumulate in float32;
+- c and out are C-contiguous, writable and overlap no input;
+- a and b may be any strided view (transposed, Fortran-ordered, negative strides); the backend maps
+  views to leading dimensions and transpose flags and copies only when no such mapping exists;
+- when beta == 0 the contents of c / out are ignored (they may be NaN); M, N, K may be zero.
+
+A kernel backend (cuda, emulate) is the same class with a different Runtime: the runtime compiles a
+kernel source from kernels/ and launches a named template instantiation of it:
+
+    runtime.function(source, name)(grid, block, args, shared_mem=0)
+
+where source is a file name in kernels/ ("gemm.cu"), name an instantiation ("gemm<float, ...>"),
+grid and block 3-tuples, and args a tuple of `runtime.xp` arrays (passed as pointers) and numpy
+scalars (np.int32, np.int64, np.float32, np.float64: passed by value with that exact type).
+"""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Callable, Protocol
+
+
+class Backend(Protocol):
+    name: str
+    xp: ModuleType
+
+    def gemm(self, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b: bool,
+             alpha: float, beta: float, bias: Any = None) -> None: ...
+
+    def colsum(self, a: Any, out: Any, *, beta: float) -> None: ...
+
+
+KernelFunction = Callable[..., None]
+
+
+class Runtime(Protocol):
+    name: str
+    xp: ModuleType
+
+    def function(self, source: str, name: str) -> KernelFunction: ...

@@ -1,0 +1,38 @@
+"""The numpy backend: GEMM through numpy's matmul (BLAS) on transposed views, never copies of them."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _compute_dtype(dtype: np.dtype) -> np.dtype:
+    # Half types accumulate in float32, as the kernels do (numpy's float16 matmul is slow and less precise).
+    return np.dtype(np.float32) if dtype.itemsize == 2 else dtype
+
+
+class NumpyBackend:
+    name = "numpy"
+    xp = np
+
+    def gemm(self, a, b, c, *, trans_a, trans_b, alpha, beta, bias=None):
+        work = _compute_dtype(c.dtype)
+        op_a = a.T if trans_a else a
+        op_b = b.T if trans_b else b
+        if work == c.dtype:
+            product = np.matmul(op_a, op_b, out=c if beta == 0 else None)
+        else:
+            product = np.matmul(op_a.astype(work), op_b.astype(work))
+        if alpha != 1:
+            product *= work.type(alpha)
+        if beta != 0:
+            product += work.type(beta) * c.astype(work, copy=False)
+        if bias is not None:
+            product += bias.astype(work, copy=False)
+        if product is not c:
+            c[...] = product
+
+    def colsum(self, a, out, *, beta):
+        work = _compute_dtype(out.dtype)
+        total = a.sum(axis=0, dtype=work)
+        if beta != 0:
+            total += work.type(beta) * out.astype(work, copy=False)
+        out[...] = total

@@ -1,0 +1,48 @@
+"""Shared test setup: the backend parameter, and CI strictness.
+
+With LINEAR_CI=1 (set by .ci/run) a missing tool is a failure, never a skip: the emulate backend
+(g++), nvcc and NVRTC must all be present there.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+import linear
+from linear.backends import available_backends
+
+CI = os.environ.get("LINEAR_CI") == "1"
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip (locally) or fail (in CI) when a tool the test needs is missing."""
+    if not condition:
+        if CI:
+            pytest.fail(f"{what} is missing, and LINEAR_CI=1 requires it")
+        pytest.skip(f"{what} is missing")
+
+
+def require_tool(tool: str) -> str:
+    path = shutil.which(tool)
+    require(path is not None, f"the tool {tool!r}")
+    return path
+
+
+def pytest_configure(config):
+    if CI and "emulate" not in available_backends():
+        from linear.backends import _load
+        raise pytest.UsageError(f"LINEAR_CI=1 but the emulate backend is unavailable: {_load('emulate')}")
+
+
+# Backends whose arrays are numpy arrays; the cuda backend runs in the suite only with -m gpu.
+HOST_BACKENDS = [name for name in available_backends() if name != "cuda"]
+
+
+@pytest.fixture(params=HOST_BACKENDS + [pytest.param("cuda", marks=pytest.mark.gpu)])
+def backend(request) -> str:
+    """The name of a backend to run the test on; cuda tests skip unless a GPU and CuPy are present."""
+    if request.param == "cuda" and "cuda" not in available_backends():
+        pytest.skip("the cuda backend needs CuPy and a GPU")
+    return request.param
