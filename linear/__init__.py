@@ -1,4 +1,12 @@
-"""linear: GPU linear-layer kernels for Python (Y = X·W + b and its backward pass)."""
-from .backends import available_backends
+"""linear: GPU linear-layer kernels for Python.
 
-__all__ = ["available_backends"]
+    Y = X·W + b            linear.forward(x, w, b)
+    dX, dW, db             linear.backward(dy, x, w)      (dX = dY·Wᵀ, dW = Xᵀ·dY, db = Σ rows of dY)
+    C = α·op(A)·op(B) + βC linear.matmul(a, b, trans_a=, trans_b=, alpha=, beta=, out=)
+
+numpy arrays in, numpy arrays out; CuPy arrays in, CuPy arrays out (backend "cuda").
+"""
+from .backends import BackendUnavailable, available_backends
+from .functional import Gradients, backward, forward, matmul
+
+__all__ = ["forward", "backward", "matmul", "Gradients", "available_backends", "BackendUnavailable"]
