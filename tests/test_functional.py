@@ -1,0 +1,423 @@
+"""The public API on every backend: matmul, forward, backward against a float64 reference.
+
+Each test takes the `backend` fixture (numpy, emulate where a C++ compiler exists, cuda under -m gpu),
+so the kernels behind the emulate and cuda backends face the same assertions as numpy's BLAS.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import linear
+from linear.backends import get_backend
+from reference import assert_close, poisoned, rel_err, to_numpy
+
+try:
+    import ml_dtypes
+    DTYPES = ["float32", "float64", "float16", "bfloat16"]
+except ImportError:  # bfloat16 needs ml_dtypes
+    DTYPES = ["float32", "float64", "float16"]
+
+LAYOUTS = ["C", "F", "reversed", "strided", "sliced"]
+
+
+def dtype_of(name: str) -> np.dtype:
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+def make(rng, backend: str, shape: tuple[int, ...], dtype: str, layout: str = "C"):
+    """Random normal values with the given memory layout, as an array of the backend's module."""
+    values = rng.standard_normal(shape).astype(dtype_of(dtype))
+    if layout == "F":
+        values = np.asfortranarray(values)
+    elif layout == "reversed":  # negative strides on every axis
+        values = np.ascontiguousarray(values[(slice(None, None, -1),) * values.ndim])[
+            (slice(None, None, -1),) * values.ndim]
+    elif layout == "strided":  # a non-unit inner stride
+        wide = np.empty(shape[:-1] + (2 * shape[-1],), values.dtype) if values.ndim else values
+        if values.ndim:
+            wide[..., ::2] = values
+            values = wide[..., ::2]
+    elif layout == "sliced":  # the leading dimension is larger than the row
+        wide = np.zeros(shape[:-1] + (shape[-1] + 3,), values.dtype) if values.ndim else values
+        if values.ndim:
+            wide[..., : shape[-1]] = values
+            values = wide[..., : shape[-1]]
+    xp = get_backend(backend).xp
+    return values if xp is np else xp.asarray(values)
+
+
+def f64(a) -> np.ndarray:
+    return to_numpy(a).astype(np.float64)
+
+
+def op(a: np.ndarray, trans: bool) -> np.ndarray:
+    return a.T if trans else a
+
+
+def fixed_settings(backend: str):
+    """Fewer examples on the emulator (each new kernel instantiation costs a g++ build)."""
+    return settings(max_examples=60 if backend == "numpy" else 20, deadline=None, derandomize=True,
+                    suppress_health_check=list(HealthCheck))
+
+
+small = st.integers(0, 40)
+inner = st.one_of(st.integers(0, 70), st.integers(1000, 4096))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Property tests against float64
+# ----------------------------------------------------------------------------------------------------
+
+def test_matmul_matches_float64(backend):
+    @fixed_settings(backend)
+    @given(m=small, n=small, k=inner, trans_a=st.booleans(), trans_b=st.booleans(),
+           dtype=st.sampled_from(DTYPES), layout_a=st.sampled_from(LAYOUTS), layout_b=st.sampled_from(LAYOUTS),
+           alpha=st.sampled_from([1.0, -0.5, 2.0]), beta=st.sampled_from([0.0, 1.0, 0.25]),
+           seed=st.integers(0, 2**32 - 1))
+    def check(m, n, k, trans_a, trans_b, dtype, layout_a, layout_b, alpha, beta, seed):
+        if k > 100:  # long inner products only on thin outputs, to keep the emulator quick
+            m, n = min(m, 4), min(n, 4)
+        rng = np.random.default_rng(seed)
+        a = make(rng, backend, (k, m) if trans_a else (m, k), dtype, layout_a)
+        b = make(rng, backend, (n, k) if trans_b else (k, n), dtype, layout_b)
+        c = make(rng, backend, (m, n), dtype) if beta else poisoned(get_backend(backend).xp, (m, n), dtype_of(dtype))
+        c0 = f64(c)
+        ref = alpha * op(f64(a), trans_a) @ op(f64(b), trans_b) + (beta * c0 if beta else 0)
+        out = linear.matmul(a, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, out=c, backend=backend)
+        assert out is c
+        assert_close(out, ref, dtype_of(dtype))
+
+    check()
+
+
+def test_forward_matches_float64(backend):
+    @fixed_settings(backend)
+    @given(lead=st.lists(st.integers(0, 5), max_size=3), f=st.integers(0, 70), d=small, bias=st.booleans(),
+           dtype=st.sampled_from(DTYPES), layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**32 - 1))
+    def check(lead, f, d, bias, dtype, layout, seed):
+        rng = np.random.default_rng(seed)
+        x = make(rng, backend, (*lead, f), dtype, layout)
+        w = make(rng, backend, (f, d), dtype, layout)
+        b = make(rng, backend, (d,), dtype) if bias else None
+        ref = f64(x) @ f64(w) + (f64(b) if bias else 0)
+        y = linear.forward(x, w, b, backend=backend)
+        assert type(y) is type(x) and y.dtype == x.dtype and y.shape == (*lead, d)
+        assert_close(y, ref, dtype_of(dtype))
+
+    check()
+
+
+def test_backward_matches_float64(backend):
+    @fixed_settings(backend)
+    @given(lead=st.lists(st.integers(1, 5), max_size=3), f=small, d=small, dtype=st.sampled_from(DTYPES),
+           layout=st.sampled_from(LAYOUTS), accumulate=st.booleans(), seed=st.integers(0, 2**32 - 1))
+    def check(lead, f, d, dtype, layout, accumulate, seed):
+        rng = np.random.default_rng(seed)
+        xp = get_backend(backend).xp
+        x = make(rng, backend, (*lead, f), dtype, layout)
+        w = make(rng, backend, (f, d), dtype, layout)
+        dy = make(rng, backend, (*lead, d), dtype, layout)
+        dt = dtype_of(dtype)
+        dw0 = make(rng, backend, (f, d), dtype) if accumulate else poisoned(xp, (f, d), dt)
+        db0 = make(rng, backend, (d,), dtype) if accumulate else poisoned(xp, (d,), dt)
+        dx_out = poisoned(xp, (*lead, f), dt)
+        rows = int(np.prod(lead))
+        ref_dw = (f64(dw0) if accumulate else 0) + f64(x).reshape(rows, f).T @ f64(dy).reshape(rows, d)
+        ref_db = (f64(db0) if accumulate else 0) + f64(dy).reshape(rows, d).sum(axis=0)
+        g = linear.backward(dy, x, w, dx_out=dx_out, dw_out=dw0, db_out=db0, accumulate=accumulate,
+                            backend=backend)
+        assert g.dx is dx_out and g.dw is dw0 and g.db is db0
+        assert_close(g.dx, f64(dy) @ f64(w).T, dt)
+        assert_close(g.dw, ref_dw, dt)
+        assert_close(g.db, ref_db, dt)
+
+    check()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The gradients are the gradients: finite differences in float64
+# ----------------------------------------------------------------------------------------------------
+
+def numerical_gradient(loss, a: np.ndarray, h: float = 1e-6) -> np.ndarray:
+    """Central differences of loss() with respect to every element of a (modified in place, restored)."""
+    grad = np.empty_like(a)
+    for i in np.ndindex(a.shape):
+        saved = a[i]
+        a[i] = saved + h
+        up = loss()
+        a[i] = saved - h
+        down = loss()
+        a[i] = saved
+        grad[i] = (up - down) / (2 * h)
+    return grad
+
+
+def test_gradients_match_finite_differences(backend):
+    rng = np.random.default_rng(7)
+    xp = get_backend(backend).xp
+    x, w, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5)), rng.standard_normal(5)
+    g_out = rng.standard_normal((2, 3, 5))  # L = Σ G ∘ Y, so dL/dY = G
+
+    def loss() -> float:
+        y = linear.forward(xp.asarray(x), xp.asarray(w), xp.asarray(b), backend=backend)
+        return float(np.sum(g_out * to_numpy(y)))
+
+    grads = linear.backward(xp.asarray(g_out), xp.asarray(x), xp.asarray(w), backend=backend)
+    for name, ours, param in (("dx", grads.dx, x), ("dw", grads.dw, w), ("db", grads.db, b)):
+        numeric = numerical_gradient(loss, param)
+        assert rel_err(ours, numeric) < 1e-8, name
+
+
+def test_mean_loss_puts_one_over_batch_inside_dy(backend):
+    """L = mean_i ½‖y_i − t_i‖²: dY = (Y − T)/B, and dW = Xᵀ·dY with no further 1/B."""
+    rng = np.random.default_rng(8)
+    xp = get_backend(backend).xp
+    batch = 6
+    x, w, t = rng.standard_normal((batch, 3)), rng.standard_normal((3, 2)), rng.standard_normal((batch, 2))
+
+    def loss() -> float:
+        y = to_numpy(linear.forward(xp.asarray(x), xp.asarray(w), backend=backend))
+        return float(0.5 * np.sum((y - t) ** 2) / batch)
+
+    y = to_numpy(linear.forward(xp.asarray(x), xp.asarray(w), backend=backend))
+    dy = (y - t) / batch
+    grads = linear.backward(xp.asarray(dy), xp.asarray(x), xp.asarray(w), need_db=False, backend=backend)
+    assert grads.db is None
+    assert rel_err(grads.dw, numerical_gradient(loss, w)) < 1e-8
+    assert rel_err(grads.dw, x.T @ dy) < 1e-12
+
+
+# ----------------------------------------------------------------------------------------------------
+# Zero-size dimensions behave as numpy's matmul
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_zero_features(backend, bias):
+    rng = np.random.default_rng(1)
+    x, w = make(rng, backend, (3, 0), "float32"), make(rng, backend, (0, 4), "float32")
+    b = make(rng, backend, (4,), "float32") if bias else None
+    y = to_numpy(linear.forward(x, w, b, backend=backend))
+    np.testing.assert_array_equal(y, np.broadcast_to(to_numpy(b) if bias else 0, (3, 4)))
+    g = linear.backward(make(rng, backend, (3, 4), "float32"), x, w, backend=backend)
+    assert g.dx.shape == (3, 0) and g.dw.shape == (0, 4) and g.db.shape == (4,)
+
+
+def test_zero_batch(backend):
+    rng = np.random.default_rng(2)
+    x, w = make(rng, backend, (0, 5), "float32"), make(rng, backend, (5, 3), "float32")
+    assert linear.forward(x, w, backend=backend).shape == (0, 3)
+    g = linear.backward(make(rng, backend, (0, 3), "float32"), x, w, backend=backend)
+    assert g.dx.shape == (0, 5)
+    np.testing.assert_array_equal(to_numpy(g.dw), np.zeros((5, 3)))
+    np.testing.assert_array_equal(to_numpy(g.db), np.zeros(3))
+
+
+def test_matmul_empty_inner_dimension_scales_c(backend):
+    rng = np.random.default_rng(3)
+    a, b = make(rng, backend, (4, 0), "float64"), make(rng, backend, (0, 3), "float64")
+    c = make(rng, backend, (4, 3), "float64")
+    expected = 0.5 * to_numpy(c)
+    linear.matmul(a, b, beta=0.5, out=c, backend=backend)
+    np.testing.assert_array_equal(to_numpy(c), expected)
+
+
+# ----------------------------------------------------------------------------------------------------
+# out=, aliasing, and inputs left alone
+# ----------------------------------------------------------------------------------------------------
+
+def test_inputs_are_never_modified(backend):
+    rng = np.random.default_rng(4)
+    x, w, b = (make(rng, backend, s, "float32", "F") for s in ((6, 5), (5, 4), (4,)))
+    dy = make(rng, backend, (6, 4), "float32")
+    before = [to_numpy(a).copy() for a in (x, w, b, dy)]
+    linear.forward(x, w, b, backend=backend)
+    linear.backward(dy, x, w, backend=backend)
+    linear.matmul(x, w, backend=backend)
+    for original, now in zip(before, (x, w, b, dy)):
+        np.testing.assert_array_equal(original, to_numpy(now))
+
+
+def test_out_aliasing_an_input_gives_the_right_answer(backend):
+    rng = np.random.default_rng(5)
+    a = make(rng, backend, (8, 8), "float64")
+    b = make(rng, backend, (8, 8), "float64")
+    ref = f64(a).T @ f64(b) + 2 * f64(a)
+    out = linear.matmul(a, b, trans_a=True, beta=2.0, out=a, backend=backend)  # C = Aᵀ·B + 2·A, into A
+    assert out is a
+    assert rel_err(a, ref) < 1e-12
+    # dx_out aliasing x: dW must still be computed from the original x
+    x, w, dy = make(rng, backend, (5, 5), "float64"), make(rng, backend, (5, 5), "float64"), \
+        make(rng, backend, (5, 5), "float64")
+    ref_dw, ref_dx = f64(x).T @ f64(dy), f64(dy) @ f64(w).T
+    g = linear.backward(dy, x, w, dx_out=x, backend=backend)
+    assert rel_err(g.dw, ref_dw) < 1e-12 and rel_err(x, ref_dx) < 1e-12
+
+
+def test_non_contiguous_out(backend):
+    rng = np.random.default_rng(6)
+    x, w = make(rng, backend, (7, 3), "float32"), make(rng, backend, (3, 5), "float32")
+    xp = get_backend(backend).xp
+    out = xp.full((5, 7), np.nan, dtype=np.float32).T  # Fortran-ordered view
+    y = linear.forward(x, w, out=out, backend=backend)
+    assert y is out
+    assert_close(out, f64(x) @ f64(w), np.float32)
+
+
+def test_mixed_dtypes_follow_numpy_result_type(backend):
+    rng = np.random.default_rng(9)
+    x, w = make(rng, backend, (4, 3), "float32"), make(rng, backend, (3, 2), "float64")
+    y = linear.forward(x, w, backend=backend)
+    assert y.dtype == np.float64
+    assert rel_err(y, f64(x) @ f64(w)) < 1e-12
+
+
+def test_float16_accumulates_in_float32(backend):
+    """Σ of 4096 products in float16 would lose ~3 digits; accumulating in float32 keeps the error at rounding."""
+    rng = np.random.default_rng(10)
+    x, w = make(rng, backend, (2, 4096), "float16"), make(rng, backend, (4096, 3), "float16")
+    err = rel_err(linear.forward(x, w, backend=backend), f64(x) @ f64(w))
+    assert err < 2e-3, err
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bad input: a clear exception that names the argument
+# ----------------------------------------------------------------------------------------------------
+
+BAD_DTYPES = [np.int32, np.int64, np.bool_, np.complex64, object]
+
+
+@pytest.mark.parametrize("bad", BAD_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("argument", ["x", "w", "b"])
+def test_forward_rejects_non_float_dtypes(backend, argument, bad):
+    rng = np.random.default_rng(11)
+    args = {"x": make(rng, backend, (3, 4), "float32"), "w": make(rng, backend, (4, 2), "float32"),
+            "b": make(rng, backend, (2,), "float32")}
+    if bad is object and get_backend(backend).xp is not np:
+        pytest.skip("CuPy has no object arrays")
+    args[argument] = args[argument].astype(bad)
+    with pytest.raises(TypeError, match=rf"{argument} has shape .* and dtype {np.dtype(bad).name}"):
+        linear.forward(args["x"], args["w"], args["b"], backend=backend)
+
+
+@pytest.mark.parametrize("argument", ["dy", "x", "w"])
+def test_backward_rejects_non_float_dtypes(backend, argument):
+    rng = np.random.default_rng(12)
+    args = {"dy": make(rng, backend, (3, 2), "float32"), "x": make(rng, backend, (3, 4), "float32"),
+            "w": make(rng, backend, (4, 2), "float32")}
+    args[argument] = args[argument].astype(np.int64)
+    with pytest.raises(TypeError, match=rf"{argument} has shape .* and dtype int64"):
+        linear.backward(args["dy"], args["x"], args["w"], backend=backend)
+
+
+@pytest.mark.parametrize("argument", ["a", "b"])
+def test_matmul_rejects_non_float_dtypes(backend, argument):
+    rng = np.random.default_rng(13)
+    args = {"a": make(rng, backend, (3, 4), "float32"), "b": make(rng, backend, (4, 2), "float32")}
+    args[argument] = args[argument].astype(np.complex64)
+    with pytest.raises(TypeError, match=rf"{argument} has shape .* and dtype complex64"):
+        linear.matmul(args["a"], args["b"], backend=backend)
+
+
+@pytest.mark.parametrize("shapes, names", [
+    (((3, 4), (5, 2), None), ["(3, 4)", "(5, 2)"]),     # F mismatch
+    (((3, 4), (4, 2), (3,)), ["b", "(3,)"]),             # bias length
+    (((3, 4), (4, 2), (1, 2)), ["b", "(1, 2)"]),          # bias not 1-D
+    (((3, 4), (4,), None), ["w", "(4,)"]),               # w not 2-D
+    (((), (4, 2), None), ["x", "()"]),                   # x a scalar
+])
+def test_forward_shape_errors_name_the_shapes(backend, shapes, names):
+    rng = np.random.default_rng(14)
+    x, w, b = (None if s is None else make(rng, backend, s, "float32") for s in shapes)
+    with pytest.raises(ValueError) as info:
+        linear.forward(x, w, b, backend=backend)
+    for name in names:
+        assert name in str(info.value)
+
+
+def test_backward_shape_errors_name_the_shapes(backend):
+    rng = np.random.default_rng(15)
+    x, w = make(rng, backend, (3, 4), "float32"), make(rng, backend, (4, 2), "float32")
+    with pytest.raises(ValueError, match=r"dy has shape \(3, 5\)"):
+        linear.backward(make(rng, backend, (3, 5), "float32"), x, w, backend=backend)
+    with pytest.raises(ValueError, match=r"dy has shape \(2, 2\)"):
+        linear.backward(make(rng, backend, (2, 2), "float32"), x, w, backend=backend)
+    with pytest.raises(ValueError, match="accumulate=True needs dw_out"):
+        linear.backward(make(rng, backend, (3, 2), "float32"), x, w, accumulate=True, backend=backend)
+
+
+def test_matmul_shape_errors_name_the_shapes(backend):
+    rng = np.random.default_rng(16)
+    a, b = make(rng, backend, (3, 4), "float32"), make(rng, backend, (3, 2), "float32")
+    with pytest.raises(ValueError, match=r"\(3, 4\).*\(3, 2\)"):
+        linear.matmul(a, b, backend=backend)
+    assert linear.matmul(a, b, trans_a=True, backend=backend).shape == (4, 2)
+    with pytest.raises(ValueError, match="a must be 2-D"):
+        linear.matmul(make(rng, backend, (2, 3, 4), "float32"), b, backend=backend)
+    with pytest.raises(ValueError, match="beta != 0 needs out"):
+        linear.matmul(a, b, trans_a=True, beta=1.0, backend=backend)
+    with pytest.raises(TypeError, match="alpha must be a real number"):
+        linear.matmul(a, b, trans_a=True, alpha="2", backend=backend)
+
+
+@pytest.mark.parametrize("out_shape, out_dtype, error", [
+    ((3, 3), "float32", ValueError), ((2, 3), "float64", TypeError), ((2, 3), "float16", TypeError),
+])
+def test_bad_out_is_rejected(backend, out_shape, out_dtype, error):
+    rng = np.random.default_rng(17)
+    x, w = make(rng, backend, (2, 4), "float32"), make(rng, backend, (4, 3), "float32")
+    out = make(rng, backend, out_shape, out_dtype)
+    with pytest.raises(error, match=rf"out has shape \({out_shape[0]}, {out_shape[1]}\) and dtype {out_dtype}"):
+        linear.forward(x, w, out=out, backend=backend)
+    for name in ("dw_out", "dx_out"):
+        with pytest.raises((ValueError, TypeError), match=name):
+            linear.backward(make(rng, backend, (2, 3), "float32"), x, w, **{name: out}, backend=backend)
+
+
+def test_read_only_out_is_rejected():
+    x, w = np.ones((2, 2), np.float32) + 1, np.ones((2, 2), np.float32) + 2
+    out = np.empty((2, 2), np.float32)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="out is read-only"):
+        linear.forward(x, w, out=out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Choosing the backend
+# ----------------------------------------------------------------------------------------------------
+
+def test_linear_backend_environment_variable(monkeypatch):
+    x, w = np.full((2, 3), 0.5, np.float32), np.full((3, 2), 0.25, np.float32)
+    monkeypatch.setenv("LINEAR_BACKEND", "no-such-backend")
+    with pytest.raises(ValueError, match="no-such-backend"):
+        linear.forward(x, w)
+    monkeypatch.setenv("LINEAR_BACKEND", "numpy")
+    np.testing.assert_allclose(linear.forward(x, w), x @ w)
+
+
+def test_numpy_arrays_on_the_cuda_backend_are_refused():
+    x, w = np.full((2, 3), 0.5, np.float32), np.full((3, 2), 0.25, np.float32)
+    error = TypeError if "cuda" in linear.available_backends() else linear.BackendUnavailable
+    with pytest.raises(error, match="cuda"):
+        linear.forward(x, w, backend="cuda")
+
+
+@pytest.mark.gpu
+def test_mixing_numpy_and_cupy_is_a_type_error():
+    if "cuda" not in linear.available_backends():
+        pytest.skip("needs the cuda backend")
+    import cupy
+    x, w = cupy.full((2, 3), 0.5, cupy.float32), np.full((3, 2), 0.25, np.float32)
+    with pytest.raises(TypeError, match="cannot mix CuPy and numpy"):
+        linear.forward(x, w)
+
+
+def test_lists_are_accepted_as_numpy_arrays():
+    y = linear.forward([[1.0, 2.0]], [[3.0], [4.0]])
+    assert isinstance(y, np.ndarray) and y.tolist() == [[11.0]]
+
+
+def test_available_backends_always_has_numpy():
+    assert linear.available_backends()[0] == "numpy"
