@@ -1,0 +1,169 @@
+"""linear.optim: several steps of SGD and Adam against a float64 numpy transcription of torch.optim's
+update rules, on every array module (numpy, and CuPy under -m gpu), and their argument checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from linear import Parameter, optim
+from linear.backends import get_backend
+from reference import TOLERANCE, rel_err, to_numpy
+
+STEPS = 5
+DTYPES = ["float32", "float64", "float16", "bfloat16"]
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        return np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    return np.dtype(name)
+
+
+def rounded(p, dtype):
+    """p stored into a parameter of `dtype` (each step rounds the parameter, not the float64 state)."""
+    return p.astype(dtype).astype(np.float64)
+
+
+def sgd_reference(p, grads, dtype, lr, momentum=0.0, weight_decay=0.0):
+    """torch.optim.SGD with dampening 0 and no Nesterov, in float64."""
+    buf = None
+    for g in grads:
+        g = g + weight_decay * p
+        if momentum:
+            buf = g.copy() if buf is None else momentum * buf + g
+            g = buf
+        p = rounded(p - lr * g, dtype)
+    return p
+
+
+def adam_reference(p, grads, dtype, lr, betas, eps, weight_decay=0.0, bias_correction=True):
+    """torch.optim.Adam (no AMSGrad, L2 weight decay added to the gradient), in float64."""
+    m = v = np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        g = g + weight_decay * p
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        if bias_correction:
+            m_hat, v_hat = m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)
+        else:  # only for the negative control
+            m_hat, v_hat = m, v
+        p = rounded(p - lr * m_hat / (np.sqrt(v_hat) + eps), dtype)
+    return p
+
+
+def run(backend, dtype, make_optimizer):
+    """STEPS steps on two parameters with fresh gradients each step.
+
+    Returns (initial values, gradients per step, final values), all float64 numpy, taken from the
+    parameters' own (rounded) dtype so the reference starts where the optimizer did.
+    """
+    xp = get_backend(backend).xp
+    rng = np.random.default_rng(0)
+    shapes = [(3, 4), (4,)]
+    params = [Parameter(xp.asarray(rng.standard_normal(s).astype(numpy_dtype(dtype)))) for s in shapes]
+    initial = [to_numpy(p.data).astype(np.float64) for p in params]
+    data_arrays = [p.data for p in params]
+    optimizer = make_optimizer(params)
+    grads = [[] for _ in params]
+    for _ in range(STEPS):
+        for p, history in zip(params, grads):
+            g = rng.standard_normal(p.data.shape).astype(p.data.dtype)
+            p.grad[...] = xp.asarray(g)
+            history.append(g.astype(np.float64))
+        optimizer.step()
+        for p, history in zip(params, grads):  # step never writes into grad (weight decay included)
+            np.testing.assert_array_equal(to_numpy(p.grad).astype(np.float64), history[-1])
+    for p, data in zip(params, data_arrays):  # updated in place, dtype kept
+        assert p.data is data and p.data.dtype == numpy_dtype(dtype)
+    return initial, grads, [to_numpy(p.data).astype(np.float64) for p in params]
+
+
+def displacement_error(initial, final, expected) -> float:
+    """Relative error of the distance travelled (p - p0), which the update rule alone decides."""
+    return max(rel_err(f - i, e - i) for i, f, e in zip(initial, final, expected))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.0, 0.1), (0.8, 0.05)])
+def test_sgd_matches_torch_rule(backend, dtype, momentum, weight_decay):
+    lr = 0.1
+    initial, grads, final = run(backend, dtype, lambda params: optim.SGD(params, lr=lr, momentum=momentum,
+                                                                          weight_decay=weight_decay))
+    expected = [sgd_reference(p, g, numpy_dtype(dtype), lr, momentum, weight_decay) for p, g in zip(initial, grads)]
+    assert displacement_error(initial, final, expected) <= TOLERANCE[dtype]
+    if momentum:  # negative control: the momentum buffer changes the path
+        plain = [sgd_reference(p, g, numpy_dtype(dtype), lr, 0.0, weight_decay) for p, g in zip(initial, grads)]
+        assert displacement_error(initial, final, plain) > 0.1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adam_matches_torch_rule(backend, dtype, weight_decay):
+    hyper = dict(lr=0.1, betas=(0.8, 0.9), eps=1e-3, weight_decay=weight_decay)
+    initial, grads, final = run(backend, dtype, lambda params: optim.Adam(params, **hyper))
+    expected = [adam_reference(p, g, numpy_dtype(dtype), **hyper) for p, g in zip(initial, grads)]
+    assert displacement_error(initial, final, expected) <= TOLERANCE[dtype]
+    # negative control: without bias correction the first steps are much shorter
+    uncorrected = [adam_reference(p, g, numpy_dtype(dtype), **hyper, bias_correction=False) for p, g in zip(initial, grads)]
+    assert displacement_error(initial, final, uncorrected) > 0.1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_optimizer_state_dtype(dtype):
+    """State has the parameter's dtype, float32 for half types."""
+    p = Parameter(np.ones(3, dtype))
+    p.grad[...] = 1
+    sgd, adam = optim.SGD([p], lr=0.1, momentum=0.9), optim.Adam([p])
+    sgd.step()
+    adam.step()
+    expected = np.float32 if dtype == "float16" else np.dtype(dtype)
+    assert sgd.state[0]["momentum_buffer"].dtype == expected
+    assert adam.state[0]["exp_avg"].dtype == adam.state[0]["exp_avg_sq"].dtype == expected
+
+
+def test_defaults_follow_torch():
+    adam = optim.Adam([Parameter(np.ones(2))])
+    assert (adam.lr, adam.betas, adam.eps, adam.weight_decay) == (1e-3, (0.9, 0.999), 1e-8, 0.0)
+    sgd = optim.SGD([Parameter(np.ones(2))], lr=0.5)
+    assert (sgd.lr, sgd.momentum, sgd.weight_decay) == (0.5, 0.0, 0.0)
+
+
+def test_zero_grad_clears_in_place(backend):
+    xp = get_backend(backend).xp
+    params = [Parameter(xp.ones((2, 3), dtype="float32")), Parameter(xp.ones(3, dtype="float32"))]
+    grads = [p.grad for p in params]
+    for p in params:
+        p.grad[...] = 5
+    optim.SGD(params, lr=0.1).zero_grad()
+    for p, g in zip(params, grads):
+        assert p.grad is g and not to_numpy(p.grad).any()
+
+
+def test_zero_learning_rate_leaves_parameters_unchanged():
+    p = Parameter(np.arange(1.0, 4.0))
+    p.grad[...] = 1
+    for optimizer in (optim.SGD([p], lr=0, momentum=0.9), optim.Adam([p], lr=0)):
+        optimizer.step()
+    np.testing.assert_array_equal(p.data, [1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("make, exception, words", [
+    (lambda ps: optim.SGD(ps, lr=-0.1), ValueError, ["lr", "-0.1"]),
+    (lambda ps: optim.SGD(ps, lr=float("nan")), ValueError, ["lr", "nan"]),
+    (lambda ps: optim.SGD(ps, lr=0.1, momentum=-0.5), ValueError, ["momentum", "-0.5"]),
+    (lambda ps: optim.SGD(ps, lr=0.1, weight_decay=-1), ValueError, ["weight_decay", "-1"]),
+    (lambda ps: optim.Adam(ps, lr=-1e-3), ValueError, ["lr", "-0.001"]),
+    (lambda ps: optim.Adam(ps, betas=(1.0, 0.999)), ValueError, ["betas[0]", "1.0"]),
+    (lambda ps: optim.Adam(ps, betas=(0.9, -0.1)), ValueError, ["betas[1]", "-0.1"]),
+    (lambda ps: optim.Adam(ps, betas=(0.9,)), ValueError, ["betas", "(0.9,)"]),
+    (lambda ps: optim.Adam(ps, eps=-1e-8), ValueError, ["eps", "-1e-08"]),
+    (lambda ps: optim.Adam(ps, weight_decay=-0.1), ValueError, ["weight_decay", "-0.1"]),
+    (lambda ps: optim.Adam([]), ValueError, ["params", "empty"]),
+    (lambda ps: optim.SGD(iter([]), lr=0.1), ValueError, ["params", "empty"]),
+    (lambda ps: optim.SGD([*ps, np.ones(3)], lr=0.1), TypeError, ["params[1]", ".data and .grad", "ndarray"]),
+])
+def test_bad_hyper_parameters_are_clear_errors(make, exception, words):
+    with pytest.raises(exception) as info:
+        make([Parameter(np.ones(3))])
+    for word in words:
+        assert word in str(info.value)
