@@ -1,0 +1,592 @@
+// The emulator's runtime: runs the threads of a CUDA launch as fibers on the calling OS thread.
+//
+// Blocks run one after another. Inside a block every CUDA thread is a fiber (a stackful coroutine
+// with its own 64 KiB stack and a guard page below it). The scheduler makes passes over the block:
+// in a pass every runnable fiber runs, in the order the schedule gives (forward, reverse or a
+// seeded shuffle), until it waits at __syncthreads, waits in a warp collective, or exits. Between
+// passes the scheduler completes the warp collectives whose lanes have all arrived; when there are
+// none and every live thread waits at __syncthreads it releases the barrier; otherwise no thread
+// can ever move again and the block is deadlocked. Since fibers never preempt each other, every
+// read-modify-write between two waits is atomic, so atomics are plain code (see cuda_emu.h).
+//
+// Faults in kernel code (SIGSEGV on a guard page, SIGFPE, ...) and the watchdog's SIGALRM jump
+// back to emu_run with siglongjmp, so a bad kernel ends in a Python exception, not a dead process.
+// Built once per machine (emulate.py caches it) and shared by every kernel library.
+#include "emu_runtime.h"
+
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__ELF__) && !defined(EMU_UCONTEXT)
+#define EMU_ASM_SWITCH 1
+#else
+#define EMU_ASM_SWITCH 0
+#include <ucontext.h>
+#endif
+
+const emu_uint3* emu_thread_idx;
+emu_uint3 emu_block_idx, emu_block_dim, emu_grid_dim;
+void* emu_dynamic_shared;
+
+namespace {
+
+constexpr size_t kStackBytes = 64 * 1024;
+constexpr size_t kMaxDynamicShared = 256 * 1024;
+constexpr unsigned kMaxThreadsPerBlock = 1024;
+constexpr unsigned kNone = ~0u;
+
+// ---- Context switch ------------------------------------------------------------------------
+#if EMU_ASM_SWITCH
+// emu_switch_context(save, next): push the callee-saved registers, store the stack pointer in
+// *save, load next as the stack pointer, pop that context's registers and return into it. The
+// System V ABI lets everything else be clobbered across a call; kernels never change the FP
+// control registers, so those are not saved. About 20 ns, against ~400 ns for swapcontext, which
+// also makes a system call for the signal mask.
+asm(R"(
+    .text
+    .p2align 4
+    .globl emu_switch_context
+    .hidden emu_switch_context
+    .type emu_switch_context, @function
+emu_switch_context:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch_context, .-emu_switch_context
+)");
+extern "C" void emu_switch_context(void** save, void* next);
+
+struct Context { void* sp; };
+
+void context_switch(Context& from, Context& to) { emu_switch_context(&from.sp, to.sp); }
+
+// A fresh context whose first switch "returns" into entry with an ABI-aligned stack.
+void context_make(Context& c, char* stack_low, size_t bytes, void (*entry)()) {
+    auto top = reinterpret_cast<uintptr_t>(stack_low + bytes) & ~uintptr_t(15);
+    auto** sp = reinterpret_cast<void**>(top);
+    *--sp = nullptr;                            // entry's return address: entry never returns
+    *--sp = reinterpret_cast<void*>(entry);     // popped by ret
+    for (int i = 0; i < 6; ++i) *--sp = nullptr;  // rbp rbx r12 r13 r14 r15
+    c.sp = sp;
+}
+#else
+// Portable fallback: POSIX ucontext (slower: a system call per switch).
+struct Context { ucontext_t uc; };
+
+void context_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+
+void context_make(Context& c, char* stack_low, size_t bytes, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack_low;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+#endif
+
+// ---- Threads of the running block --------------------------------------------------------------
+enum class State : unsigned char { runnable, at_barrier, at_warp, exited };
+
+struct Fiber {
+    Context context;
+    emu_uint3 thread_idx;
+    unsigned warp, lane;
+    State state;
+    // The warp collective this lane waits in and, once the group completes, its result.
+    int op, lane_param, width;
+    unsigned mask;
+    uint64_t value, result;
+};
+
+const char* const kWarpOpNames[] = {
+    "__syncwarp", "__shfl_sync", "__shfl_up_sync", "__shfl_down_sync", "__shfl_xor_sync",
+    "__ballot_sync", "__match_any_sync", "__reduce_add_sync", "__reduce_min_sync",
+    "__reduce_max_sync", "__reduce_min_sync", "__reduce_max_sync", "__reduce_and_sync",
+    "__reduce_or_sync", "__reduce_xor_sync"};
+
+struct Runtime {
+    emu_launch* launch = nullptr;
+    void (*run_thread)(void*) = nullptr;
+    void* closure = nullptr;
+    Context scheduler;                 // the caller's stack, where the scheduler runs
+    Fiber* current = nullptr;          // the running fiber; null while the scheduler runs
+    std::vector<Fiber> fibers;
+    std::vector<unsigned> order;       // the order of the current pass
+    unsigned n_threads = 0, live = 0;  // threads in the block; those not exited
+    unsigned at_barrier = 0, barrier_true = 0;  // waiting at __syncthreads; with a true predicate
+    unsigned released_arrived = 0, released_true = 0;  // the same, at the last release
+    uint64_t rng = 0;
+    char* stacks = nullptr;            // kMaxThreadsPerBlock slots of [guard page][stack]
+    size_t stack_slot = 0;
+    char* shared = nullptr;            // kMaxDynamicShared bytes, then a guard page
+    size_t page = 0;
+    sigjmp_buf jump;                   // back to emu_run from a signal handler or emu_fail
+    volatile sig_atomic_t jump_status = EMU_OK;
+    pthread_t launch_thread;
+    volatile sig_atomic_t in_launch = 0;
+};
+Runtime rt;
+
+int vfail(const Fiber* thread, const char* format, va_list ap) {
+    emu_launch* L = rt.launch;
+    L->error_block = emu_block_idx;
+    L->error_thread = thread ? thread->thread_idx : emu_uint3{kNone, kNone, kNone};
+    vsnprintf(L->message, sizeof L->message, format, ap);
+    return EMU_ERROR;
+}
+
+__attribute__((format(printf, 2, 3))) int fail(const Fiber* thread, const char* format, ...) {
+    va_list ap;
+    va_start(ap, format);
+    vfail(thread, format, ap);
+    va_end(ap);
+    return EMU_ERROR;
+}
+
+void yield_to_scheduler() { context_switch(rt.current->context, rt.scheduler); }
+
+void fiber_main() {
+    rt.run_thread(rt.closure);
+    rt.current->state = State::exited;
+    --rt.live;
+    yield_to_scheduler();
+    __builtin_unreachable();
+}
+
+void resume(Fiber& f) {
+    rt.current = &f;
+    emu_thread_idx = &f.thread_idx;
+    context_switch(rt.scheduler, f.context);
+    rt.current = nullptr;
+}
+
+uint64_t next_random() {  // splitmix64
+    uint64_t z = (rt.rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+void plan_pass() {
+    if (rt.launch->schedule != EMU_SHUFFLE) return;  // forward and reverse orders never change
+    for (unsigned i = rt.n_threads; i > 1; --i) std::swap(rt.order[i - 1], rt.order[next_random() % i]);
+}
+
+// ---- Warp collectives --------------------------------------------------------------------------
+unsigned width_source(unsigned lane, int op, int param, unsigned width) {
+    unsigned segment = lane & ~(width - 1);
+    switch (op) {
+    case EMU_SHFL_IDX: return segment + (unsigned(param) & (width - 1));
+    case EMU_SHFL_UP: return (lane - segment) >= unsigned(param) ? lane - param : lane;
+    case EMU_SHFL_DOWN: return (lane - segment) + unsigned(param) < width ? lane + param : lane;
+    default: {  // EMU_SHFL_XOR: lanes of a later segment are out of reach
+        unsigned source = lane ^ unsigned(param);
+        return source < segment + width ? source : lane;
+    }
+    }
+}
+
+uint64_t reduce(int op, uint64_t a, uint64_t b) {
+    auto sa = int32_t(uint32_t(a)), sb = int32_t(uint32_t(b));
+    auto ua = uint32_t(a), ub = uint32_t(b);
+    switch (op) {
+    case EMU_REDUCE_ADD: return uint32_t(ua + ub);
+    case EMU_REDUCE_MIN_S: return uint32_t(sa < sb ? sa : sb);
+    case EMU_REDUCE_MAX_S: return uint32_t(sa > sb ? sa : sb);
+    case EMU_REDUCE_MIN_U: return ua < ub ? ua : ub;
+    case EMU_REDUCE_MAX_U: return ua > ub ? ua : ub;
+    case EMU_REDUCE_AND: return ua & ub;
+    case EMU_REDUCE_OR: return ua | ub;
+    default: return ua ^ ub;
+    }
+}
+
+// Every lane of the group (a mask of lanes of warp `lanes`) waits in the same collective: compute
+// each lane's result. A shuffle from a lane outside the group reads poison (all bits set).
+void complete_group(Fiber* lanes, unsigned group) {
+    const Fiber& first = lanes[__builtin_ctz(group)];
+    uint64_t ballot = 0, reduced = 0;
+    bool first_value = true;
+    for (unsigned m = group; m; m &= m - 1) {
+        const Fiber& f = lanes[__builtin_ctz(m)];
+        ballot |= uint64_t(f.value != 0) << f.lane;
+        reduced = first_value ? uint32_t(f.value) : reduce(first.op, reduced, f.value);
+        first_value = false;
+    }
+    for (unsigned m = group; m; m &= m - 1) {
+        Fiber& f = lanes[__builtin_ctz(m)];
+        switch (f.op) {
+        case EMU_WARP_SYNC: f.result = 0; break;
+        case EMU_BALLOT: f.result = ballot; break;
+        case EMU_MATCH_ANY: {
+            uint64_t same = 0;
+            for (unsigned o = group; o; o &= o - 1) {
+                const Fiber& other = lanes[__builtin_ctz(o)];
+                same |= uint64_t(other.value == f.value) << other.lane;
+            }
+            f.result = same;
+            break;
+        }
+        case EMU_SHFL_IDX: case EMU_SHFL_UP: case EMU_SHFL_DOWN: case EMU_SHFL_XOR: {
+            unsigned source = width_source(f.lane, f.op, f.lane_param, unsigned(f.width));
+            f.result = source < 32 && (group >> source & 1) ? lanes[source].value : ~uint64_t(0);
+            break;
+        }
+        default: f.result = reduced; break;
+        }
+        f.state = State::runnable;
+    }
+}
+
+// Completes every warp collective whose lanes have all arrived; *completed tells whether one did.
+// Returns EMU_OK, or EMU_ERROR for a collective that CUDA leaves undefined.
+int complete_warp_collectives(bool* completed) {
+    *completed = false;
+    for (unsigned base = 0; base < rt.n_threads; base += 32) {
+        Fiber* lanes = &rt.fibers[base];
+        unsigned n = rt.n_threads - base < 32 ? rt.n_threads - base : 32;
+        unsigned existing = n == 32 ? ~0u : (1u << n) - 1, waiting = 0, exited = 0;
+        for (unsigned l = 0; l < n; ++l) {
+            waiting |= unsigned(lanes[l].state == State::at_warp) << l;
+            exited |= unsigned(lanes[l].state == State::exited) << l;
+        }
+        for (unsigned pending = waiting; pending;) {
+            const Fiber& f = lanes[__builtin_ctz(pending)];
+            const char* op = kWarpOpNames[f.op];
+            unsigned group = f.mask & existing;
+            if (!(group >> f.lane & 1))
+                return fail(&f, "%s with mask 0x%08x, which leaves out the calling lane %u", op,
+                            f.mask, f.lane);
+            if (f.width < 1 || f.width > 32 || (f.width & (f.width - 1)))
+                return fail(&f, "%s with width %d (must be a power of 2 up to 32)", op, f.width);
+            if (group & exited) {
+                if (rt.launch->strict)
+                    return fail(&f, "%s with mask 0x%08x names lanes that have exited (0x%08x); "
+                                "strict mode", op, f.mask, group & exited);
+                group &= ~exited;
+            }
+            pending &= ~group;
+            if ((group & waiting) != group) continue;  // some lanes have not arrived yet
+            for (unsigned m = group; m; m &= m - 1) {
+                const Fiber& g = lanes[__builtin_ctz(m)];
+                if (g.op != f.op || g.mask != f.mask)
+                    return fail(&g, "divergent warp collective: lane %u calls %s with mask 0x%08x "
+                                "while lane %u calls %s with mask 0x%08x", g.lane,
+                                kWarpOpNames[g.op], g.mask, f.lane, op, f.mask);
+            }
+            complete_group(lanes, group);
+            waiting &= ~group;
+            *completed = true;
+        }
+    }
+    return EMU_OK;
+}
+
+// ---- Blocks ------------------------------------------------------------------------------------
+void poison_shared() {
+    const emu_launch* L = rt.launch;
+    for (int i = 0; i < L->n_static_shared; ++i)
+        memset(L->static_shared[i], 0xFF, L->static_shared_bytes[i]);
+    memset(emu_dynamic_shared, 0xFF, L->dynamic_shared_bytes);
+}
+
+int deadlock() {
+    unsigned at_warp = 0;
+    const Fiber* example = nullptr;  // the first thread waiting in a warp collective
+    for (unsigned i = 0; i < rt.n_threads; ++i)
+        if (rt.fibers[i].state == State::at_warp && at_warp++ == 0) example = &rt.fibers[i];
+    if (example)
+        return fail(example, "deadlock: %u threads wait at __syncthreads, %u in warp collectives "
+                    "(e.g. %s with mask 0x%08x), %u have exited", rt.at_barrier, at_warp,
+                    kWarpOpNames[example->op], example->mask, rt.n_threads - rt.live);
+    return fail(nullptr, "deadlock: %u threads wait at __syncthreads, %u have exited",
+                rt.at_barrier, rt.n_threads - rt.live);
+}
+
+int run_block() {
+    const emu_uint3 b = emu_block_dim;
+    poison_shared();
+    unsigned i = 0;
+    for (unsigned z = 0; z < b.z; ++z)
+        for (unsigned y = 0; y < b.y; ++y)
+            for (unsigned x = 0; x < b.x; ++x, ++i) {
+                Fiber& f = rt.fibers[i];
+                f.thread_idx = {x, y, z};
+                f.warp = i / 32;
+                f.lane = i % 32;
+                f.state = State::runnable;
+                char* slot = rt.stacks + i * rt.stack_slot;
+                context_make(f.context, slot + rt.page, kStackBytes, fiber_main);
+            }
+    rt.live = rt.n_threads;
+    rt.at_barrier = rt.barrier_true = 0;
+    // A pass runs every runnable thread until it waits or exits. After it, complete what can be
+    // completed: warp collectives first, then the block barrier once every live thread is at it.
+    for (;;) {
+        plan_pass();
+        for (unsigned t : rt.order)
+            if (rt.fibers[t].state == State::runnable) resume(rt.fibers[t]);
+        if (rt.live == 0) return EMU_OK;
+        bool completed;
+        if (int status = complete_warp_collectives(&completed)) return status;
+        if (completed) continue;
+        if (rt.at_barrier != rt.live) return deadlock();
+        if (rt.live < rt.n_threads && rt.launch->strict)
+            return fail(nullptr, "__syncthreads completed only because %u of %u threads exited "
+                        "(strict mode; every thread of the block must reach each barrier)",
+                        rt.n_threads - rt.live, rt.n_threads);
+        rt.released_arrived = rt.at_barrier;
+        rt.released_true = rt.barrier_true;
+        rt.at_barrier = rt.barrier_true = 0;
+        for (unsigned t = 0; t < rt.n_threads; ++t)
+            if (rt.fibers[t].state == State::at_barrier) rt.fibers[t].state = State::runnable;
+    }
+}
+
+// ---- Memory ------------------------------------------------------------------------------------
+char* map_anonymous(size_t bytes) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    return p == MAP_FAILED ? nullptr : static_cast<char*>(p);
+}
+
+bool allocate_once() {
+    if (rt.stacks) return true;
+    rt.page = size_t(sysconf(_SC_PAGESIZE));
+    rt.stack_slot = rt.page + kStackBytes;
+    rt.stacks = map_anonymous(kMaxThreadsPerBlock * rt.stack_slot);
+    rt.shared = map_anonymous(kMaxDynamicShared + rt.page);
+    if (!rt.stacks || !rt.shared) return false;
+    for (unsigned i = 0; i < kMaxThreadsPerBlock; ++i)
+        mprotect(rt.stacks + i * rt.stack_slot, rt.page, PROT_NONE);
+    mprotect(rt.shared + kMaxDynamicShared, rt.page, PROT_NONE);
+    rt.fibers.resize(kMaxThreadsPerBlock);
+    return true;
+}
+
+// ---- Signals -----------------------------------------------------------------------------------
+const int kSignals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGALRM};
+struct sigaction previous_action[sizeof kSignals / sizeof kSignals[0]];
+stack_t previous_altstack;
+itimerval previous_timer;
+alignas(16) char altstack[64 * 1024];
+
+void restore_previous_action(int sig) {
+    for (size_t i = 0; i < sizeof kSignals / sizeof kSignals[0]; ++i)
+        if (kSignals[i] == sig) sigaction(sig, &previous_action[i], nullptr);
+}
+
+void on_signal(int sig, siginfo_t* info, void* context) {
+    const bool ours = rt.in_launch && pthread_equal(pthread_self(), rt.launch_thread);
+    if (!ours) {
+        if (sig == SIGALRM) {  // the watchdog: forward it to the launch, or drop it after the launch
+            if (rt.in_launch) pthread_kill(rt.launch_thread, SIGALRM);
+        } else {  // not a fault of the launch: the previous handler sees it when the access repeats
+            restore_previous_action(sig);
+        }
+        return;
+    }
+    emu_launch* L = rt.launch;
+    L->error_block = emu_block_idx;
+    L->error_thread = rt.current ? rt.current->thread_idx : emu_uint3{kNone, kNone, kNone};
+    if (sig == SIGALRM) {
+        rt.jump_status = EMU_TIMEOUT;
+    } else {
+        L->fault_signal = sig;
+        L->fault_address = reinterpret_cast<uintptr_t>(info->si_addr);
+        L->fault_is_write = -1;
+#if defined(__x86_64__) && defined(__linux__)
+        if (sig == SIGSEGV)  // bit 1 of the page-fault error code: the access was a write
+            L->fault_is_write = int(static_cast<ucontext_t*>(context)->uc_mcontext.gregs[REG_ERR] >> 1 & 1);
+#else
+        (void)context;
+#endif
+        rt.jump_status = EMU_FAULT;
+    }
+    siglongjmp(rt.jump, 1);
+}
+
+itimerval seconds_timer(double seconds) {
+    itimerval timer{};
+    timer.it_value.tv_sec = time_t(seconds);
+    timer.it_value.tv_usec = suseconds_t((seconds - double(time_t(seconds))) * 1e6);
+    return timer;
+}
+
+double seconds_left(const itimerval& timer) {
+    return double(timer.it_value.tv_sec) + 1e-6 * double(timer.it_value.tv_usec);
+}
+
+void install_handlers(double timeout_s) {
+    stack_t alt{};
+    alt.ss_sp = altstack;
+    alt.ss_size = sizeof altstack;
+    sigaltstack(&alt, &previous_altstack);
+    struct sigaction action {};
+    action.sa_sigaction = on_signal;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+    sigemptyset(&action.sa_mask);
+    for (size_t i = 0; i < sizeof kSignals / sizeof kSignals[0]; ++i)
+        sigaction(kSignals[i], &action, &previous_action[i]);
+    if (timeout_s > 0) {
+        itimerval timer = seconds_timer(timeout_s);
+        setitimer(ITIMER_REAL, &timer, &previous_timer);
+    }
+}
+
+void restore_handlers(double timeout_s) {
+    if (timeout_s > 0) {  // give back the caller's timer, less the time the launch took
+        itimerval stop{}, ours{};
+        setitimer(ITIMER_REAL, &stop, &ours);
+        if (previous_timer.it_value.tv_sec || previous_timer.it_value.tv_usec) {
+            double left = seconds_left(previous_timer) - (timeout_s - seconds_left(ours));
+            itimerval rest = seconds_timer(left > 1e-6 ? left : 1e-6);
+            rest.it_interval = previous_timer.it_interval;
+            setitimer(ITIMER_REAL, &rest, nullptr);
+        }
+    }
+    for (size_t i = 0; i < sizeof kSignals / sizeof kSignals[0]; ++i)
+        sigaction(kSignals[i], &previous_action[i], nullptr);
+    sigaltstack(&previous_altstack, nullptr);
+}
+
+// Names the faults the runtime can explain; the caller explains the rest (its argument copies).
+void describe_fault(emu_launch* L) {
+    const char* address = reinterpret_cast<const char*>(L->fault_address);
+    const char* dynamic_end = rt.shared + kMaxDynamicShared;
+    if (L->fault_signal == SIGFPE)
+        snprintf(L->message, sizeof L->message, "arithmetic exception (SIGFPE: an integer division by zero?)");
+    else if (L->fault_signal == SIGILL)
+        snprintf(L->message, sizeof L->message, "illegal instruction (SIGILL)");
+    else if (address >= dynamic_end && address < dynamic_end + rt.page)
+        snprintf(L->message, sizeof L->message, "out-of-bounds shared memory %s at byte %zu of the "
+                 "dynamic shared memory (%llu bytes)",
+                 L->fault_is_write == 1 ? "write" : L->fault_is_write == 0 ? "read" : "access",
+                 size_t(address - static_cast<const char*>(emu_dynamic_shared)),
+                 static_cast<unsigned long long>(L->dynamic_shared_bytes));
+    else if (address >= rt.stacks && address < rt.stacks + kMaxThreadsPerBlock * rt.stack_slot &&
+             size_t(address - rt.stacks) % rt.stack_slot < rt.page)
+        snprintf(L->message, sizeof L->message, "stack overflow: the thread needs more than the "
+                 "emulator's %zu KiB stack (large local arrays or recursion)", kStackBytes / 1024);
+}
+
+int check_launch(emu_launch* L) {
+    const emu_uint3 b = L->block, g = L->grid;
+    uint64_t threads = uint64_t(b.x) * b.y * b.z;
+    if (threads == 0 || threads > kMaxThreadsPerBlock || b.z > 64 || g.x == 0 || g.y == 0 || g.z == 0 ||
+        g.y > 65535 || g.z > 65535)
+        return fail(nullptr, "invalid launch: grid (%u, %u, %u), block (%u, %u, %u)", g.x, g.y, g.z,
+                    b.x, b.y, b.z);
+    if (L->dynamic_shared_bytes > kMaxDynamicShared)
+        return fail(nullptr, "dynamic shared memory of %llu bytes exceeds the emulator's %zu",
+                    static_cast<unsigned long long>(L->dynamic_shared_bytes), kMaxDynamicShared);
+    if (!allocate_once()) return fail(nullptr, "cannot map memory for fiber stacks");
+    return EMU_OK;
+}
+
+}  // namespace
+
+extern "C" int emu_run(emu_launch* L, void (*run_thread)(void*), void* closure) {
+    rt.launch = L;
+    L->message[0] = '\0';
+    L->fault_signal = 0;
+    if (int status = check_launch(L)) return status;
+    rt.run_thread = run_thread;
+    rt.closure = closure;
+    rt.rng = L->seed;
+    emu_block_dim = L->block;
+    emu_grid_dim = L->grid;
+    rt.n_threads = L->block.x * L->block.y * L->block.z;
+    rt.order.resize(rt.n_threads);
+    std::iota(rt.order.begin(), rt.order.end(), 0u);
+    if (L->schedule == EMU_REVERSE) std::reverse(rt.order.begin(), rt.order.end());
+    // The dynamic buffer ends at the guard page, so reading past its end faults.
+    emu_dynamic_shared = rt.shared + kMaxDynamicShared - ((L->dynamic_shared_bytes + 15) & ~uint64_t(15));
+
+    rt.launch_thread = pthread_self();
+    rt.jump_status = EMU_OK;
+    install_handlers(L->timeout_s);
+    rt.in_launch = 1;
+    int status = EMU_OK;
+    if (sigsetjmp(rt.jump, 1) == 0) {
+        for (unsigned z = 0; z < L->grid.z && status == EMU_OK; ++z)
+            for (unsigned y = 0; y < L->grid.y && status == EMU_OK; ++y)
+                for (unsigned x = 0; x < L->grid.x && status == EMU_OK; ++x) {
+                    emu_block_idx = {x, y, z};
+                    status = run_block();
+                    if (status != EMU_OK) break;
+                }
+    } else {
+        status = rt.jump_status;
+        if (status == EMU_FAULT) describe_fault(L);
+    }
+    rt.in_launch = 0;
+    restore_handlers(L->timeout_s);
+    rt.current = nullptr;
+    rt.launch = nullptr;
+    return status;
+}
+
+extern "C" int emu_syncthreads(int op, int predicate) {
+    Fiber* f = rt.current;
+    f->state = State::at_barrier;
+    ++rt.at_barrier;
+    rt.barrier_true += predicate != 0;
+    yield_to_scheduler();
+    switch (op) {
+    case EMU_SYNC_COUNT: return int(rt.released_true);
+    case EMU_SYNC_AND: return rt.released_true == rt.released_arrived;
+    case EMU_SYNC_OR: return rt.released_true != 0;
+    default: return 0;
+    }
+}
+
+extern "C" uint64_t emu_warp_collective(int op, unsigned mask, uint64_t value, int lane_param, int width) {
+    Fiber* f = rt.current;
+    f->op = op;
+    f->mask = mask;
+    f->value = value;
+    f->lane_param = lane_param;
+    f->width = width;
+    f->state = State::at_warp;
+    yield_to_scheduler();
+    return f->result;
+}
+
+extern "C" unsigned emu_active_mask() {
+    const Fiber* lanes = &rt.fibers[rt.current->warp * 32];
+    unsigned n = rt.n_threads - rt.current->warp * 32, mask = 0;
+    for (unsigned l = 0; l < n && l < 32; ++l) mask |= unsigned(lanes[l].state != State::exited) << l;
+    return mask;
+}
+
+extern "C" unsigned emu_lane_id() { return rt.current->lane; }
+
+extern "C" void emu_fail(const char* message) {
+    fail(rt.current, "%s", message);
+    rt.jump_status = EMU_ERROR;
+    siglongjmp(rt.jump, 1);
+}

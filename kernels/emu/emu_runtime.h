@@ -1,0 +1,75 @@
+// The C interface of the emulator's runtime library (emu_runtime.cpp, built once per machine).
+//
+// Three parties use it:
+//   - linear/backends/emulate.py fills an emu_launch (mirrored there with ctypes) and calls the
+//     kernel library's emu_entry(launch);
+//   - the kernel library (a wrapper around one template instantiation, see cuda_emu.h) unpacks the
+//     arguments and hands emu_run a type-erased "run one thread" function;
+//   - the built-ins of cuda_emu.h (__syncthreads, __shfl_sync, ...) call the emu_* functions below.
+#pragma once
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct { unsigned int x, y, z; } emu_uint3;
+
+enum emu_schedule { EMU_FORWARD = 0, EMU_REVERSE = 1, EMU_SHUFFLE = 2 };
+
+enum emu_status {
+    EMU_OK = 0,
+    EMU_ERROR = 1,    // deadlock, strict-mode violation, misuse of a warp collective, assert, __trap
+    EMU_FAULT = 2,    // a signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL) in a thread: see fault_address
+    EMU_TIMEOUT = 3,  // the launch ran longer than timeout_s (a spin-wait that cannot finish)
+};
+
+typedef struct {
+    // Filled by the caller.
+    emu_uint3 grid, block;
+    uint64_t dynamic_shared_bytes;
+    int32_t schedule;              // enum emu_schedule: order in which a block's threads run
+    int32_t strict;                // a barrier that completes only because threads exited is an error
+    uint64_t seed;                 // for EMU_SHUFFLE
+    double timeout_s;              // 0: no watchdog
+    void** args;                   // args[i] points at the value of kernel parameter i
+    int32_t n_args;
+    int32_t n_static_shared;
+    void** static_shared;          // static __shared__ variables, poisoned at every block start
+    uint64_t* static_shared_bytes;
+    // Filled by the runtime when the status is not EMU_OK.
+    emu_uint3 error_block, error_thread;
+    int32_t fault_signal;          // EMU_FAULT: the signal number
+    int32_t fault_is_write;        // EMU_FAULT: 1 write, 0 read, -1 unknown
+    uint64_t fault_address;        // EMU_FAULT
+    char message[1024];
+} emu_launch;
+
+// Runs every thread of every block of the launch; returns an emu_status.
+int emu_run(emu_launch* launch, void (*run_thread)(void* closure), void* closure);
+
+// Built-ins, called from kernel code (through cuda_emu.h).
+extern const emu_uint3* emu_thread_idx;  // the running thread's threadIdx
+extern emu_uint3 emu_block_idx, emu_block_dim, emu_grid_dim;
+extern void* emu_dynamic_shared;         // the launch's dynamic shared memory (extern __shared__)
+
+enum emu_block_op { EMU_SYNC = 0, EMU_SYNC_COUNT = 1, EMU_SYNC_AND = 2, EMU_SYNC_OR = 3 };
+int emu_syncthreads(int op, int predicate);
+
+enum emu_warp_op {
+    EMU_WARP_SYNC = 0, EMU_SHFL_IDX, EMU_SHFL_UP, EMU_SHFL_DOWN, EMU_SHFL_XOR, EMU_BALLOT,
+    EMU_MATCH_ANY, EMU_REDUCE_ADD, EMU_REDUCE_MIN_S, EMU_REDUCE_MAX_S, EMU_REDUCE_MIN_U,
+    EMU_REDUCE_MAX_U, EMU_REDUCE_AND, EMU_REDUCE_OR, EMU_REDUCE_XOR,
+};
+// Waits for the lanes of mask, then returns this lane's result of op on the lanes' values.
+uint64_t emu_warp_collective(int op, unsigned mask, uint64_t value, int lane_param, int width);
+unsigned emu_active_mask(void);
+unsigned emu_lane_id(void);
+
+// Ends the launch with EMU_ERROR and the message (assert, __trap); never returns.
+void emu_fail(const char* message) __attribute__((noreturn));
+
+#ifdef __cplusplus
+}
+#endif
