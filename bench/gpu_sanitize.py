@@ -1,0 +1,139 @@
+"""Launch every kernel instantiation once, on small shapes with partial tiles, and check each result.
+
+    PYTHONPATH=. python bench/gpu_sanitize.py [--backend cuda|emulate] [--splits 1 3]
+    PYTHONPATH=. python bench/gpu_sanitize.py --compile-only --jobs 8
+
+bench/gpu_check.sh first compiles every instantiation into CuPy's kernel cache in parallel
+processes (--compile-only), then runs the launches plainly and under compute-sanitizer memcheck and
+racecheck. Prints one line per launch; exits 1 if a result is wrong or an instantiation of
+linear.backends.plan.instantiations() was never launched.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import multiprocessing
+import sys
+
+import numpy as np
+
+from linear.backends import get_backend, plan
+from linear.backends.kernel import KernelBackend
+from linear.backends.plan import Tuning
+
+# Partial tiles in M and N, three K steps (the last one partial), so edges and the pipeline run.
+SHAPES = {"large": (130, 70, 20), "medium": (70, 40, 20), "small": (40, 36, 20)}
+TOLERANCE = {"float64": 1e-12, "float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}
+
+
+def dtype_of(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def host(x) -> np.ndarray:
+    return x.get() if hasattr(x, "get") else np.asarray(x)
+
+
+def matrix(xp, rng, rows: int, cols: int, dtype: np.dtype, ld: int):
+    """Random values as a row-major view with leading dimension ld (NaN between cols and ld)."""
+    storage = np.full((rows, ld), np.nan, dtype)
+    storage[:, :cols] = rng.standard_normal((rows, cols))
+    return xp.asarray(storage)[:, :cols]
+
+
+def rel_err(out, ref: np.ndarray) -> float:
+    out = host(out).astype(np.float64)
+    if not np.all(np.isfinite(out)):
+        return float("inf")
+    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-300))
+
+
+def check_gemm(backend, dtype: str, trans_a: bool, trans_b: bool, config: str, vector: bool, splits: int,
+               rng) -> tuple[str, float]:
+    xp, t = backend.xp, dtype_of(dtype)
+    m, n, k = SHAPES[config]
+    ld = (lambda cols: -(-cols // 8) * 8) if vector else (lambda cols: cols + 1)
+    a_shape, b_shape = ((k, m) if trans_a else (m, k)), ((n, k) if trans_b else (k, n))
+    a = matrix(xp, rng, *a_shape, t, ld(a_shape[1]))
+    b = matrix(xp, rng, *b_shape, t, ld(b_shape[1]))
+    bias = xp.asarray(rng.standard_normal(n).astype(t))
+    c0 = rng.standard_normal((m, n)).astype(t)
+    c = xp.array(c0)  # a copy, also for numpy
+    tuned = KernelBackend(backend.runtime, Tuning(config=config, vector=vector, splits=splits))
+    launches = plan.plan_gemm(xp, a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=0.5, beta=0.25, bias=bias,
+                              tuning=tuned.tuning)
+    tuned.launch(launches)
+    a64, b64 = host(a).astype(np.float64), host(b).astype(np.float64)
+    ref = 0.5 * ((a64.T if trans_a else a64) @ (b64.T if trans_b else b64)) + 0.25 * c0.astype(np.float64) \
+        + host(bias).astype(np.float64)
+    return " + ".join(launch.name for launch in launches), rel_err(c, ref)
+
+
+def check_colsum(backend, dtype: str, rng) -> tuple[str, float]:
+    xp, t = backend.xp, dtype_of(dtype)
+    a = matrix(xp, rng, 1000, 37, t, 40)
+    out = xp.full(37, np.nan, t)
+    launches = plan.plan_colsum(xp, a, out, beta=0.0)
+    backend.launch(launches)
+    return " + ".join(launch.name for launch in launches), rel_err(out, host(a).astype(np.float64).sum(axis=0))
+
+
+def compile_kernels(backend_name: str, kernels: list[tuple[str, str]]) -> int:
+    runtime = get_backend(backend_name).runtime
+    for source, name in kernels:
+        runtime.function(source, name)
+    return len(kernels)
+
+
+def compile_all(backend_name: str, jobs: int) -> None:
+    """Every instantiation compiled (into CuPy's on-disk cache), `jobs` processes at a time."""
+    kernels = [(kernel.source, kernel.name) for kernel in plan.instantiations()]
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        done = sum(pool.map(compile_kernels, [backend_name] * jobs, [kernels[i::jobs] for i in range(jobs)]))
+    print(f"{done} kernels compiled")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", default="cuda", choices=["cuda", "emulate"])
+    parser.add_argument("--splits", type=int, nargs="+", default=[1, 3],
+                        help="split-K counts to run (3 also launches the workspace and sum_splits kernels)")
+    parser.add_argument("--compile-only", action="store_true", help="only compile every instantiation")
+    parser.add_argument("--jobs", type=int, default=8, help="compiler processes for --compile-only")
+    args = parser.parse_args()
+    if args.compile_only:
+        compile_all(args.backend, args.jobs)
+        return 0
+    backend = get_backend(args.backend)
+    rng = np.random.default_rng(0)
+    launched, failures = set(), 0
+    for dtype in TOLERANCE:
+        for trans_a in (False, True):
+            for trans_b in (False, True):
+                for config in SHAPES:
+                    for vector in (False, True):
+                        for splits in args.splits:
+                            names, err = check_gemm(backend, dtype, trans_a, trans_b, config, vector, splits, rng)
+                            failures += report(names, err, dtype, launched)
+        failures += report(*check_colsum(backend, dtype, rng), dtype, launched)
+    missing = {kernel.name for kernel in plan.instantiations()} - launched
+    if 1 in args.splits and 3 in args.splits and missing:
+        print(f"NOT LAUNCHED: {sorted(missing)}")
+        failures += 1
+    print(f"{len(launched)} kernels launched, {failures} failures")
+    return 1 if failures else 0
+
+
+def report(names: str, err: float, dtype: str, launched: set) -> int:
+    launched.update(names.split(" + "))
+    ok = err <= TOLERANCE[dtype]
+    print(f"{'ok  ' if ok else 'FAIL'} rel_err {err:.2e}  {names}", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+// linear_gemm: C = alpha · op(A) · op(B) + beta · C  (+ bias[None, :])
+//
+//   op(X) is X or Xᵀ, chosen at compile time by TRANS_A / TRANS_B; op(A) is M x K, op(B) is K x N,
+//   C is M x N. Every matrix is stored row-major with a leading dimension (lda, ldb, ldc), so a
+//   transposed or Fortran-ordered view is the other flag, never a copy. The layer uses
+//     NN  Y  = X · W  (+ bias)        NT  dX = dY · Wᵀ        TN  dW = Xᵀ · dY
+//   and TT exists because matmul exposes both flags. Half types accumulate in float.
+//
+// Tiling: one thread block per BM x BN tile of C; grid = (⌈M/BM⌉, ⌈N/BN⌉, splits).
+//
+//                                         n0     n0+BN
+//                                  ┌──────┬──────┬──────┐
+//                                  │      │  Bs  │      │  op(B), K x N: the block walks down its
+//                                  │      │BKxBN │      │  column panel, BK rows per step
+//                                  │      │  ↓   │      │
+//                                  └──────┴──────┴──────┘
+//              k0     k0+BK
+//       ┌──────┬──────┬──────┐     ┌──────┬──────┬──────┐
+//       │      │      │      │     │      │      │      │
+//    m0 ├──────┼──────┼──────┤     ├──────┼──────┼──────┤
+//       │      │  As  │      │     │      │  C   │      │  the C tile, BM x BN: each of the
+//       │      │BMxBK │      │     │      │ tile │      │  (BM/TM)·(BN/TN) threads keeps
+//       ├──────┼──────┼──────┤     ├──────┼──────┼──────┤  TM x TN of it in registers
+//       └──────┴──────┴──────┘     └──────┴──────┴──────┘
+//       op(A), M x K: the block walks along     C, M x N
+//       its row panel, BK columns per step
+//
+// Thread (tx, ty) owns TM/4 groups of 4 adjacent rows, BM/(TM/4) apart, and likewise TN/4 groups of
+// 4 adjacent columns, so the 4-wide fragments that neighbouring threads read from shared memory are
+// neighbours too (no bank conflicts). For TM = TN = 8:
+//
+//            BN/2          BN/2
+//     ┌─────────────┬─────────────┐
+//     │ t0 t1 t2 …  │ t0 t1 t2 …  │  rows 4·ty .. 4·ty+3, columns 4·tx .. 4·tx+3 of each quarter
+//     ├─────────────┼─────────────┤
+//     │ t0 t1 t2 …  │ t0 t1 t2 …  │  BM/2 rows further down
+//     └─────────────┴─────────────┘
+//
+// K loop: double-buffered shared memory, one __syncthreads per step:
+//     registers       ← global tile t+1        (issued first: its latency hides behind the math)
+//     acc            += As[t%2] · Bs[t%2]      (BK rank-1 updates of the TM x TN register block)
+//     As/Bs[(t+1)%2]  ← registers
+//     __syncthreads()
+// Shared tiles are k-major (As[k][m], Bs[k][n], rows padded by SMEM_PAD) so the inner loop reads
+// contiguous fragments; an operand stored with k contiguous is transposed on its way in.
+//
+// Split-K: block z handles k in [z·k_per_split, (z+1)·k_per_split) and writes C + z·c_split_stride.
+// With several splits the plan points C at a workspace [splits, M, N] of the accumulator type
+// (TC = acc_t<T>, alpha = 1, beta = 0, no bias); linear_sum_splits (reduce.cu) then adds the splits
+// in a fixed order and applies alpha, beta·C and the bias: deterministic, no atomics.
+//
+// Template parameters:
+//   T        element type of A, B and bias: float, double, __half, __nv_bfloat16
+//   TC       element type of C: T, or acc_t<T> when C is a split-K workspace
+//   TRANS_A  A is stored K x M (op(A) = Aᵀ); TRANS_B likewise, B stored N x K
+//   BM, BN   the C tile of one block;  BK  the depth of one shared-memory step
+//   TM, TN   the outputs one thread owns (multiples of 4); the block has (BM/TM)·(BN/TN) threads
+//   VEC      A and B allow 16-byte global loads (16-byte aligned pointers and leading dimensions);
+//            partial chunks at the matrix edges still load element by element
+//
+// Shape heuristic (linear/backends/plan.py, where TILE_CONFIGS is the one table to tune):
+//   large   BM x BN x BK = 128 x 128 x 8, TM x TN = 8 x 8, 256 threads
+//   medium                  64 x  64 x 8,           4 x 4, 256 threads
+//   small                   32 x  32 x 8,           4 x 4,  64 threads
+//   The largest config whose ⌈M/BM⌉·⌈N/BN⌉ blocks fill the card (132 SMs) runs; when none does, the
+//   small one, plus split-K if K is long enough (≥ 2·512) for ⌈132 / blocks⌉ slices of ≥ 512.
+//   VEC wherever both operands allow it.
+#include "common.cuh"
+
+// Shared-memory rows are padded by this many accumulators: the transposing stores of a tile then
+// spread over all 32 banks, and rows stay 16-byte aligned. plan.py mirrors it (SHARED_PAD).
+constexpr int SMEM_PAD = 4;
+
+// Four accumulators read from shared memory as one 16-byte access (two for double).
+template <typename Acc> struct alignas(16) Quad { Acc v[4]; };
+
+// One global-memory access: V elements, 16 bytes on the vector path, a single element otherwise.
+template <typename T, int V> struct alignas(V * sizeof(T)) Chunk { T v[V]; };
+
+// Copies one BK x TILE tile of op(X) (X = A with TILE = BM, or B with TILE = BN) from global memory
+// into registers (load) and from there into shared memory (store), where it is kept k-major:
+// tile[k * PITCH + i].
+//   K_ROWS = true : X is stored with k as its row index, X[k * ld + i]: copied straight.
+//   K_ROWS = false: X is stored with k as its column index, X[i * ld + k]: transposed on the way.
+// Elements outside the matrix (i >= extent or k >= k_end) read as zero, so they add nothing.
+template <typename T, int BK, int TILE, int THREADS, bool K_ROWS, bool VEC>
+struct TileLoader {
+    using Acc = acc_t<T>;
+    static constexpr int PITCH = TILE + SMEM_PAD;
+    static constexpr int SIZE = BK * PITCH;  // accumulators in one stage
+    static constexpr int V = VEC ? 16 / int(sizeof(T)) : 1;
+    static constexpr int ROWS = K_ROWS ? BK : TILE;  // the tile as it is stored in X
+    static constexpr int COLS = K_ROWS ? TILE : BK;
+    static_assert(COLS % V == 0, "a vector access must not straddle a tile row");
+    static constexpr int CHUNKS = ROWS * COLS / V;
+    static constexpr int PER_THREAD = ceil_div(CHUNKS, THREADS);
+
+    Chunk<T, V> staged[PER_THREAD];
+
+    // The tile whose first element is op(X)[i0, k0] (i along M or N).
+    __device__ __forceinline__ void load(const T* __restrict__ x, long long ld, int i0, int k0,
+                                         int extent, int k_end) {
+#pragma unroll
+        for (int p = 0; p < PER_THREAD; ++p) {
+            const int c = threadIdx.x + p * THREADS;
+            if (CHUNKS % THREADS != 0 && c >= CHUNKS) break;
+            const int row = (K_ROWS ? k0 : i0) + c / (COLS / V);
+            const int col = (K_ROWS ? i0 : k0) + c % (COLS / V) * V;
+            const int row_end = K_ROWS ? k_end : extent;
+            const int col_end = K_ROWS ? extent : k_end;
+            if (row < row_end && col + V <= col_end) {
+                staged[p] = *reinterpret_cast<const Chunk<T, V>*>(x + row * ld + col);
+            } else {
+#pragma unroll
+                for (int j = 0; j < V; ++j)
+                    staged[p].v[j] = row < row_end && col + j < col_end ? x[row * ld + col + j]
+                                                                        : to_element<T>(Acc(0));
+            }
+        }
+    }
+
+    __device__ __forceinline__ void store(Acc* __restrict__ tile) const {
+#pragma unroll
+        for (int p = 0; p < PER_THREAD; ++p) {
+            const int c = threadIdx.x + p * THREADS;
+            if (CHUNKS % THREADS != 0 && c >= CHUNKS) break;
+            const int row = c / (COLS / V), col = c % (COLS / V) * V;
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+                if (K_ROWS)
+                    tile[row * PITCH + col + j] = to_acc(staged[p].v[j]);
+                else
+                    tile[(col + j) * PITCH + row] = to_acc(staged[p].v[j]);
+            }
+        }
+    }
+};
+
+// Offset within the tile of a thread's output number i (0 <= i < T_OWN): groups of 4 adjacent
+// rows (or columns), TILE / (T_OWN / 4) apart; `thread` is ty (or tx).
+template <int TILE, int T_OWN>
+__device__ __forceinline__ int owned_offset(int i, int thread) {
+    return i / 4 * (TILE / (T_OWN / 4)) + thread * 4 + i % 4;
+}
+
+// acc += As · Bs for one shared-memory stage: BK rank-1 updates of the thread's TM x TN block.
+template <typename Acc, int BM, int BN, int BK, int TM, int TN, int PITCH_A, int PITCH_B>
+__device__ __forceinline__ void multiply_stage(const Acc* __restrict__ As, const Acc* __restrict__ Bs,
+                                               int tx, int ty, Acc (&acc)[TM][TN]) {
+#pragma unroll
+    for (int k = 0; k < BK; ++k) {
+        Acc a[TM], b[TN];
+#pragma unroll
+        for (int g = 0; g < TM / 4; ++g) {
+            const Acc* const fragment = As + k * PITCH_A + owned_offset<BM, TM>(4 * g, ty);
+            const Quad<Acc> q = *reinterpret_cast<const Quad<Acc>*>(fragment);
+#pragma unroll
+            for (int r = 0; r < 4; ++r) a[4 * g + r] = q.v[r];
+        }
+#pragma unroll
+        for (int g = 0; g < TN / 4; ++g) {
+            const Acc* const fragment = Bs + k * PITCH_B + owned_offset<BN, TN>(4 * g, tx);
+            const Quad<Acc> q = *reinterpret_cast<const Quad<Acc>*>(fragment);
+#pragma unroll
+            for (int r = 0; r < 4; ++r) b[4 * g + r] = q.v[r];
+        }
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
+    }
+}
+
+template <typename T, typename TC, bool TRANS_A, bool TRANS_B, int BM, int BN, int BK, int TM, int TN, bool VEC>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+linear_gemm(int M, int N, int K, int k_per_split,
+            const T* __restrict__ A, long long lda,
+            const T* __restrict__ B, long long ldb,
+            TC* __restrict__ C, long long ldc, long long c_split_stride,
+            acc_t<T> alpha, acc_t<T> beta, const T* __restrict__ bias, int add_bias) {
+    using Acc = acc_t<T>;
+    static_assert(TM % 4 == 0 && TN % 4 == 0 && BM % TM == 0 && BN % TN == 0, "bad register block");
+    constexpr int THREADS = (BM / TM) * (BN / TN);
+    using LoadA = TileLoader<T, BK, BM, THREADS, TRANS_A, VEC>;   // Aᵀ is stored k-major
+    using LoadB = TileLoader<T, BK, BN, THREADS, !TRANS_B, VEC>;  // B is stored k-major
+
+    // Two stages of As [BK][BM + SMEM_PAD], then two of Bs [BK][BN + SMEM_PAD].
+    extern __shared__ __align__(16) unsigned char gemm_shared[];
+    Acc* const As = reinterpret_cast<Acc*>(gemm_shared);
+    Acc* const Bs = As + 2 * LoadA::SIZE;
+
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int k_begin = blockIdx.z * k_per_split;
+    const int k_end = K - k_begin < k_per_split ? K : k_begin + k_per_split;
+    const int steps = k_end > k_begin ? ceil_div(k_end - k_begin, BK) : 0;
+    const int tx = threadIdx.x % (BN / TN), ty = threadIdx.x / (BN / TN);
+
+    LoadA a_tile;
+    LoadB b_tile;
+    Acc acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = Acc(0);
+
+    if (steps > 0) {
+        a_tile.load(A, lda, m0, k_begin, M, k_end);
+        b_tile.load(B, ldb, n0, k_begin, N, k_end);
+        a_tile.store(As);
+        b_tile.store(Bs);
+        __syncthreads();
+    }
+    for (int t = 0; t < steps; ++t) {
+        const int stage = t % 2;
+        const bool prefetch = t + 1 < steps;
+        if (prefetch) {
+            a_tile.load(A, lda, m0, k_begin + (t + 1) * BK, M, k_end);
+            b_tile.load(B, ldb, n0, k_begin + (t + 1) * BK, N, k_end);
+        }
+        multiply_stage<Acc, BM, BN, BK, TM, TN, LoadA::PITCH, LoadB::PITCH>(
+            As + stage * LoadA::SIZE, Bs + stage * LoadB::SIZE, tx, ty, acc);
+        if (prefetch) {
+            a_tile.store(As + (1 - stage) * LoadA::SIZE);
+            b_tile.store(Bs + (1 - stage) * LoadB::SIZE);
+        }
+        __syncthreads();
+    }
+
+    // Epilogue: alpha · acc (+ beta · C, which is never read when beta == 0) (+ bias).
+    TC* const c_split = C + blockIdx.z * c_split_stride;
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int row = m0 + owned_offset<BM, TM>(i, ty);
+        if (row >= M) continue;
+        TC* const c_row = c_split + row * ldc;
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+            const int col = n0 + owned_offset<BN, TN>(j, tx);
+            if (col >= N) continue;
+            Acc value = alpha * acc[i][j];
+            if (beta != Acc(0)) value += beta * to_acc(c_row[col]);
+            if (add_bias) value += to_acc(bias[col]);
+            c_row[col] = to_element<TC>(value);
+        }
+    }
+}

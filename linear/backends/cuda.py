@@ -1,0 +1,54 @@
+"""The cuda runtime: compiles kernels/ with NVRTC through CuPy and launches on CuPy's current stream."""
+from __future__ import annotations
+
+import os
+import sysconfig
+from pathlib import Path
+from typing import Any, Callable
+
+from . import BackendUnavailable
+from .sources import kernels_dir
+
+
+def cuda_include_dirs() -> list[str]:
+    """Directories with cuda_fp16.h / cuda_bf16.h for NVRTC: the nvidia-cuda-runtime wheel, else a toolkit."""
+    site = Path(sysconfig.get_paths()["purelib"]) / "nvidia"
+    toolkits = [os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"]
+    candidates = [site / "cu13" / "include", site / "cuda_runtime" / "include"]
+    candidates += [Path(root) / "include" for root in toolkits if root]
+    return [str(path) for path in candidates if (path / "cuda_bf16.h").exists()][:1]
+
+
+class CupyRuntime:
+    name = "cuda"
+
+    def __init__(self) -> None:
+        try:
+            import cupy
+        except ImportError as e:
+            raise BackendUnavailable("the cuda backend needs CuPy (pip install 'linear[cuda13]')") from e
+        try:
+            devices = cupy.cuda.runtime.getDeviceCount()
+        except cupy.cuda.runtime.CUDARuntimeError as e:
+            raise BackendUnavailable(f"the cuda backend found no GPU: {e}") from e
+        if devices == 0:
+            raise BackendUnavailable("the cuda backend found no GPU")
+        self.xp = cupy
+        self._options = ("-std=c++17", f"-I{kernels_dir()}", *(f"-I{d}" for d in cuda_include_dirs()))
+        self._kernels: dict[tuple[int, str, str], Any] = {}
+
+    def function(self, source: str, name: str) -> Callable[..., None]:
+        # One module per instantiation: a call compiles only what it launches (CuPy caches it on disk).
+        key = (self.xp.cuda.Device().id, source, name)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            module = self.xp.RawModule(code=(kernels_dir() / source).read_text(), options=self._options,
+                                       name_expressions=(name,))
+            kernel = self._kernels[key] = module.get_function(name)
+
+        def launch(grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
+            if shared_mem > 48 * 1024:  # above the default, dynamic shared memory must be opted into
+                kernel.max_dynamic_shared_size_bytes = shared_mem
+            kernel(grid, block, args, shared_mem=shared_mem)
+
+        return launch

@@ -1,0 +1,32 @@
+"""KernelBackend: the Backend of base.py on top of any Runtime (cuda, emulate).
+
+It only turns the plan (plan.py) into runtime launches; nothing here depends on the runtime.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Runtime
+from .plan import Launch, Tuning, plan_colsum, plan_gemm
+
+
+class KernelBackend:
+    def __init__(self, runtime: Runtime, tuning: Tuning = Tuning()):
+        """tuning overrides the plan's shape heuristic (tests, tile sweeps); the default follows it."""
+        self.runtime = runtime
+        self.name = runtime.name
+        self.xp = runtime.xp
+        self.tuning = tuning
+
+    def gemm(self, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b: bool, alpha: float, beta: float,
+             bias: Any = None) -> None:
+        self.launch(plan_gemm(self.xp, a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta,
+                              bias=bias, tuning=self.tuning))
+
+    def colsum(self, a: Any, out: Any, *, beta: float) -> None:
+        self.launch(plan_colsum(self.xp, a, out, beta=beta))
+
+    def launch(self, launches: list[Launch]) -> None:
+        for launch in launches:
+            kernel = self.runtime.function(launch.source, launch.name)
+            kernel(launch.grid, launch.block, launch.args, shared_mem=launch.shared_mem)

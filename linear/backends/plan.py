@@ -1,0 +1,349 @@
+"""The launch plan shared by the cuda and emulate backends.
+
+Given the arrays of one backend call, the plan decides everything a GPU bug could hide in: how each
+operand's strides map to a leading dimension and a transpose flag, the tile configuration, split-K,
+the vector path, the template instantiation, grid, block, dynamic shared memory and the argument
+tuple. The two backends differ only in the runtime that compiles and launches the result, so the
+emulator exercises all of it in CI.
+
+The shape heuristic (tunable through TILE_CONFIGS and the constants below it):
+1. Tile: the largest configuration whose tile count ⌈M/BM⌉·⌈N/BN⌉ fills the card (NUM_SMS blocks);
+   when none does, the smallest, whose blocks are the most.
+2. Split-K: when even that leaves SMs idle and K is long, split K into up to ⌈NUM_SMS / tiles⌉ parts
+   of at least MIN_K_PER_SPLIT each (at most MAX_SPLITS). Each part writes float32/float64 partial
+   products into a workspace [splits, M, N]; linear_sum_splits adds them in a fixed order.
+3. Vector loads: only when both operands' pointers and leading dimensions are 16-byte aligned.
+Tuning() overrides any of the three (for tests and tile sweeps).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+# ----------------------------------------------------------------------------------------------------
+# Configurations
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One tile shape of linear_gemm (see the picture at the top of kernels/gemm.cu)."""
+    name: str
+    bm: int  # C tile rows per block
+    bn: int  # C tile columns per block
+    bk: int  # K depth of one shared-memory stage (a multiple of 8: one 16-byte load of halves)
+    tm: int  # C rows per thread (a multiple of 4)
+    tn: int  # C columns per thread (a multiple of 4)
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+    def tiles(self, m: int, n: int) -> int:
+        return _ceil_div(m, self.bm) * _ceil_div(n, self.bn)
+
+    def shared_bytes(self, acc_itemsize: int) -> int:
+        # Two stages of As [BK][BM + pad] and Bs [BK][BN + pad] accumulators (gemm.cu, SMEM_PAD).
+        return 2 * self.bk * (self.bm + SHARED_PAD + self.bn + SHARED_PAD) * acc_itemsize
+
+
+SHARED_PAD = 4  # kernels/gemm.cu: SMEM_PAD
+
+# Largest first: the heuristic takes the first one that fills the card.
+TILE_CONFIGS = (
+    TileConfig("large", bm=128, bn=128, bk=8, tm=8, tn=8),  # 256 threads, 8x8 outputs each
+    TileConfig("medium", bm=64, bn=64, bk=8, tm=4, tn=4),  # 256 threads, 4x4 outputs each
+    TileConfig("small", bm=32, bn=32, bk=8, tm=4, tn=4),  # 64 threads, 4x4 outputs each
+)
+CONFIGS_BY_NAME = {config.name: config for config in TILE_CONFIGS}
+
+NUM_SMS = 132  # an H100 SXM; the heuristic needs only the order of magnitude of the card
+MIN_K_PER_SPLIT = 512  # shorter K slices would spend more on the workspace than they gain
+MAX_SPLITS = 32
+VECTOR_BYTES = 16
+REDUCE_THREADS = 256  # block size of the reduce.cu kernels
+REDUCE_MAX_BLOCKS = 8 * NUM_SMS  # linear_sum_splits loops over the rest
+COLSUM_MIN_ROWS_PER_CHUNK = 64
+MAX_GRID_YZ = 65535  # CUDA's limit on gridDim.y and gridDim.z
+INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ElementType:
+    cpp: str  # the C++ type in the kernels
+    acc: type  # numpy type of the accumulator: alpha, beta and workspaces have it
+
+    @property
+    def acc_cpp(self) -> str:
+        return ELEMENT_TYPES[np.dtype(self.acc).name].cpp
+
+
+ELEMENT_TYPES = {
+    "float32": ElementType("float", np.float32),
+    "float64": ElementType("double", np.float64),
+    "float16": ElementType("__half", np.float32),
+    "bfloat16": ElementType("__nv_bfloat16", np.float32),  # ml_dtypes.bfloat16
+}
+
+
+def element_type(dtype: Any) -> ElementType:
+    try:
+        return ELEMENT_TYPES[np.dtype(dtype).name]
+    except KeyError:
+        raise TypeError(f"the kernels support {sorted(ELEMENT_TYPES)}, got dtype {np.dtype(dtype).name}") from None
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Overrides of the shape heuristic; a field left None is chosen by the heuristic."""
+    config: str | None = None  # a name in CONFIGS_BY_NAME
+    splits: int | None = None  # requested K splits (fewer are used when K is short)
+    vector: bool | None = None  # True raises ValueError where the operands are not 16-byte aligned
+
+    def __post_init__(self):
+        if self.config is not None and self.config not in CONFIGS_BY_NAME:
+            raise ValueError(f"config must be one of {sorted(CONFIGS_BY_NAME)}, got {self.config!r}")
+        if self.splits is not None and not 1 <= self.splits <= MAX_GRID_YZ:
+            raise ValueError(f"splits must be in [1, {MAX_GRID_YZ}], got {self.splits}")
+
+
+def choose_config(m: int, n: int) -> TileConfig:
+    """The largest tile configuration that fills the card, else the smallest."""
+    for config in TILE_CONFIGS:
+        if config.tiles(m, n) >= NUM_SMS:
+            return config
+    return TILE_CONFIGS[-1]
+
+
+def choose_splits(m: int, n: int, k: int, config: TileConfig) -> int:
+    """How many parts to split K into so that the grid fills the card (1: no split)."""
+    tiles = config.tiles(m, n)
+    if tiles >= NUM_SMS or k < 2 * MIN_K_PER_SPLIT:
+        return 1
+    return min(_ceil_div(NUM_SMS, tiles), k // MIN_K_PER_SPLIT, MAX_SPLITS)
+
+
+def split_k(k: int, splits: int, bk: int) -> tuple[int, int]:
+    """(k_per_split, splits): slices that are whole BK steps, none of them empty."""
+    k_per_split = _round_up(_ceil_div(k, max(splits, 1)), bk) if k > 0 else bk
+    return k_per_split, max(1, _ceil_div(k, k_per_split))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Operands: strides -> (leading dimension, transpose flag)
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Operand:
+    """What the kernel receives for one matrix: op(x) is `array` (transposed when `trans`),
+    stored row-major with leading dimension `ld` (in elements)."""
+    array: Any
+    ld: int
+    trans: bool
+
+    @property
+    def rows(self) -> int:
+        return self.array.shape[0]
+
+
+def _row_major_ld(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> int | None:
+    """The leading dimension of a row-major matrix with these byte strides, None if it is not one."""
+    rows, cols = shape
+    if cols > 1 and strides[1] != itemsize:
+        return None
+    if rows <= 1:
+        return max(cols, 1)
+    row_stride = strides[0]
+    if row_stride <= 0 or row_stride % itemsize or row_stride // itemsize < cols:
+        return None
+    return row_stride // itemsize
+
+
+def as_operand(xp: ModuleType, x: Any, trans: bool) -> Operand:
+    """x as the kernels see it: row-major as is, column-major as the transpose with the flag
+    flipped, anything else (negative or non-unit inner strides) as a contiguous copy."""
+    if x.size == 0:  # never read
+        return Operand(x, max(x.shape[1], 1), trans)
+    ld = _row_major_ld(x.shape, x.strides, x.itemsize)
+    if ld is not None:
+        return Operand(x, ld, trans)
+    ld = _row_major_ld(x.shape[::-1], x.strides[::-1], x.itemsize)
+    if ld is not None:
+        return Operand(x.T, ld, not trans)
+    copy = xp.ascontiguousarray(x)
+    return Operand(copy, max(x.shape[1], 1), trans)
+
+
+def address(x: Any) -> int:
+    """The device (CuPy) or host (numpy) address of x's first element."""
+    return x.ctypes.data if isinstance(x, np.ndarray) else x.data.ptr
+
+
+def vector_aligned(operand: Operand) -> bool:
+    """Every VECTOR_BYTES chunk the kernel reads at a multiple of the vector width is aligned."""
+    itemsize = operand.array.itemsize
+    return address(operand.array) % VECTOR_BYTES == 0 and (
+        operand.rows <= 1 or operand.ld * itemsize % VECTOR_BYTES == 0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Launches
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Launch:
+    """runtime.function(source, name)(grid, block, args, shared_mem=shared_mem)"""
+    source: str
+    name: str
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    args: tuple
+    shared_mem: int = 0
+
+
+def _cpp_bool(flag: bool) -> str:
+    return "true" if flag else "false"
+
+
+def gemm_name(t: ElementType, c_cpp: str, trans_a: bool, trans_b: bool, config: TileConfig,
+              vector: bool) -> str:
+    flags = ", ".join(map(_cpp_bool, (trans_a, trans_b)))
+    tile = ", ".join(str(v) for v in (config.bm, config.bn, config.bk, config.tm, config.tn))
+    return f"linear_gemm<{t.cpp}, {c_cpp}, {flags}, {tile}, {_cpp_bool(vector)}>"
+
+
+def sum_splits_name(t: ElementType) -> str:
+    return f"linear_sum_splits<{t.cpp}>"
+
+
+def colsum_partial_name(t: ElementType) -> str:
+    return f"linear_colsum_partial<{t.cpp}>"
+
+
+@dataclass(frozen=True)
+class Instantiation:
+    source: str  # a file in kernels/
+    name: str  # a C++ expression naming the template instantiation
+    shared_mem: int  # the dynamic shared memory its launches ask for
+
+
+def instantiations() -> list[Instantiation]:
+    """Every template instantiation a plan can launch."""
+    found = []
+    for t in ELEMENT_TYPES.values():
+        shared = {config: config.shared_bytes(np.dtype(t.acc).itemsize) for config in TILE_CONFIGS}
+        for c_cpp in dict.fromkeys((t.cpp, t.acc_cpp)):  # C itself, or a split-K workspace
+            for trans_a, trans_b, config, vector in itertools.product(
+                    (False, True), (False, True), TILE_CONFIGS, (False, True)):
+                name = gemm_name(t, c_cpp, trans_a, trans_b, config, vector)
+                found.append(Instantiation("gemm.cu", name, shared[config]))
+    for t in ELEMENT_TYPES.values():
+        found += [Instantiation("reduce.cu", colsum_partial_name(t), 0),
+                  Instantiation("reduce.cu", sum_splits_name(t), 0)]
+    return found
+
+
+def _check_int32(**sizes: int) -> None:
+    for what, size in sizes.items():
+        if size > INT32_MAX:
+            raise ValueError(f"{what} = {size} exceeds the kernels' limit of 2**31 - 1")
+
+
+def _sum_splits_launch(t: ElementType, m: int, n: int, splits: int, partials: Any, c: Any, ldc: int,
+                       alpha: float, beta: float, bias: Any) -> Launch:
+    blocks = max(1, min(_ceil_div(m * n, REDUCE_THREADS), REDUCE_MAX_BLOCKS))
+    args = (np.int32(m), np.int32(n), np.int32(splits), partials, c, np.int64(ldc),
+            t.acc(alpha), t.acc(beta), c if bias is None else bias, np.int32(bias is not None))
+    return Launch("reduce.cu", sum_splits_name(t), (blocks, 1, 1), (REDUCE_THREADS, 1, 1), args)
+
+
+def _contiguous_vector(xp: ModuleType, v: Any) -> Any:
+    return v if v.size <= 1 or v.strides[0] == v.itemsize else xp.ascontiguousarray(v)
+
+
+def _output_ld(c: Any) -> int:
+    ld = _row_major_ld(c.shape, c.strides, c.itemsize)
+    if ld is None:
+        raise ValueError(f"the output must be row-major, got shape {c.shape} and strides {c.strides}")
+    return ld
+
+
+def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b: bool, alpha: float,
+              beta: float, bias: Any = None, tuning: Tuning = Tuning()) -> list[Launch]:
+    """The launches for c[...] = alpha·op(a)·op(b) + beta·c (+ bias), as in base.Backend.gemm."""
+    t = element_type(c.dtype)
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    _check_int32(M=m, N=n, K=k)
+    if m == 0 or n == 0:
+        return []
+    ldc = _output_ld(c)
+    op_a, op_b = as_operand(xp, a, trans_a), as_operand(xp, b, trans_b)
+    if bias is not None:
+        bias = _contiguous_vector(xp, bias)
+
+    config = CONFIGS_BY_NAME[tuning.config] if tuning.config else choose_config(m, n)
+    k_per_split, splits = split_k(k, tuning.splits or choose_splits(m, n, k, config), config.bk)
+    aligned = vector_aligned(op_a) and vector_aligned(op_b)
+    if tuning.vector and not aligned:
+        raise ValueError("Tuning(vector=True) needs 16-byte aligned operands and leading dimensions")
+    vector = aligned if tuning.vector is None else tuning.vector
+    grid = (_ceil_div(m, config.bm), _ceil_div(n, config.bn), splits)
+    if grid[1] > MAX_GRID_YZ:
+        raise ValueError(f"N = {n} needs {grid[1]} column tiles, more than one launch allows ({MAX_GRID_YZ})")
+
+    if splits == 1:
+        c_cpp, target, target_ld, split_stride = t.cpp, c, ldc, 0
+        epilogue = (t.acc(alpha), t.acc(beta), c if bias is None else bias, np.int32(bias is not None))
+    else:  # partial products into the workspace; linear_sum_splits applies the epilogue
+        c_cpp, target, target_ld, split_stride = t.acc_cpp, xp.empty((splits, m, n), t.acc), n, m * n
+        epilogue = (t.acc(1), t.acc(0), c, np.int32(0))  # c: an unused stand-in for the bias
+    gemm = Launch(
+        "gemm.cu", gemm_name(t, c_cpp, op_a.trans, op_b.trans, config, vector), grid, (config.threads, 1, 1),
+        (np.int32(m), np.int32(n), np.int32(k), np.int32(k_per_split), op_a.array, np.int64(op_a.ld),
+         op_b.array, np.int64(op_b.ld), target, np.int64(target_ld), np.int64(split_stride)) + epilogue,
+        config.shared_bytes(np.dtype(t.acc).itemsize))
+    if splits == 1:
+        return [gemm]
+    return [gemm, _sum_splits_launch(t, m, n, splits, target, c, ldc, alpha, beta, bias)]
+
+
+def colsum_chunks(rows: int, cols: int) -> tuple[int, int]:
+    """(rows_per_chunk, chunks) for the first pass: enough blocks to fill the card, each chunk at
+    least COLSUM_MIN_ROWS_PER_CHUNK rows, at least one chunk (an empty one writes zeros)."""
+    column_blocks = _ceil_div(cols, REDUCE_THREADS)
+    wanted = max(1, min(_ceil_div(4 * NUM_SMS, column_blocks), rows // COLSUM_MIN_ROWS_PER_CHUNK))
+    rows_per_chunk = max(1, _ceil_div(rows, wanted))
+    return rows_per_chunk, max(1, _ceil_div(rows, rows_per_chunk))
+
+
+def plan_colsum(xp: ModuleType, a: Any, out: Any, *, beta: float) -> list[Launch]:
+    """The launches for out[...] = a.sum(axis=0) + beta·out in a fixed order, as in base.Backend.colsum."""
+    t = element_type(out.dtype)
+    rows, cols = a.shape
+    _check_int32(rows=rows, cols=cols)
+    if cols == 0:
+        return []
+    lda = _row_major_ld(a.shape, a.strides, a.itemsize)
+    if lda is None:  # the kernel reads rows; any other layout is copied
+        a, lda = xp.ascontiguousarray(a), cols
+    rows_per_chunk, chunks = colsum_chunks(rows, cols)
+    partials = xp.empty((chunks, cols), t.acc)
+    first = Launch("reduce.cu", colsum_partial_name(t), (_ceil_div(cols, REDUCE_THREADS), chunks, 1),
+                   (REDUCE_THREADS, 1, 1),
+                   (np.int32(rows), np.int32(cols), np.int32(rows_per_chunk), a, np.int64(lda), partials))
+    return [first, _sum_splits_launch(t, 1, cols, chunks, partials, out, cols, 1.0, beta, None)]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _round_up(a: int, b: int) -> int:
+    return _ceil_div(a, b) * b

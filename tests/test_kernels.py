@@ -1,0 +1,425 @@
+"""The launch plan (no compiler needed) and every GEMM and reduction kernel on the emulator.
+
+The kernel tests run kernels/*.cu through the emulate backend (g++ against kernels/emu): every
+element type x transpose combination x tile configuration x vector/scalar path, each with and
+without split-K and with the bias and beta epilogues, on sizes that are not tile multiples, against
+a float64 reference, with NaN-poisoned outputs.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from conftest import require
+from linear.backends import BackendUnavailable, get_backend, plan
+from linear.backends.emulate import EmulationError
+from linear.backends.kernel import KernelBackend
+from linear.backends.plan import Tuning
+from linear.backends.sources import kernels_dir
+from reference import TOLERANCE, assert_close, poisoned, rel_err
+
+DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64),
+          "float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+TRANS = [(False, False), (False, True), (True, False), (True, True)]
+CONFIGS = [config.name for config in plan.TILE_CONFIGS]
+# Sizes that are no tile multiple in any direction, with several K steps and split-K slices.
+SHAPES = {"large": (129, 67, 65), "medium": (70, 50, 33), "small": (70, 50, 33)}
+
+
+def emulator(**options):
+    """An EmulatorRuntime (skipped locally, failed in CI, without a C++ compiler)."""
+    try:
+        from linear.backends.emulate import EmulatorRuntime
+        return EmulatorRuntime(**options)
+    except BackendUnavailable as e:
+        require(False, f"the emulate backend ({e})")
+
+
+def stored(rng, shape, dtype, ld=None) -> np.ndarray:
+    """Random normal values as a row-major view with leading dimension ld; the rest of each row is NaN."""
+    rows, cols = shape
+    storage = np.full((rows, cols if ld is None else ld), np.nan, dtype=dtype)
+    storage[:, :cols] = rng.standard_normal((rows, cols))
+    return storage[:, :cols]
+
+
+def reference(a, b, trans_a, trans_b, alpha, beta, c, bias) -> np.ndarray:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    out = alpha * ((a64.T if trans_a else a64) @ (b64.T if trans_b else b64))
+    if beta != 0:
+        out += beta * c.astype(np.float64)
+    if bias is not None:
+        out += bias.astype(np.float64)
+    return out
+
+
+def output(rng, shape, dtype, beta) -> np.ndarray:
+    """C before the call: NaN where it must not be read (beta = 0), random values otherwise."""
+    return poisoned(np, shape, dtype) if beta == 0 else stored(rng, shape, dtype).copy()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The plan: stride mapping, configuration and split-K choice, launches (no compiler)
+# ----------------------------------------------------------------------------------------------------
+
+def test_row_major_views_keep_their_flag_and_leading_dimension():
+    x = np.zeros((6, 10), np.float32)
+    assert plan.as_operand(np, x, False) == plan.Operand(x, 10, False)
+    sliced = x[:, :7]
+    operand = plan.as_operand(np, sliced, True)
+    assert operand.array is sliced and (operand.ld, operand.trans) == (10, True)
+
+
+def test_column_major_views_flip_the_flag_without_a_copy():
+    x = np.zeros((6, 10), np.float32)
+    for view in (x.T, np.asfortranarray(x[:, :4]), x[:, :4].T):
+        operand = plan.as_operand(np, view, False)
+        assert operand.trans and np.shares_memory(operand.array, x if view.base is x else view)
+        assert operand.array.flags.c_contiguous or operand.array.strides[1] == 4
+        assert operand.ld == operand.array.strides[0] // 4
+
+
+def test_views_without_a_leading_dimension_are_copied():
+    x = np.arange(60, dtype=np.float32).reshape(6, 10)
+    for view in (x[::-1], x[:, ::-1], x[:, ::2], x[::2, ::2].T):
+        operand = plan.as_operand(np, view, False)
+        assert not np.shares_memory(operand.array, x) and operand.array.flags.c_contiguous
+        assert not operand.trans and np.array_equal(operand.array, view)
+    every_other_row = plan.as_operand(np, x[::2], False)  # a larger row stride is a leading dimension
+    assert np.shares_memory(every_other_row.array, x) and every_other_row.ld == 20
+
+
+def test_single_rows_columns_and_empty_matrices_map_without_copies():
+    x = np.zeros((5, 9), np.float64)
+    row, column, empty = x[2:3, ::1], x[:, 3:4], x[:, :0]
+    assert plan.as_operand(np, row, False) == plan.Operand(row, 9, False)
+    assert plan.as_operand(np, column, False).array is column
+    assert plan.as_operand(np, empty, True).array is empty
+
+
+def test_vector_path_needs_aligned_pointer_and_leading_dimension():
+    base = np.zeros((8, 16), np.float32)
+    assert plan.address(base) % 16 == 0
+    assert plan.vector_aligned(plan.as_operand(np, base, False))
+    assert plan.vector_aligned(plan.as_operand(np, base[:, :5], False))  # ld 16 floats = 64 bytes
+    assert not plan.vector_aligned(plan.as_operand(np, base[:, 1:], False))  # pointer off by 4 bytes
+    assert not plan.vector_aligned(plan.as_operand(np, np.zeros((8, 15), np.float32), False))  # ld 60 bytes
+    assert plan.vector_aligned(plan.as_operand(np, np.zeros((1, 15), np.float32), False))  # one row: no ld
+
+
+def test_the_largest_config_that_fills_the_card_is_chosen():
+    assert plan.choose_config(4096, 4096).name == "large"
+    assert plan.choose_config(1024, 1024).name == "medium"  # large: 64 tiles < 132 SMs
+    assert plan.choose_config(256, 256).name == "small"
+    assert plan.choose_config(1, 1).name == "small"
+    for m, n in [(1, 1), (100, 3000), (777, 555), (1500, 1500), (10000, 64)]:
+        chosen = plan.choose_config(m, n)
+        assert chosen.tiles(m, n) >= plan.NUM_SMS or chosen == plan.TILE_CONFIGS[-1]
+        bigger = plan.TILE_CONFIGS[:plan.TILE_CONFIGS.index(chosen)]
+        assert all(config.tiles(m, n) < plan.NUM_SMS for config in bigger)
+
+
+def test_split_k_only_when_the_grid_is_small_and_k_is_long():
+    small = plan.CONFIGS_BY_NAME["small"]
+    assert plan.choose_splits(4096, 4096, 65536, plan.CONFIGS_BY_NAME["large"]) == 1
+    assert plan.choose_splits(64, 64, 1000, small) == 1  # K too short to split
+    splits = plan.choose_splits(64, 64, 65536, small)  # 4 tiles
+    assert splits == min(plan.MAX_SPLITS, -(-plan.NUM_SMS // 4))
+    assert plan.choose_splits(256, 256, 4096, small) == min(3, 4096 // plan.MIN_K_PER_SPLIT)
+
+
+def test_split_k_slices_are_whole_steps_that_cover_k():
+    for k in (0, 1, 7, 8, 33, 65, 1000, 4097):
+        for requested in (1, 2, 3, 5, 64):
+            k_per_split, splits = plan.split_k(k, requested, 8)
+            assert k_per_split % 8 == 0 and k_per_split > 0 and 1 <= splits <= max(requested, 1)
+            assert (splits - 1) * k_per_split < max(k, 1) <= splits * k_per_split or k == 0 and splits == 1
+
+
+def gemm_launches(m, n, k, dtype="float32", trans_a=False, trans_b=False, tuning=Tuning(), bias=False):
+    a = np.zeros((k, m) if trans_a else (m, k), DTYPES[dtype])
+    b = np.zeros((n, k) if trans_b else (k, n), DTYPES[dtype])
+    c = np.zeros((m, n), DTYPES[dtype])
+    return plan.plan_gemm(np, a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=1.0, beta=0.0,
+                          bias=np.zeros(n, DTYPES[dtype]) if bias else None, tuning=tuning)
+
+
+def test_gemm_launch_arguments_have_exact_types():
+    [launch] = gemm_launches(70, 56, 32, "float16", bias=True)  # rows of 64 and 112 bytes
+    types = [type(arg) for arg in launch.args]
+    assert types == [np.int32] * 4 + [np.ndarray, np.int64] * 2 + [np.ndarray, np.int64, np.int64] + \
+        [np.float32, np.float32, np.ndarray, np.int32]
+    assert launch.grid == (3, 2, 1) and launch.block == (64, 1, 1)
+    assert launch.name == "linear_gemm<__half, __half, false, false, 32, 32, 8, 4, 4, true>"
+    [launch] = gemm_launches(5, 5, 5, "float64")
+    assert type(launch.args[11]) is np.float64 and launch.args[-1] == 0
+
+
+def test_split_k_plan_writes_a_workspace_then_reduces_it():
+    first, second = gemm_launches(70, 50, 33, "bfloat16", tuning=Tuning(splits=3), bias=True)
+    workspace = first.args[8]
+    assert workspace.shape == (3, 70, 50) and workspace.dtype == np.float32
+    assert first.grid[2] == 3 and first.args[3] == 16  # k_per_split
+    assert "linear_gemm<__nv_bfloat16, float," in first.name and first.args[-1] == 0  # no bias yet
+    assert second.name == "linear_sum_splits<__nv_bfloat16>" and second.args[3] is workspace
+    assert second.args[-1] == 1
+
+
+def test_degenerate_shapes_plan_nothing_or_a_k0_launch():
+    assert gemm_launches(0, 5, 5) == [] and gemm_launches(5, 0, 5) == []
+    [launch] = gemm_launches(5, 5, 0)
+    assert launch.grid == (1, 1, 1)
+
+
+def test_overrides_are_checked():
+    with pytest.raises(ValueError, match="config"):
+        Tuning(config="huge")
+    with pytest.raises(ValueError, match="splits"):
+        Tuning(splits=0)
+    a = np.zeros((8, 15), np.float32)  # ld of 60 bytes
+    with pytest.raises(ValueError, match="16-byte"):
+        plan.plan_gemm(np, a, a.T.copy(), np.zeros((8, 8), np.float32), trans_a=False, trans_b=False,
+                       alpha=1.0, beta=0.0, tuning=Tuning(vector=True))
+
+
+def test_sizes_beyond_int32_are_refused_before_any_copy():
+    huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (2**31, 2), (0, 0))
+    with pytest.raises(ValueError, match="K = 2147483648"):
+        plan.plan_gemm(np, huge.T, huge, np.zeros((2, 2), np.float32), trans_a=False, trans_b=False,
+                       alpha=1.0, beta=0.0)
+
+
+def test_plans_launch_exactly_the_listed_instantiations():
+    """The compile checks build plan.instantiations(); it must be what the plans can launch."""
+    launched = {}
+    for dtype in DTYPES:
+        for trans_a, trans_b in TRANS:
+            for config in CONFIGS:
+                for vector in (False, True):
+                    for splits in (1, 2):
+                        tuning = Tuning(config=config, vector=vector, splits=splits)
+                        for launch in gemm_launches(16, 16, 40, dtype, trans_a, trans_b, tuning):
+                            launched[launch.name] = launch.shared_mem
+        a, out = np.zeros((100, 3), DTYPES[dtype]), np.zeros(3, DTYPES[dtype])
+        launched.update((launch.name, launch.shared_mem) for launch in plan.plan_colsum(np, a, out, beta=0.0))
+    assert launched == {kernel.name: kernel.shared_mem for kernel in plan.instantiations()}
+
+
+def test_colsum_chunks_cover_the_rows():
+    for rows in (0, 1, 63, 64, 65, 1000, 100000):
+        for cols in (1, 300, 5000):
+            rows_per_chunk, chunks = plan.colsum_chunks(rows, cols)
+            assert chunks >= 1 and (chunks - 1) * rows_per_chunk < max(rows, 1) <= chunks * rows_per_chunk
+            assert chunks == 1 or rows_per_chunk >= plan.COLSUM_MIN_ROWS_PER_CHUNK
+
+
+# ----------------------------------------------------------------------------------------------------
+# Every GEMM instantiation on the emulator
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def runtime():
+    return emulator()
+
+
+# (splits, alpha, beta, bias): the forward epilogue, accumulation, and split-K with both.
+EPILOGUES = [(1, 1.0, 0.0, True), (1, -0.5, 0.75, False), (3, 2.0, 0.5, True)]
+
+
+@pytest.mark.parametrize("vector", [False, True], ids=["scalar", "vector"])
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("trans_a,trans_b", TRANS, ids=["NN", "NT", "TN", "TT"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_instantiation(runtime, dtype, trans_a, trans_b, config, vector):
+    m, n, k = SHAPES[config]
+    rng = np.random.default_rng([m, n, k, trans_a, trans_b, vector])
+    # Vector: leading dimensions of 8 elements (16 bytes or more); scalar: odd leading dimensions.
+    ld = (lambda cols: -(-cols // 8) * 8) if vector else (lambda cols: cols + 1)
+    a_shape, b_shape = ((k, m) if trans_a else (m, k)), ((n, k) if trans_b else (k, n))
+    a = stored(rng, a_shape, DTYPES[dtype], ld(a_shape[1]))
+    b = stored(rng, b_shape, DTYPES[dtype], ld(b_shape[1]))
+    bias = rng.standard_normal(n).astype(DTYPES[dtype])
+    t = plan.ELEMENT_TYPES[dtype]
+    for splits, alpha, beta, with_bias in EPILOGUES:
+        c = output(rng, (m, n), DTYPES[dtype], beta)
+        expected = reference(a, b, trans_a, trans_b, alpha, beta, c, bias if with_bias else None)
+        launches = plan.plan_gemm(np, a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta,
+                                  bias=bias if with_bias else None,
+                                  tuning=Tuning(config=config, splits=splits, vector=vector))
+        c_cpp = t.cpp if splits == 1 else t.acc_cpp
+        assert launches[0].name == plan.gemm_name(t, c_cpp, trans_a, trans_b, plan.CONFIGS_BY_NAME[config], vector)
+        assert len(launches) == (1 if splits == 1 else 2) and launches[0].grid[2] == splits
+        KernelBackend(runtime).launch(launches)
+        assert_close(c, expected, dtype)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Through the backend objects: views, degenerate sizes, 64-bit offsets, determinism
+# ----------------------------------------------------------------------------------------------------
+
+def emulate_backend():
+    try:
+        return get_backend("emulate")
+    except BackendUnavailable as e:
+        require(False, f"the emulate backend ({e})")
+
+
+def layout(x: np.ndarray, name: str) -> np.ndarray:
+    """The same values as x in another memory layout."""
+    if name == "fortran":
+        return np.asfortranarray(x)
+    if name == "transposed":  # a transposed view of a C array
+        return np.ascontiguousarray(x.T).T
+    if name == "reversed":  # negative strides
+        return np.ascontiguousarray(x[::-1, ::-1])[::-1, ::-1]
+    if name == "strided":  # a non-unit inner stride
+        wide = np.empty((x.shape[0], 2 * x.shape[1]), x.dtype)
+        wide[:, ::2] = x
+        return wide[:, ::2]
+    if name == "sliced":  # ld > cols
+        wide = np.full((x.shape[0], x.shape[1] + 5), np.nan, x.dtype)
+        wide[:, :x.shape[1]] = x
+        return wide[:, :x.shape[1]]
+    return x
+
+
+LAYOUTS = ["c", "fortran", "transposed", "reversed", "strided", "sliced"]
+
+
+@pytest.mark.parametrize("operand", ["a", "b"])
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_gemm_on_views(name, operand):
+    backend = emulate_backend()
+    rng = np.random.default_rng(7)
+    m, n, k = 37, 45, 70
+    a, b = stored(rng, (m, k), np.float32), stored(rng, (n, k), np.float32)  # NT: dX = dY·Wᵀ
+    if operand == "a":
+        a = layout(a, name)
+    else:
+        b = layout(b, name)
+    c = poisoned(np, (m, n), np.float32)
+    backend.gemm(a, b, c, trans_a=False, trans_b=True, alpha=1.0, beta=0.0)
+    assert_close(c, reference(a, b, False, True, 1.0, 0.0, c, None), "float32")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_degenerate_sizes(dtype):
+    backend = emulate_backend()
+    rng = np.random.default_rng(3)
+    one = stored(rng, (1, 1), DTYPES[dtype])
+    c = poisoned(np, (1, 1), DTYPES[dtype])
+    backend.gemm(one, one, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+    assert_close(c, one.astype(np.float64) ** 2, dtype)
+    # K = 0: C = beta·C + bias; with beta = 0 the poisoned C is never read.
+    bias = stored(rng, (1, 9), DTYPES[dtype])[0]
+    empty_a, empty_b = np.empty((5, 0), DTYPES[dtype]), np.empty((0, 9), DTYPES[dtype])
+    c = poisoned(np, (5, 9), DTYPES[dtype])
+    backend.gemm(empty_a, empty_b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, bias=bias)
+    assert np.array_equal(c, np.broadcast_to(bias, (5, 9)))
+    before = stored(rng, (5, 9), DTYPES[dtype]).copy()
+    c = before.copy()
+    backend.gemm(empty_a, empty_b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.5)
+    assert_close(c, 0.5 * before.astype(np.float64), dtype)
+    # M = 0 or N = 0: nothing to do, nothing launched.
+    backend.gemm(np.empty((0, 4), DTYPES[dtype]), np.ones((4, 3), DTYPES[dtype]), np.empty((0, 3), DTYPES[dtype]),
+                 trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+
+
+def test_gemm_offsets_beyond_2_to_the_31_elements():
+    """A, B and C are views with a leading dimension of 2**30 + 64: their last rows start past element
+    2**31, where 32-bit index arithmetic would wrap around."""
+    runtime = emulator(check_bounds=False)  # bounds checking would copy the whole 6 GiB span
+    rng = np.random.default_rng(11)
+    m = k = 3
+    n = 40
+    storage = np.zeros((3, 2**30 + 64), np.float16)  # calloc: only the touched pages are backed
+    a, b, c = storage[:, :k], storage[:, 8:8 + n], storage[:, 64:64 + n]
+    a[...], b[...], c[...] = rng.standard_normal((m, k)), rng.standard_normal((k, n)), np.nan
+    KernelBackend(runtime).gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+    assert_close(c, reference(a, b, False, False, 1.0, 0.0, c, None), "float16")
+    del a, b, c, storage
+
+
+@pytest.mark.parametrize("dtype,config", [("float32", "large"), ("bfloat16", "medium"), ("float64", "small")])
+def test_gemm_is_bitwise_equal_across_thread_schedules(dtype, config):
+    rng = np.random.default_rng(5)
+    m, n, k = SHAPES[config]
+    a, b = stored(rng, (k, m), DTYPES[dtype]), stored(rng, (k, n), DTYPES[dtype])  # TN: dW = Xᵀ·dY
+    c0 = stored(rng, (m, n), DTYPES[dtype]).copy()
+    results = []
+    for schedule in ("forward", "reverse", "shuffle"):
+        for splits in (1, 3):
+            backend = KernelBackend(emulator(schedule=schedule, seed=1), Tuning(config=config, splits=splits))
+            c = c0.copy()
+            backend.gemm(a, b, c, trans_a=True, trans_b=False, alpha=1.0, beta=1.0)
+            results.append((splits, c.tobytes()))
+    for splits in (1, 3):
+        assert len({r for s, r in results if s == splits}) == 1
+
+
+def test_a_missing_barrier_is_caught(tmp_path):
+    """Negative control: without the K loop's __syncthreads the result is wrong or the emulator objects."""
+    for path in kernels_dir().iterdir():
+        if path.suffix in (".cu", ".cuh"):
+            shutil.copy(path, tmp_path / path.name)
+    source = (tmp_path / "gemm.cu").read_text()
+    barriers = [m.start() for m in re.finditer(r"__syncthreads\(\);", source)]
+    assert len(barriers) == 2
+    (tmp_path / "gemm.cu").write_text(source[:barriers[-1]] + source[barriers[-1] + len("__syncthreads();"):])
+
+    rng = np.random.default_rng(9)
+    a, b = stored(rng, (64, 64), np.float32), stored(rng, (64, 64), np.float32)
+    expected = reference(a, b, False, False, 1.0, 0.0, None, None)
+    tuning = Tuning(config="medium", splits=1)
+    intact = poisoned(np, (64, 64), np.float32)
+    KernelBackend(emulator(), tuning).gemm(a, b, intact, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+    assert_close(intact, expected, "float32")
+    broken_backend = KernelBackend(emulator(kernel_dir=tmp_path), tuning)
+    broken = poisoned(np, (64, 64), np.float32)
+    try:
+        broken_backend.gemm(a, b, broken, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+    except EmulationError:
+        return
+    assert rel_err(broken, expected) > TOLERANCE["float32"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Column sums (the bias gradient)
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_colsum(dtype):
+    backend = emulate_backend()
+    rng = np.random.default_rng(13)
+    for rows, cols in [(0, 5), (1, 1), (1000, 37), (70, 300)]:
+        for beta in (0.0, 0.5):
+            a = stored(rng, (rows, cols), DTYPES[dtype], cols + 3)  # ld > cols
+            out = output(rng, (1, cols), DTYPES[dtype], beta)[0]
+            expected = a.astype(np.float64).sum(axis=0) + (beta * out.astype(np.float64) if beta else 0)
+            backend.colsum(a, out, beta=beta)
+            assert_close(out, expected, dtype)
+
+
+@pytest.mark.parametrize("name", ["fortran", "reversed", "strided"])
+def test_colsum_on_views(name):
+    rng = np.random.default_rng(17)
+    a = layout(stored(rng, (300, 21), np.float32), name)
+    out = poisoned(np, 21, np.float32)
+    emulate_backend().colsum(a, out, beta=0.0)
+    assert_close(out, a.astype(np.float64).sum(axis=0), "float32")
+
+
+def test_colsum_is_bitwise_repeatable():
+    rng = np.random.default_rng(19)
+    a = stored(rng, (5000, 40), np.float32)
+    sums = set()
+    for schedule in ("forward", "reverse", "forward"):
+        out = poisoned(np, 40, np.float32)
+        KernelBackend(emulator(schedule=schedule)).colsum(a, out, beta=0.0)
+        sums.add(out.tobytes())
+    assert len(sums) == 1
+    assert plan.colsum_chunks(5000, 40)[1] > 1  # the two-pass path ran
