@@ -205,6 +205,14 @@ def test_shared_memory_is_poisoned_at_every_block_start(emu):
     np.testing.assert_array_equal(out[:, 3], 1)           # a poisoned float is NaN
 
 
+def test_file_scope_dynamic_shared_memory(emu):
+    values = np.random.default_rng(3).standard_normal(3 * 16).astype(np.float32)
+    out = np.full_like(values, np.nan)
+    emu.function("builtins.cu", "reverse_through_file_scope_shared")((3,), (16,), (values, out),
+                                                                       shared_mem=16 * 4)
+    np.testing.assert_array_equal(out, values.reshape(3, 16)[:, ::-1].ravel())
+
+
 # ---- Schedules -----------------------------------------------------------------------------------
 
 SCHEDULES = [dict(schedule="forward"), dict(schedule="reverse"), dict(schedule="shuffle", seed=1),

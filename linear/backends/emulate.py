@@ -128,7 +128,8 @@ def _cpu_flags() -> tuple[str, ...]:
 
 
 # `extern __shared__ T name[];` names the launch's dynamic buffer; g++ has no such storage, so the
-# declaration becomes a pointer to it (on the same line, so compiler messages keep their lines).
+# declaration becomes a reference to the runtime's pointer to it, read at each use, which is right at
+# file scope too (on the same line, so compiler messages keep their lines).
 _EXTERN_SHARED = re.compile(
     r"\bextern\s+__shared__\s+(?P<type>[^;\[\]]*?)\s*\b(?P<name>[A-Za-z_]\w*)\s*\[\s*\]\s*;")
 _ALIGN = re.compile(r"__align__\s*\(\s*\w+\s*\)")
@@ -138,7 +139,7 @@ def rewrite_source(text: str, path: Path) -> str:
     """The kernel source as g++ compiles it: `extern __shared__` arrays point at the dynamic buffer."""
     def pointer(m: re.Match) -> str:
         element = _ALIGN.sub("", m["type"]).strip()
-        return f"{element}* const {m['name']} = static_cast<{element}*>(emu_dynamic_shared);"
+        return f"{element}*& {m['name']} = reinterpret_cast<{element}*&>(emu_dynamic_shared);"
     text = re.sub(r"\bstatic\s+__shared__\b", "__shared__", text)
     return f'#line 1 "{path}"\n' + _EXTERN_SHARED.sub(pointer, text)
 
@@ -180,19 +181,20 @@ class _Compiler:
 
     def kernel_library(self, kernel_dir: Path, source: str, name: str) -> Path:
         runtime = self.runtime_library()
+        # The key hashes the sources as g++ sees them, so a change to rewrite_source rebuilds too.
+        rewritten = {path.name: rewrite_source(path.read_text(), path) for path in sorted(kernel_dir.iterdir())
+                     if path.suffix in _SOURCE_SUFFIXES and path.is_file()}
         h = hashlib.sha256(runtime.name.encode() + b"\0" + source.encode() + b"\0" + name.encode())
-        for path in sorted(kernel_dir.iterdir()):
-            if path.suffix in _SOURCE_SUFFIXES and path.is_file():
-                h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        for file_name, text in rewritten.items():
+            h.update(file_name.encode() + b"\0" + text.encode() + b"\0")
         stem = re.sub(r"\W+", "_", f"{Path(source).stem}_{name}")[:60].strip("_")
         out = f"{stem}-{h.hexdigest()[:24]}.so"
         if (self.cache_dir / out).exists():
             return self.cache_dir / out
         with tempfile.TemporaryDirectory(prefix="src-") as tmp:
             sources = Path(tmp)
-            for path in kernel_dir.iterdir():
-                if path.suffix in _SOURCE_SUFFIXES and path.is_file():
-                    (sources / path.name).write_text(rewrite_source(path.read_text(), path))
+            for file_name, text in rewritten.items():
+                (sources / file_name).write_text(text)
             wrapper = sources / "emu_wrapper.cpp"
             wrapper.write_text(f'#include "cuda_emu.h"\n#include "{source}"\n'
                                f"static constexpr auto emu_kernel = &{name};\n"

@@ -145,3 +145,13 @@ __global__ void shared_on_entry(unsigned* out) {
     fixed[t] = dynamic[t] = t;
     fixed_float[t] = 1.0f;
 }
+
+// Dynamic shared memory declared at file scope (as many CUDA codes do) names the running launch's buffer.
+extern __shared__ float file_scope_dynamic[];
+
+__global__ void reverse_through_file_scope_shared(const float* in, float* out) {
+    const int t = threadIdx.x;
+    file_scope_dynamic[t] = in[blockIdx.x * blockDim.x + t];
+    __syncthreads();
+    out[blockIdx.x * blockDim.x + t] = file_scope_dynamic[blockDim.x - 1 - t];
+}
