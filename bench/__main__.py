@@ -1,0 +1,251 @@
+"""`python -m bench`: the command line. See `python -m bench --help` and bench/README.md."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from .cases import DTYPES, OPS, PRESETS, parse_shape
+from .contenders import Unavailable, all_contenders
+
+EXIT_OK, EXIT_WRONG, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+DESCRIPTION = """\
+Benchmark linear's forward and backward passes against cuBLAS (through CuPy), torch and numpy.
+
+Every case is checked first (relative error against a float64 reference), then timed: on the GPU
+with CUDA events (cupyx.profiler.benchmark), on the CPU with the wall clock; the median is reported.
+Without a GPU it benchmarks the CPU backends and says which GPU backends it skipped and why.
+Writes a table to the terminal and results.json, results.md and results.png to --out."""
+
+EPILOG = """\
+presets (shapes, dtypes, timed repeats GPU/CPU, time budget per case GPU/CPU):
+  --quick    squares 256..8192 (powers of 2) + training shapes; float32; 20/3 repeats; 10 s/2 s
+             (about a minute on a 2-core CPU)
+  (default)  squares 256..8192 (10 sizes) + training shapes; float32; 100/5 repeats; 30 s/10 s
+  --full     squares 256..8192 every 256 + more training shapes; all dtypes; 200/10 repeats; 60 s/60 s
+training shapes (B,F,D): 32,784,256  256,1024,1024  4096,4096,4096  8192,4096,11008
+  (--full adds 2048,768,3072  2048,3072,768  8192,11008,4096)
+
+operations: forward  Y = X·W + b
+            dx       dX = dY·Wᵀ
+            dw       dW = Xᵀ·dY and db = Σ rows of dY
+            step     forward + dx + dw/db added into existing gradients (accumulate=True); 3 GEMMs
+backends:   linear-cuda   ours on the GPU (linear backend "cuda", CuPy arrays)
+            cublas        cupy.matmul (cuBLAS) + a separate bias add / column sum; TF32 off
+            torch-gpu     torch.nn.functional.linear with autograd on the GPU; TF32 off
+            linear-numpy  ours on the CPU (linear backend "numpy")
+            numpy         raw numpy: x @ w + b, dy @ w.T, x.T @ dy, dy.sum(0)
+            torch-cpu     torch.nn.functional.linear with autograd on the CPU
+            linear-emulate  our CUDA kernels compiled for the CPU: a correctness tool, run only when
+                          named, on shapes up to 128³
+exit status: 0 the run finished (skipped or unsupported cases included); 1 some case gave a wrong
+  result or failed; 2 bad arguments or a requested backend is not available here; 130 interrupted
+  (Ctrl-C): the cases done so far are still written."""
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """Repeatable, comma-separated option values, flattened and de-duplicated in order."""
+    return list(dict.fromkeys(v.strip() for value in values or [] for v in value.split(",") if v.strip()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    names = [c.name for c in all_contenders()]
+    parser = argparse.ArgumentParser(prog="python -m bench", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="the quick preset (about a minute)")
+    preset.add_argument("--full", action="store_true", help="the full preset (long: all dtypes, many sizes)")
+    parser.add_argument("--shape", action="append", metavar="B,F,D",
+                        help="a layer shape X (B×F) · W (F×D); repeatable. With --quick or --full it is "
+                             "added to the preset's shapes; without, only the given shapes run")
+    parser.add_argument("--dtype", action="append", metavar="DTYPE",
+                        help=f"dtype(s), comma-separated or repeated: {', '.join(DTYPES)} "
+                             "(default: the preset's; bfloat16 needs ml_dtypes)")
+    parser.add_argument("--backends", action="append", metavar="NAMES",
+                        help=f"backends to run, comma-separated: {', '.join(names)}. Default: every one "
+                             "available here except linear-emulate. A named backend that is not available "
+                             "is an error (exit 2)")
+    parser.add_argument("--ops", action="append", metavar="OPS",
+                        help=f"operations, comma-separated: {', '.join(OPS)} (default: all)")
+    parser.add_argument("--repeats", type=int, metavar="N",
+                        help="timed repeats per case (default: the preset's, per device); the median is reported")
+    parser.add_argument("--warmup", type=int, metavar="N",
+                        help="untimed calls before the timed ones (default: the preset's, per device)")
+    parser.add_argument("--max-seconds", type=float, metavar="S",
+                        help="time budget of one case on either device: repeats stop when it is used up, and "
+                             "a case predicted (from smaller shapes) to exceed it is skipped; 0 = no limit "
+                             "(default: the preset's)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="where results.json/.md/.png go (default: bench/out/<date>-<machine>)")
+    parser.add_argument("--no-plot", action="store_true", help="do not draw results.png")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    return parser
+
+
+def _parse(argv: list[str] | None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    preset = PRESETS["quick" if args.quick else "full" if args.full else "default"]
+    try:
+        user_shapes = [parse_shape(text) for text in args.shape or []]
+    except ValueError as e:
+        parser.error(f"--shape: {e}")
+    args.shapes = (preset.shapes if args.quick or args.full or not user_shapes else []) + user_shapes
+    args.dtypes = _split(args.dtype) or preset.dtypes
+    args.ops = _split(args.ops) or list(OPS)
+    args.backend_names = _split(args.backends)
+    for option, chosen, allowed in (("--dtype", args.dtypes, DTYPES), ("--ops", args.ops, OPS),
+                                    ("--backends", args.backend_names, [c.name for c in all_contenders()])):
+        unknown = [name for name in chosen if name not in allowed]
+        if unknown:
+            parser.error(f"{option}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)}")
+    for option, value in (("--repeats", args.repeats), ("--warmup", args.warmup)):
+        if value is not None and value < (1 if option == "--repeats" else 0):
+            parser.error(f"{option} must be {'positive' if option == '--repeats' else 'non-negative'}; got {value}")
+    if args.max_seconds is not None and args.max_seconds < 0:
+        parser.error(f"--max-seconds must be non-negative; got {args.max_seconds}")
+    if "bfloat16" in args.dtypes:
+        try:
+            import ml_dtypes  # noqa: F401
+        except ImportError:
+            parser.error("--dtype bfloat16 needs ml_dtypes (pip install ml_dtypes)")
+    args.preset = preset
+    return args
+
+
+def _select_backends(names: list[str]) -> tuple[list, dict[str, str]] | str:
+    """(the contenders that run, {skipped name: why}); or the error line when a named one cannot run."""
+    ran, skipped = [], {}
+    for contender in all_contenders():
+        named = contender.name in names
+        if names and not named:
+            continue
+        if contender.explicit_only and not named:
+            skipped[contender.name] = f"not a performance backend; only with --backends {contender.name}"
+            continue
+        try:
+            contender.load()
+        except Unavailable as e:
+            if named:
+                return f"bench: backend {contender.name!r} is not available here: {e}"
+            skipped[contender.name] = str(e)
+            continue
+        ran.append(contender)
+    return ran, skipped
+
+
+def _notes(ran: list, settings, machine: dict, peaks: dict | None, tf32_note: str) -> list[str]:
+    """What a reader of the results must know: how cases were checked and timed, and caveats."""
+    devices = [d for d in ("gpu", "cpu") if any(c.device == d for c in ran)]
+    clocks = {"gpu": "CUDA events, cupyx.profiler.benchmark", "cpu": "wall clock"}
+    notes = [c.note for c in ran if c.note]
+    if "gpu" in devices:
+        notes.append(tf32_note)
+    notes += [
+        "correctness: each case runs once on fresh random inputs (uniform in [-1, 1), outputs pre-filled with "
+        "NaN) and is compared with float64 on up to 256 random rows per output (all rows when fewer); every "
+        "element must be finite. Cases over the tolerance are marked WRONG and not timed",
+        "timing: " + "; ".join(f"median of up to {settings.repeats[d]} repeats after {settings.warmup[d]} "
+                               f"warm-up call(s) on the {d.upper()} ({clocks[d]})" for d in devices)
+        + "; repeats rotate through copies of the inputs that overflow the last-level cache twice",
+        "time budget per case (--max-seconds): "
+        + ", ".join(f"{d.upper()} {settings.max_seconds[d]:g} s" for d in devices),
+    ]
+    load = machine["load_average_1min"]
+    if "cpu" in devices and load is not None and load > 0.25 * (machine["cpu_count"] or 1):
+        notes.append(f"the CPU was busy when the run started (load average {load} on {machine['cpu_count']} "
+                     "logical cores): CPU timings may be noisy")
+    if "gpu" in devices and machine["gpu"] and not peaks:
+        notes.append(f"% peak: left blank, the peak of a {machine['gpu']['name']} is not in bench/machine.py")
+    return notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    # CuPy reads CUPY_TF32 when it is imported: float32 GEMMs on plain FP32 units, as ours run.
+    os.environ["CUPY_TF32"] = "0"
+    tf32_note = ("float32 GEMMs without TF32: CUPY_TF32=0, torch.backends.cuda.matmul.allow_tf32=False"
+                 if "cupy" not in sys.modules else
+                 "WARNING: CuPy was imported before bench could set CUPY_TF32=0; cublas float32 may use TF32")
+
+    from .machine import PEAK_TFLOPS, machine_info, machine_label
+    from .report import skipped_summary, terminal_table, write_all
+    from .runner import Progress, Settings, add_ratios, run_cases
+
+    selected = _select_backends(args.backend_names)
+    if isinstance(selected, str):
+        print(selected, file=sys.stderr)
+        return EXIT_USAGE
+    ran, skipped = selected
+    print("backends: running " + ", ".join(c.name for c in ran))
+    for name, why in skipped.items():
+        print(f"  skipped {name}: {why}")
+
+    torch_version = next((c.kind.torch.__version__ for c in ran if hasattr(c.kind, "torch")), None)
+    machine = machine_info(torch_version)
+    label = f"{datetime.date.today().isoformat()}-{machine_label(machine)}"
+    preset = args.preset
+    settings = Settings(
+        shapes=args.shapes, dtypes=args.dtypes, ops=args.ops, contenders=ran,
+        repeats={"gpu": args.repeats or preset.gpu_repeats, "cpu": args.repeats or preset.cpu_repeats},
+        warmup={"gpu": preset.gpu_warmup if args.warmup is None else args.warmup,
+                "cpu": preset.cpu_warmup if args.warmup is None else args.warmup},
+        max_seconds=(preset.max_seconds if args.max_seconds is None
+                     else {"gpu": args.max_seconds, "cpu": args.max_seconds}),
+        seed=args.seed)
+    peaks = PEAK_TFLOPS.get(machine["gpu"]["peak_model"]) if machine["gpu"] else None
+    notes = _notes(ran, settings, machine, peaks, tf32_note)
+
+    total = len(set(settings.shapes)) * len(settings.dtypes) * len(settings.ops) * len(ran)
+    progress = Progress(total)
+    try:
+        results, interrupted = run_cases(settings, progress)
+    finally:
+        progress.close()
+    if interrupted:
+        notes.append(f"INTERRUPTED after {len(results)} of {total} cases: the results are partial")
+    add_ratios(results, peaks)
+
+    print()
+    print(terminal_table(results))
+    skipped_cases = skipped_summary(results)
+    if skipped_cases:
+        print("\ncases not run:")
+        for line in skipped_cases:
+            print("  " + line)
+    print("\nnotes:")
+    for note in notes:
+        print("  " + note)
+
+    run = {
+        "label": label,
+        "command": shlex.join(["python", "-m", "bench"] + (sys.argv[1:] if argv is None else list(argv))),
+        "preset": preset.name,
+        "machine": machine,
+        "settings": {"repeats": settings.repeats, "warmup": settings.warmup, "max_seconds": settings.max_seconds,
+                     "seed": settings.seed, "dtypes": settings.dtypes, "ops": settings.ops},
+        "backends": {"ran": [c.name for c in ran], "skipped": skipped},
+        "notes": notes,
+    }
+    out_dir = args.out or Path(__file__).resolve().parent / "out" / label
+    written = write_all(results, run, out_dir, make_plot=not args.no_plot)
+    if not args.no_plot and "plot" not in written:
+        print("\nno plot: matplotlib is not installed (pip install 'linear[bench]')")
+    print("\nwrote " + ", ".join(str(path) for path in written.values()))
+
+    if interrupted:
+        print("bench: interrupted; partial results written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    failed = [r for r in results if r.status in ("wrong", "error")]
+    if failed:
+        print(f"bench: {len(failed)} case(s) gave a wrong result or failed (see the note column)", file=sys.stderr)
+        return EXIT_WRONG
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

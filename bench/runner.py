@@ -1,0 +1,332 @@
+"""Every case, correctness first: run once on fresh inputs, compare with float64, then time.
+
+Each case has a time budget (--max-seconds, per device). The timed repeats stop once they have used
+it up (at least one is always timed). Cases run in order of growing B·F·D, so that a contender's
+throughput on smaller shapes predicts how long a larger one takes: a case whose check, warm-up and one
+repeat would already exceed the budget is skipped, and reported as such, instead of running for
+minutes on a CPU.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .cases import OPS, TOLERANCE, Shape, numpy_dtype
+from .contenders import BASELINE, INPUT_NAMES, Contender
+from .timers import cpu_cache_bytes, gpu_cache_bytes, rotation_sets, time_cpu, time_gpu
+
+CHECK_ROWS = 256   # rows of each output compared with float64 (all of them when there are fewer)
+
+
+@dataclass
+class Settings:
+    shapes: list[Shape]
+    dtypes: list[str]
+    ops: list[str]
+    contenders: list[Contender]
+    repeats: dict[str, int]      # device -> timed repeats
+    warmup: dict[str, int]       # device -> untimed calls before them
+    max_seconds: dict[str, float]   # device -> time budget of one case; 0 = no limit
+    seed: int = 0
+
+
+@dataclass
+class Result:
+    op: str
+    shape: Shape
+    dtype: str
+    backend: str
+    device: str
+    status: str = "ok"           # ok | wrong | skipped | unsupported | error
+    reason: str = ""
+    skip_group: str = ""         # for a skipped case: why, in words shared by similar cases
+    rel_err: float | None = None
+    tolerance: float | None = None
+    rows_checked: str = ""
+    times_ms: list[float] = field(default_factory=list)
+    input_sets: int = 0
+    ratio: float | None = None   # speed relative to the device's baseline (>1: faster)
+    ratio_to: str | None = None
+    peak_fraction: float | None = None
+
+    @property
+    def flops(self) -> int:
+        return self.shape.flops(OPS[self.op])
+
+    @property
+    def median_ms(self) -> float | None:
+        return float(np.median(self.times_ms)) if self.times_ms else None
+
+    @property
+    def tflops(self) -> float | None:
+        ms = self.median_ms
+        return self.flops / (ms * 1e-3) / 1e12 if ms else None
+
+
+class HostInputs:
+    """Fresh random inputs of one shape and dtype on the host, and their float64 reference results.
+
+    Values are uniform in [-1, 1), rounded to the dtype; the reference is computed from the rounded
+    values, so it measures the error of the computation alone. Outputs with more than CHECK_ROWS rows
+    are compared on CHECK_ROWS random rows (every element is still checked to be finite).
+    """
+
+    def __init__(self, shape: Shape, dtype: str, seed: int):
+        self.shape = shape
+        rng = np.random.default_rng([seed, shape.b, shape.f, shape.d])
+        source = np.float64 if dtype == "float64" else np.float32
+        sizes = {"x": (shape.b, shape.f), "w": (shape.f, shape.d), "b": (shape.d,), "dy": (shape.b, shape.d),
+                 "dw0": (shape.f, shape.d), "db0": (shape.d,)}
+        self.arrays: dict[str, np.ndarray] = {}
+        for name in INPUT_NAMES:
+            a = (rng.random(sizes[name], dtype=source) * 2 - 1).astype(numpy_dtype(dtype))
+            a.flags.writeable = False   # a contender that writes into its inputs fails loudly
+            self.arrays[name] = a
+        self.rows_b = self._sample(rng, shape.b)
+        self.rows_f = self._sample(rng, shape.f)
+
+    @staticmethod
+    def _sample(rng, n: int) -> np.ndarray | None:
+        return None if n <= CHECK_ROWS else np.sort(rng.choice(n, CHECK_ROWS, replace=False))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+    def _f64(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+        a = self.arrays[name]
+        return (a if rows is None else a[rows]).astype(np.float64)
+
+    @functools.cached_property
+    def _w64(self):
+        return self._f64("w")
+
+    @functools.cached_property
+    def _dy64(self):
+        return self._f64("dy")
+
+    @functools.cached_property
+    def _y(self):
+        return self._f64("x", self.rows_b) @ self._w64 + self._f64("b")
+
+    @functools.cached_property
+    def _dx(self):
+        return self._f64("dy", self.rows_b) @ self._w64.T
+
+    @functools.cached_property
+    def _dw(self):
+        x_cols = self.arrays["x"] if self.rows_f is None else self.arrays["x"][:, self.rows_f]
+        return x_cols.astype(np.float64).T @ self._dy64
+
+    @functools.cached_property
+    def _db(self):
+        return self._dy64.sum(axis=0)
+
+    def expected(self, op: str) -> dict[str, tuple[np.ndarray | None, np.ndarray]]:
+        """Output name -> (the rows compared, None for all; their float64 values)."""
+        if op == "forward":
+            return {"y": (self.rows_b, self._y)}
+        if op == "dx":
+            return {"dx": (self.rows_b, self._dx)}
+        if op == "dw":
+            return {"dw": (self.rows_f, self._dw), "db": (None, self._db)}
+        return {"y": (self.rows_b, self._y), "dx": (self.rows_b, self._dx),
+                "dw": (self.rows_f, self._f64("dw0", self.rows_f) + self._dw),
+                "db": (None, self._f64("db0") + self._db)}
+
+    def rows_checked(self, op: str) -> str:
+        """Which part of each output was compared, e.g. "y 256/4096 rows, db all"."""
+        parts = []
+        for name, (rows, _) in self.expected(op).items():
+            total = self.shape.f if name == "dw" else self.shape.b
+            parts.append(f"{name} all" if rows is None else f"{name} {len(rows)}/{total} rows")
+        return ", ".join(parts)
+
+
+def relative_error(got: np.ndarray, ref: np.ndarray) -> float:
+    """||got - ref|| / ||ref|| in float64 (||got - ref|| when ref is zero)."""
+    norm = np.linalg.norm(ref)
+    diff = float(np.linalg.norm(got - ref))
+    return diff / norm if norm > 0 else diff
+
+
+def check(kind, outputs: dict[str, Any], expected: dict) -> float:
+    """The largest relative error over the outputs; inf when any element is NaN or infinite."""
+    worst = 0.0
+    for name, (rows, ref) in expected.items():
+        if not kind.all_finite(outputs[name]):
+            return math.inf
+        worst = max(worst, relative_error(kind.to_host(outputs[name], rows), ref))
+    return worst
+
+
+class Progress:
+    """One line on stderr: a bar redrawn in place on a terminal, one line per case elsewhere."""
+
+    def __init__(self, total: int, stream=None):
+        self.total, self.done, self.stream = total, 0, stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.start = time.monotonic()
+
+    def update(self, label: str, outcome: str = "") -> None:
+        if outcome:
+            self.done += 1
+        width = 24
+        filled = width * self.done // max(self.total, 1)
+        bar = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {time.monotonic() - self.start:5.0f}s"
+        if self.tty:
+            self.stream.write(f"\r\033[K{bar} {label} {outcome}")
+        elif outcome:
+            self.stream.write(f"[{self.done}/{self.total}] {label}: {outcome}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _summary(result: Result) -> str:
+    if result.status == "ok":
+        return f"{result.median_ms:.3f} ms, {result.tflops:.3g} TFLOP/s, rel_err {result.rel_err:.1e}"
+    return f"{result.status}: {result.reason}"
+
+
+class _ContenderInputs:
+    """One contender's copies of one shape's inputs: set 0 first, the rotation copies when timing."""
+
+    def __init__(self, contender: Contender, host: HostInputs):
+        self.contender, self.host = contender, host
+        self.sets = [{name: contender.kind.adopt(a) for name, a in host.arrays.items()}]
+
+    def rotation(self) -> list[dict]:
+        cache = gpu_cache_bytes() if self.contender.device == "gpu" else cpu_cache_bytes()
+        wanted = rotation_sets(self.host.nbytes, cache)
+        kind = self.contender.kind
+        while len(self.sets) < wanted:
+            self.sets.append({name: kind.copy(a) for name, a in self.sets[0].items()})
+        return self.sets
+
+
+def run_cases(settings: Settings, progress: Progress) -> tuple[list[Result], bool]:
+    """The results of every case, and whether the run was interrupted (Ctrl-C) before the end."""
+    results: list[Result] = []
+    try:
+        _run_all(settings, progress, results)
+    except KeyboardInterrupt:
+        return results, True
+    return results, False
+
+
+def _run_all(settings: Settings, progress: Progress, results: list[Result]) -> None:
+    best_rate: dict[tuple, float] = {}   # (backend, op, dtype) -> highest flop/s measured so far
+    for shape in sorted(dict.fromkeys(settings.shapes), key=lambda s: s.volume):
+        for dtype in settings.dtypes:
+            host = None
+            adopted: dict[str, _ContenderInputs | Exception] = {}
+            for op in settings.ops:
+                for contender in settings.contenders:
+                    result = Result(op, shape, dtype, contender.name, contender.device,
+                                    tolerance=TOLERANCE[dtype])
+                    label = f"{op} {shape} {dtype} {contender.name}"
+                    progress.update(label)
+                    group, reason = _skip_reason(settings, contender, result, best_rate)
+                    if reason:
+                        result.status, result.reason, result.skip_group = "skipped", reason, group
+                    else:
+                        if host is None:
+                            host = HostInputs(shape, dtype, settings.seed)
+                        if contender.name not in adopted:
+                            try:
+                                adopted[contender.name] = _ContenderInputs(contender, host)
+                            except Exception as e:   # e.g. an array library without this dtype
+                                adopted[contender.name] = e
+                        _run_case(settings, contender, adopted[contender.name], result)
+                        if result.status == "ok":
+                            key = (contender.name, op, dtype)
+                            best_rate[key] = max(best_rate.get(key, 0.0), result.flops / (result.median_ms * 1e-3))
+                    results.append(result)
+                    progress.update(label, _summary(result))
+            del adopted, host
+            for contender in settings.contenders:
+                if contender.kind is not None:
+                    contender.kind.release()
+
+
+def _skip_reason(settings: Settings, contender: Contender, result: Result,
+                 best_rate: dict) -> tuple[str, str]:
+    """(group, reason) for a case not to run; ("", "") to run it."""
+    if contender.max_volume is not None and result.shape.volume > contender.max_volume:
+        side = round(contender.max_volume ** (1 / 3))
+        limit = f"{contender.name} runs only shapes up to B·F·D = {side}³"
+        return limit, limit
+    rate = best_rate.get((contender.name, result.op, result.dtype))
+    budget = settings.max_seconds[contender.device]
+    if budget and rate:
+        calls = 1 + settings.warmup[contender.device] + 1   # the check, the warm-up, one repeat
+        predicted = result.flops / rate * calls
+        if predicted > budget:
+            return (f"too slow here: predicted above --max-seconds {budget:g} from the speed on smaller shapes",
+                    f"too slow here: ~{predicted:.3g} s predicted for {calls} calls > --max-seconds {budget:g}")
+    return "", ""
+
+
+def _run_case(settings: Settings, contender: Contender, inputs, result: Result) -> None:
+    """Check, then time; sets result.status and the fields that go with it."""
+    if isinstance(inputs, Exception):
+        result.status, result.reason = "unsupported", _describe(inputs)
+        return
+    kind = contender.kind
+    try:
+        first = contender.prepare(result.op, inputs.sets[0], result.shape)
+        first.run()
+        expected = inputs.host.expected(result.op)
+        result.rel_err = check(kind, first.results(), expected)
+        result.rows_checked = inputs.host.rows_checked(result.op)
+    except NotImplementedError as e:
+        result.status, result.reason = "unsupported", _describe(e)
+        return
+    except Exception as e:
+        result.status, result.reason = "error", _describe(e)
+        return
+    if not result.rel_err <= result.tolerance:
+        result.status = "wrong"
+        result.reason = f"rel_err {result.rel_err:.2e} > tolerance {result.tolerance:.0e}; not timed"
+        return
+    try:
+        sets = inputs.rotation()
+        calls = [first.run] + [contender.prepare(result.op, s, result.shape).run for s in sets[1:]]
+        timer = time_gpu if contender.device == "gpu" else time_cpu
+        device = contender.device
+        times = timer(calls, repeats=settings.repeats[device], warmup=settings.warmup[device],
+                      max_seconds=settings.max_seconds[device] or math.inf)
+    except Exception as e:
+        result.status, result.reason = "error", "while timing: " + _describe(e)
+        return
+    result.times_ms = [float(t) for t in times]
+    result.input_sets = len(sets)
+
+
+def _describe(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def add_ratios(results: list[Result], peaks: dict[str, float] | None) -> None:
+    """Speed relative to each device's baseline, and the fraction of the card's peak on the GPU."""
+    times = {(r.op, r.shape, r.dtype, r.backend): r.median_ms for r in results if r.status == "ok"}
+    for r in results:
+        if r.status != "ok":
+            continue
+        baseline = BASELINE[r.device]
+        base_ms = times.get((r.op, r.shape, r.dtype, baseline))
+        if base_ms:
+            r.ratio, r.ratio_to = base_ms / r.median_ms, baseline
+        if r.device == "gpu" and peaks and r.dtype in peaks:
+            r.peak_fraction = r.tflops / peaks[r.dtype]
