@@ -1,0 +1,113 @@
+"""The cuda runtime's own code, run without a GPU.
+
+CupyRuntime is given a stand-in for CuPy: numpy for the arrays, and a RawModule whose "NVRTC" hands the
+instantiation to the emulator. Everything CupyRuntime does (the source text it compiles, its options and
+name expressions, its module cache, the dynamic shared memory opt-in, the launch) runs for real; only
+NVRTC and the GPU are replaced. NVRTC itself compiles every kernel in test_compile.py.
+"""
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from linear.backends.cuda import CupyRuntime, cuda_include_dirs
+from linear.backends.kernel import KernelBackend
+from linear.backends.sources import kernels_dir
+from reference import assert_close
+
+
+class FakeKernel:
+    def __init__(self, emulated):
+        self.emulated = emulated
+        self.max_dynamic_shared_size_bytes = 48 * 1024
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        assert shared_mem <= self.max_dynamic_shared_size_bytes, "dynamic shared memory was not opted into"
+        self.emulated(grid, block, args, shared_mem=shared_mem)
+
+
+class FakeCupy(types.ModuleType):
+    """numpy in CuPy's clothes; RawModule compiles through the emulator and records what it was given."""
+
+    def __init__(self, emulator):
+        super().__init__("cupy")
+        self.modules: list[dict] = []
+        device = types.SimpleNamespace(id=0)
+        self.cuda = types.SimpleNamespace(
+            runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, CUDARuntimeError=RuntimeError),
+            Device=lambda: device)
+
+        fake = self
+
+        class RawModule:
+            def __init__(self, *, code, options, name_expressions):
+                fake.modules.append(dict(code=code, options=options, names=name_expressions))
+                matches = [p.name for p in kernels_dir().glob("*.cu") if p.read_text() == code]
+                assert len(matches) == 1, "RawModule must receive the text of one kernels/ source"
+                self.source = matches[0]
+
+            def get_function(self, name):
+                assert name in fake.modules[-1]["names"], "get_function needs a declared name expression"
+                return FakeKernel(emulator.function(self.source, name))
+
+        self.RawModule = RawModule
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    from linear.backends.emulate import EmulatorRuntime
+    fake = FakeCupy(EmulatorRuntime())
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    return fake
+
+
+def test_cupy_runtime_compiles_and_launches_every_product(fake_cupy):
+    backend = KernelBackend(CupyRuntime())
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((33, 20)), rng.standard_normal((20, 17)), rng.standard_normal(17)
+    x, w, b = (a.astype(np.float32) for a in (x, w, b))
+    y = np.full((33, 17), np.nan, np.float32)
+    backend.gemm(x, w, y, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, bias=b)
+    assert_close(y, x.astype(np.float64) @ w + b, np.float32)
+
+    dw = np.full((20, 17), np.nan, np.float32)
+    backend.gemm(x, y, dw, trans_a=True, trans_b=False, alpha=1.0, beta=0.0)
+    assert_close(dw, x.T.astype(np.float64) @ y, np.float32)
+
+    db = np.full(17, np.nan, np.float32)
+    backend.colsum(y, db, beta=0.0)
+    assert_close(db, y.astype(np.float64).sum(axis=0), np.float32)
+
+    for module in fake_cupy.modules:
+        assert len(module["names"]) == 1  # one module per instantiation
+        assert "-std=c++17" in module["options"]
+        assert f"-I{kernels_dir()}" in module["options"]  # gemm.cu includes common.cuh
+
+
+def test_cupy_runtime_caches_modules(fake_cupy):
+    runtime = CupyRuntime()
+    first = runtime.function("reduce.cu", "linear_colsum_partial<float>")
+    runtime.function("reduce.cu", "linear_colsum_partial<float>")
+    assert len(fake_cupy.modules) == 1
+    assert callable(first)
+
+
+def test_cuda_include_dir_has_the_half_headers():
+    """NVRTC needs cuda_fp16.h / cuda_bf16.h; the test extra installs them (nvidia-cuda-runtime)."""
+    dirs = cuda_include_dirs()
+    assert dirs, "no directory with cuda_bf16.h: install nvidia-cuda-runtime or a CUDA toolkit"
+    assert (Path(dirs[0]) / "cuda_fp16.h").exists()
+
+
+def test_without_cupy_the_backend_is_unavailable(monkeypatch):
+    from linear.backends import BackendUnavailable
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
+    with pytest.raises(BackendUnavailable, match="needs CuPy"):
+        CupyRuntime()
