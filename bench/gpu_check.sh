@@ -42,14 +42,14 @@ step() {
 
 step machine 15 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
     | tee '$OUT/nvidia-smi.csv' && nvidia-smi"
-step compile 50 "$PY" bench/gpu_sanitize.py --compile-only --jobs 8
+step compile 65 "$PY" bench/gpu_sanitize.py --compile-only --jobs 8
 step pytest 80 "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors \
     --junitxml="$OUT/pytest.xml" tests
-step launch-all 45 "$PY" bench/gpu_sanitize.py
+step launch-all 40 "$PY" bench/gpu_sanitize.py
 
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$SANITIZER" ]; then
-    step memcheck 60 "$SANITIZER" --tool memcheck --leak-check no --error-exitcode 1 "$PY" bench/gpu_sanitize.py
+    step memcheck 55 "$SANITIZER" --tool memcheck --leak-check no --error-exitcode 1 "$PY" bench/gpu_sanitize.py
     step racecheck 50 "$SANITIZER" --tool racecheck --error-exitcode 1 "$PY" bench/gpu_sanitize.py --splits 1
 else
     echo "=== compute-sanitizer not found: memcheck and racecheck not run" | tee -a "$LOG"

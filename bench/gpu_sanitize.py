@@ -22,7 +22,8 @@ from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
 
 # Partial tiles in M and N, three K steps (the last one partial), so edges and the pipeline run.
-SHAPES = {"large": (130, 70, 20), "medium": (70, 40, 20), "small": (40, 36, 20)}
+SHAPES = {"large": (130, 70, 20), "medium": (70, 40, 20), "small": (40, 36, 20), "warp": (130, 70, 20),
+          "warp_deep": (130, 70, 40), "warp_wide": (130, 260, 20), "warp_medium": (70, 40, 20)}
 TOLERANCE = {"float64": 1e-12, "float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}
 
 
@@ -114,7 +115,7 @@ def main() -> int:
     for dtype in TOLERANCE:
         for trans_a in (False, True):
             for trans_b in (False, True):
-                for config in SHAPES:
+                for config in (name for name in SHAPES if dtype in plan.CONFIGS_BY_NAME[name].dtypes):
                     for vector in (False, True):
                         for splits in args.splits:
                             names, err = check_gemm(backend, dtype, trans_a, trans_b, config, vector, splits, rng)

@@ -25,16 +25,32 @@
 //       op(A), M x K: the block walks along     C, M x N
 //       its row panel, BK columns per step
 //
-// Thread (tx, ty) owns TM/4 groups of 4 adjacent rows, BM/(TM/4) apart, and likewise TN/4 groups of
-// 4 adjacent columns, so the 4-wide fragments that neighbouring threads read from shared memory are
-// neighbours too (no bank conflicts). For TM = TN = 8:
+// Groups: the threads form groups of (WM/TM)·(WN/TN); each group owns a WM x WN sub-tile of the C
+// tile, the groups laid row by row. With WM x WN = BM x BN the whole block is one group; when a group
+// is 32 threads it is a warp, and each warp reads only the rows of As and columns of Bs of its own
+// sub-tile ("warp tiling": fewer distinct shared-memory bytes per warp and per FFMA).
 //
-//            BN/2          BN/2
+// Inside a group, thread (lane_m, lane_n) owns TM/4 runs of 4 adjacent rows, WM/(TM/4) apart, and
+// likewise TN/4 runs of 4 adjacent columns, WN/(TN/4) apart, so the 4-wide fragments that
+// neighbouring threads read from shared memory are neighbours too (no bank conflicts). For
+// TM = TN = 8, one group's WM x WN sub-tile:
+//
+//            WN/2          WN/2
 //     ┌─────────────┬─────────────┐
-//     │ t0 t1 t2 …  │ t0 t1 t2 …  │  rows 4·ty .. 4·ty+3, columns 4·tx .. 4·tx+3 of each quarter
+//     │ t0 t1 t2 …  │ t0 t1 t2 …  │  rows 4·lane_m .. +3, columns 4·lane_n .. +3 of each quarter
 //     ├─────────────┼─────────────┤
-//     │ t0 t1 t2 …  │ t0 t1 t2 …  │  BM/2 rows further down
+//     │ t0 t1 t2 …  │ t0 t1 t2 …  │  WM/2 rows further down
 //     └─────────────┴─────────────┘
+//
+// e.g. BM x BN = 128 x 128 as 8 warps of WM x WN = 32 x 64, each warp 4 x 8 threads of 8 x 8:
+//
+//     ┌────────┬────────┐
+//     │ warp 0 │ warp 1 │   per k, a warp reads 2 runs of 4·4 = 16 A values (64 bytes each)
+//     ├────────┼────────┤   and 2 runs of 8·4 = 32 B values (128 bytes each) for its 2048 FFMA;
+//     │ warp 2 │ warp 3 │   as one group of 16 x 16 threads (WM x WN = BM x BN), a warp reads
+//     ├────────┼────────┤   2 runs of 2·4 A values and 2 runs of 16·4 = 64 B values (256 bytes)
+//     │   …    │   …    │
+//     └────────┴────────┘
 //
 // K loop: double-buffered shared memory, one __syncthreads per step:
 //     registers       ← global tile t+1        (issued first: its latency hides behind the math)
@@ -54,6 +70,7 @@
 //   TC       element type of C: T, or acc_t<T> when C is a split-K workspace
 //   TRANS_A  A is stored K x M (op(A) = Aᵀ); TRANS_B likewise, B stored N x K
 //   BM, BN   the C tile of one block;  BK  the depth of one shared-memory step
+//   WM, WN   the sub-tile of one group of threads (BM, BN: one group; 32 threads: a warp)
 //   TM, TN   the outputs one thread owns (multiples of 4); the block has (BM/TM)·(BN/TN) threads
 //   VEC      A and B allow 16-byte global loads (16-byte aligned pointers and leading dimensions);
 //            partial chunks at the matrix edges still load element by element
@@ -64,7 +81,8 @@
 //   small                   32 x  32 x 8,           4 x 4,  64 threads
 //   The largest config whose ⌈M/BM⌉·⌈N/BN⌉ blocks fill the card (132 SMs) runs; when none does, the
 //   small one, plus split-K if K is long enough (≥ 2·512) for ⌈132 / blocks⌉ slices of ≥ 512.
-//   VEC wherever both operands allow it.
+//   VEC wherever both operands allow it. The table also lists warp-tiled candidates (float32 only),
+//   which only Tuning(config=...) and bench/sweep.py launch until a GPU measurement picks them.
 #include "common.cuh"
 
 // Shared-memory rows are padded by this many accumulators: the transposing stores of a tile then
@@ -136,30 +154,30 @@ struct TileLoader {
     }
 };
 
-// Offset within the tile of a thread's output number i (0 <= i < T_OWN): groups of 4 adjacent
-// rows (or columns), TILE / (T_OWN / 4) apart; `thread` is ty (or tx).
-template <int TILE, int T_OWN>
-__device__ __forceinline__ int owned_offset(int i, int thread) {
-    return i / 4 * (TILE / (T_OWN / 4)) + thread * 4 + i % 4;
+// Offset within the C tile of a thread's output number i (0 <= i < T_OWN): runs of 4 adjacent rows
+// (or columns) SUB_TILE / (T_OWN / 4) apart, from the thread's first row (or column) `first`.
+template <int SUB_TILE, int T_OWN>
+__device__ __forceinline__ int owned_offset(int i, int first) {
+    return first + i / 4 * (SUB_TILE / (T_OWN / 4)) + i % 4;
 }
 
 // acc += As · Bs for one shared-memory stage: BK rank-1 updates of the thread's TM x TN block.
-template <typename Acc, int BM, int BN, int BK, int TM, int TN, int PITCH_A, int PITCH_B>
+template <typename Acc, int WM, int WN, int BK, int TM, int TN, int PITCH_A, int PITCH_B>
 __device__ __forceinline__ void multiply_stage(const Acc* __restrict__ As, const Acc* __restrict__ Bs,
-                                               int tx, int ty, Acc (&acc)[TM][TN]) {
+                                               int m_first, int n_first, Acc (&acc)[TM][TN]) {
 #pragma unroll
     for (int k = 0; k < BK; ++k) {
         Acc a[TM], b[TN];
 #pragma unroll
         for (int g = 0; g < TM / 4; ++g) {
-            const Acc* const fragment = As + k * PITCH_A + owned_offset<BM, TM>(4 * g, ty);
+            const Acc* const fragment = As + k * PITCH_A + owned_offset<WM, TM>(4 * g, m_first);
             const Quad<Acc> q = *reinterpret_cast<const Quad<Acc>*>(fragment);
 #pragma unroll
             for (int r = 0; r < 4; ++r) a[4 * g + r] = q.v[r];
         }
 #pragma unroll
         for (int g = 0; g < TN / 4; ++g) {
-            const Acc* const fragment = Bs + k * PITCH_B + owned_offset<BN, TN>(4 * g, tx);
+            const Acc* const fragment = Bs + k * PITCH_B + owned_offset<WN, TN>(4 * g, n_first);
             const Quad<Acc> q = *reinterpret_cast<const Quad<Acc>*>(fragment);
 #pragma unroll
             for (int r = 0; r < 4; ++r) b[4 * g + r] = q.v[r];
@@ -171,7 +189,8 @@ __device__ __forceinline__ void multiply_stage(const Acc* __restrict__ As, const
     }
 }
 
-template <typename T, typename TC, bool TRANS_A, bool TRANS_B, int BM, int BN, int BK, int TM, int TN, bool VEC>
+template <typename T, typename TC, bool TRANS_A, bool TRANS_B, int BM, int BN, int BK, int WM, int WN, int TM,
+          int TN, bool VEC>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
 linear_gemm(int M, int N, int K, int k_per_split,
             const T* __restrict__ A, long long lda,
@@ -179,7 +198,8 @@ linear_gemm(int M, int N, int K, int k_per_split,
             TC* __restrict__ C, long long ldc, long long c_split_stride,
             acc_t<T> alpha, acc_t<T> beta, const T* __restrict__ bias, int add_bias) {
     using Acc = acc_t<T>;
-    static_assert(TM % 4 == 0 && TN % 4 == 0 && BM % TM == 0 && BN % TN == 0, "bad register block");
+    static_assert(TM % 4 == 0 && TN % 4 == 0 && WM % TM == 0 && WN % TN == 0, "bad register block");
+    static_assert(BM % WM == 0 && BN % WN == 0, "the groups' sub-tiles must tile the block's tile");
     constexpr int THREADS = (BM / TM) * (BN / TN);
     using LoadA = TileLoader<T, BK, BM, THREADS, TRANS_A, VEC>;   // Aᵀ is stored k-major
     using LoadB = TileLoader<T, BK, BN, THREADS, !TRANS_B, VEC>;  // B is stored k-major
@@ -193,7 +213,11 @@ linear_gemm(int M, int N, int K, int k_per_split,
     const int k_begin = blockIdx.z * k_per_split;
     const int k_end = K - k_begin < k_per_split ? K : k_begin + k_per_split;
     const int steps = k_end > k_begin ? ceil_div(k_end - k_begin, BK) : 0;
-    const int tx = threadIdx.x % (BN / TN), ty = threadIdx.x / (BN / TN);
+    // The thread's first row and column in the C tile: its group's sub-tile, then its lane in it.
+    constexpr int LANES_N = WN / TN, GROUP = (WM / TM) * LANES_N;
+    const int group = threadIdx.x / GROUP, lane = threadIdx.x % GROUP;
+    const int m_first = group / (BN / WN) * WM + lane / LANES_N * 4;
+    const int n_first = group % (BN / WN) * WN + lane % LANES_N * 4;
 
     LoadA a_tile;
     LoadB b_tile;
@@ -217,8 +241,8 @@ linear_gemm(int M, int N, int K, int k_per_split,
             a_tile.load(A, lda, m0, k_begin + (t + 1) * BK, M, k_end);
             b_tile.load(B, ldb, n0, k_begin + (t + 1) * BK, N, k_end);
         }
-        multiply_stage<Acc, BM, BN, BK, TM, TN, LoadA::PITCH, LoadB::PITCH>(
-            As + stage * LoadA::SIZE, Bs + stage * LoadB::SIZE, tx, ty, acc);
+        multiply_stage<Acc, WM, WN, BK, TM, TN, LoadA::PITCH, LoadB::PITCH>(
+            As + stage * LoadA::SIZE, Bs + stage * LoadB::SIZE, m_first, n_first, acc);
         if (prefetch) {
             a_tile.store(As + (1 - stage) * LoadA::SIZE);
             b_tile.store(Bs + (1 - stage) * LoadB::SIZE);
@@ -230,12 +254,12 @@ linear_gemm(int M, int N, int K, int k_per_split,
     TC* const c_split = C + blockIdx.z * c_split_stride;
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
-        const int row = m0 + owned_offset<BM, TM>(i, ty);
+        const int row = m0 + owned_offset<WM, TM>(i, m_first);
         if (row >= M) continue;
         TC* const c_row = c_split + row * ldc;
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
-            const int col = n0 + owned_offset<BN, TN>(j, tx);
+            const int col = n0 + owned_offset<WN, TN>(j, n_first);
             if (col >= N) continue;
             Acc value = alpha * acc[i][j];
             if (beta != Acc(0)) value += beta * to_acc(c_row[col]);

@@ -25,9 +25,11 @@ from reference import TOLERANCE, assert_close, poisoned, rel_err
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64),
           "float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 TRANS = [(False, False), (False, True), (True, False), (True, True)]
-CONFIGS = [config.name for config in plan.TILE_CONFIGS]
 # Sizes that are no tile multiple in any direction, with several K steps and split-K slices.
-SHAPES = {"large": (129, 67, 65), "medium": (70, 50, 33), "small": (70, 50, 33)}
+SHAPES = {"large": (129, 67, 65), "medium": (70, 50, 33), "small": (70, 50, 33), "warp": (129, 67, 65),
+          "warp_deep": (129, 67, 65), "warp_wide": (129, 259, 33), "warp_medium": (70, 50, 33)}
+# Every (dtype, config) pair that is instantiated.
+DTYPE_CONFIGS = [(dtype, config.name) for dtype in DTYPES for config in plan.TILE_CONFIGS if dtype in config.dtypes]
 
 
 def emulator(**options):
@@ -118,9 +120,28 @@ def test_the_largest_config_that_fills_the_card_is_chosen():
     assert plan.choose_config(1, 1).name == "small"
     for m, n in [(1, 1), (100, 3000), (777, 555), (1500, 1500), (10000, 64)]:
         chosen = plan.choose_config(m, n)
-        assert chosen.tiles(m, n) >= plan.NUM_SMS or chosen == plan.TILE_CONFIGS[-1]
-        bigger = plan.TILE_CONFIGS[:plan.TILE_CONFIGS.index(chosen)]
+        assert chosen.tiles(m, n) >= plan.NUM_SMS or chosen == plan.HEURISTIC_CONFIGS[-1]
+        bigger = plan.HEURISTIC_CONFIGS[:plan.HEURISTIC_CONFIGS.index(chosen)]
         assert all(config.tiles(m, n) < plan.NUM_SMS for config in bigger)
+
+
+def test_candidates_are_never_chosen_and_refuse_other_dtypes():
+    candidates = [config for config in plan.TILE_CONFIGS if config.candidate]
+    assert candidates and all(config not in plan.HEURISTIC_CONFIGS for config in candidates)
+    sizes = [1, 64, 100, 256, 1000, 4096, 8192, 11008, 65536]
+    assert all(not plan.choose_config(m, n).candidate for m in sizes for n in sizes)
+    assert all(set(config.dtypes) == set(DTYPES) for config in plan.HEURISTIC_CONFIGS)
+    [launch] = gemm_launches(300, 300, 64, tuning=Tuning(config="warp"))  # chosen by name, it runs
+    assert ", 128, 128, 8, 32, 64, 8, 8, " in launch.name and launch.block == (256, 1, 1)
+    with pytest.raises(ValueError, match="'warp' is instantiated for float32 only, got dtype float64"):
+        gemm_launches(300, 300, 64, "float64", tuning=Tuning(config="warp"))
+
+
+def test_tile_configs_must_tile_with_whole_blocks_or_warps():
+    with pytest.raises(ValueError, match="does not tile"):
+        plan.TileConfig("x", bm=128, bn=128, bk=8, wm=48, wn=64, tm=8, tn=8)
+    with pytest.raises(ValueError, match="neither the block"):
+        plan.TileConfig("x", bm=128, bn=128, bk=8, wm=64, wn=64, tm=8, tn=8)  # groups of 64 threads
 
 
 def test_split_k_only_when_the_grid_is_small_and_k_is_long():
@@ -154,7 +175,7 @@ def test_gemm_launch_arguments_have_exact_types():
     assert types == [np.int32] * 4 + [np.ndarray, np.int64] * 2 + [np.ndarray, np.int64, np.int64] + \
         [np.float32, np.float32, np.ndarray, np.int32]
     assert launch.grid == (3, 2, 1) and launch.block == (64, 1, 1)
-    assert launch.name == "linear_gemm<__half, __half, false, false, 32, 32, 8, 4, 4, true>"
+    assert launch.name == "linear_gemm<__half, __half, false, false, 32, 32, 8, 32, 32, 4, 4, true>"
     [launch] = gemm_launches(5, 5, 5, "float64")
     assert type(launch.args[11]) is np.float64 and launch.args[-1] == 0
 
@@ -196,14 +217,14 @@ def test_sizes_beyond_int32_are_refused_before_any_copy():
 def test_plans_launch_exactly_the_listed_instantiations():
     """The compile checks build plan.instantiations(); it must be what the plans can launch."""
     launched = {}
-    for dtype in DTYPES:
+    for dtype, config in DTYPE_CONFIGS:
         for trans_a, trans_b in TRANS:
-            for config in CONFIGS:
-                for vector in (False, True):
-                    for splits in (1, 2):
-                        tuning = Tuning(config=config, vector=vector, splits=splits)
-                        for launch in gemm_launches(16, 16, 40, dtype, trans_a, trans_b, tuning):
-                            launched[launch.name] = launch.shared_mem
+            for vector in (False, True):
+                for splits in (1, 2):
+                    tuning = Tuning(config=config, vector=vector, splits=splits)
+                    for launch in gemm_launches(16, 16, 40, dtype, trans_a, trans_b, tuning):
+                        launched[launch.name] = launch.shared_mem
+    for dtype in DTYPES:
         a, out = np.zeros((100, 3), DTYPES[dtype]), np.zeros(3, DTYPES[dtype])
         launched.update((launch.name, launch.shared_mem) for launch in plan.plan_colsum(np, a, out, beta=0.0))
     assert launched == {kernel.name: kernel.shared_mem for kernel in plan.instantiations()}
@@ -231,9 +252,8 @@ EPILOGUES = [(1, 1.0, 0.0, True), (1, -0.5, 0.75, False), (3, 2.0, 0.5, True)]
 
 
 @pytest.mark.parametrize("vector", [False, True], ids=["scalar", "vector"])
-@pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("trans_a,trans_b", TRANS, ids=["NN", "NT", "TN", "TT"])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype,config", DTYPE_CONFIGS)
 def test_gemm_instantiation(runtime, dtype, trans_a, trans_b, config, vector):
     m, n, k = SHAPES[config]
     rng = np.random.default_rng([m, n, k, trans_a, trans_b, vector])

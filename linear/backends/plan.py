@@ -8,7 +8,8 @@ emulator exercises all of it in CI.
 
 The shape heuristic (tunable through TILE_CONFIGS and the constants below it):
 1. Tile: the largest configuration whose tile count ⌈M/BM⌉·⌈N/BN⌉ fills the card (NUM_SMS blocks);
-   when none does, the smallest, whose blocks are the most.
+   when none does, the smallest, whose blocks are the most. Candidates (TileConfig.candidate) are
+   never chosen: they are there for bench/sweep.py until a GPU measurement justifies choosing them.
 2. Split-K: when even that leaves SMs idle and K is long, split K into up to ⌈NUM_SMS / tiles⌉ parts
    of at least MIN_K_PER_SPLIT each (at most MAX_SPLITS). Each part writes float32/float64 partial
    products into a workspace [splits, M, N]; linear_sum_splits adds them in a fixed order.
@@ -29,15 +30,31 @@ import numpy as np
 # ----------------------------------------------------------------------------------------------------
 
 
+ALL_DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+
 @dataclass(frozen=True)
 class TileConfig:
-    """One tile shape of linear_gemm (see the picture at the top of kernels/gemm.cu)."""
+    """One tile shape of linear_gemm (see the pictures at the top of kernels/gemm.cu)."""
     name: str
     bm: int  # C tile rows per block
     bn: int  # C tile columns per block
     bk: int  # K depth of one shared-memory stage (a multiple of 8: one 16-byte load of halves)
+    wm: int  # C rows of one group of threads' sub-tile: bm (one group) or a warp tile's rows
+    wn: int  # C columns of that sub-tile: bn (one group) or a warp tile's columns
     tm: int  # C rows per thread (a multiple of 4)
     tn: int  # C columns per thread (a multiple of 4)
+    dtypes: tuple[str, ...] = ALL_DTYPES  # the element types it is instantiated for
+    candidate: bool = False  # only Tuning(config=...) launches it; the heuristic never chooses it
+
+    def __post_init__(self):
+        group = (self.wm // self.tm) * (self.wn // self.tn)
+        if self.bm % self.wm or self.bn % self.wn or self.wm % self.tm or self.wn % self.tn or \
+                self.tm % 4 or self.tn % 4 or self.bk % 8:
+            raise ValueError(f"tile config {self.name!r} does not tile: {self}")
+        if group != self.threads and group != WARP_SIZE:
+            raise ValueError(f"tile config {self.name!r}: a group of {group} threads is neither the block "
+                             f"({self.threads}) nor a warp ({WARP_SIZE})")
 
     @property
     def threads(self) -> int:
@@ -52,14 +69,30 @@ class TileConfig:
 
 
 SHARED_PAD = 4  # kernels/gemm.cu: SMEM_PAD
+WARP_SIZE = 32
 
-# Largest first: the heuristic takes the first one that fills the card.
+# The heuristic's configurations, largest first (it takes the first one that fills the card), then the
+# candidates that bench/sweep.py measures against them, each one idea away from its parent. They are
+# float32 only (the dtype the sweep measures); none is chosen until a GPU measurement says so.
 TILE_CONFIGS = (
-    TileConfig("large", bm=128, bn=128, bk=8, tm=8, tn=8),  # 256 threads, 8x8 outputs each
-    TileConfig("medium", bm=64, bn=64, bk=8, tm=4, tn=4),  # 256 threads, 4x4 outputs each
-    TileConfig("small", bm=32, bn=32, bk=8, tm=4, tn=4),  # 64 threads, 4x4 outputs each
+    TileConfig("large", bm=128, bn=128, bk=8, wm=128, wn=128, tm=8, tn=8),  # 256 threads, 8x8 outputs each
+    TileConfig("medium", bm=64, bn=64, bk=8, wm=64, wn=64, tm=4, tn=4),  # 256 threads, 4x4 outputs each
+    TileConfig("small", bm=32, bn=32, bk=8, wm=32, wn=32, tm=4, tn=4),  # 64 threads, 4x4 outputs each
+    # large, warp-tiled: 8 warps of 32x64, each 4x8 threads: a third fewer shared-memory wavefronts.
+    TileConfig("warp", bm=128, bn=128, bk=8, wm=32, wn=64, tm=8, tn=8, dtypes=("float32",), candidate=True),
+    # warp with BK = 16: half the barriers and global-load rounds per FLOP, twice the shared memory.
+    TileConfig("warp_deep", bm=128, bn=128, bk=16, wm=32, wn=64, tm=8, tn=8, dtypes=("float32",),
+               candidate=True),
+    # warp with a 128x256 tile, 8 warps of 64x64, 16x8 per thread: 1.33x the FLOPs per loaded byte,
+    # one block of 8 warps per SM (about 200 registers a thread).
+    TileConfig("warp_wide", bm=128, bn=256, bk=8, wm=64, wn=64, tm=16, tn=8, dtypes=("float32",),
+               candidate=True),
+    # medium, warp-tiled: 8 warps of 16x32, each 4x8 threads, for the shapes where medium runs.
+    TileConfig("warp_medium", bm=64, bn=64, bk=8, wm=16, wn=32, tm=4, tn=4, dtypes=("float32",),
+               candidate=True),
 )
 CONFIGS_BY_NAME = {config.name: config for config in TILE_CONFIGS}
+HEURISTIC_CONFIGS = tuple(config for config in TILE_CONFIGS if not config.candidate)
 
 NUM_SMS = 132  # an H100 SXM; the heuristic needs only the order of magnitude of the card
 MIN_K_PER_SPLIT = 512  # shorter K slices would spend more on the workspace than they gain
@@ -112,11 +145,11 @@ class Tuning:
 
 
 def choose_config(m: int, n: int) -> TileConfig:
-    """The largest tile configuration that fills the card, else the smallest."""
-    for config in TILE_CONFIGS:
+    """The largest tile configuration that fills the card, else the smallest (candidates aside)."""
+    for config in HEURISTIC_CONFIGS:
         if config.tiles(m, n) >= NUM_SMS:
             return config
-    return TILE_CONFIGS[-1]
+    return HEURISTIC_CONFIGS[-1]
 
 
 def choose_splits(m: int, n: int, k: int, config: TileConfig) -> int:
@@ -214,7 +247,7 @@ def _cpp_bool(flag: bool) -> str:
 def gemm_name(t: ElementType, c_cpp: str, trans_a: bool, trans_b: bool, config: TileConfig,
               vector: bool) -> str:
     flags = ", ".join(map(_cpp_bool, (trans_a, trans_b)))
-    tile = ", ".join(str(v) for v in (config.bm, config.bn, config.bk, config.tm, config.tn))
+    tile = ", ".join(str(v) for v in (config.bm, config.bn, config.bk, config.wm, config.wn, config.tm, config.tn))
     return f"linear_gemm<{t.cpp}, {c_cpp}, {flags}, {tile}, {_cpp_bool(vector)}>"
 
 
@@ -236,11 +269,12 @@ class Instantiation:
 def instantiations() -> list[Instantiation]:
     """Every template instantiation a plan can launch."""
     found = []
-    for t in ELEMENT_TYPES.values():
-        shared = {config: config.shared_bytes(np.dtype(t.acc).itemsize) for config in TILE_CONFIGS}
+    for dtype, t in ELEMENT_TYPES.items():
+        configs = [config for config in TILE_CONFIGS if dtype in config.dtypes]
+        shared = {config: config.shared_bytes(np.dtype(t.acc).itemsize) for config in configs}
         for c_cpp in dict.fromkeys((t.cpp, t.acc_cpp)):  # C itself, or a split-K workspace
             for trans_a, trans_b, config, vector in itertools.product(
-                    (False, True), (False, True), TILE_CONFIGS, (False, True)):
+                    (False, True), (False, True), configs, (False, True)):
                 name = gemm_name(t, c_cpp, trans_a, trans_b, config, vector)
                 found.append(Instantiation("gemm.cu", name, shared[config]))
     for t in ELEMENT_TYPES.values():
@@ -281,6 +315,10 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b:
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     _check_int32(M=m, N=n, K=k)
+    config = CONFIGS_BY_NAME[tuning.config] if tuning.config else choose_config(m, n)
+    if np.dtype(c.dtype).name not in config.dtypes:
+        raise ValueError(f"tile config {config.name!r} is instantiated for {', '.join(config.dtypes)} only, "
+                         f"got dtype {np.dtype(c.dtype).name}")
     if m == 0 or n == 0:
         return []
     ldc = _output_ld(c)
@@ -288,7 +326,6 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b:
     if bias is not None:
         bias = _contiguous_vector(xp, bias)
 
-    config = CONFIGS_BY_NAME[tuning.config] if tuning.config else choose_config(m, n)
     k_per_split, splits = split_k(k, tuning.splits or choose_splits(m, n, k, config), config.bk)
     aligned = vector_aligned(op_a) and vector_aligned(op_b)
     if tuning.vector and not aligned:

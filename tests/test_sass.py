@@ -1,0 +1,215 @@
+"""The machine code of the hot float32 GEMMs, read without a GPU (nvcc -cubin, then cuobjdump -sass).
+
+For the large configurations (the heuristic's and the candidates), NN / NT / TN, 16-byte aligned
+operands, sm_90, the main loop (the backward branch with the most FFMA) must be the K loop the source
+describes: one barrier; every global load a 128-bit LDG (one per 16-byte chunk a thread stages);
+every shared-memory fragment read a 128-bit LDS; exactly BK·TM·TN FFMA per step and FFMA the bulk of
+the loop's instructions; and the kernel must touch no local memory (LDL/STL: spills or stack arrays).
+Negative controls: the scalar-load instantiation fails the vector-load check, and a kernel with a
+dynamically indexed array (in local memory) fails the local-memory check.
+
+cuobjdump and the nvdisasm it runs for -sass come from the nvidia-cuda-cuobjdump and
+nvidia-cuda-nvdisasm wheels (or a CUDA toolkit on PATH); nvcc from the toolkit.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import require, require_tool
+from linear.backends import compile_check, plan
+from linear.backends.sources import kernels_dir
+
+ARCH = "sm_90"
+HOT_CONFIGS = ["large", "warp", "warp_deep", "warp_wide"]
+PRODUCTS = {"NN": (False, False), "NT": (False, True), "TN": (True, False)}
+FLOAT = plan.ELEMENT_TYPES["float32"]
+MIN_FFMA_SHARE = 0.75  # of the main loop's instructions
+
+
+def hot_name(config: str, product: str, vector: bool = True) -> str:
+    return plan.gemm_name(FLOAT, FLOAT.cpp, *PRODUCTS[product], plan.CONFIGS_BY_NAME[config], vector)
+
+
+HOT = {(config, product): hot_name(config, product) for config in HOT_CONFIGS for product in PRODUCTS}
+SCALAR = hot_name("large", "NN", vector=False)
+
+
+def find_cuda_tool(name: str) -> str | None:
+    """A CUDA binary tool on PATH, else the one of its nvidia-cuda-<name> wheel (CUDA 13 or 12 layout)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    site = Path(sysconfig.get_paths()["purelib"]) / "nvidia"
+    for path in (site / "cu13" / "bin" / name, site / f"cuda_{name}" / "bin" / name):
+        if path.exists():
+            return str(path)
+    return None
+
+
+@dataclass(frozen=True)
+class Instruction:
+    address: int
+    opcode: str  # with its modifiers, e.g. LDG.E.128.CONSTANT
+    text: str  # the whole instruction, predicate and operands included
+
+    @property
+    def base(self) -> str:
+        return self.opcode.split(".")[0]
+
+    def branch_target(self) -> int | None:
+        if self.base != "BRA":
+            return None
+        target = re.search(r"0x([0-9a-f]+)\s*$", self.text)
+        return int(target.group(1), 16) if target else None
+
+
+_FUNCTION = re.compile(r"Function : (\S+)")
+_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+
+
+def parse_sass(text: str) -> dict[str, list[Instruction]]:
+    """{mangled function name: its instructions} from `cuobjdump -sass`."""
+    functions: dict[str, list[Instruction]] = {}
+    current = None
+    for line in text.splitlines():
+        if m := _FUNCTION.search(line):
+            current = functions.setdefault(m.group(1), [])
+        elif current is not None and (m := _INSTRUCTION.search(line)):
+            body = re.sub(r"^@!?U?P[T\d]+\s+", "", m.group(2))  # drop the predicate
+            current.append(Instruction(int(m.group(1), 16), body.split()[0], m.group(2)))
+    return functions
+
+
+def main_loop(instructions: list[Instruction]) -> list[Instruction]:
+    """The body of the backward branch (target .. branch) that holds the most FFMA."""
+    loops = []
+    for branch in instructions:
+        target = branch.branch_target()
+        if target is not None and target <= branch.address:
+            body = [i for i in instructions if target <= i.address <= branch.address]
+            loops.append((sum(i.base == "FFMA" for i in body), body))
+    assert loops, "no backward branch: the K loop is missing"
+    return max(loops, key=lambda loop: loop[0])[1]
+
+
+@dataclass(frozen=True)
+class LoopFigures:
+    instructions: int  # NOPs left out
+    ffma: int
+    ldg_128: int
+    ldg_narrow: int  # global loads narrower than 128 bits (the edge path of partial chunks)
+    lds_128: int
+    lds_narrow: int
+    barriers: int
+    local: int  # LDL/STL in the whole kernel
+
+    @property
+    def ffma_share(self) -> float:
+        return self.ffma / self.instructions
+
+
+def figures(instructions: list[Instruction]) -> LoopFigures:
+    body = [i for i in main_loop(instructions) if i.base != "NOP"]
+    count = Counter()
+    for i in body:
+        wide = ".128" in i.opcode
+        if i.base in ("LDG", "LDS"):
+            count[i.base + ("_128" if wide else "_narrow")] += 1
+        elif i.base in ("FFMA", "BAR"):
+            count[i.base] += 1
+    local = sum(i.base in ("LDL", "STL") for i in instructions)
+    return LoopFigures(len(body), count["FFMA"], count["LDG_128"], count["LDG_narrow"], count["LDS_128"],
+                       count["LDS_narrow"], count["BAR"], local)
+
+
+def expected_per_step(config: plan.TileConfig, product: str) -> tuple[int, int, int]:
+    """(FFMA, 128-bit LDS, 16-byte chunks a thread loads) per K step of one thread, from the source."""
+    chunks = sum(-(-config.bk * tile // 4 // config.threads) for tile in (config.bm, config.bn))
+    return config.bk * config.tm * config.tn, config.bk * (config.tm + config.tn) // 4, chunks
+
+
+# Negative control for the local-memory check: an array indexed at run time lives in local memory.
+LOCAL_ARRAY_KERNEL = """
+extern "C" __global__ void local_array(const int* in, int* out) {
+    int histogram[256] = {};
+    for (int j = 0; j < 1024; ++j) histogram[in[j] & 255] += 1;
+    out[threadIdx.x] = histogram[threadIdx.x & 255];
+}
+"""
+
+
+def disassemble(unit_source: str) -> dict[str, list[Instruction]]:
+    """{demangled function name: instructions} of a translation unit (which may include kernels/),
+    built for ARCH."""
+    nvcc, cuobjdump, nvdisasm = require_tool("nvcc"), find_cuda_tool("cuobjdump"), find_cuda_tool("nvdisasm")
+    require(cuobjdump is not None, "cuobjdump (the nvidia-cuda-cuobjdump wheel)")
+    require(nvdisasm is not None, "nvdisasm, which cuobjdump -sass runs (the nvidia-cuda-nvdisasm wheel)")
+    with tempfile.TemporaryDirectory() as tmp:
+        unit, cubin = Path(tmp) / "unit.cu", Path(tmp) / "unit.cubin"
+        unit.write_text(unit_source)
+        subprocess.run([nvcc, "-std=c++17", "-O3", f"-arch={ARCH}", "-cubin", "-diag-suppress", "177",
+                        f"-I{kernels_dir()}", str(unit), "-o", str(cubin)], check=True, capture_output=True, text=True)
+        sass = subprocess.run([cuobjdump, "-sass", str(cubin)], check=True, capture_output=True, text=True,
+                              env=dict(os.environ, NVDISASM_PATH=str(Path(nvdisasm).parent))).stdout
+    functions = parse_sass(sass)
+    readable = compile_check.demangle(list(functions))
+    return {readable[mangled]: instructions for mangled, instructions in functions.items()}
+
+
+@pytest.fixture(scope="module")
+def sass() -> dict[str, list[Instruction]]:
+    """The hot kernels, the scalar-load one and the local-array control; two nvcc runs at a time."""
+    names = [*HOT.values(), SCALAR]
+    units = [compile_check.instantiating_unit("gemm.cu", names[i::2]) for i in range(2)] + [LOCAL_ARRAY_KERNEL]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        return {name: code for found in pool.map(disassemble, units) for name, code in found.items()}
+
+
+@pytest.mark.parametrize("config,product", list(HOT), ids=[f"{c}-{p}" for c, p in HOT])
+def test_main_loop_is_vector_loads_and_dense_ffma(sass, config, product):
+    name = HOT[config, product]
+    loop = figures(sass[name])
+    ffma, lds, chunks = expected_per_step(plan.CONFIGS_BY_NAME[config], product)
+    unrolled = loop.ffma // ffma  # steps the compiler unrolled into one loop body
+    print(f"\n{config:>10} {product}: {loop.instructions} instructions, {loop.ffma} FFMA "
+          f"({loop.ffma_share:.1%}), {loop.lds_128} LDS.128, {loop.ldg_128} LDG.E.128 "
+          f"(+{loop.ldg_narrow} narrow on the edge path), {loop.barriers} BAR")
+    assert unrolled >= 1 and loop.ffma == unrolled * ffma, (name, loop)
+    assert loop.lds_128 == unrolled * lds and loop.lds_narrow == 0, (name, loop)
+    assert loop.ldg_128 == unrolled * chunks, (name, loop)
+    assert loop.barriers == unrolled, (name, loop)
+    assert loop.local == 0, (name, loop)
+    assert loop.ffma_share >= MIN_FFMA_SHARE, (name, loop)
+
+
+def test_the_checks_catch_scalar_loads_and_local_memory(sass):
+    scalar = figures(sass[SCALAR])
+    assert scalar.ldg_128 == 0 and scalar.ldg_narrow > 0
+    assert figures(sass["local_array"]).local > 0
+
+
+def test_sass_parsing():
+    text = """
+        Function : _Z3fooILi1EEvv
+        /*0000*/                   LDC R1, c[0x0][0x28] ;            /* 0x00000a00ff017b82 */
+        /*0010*/                   FFMA R2, R3, R4, R2 ;             /* 0x0000000403027223 */
+        /*0020*/              @!P0 BRA P3, 0x10 ;                    /* 0x0000000000408947 */
+        /*0030*/               @P1 LDG.E.128.CONSTANT R4, desc[UR8][R2.64] ;  /* 0x00000008021c7981 */
+        /*0040*/                   EXIT ;                            /* 0x000000000000794d */
+    """
+    [(name, instructions)] = parse_sass(text).items()
+    assert name == "_Z3fooILi1EEvv" and [i.opcode for i in instructions] == \
+        ["LDC", "FFMA", "BRA", "LDG.E.128.CONSTANT", "EXIT"]
+    assert instructions[2].branch_target() == 0x10 and instructions[1].branch_target() is None
+    assert [i.address for i in main_loop(instructions)] == [0x10, 0x20]
