@@ -17,22 +17,24 @@ class NumpyBackend:
         work = _compute_dtype(c.dtype)
         op_a = a.T if trans_a else a
         op_b = b.T if trans_b else b
-        if work == c.dtype:
-            product = np.matmul(op_a, op_b, out=c if beta == 0 else None)
-        else:
-            product = np.matmul(op_a.astype(work), op_b.astype(work))
+        if work != c.dtype:
+            op_a, op_b = op_a.astype(work), op_b.astype(work)
+        # BLAS writes straight into c unless c is an addend or needs a cast. Fresh temporaries are kept
+        # to one: each large one costs page faults that can exceed the product itself on small layers.
+        direct = beta == 0 and work == c.dtype
+        product = np.matmul(op_a, op_b, out=c if direct else None)
         if alpha != 1:
             product *= work.type(alpha)
-        if beta != 0:
-            product += work.type(beta) * c.astype(work, copy=False)
         if bias is not None:
-            product += bias.astype(work, copy=False)
-        if product is not c:
+            product += bias
+        if not direct:
+            if beta != 0:
+                product += c if beta == 1 else work.type(beta) * c
             c[...] = product
 
     def colsum(self, a, out, *, beta):
         work = _compute_dtype(out.dtype)
         total = a.sum(axis=0, dtype=work)
         if beta != 0:
-            total += work.type(beta) * out.astype(work, copy=False)
+            total += out if beta == 1 else work.type(beta) * out
         out[...] = total
