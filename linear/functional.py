@@ -57,7 +57,7 @@ def _resolve(arrays: dict[str, Any], backend: str | None) -> tuple[Backend, dict
         if chosen.xp is not np:
             raise TypeError(f"backend {name!r} takes {chosen.xp.__name__} arrays; "
                             f"got numpy arrays ({', '.join(present)})")
-        present = {k: np.asarray(a) for k, a in present.items()}
+        present = {k: a if k.endswith("out") else np.asarray(a) for k, a in present.items()}
     elif chosen.xp.__name__ != "cupy":
         raise TypeError(f"backend {name!r} takes numpy arrays; got CuPy arrays ({', '.join(on_gpu)}); "
                         "use backend='cuda' or move them with .get()")
@@ -70,20 +70,36 @@ def _check_dtype(name: str, a: Array) -> None:
 
 
 def _result_dtype(arrays: dict[str, Array]) -> np.dtype:
-    """numpy.result_type of the inputs; bfloat16 with float16 (which numpy cannot promote) -> float32."""
+    """numpy.result_type of the inputs. numpy cannot promote bfloat16 with float16; there bfloat16
+    counts as float32 (as torch promotes it), so float16 + bfloat16 + float64 is still float64."""
     for name, a in arrays.items():
         if a is not None:
             _check_dtype(name, a)
     dtypes = [a.dtype for a in arrays.values() if a is not None]
     try:
         return np.result_type(*dtypes)
-    except TypeError:  # DTypePromotionError: bfloat16 with float16
-        return np.dtype(np.float32)
+    except TypeError:  # DTypePromotionError
+        return np.result_type(*(np.float32 if d.name == "bfloat16" else d for d in dtypes))
 
 
 def _check_ndim(name: str, a: Array, ndim: int) -> None:
     if a.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D; got {_describe(a)}")
+
+
+def _check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r} of type {type(value).__name__}")
+    return bool(value)
+
+
+def _check_distinct(xp, outputs: dict[str, Array | None]) -> None:
+    """Two out= arrays that share memory would silently overwrite each other's result."""
+    given = [(name, a) for name, a in outputs.items() if isinstance(a, xp.ndarray)]
+    for i, (name, a) in enumerate(given):
+        for other, b in given[i + 1:]:
+            if xp.may_share_memory(a, b):
+                raise ValueError(f"{name} and {other} share memory; each result needs its own array")
 
 
 def _check_scalar(name: str, value: Any) -> float:
@@ -140,6 +156,7 @@ def matmul(a: Array, b: Array, *, trans_a: bool = False, trans_b: bool = False, 
     be, arr = _resolve({"a": a, "b": b, "out": out}, backend)
     a, b, out = arr["a"], arr["b"], arr["out"]
     alpha, beta = _check_scalar("alpha", alpha), _check_scalar("beta", beta)
+    trans_a, trans_b = _check_flag("trans_a", trans_a), _check_flag("trans_b", trans_b)
     _check_ndim("a", a, 2)
     _check_ndim("b", b, 2)
     dtype = _result_dtype({"a": a, "b": b})
@@ -153,7 +170,7 @@ def matmul(a: Array, b: Array, *, trans_a: bool = False, trans_b: bool = False, 
         raise ValueError("matmul: beta != 0 needs out= holding C")
     c = _Output(be.xp, "out", out, (m, n), (m, n), dtype, [a, b], keep=beta != 0)
     be.gemm(a.astype(dtype, copy=False), b.astype(dtype, copy=False), c.work,
-            trans_a=bool(trans_a), trans_b=bool(trans_b), alpha=alpha, beta=beta)
+            trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta)
     return c.finish()
 
 
@@ -202,6 +219,9 @@ def backward(dy: Array, x: Array, w: Array, *, need_dx: bool = True, need_dw: bo
     if dy.shape != x.shape[:-1] + (d,):
         raise ValueError(f"dy has shape {tuple(dy.shape)}, x has shape {tuple(x.shape)} and w has shape "
                          f"{tuple(w.shape)}: dy must be {tuple(x.shape[:-1]) + (d,)}")
+    need_dx, need_dw, need_db, accumulate = (_check_flag(name, flag) for name, flag in (
+        ("need_dx", need_dx), ("need_dw", need_dw), ("need_db", need_db), ("accumulate", accumulate)))
+    _check_distinct(be.xp, {"dx_out": arr["dx_out"], "dw_out": arr["dw_out"], "db_out": arr["db_out"]})
     if accumulate:
         for need, name in ((need_dw, "dw_out"), (need_db, "db_out")):
             if need and arr[name] is None:

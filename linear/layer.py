@@ -160,8 +160,9 @@ class Linear:
     def save(self, path: str | os.PathLike) -> None:
         """Write the configuration and parameters to an .npz file (read back with Linear.load)."""
         arrays = {name: _to_host(value) for name, value in self.state_dict().items()}
-        np.savez(path, in_features=self.in_features, out_features=self.out_features,
-                 has_bias=self.bias is not None, dtype=self.dtype.name, **arrays)
+        with open(path, "wb") as file:  # np.savez(path) would add ".npz" to a name without it
+            np.savez(file, in_features=self.in_features, out_features=self.out_features,
+                     has_bias=self.bias is not None, dtype=self.dtype.name, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, backend: str | None = None) -> "Linear":

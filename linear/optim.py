@@ -22,6 +22,8 @@ def _state_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def _non_negative(name: str, value: float) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number; got {value!r} of type {type(value).__name__}")
     if not value >= 0:  # also rejects NaN
         raise ValueError(f"{name} must be >= 0; got {value!r}")
     return float(value)
@@ -37,6 +39,8 @@ class Optimizer:
         for i, p in enumerate(self.params):
             if not hasattr(p, "data") or not hasattr(p, "grad"):
                 raise TypeError(f"params[{i}] must have .data and .grad arrays; got {type(p).__name__}")
+        if len({id(p) for p in self.params}) != len(self.params):
+            raise ValueError("params lists a parameter more than once; it would be stepped twice per step()")
         self.lr = _non_negative("lr", lr)
         self.weight_decay = _non_negative("weight_decay", weight_decay)
         self.state: list[dict[str, Any]] = [{} for _ in self.params]

@@ -31,9 +31,15 @@ def require_tool(tool: str) -> str:
 
 
 def pytest_configure(config):
-    if CI and "emulate" not in available_backends():
+    if not CI:
+        return
+    if "emulate" not in available_backends():
         from linear.backends import _load
         raise pytest.UsageError(f"LINEAR_CI=1 but the emulate backend is unavailable: {_load('emulate')}")
+    try:  # the bfloat16 tests skip (or drop the dtype) without it
+        import ml_dtypes  # noqa: F401
+    except ImportError:
+        raise pytest.UsageError("LINEAR_CI=1 but ml_dtypes (bfloat16) is not installed") from None
 
 
 # Backends whose arrays are numpy arrays; the cuda backend runs in the suite only with -m gpu.

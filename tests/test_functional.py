@@ -274,6 +274,13 @@ def test_mixed_dtypes_follow_numpy_result_type(backend):
     assert rel_err(y, f64(x) @ f64(w)) < 1e-12
 
 
+def test_bfloat16_promotes_like_float32_where_numpy_cannot_promote_it():
+    x, w = np.ones((2, 3), np.float16), np.ones((3, 2), dtype_of("bfloat16"))
+    assert linear.forward(x, w).dtype == np.float32
+    y = linear.forward(x, w, np.full(2, 1e-9))  # float64 bias: float64 result, the 1e-9 kept
+    assert y.dtype == np.float64 and np.allclose(y - 3, 1e-9, rtol=1e-6, atol=0)
+
+
 def test_float16_accumulates_in_float32(backend):
     """Σ of 4096 products in float16 would lose ~3 digits; accumulating in float32 keeps the error at rounding."""
     rng = np.random.default_rng(10)
@@ -376,6 +383,31 @@ def test_bad_out_is_rejected(backend, out_shape, out_dtype, error):
             linear.backward(make(rng, backend, (2, 3), "float32"), x, w, **{name: out}, backend=backend)
 
 
+def test_gradient_outputs_sharing_memory_are_rejected(backend):
+    rng = np.random.default_rng(18)
+    x, w, dy = (make(rng, backend, (4, 4), "float32") for _ in range(3))
+    shared = make(rng, backend, (4, 4), "float32")
+    with pytest.raises(ValueError, match="dx_out and dw_out share memory"):
+        linear.backward(dy, x, w, dx_out=shared, dw_out=shared, backend=backend)
+    with pytest.raises(ValueError, match="dw_out and db_out share memory"):
+        linear.backward(dy, x, w, dw_out=shared, db_out=shared[0], backend=backend)
+
+
+def test_flags_must_be_booleans(backend):
+    rng = np.random.default_rng(19)
+    a, b = make(rng, backend, (3, 3), "float32"), make(rng, backend, (3, 3), "float32")
+    with pytest.raises(TypeError, match="trans_a must be True or False; got 'no'"):
+        linear.matmul(a, b, trans_a="no", backend=backend)
+    with pytest.raises(TypeError, match="accumulate must be True or False"):
+        linear.backward(a, b, a, accumulate=1, backend=backend)
+
+
+def test_out_must_be_an_array():
+    x, w = np.full((2, 2), 0.5), np.full((2, 2), 0.25)
+    with pytest.raises(TypeError, match="out must be a numpy array like the inputs; got list"):
+        linear.forward(x, w, out=[[0.0, 0.0], [0.0, 0.0]])
+
+
 def test_read_only_out_is_rejected():
     x, w = np.ones((2, 2), np.float32) + 1, np.ones((2, 2), np.float32) + 2
     out = np.empty((2, 2), np.float32)
@@ -391,7 +423,7 @@ def test_read_only_out_is_rejected():
 def test_linear_backend_environment_variable(monkeypatch):
     x, w = np.full((2, 3), 0.5, np.float32), np.full((3, 2), 0.25, np.float32)
     monkeypatch.setenv("LINEAR_BACKEND", "no-such-backend")
-    with pytest.raises(ValueError, match="no-such-backend"):
+    with pytest.raises(ValueError, match=r"\$LINEAR_BACKEND .* got .no-such-backend."):
         linear.forward(x, w)
     monkeypatch.setenv("LINEAR_BACKEND", "numpy")
     np.testing.assert_allclose(linear.forward(x, w), x @ w)

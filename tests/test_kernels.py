@@ -207,9 +207,10 @@ def test_overrides_are_checked():
                        alpha=1.0, beta=0.0, tuning=Tuning(vector=True))
 
 
-def test_sizes_beyond_int32_are_refused_before_any_copy():
-    huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (2**31, 2), (0, 0))
-    with pytest.raises(ValueError, match="K = 2147483648"):
+def test_sizes_near_int32_are_refused_before_any_copy():
+    """2**31 - 1 fits an int, but a tile starting near it would wrap: the plan refuses it."""
+    huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (2**31 - 1, 2), (0, 0))
+    with pytest.raises(ValueError, match="K = 2147483647"):
         plan.plan_gemm(np, huge.T, huge, np.zeros((2, 2), np.float32), trans_a=False, trans_b=False,
                        alpha=1.0, beta=0.0)
 

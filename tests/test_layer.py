@@ -219,6 +219,12 @@ def test_save_load_round_trip(backend, dtype, bias, tmp_path):
     np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(layer(x)))
 
 
+def test_save_keeps_the_name_it_is_given(tmp_path):
+    layer = Linear(3, 2, seed=4)
+    layer.save(tmp_path / "layer")  # no ".npz" added behind the caller's back
+    np.testing.assert_array_equal(Linear.load(tmp_path / "layer").weight.data, layer.weight.data)
+
+
 @pytest.mark.parametrize("change, words", [
     (lambda s: s.pop("bias"), ["missing keys ['bias']"]),
     (lambda s: s.update(scale=s["bias"]), ["unexpected keys ['scale']"]),

@@ -161,6 +161,8 @@ def test_zero_learning_rate_leaves_parameters_unchanged():
     (lambda ps: optim.Adam([]), ValueError, ["params", "empty"]),
     (lambda ps: optim.SGD(iter([]), lr=0.1), ValueError, ["params", "empty"]),
     (lambda ps: optim.SGD([*ps, np.ones(3)], lr=0.1), TypeError, ["params[1]", ".data and .grad", "ndarray"]),
+    (lambda ps: optim.SGD(ps, lr="0.1"), TypeError, ["lr", "'0.1'", "str"]),
+    (lambda ps: optim.Adam([*ps, *ps]), ValueError, ["more than once"]),
 ])
 def test_bad_hyper_parameters_are_clear_errors(make, exception, words):
     with pytest.raises(exception) as info:

@@ -43,7 +43,7 @@ def _load(name: str) -> Backend | BackendUnavailable:
         return _FACTORIES[name]()
     except BackendUnavailable as e:
         return e
-    except (ImportError, OSError, RuntimeError) as e:
+    except (ImportError, OSError, RuntimeError, ValueError) as e:  # ValueError: a bad LINEAR_EMU_* setting
         return BackendUnavailable(f"backend {name!r} is unavailable: {type(e).__name__}: {e}")
 
 
@@ -64,7 +64,10 @@ def available_backends() -> list[str]:
 
 def default_backend_name() -> str:
     """The backend for numpy inputs when none is named: $LINEAR_BACKEND, else numpy."""
-    return os.environ.get("LINEAR_BACKEND", "numpy") or "numpy"
+    name = os.environ.get("LINEAR_BACKEND") or "numpy"
+    if name not in _FACTORIES:
+        raise ValueError(f"$LINEAR_BACKEND must be one of {sorted(_FACTORIES)}, got {name!r}")
+    return name
 
 
 __all__ = ["Backend", "Runtime", "BackendUnavailable", "get_backend", "available_backends",

@@ -508,6 +508,42 @@ def _dim3(what: str, value, limits: tuple[int, int, int]) -> tuple[int, int, int
 
 # ---- The runtime ---------------------------------------------------------------------------------
 
+def _setting(argument: Any, name: str, variable: str, default: Any, parse) -> Any:
+    """The constructor argument `name`, else $variable, else the default; a bad value says which it was."""
+    if argument is not None:
+        source, value = name, argument
+    elif os.environ.get(variable):
+        source, value = f"${variable}", os.environ[variable]
+    else:
+        return default
+    try:
+        return parse(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{source}: {error}") from None
+
+
+def _schedule(value: Any) -> str:
+    if value not in SCHEDULES:
+        raise ValueError(f"must be one of {sorted(SCHEDULES)}, got {value!r}")
+    return value
+
+
+def _seed(value: Any) -> int:
+    if int(value) != float(value) or not 0 <= int(value) < 2**64:
+        raise ValueError(f"must be an integer in [0, 2**64), got {value!r}")
+    return int(value)
+
+
+def _switch(value: Any) -> bool:
+    return value != "0" if isinstance(value, str) else bool(value)
+
+
+def _seconds(value: Any) -> float:
+    if not float(value) >= 0:
+        raise ValueError(f"must be a number of seconds >= 0 (0: never), got {value!r}")
+    return float(value)
+
+
 class EmulatorRuntime:
     """Compiles kernels/*.cu with g++ against kernels/emu and runs them on the CPU (see the module)."""
 
@@ -520,28 +556,25 @@ class EmulatorRuntime:
         cxx = shutil.which(os.environ.get("CXX") or "g++")
         if cxx is None:
             raise BackendUnavailable("the emulate backend needs a C++ compiler: g++ (or $CXX) is not on PATH")
-        env = os.environ
         self.kernel_dir = Path(kernel_dir) if kernel_dir is not None else kernels_dir()
-        self.schedule = schedule or env.get("LINEAR_EMU_SCHEDULE") or "forward"
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}")
-        self.seed = int(seed if seed is not None else env.get("LINEAR_EMU_SEED", 0))
-        self.strict = bool(strict if strict is not None else env.get("LINEAR_EMU_STRICT", "1") != "0")
-        self.check_bounds = bool(check_bounds if check_bounds is not None
-                                 else env.get("LINEAR_EMU_CHECK_BOUNDS", "1") != "0")
-        self.timeout_s = float(timeout_s if timeout_s is not None else env.get("LINEAR_EMU_TIMEOUT", 300))
+        self.schedule = _setting(schedule, "schedule", "LINEAR_EMU_SCHEDULE", "forward", _schedule)
+        self.seed = _setting(seed, "seed", "LINEAR_EMU_SEED", 0, _seed)
+        self.strict = _setting(strict, "strict", "LINEAR_EMU_STRICT", True, _switch)
+        self.check_bounds = _setting(check_bounds, "check_bounds", "LINEAR_EMU_CHECK_BOUNDS", True, _switch)
+        self.timeout_s = _setting(timeout_s, "timeout_s", "LINEAR_EMU_TIMEOUT", 300.0, _seconds)
         self._compiler = _Compiler(cxx, Path(cache_dir) if cache_dir is not None else _default_cache_dir())
-        self._kernels: dict[tuple[str, str], EmulatedKernel] = {}
+        self._kernels: dict[tuple[str, str], EmulatedKernel] = {}  # (source, name) -> kernel
         self._lock = threading.Lock()
 
     def function(self, source: str, name: str) -> EmulatedKernel:
-        """The kernel `name` (one template instantiation) of kernels/`source`, compiled on first use."""
-        path = self.kernel_dir / source
-        if not path.is_file():
-            raise FileNotFoundError(f"no kernel source {source!r} in {self.kernel_dir}")
+        """The kernel `name` (one template instantiation) of kernels/`source`, compiled (or found in the
+        disk cache) on its first use by this runtime."""
         with self._lock:
-            library = self._compiler.kernel_library(self.kernel_dir, source, name)
-            key = (str(library), name)
-            if key not in self._kernels:
-                self._kernels[key] = EmulatedKernel(self, library, name)
-            return self._kernels[key]
+            kernel = self._kernels.get((source, name))
+            if kernel is None:
+                path = self.kernel_dir / source
+                if not path.is_file():
+                    raise FileNotFoundError(f"no kernel source {source!r} in {self.kernel_dir}")
+                library = self._compiler.kernel_library(self.kernel_dir, source, name)
+                kernel = self._kernels[(source, name)] = EmulatedKernel(self, library, name)
+            return kernel

@@ -102,7 +102,9 @@ REDUCE_THREADS = 256  # block size of the reduce.cu kernels
 REDUCE_MAX_BLOCKS = 8 * NUM_SMS  # linear_sum_splits loops over the rest
 COLSUM_MIN_ROWS_PER_CHUNK = 64
 MAX_GRID_YZ = 65535  # CUDA's limit on gridDim.y and gridDim.z
-INT32_MAX = 2**31 - 1
+# Sizes are int in the kernels, and a tile's start plus its extent (m0 + BM, k0 + BK, ...) must not wrap:
+# keep every size one largest tile (and one K step) below 2**31.
+MAX_SIZE = 2**31 - 1 - 1024
 
 
 @dataclass(frozen=True)
@@ -285,8 +287,8 @@ def instantiations() -> list[Instantiation]:
 
 def _check_int32(**sizes: int) -> None:
     for what, size in sizes.items():
-        if size > INT32_MAX:
-            raise ValueError(f"{what} = {size} exceeds the kernels' limit of 2**31 - 1")
+        if size > MAX_SIZE:
+            raise ValueError(f"{what} = {size} exceeds the kernels' limit of 2**31 - 1025")
 
 
 def _sum_splits_launch(t: ElementType, m: int, n: int, splits: int, partials: Any, c: Any, ldc: int,
