@@ -20,11 +20,11 @@ import numpy as np
 from linear.backends import get_backend, plan
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
+from linear.testing import TOLERANCE, relative_error
 
 # Partial tiles in M and N, three K steps (the last one partial), so edges and the pipeline run.
 SHAPES = {"large": (130, 70, 20), "medium": (70, 40, 20), "small": (40, 36, 20), "warp": (130, 70, 20),
           "warp_deep": (130, 70, 40), "warp_wide": (130, 260, 20), "warp_medium": (70, 40, 20)}
-TOLERANCE = {"float64": 1e-12, "float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}
 
 
 def dtype_of(name: str) -> np.dtype:
@@ -45,13 +45,6 @@ def matrix(xp, rng, rows: int, cols: int, dtype: np.dtype, ld: int):
     return xp.asarray(storage)[:, :cols]
 
 
-def rel_err(out, ref: np.ndarray) -> float:
-    out = host(out).astype(np.float64)
-    if not np.all(np.isfinite(out)):
-        return float("inf")
-    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-300))
-
-
 def check_gemm(backend, dtype: str, trans_a: bool, trans_b: bool, config: str, vector: bool, splits: int,
                rng) -> tuple[str, float]:
     xp, t = backend.xp, dtype_of(dtype)
@@ -70,7 +63,7 @@ def check_gemm(backend, dtype: str, trans_a: bool, trans_b: bool, config: str, v
     a64, b64 = host(a).astype(np.float64), host(b).astype(np.float64)
     ref = 0.5 * ((a64.T if trans_a else a64) @ (b64.T if trans_b else b64)) + 0.25 * c0.astype(np.float64) \
         + host(bias).astype(np.float64)
-    return " + ".join(launch.name for launch in launches), rel_err(c, ref)
+    return " + ".join(launch.name for launch in launches), relative_error(host(c), ref)
 
 
 def check_colsum(backend, dtype: str, rng) -> tuple[str, float]:
@@ -79,7 +72,7 @@ def check_colsum(backend, dtype: str, rng) -> tuple[str, float]:
     out = xp.full(37, np.nan, t)
     launches = plan.plan_colsum(xp, a, out, beta=0.0)
     backend.launch(launches)
-    return " + ".join(launch.name for launch in launches), rel_err(out, host(a).astype(np.float64).sum(axis=0))
+    return " + ".join(launch.name for launch in launches), relative_error(host(out), host(a).astype(np.float64).sum(axis=0))
 
 
 def compile_kernels(backend_name: str, kernels: list[tuple[str, str]]) -> int:

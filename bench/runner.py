@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .cases import OPS, TOLERANCE, Shape, numpy_dtype
+from linear.testing import TOLERANCE, relative_error
+
+from .cases import OPS, Shape, numpy_dtype
 from .contenders import BASELINE, INPUT_NAMES, Contender
 from .timers import cpu_cache_bytes, gpu_cache_bytes, rotation_sets, time_cpu, time_gpu
 
@@ -147,13 +149,6 @@ class HostInputs:
             total = self.shape.f if name == "dw" else self.shape.b
             parts.append(f"{name} all" if rows is None else f"{name} {len(rows)}/{total} rows")
         return ", ".join(parts)
-
-
-def relative_error(got: np.ndarray, ref: np.ndarray) -> float:
-    """||got - ref|| / ||ref|| in float64 (||got - ref|| when ref is zero)."""
-    norm = np.linalg.norm(ref)
-    diff = float(np.linalg.norm(got - ref))
-    return diff / norm if norm > 0 else diff
 
 
 def check(kind, outputs: dict[str, Any], expected: dict) -> float:

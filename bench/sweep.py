@@ -45,11 +45,13 @@ import numpy as np
 
 from bench import timers
 from bench.machine import gpu_info
+from linear import testing
 from linear.backends import plan
+from linear.testing import relative_error
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
 
-TOLERANCE = 1e-5  # float32, ||ours - ref|| / ||ref|| against the float64 product
+TOLERANCE = testing.TOLERANCE["float32"]  # ||ours - ref|| / ||ref|| against the float64 product
 SHAPES = [(4096, 4096, 4096), (8192, 4096, 11008), (256, 1024, 1024), (32, 784, 256)]  # (B, F, D)
 TINY_SHAPES = [(33, 70, 45), (20, 36, 130)]
 TINY_CONFIGS = ["small", "large", "warp", "warp_wide"]
@@ -144,14 +146,6 @@ def make_operands(xp, product: Product, shape: tuple[int, int, int], seed: int) 
     return Operands(a, b, bias, reference, m, n, k)
 
 
-def relative_error(xp, out, reference) -> float:
-    """||out - ref|| / ||ref|| in float64; inf when out has a NaN or an infinity (an element left unwritten)."""
-    out64 = out.astype(np.float64)
-    if not bool(xp.all(xp.isfinite(out64))):
-        return math.inf
-    return float(xp.linalg.norm(out64 - reference) / xp.linalg.norm(reference))
-
-
 @dataclass
 class Timer:
     """Median milliseconds of a call: CUDA events on the GPU, one wall-clock call on the emulator."""
@@ -194,7 +188,7 @@ def run_case(backend_for: Callable[[Tuning], Any], case: Case, ops: Operands, ti
                          bias=ops.bias)
 
         call()
-        row["rel_err"] = relative_error(xp, c, ops.reference)
+        row["rel_err"] = relative_error(c, ops.reference)
         if not row["rel_err"] <= TOLERANCE:
             row["status"] = "wrong"
             return row
@@ -227,7 +221,7 @@ def time_baseline(xp, product: Product, ops: Operands, timer: Timer, max_seconds
     call()
     reference = ops.reference - ops.bias.astype(np.float64) if ops.bias is not None else ops.reference
     ms, runs = timer(call, max_seconds)
-    return {"ms": ms, "timed_runs": runs, "rel_err": relative_error(xp, out, reference)}
+    return {"ms": ms, "timed_runs": runs, "rel_err": relative_error(out, reference)}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import functional
+from .functional import _describe
 from .backends import default_backend_name, get_backend
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
@@ -42,10 +43,6 @@ def array_module(a: Array):
 
 def _to_host(a: Array) -> np.ndarray:
     return a.get() if hasattr(a, "get") else np.asarray(a)
-
-
-def _describe(a: Array) -> str:
-    return f"shape {tuple(a.shape)} and dtype {a.dtype}"
 
 
 class Parameter:

@@ -12,13 +12,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .backends.base import accumulator_dtype
 from .layer import Parameter, array_module
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
-
-
-def _state_dtype(dtype: np.dtype) -> np.dtype:
-    return np.dtype(np.float32) if dtype.itemsize == 2 else dtype
 
 
 def _non_negative(name: str, value: float) -> float:
@@ -52,7 +49,7 @@ class Optimizer:
     def step(self) -> None:
         for p, state in zip(self.params, self.state):
             # For float32/float64 `value` is p.data itself; for half types a float32 copy written back below.
-            value = p.data.astype(_state_dtype(p.data.dtype), copy=False)
+            value = p.data.astype(accumulator_dtype(p.data.dtype), copy=False)
             grad = p.grad.astype(value.dtype, copy=False)
             if self.weight_decay:
                 grad = grad + self.weight_decay * value  # L2 penalty as in torch.optim; p.grad is untouched

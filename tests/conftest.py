@@ -10,7 +10,6 @@ import shutil
 
 import pytest
 
-import linear
 from linear.backends import available_backends
 
 CI = os.environ.get("LINEAR_CI") == "1"

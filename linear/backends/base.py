@@ -30,6 +30,8 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Callable, Protocol
 
+import numpy as np
+
 
 class Backend(Protocol):
     name: str
@@ -39,6 +41,11 @@ class Backend(Protocol):
              alpha: float, beta: float, bias: Any = None) -> None: ...
 
     def colsum(self, a: Any, out: Any, *, beta: float) -> None: ...
+
+
+def accumulator_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype sums are carried in: float32 for the half types (float16, bfloat16), else the dtype."""
+    return np.dtype(np.float32) if dtype.itemsize == 2 else np.dtype(dtype)
 
 
 KernelFunction = Callable[..., None]

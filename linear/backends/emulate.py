@@ -166,7 +166,7 @@ class _Compiler:
         """A hash of every shim file, the flags and the compiler: part of every cache key."""
         h = hashlib.sha256()
         for path in sorted(emu_dir().iterdir()):
-            if path.suffix in (".h", ".cpp", ".S"):
+            if path.suffix in (".h", ".cpp"):
                 h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
         h.update("\0".join(self.flags).encode() + b"\0" + self.version.encode())
         return h.hexdigest()

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _compute_dtype(dtype: np.dtype) -> np.dtype:
-    # Half types accumulate in float32, as the kernels do (numpy's float16 matmul is slow and less precise).
-    return np.dtype(np.float32) if dtype.itemsize == 2 else dtype
+from .base import accumulator_dtype
 
 
 class NumpyBackend:
@@ -14,7 +11,7 @@ class NumpyBackend:
     xp = np
 
     def gemm(self, a, b, c, *, trans_a, trans_b, alpha, beta, bias=None):
-        work = _compute_dtype(c.dtype)
+        work = accumulator_dtype(c.dtype)  # as the kernels do; numpy's float16 matmul is slower and less precise
         op_a = a.T if trans_a else a
         op_b = b.T if trans_b else b
         if work != c.dtype:
@@ -33,7 +30,7 @@ class NumpyBackend:
             c[...] = product
 
     def colsum(self, a, out, *, beta):
-        work = _compute_dtype(out.dtype)
+        work = accumulator_dtype(out.dtype)
         total = a.sum(axis=0, dtype=work)
         if beta != 0:
             total += out if beta == 1 else work.type(beta) * out
