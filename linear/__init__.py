@@ -7,9 +7,9 @@
 numpy arrays in, numpy arrays out; CuPy arrays in, CuPy arrays out (backend "cuda").
 """
 from .backends import BackendUnavailable, available_backends
-from . import optim
+from . import optim, testing
 from .functional import Gradients, backward, forward, matmul
 from .layer import Linear, Parameter
 
-__all__ = ["forward", "backward", "matmul", "Gradients", "Linear", "Parameter", "optim", "available_backends",
+__all__ = ["forward", "backward", "matmul", "Gradients", "Linear", "Parameter", "optim", "testing", "available_backends",
            "BackendUnavailable"]
