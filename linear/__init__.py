@@ -11,5 +11,5 @@ from . import optim, testing
 from .functional import Gradients, backward, forward, matmul
 from .layer import Linear, Parameter
 
-__all__ = ["forward", "backward", "matmul", "Gradients", "Linear", "Parameter", "optim", "testing", "available_backends",
-           "BackendUnavailable"]
+__all__ = ["forward", "backward", "matmul", "Gradients", "Linear", "Parameter", "optim", "testing",
+           "available_backends", "BackendUnavailable"]
