@@ -382,15 +382,21 @@ def test_gemm_is_bitwise_equal_across_thread_schedules(dtype, config):
         assert len({r for s, r in results if s == splits}) == 1
 
 
-def test_a_missing_barrier_is_caught(tmp_path):
-    """Negative control: without the K loop's __syncthreads the result is wrong or the emulator objects."""
+def broken_copy(tmp_path, pattern: str, occurrence: int = -1):
+    """kernels/ copied into tmp_path with one match of `pattern` deleted from gemm.cu."""
     for path in kernels_dir().iterdir():
         if path.suffix in (".cu", ".cuh"):
             shutil.copy(path, tmp_path / path.name)
     source = (tmp_path / "gemm.cu").read_text()
-    barriers = [m.start() for m in re.finditer(r"__syncthreads\(\);", source)]
-    assert len(barriers) == 2
-    (tmp_path / "gemm.cu").write_text(source[:barriers[-1]] + source[barriers[-1] + len("__syncthreads();"):])
+    match = list(re.finditer(pattern, source))[occurrence]
+    (tmp_path / "gemm.cu").write_text(source[:match.start()] + source[match.end():])
+    return tmp_path
+
+
+def test_a_missing_barrier_is_caught(tmp_path):
+    """Negative control: without the K loop's __syncthreads the result is wrong or the emulator objects."""
+    assert len(re.findall(r"__syncthreads\(\);", (kernels_dir() / "gemm.cu").read_text())) == 2
+    broken_dir = broken_copy(tmp_path, r"__syncthreads\(\);")
 
     rng = np.random.default_rng(9)
     a, b = stored(rng, (64, 64), np.float32), stored(rng, (64, 64), np.float32)
@@ -399,13 +405,24 @@ def test_a_missing_barrier_is_caught(tmp_path):
     intact = poisoned(np, (64, 64), np.float32)
     KernelBackend(emulator(), tuning).gemm(a, b, intact, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
     assert_close(intact, expected, "float32")
-    broken_backend = KernelBackend(emulator(kernel_dir=tmp_path), tuning)
+    broken_backend = KernelBackend(emulator(kernel_dir=broken_dir), tuning)
     broken = poisoned(np, (64, 64), np.float32)
     try:
         broken_backend.gemm(a, b, broken, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
     except EmulationError:
         return
     assert rel_err(broken, expected) > TOLERANCE["float32"]
+
+
+def test_a_missing_bounds_check_is_reported(tmp_path):
+    """Negative control: without the epilogue's row check, the last tile writes past the end of C."""
+    broken_dir = broken_copy(tmp_path, r"if \(row >= M\) continue;")
+    rng = np.random.default_rng(10)
+    a, b = stored(rng, (70, 33), np.float32), stored(rng, (33, 50), np.float32)  # 70 rows: a partial tile
+    c = poisoned(np, (70, 50), np.float32)
+    broken_backend = KernelBackend(emulator(kernel_dir=broken_dir), Tuning(config="medium", splits=1))
+    with pytest.raises(EmulationError, match="out-of-bounds write"):
+        broken_backend.gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
 
 
 # ----------------------------------------------------------------------------------------------------
