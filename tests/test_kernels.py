@@ -382,14 +382,14 @@ def test_gemm_is_bitwise_equal_across_thread_schedules(dtype, config):
         assert len({r for s, r in results if s == splits}) == 1
 
 
-def broken_copy(tmp_path, pattern: str, occurrence: int = -1):
-    """kernels/ copied into tmp_path with one match of `pattern` deleted from gemm.cu."""
+def broken_copy(tmp_path, pattern: str, occurrence: int = -1, replacement: str = ""):
+    """kernels/ copied into tmp_path with one match of `pattern` in gemm.cu replaced (deleted by default)."""
     for path in kernels_dir().iterdir():
         if path.suffix in (".cu", ".cuh"):
             shutil.copy(path, tmp_path / path.name)
     source = (tmp_path / "gemm.cu").read_text()
     match = list(re.finditer(pattern, source))[occurrence]
-    (tmp_path / "gemm.cu").write_text(source[:match.start()] + source[match.end():])
+    (tmp_path / "gemm.cu").write_text(source[:match.start()] + replacement + source[match.end():])
     return tmp_path
 
 
@@ -422,6 +422,17 @@ def test_a_missing_bounds_check_is_reported(tmp_path):
     c = poisoned(np, (70, 50), np.float32)
     broken_backend = KernelBackend(emulator(kernel_dir=broken_dir), Tuning(config="medium", splits=1))
     with pytest.raises(EmulationError, match="out-of-bounds write"):
+        broken_backend.gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+
+
+def test_a_missing_load_bounds_check_is_reported(tmp_path):
+    """Negative control: a tile loader that trusts its rows reads past the end of A."""
+    broken_dir = broken_copy(tmp_path, r"row < row_end && col \+ V <= col_end", replacement="true")
+    rng = np.random.default_rng(11)
+    a, b = stored(rng, (70, 32), np.float32), stored(rng, (32, 48), np.float32)
+    c = poisoned(np, (70, 48), np.float32)
+    broken_backend = KernelBackend(emulator(kernel_dir=broken_dir), Tuning(config="medium", splits=1))
+    with pytest.raises(EmulationError, match="out-of-bounds read"):
         broken_backend.gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
 
 
