@@ -161,6 +161,17 @@ __device__ __forceinline__ int owned_offset(int i, int first) {
     return first + i / 4 * (SUB_TILE / (T_OWN / 4)) + i % 4;
 }
 
+// The thread's T_OWN values of row k of a k-major shared tile, read 4 at a time (16-byte accesses).
+template <typename Acc, int SUB_TILE, int T_OWN>
+__device__ __forceinline__ void read_fragment(const Acc* __restrict__ row, int first, Acc (&values)[T_OWN]) {
+#pragma unroll
+    for (int g = 0; g < T_OWN / 4; ++g) {
+        const Quad<Acc> q = *reinterpret_cast<const Quad<Acc>*>(row + owned_offset<SUB_TILE, T_OWN>(4 * g, first));
+#pragma unroll
+        for (int r = 0; r < 4; ++r) values[4 * g + r] = q.v[r];
+    }
+}
+
 // acc += As · Bs for one shared-memory stage: BK rank-1 updates of the thread's TM x TN block.
 template <typename Acc, int WM, int WN, int BK, int TM, int TN, int PITCH_A, int PITCH_B>
 __device__ __forceinline__ void multiply_stage(const Acc* __restrict__ As, const Acc* __restrict__ Bs,
@@ -168,20 +179,8 @@ __device__ __forceinline__ void multiply_stage(const Acc* __restrict__ As, const
 #pragma unroll
     for (int k = 0; k < BK; ++k) {
         Acc a[TM], b[TN];
-#pragma unroll
-        for (int g = 0; g < TM / 4; ++g) {
-            const Acc* const fragment = As + k * PITCH_A + owned_offset<WM, TM>(4 * g, m_first);
-            const Quad<Acc> q = *reinterpret_cast<const Quad<Acc>*>(fragment);
-#pragma unroll
-            for (int r = 0; r < 4; ++r) a[4 * g + r] = q.v[r];
-        }
-#pragma unroll
-        for (int g = 0; g < TN / 4; ++g) {
-            const Acc* const fragment = Bs + k * PITCH_B + owned_offset<WN, TN>(4 * g, n_first);
-            const Quad<Acc> q = *reinterpret_cast<const Quad<Acc>*>(fragment);
-#pragma unroll
-            for (int r = 0; r < 4; ++r) b[4 * g + r] = q.v[r];
-        }
+        read_fragment<Acc, WM, TM>(As + k * PITCH_A, m_first, a);
+        read_fragment<Acc, WN, TN>(Bs + k * PITCH_B, n_first, b);
 #pragma unroll
         for (int i = 0; i < TM; ++i)
 #pragma unroll
