@@ -285,7 +285,7 @@ def instantiations() -> list[Instantiation]:
     return found
 
 
-def _check_int32(**sizes: int) -> None:
+def _check_size(**sizes: int) -> None:
     for what, size in sizes.items():
         if size > MAX_SIZE:
             raise ValueError(f"{what} = {size} exceeds the kernels' limit of 2**31 - 1025")
@@ -316,7 +316,7 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b:
     t = element_type(c.dtype)
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    _check_int32(M=m, N=n, K=k)
+    _check_size(M=m, N=n, K=k)
     config = CONFIGS_BY_NAME[tuning.config] if tuning.config else choose_config(m, n)
     if np.dtype(c.dtype).name not in config.dtypes:
         raise ValueError(f"tile config {config.name!r} is instantiated for {', '.join(config.dtypes)} only, "
@@ -366,7 +366,7 @@ def plan_colsum(xp: ModuleType, a: Any, out: Any, *, beta: float) -> list[Launch
     """The launches for out[...] = a.sum(axis=0) + beta·out in a fixed order, as in base.Backend.colsum."""
     t = element_type(out.dtype)
     rows, cols = a.shape
-    _check_int32(rows=rows, cols=cols)
+    _check_size(rows=rows, cols=cols)
     if cols == 0:
         return []
     lda = _row_major_ld(a.shape, a.strides, a.itemsize)
