@@ -126,9 +126,7 @@ class Linear:
             p.grad.fill(0)
 
     def parameters(self) -> Iterator[Parameter]:
-        yield self.weight
-        if self.bias is not None:
-            yield self.bias
+        yield from self._named_parameters().values()
 
     def _named_parameters(self) -> dict[str, Parameter]:
         return {"weight": self.weight, **({"bias": self.bias} if self.bias is not None else {})}
