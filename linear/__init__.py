@@ -10,6 +10,7 @@ from .backends import BackendUnavailable, available_backends
 from . import optim, testing
 from .functional import Gradients, backward, forward, matmul
 from .layer import Linear, Parameter
+from .tf32 import get_tf32, set_tf32
 
 __all__ = ["forward", "backward", "matmul", "Gradients", "Linear", "Parameter", "optim", "testing",
-           "available_backends", "BackendUnavailable"]
+           "available_backends", "BackendUnavailable", "get_tf32", "set_tf32"]

@@ -121,6 +121,9 @@ template <class T> T from_bits(uint64_t bits) {
     memcpy(&v, &bits, sizeof(T));
     return v;
 }
+// Counts this library's launches (emu_entry.h), so that per-thread state kept across calls, such as
+// emu_tensor.h's cp.async queues, can tell a new launch from the last one.
+inline unsigned long long launch_serial = 0;
 }  // namespace emu
 
 // ---- Barriers and warp collectives -------------------------------------------------------------

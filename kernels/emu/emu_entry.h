@@ -55,6 +55,7 @@ int launch(void (*kernel)(A...), emu_launch* L, std::index_sequence<I...>) {
             c->kernel(*static_cast<std::decay_t<A>*>(c->args[I])...);
         }
     } closure{kernel, L->args};
+    ++launch_serial;
     return emu_run(L, &Closure::run_thread, &closure);
 }
 

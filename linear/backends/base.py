@@ -20,6 +20,7 @@ A kernel backend (cuda, emulate) is the same class with a different Runtime: the
 kernel source from kernels/ and launches a named template instantiation of it:
 
     runtime.function(source, name)(grid, block, args, shared_mem=0)
+    runtime.compute_capability()    e.g. 90: tensor-core kernels run from 80 on
 
 where source is a file name in kernels/ ("gemm.cu"), name an instantiation ("gemm<float, ...>"),
 grid and block 3-tuples, and args a tuple of `runtime.xp` arrays (passed as pointers) and numpy
@@ -56,3 +57,7 @@ class Runtime(Protocol):
     xp: ModuleType
 
     def function(self, source: str, name: str) -> KernelFunction: ...
+
+    def compute_capability(self) -> int:
+        """The current device's compute capability as an int (90 for 9.0): the plan's choice of kernels."""
+        ...

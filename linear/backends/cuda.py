@@ -37,6 +37,9 @@ class CupyRuntime:
         self._options = ("-std=c++17", f"-I{kernels_dir()}", *(f"-I{d}" for d in cuda_include_dirs()))
         self._kernels: dict[tuple[int, str, str], Any] = {}
 
+    def compute_capability(self) -> int:
+        return int(self.xp.cuda.Device().compute_capability)
+
     def function(self, source: str, name: str) -> Callable[..., None]:
         # One module per instantiation: a call compiles only what it launches (CuPy caches it on disk).
         key = (self.xp.cuda.Device().id, source, name)

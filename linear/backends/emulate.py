@@ -63,6 +63,7 @@ class EmulationError(RuntimeError):
 
 
 SCHEDULES = {"forward": 0, "reverse": 1, "shuffle": 2}
+COMPUTE_CAPABILITY = 90  # the emulator models an H100/H200 (sm_90): tensor-core kernels run
 MAX_SHARED_BYTES = 227 * 1024         # static + dynamic shared memory of a block (sm_90)
 MAX_STATIC_SHARED_BYTES = 48 * 1024   # what ptxas accepts for static __shared__
 MAX_THREADS_PER_BLOCK = 1024
@@ -565,6 +566,9 @@ class EmulatorRuntime:
         self._compiler = _Compiler(cxx, Path(cache_dir) if cache_dir is not None else _default_cache_dir())
         self._kernels: dict[tuple[str, str], EmulatedKernel] = {}  # (source, name) -> kernel
         self._lock = threading.Lock()
+
+    def compute_capability(self) -> int:
+        return COMPUTE_CAPABILITY
 
     def function(self, source: str, name: str) -> EmulatedKernel:
         """The kernel `name` (one template instantiation) of kernels/`source`, compiled (or found in the

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..tf32 import get_tf32
 from .base import Runtime
 from .plan import Launch, Tuning, plan_colsum, plan_gemm
 
@@ -21,7 +22,8 @@ class KernelBackend:
     def gemm(self, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b: bool, alpha: float, beta: float,
              bias: Any = None) -> None:
         self.launch(plan_gemm(self.xp, a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta,
-                              bias=bias, tuning=self.tuning))
+                              bias=bias, tuning=self.tuning, arch=self.runtime.compute_capability(),
+                              tf32=get_tf32()))
 
     def colsum(self, a: Any, out: Any, *, beta: float) -> None:
         self.launch(plan_colsum(self.xp, a, out, beta=beta))

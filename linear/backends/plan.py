@@ -6,7 +6,12 @@ the vector path, the template instantiation, grid, block, dynamic shared memory 
 tuple. The two backends differ only in the runtime that compiles and launches the result, so the
 emulator exercises all of it in CI.
 
-The shape heuristic (tunable through TILE_CONFIGS and the constants below it):
+Kernel family: tensor cores (kernels/tc_gemm.cu, TC_CONFIGS) for float16 and bfloat16, and for float32
+when TF32 is allowed, on compute capability >= 8.0 (the emulator counts as 9.0), when both operands'
+pointers and leading dimensions are 16-byte aligned (cp.async moves 16-byte chunks); every other call
+runs the SIMT kernel (kernels/gemm.cu, TILE_CONFIGS), float64 and older cards included.
+
+The shape heuristic (tunable through TILE_CONFIGS, TC_CONFIGS and the constants below them):
 1. Tile: the largest configuration whose tile count ⌈M/BM⌉·⌈N/BN⌉ fills the card (NUM_SMS blocks);
    when none does, the smallest, whose blocks are the most. Candidates (TileConfig.candidate) are
    never chosen: they are there for bench/sweep.py until a GPU measurement justifies choosing them.
@@ -31,6 +36,9 @@ import numpy as np
 
 
 ALL_DTYPES = ("float32", "float64", "float16", "bfloat16")
+TENSOR_CORE_DTYPES = ("float16", "bfloat16", "float32")  # float32 as TF32, only when allowed
+TENSOR_CORE_MIN_ARCH = 80  # mma.sync for bf16 and TF32, ldmatrix and cp.async: sm_80 and later
+TC_STAGE_BYTES_PER_ROW = 64  # the k depth of a tensor-core stage: 32 halves or 16 TF32 values per row
 
 
 @dataclass(frozen=True)
@@ -91,8 +99,49 @@ TILE_CONFIGS = (
     TileConfig("warp_medium", bm=64, bn=64, bk=8, wm=16, wn=32, tm=4, tn=4, dtypes=("float32",),
                candidate=True),
 )
-CONFIGS_BY_NAME = {config.name: config for config in TILE_CONFIGS}
 HEURISTIC_CONFIGS = tuple(config for config in TILE_CONFIGS if not config.candidate)
+
+
+@dataclass(frozen=True)
+class TensorCoreConfig:
+    """One tile shape of linear_tc_gemm (see the top of kernels/tc_gemm.cu)."""
+    name: str
+    bm: int  # C tile rows per block
+    bn: int  # C tile columns per block
+    wm: int  # C rows of one warp's sub-tile (a multiple of 16)
+    wn: int  # C columns of one warp's sub-tile (a multiple of 16)
+    stages: int  # depth of the cp.async pipeline
+    candidate: bool = False  # only Tuning(config=...) launches it
+    dtypes: tuple[str, ...] = TENSOR_CORE_DTYPES
+
+    def __post_init__(self):
+        if self.bm % self.wm or self.bn % self.wn or self.wm % 16 or self.wn % 16 or self.stages < 2:
+            raise ValueError(f"tensor-core config {self.name!r} does not tile: {self}")
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.wm) * (self.bn // self.wn) * WARP_SIZE
+
+    def bk(self, itemsize: int) -> int:
+        return TC_STAGE_BYTES_PER_ROW // itemsize
+
+    def tiles(self, m: int, n: int) -> int:
+        return _ceil_div(m, self.bm) * _ceil_div(n, self.bn)
+
+    def shared_bytes(self) -> int:
+        # STAGES stages of the A and B tiles, elements as stored (tc_gemm.cu).
+        return self.stages * (self.bm + self.bn) * TC_STAGE_BYTES_PER_ROW
+
+
+# The same two-step heuristic as for TILE_CONFIGS: the first that fills the card, else the last.
+TC_CONFIGS = (
+    # 8 warps of 64 x 32; 4 stages of 16 KiB (one block per SM, the registers allow no second).
+    TensorCoreConfig("tc_large", bm=128, bn=128, wm=64, wn=32, stages=4),
+    # 4 warps of 32 x 32; 3 stages of 8 KiB, for the shapes with few tiles.
+    TensorCoreConfig("tc_small", bm=64, bn=64, wm=32, wn=32, stages=3),
+)
+TC_HEURISTIC_CONFIGS = tuple(config for config in TC_CONFIGS if not config.candidate)
+CONFIGS_BY_NAME = {config.name: config for config in TILE_CONFIGS + TC_CONFIGS}
 
 NUM_SMS = 132  # an H100 SXM; the heuristic needs only the order of magnitude of the card
 MIN_K_PER_SPLIT = 512  # shorter K slices would spend more on the workspace than they gain
@@ -111,6 +160,7 @@ MAX_SIZE = 2**31 - 1 - 1024
 class ElementType:
     cpp: str  # the C++ type in the kernels
     acc: type  # numpy type of the accumulator: alpha, beta and workspaces have it
+    itemsize: int  # bytes per element
 
     @property
     def acc_cpp(self) -> str:
@@ -118,10 +168,10 @@ class ElementType:
 
 
 ELEMENT_TYPES = {
-    "float32": ElementType("float", np.float32),
-    "float64": ElementType("double", np.float64),
-    "float16": ElementType("__half", np.float32),
-    "bfloat16": ElementType("__nv_bfloat16", np.float32),  # ml_dtypes.bfloat16
+    "float32": ElementType("float", np.float32, 4),
+    "float64": ElementType("double", np.float64, 8),
+    "float16": ElementType("__half", np.float32, 2),
+    "bfloat16": ElementType("__nv_bfloat16", np.float32, 2),  # ml_dtypes.bfloat16
 }
 
 
@@ -146,15 +196,15 @@ class Tuning:
             raise ValueError(f"splits must be in [1, {MAX_GRID_YZ}], got {self.splits}")
 
 
-def choose_config(m: int, n: int) -> TileConfig:
+def choose_config(m: int, n: int, configs: tuple = HEURISTIC_CONFIGS):
     """The largest tile configuration that fills the card, else the smallest (candidates aside)."""
-    for config in HEURISTIC_CONFIGS:
+    for config in configs:
         if config.tiles(m, n) >= NUM_SMS:
             return config
-    return HEURISTIC_CONFIGS[-1]
+    return configs[-1]
 
 
-def choose_splits(m: int, n: int, k: int, config: TileConfig) -> int:
+def choose_splits(m: int, n: int, k: int, config: TileConfig | TensorCoreConfig) -> int:
     """How many parts to split K into so that the grid fills the card (1: no split)."""
     tiles = config.tiles(m, n)
     if tiles >= NUM_SMS or k < 2 * MIN_K_PER_SPLIT:
@@ -253,6 +303,12 @@ def gemm_name(t: ElementType, c_cpp: str, trans_a: bool, trans_b: bool, config: 
     return f"linear_gemm<{t.cpp}, {c_cpp}, {flags}, {tile}, {_cpp_bool(vector)}>"
 
 
+def tc_gemm_name(t: ElementType, c_cpp: str, trans_a: bool, trans_b: bool, config: TensorCoreConfig) -> str:
+    flags = ", ".join(map(_cpp_bool, (trans_a, trans_b)))
+    tile = ", ".join(str(v) for v in (config.bm, config.bn, config.bk(t.itemsize), config.wm, config.wn, config.stages))
+    return f"linear_tc_gemm<{t.cpp}, {c_cpp}, {flags}, {tile}>"
+
+
 def sum_splits_name(t: ElementType) -> str:
     return f"linear_sum_splits<{t.cpp}>"
 
@@ -279,6 +335,12 @@ def instantiations() -> list[Instantiation]:
                     (False, True), (False, True), configs, (False, True)):
                 name = gemm_name(t, c_cpp, trans_a, trans_b, config, vector)
                 found.append(Instantiation("gemm.cu", name, shared[config]))
+    for dtype in TENSOR_CORE_DTYPES:
+        t = ELEMENT_TYPES[dtype]
+        for c_cpp in dict.fromkeys((t.cpp, t.acc_cpp)):
+            for trans_a, trans_b, config in itertools.product((False, True), (False, True), TC_CONFIGS):
+                name = tc_gemm_name(t, c_cpp, trans_a, trans_b, config)
+                found.append(Instantiation("tc_gemm.cu", name, config.shared_bytes()))
     for t in ELEMENT_TYPES.values():
         found += [Instantiation("reduce.cu", colsum_partial_name(t), 0),
                   Instantiation("reduce.cu", sum_splits_name(t), 0)]
@@ -310,29 +372,54 @@ def _output_ld(c: Any) -> int:
     return ld
 
 
+def tensor_cores_apply(dtype: str, op_a: Operand, op_b: Operand, *, arch: int | None, tf32: bool) -> bool:
+    """Whether linear_tc_gemm can take this product (see the module's docstring)."""
+    if arch is None or arch < TENSOR_CORE_MIN_ARCH or dtype not in TENSOR_CORE_DTYPES:
+        return False
+    return (dtype != "float32" or tf32) and vector_aligned(op_a) and vector_aligned(op_b)
+
+
 def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b: bool, alpha: float,
-              beta: float, bias: Any = None, tuning: Tuning = Tuning()) -> list[Launch]:
-    """The launches for c[...] = alpha·op(a)·op(b) + beta·c (+ bias), as in base.Backend.gemm."""
+              beta: float, bias: Any = None, tuning: Tuning = Tuning(), arch: int | None = None,
+              tf32: bool = False) -> list[Launch]:
+    """The launches for c[...] = alpha·op(a)·op(b) + beta·c (+ bias), as in base.Backend.gemm.
+
+    arch is the device's compute capability as an int (90 for 9.0), None for no tensor cores; tf32
+    allows float32 products to run on them with TF32 operands."""
     t = element_type(c.dtype)
+    dtype = np.dtype(c.dtype).name
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     _check_size(M=m, N=n, K=k)
-    config = CONFIGS_BY_NAME[tuning.config] if tuning.config else choose_config(m, n)
-    if np.dtype(c.dtype).name not in config.dtypes:
-        raise ValueError(f"tile config {config.name!r} is instantiated for {', '.join(config.dtypes)} only, "
-                         f"got dtype {np.dtype(c.dtype).name}")
+    chosen = CONFIGS_BY_NAME[tuning.config] if tuning.config else None
+    if chosen is not None and dtype not in chosen.dtypes:
+        raise ValueError(f"tile config {chosen.name!r} is instantiated for {', '.join(chosen.dtypes)} only, "
+                         f"got dtype {dtype}")
     if m == 0 or n == 0:
         return []
     ldc = _output_ld(c)
     op_a, op_b = as_operand(xp, a, trans_a), as_operand(xp, b, trans_b)
     if bias is not None:
         bias = _contiguous_vector(xp, bias)
-
-    k_per_split, splits = split_k(k, tuning.splits or choose_splits(m, n, k, config), config.bk)
     aligned = vector_aligned(op_a) and vector_aligned(op_b)
     if tuning.vector and not aligned:
         raise ValueError("Tuning(vector=True) needs 16-byte aligned operands and leading dimensions")
     vector = aligned if tuning.vector is None else tuning.vector
+
+    tensor_cores = vector and tensor_cores_apply(dtype, op_a, op_b, arch=arch, tf32=tf32)
+    if isinstance(chosen, TensorCoreConfig) and not tensor_cores:
+        raise ValueError(f"tile config {chosen.name!r} runs on tensor cores, which this call cannot use "
+                         f"(dtype {dtype}, compute capability {arch}, TF32 {'on' if tf32 else 'off'}, "
+                         f"operands {'' if aligned else 'not '}16-byte aligned)")
+    if tensor_cores and not isinstance(chosen, TileConfig):
+        config = chosen or choose_config(m, n, TC_HEURISTIC_CONFIGS)
+        bk, threads, shared = config.bk(t.itemsize), config.threads, config.shared_bytes()
+    else:
+        tensor_cores = False
+        config = chosen or choose_config(m, n)
+        bk, threads, shared = config.bk, config.threads, config.shared_bytes(np.dtype(t.acc).itemsize)
+
+    k_per_split, splits = split_k(k, tuning.splits or choose_splits(m, n, k, config), bk)
     grid = (_ceil_div(m, config.bm), _ceil_div(n, config.bn), splits)
     if grid[1] > MAX_GRID_YZ:
         raise ValueError(f"N = {n} needs {grid[1]} column tiles, more than one launch allows ({MAX_GRID_YZ})")
@@ -343,11 +430,18 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b:
     else:  # partial products into the workspace; linear_sum_splits applies the epilogue
         c_cpp, target, target_ld, split_stride = t.acc_cpp, xp.empty((splits, m, n), t.acc), n, m * n
         epilogue = (t.acc(1), t.acc(0), c, np.int32(0))  # c: an unused stand-in for the bias
-    gemm = Launch(
-        "gemm.cu", gemm_name(t, c_cpp, op_a.trans, op_b.trans, config, vector), grid, (config.threads, 1, 1),
-        (np.int32(m), np.int32(n), np.int32(k), np.int32(k_per_split), op_a.array, np.int64(op_a.ld),
-         op_b.array, np.int64(op_b.ld), target, np.int64(target_ld), np.int64(split_stride)) + epilogue,
-        config.shared_bytes(np.dtype(t.acc).itemsize))
+    if tensor_cores:
+        name = tc_gemm_name(t, c_cpp, op_a.trans, op_b.trans, config)
+        args = (np.int32(m), np.int32(n), np.int32(k), np.int32(k_per_split), np.int32(splits),
+                op_a.array, np.int64(op_a.ld), np.int64(0), op_b.array, np.int64(op_b.ld), np.int64(0),
+                target, np.int64(target_ld), np.int64(0), np.int64(split_stride)) + epilogue
+        gemm = Launch("tc_gemm.cu", name, grid, (threads, 1, 1), args, shared)
+    else:
+        gemm = Launch(
+            "gemm.cu", gemm_name(t, c_cpp, op_a.trans, op_b.trans, config, vector), grid, (threads, 1, 1),
+            (np.int32(m), np.int32(n), np.int32(k), np.int32(k_per_split), op_a.array, np.int64(op_a.ld),
+             op_b.array, np.int64(op_b.ld), target, np.int64(target_ld), np.int64(split_stride)) + epilogue,
+            shared)
     if splits == 1:
         return [gemm]
     return [gemm, _sum_splits_launch(t, m, n, splits, target, c, ldc, alpha, beta, bias)]

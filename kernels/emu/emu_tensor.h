@@ -1,0 +1,162 @@
+// emu_tensor.h: the tensor-core primitives of kernels/ptx.cuh on the CPU, with the per-lane fragment
+// layouts of the PTX ISA (groupID g = lane / 4, threadID_in_group t = lane % 4):
+//
+//   mma.m16n8k16 (f16, bf16)   A 16x16: a[i] holds rows g + 8·(i%2), columns 2t + 8·(i/2) + {0, 1}
+//                              B 16x8:  b[i] holds rows 2t + 8·i + {0, 1}, column g
+//                              C 16x8:  d[i] holds row g + 8·(i/2), column 2t + i%2
+//   mma.m16n8k8 (tf32)         A 16x8:  a[i] holds row g + 8·(i%2), column t + 4·(i/2)
+//                              B 8x8:   b[i] holds row t + 4·i, column g
+//   ldmatrix .xN               lane i gives the address of row i%8 of matrix i/8; r[j] of a lane holds
+//                              row lane/4, columns 2·(lane%4) + {0, 1} of matrix j (.trans: rows
+//                              2·(lane%4) + {0, 1} of column lane/4)
+//
+// The warp-wide operations are collective: every lane writes its operands into a per-warp slot,
+// __syncwarp, reads what it needs from all lanes, __syncwarp again (so a slot is never overwritten
+// while another lane still reads it). Products of f16, bf16 and TF32 values are exact in float; the
+// emulator adds them to C in k order with fmaf, where the hardware's internal order and rounding are
+// its own, so GPU results may differ from the emulator's in the last bits.
+//
+// cp.async copies are read at issue and written to shared memory only at the cp_async_wait that
+// retires their group: data read before the wait is the old (poisoned) contents, as a missing or
+// early wait deserves.
+#pragma once
+
+namespace emu {
+
+constexpr int MAX_WARPS = 32;
+constexpr int MAX_PENDING_COPIES = 64;  // per thread; tc_gemm.cu keeps at most 16 in flight
+
+inline unsigned linear_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
+inline unsigned warp_index() { return linear_thread() / 32; }
+
+struct MmaOperands {
+    unsigned a[4], b[2];
+};
+inline MmaOperands mma_slots[MAX_WARPS][32];
+inline const unsigned char* ldmatrix_slots[MAX_WARPS][32];
+
+inline float half_bits_to_float(unsigned bits, __half) { return __half2float(from_bits<__half>(bits & 0xFFFFu)); }
+inline float half_bits_to_float(unsigned bits, __nv_bfloat16) {
+    return __bfloat162float(from_bits<__nv_bfloat16>(bits & 0xFFFFu));
+}
+// The value the tensor core sees of a TF32 register: the top 19 bits of the float.
+inline float tf32_value(unsigned bits) { return from_bits<float>(bits & 0xFFFFE000u); }
+
+template <int K, class Element>
+inline void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2], Element element) {
+    const unsigned lane = emu_lane_id();
+    MmaOperands(&slots)[32] = mma_slots[warp_index()];
+    memcpy(slots[lane].a, a, sizeof a);
+    memcpy(slots[lane].b, b, sizeof b);
+    __syncwarp();
+    const int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+        float sum = d[i];
+        for (int k = 0; k < K; ++k) sum = fmaf(element(slots, row, k, true), element(slots, k, col, false), sum);
+        d[i] = sum;
+    }
+    __syncwarp();
+}
+
+}  // namespace emu
+
+template <typename T>
+__device__ inline void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    static_assert(std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value, "f16 or bf16");
+    // A(r, k): lane (r%8)·4 + (k%8)/2, register r/8 + 2·(k/8); B(k, n): lane n·4 + (k%8)/2, register
+    // k/8; the low half of a register holds the even k.
+    emu::mma<16>(d, a, b, [](const emu::MmaOperands (&s)[32], int r, int c, bool is_a) {
+        const int k = is_a ? c : r;
+        const unsigned reg = is_a ? s[(r % 8) * 4 + (k % 8) / 2].a[r / 8 + 2 * (k / 8)]
+                                  : s[c * 4 + (k % 8) / 2].b[k / 8];
+        return emu::half_bits_to_float(k % 2 ? reg >> 16 : reg, T());
+    });
+}
+
+__device__ inline void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    // A(r, k): lane (r%8)·4 + k%4, register r/8 + 2·(k/4); B(k, n): lane n·4 + k%4, register k/4.
+    emu::mma<8>(d, a, b, [](const emu::MmaOperands (&s)[32], int r, int c, bool is_a) {
+        return emu::tf32_value(is_a ? s[(r % 8) * 4 + c % 4].a[r / 8 + 2 * (c / 4)] : s[c * 4 + r % 4].b[r / 4]);
+    });
+}
+
+template <int N, bool TRANS>
+__device__ inline void ldmatrix(unsigned (&r)[N], const void* row) {
+    static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
+    if (reinterpret_cast<uintptr_t>(row) % 16) emu_fail("ldmatrix: a row address is not 16-byte aligned");
+    const unsigned lane = emu_lane_id();
+    const unsigned char*(&rows)[32] = emu::ldmatrix_slots[emu::warp_index()];
+    rows[lane] = static_cast<const unsigned char*>(row);
+    __syncwarp();
+    for (int j = 0; j < N; ++j) {
+        if (!TRANS) {
+            memcpy(&r[j], rows[8 * j + lane / 4] + 4 * (lane % 4), 4);
+        } else {
+            uint16_t low, high;
+            memcpy(&low, rows[8 * j + 2 * (lane % 4)] + 2 * (lane / 4), 2);
+            memcpy(&high, rows[8 * j + 2 * (lane % 4) + 1] + 2 * (lane / 4), 2);
+            r[j] = low | unsigned(high) << 16;
+        }
+    }
+    __syncwarp();
+}
+
+namespace emu {
+
+struct PendingCopy {
+    unsigned char* dst;
+    unsigned char data[16];
+    unsigned group;
+};
+// One queue per thread of the running block; `owner` tells a queue left over from another block or
+// launch (its copies were never waited for and are dropped, as they would be at the kernel's end).
+struct CopyQueue {
+    unsigned long long owner;
+    unsigned committed, count;
+    PendingCopy pending[MAX_PENDING_COPIES];
+};
+inline CopyQueue copy_queues[1024];
+
+inline CopyQueue& copy_queue() {
+    const unsigned long long owner =
+        launch_serial << 32 ^ (emu_block_idx.x + emu_grid_dim.x * (emu_block_idx.y + emu_grid_dim.y * emu_block_idx.z));
+    CopyQueue& q = copy_queues[linear_thread()];
+    if (q.owner != owner) q.owner = owner, q.committed = 0, q.count = 0;
+    return q;
+}
+
+}  // namespace emu
+
+__device__ inline void cp_async_16(void* dst, const void* src, int bytes) {
+    if (bytes < 0 || bytes > 16) emu_fail("cp.async: the source size must be 0..16 bytes");
+    if (reinterpret_cast<uintptr_t>(dst) % 16 || reinterpret_cast<uintptr_t>(src) % 16)
+        emu_fail("cp.async: a 16-byte copy needs 16-byte aligned addresses");
+    emu::CopyQueue& q = emu::copy_queue();
+    if (q.count == emu::MAX_PENDING_COPIES) emu_fail("cp.async: too many copies in flight (missing wait?)");
+    emu::PendingCopy& copy = q.pending[q.count++];
+    copy.dst = static_cast<unsigned char*>(dst);
+    copy.group = q.committed;
+    memset(copy.data, 0, sizeof copy.data);
+    memcpy(copy.data, src, bytes);
+}
+
+__device__ inline void cp_async_commit() { ++emu::copy_queue().committed; }
+
+template <int N>
+__device__ inline void cp_async_wait() {
+    emu::CopyQueue& q = emu::copy_queue();
+    unsigned kept = 0;
+    for (unsigned i = 0; i < q.count; ++i) {
+        emu::PendingCopy& copy = q.pending[i];
+        if (copy.group + N < q.committed) memcpy(copy.dst, copy.data, sizeof copy.data);
+        else q.pending[kept++] = copy;
+    }
+    q.count = kept;
+}
+
+__device__ inline unsigned to_tf32(float x) {
+    const unsigned bits = emu::from_bits<unsigned>(emu::to_bits(x));
+    if ((bits & 0x7F800000u) == 0x7F800000u) return bits;  // inf and NaN pass through
+    return (bits + 0x1000u) & 0xFFFFE000u;  // round the magnitude half up: ties away from zero
+}

@@ -1,0 +1,243 @@
+// linear_tc_gemm: C = alpha · op(A) · op(B) + beta · C  (+ bias[None, :]) on tensor cores
+//
+//   The contract of gemm.cu (read it first): op(A) is M x K, op(B) is K x N, every matrix row-major with
+//   a leading dimension, transposes as the compile-time flags TRANS_A / TRANS_B (NN for Y = X·W, NT for
+//   dX = dY·Wᵀ, TN for dW = Xᵀ·dY), split-K into a float workspace that linear_sum_splits adds in a
+//   fixed order, and a batch of matrices along the grid's z.
+//     T = __half, __nv_bfloat16: mma.sync m16n8k16, float accumulation;
+//     T = float: TF32 (operands rounded to nearest, ties away, by cvt.rna), mma.sync m16n8k8.
+//
+// Tiling: one block of (BM/WM)·(BN/WN) warps per BM x BN tile of C; each warp owns a WM x WN sub-tile
+// as (WM/16) x (WN/8) mma tiles of 16 x 8 floats in registers (4 per lane). BM x BN x BK = 128 x 128 x
+// 32 bytes' worth of k as 8 warps of 64 x 32, e.g. for bf16:
+//
+//          ┌──── BN = 128 ────┐      a warp's 64 x 32 sub-tile, 4 x 4 mma tiles of 16 x 8:
+//          │ w0 │ w1 │ w2 │ w3 │        ┌──┬──┬──┬──┐
+//     BM   ├────┼────┼────┼────┤        │  │  │  │  │  per k-step of 16: 4 ldmatrix.x4 for A,
+//    =128  │ w4 │ w5 │ w6 │ w7 │        ├──┼──┼──┼──┤  2 for B, 16 mma.sync
+//          └────┴────┴────┴────┘        ...
+//
+// Shared memory: STAGES stages of the A and B tiles, each kept as it is stored in global memory (rows
+// of k for A, of m for Aᵀ; rows of n for Bᵀ, of k for B), so that every 16-byte chunk travels by one
+// cp.async with no transposition. ldmatrix (.trans for Aᵀ and B) turns the stored layout into the
+// mma fragments. Chunk c of stored row r sits at chunk c ^ (r / (8 / chunks per row) % 8) of the row
+// (or c ^ r % 8 when a row has 8 chunks or more): the 8 rows one ldmatrix phase reads, and the 8
+// chunks of a 128-byte line cp.async writes, all fall in different banks.
+// TF32 has no 32-bit ldmatrix.trans: Aᵀ and B fragments are read with one 4-byte load per element
+// (2-way bank conflicts there); A and Bᵀ use ldmatrix like the half types.
+//
+// K loop: a STAGES-deep cp.async pipeline, one __syncthreads per step:
+//     wait until tile t has landed; __syncthreads()   (every warp also finished tile t-1)
+//     cp.async tile t + STAGES - 1 into the stage tile t-1 used; commit
+//     for each k-step: fragments of the next k-step (ldmatrix), mma.sync on the current ones
+// Edge tiles: chunks past a matrix edge copy only the bytes inside it and zero-fill the rest
+// (cp.async's source size), so any M, N and K work; the plan sends here only operands whose
+// pointer and leading dimension are 16-byte aligned and keeps the others on gemm.cu.
+//
+// Template parameters:
+//   T        __half, __nv_bfloat16, or float (TF32)
+//   TC       element type of C: T, or float when C is a split-K workspace
+//   TRANS_A, TRANS_B   as in gemm.cu
+//   BM, BN, BK         the block's C tile and the k depth of one stage
+//   WM, WN             a warp's sub-tile (multiples of 16 and 16)
+//   STAGES             depth of the cp.async pipeline (>= 2)
+#include "common.cuh"
+#include "ptx.cuh"
+
+// One mma.sync per element type: its k depth and how a fragment register is prepared.
+template <typename T> struct Mma {  // __half and __nv_bfloat16: two elements per register
+    static constexpr int K = 16;
+    static __device__ __forceinline__ unsigned operand(unsigned bits) { return bits; }
+    static __device__ __forceinline__ void run(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+        mma_m16n8k16<T>(d, a, b);
+    }
+};
+template <> struct Mma<float> {  // TF32: one element per register, rounded on its way in
+    static constexpr int K = 8;
+    static __device__ __forceinline__ unsigned operand(unsigned bits) { return to_tf32(__uint_as_float(bits)); }
+    static __device__ __forceinline__ void run(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+        mma_m16n8k8_tf32(d, a, b);
+    }
+};
+
+// A ROWS x COLS tile of a row-major matrix in shared memory, its 16-byte chunks swizzled per row.
+template <typename T, int ROWS, int COLS>
+struct SwizzledTile {
+    static constexpr int V = 16 / int(sizeof(T));  // elements per chunk
+    static constexpr int CHUNKS = COLS / V;        // chunks per row
+    static constexpr int ROWS_PER_LINE = CHUNKS >= 8 ? 1 : 8 / CHUNKS;
+    static constexpr int PATTERN = CHUNKS >= 8 ? 8 : CHUNKS;
+    static constexpr int SIZE = ROWS * COLS;
+    static_assert(COLS % V == 0 && CHUNKS >= 2 && (CHUNKS & (CHUNKS - 1)) == 0, "rows of 2^n chunks, n >= 1");
+
+    static __device__ __forceinline__ int offset(int row, int col) {
+        return row * COLS + ((col / V) ^ (row / ROWS_PER_LINE % PATTERN)) * V + col % V;
+    }
+
+    // cp.async of the tile whose first element is x[row0, col0]; elements at rows >= row_end or
+    // columns >= col_end arrive as zeros (a partial chunk reads only its bytes inside the matrix).
+    template <int THREADS>
+    static __device__ __forceinline__ void load(T* tile, const T* __restrict__ x, long long ld, int row0, int col0,
+                                                int row_end, int col_end) {
+        static_assert(ROWS * CHUNKS % THREADS == 0, "every thread copies the same number of chunks");
+#pragma unroll
+        for (int i = 0; i < ROWS * CHUNKS / THREADS; ++i) {
+            const int c = threadIdx.x + i * THREADS;
+            const int row = c / CHUNKS, col = c % CHUNKS * V;
+            const int x_row = row0 + row, x_col = col0 + col;
+            const bool inside = x_row < row_end && x_col < col_end;
+            const int bytes = inside ? min(col_end - x_col, V) * int(sizeof(T)) : 0;
+            cp_async_16(tile + offset(row, col), inside ? x + x_row * ld + x_col : x, bytes);
+        }
+    }
+};
+
+// The fragments of one k-step of a warp: A for its WM/16 mma rows, B for its WN/8 mma columns.
+template <int M_TILES, int N_TILES>
+struct Fragments {
+    unsigned a[M_TILES][4];
+    unsigned b[N_TILES][2];
+};
+
+template <typename T, typename TC, bool TRANS_A, bool TRANS_B, int BM, int BN, int BK, int WM, int WN, int STAGES>
+__global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)
+linear_tc_gemm(int M, int N, int K, int k_per_split, int splits,
+               const T* __restrict__ A, long long lda, long long batch_stride_a,
+               const T* __restrict__ B, long long ldb, long long batch_stride_b,
+               TC* __restrict__ C, long long ldc, long long batch_stride_c, long long c_split_stride,
+               float alpha, float beta, const T* __restrict__ bias, int add_bias) {
+    using Op = Mma<T>;
+    constexpr int WARPS_N = BN / WN, THREADS = (BM / WM) * WARPS_N * 32;
+    constexpr int M_TILES = WM / 16, N_TILES = WN / 8, K_STEPS = BK / Op::K;
+    static_assert(WM % 16 == 0 && WN % 16 == 0 && BM % WM == 0 && BN % WN == 0 && BK % Op::K == 0, "bad tiling");
+    static_assert(STAGES >= 2, "a pipeline needs two stages");
+    // Stored layouts: A is M x K (rows of k) unless TRANS_A; B is K x N (rows of n) unless TRANS_B.
+    using TileA = SwizzledTile<T, TRANS_A ? BK : BM, TRANS_A ? BM : BK>;
+    using TileB = SwizzledTile<T, TRANS_B ? BN : BK, TRANS_B ? BK : BN>;
+    constexpr int V = TileA::V;
+
+    extern __shared__ __align__(16) unsigned char tc_shared[];
+    T* const As = reinterpret_cast<T*>(tc_shared);  // [STAGES][TileA::SIZE]
+    T* const Bs = As + STAGES * TileA::SIZE;         // [STAGES][TileB::SIZE]
+
+    const int split = blockIdx.z % splits;
+    const long long batch = blockIdx.z / splits;
+    A += batch * batch_stride_a;
+    B += batch * batch_stride_b;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int k_begin = split * k_per_split;
+    const int k_end = K - k_begin < k_per_split ? K : k_begin + k_per_split;
+    const int steps = k_end > k_begin ? ceil_div(k_end - k_begin, BK) : 0;
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int wm0 = warp / WARPS_N * WM, wn0 = warp % WARPS_N * WN;
+
+    auto load_stage = [&](int stage, int k0) {
+        T* const as = As + stage * TileA::SIZE;
+        T* const bs = Bs + stage * TileB::SIZE;
+        if (TRANS_A) TileA::template load<THREADS>(as, A, lda, k0, m0, k_end, M);
+        else TileA::template load<THREADS>(as, A, lda, m0, k0, M, k_end);
+        if (TRANS_B) TileB::template load<THREADS>(bs, B, ldb, n0, k0, N, k_end);
+        else TileB::template load<THREADS>(bs, B, ldb, k0, n0, k_end, N);
+    };
+
+    // The fragments of k-step kk (a multiple of Op::K) of a stage. Lane l gives ldmatrix the address of
+    // row l % 8 of matrix l / 8; the matrices of an x4 are ordered as the fragment's registers.
+    auto load_fragments = [&](const T* as, const T* bs, int kk, Fragments<M_TILES, N_TILES>& f) {
+        const int g = lane / 4, t = lane % 4;
+#pragma unroll
+        for (int i = 0; i < M_TILES; ++i) {
+            const int m = wm0 + 16 * i;
+            if constexpr (!TRANS_A) {  // matrices (m 0-7 | 8-15) x (k first | second half)
+                ldmatrix<4, false>(f.a[i], as + TileA::offset(m + lane % 8 + 8 * (lane / 8 % 2), kk + V * (lane / 16)));
+            } else if constexpr (V == 8) {  // stored k-major: the same matrices, transposed on the way
+                ldmatrix<4, true>(f.a[i], as + TileA::offset(kk + lane % 8 + 8 * (lane / 16), m + 8 * (lane / 8 % 2)));
+            } else {  // TF32, stored k-major: a[r] = A(m + g + 8·(r%2), kk + t + 4·(r/2))
+#pragma unroll
+                for (int r = 0; r < 4; ++r)
+                    f.a[i][r] = __float_as_uint(
+                        reinterpret_cast<const float*>(as)[TileA::offset(kk + t + 4 * (r / 2), m + g + 8 * (r % 2))]);
+            }
+#pragma unroll
+            for (int r = 0; r < 4; ++r) f.a[i][r] = Op::operand(f.a[i][r]);
+        }
+#pragma unroll
+        for (int j = 0; j < N_TILES; j += 2) {  // two mma columns (16 n) per ldmatrix.x4
+            const int n = wn0 + 8 * j;
+            unsigned r[4];
+            if constexpr (TRANS_B) {  // stored n-major: matrices (n 0-7: k halves, n 8-15: k halves)
+                ldmatrix<4, false>(r, bs + TileB::offset(n + lane % 8 + 8 * (lane / 16), kk + V * (lane / 8 % 2)));
+            } else if constexpr (V == 8) {  // stored k-major, transposed on the way
+                ldmatrix<4, true>(r, bs + TileB::offset(kk + lane % 8 + 8 * (lane / 8 % 2), n + 8 * (lane / 16)));
+            } else {  // TF32, stored k-major: b[r] of column n' = B(kk + t + 4·r, n' + g)
+#pragma unroll
+                for (int q = 0; q < 4; ++q)
+                    r[q] = __float_as_uint(
+                        reinterpret_cast<const float*>(bs)[TileB::offset(kk + t + 4 * (q % 2), n + 8 * (q / 2) + g)]);
+            }
+            f.b[j][0] = Op::operand(r[0]);
+            f.b[j][1] = Op::operand(r[1]);
+            f.b[j + 1][0] = Op::operand(r[2]);
+            f.b[j + 1][1] = Op::operand(r[3]);
+        }
+    };
+
+    float acc[M_TILES][N_TILES][4];
+#pragma unroll
+    for (int i = 0; i < M_TILES; ++i)
+#pragma unroll
+        for (int j = 0; j < N_TILES; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {  // the pipeline's first tiles; a group per stage, even empty
+        if (s < steps) load_stage(s, k_begin + s * BK);
+        cp_async_commit();
+    }
+    for (int t = 0; t < steps; ++t) {
+        cp_async_wait<STAGES - 2>();  // tile t has landed (for this thread) ...
+        __syncthreads();              // ... for every thread, and no warp still reads tile t - 1
+        const int next = t + STAGES - 1;
+        if (next < steps) load_stage(next % STAGES, k_begin + next * BK);
+        cp_async_commit();
+
+        const T* const as = As + t % STAGES * TileA::SIZE;
+        const T* const bs = Bs + t % STAGES * TileB::SIZE;
+        Fragments<M_TILES, N_TILES> f[2];
+        load_fragments(as, bs, 0, f[0]);
+#pragma unroll
+        for (int s = 0; s < K_STEPS; ++s) {
+            if (s + 1 < K_STEPS) load_fragments(as, bs, (s + 1) * Op::K, f[(s + 1) % 2]);
+#pragma unroll
+            for (int i = 0; i < M_TILES; ++i)
+#pragma unroll
+                for (int j = 0; j < N_TILES; ++j) Op::run(acc[i][j], f[s % 2].a[i], f[s % 2].b[j]);
+        }
+    }
+
+    // Epilogue: d[r] of mma tile (i, j) is C(wm0 + 16·i + g + 8·(r/2), wn0 + 8·j + 2t + r%2).
+    TC* const c_tile = C + batch * batch_stride_c + split * c_split_stride;
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int i = 0; i < M_TILES; ++i) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int row = m0 + wm0 + 16 * i + g + 8 * half;
+            if (row >= M) continue;
+            TC* const c_row = c_tile + row * ldc;
+#pragma unroll
+            for (int j = 0; j < N_TILES; ++j) {
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const int col = n0 + wn0 + 8 * j + 2 * t + r;
+                    if (col >= N) continue;
+                    float value = alpha * acc[i][j][2 * half + r];
+                    if (beta != 0.0f) value += beta * to_acc(c_row[col]);
+                    if (add_bias) value += to_acc(bias[col]);
+                    c_row[col] = to_element<TC>(value);
+                }
+            }
+        }
+    }
+}
