@@ -15,6 +15,8 @@ from .layer import array_module
 # The largest relative error accepted per dtype name: float16/bfloat16 inputs and outputs round at
 # ~1e-3 even though they accumulate in float32.
 TOLERANCE = {"float64": 1e-12, "float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}
+# float32 products with TF32 allowed (linear.set_tf32): operands keep 10 mantissa bits.
+TF32_TOLERANCE = 1e-3
 
 
 def relative_error(out: Any, ref: Any) -> float:

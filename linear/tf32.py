@@ -14,11 +14,12 @@ _ENVIRONMENT = "LINEAR_TF32"
 _set_by_user: bool | None = None
 
 
-def set_tf32(enabled: bool) -> None:
-    """Allow (True) or forbid (False) TF32 tensor cores for float32 products from now on."""
+def set_tf32(enabled: bool | None) -> None:
+    """Allow (True) or forbid (False) TF32 tensor cores for float32 products from now on; None goes
+    back to the default, $LINEAR_TF32."""
     global _set_by_user
-    if not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool or None, got {type(enabled).__name__}")
     _set_by_user = enabled
 
 

@@ -22,7 +22,8 @@ def cuda_include_dirs() -> list[str]:
 class CupyRuntime:
     name = "cuda"
 
-    def __init__(self) -> None:
+    def __init__(self, *, kernel_dir: str | os.PathLike | None = None) -> None:
+        """kernel_dir: where the sources are (default kernels/); kernels/ stays on the include path."""
         try:
             import cupy
         except ImportError as e:
@@ -34,6 +35,7 @@ class CupyRuntime:
         if devices == 0:
             raise BackendUnavailable("the cuda backend found no GPU")
         self.xp = cupy
+        self.kernel_dir = Path(kernel_dir) if kernel_dir is not None else kernels_dir()
         self._options = ("-std=c++17", f"-I{kernels_dir()}", *(f"-I{d}" for d in cuda_include_dirs()))
         self._kernels: dict[tuple[int, str, str], Any] = {}
 
@@ -45,7 +47,7 @@ class CupyRuntime:
         key = (self.xp.cuda.Device().id, source, name)
         kernel = self._kernels.get(key)
         if kernel is None:
-            module = self.xp.RawModule(code=(kernels_dir() / source).read_text(), options=self._options,
+            module = self.xp.RawModule(code=(self.kernel_dir / source).read_text(), options=self._options,
                                        name_expressions=(name,))
             kernel = self._kernels[key] = module.get_function(name)
 

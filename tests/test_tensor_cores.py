@@ -1,0 +1,279 @@
+"""The tensor-core path: the PTX primitives against the ISA's fragment tables, tc_gemm.cu, TF32.
+
+The primitive tests run tests/kernels/tc_probe.cu, whose fragment placement is written from the PTX
+ISA's tables, on the emulator and (under -m gpu) on a GPU, against expectations computed here from the
+same tables: so the first GPU run proves the emulator's layouts. The GEMM tests run every transpose x
+element type of linear_tc_gemm on the emulator, with edge tiles in M, N and K (partial 16-byte chunks
+included), split-K, alpha, beta and bias, and negative controls: a wrong fragment index and a missing
+cp.async wait must fail.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import linear
+from linear.backends import available_backends, get_backend, plan
+from linear.backends.emulate import EmulationError
+from linear.backends.kernel import KernelBackend
+from linear.backends.plan import Tuning
+from linear.backends.sources import kernels_dir
+from linear.testing import TF32_TOLERANCE
+from reference import assert_close, poisoned, rel_err, to_numpy
+from test_kernels import TRANS, emulator, reference, stored
+
+PROBE = Path(__file__).resolve().parent / "kernels" / "tc_probe.cu"
+TC_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16),
+             "float32": np.dtype(np.float32)}  # float32: TF32
+# No tile multiples in M, N or K; K = 75 also ends inside a 16-byte chunk.
+SHAPES = {"tc_small": (70, 50, 75), "tc_large": (136, 130, 45)}
+
+
+@pytest.fixture(scope="module", params=["emulate", pytest.param("cuda", marks=pytest.mark.gpu)])
+def probe_runtime(request, tmp_path_factory):
+    """A runtime that compiles tc_probe.cu (with kernels/ for ptx.cuh)."""
+    if request.param == "cuda":
+        if "cuda" not in available_backends():
+            pytest.skip("the cuda backend needs CuPy and a GPU")
+        from linear.backends.cuda import CupyRuntime
+        return CupyRuntime(kernel_dir=PROBE.parent)
+    sources = tmp_path_factory.mktemp("probe")
+    for path in [*kernels_dir().glob("*.cuh"), PROBE]:
+        shutil.copy(path, sources / path.name)
+    return emulator(kernel_dir=sources)
+
+
+def run_probe(runtime, name: str, *args) -> list[np.ndarray]:
+    """Launches one warp of probe `name`; returns the arrays among args as they are afterwards."""
+    on_device = [runtime.xp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+    runtime.function(PROBE.name, name)((1, 1, 1), (32, 1, 1), tuple(on_device))
+    return [to_numpy(a) for a in on_device if not isinstance(a, np.generic)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The primitives, lane by lane
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+@pytest.mark.parametrize("trans", [False, True])
+def test_ldmatrix_fragments_follow_the_isa(probe_runtime, count, trans):
+    # PTX ISA, ldmatrix: lane l receives, in register j, elements (l/4, 2·(l%4)) and (l/4, 2·(l%4)+1) of
+    # matrix j (the low half first); .trans delivers the same positions of the transposed matrix.
+    rng = np.random.default_rng(count)
+    tiles = rng.permutation(60000)[:count * 64].astype(np.uint16).reshape(count, 8, 8)
+    expected = np.empty((32, count), np.uint32)
+    for lane in range(32):
+        for j in range(count):
+            matrix = tiles[j].T if trans else tiles[j]
+            row, col = lane // 4, 2 * (lane % 4)
+            expected[lane, j] = int(matrix[row, col]) | int(matrix[row, col + 1]) << 16
+    out = np.full((32, count), 0xFFFFFFFF, np.uint32)
+    _, got = run_probe(probe_runtime, f"probe_ldmatrix<{count}, {'true' if trans else 'false'}>", tiles, out)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_mma_fragments_follow_the_isa(probe_runtime, dtype):
+    # Small integers: every product and sum is exact, so D must equal A·B + C bit for bit.
+    rng = np.random.default_rng(3)
+    k = 8 if dtype == "float32" else 16
+    a = rng.integers(-4, 5, (16, k)).astype(TC_DTYPES[dtype])
+    b = rng.integers(-4, 5, (k, 8)).astype(TC_DTYPES[dtype])
+    c = rng.integers(-16, 17, (16, 8)).astype(np.float32)
+    d = poisoned(np, (16, 8), np.float32)
+    name = "probe_mma_m16n8k8_tf32" if dtype == "float32" else f"probe_mma_m16n8k16<{plan.ELEMENT_TYPES[dtype].cpp}>"
+    *_, got = run_probe(probe_runtime, name, a, b, c, d)
+    np.testing.assert_array_equal(got, a.astype(np.float64) @ b.astype(np.float64) + c)
+
+
+def test_cp_async_lands_at_its_wait_and_zero_fills(probe_runtime):
+    src = np.arange(1, 9, dtype=np.float32)
+    _, out = run_probe(probe_runtime, "probe_cp_async", src, poisoned(np, 16, np.float32))
+    np.testing.assert_array_equal(out[:4], src[:4])  # group 0, retired by wait_group 1
+    np.testing.assert_array_equal(out[8:], [1, 2, 3, 4, 5, 6, 0, 0])  # both; 8 bytes then zeros
+    if probe_runtime.name == "emulate":  # a GPU may have landed group 1 early; the emulator never does
+        assert np.isnan(out[4:8]).all()
+
+
+def tf32_bits(x: np.ndarray) -> np.ndarray:
+    """cvt.rna.tf32.f32 by its definition: keep 10 mantissa bits, round to nearest, ties away from 0."""
+    bits = x.view(np.uint32).astype(np.int64)
+    finite = (bits & 0x7F800000) != 0x7F800000
+    return np.where(finite, (bits + 0x1000) & 0xFFFFE000, bits).astype(np.uint32)
+
+
+def test_tf32_rounding_is_to_nearest_ties_away(probe_runtime):
+    cases = {0x3F801000: 0x3F802000, 0xBF801000: 0xBF802000,  # ties: away from zero
+             0x3F800FFF: 0x3F800000, 0x3F801001: 0x3F802000,  # below, above the tie
+             0x3F803000: 0x3F804000, 0x7F800000: 0x7F800000}  # a tie with an odd last bit; inf
+    special = np.array(list(cases), np.uint32)
+    x = np.concatenate([special.view(np.float32), np.random.default_rng(4).standard_normal(250, np.float32)])
+    _, out = run_probe(probe_runtime, "probe_to_tf32", x, np.zeros(x.size, np.uint32), np.int32(x.size))
+    np.testing.assert_array_equal(out[:len(cases)], list(cases.values()))
+    np.testing.assert_array_equal(out, tf32_bits(x))
+
+
+# ----------------------------------------------------------------------------------------------------
+# linear_tc_gemm on the emulator
+# ----------------------------------------------------------------------------------------------------
+
+def tf32_values(x: np.ndarray) -> np.ndarray:
+    return tf32_bits(np.ascontiguousarray(x, np.float32)).view(np.float32).reshape(x.shape)
+
+
+def operands(rng, dtype: str, m: int, n: int, k: int, trans_a: bool, trans_b: bool):
+    """A and B as stored for op(A) (m x k) and op(B) (k x n), leading dimensions rounded up to 8
+    elements (16-byte aligned rows, as cp.async needs) so that the rest of each row is NaN padding."""
+    def matrix(rows, cols):
+        return stored(rng, (rows, cols), TC_DTYPES[dtype], ld=-(-cols // 8) * 8)
+    return matrix(*((k, m) if trans_a else (m, k))), matrix(*((n, k) if trans_b else (k, n)))
+
+
+def check_tc_gemm(runtime, dtype, trans_a, trans_b, config, splits, kernel=None, seed=0):
+    rng = np.random.default_rng(seed)
+    m, n, k = SHAPES[config]
+    a, b = operands(rng, dtype, m, n, k, trans_a, trans_b)
+    bias = rng.standard_normal(n).astype(TC_DTYPES[dtype])
+    beta = 0.25 if splits == 1 else 0.0  # beta = 0: C is never read, so it starts as NaN
+    c = stored(rng, (m, n), TC_DTYPES[dtype]).copy() if beta else poisoned(np, (m, n), TC_DTYPES[dtype])
+    expected_inputs = (tf32_values(a), tf32_values(b)) if dtype == "float32" else (a, b)
+    expected = reference(*expected_inputs, trans_a, trans_b, 0.5, beta, c, bias)
+    launches = plan.plan_gemm(np, a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=0.5, beta=beta, bias=bias,
+                              tuning=Tuning(config=config, splits=splits), arch=90, tf32=True)
+    assert launches[0].source == "tc_gemm.cu" and len(launches) == (1 if splits == 1 else 2)
+    KernelBackend(runtime).launch(launches)
+    return rel_err(c, expected)
+
+
+@pytest.mark.parametrize("dtype", TC_DTYPES)
+@pytest.mark.parametrize("trans_a,trans_b", TRANS)
+@pytest.mark.parametrize("config,splits", [("tc_small", 1), ("tc_small", 3), ("tc_large", 1)])
+def test_tc_gemm(dtype, trans_a, trans_b, config, splits):
+    error = check_tc_gemm(emulator(), dtype, trans_a, trans_b, config, splits)
+    # float32: against a reference on the TF32-rounded inputs, which the kernel must match to float32's
+    # rounding of the sums; the half types round their output.
+    assert error <= (1e-5 if dtype == "float32" else 1e-2), error
+
+
+def test_tc_gemm_is_bitwise_equal_across_thread_schedules():
+    results = set()
+    for schedule in ("forward", "reverse", "shuffle"):
+        runtime = emulator(schedule=schedule, seed=2)
+        rng = np.random.default_rng(6)
+        a, b = operands(rng, "bfloat16", 70, 50, 75, True, False)
+        c = poisoned(np, (70, 50), TC_DTYPES["bfloat16"])
+        KernelBackend(runtime).launch(plan.plan_gemm(np, a, b, c, trans_a=True, trans_b=False, alpha=1.0, beta=0.0,
+                                                     tuning=Tuning(config="tc_small", splits=3), arch=90))
+        results.add(c.tobytes())
+    assert len(results) == 1
+
+
+def broken_tc_copy(tmp_path, old: str, new: str) -> Path:
+    """kernels/ copied into tmp_path with `old` (which must occur exactly once) in tc_gemm.cu replaced."""
+    for path in kernels_dir().iterdir():
+        if path.suffix in (".cu", ".cuh"):
+            shutil.copy(path, tmp_path / path.name)
+    source = (tmp_path / "tc_gemm.cu").read_text()
+    assert source.count(old) == 1, old
+    (tmp_path / "tc_gemm.cu").write_text(source.replace(old, new))
+    return tmp_path
+
+
+def test_a_wrong_fragment_index_is_caught(tmp_path):
+    """Negative control: swapping the A fragment's second and third matrices (a1 <-> a2) breaks it."""
+    assert check_tc_gemm(emulator(), "bfloat16", False, False, "tc_small", 1) <= 1e-2
+    broken = broken_tc_copy(tmp_path, "m + lane % 8 + 8 * (lane / 8 % 2), kk + V * (lane / 16)",
+                            "m + lane % 8 + 8 * (lane / 16), kk + V * (lane / 8 % 2)")
+    assert check_tc_gemm(emulator(kernel_dir=broken), "bfloat16", False, False, "tc_small", 1) > 1e-2
+
+
+def test_a_missing_cp_async_wait_is_caught(tmp_path):
+    """Negative control: without the wait, the tiles are read before they land (poisoned shared memory)."""
+    broken = broken_tc_copy(tmp_path, "cp_async_wait<STAGES - 2>();", "")
+    try:
+        error = check_tc_gemm(emulator(kernel_dir=broken), "float16", True, False, "tc_small", 1)
+    except EmulationError:  # too many copies in flight
+        return
+    assert error > 1e-2
+
+
+# ----------------------------------------------------------------------------------------------------
+# Through the API: the plan picks tensor cores for aligned half-type and TF32 products
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def launched(monkeypatch):
+    """The kernel names the emulate backend launches during the test."""
+    names: list[str] = []
+    runtime = get_backend("emulate").runtime
+    function = runtime.function
+    monkeypatch.setattr(runtime, "function", lambda source, name: names.append(name) or function(source, name))
+    return names
+
+
+@pytest.fixture
+def tf32_default():
+    yield
+    linear.set_tf32(None)
+
+
+aligned = st.integers(1, 18).map(lambda v: 8 * v)  # a multiple of 8: every leading dimension is aligned
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(batch=st.one_of(st.integers(1, 150), st.integers(1000, 1600)), f=aligned, d=aligned,
+       dtype=st.sampled_from(["float16", "bfloat16"]), seed=st.integers(0, 2**32 - 1))
+def test_layer_on_tensor_cores(launched, batch, f, d, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x, w, dy = (rng.standard_normal(s).astype(TC_DTYPES[dtype]) for s in [(batch, f), (f, d), (batch, d)])
+    b = rng.standard_normal(d).astype(TC_DTYPES[dtype])
+    launched.clear()
+    y = linear.forward(x, w, b, backend="emulate")
+    grads = linear.backward(dy, x, w, backend="emulate")
+    assert sum(name.startswith("linear_tc_gemm<") for name in launched) == 3  # Y, dX, dW
+    x64, w64, dy64 = (v.astype(np.float64) for v in (x, w, dy))
+    assert_close(y, x64 @ w64 + b.astype(np.float64), dtype)
+    assert_close(grads.dx, dy64 @ w64.T, dtype)
+    assert_close(grads.dw, x64.T @ dy64, dtype)
+
+
+def test_tf32_is_off_by_default_and_rounds_when_on(launched, tf32_default, monkeypatch):
+    monkeypatch.delenv("LINEAR_TF32", raising=False)
+    rng = np.random.default_rng(8)
+    a, b = rng.standard_normal((72, 200), np.float32), rng.standard_normal((200, 40), np.float32)
+    exact = a.astype(np.float64) @ b
+    assert not linear.get_tf32()
+    assert rel_err(linear.matmul(a, b, backend="emulate"), exact) <= 1e-5
+    assert not any("linear_tc_gemm" in name for name in launched)
+
+    linear.set_tf32(True)
+    out = linear.matmul(a, b, backend="emulate")
+    assert any(name.startswith("linear_tc_gemm<float,") for name in launched)
+    assert rel_err(out, tf32_values(a).astype(np.float64) @ tf32_values(b)) <= 1e-6  # rounded as the GPU does
+    assert 1e-5 < rel_err(out, exact) <= TF32_TOLERANCE
+    assert rel_err(linear.matmul(a, b, backend="numpy"), exact) <= 1e-5  # BLAS has no TF32
+
+    linear.set_tf32(None)
+    monkeypatch.setenv("LINEAR_TF32", "1")
+    assert linear.get_tf32()
+    monkeypatch.setenv("LINEAR_TF32", "yes")
+    with pytest.raises(ValueError, match=r"\$LINEAR_TF32 must be 0 or 1"):
+        linear.get_tf32()
+    with pytest.raises(TypeError, match="enabled must be a bool or None"):
+        linear.set_tf32(1)
+
+
+def test_unaligned_half_operands_take_the_simt_kernel(launched):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((30, 21)).astype(np.float16)  # 42-byte rows: no 16-byte cp.async
+    w = rng.standard_normal((21, 16)).astype(np.float16)
+    y = linear.forward(x, w, backend="emulate")
+    assert launched and all(name.startswith("linear_gemm<") for name in launched)
+    assert_close(y, x.astype(np.float64) @ w, "float16")
