@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 
+import linear
 from linear.backends import available_backends
 
 CI = os.environ.get("LINEAR_CI") == "1"
@@ -43,11 +44,23 @@ def pytest_configure(config):
 
 # Backends whose arrays are numpy arrays; the cuda backend runs in the suite only with -m gpu.
 HOST_BACKENDS = [name for name in available_backends() if name != "cuda"]
+# "<backend>-tf32": the backend with TF32 allowed, so that float32 runs on the tensor-core kernels too.
+TF32_SUFFIX = "-tf32"
+TF32_BACKENDS = [name + TF32_SUFFIX for name in HOST_BACKENDS if name == "emulate"] + [
+    pytest.param("cuda" + TF32_SUFFIX, marks=pytest.mark.gpu)]
 
 
-@pytest.fixture(params=HOST_BACKENDS + [pytest.param("cuda", marks=pytest.mark.gpu)])
-def backend(request) -> str:
+@pytest.fixture(params=HOST_BACKENDS + [pytest.param("cuda", marks=pytest.mark.gpu)] + TF32_BACKENDS)
+def backend(request):
     """The name of a backend to run the test on; cuda tests skip unless a GPU and CuPy are present."""
-    if request.param == "cuda" and "cuda" not in available_backends():
+    name = request.param.removesuffix(TF32_SUFFIX)
+    if name == "cuda" and "cuda" not in available_backends():
         pytest.skip("the cuda backend needs CuPy and a GPU")
-    return request.param
+    if name == request.param:
+        yield name
+        return
+    linear.set_tf32(True)
+    try:
+        yield name
+    finally:
+        linear.set_tf32(None)

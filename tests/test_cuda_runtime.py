@@ -16,6 +16,7 @@ import pytest
 
 from linear.backends.cuda import CupyRuntime, cuda_include_dirs
 from linear.backends.kernel import KernelBackend
+from linear.backends.plan import Tuning
 from linear.backends.sources import kernels_dir
 from reference import assert_close
 
@@ -36,7 +37,7 @@ class FakeCupy(types.ModuleType):
     def __init__(self, emulator):
         super().__init__("cupy")
         self.modules: list[dict] = []
-        device = types.SimpleNamespace(id=0)
+        device = types.SimpleNamespace(id=0, compute_capability="90")  # CuPy's spelling of 9.0
         self.cuda = types.SimpleNamespace(
             runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, CUDARuntimeError=RuntimeError),
             Device=lambda: device)
@@ -90,6 +91,18 @@ def test_cupy_runtime_compiles_and_launches_every_product(fake_cupy):
         assert len(module["names"]) == 1  # one module per instantiation
         assert "-std=c++17" in module["options"]
         assert f"-I{kernels_dir()}" in module["options"]  # gemm.cu includes common.cuh
+
+
+def test_cupy_runtime_runs_the_tensor_core_kernel_with_its_shared_memory(fake_cupy):
+    import ml_dtypes
+    backend = KernelBackend(CupyRuntime(), Tuning(config="tc_large"))  # 64 KiB: above the default 48
+    rng = np.random.default_rng(1)
+    x, w = (rng.standard_normal(shape).astype(ml_dtypes.bfloat16) for shape in [(40, 24), (24, 32)])
+    y = np.full((40, 32), np.nan, ml_dtypes.bfloat16)
+    backend.gemm(x, w, y, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+    assert_close(y, x.astype(np.float64) @ w.astype(np.float64), "bfloat16")
+    assert [module["names"] for module in fake_cupy.modules] == [
+        ("linear_tc_gemm<__nv_bfloat16, __nv_bfloat16, false, false, 128, 128, 32, 64, 32, 4>",)]
 
 
 def test_cupy_runtime_caches_modules(fake_cupy):

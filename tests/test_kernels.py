@@ -161,12 +161,28 @@ def test_split_k_slices_are_whole_steps_that_cover_k():
             assert (splits - 1) * k_per_split < max(k, 1) <= splits * k_per_split or k == 0 and splits == 1
 
 
-def gemm_launches(m, n, k, dtype="float32", trans_a=False, trans_b=False, tuning=Tuning(), bias=False):
+def gemm_launches(m, n, k, dtype="float32", trans_a=False, trans_b=False, tuning=Tuning(), bias=False, **device):
     a = np.zeros((k, m) if trans_a else (m, k), DTYPES[dtype])
     b = np.zeros((n, k) if trans_b else (k, n), DTYPES[dtype])
     c = np.zeros((m, n), DTYPES[dtype])
     return plan.plan_gemm(np, a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=1.0, beta=0.0,
-                          bias=np.zeros(n, DTYPES[dtype]) if bias else None, tuning=tuning)
+                          bias=np.zeros(n, DTYPES[dtype]) if bias else None, tuning=tuning, **device)
+
+
+def test_tensor_cores_run_half_types_and_tf32_on_sm80_and_later_for_aligned_operands():
+    def source(dtype, m=64, n=64, k=64, **device):
+        return gemm_launches(m, n, k, dtype, **device)[0].source
+    for dtype in ("float16", "bfloat16"):
+        assert source(dtype, arch=80) == source(dtype, arch=90) == "tc_gemm.cu"
+        assert source(dtype, arch=75) == source(dtype) == "gemm.cu"  # older cards; no device named
+        assert source(dtype, 64, 64, 63, arch=90) == "gemm.cu"  # 126-byte rows: no 16-byte cp.async
+    assert source("float32", arch=90) == "gemm.cu" and source("float32", arch=90, tf32=True) == "tc_gemm.cu"
+    assert source("float64", arch=90, tf32=True) == "gemm.cu"
+    assert gemm_launches(4096, 4096, 64, "bfloat16", arch=90)[0].name.endswith("128, 128, 32, 64, 32, 4>")
+    assert gemm_launches(512, 512, 64, "bfloat16", arch=90)[0].name.endswith("64, 64, 32, 32, 32, 3>")
+    assert source("float16", tuning=Tuning(config="medium"), arch=90) == "gemm.cu"  # named: the SIMT kernel
+    with pytest.raises(ValueError, match="'tc_small' runs on tensor cores, which this call cannot use"):
+        gemm_launches(64, 64, 64, "float32", tuning=Tuning(config="tc_small"), arch=90)
 
 
 def test_gemm_launch_arguments_have_exact_types():
@@ -225,6 +241,12 @@ def test_plans_launch_exactly_the_listed_instantiations():
                     tuning = Tuning(config=config, vector=vector, splits=splits)
                     for launch in gemm_launches(16, 16, 40, dtype, trans_a, trans_b, tuning):
                         launched[launch.name] = launch.shared_mem
+    for dtype, config in [(dtype, config.name) for config in plan.TC_CONFIGS for dtype in config.dtypes]:
+        for trans_a, trans_b in TRANS:
+            for splits in (1, 2):
+                tuning = Tuning(config=config, splits=splits)
+                for launch in gemm_launches(16, 16, 40, dtype, trans_a, trans_b, tuning, arch=80, tf32=True):
+                    launched[launch.name] = launch.shared_mem
     for dtype in DTYPES:
         a, out = np.zeros((100, 3), DTYPES[dtype]), np.zeros(3, DTYPES[dtype])
         launched.update((launch.name, launch.shared_mem) for launch in plan.plan_colsum(np, a, out, beta=0.0))
