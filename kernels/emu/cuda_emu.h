@@ -19,8 +19,9 @@
 //   math          CUDA's intrinsics on top of <cmath>; the library is built with -mfma (where the
 //                 CPU has it) so fmaf is one instruction, and -ffp-contract=fast like nvcc.
 // Kernels see LINEAR_EMULATE defined and __CUDA_ARCH__ undefined: keep inline PTX behind
-// `#ifdef __CUDA_ARCH__` with a portable twin. Not provided: cooperative_groups, <cuda/std/...>,
-// WMMA, textures, dynamic parallelism.
+// `#ifndef LINEAR_EMULATE` with a portable twin, as kernels/ptx.cuh does with emu_tensor.h (mma.sync,
+// ldmatrix, cp.async). Not provided: cooperative_groups, <cuda/std/...>, WMMA, textures, dynamic
+// parallelism.
 #pragma once
 
 // System headers first: some of them use the attribute __noinline__, which is a macro below.
