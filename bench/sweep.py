@@ -154,11 +154,10 @@ class Timer:
     warmup: int
 
     def __call__(self, call: Callable[[], None], max_seconds: float) -> tuple[float, int]:
-        if self.gpu:
-            times = timers.time_gpu([call], repeats=self.repeats, warmup=self.warmup, max_seconds=max_seconds)
-        else:
-            times = timers.time_cpu([call], repeats=1, warmup=0, max_seconds=max_seconds)
-        return float(np.median(times)), len(times)
+        entry = (timers.Entry([call], timers.gpu_ms, self.repeats, self.warmup, max_seconds) if self.gpu
+                 else timers.Entry([call], timers.cpu_ms, repeats=1, warmup=0, max_seconds=max_seconds))
+        timers.time_interleaved([entry])
+        return float(np.median(entry.times_ms)), len(entry.times_ms)
 
     @property
     def description(self) -> str:
