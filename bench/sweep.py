@@ -43,8 +43,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bench import timers
-from bench.machine import gpu_info
+from . import timers
+from .machine import gpu_info
 from linear import testing
 from linear.backends import plan
 from linear.testing import relative_error
@@ -263,7 +263,7 @@ def kernels_launched(cases: list[Case]) -> list[tuple[str, str]]:
 def precompile(cases: list[Case], jobs: int) -> None:
     """Compiles the kernels the cases launch into CuPy's disk cache, `jobs` processes at a time, so that
     a first call only loads them."""
-    from bench.gpu_sanitize import compile_kernels
+    from .gpu_sanitize import compile_kernels
     kernels = kernels_launched(cases)
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:

@@ -227,3 +227,19 @@ def test_sigterm_writes_what_was_measured_and_exits_130(tmp_path):
     assert any(case["status"] == "ok" for case in data["cases"])
     assert "INTERRUPTED" in (out / "results.md").read_text()
     assert not list(out.glob("*.partial")), os.listdir(out)
+
+
+def test_installed_benchmark_runs_outside_the_repository(tmp_path):
+    """After pip install, `python -m linear.bench` (the linear-bench command) runs from any directory."""
+    import importlib.metadata
+    import importlib.util
+
+    spec = importlib.util.find_spec("linear.bench")
+    if spec is None or ROOT in Path(spec.origin).resolve().parents:
+        pytest.skip("linear is not pip-installed here (tests run from the source tree)")
+    scripts = importlib.metadata.distribution("linear").entry_points.select(group="console_scripts")
+    assert {ep.name: ep.value for ep in scripts}["linear-bench"] == "linear.bench.__main__:main"
+    proc = subprocess.run([sys.executable, "-m", "linear.bench", "--shape", "8,16,4", "--ops", "forward",
+                           "--repeats", "3", "--no-plot"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(list(tmp_path.glob("linear-bench-out/*/results.json"))) == 1
