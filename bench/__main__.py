@@ -36,18 +36,8 @@ presets (shapes, dtypes, timed repeats GPU/CPU, time budget per case GPU/CPU):
 training shapes (B,F,D): 32,784,256  256,1024,1024  4096,4096,4096  8192,4096,11008
   (--full adds 2048,768,3072  2048,3072,768  8192,11008,4096)
 
-operations: forward  Y = X·W + b
-            dx       dX = dY·Wᵀ
-            dw       dW = Xᵀ·dY and db = Σ rows of dY
-            step     forward + dx + dw/db added into existing gradients (accumulate=True); 3 GEMMs
-backends:   linear-cuda   ours on the GPU (linear backend "cuda", CuPy arrays)
-            cublas        cupy.matmul (cuBLAS) + a separate bias add / column sum; TF32 off
-            torch-gpu     torch.nn.functional.linear with autograd on the GPU; TF32 off
-            linear-numpy  ours on the CPU (linear backend "numpy")
-            numpy         raw numpy: x @ w + b, dy @ w.T, x.T @ dy, dy.sum(0)
-            torch-cpu     torch.nn.functional.linear with autograd on the CPU
-            linear-emulate  our CUDA kernels compiled for the CPU: a correctness tool, run only when
-                          named, on shapes up to 128³
+operations: forward, dx, dw (with db), step (all three, gradients accumulated); backends: see --backends
+and bench/README.md, which says what each computes.
 exit status: 0 the run finished (skipped or unsupported cases included); 1 some case gave a wrong
   result or failed; 2 bad arguments or a requested backend is not available here; 130 interrupted
   (Ctrl-C or SIGTERM): the cases done so far are still written (results.json is rewritten after
@@ -256,11 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     total = len(set(settings.shapes)) * len(settings.dtypes) * len(settings.ops) * len(ran)
-    progress = Progress(total)
-    try:
-        results, interrupted = run_cases(settings, progress, lambda done: write_json(done, run, out_dir))
-    finally:
-        progress.close()
+    results, interrupted = run_cases(settings, Progress(total), lambda done: write_json(done, run, out_dir))
     machine["load_after"] = load_check()
     run["partial"] = interrupted
     if interrupted:

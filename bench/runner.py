@@ -180,29 +180,16 @@ def check(kind, outputs: dict[str, Any], expected: dict) -> float:
 
 
 class Progress:
-    """One line on stderr: a bar redrawn in place on a terminal, one line per case elsewhere."""
+    """One line on stderr per finished case, numbered, with the time since the start."""
 
     def __init__(self, total: int, stream=None):
         self.total, self.done, self.stream = total, 0, stream or sys.stderr
-        self.tty = self.stream.isatty()
         self.start = time.monotonic()
 
-    def update(self, label: str, outcome: str = "") -> None:
-        if outcome:
-            self.done += 1
-        width = 24
-        filled = width * self.done // max(self.total, 1)
-        bar = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {time.monotonic() - self.start:5.0f}s"
-        if self.tty:
-            self.stream.write(f"\r\033[K{bar} {label} {outcome}")
-        elif outcome:
-            self.stream.write(f"[{self.done}/{self.total}] {label}: {outcome}\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+    def update(self, label: str, outcome: str) -> None:
+        self.done += 1
+        print(f"[{self.done}/{self.total} {time.monotonic() - self.start:.0f}s] {label}: {outcome}",
+              file=self.stream, flush=True)
 
 
 def _summary(result: Result) -> str:
@@ -255,7 +242,6 @@ def _run_all(settings: Settings, progress: Progress, results: list[Result], chec
                     result = Result(op, shape, dtype, contender.name, contender.device,
                                     tolerance=TOLERANCE[dtype])
                     results.append(result)
-                    progress.update(f"{op} {shape} {dtype} {contender.name}")
                     group_text, reason = _skip_reason(settings, contender, result, best_rate)
                     if reason:
                         result.status, result.reason, result.skip_group = "skipped", reason, group_text
