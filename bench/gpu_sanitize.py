@@ -3,7 +3,7 @@
     PYTHONPATH=. python bench/gpu_sanitize.py [--backend cuda|emulate] [--splits 1 3]
     PYTHONPATH=. python bench/gpu_sanitize.py --compile-only --jobs 8
 
-bench/gpu_check.sh first compiles every instantiation into CuPy's kernel cache in parallel
+bench/gpu_session.sh first compiles every instantiation into CuPy's kernel cache in parallel
 processes (--compile-only), then runs the launches plainly and under compute-sanitizer memcheck and
 racecheck. Prints one line per launch; exits 1 if a result is wrong or an instantiation of
 linear.backends.plan.instantiations() was never launched.
