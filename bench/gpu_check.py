@@ -91,12 +91,9 @@ def _tool(command: list[str]) -> str:
 def preflight(outdir: Path) -> int:
     """Prints and records what the session runs on, then compiles, runs and checks one kernel."""
     info: dict = {"python": sys.version.split()[0], "CUDA_PATH": os.environ.get("CUDA_PATH")}
-    for package in ("numpy", "cupy-cuda13x", "cupy-cuda12x", "torch", "ml_dtypes", "pytest", "hypothesis",
-                    "matplotlib", "threadpoolctl"):
-        try:
-            info[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            info[package] = None
+    for dist in importlib.metadata.distributions():   # the packages that matter here, those installed
+        if dist.metadata["Name"] in ("numpy", "cupy-cuda13x", "cupy-cuda12x", "torch", "ml_dtypes", "pytest"):
+            info[dist.metadata["Name"]] = dist.version
     info["nvidia-smi"] = _tool(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
     for tool in ("nvcc", "ncu", "compute-sanitizer"):
         info[tool] = _tool([tool, "--version"])
@@ -180,10 +177,7 @@ def counters(outdir: Path) -> int:
 
 
 def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def summary(outdir: Path) -> int:

@@ -9,7 +9,8 @@
 # (the device tool brings back at most 8 files). Unpack the archive under bench/results/ and commit it.
 #
 # One deadline (DEADLINE_S, default 540 s after the start): each phase gets min(its own limit, the time
-# left - MARGIN_S); at its limit it is sent SIGINT, so that it can write what it has, and GRACE_S later
+# left - MARGIN_S) and is not started with under MIN_S (5) left; at its limit it is sent SIGINT, so that
+# it can write what it has, and GRACE_S later
 # SIGKILL. A phase that fails does not stop the others; only a failed preflight stops the session (kernels
 # that cannot compile make every later phase pointless). A tool that refuses the device (compute-sanitizer
 # "Device not supported", ncu without counter permission) is recorded as "refused", not as a failure.
@@ -42,7 +43,7 @@ OUT=${1:?usage: bench/gpu_session.sh OUTDIR [--archive-only]}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
 [ -n "${GPU_SESSION_PHASES:-}" ] && source "$GPU_SESSION_PHASES"
-DEADLINE_S=${DEADLINE_S:-540} MARGIN_S=${MARGIN_S:-25} GRACE_S=${GRACE_S:-10}
+DEADLINE_S=${DEADLINE_S:-540} MARGIN_S=${MARGIN_S:-25} GRACE_S=${GRACE_S:-10} MIN_S=${MIN_S:-5}
 export PY=${PYTHON:-python3} PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" CUPY_TF32=0 PYTHONUNBUFFERED=1
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr -c 'A-Za-z0-9\n' '-')
 NAME="$(date -u +%Y-%m-%d)-${card:-no-gpu}"
@@ -66,7 +67,7 @@ for phase in "${PHASES[@]}"; do
     name=${phase%%:*} own=${phase##*:}
     left=$((DEADLINE_S - SECONDS - MARGIN_S))
     export LIMIT=$((own < left ? own : left))
-    if [ -n "$STOP" ] || [ "$LIMIT" -lt $((own < 5 ? own : 5)) ]; then   # under 5 s left is no use
+    if [ -n "$STOP" ] || [ "$LIMIT" -lt $((own < MIN_S ? own : MIN_S)) ]; then   # too little time to be of use
         printf '%s\tnot run\t-\t0\t%s\t%s\n' "$name" "$own" "${STOP:-no time left before the deadline}" >>"$R/steps.tsv"
         NOT_OK=$((NOT_OK + 1))
         continue

@@ -124,29 +124,21 @@ class HostInputs:
         return (a if rows is None else a[rows]).astype(np.float64)
 
     @functools.cached_property
-    def _w64(self):
-        return self._f64("w")
-
-    @functools.cached_property
-    def _dy64(self):
-        return self._f64("dy")
-
-    @functools.cached_property
     def _y(self):
-        return self._f64("x", self.rows_b) @ self._w64 + self._f64("b")
+        return self._f64("x", self.rows_b) @ self._f64("w") + self._f64("b")
 
     @functools.cached_property
     def _dx(self):
-        return self._f64("dy", self.rows_b) @ self._w64.T
+        return self._f64("dy", self.rows_b) @ self._f64("w").T
 
     @functools.cached_property
     def _dw(self):
         x_cols = self.arrays["x"] if self.rows_f is None else self.arrays["x"][:, self.rows_f]
-        return x_cols.astype(np.float64).T @ self._dy64
+        return x_cols.astype(np.float64).T @ self._f64("dy")
 
     @functools.cached_property
     def _db(self):
-        return self._dy64.sum(axis=0)
+        return self._f64("dy").sum(axis=0)
 
     def expected(self, op: str) -> dict[str, tuple[np.ndarray | None, np.ndarray]]:
         """Output name -> (the rows compared, None for all; their float64 values)."""
