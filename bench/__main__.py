@@ -5,11 +5,13 @@ import argparse
 import datetime
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
 from .cases import DTYPES, OPS, PRESETS, parse_shape
 from .contenders import Unavailable, all_contenders
+from .machine import PEAK_TFLOPS, describe_load, load_check, machine_info, machine_label
 
 EXIT_OK, EXIT_WRONG, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -17,34 +19,29 @@ DESCRIPTION = """\
 Benchmark linear's forward and backward passes against cuBLAS (through CuPy), torch and numpy.
 
 Every case is checked first (relative error against a float64 reference), then timed: on the GPU
-with CUDA events (cupyx.profiler.benchmark), on the CPU with the wall clock; the median is reported.
+with CUDA events (cupyx.profiler.benchmark), on the CPU with the wall clock. The contenders of a case
+are timed interleaved (A B A B ...), so that other work on the machine hits them alike; min, median
+and spread are reported, and the ratio to the baseline is taken repeat by repeat and flagged where
+its spread is too wide to mean anything. BLAS and OpenMP run on --threads threads (default 1).
+It checks how busy the machine is before it starts, and says so first.
 Without a GPU it benchmarks the CPU backends and says which GPU backends it skipped and why.
 Writes a table to the terminal and results.json, results.md and results.png to --out."""
 
 EPILOG = """\
 presets (shapes, dtypes, timed repeats GPU/CPU, time budget per case GPU/CPU):
-  --quick    squares 256..8192 (powers of 2) + training shapes; float32; 20/3 repeats; 10 s/2 s
+  --quick    squares 256..8192 (powers of 2) + training shapes; float32; 20/10 repeats; 10 s/2 s
              (about a minute on a 2-core CPU)
-  (default)  squares 256..8192 (10 sizes) + training shapes; float32; 100/5 repeats; 30 s/10 s
-  --full     squares 256..8192 every 256 + more training shapes; all dtypes; 200/10 repeats; 60 s/60 s
+  (default)  squares 256..8192 (10 sizes) + training shapes; float32; 100/20 repeats; 30 s/10 s
+  --full     squares 256..8192 every 256 + more training shapes; all dtypes; 200/30 repeats; 60 s/60 s
 training shapes (B,F,D): 32,784,256  256,1024,1024  4096,4096,4096  8192,4096,11008
   (--full adds 2048,768,3072  2048,3072,768  8192,11008,4096)
 
-operations: forward  Y = X·W + b
-            dx       dX = dY·Wᵀ
-            dw       dW = Xᵀ·dY and db = Σ rows of dY
-            step     forward + dx + dw/db added into existing gradients (accumulate=True); 3 GEMMs
-backends:   linear-cuda   ours on the GPU (linear backend "cuda", CuPy arrays)
-            cublas        cupy.matmul (cuBLAS) + a separate bias add / column sum; TF32 off
-            torch-gpu     torch.nn.functional.linear with autograd on the GPU; TF32 off
-            linear-numpy  ours on the CPU (linear backend "numpy")
-            numpy         raw numpy: x @ w + b, dy @ w.T, x.T @ dy, dy.sum(0)
-            torch-cpu     torch.nn.functional.linear with autograd on the CPU
-            linear-emulate  our CUDA kernels compiled for the CPU: a correctness tool, run only when
-                          named, on shapes up to 128³
+operations: forward, dx, dw (with db), step (all three, gradients accumulated); backends: see --backends
+and bench/README.md, which says what each computes.
 exit status: 0 the run finished (skipped or unsupported cases included); 1 some case gave a wrong
   result or failed; 2 bad arguments or a requested backend is not available here; 130 interrupted
-  (Ctrl-C): the cases done so far are still written."""
+  (Ctrl-C or SIGTERM): the cases done so far are still written (results.json is rewritten after
+  every case group anyway)."""
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -54,7 +51,8 @@ def _split(values: list[str] | None) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     names = [c.name for c in all_contenders()]
-    parser = argparse.ArgumentParser(prog="python -m bench", description=DESCRIPTION, epilog=EPILOG,
+    prog = "linear-bench" if Path(sys.argv[0]).name == "linear-bench" else "python -m bench"
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     preset = parser.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help="the quick preset (about a minute)")
@@ -79,8 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time budget of one case on either device: repeats stop when it is used up, and "
                              "a case predicted (from smaller shapes) to exceed it is skipped; 0 = no limit "
                              "(default: the preset's)")
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="BLAS and OpenMP threads (threadpoolctl; torch's too), the same for every CPU "
+                             "contender; 0 = the libraries' defaults (default: 1, the fairest side by side "
+                             "on a shared machine)")
+    parser.add_argument("--max-spread", type=float, default=0.1, metavar="F",
+                        help="a ratio whose interquartile range over the repeats exceeds this fraction of it is "
+                             "flagged as untrusted (default: 0.1)")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="where results.json/.md/.png go (default: bench/out/<date>-<machine>)")
+                        help="where results.json/.md/.png go (default: bench/out/<date>-<machine> in a "
+                             "checkout, else ./linear-bench-out/<date>-<machine>)")
     parser.add_argument("--no-plot", action="store_true", help="do not draw results.png")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
     return parser
@@ -106,8 +112,10 @@ def _parse(argv: list[str] | None):
     for option, value in (("--repeats", args.repeats), ("--warmup", args.warmup)):
         if value is not None and value < (1 if option == "--repeats" else 0):
             parser.error(f"{option} must be {'positive' if option == '--repeats' else 'non-negative'}; got {value}")
-    if args.max_seconds is not None and args.max_seconds < 0:
-        parser.error(f"--max-seconds must be non-negative; got {args.max_seconds}")
+    for option, value in (("--max-seconds", args.max_seconds), ("--threads", args.threads),
+                          ("--max-spread", args.max_spread)):
+        if value is not None and value < 0:
+            parser.error(f"{option} must be non-negative; got {value}")
     if "bfloat16" in args.dtypes:
         try:
             import ml_dtypes  # noqa: F401
@@ -138,7 +146,7 @@ def _select_backends(names: list[str]) -> tuple[list, dict[str, str]] | str:
     return ran, skipped
 
 
-def _notes(ran: list, settings, machine: dict, peaks: dict | None, tf32_note: str) -> list[str]:
+def _notes(ran: list, settings, machine: dict, threads: dict, tf32_note: str) -> list[str]:
     """What a reader of the results must know: how cases were checked and timed, and caveats."""
     devices = [d for d in ("gpu", "cpu") if any(c.device == d for c in ran)]
     clocks = {"gpu": "CUDA events, cupyx.profiler.benchmark", "cpu": "wall clock"}
@@ -149,32 +157,53 @@ def _notes(ran: list, settings, machine: dict, peaks: dict | None, tf32_note: st
         "correctness: each case runs once on fresh random inputs (uniform in [-1, 1), outputs pre-filled with "
         "NaN) and is compared with float64 on up to 256 random rows per output (all rows when fewer); every "
         "element must be finite. Cases over the tolerance are marked WRONG and not timed",
-        "timing: " + "; ".join(f"median of up to {settings.repeats[d]} repeats after {settings.warmup[d]} "
-                               f"warm-up call(s) on the {d.upper()} ({clocks[d]})" for d in devices)
+        "timing: the contenders of a case interleaved, one call each per round; "
+        + "; ".join(f"up to {settings.repeats[d]} rounds after {settings.warmup[d]} warm-up call(s) on the "
+                    f"{d.upper()} ({clocks[d]})" for d in devices)
         + "; repeats rotate through copies of the inputs that overflow the last-level cache twice",
+        f"vs base: the median of the ratios taken round by round; untrusted (marked ?) below 3 rounds or "
+        f"when their interquartile range exceeds {settings.max_spread:.0%} of the ratio",
         "time budget per case (--max-seconds): "
         + ", ".join(f"{d.upper()} {settings.max_seconds[d]:g} s" for d in devices),
     ]
-    load = machine["load_average_1min"]
-    if "cpu" in devices and load is not None and load > 0.25 * (machine["cpu_count"] or 1):
-        notes.append(f"the CPU was busy when the run started (load average {load} on {machine['cpu_count']} "
-                     "logical cores): CPU timings may be noisy")
-    if "gpu" in devices and machine["gpu"] and not peaks:
+    if "cpu" in devices:
+        notes.append(f"CPU threads: {threads['requested']} per BLAS/OpenMP pool" if threads["pinned"] else
+                     threads.get("why", "CPU threads: the libraries' defaults (--threads 0)"))
+        if machine["load_before"]["busy"]:
+            notes.append("the machine was " + describe_load(machine["load_before"])
+                         + " when the run started: CPU timings are noisy; trust only the ratios not marked ?")
+    if "gpu" in devices and machine["gpu"] and not settings.peaks:
         notes.append(f"% peak: left blank, the peak of a {machine['gpu']['name']} is not in bench/machine.py")
     return notes
 
 
+def _default_out(label: str) -> Path:
+    """bench/out/<label> in a checkout (bench/ beside pyproject.toml), else ./linear-bench-out/<label>."""
+    here = Path(__file__).resolve().parent
+    if (here.parent / "pyproject.toml").exists():
+        return here / "out" / label
+    return Path.cwd() / "linear-bench-out" / label
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt   # SIGTERM ends the run like Ctrl-C: the cases done so far are written
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # even where the parent ignored it
+    signal.signal(signal.SIGTERM, _stop)
+    load_before = load_check()
+    print("load check: " + describe_load(load_before), flush=True)
     # CuPy reads CUPY_TF32 when it is imported: float32 GEMMs on plain FP32 units, as ours run.
     os.environ["CUPY_TF32"] = "0"
     tf32_note = ("float32 GEMMs without TF32: CUPY_TF32=0, torch.backends.cuda.matmul.allow_tf32=False"
                  if "cupy" not in sys.modules else
                  "WARNING: CuPy was imported before bench could set CUPY_TF32=0; cublas float32 may use TF32")
 
-    from .machine import PEAK_TFLOPS, machine_info, machine_label
-    from .report import skipped_summary, terminal_table, write_all
-    from .runner import Progress, Settings, add_ratios, run_cases
+    from .report import skipped_summary, terminal_table, write_all, write_json
+    from .runner import Progress, Settings, run_cases
+    from .timers import pin_threads
 
     selected = _select_backends(args.backend_names)
     if isinstance(selected, str):
@@ -184,9 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     print("backends: running " + ", ".join(c.name for c in ran))
     for name, why in skipped.items():
         print(f"  skipped {name}: {why}")
+    threads = pin_threads(args.threads)   # after the contenders loaded their libraries (and thread pools)
 
     torch_version = next((c.kind.torch.__version__ for c in ran if hasattr(c.kind, "torch")), None)
     machine = machine_info(torch_version)
+    machine["load_before"] = load_before
+    machine["threads"] = threads
     label = f"{datetime.date.today().isoformat()}-{machine_label(machine)}"
     preset = args.preset
     settings = Settings(
@@ -196,19 +228,29 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu": preset.cpu_warmup if args.warmup is None else args.warmup},
         max_seconds=(preset.max_seconds if args.max_seconds is None
                      else {"gpu": args.max_seconds, "cpu": args.max_seconds}),
-        seed=args.seed)
-    peaks = PEAK_TFLOPS.get(machine["gpu"]["peak_model"]) if machine["gpu"] else None
-    notes = _notes(ran, settings, machine, peaks, tf32_note)
+        seed=args.seed, max_spread=args.max_spread,
+        peaks=PEAK_TFLOPS.get(machine["gpu"]["peak_model"]) if machine["gpu"] else None)
+    notes = _notes(ran, settings, machine, threads, tf32_note)
+    out_dir = args.out or _default_out(label)
+    run = {
+        "label": label,
+        "command": shlex.join([build_parser().prog] + (sys.argv[1:] if argv is None else list(argv))),
+        "preset": preset.name,
+        "machine": machine,
+        "settings": {"repeats": settings.repeats, "warmup": settings.warmup, "max_seconds": settings.max_seconds,
+                     "seed": settings.seed, "dtypes": settings.dtypes, "ops": settings.ops,
+                     "threads": args.threads, "max_spread": settings.max_spread},
+        "backends": {"ran": [c.name for c in ran], "skipped": skipped},
+        "notes": notes,
+        "partial": True,
+    }
 
     total = len(set(settings.shapes)) * len(settings.dtypes) * len(settings.ops) * len(ran)
-    progress = Progress(total)
-    try:
-        results, interrupted = run_cases(settings, progress)
-    finally:
-        progress.close()
+    results, interrupted = run_cases(settings, Progress(total), lambda done: write_json(done, run, out_dir))
+    machine["load_after"] = load_check()
+    run["partial"] = interrupted
     if interrupted:
         notes.append(f"INTERRUPTED after {len(results)} of {total} cases: the results are partial")
-    add_ratios(results, peaks)
 
     print()
     print(terminal_table(results))
@@ -220,18 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nnotes:")
     for note in notes:
         print("  " + note)
+    print("load after the run: " + describe_load(machine["load_after"]))
 
-    run = {
-        "label": label,
-        "command": shlex.join(["python", "-m", "bench"] + (sys.argv[1:] if argv is None else list(argv))),
-        "preset": preset.name,
-        "machine": machine,
-        "settings": {"repeats": settings.repeats, "warmup": settings.warmup, "max_seconds": settings.max_seconds,
-                     "seed": settings.seed, "dtypes": settings.dtypes, "ops": settings.ops},
-        "backends": {"ran": [c.name for c in ran], "skipped": skipped},
-        "notes": notes,
-    }
-    out_dir = args.out or Path(__file__).resolve().parent / "out" / label
     written = write_all(results, run, out_dir, make_plot=not args.no_plot)
     if not args.no_plot and "plot" not in written:
         print("\nno plot: matplotlib is not installed (pip install 'linear[bench]')")

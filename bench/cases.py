@@ -75,12 +75,12 @@ class Preset:
 
 PRESETS = {p.name: p for p in (
     Preset("quick", squares(256, 512, 1024, 2048, 4096, 8192) + TRAINING, ["float32"],
-           gpu_repeats=20, gpu_warmup=3, cpu_repeats=3, cpu_warmup=1, max_seconds={"gpu": 10, "cpu": 2}),
+           gpu_repeats=20, gpu_warmup=3, cpu_repeats=10, cpu_warmup=1, max_seconds={"gpu": 10, "cpu": 2}),
     Preset("default", squares(256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192) + TRAINING, ["float32"],
-           gpu_repeats=100, gpu_warmup=10, cpu_repeats=5, cpu_warmup=1, max_seconds={"gpu": 30, "cpu": 10}),
+           gpu_repeats=100, gpu_warmup=10, cpu_repeats=20, cpu_warmup=1, max_seconds={"gpu": 30, "cpu": 10}),
     Preset("full", squares(*range(256, 8192 + 1, 256)) + TRAINING_FULL,
            ["float32", "float16", "bfloat16", "float64"],
-           gpu_repeats=200, gpu_warmup=10, cpu_repeats=10, cpu_warmup=2, max_seconds={"gpu": 60, "cpu": 60}),
+           gpu_repeats=200, gpu_warmup=10, cpu_repeats=30, cpu_warmup=2, max_seconds={"gpu": 60, "cpu": 60}),
 )}
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")

@@ -304,7 +304,7 @@ class Torch(Contender):
 class Emulated(Ours):
     """Ours on the emulate backend: only when named, and only on tiny shapes (it is slow by design)."""
     explicit_only = True
-    max_volume = 128 ** 3
+    max_volume = 256 ** 3
     note = "linear-emulate runs our CUDA source on the CPU: a correctness tool, not a performance backend"
 
 

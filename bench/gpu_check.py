@@ -1,21 +1,24 @@
-"""The Python steps of bench/gpu_check.sh.
+"""The Python steps of bench/gpu_session.sh (run from the repository root with PYTHONPATH=.).
 
-    PYTHONPATH=. python bench/gpu_check.py determinism OUT.json [--backend cuda|emulate] [--scale S]
-    PYTHONPATH=. python bench/gpu_check.py speed OUT.json [--size 4096]
-    PYTHONPATH=. python bench/gpu_check.py summary OUTDIR
+    python bench/gpu_check.py preflight OUTDIR      versions, GPU, driver, CUDA include dirs, tools; one
+                                                    kernel compiled and checked (exit 3, one line, if not)
+    python bench/gpu_check.py determinism OUT.json [--backend cuda|emulate] [--scale S]
+    python bench/gpu_check.py profile               the main kernels once at 4096³ (for Nsight Compute)
+    python bench/gpu_check.py counters OUTDIR       counters.csv (ncu's raw page) -> counters.json
+    python bench/gpu_check.py summary OUTDIR        the readable summary of a session folder
 
 determinism: one layer step (forward with bias, dX, dW accumulated, db, and a split-K dW) ten times;
              every output must be bitwise identical across the runs.
-speed:       our GEMM against cupy.matmul (cuBLAS) for NN, NT and TN at size³, float32; run with
-             CUPY_TF32=0 so that cuBLAS computes in true float32 as we do.
-summary:     merges the steps' results in OUTDIR into OUTDIR/gpu_check.json.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
+import csv
 import hashlib
+import importlib.metadata
 import json
+import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
@@ -23,10 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from linear.backends import get_backend
-
 RUNS = 10
-PRODUCTS = {"NN": (False, False), "NT": (False, True), "TN": (True, False)}
+STOP = 3   # preflight's exit status when nothing else can run: the session stops early
+
+
+def write_json(path: Path, value) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=1) + "\n")
+    partial.replace(path)
 
 
 def digest(x) -> str:
@@ -51,6 +58,7 @@ def layer_step(backend, x, w, b, dy, x_long, dy_long) -> dict[str, str]:
 
 
 def determinism(out: Path, backend_name: str, scale: float) -> bool:
+    from linear.backends import get_backend
     backend = get_backend(backend_name)
     xp = backend.xp
     rng = np.random.default_rng(0)
@@ -65,101 +73,183 @@ def determinism(out: Path, backend_name: str, scale: float) -> bool:
     identical = {name: len({run[name] for run in runs}) == 1 for name in runs[0]}
     result = {"runs": RUNS, "backend": backend_name, "identical": identical, "ok": all(identical.values()),
               "shapes": {"x": list(x.shape), "w": list(w.shape), "x_split_k": list(x_long.shape)}}
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
     print(json.dumps(result, indent=2))
     return result["ok"]
 
 
-def speed(out: Path, size: int) -> bool:
+def _tool(command: list[str]) -> str:
+    """The last line a tool prints about its version, or why it cannot be used."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"not usable ({type(e).__name__})"
+    lines = (done.stdout + done.stderr).strip().splitlines() or [""]
+    return lines[-1] if done.returncode == 0 else f"not usable (exit {done.returncode}: {lines[-1]})"
+
+
+def preflight(outdir: Path) -> int:
+    """Prints and records what the session runs on, then compiles, runs and checks one kernel."""
+    info: dict = {"python": sys.version.split()[0], "CUDA_PATH": os.environ.get("CUDA_PATH")}
+    for dist in importlib.metadata.distributions():   # the packages that matter here, those installed
+        if dist.metadata["Name"] in ("numpy", "cupy-cuda13x", "cupy-cuda12x", "torch", "ml_dtypes", "pytest"):
+            info[dist.metadata["Name"]] = dist.version
+    info["nvidia-smi"] = _tool(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
+    for tool in ("nvcc", "ncu", "compute-sanitizer"):
+        info[tool] = _tool([tool, "--version"])
+    from bench.machine import gpu_info
+    from linear.backends.cuda import cuda_include_dirs
+    info["nvrtc_include_dirs"] = cuda_include_dirs()
+    info["gpu"] = gpu_info()
+    for key, value in info.items():
+        print(f"{key:>20}: {value}")
+    info["ok"], info["stop"] = False, ""
+    try:
+        import cupy
+
+        import linear
+        rng = np.random.default_rng(0)
+        x, w, b = (rng.standard_normal(shape, dtype=np.float32) for shape in ((64, 32), (32, 48), (48,)))
+        y = cupy.asnumpy(linear.forward(cupy.asarray(x), cupy.asarray(w), cupy.asarray(b), backend="cuda"))
+        error = linear.testing.relative_error(y, x.astype(np.float64) @ w + b)
+        info["one_kernel"] = f"a 64x32x48 float32 forward compiled and ran: rel_err {error:.1e}"
+        info["ok"] = error <= linear.testing.TOLERANCE["float32"]
+        if not info["ok"]:
+            info["stop"] = f"kernels compile but compute wrong results ({info['one_kernel']})"
+    except Exception as e:   # no CuPy, no GPU, NVRTC or its headers missing: nothing else can run
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        info["stop"] = f"kernels cannot compile or run: {type(e).__name__}: {first}"
+    write_json(outdir / "preflight.json", info)
+    print(info["one_kernel"] if info["ok"] else f"preflight: STOP: {info['stop']}")
+    return 0 if info["ok"] else STOP
+
+
+def profile() -> int:
+    """The main kernels once each at 4096³ float32 (forward, dX, dW + db), and cuBLAS's NN for comparison."""
     import cupy
-    from cupyx.profiler import benchmark
 
-    backend = get_backend("cuda")
-    a = cupy.random.standard_normal((size, size), dtype=cupy.float32)
-    b = cupy.random.standard_normal((size, size), dtype=cupy.float32)
-    ours, theirs = cupy.empty_like(a), cupy.empty_like(a)
-    flops = 2.0 * size**3
-    results = {}
-    for product, (trans_a, trans_b) in PRODUCTS.items():
-        op_a, op_b = (a.T if trans_a else a), (b.T if trans_b else b)
-
-        def run_ours():
-            backend.gemm(a, b, ours, trans_a=trans_a, trans_b=trans_b, alpha=1.0, beta=0.0)
-
-        def run_theirs():
-            cupy.matmul(op_a, op_b, out=theirs)
-
-        seconds = {}
-        for name, run in (("ours", run_ours), ("cupy.matmul", run_theirs)):
-            timing = benchmark(run, n_repeat=20, n_warmup=3)
-            seconds[name] = float(np.median(timing.gpu_times[0]))
-        err = float(cupy.linalg.norm(ours - theirs) / cupy.linalg.norm(theirs))
-        results[product] = {
-            "ours_ms": 1e3 * seconds["ours"], "cupy_ms": 1e3 * seconds["cupy.matmul"],
-            "ours_tflops": flops / seconds["ours"] / 1e12, "cupy_tflops": flops / seconds["cupy.matmul"] / 1e12,
-            "time_ratio_ours_over_cupy": seconds["ours"] / seconds["cupy.matmul"], "rel_err_vs_cupy": err,
-        }
-    result = {"size": size, "dtype": "float32", "tf32": False, "products": results,
-              "timer": "cupyx.profiler.benchmark, median GPU time of 20 runs after 3 warm-up runs",
-              "ok": all(r["rel_err_vs_cupy"] <= 1e-5 for r in results.values())}
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return result["ok"]
+    import linear
+    x, w, dy = (cupy.random.standard_normal((4096, 4096), dtype=cupy.float32) for _ in range(3))
+    linear.forward(x, w, cupy.zeros(4096, cupy.float32), backend="cuda")
+    linear.backward(dy, x, w, backend="cuda")
+    cupy.matmul(x, w)
+    cupy.cuda.Device().synchronize()
+    return 0
 
 
-def summary(outdir: Path) -> bool:
-    steps = {}
-    for line in (outdir / "steps.tsv").read_text().splitlines():
-        name, status, seconds = line.split("\t")
-        steps[name] = {"exit": int(status), "seconds": int(seconds)}
-    result: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    "commit": _git("rev-parse", "HEAD"), "tree_modified": bool(_git("status", "--porcelain")),
-                    "steps": steps}
-    card = outdir / "nvidia-smi.csv"
-    if card.exists():
-        result["card"] = card.read_text().strip()
+# The counters that explain a kernel's speed, picked by pattern from ncu's raw page (names vary a little
+# between versions): (label, pattern, how many matches to keep, largest first; 1 keeps a plain value).
+COUNTERS = [
+    ("duration", r"^gpu__time_duration\.sum$", 1),
+    ("achieved_occupancy_pct", r"^sm__warps_active\.avg\.pct_of_peak_sustained_active$", 1),
+    ("shared_bank_conflicts", r"^l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_(ld|st)\.sum$", 2),
+    ("pipe_utilisation_pct", r"^sm__pipe_(fma\w*|fp64|tensor\w*|alu|lsu)_cycles_active\.avg\.pct_of_peak_sustained_active$", 4),
+    ("dram_throughput_pct", r"^(?:gpu__)?dram__throughput\.avg\.pct_of_peak_sustained_elapsed$", 1),
+    ("top_stalls", r"^smsp__average_warps?_(?:latency_)?issue_stalled_(?!selected)(\w+?)(?:_per_issue_active)?\.ratio$", 3),
+]
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def counters(outdir: Path) -> int:
+    """counters.csv (ncu --page raw --csv: a header row, a units row, a row per kernel) -> counters.json."""
+    rows = list(csv.reader((outdir / "counters.csv").read_text().splitlines()))
+    start = next(i for i, row in enumerate(rows) if "Kernel Name" in row)
+    header, units = rows[start], rows[start + 1]
+    kernels = []
+    for row in rows[start + 2:]:
+        values = dict(zip(header, row))
+        picked: dict = {"kernel": values.get("Kernel Name", "?")[:100]}
+        for label, pattern, keep in COUNTERS:
+            found = sorted(((_number(values.get(column, "")), match.group(1) if match.groups() else unit)
+                            for column, unit in zip(header, units) if (match := re.match(pattern, column))
+                            and _number(values.get(column, "")) is not None), reverse=True)[:keep]
+            if found:
+                picked[label] = f"{found[0][0]:g} {found[0][1]}" if keep == 1 else {k: v for v, k in found}
+        kernels.append(picked)
+    write_json(outdir / "counters.json", kernels)
+    return 0 if kernels else 1
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def summary(outdir: Path) -> int:
+    """Prints what a person reads first: what ran and how it ended, the key figures, and where each file is."""
+    steps = [line.split("\t") for line in (outdir / "steps.tsv").read_text().splitlines()[1:]] \
+        if (outdir / "steps.tsv").exists() else []
+    pre = _read_json(outdir / "preflight.json") or {}
+    gpu = pre.get("gpu") or {}
+    out = [f"linear GPU session {outdir.name} at commit {_git('rev-parse', '--short', 'HEAD')}"
+           + (" (uncommitted changes)" if _git("status", "--porcelain", "--untracked-files=no") else "")]
+    if gpu:
+        out.append(f"GPU {gpu['name']} (cc {gpu['compute_capability']}, {gpu['multiprocessors']} SMs), driver "
+                   f"{gpu['driver']}, CUDA runtime {gpu['cuda_runtime']}, CuPy {gpu['cupy']}, numpy {pre.get('numpy')}, "
+                   f"torch {pre.get('torch')}; NVRTC headers {pre.get('nvrtc_include_dirs')}")
+    if pre.get("stop"):
+        out.append(f"STOPPED EARLY: {pre['stop']}")
+    out += ["", f"{'phase':<13} {'status':<9} {'exit':>4} {'s':>4} {'limit':>5}  log / why"]
+    out += [f"{name:<13} {status:<9} {code:>4} {secs:>4} {limit:>5}  {why}" for name, status, code, secs, limit, why in steps]
     junit = outdir / "pytest.xml"
     if junit.exists():
         suite = ElementTree.parse(junit).getroot()
         suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-        result["pytest"] = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
-    for part in ("determinism", "speed"):
-        path = outdir / f"{part}.json"
-        if path.exists():
-            result[part] = json.loads(path.read_text())
-    result["ok"] = bool(steps) and all(step["exit"] == 0 for step in steps.values())
-    (outdir / "gpu_check.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return result["ok"]
+        out.append("\ntests (pytest.xml): " + ", ".join(f"{suite.get(k)} {k}" for k in ("tests", "failures", "errors", "skipped")))
+    det = _read_json(outdir / "determinism.json")
+    if det:
+        out.append(f"determinism (determinism.json): {'bitwise identical' if det['ok'] else 'DIFFERS'} over "
+                   f"{det['runs']} runs: {det['identical']}")
+    bench = _read_json(outdir / "bench" / "results.json")
+    if bench:
+        out.append(f"\nbenchmark (bench/results.md){' PARTIAL' if bench.get('partial') else ''}: ours / cublas, "
+                   "speed ratio >1 is faster; ? = untrusted (interquartile range shown)")
+        for c in bench["cases"]:
+            if c["backend"] == "linear-cuda" and c["ratio"] is not None:
+                shape = "x".join(str(v) for v in c["shape"].values())
+                low, high = c["ratio_iqr"]
+                mark = "" if c["ratio_trusted"] else f"?  ({low:.2f}-{high:.2f})"
+                out.append(f"  {c['op']:<8} {shape:>16} {c['dtype']:<9} {c['median_ms']:9.3f} ms  {c['ratio']:.2f}x{mark}")
+    sweep = _read_json(outdir / "sweep" / "sweep.json")
+    if sweep:
+        from bench.sweep import recommend
+        out += ["", "sweep (sweep/sweep.json):", recommend(sweep)]
+    for kernel in _read_json(outdir / "counters.json") or []:
+        out.append("" if kernel is None else "counters: " + json.dumps(kernel))
+    out += ["", f"files (in {outdir.name}/):"]
+    out += [f"  {path.relative_to(outdir)}  {path.stat().st_size} B" for path in sorted(outdir.rglob("*")) if path.is_file()]
+    print("\n".join(out))
+    return 0
 
 
 def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("preflight", "counters", "summary"):
+        commands.add_parser(name).add_argument("outdir", type=Path)
+    commands.add_parser("profile")
     command = commands.add_parser("determinism")
     command.add_argument("out", type=Path)
     command.add_argument("--backend", default="cuda", choices=["cuda", "emulate"])
     command.add_argument("--scale", type=float, default=1.0, help="shrink every dimension (for the emulator)")
-    command = commands.add_parser("speed")
-    command.add_argument("out", type=Path)
-    command.add_argument("--size", type=int, default=4096)
-    command = commands.add_parser("summary")
-    command.add_argument("outdir", type=Path)
     args = parser.parse_args()
     if args.command == "determinism":
-        ok = determinism(args.out, args.backend, args.scale)
-    elif args.command == "speed":
-        ok = speed(args.out, args.size)
-    else:
-        ok = summary(args.outdir)
-    return 0 if ok else 1
+        return 0 if determinism(args.out, args.backend, args.scale) else 1
+    if args.command == "profile":
+        return profile()
+    return {"preflight": preflight, "counters": counters, "summary": summary}[args.command](args.outdir)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     PYTHONPATH=. python bench/gpu_sanitize.py [--backend cuda|emulate] [--splits 1 3]
     PYTHONPATH=. python bench/gpu_sanitize.py --compile-only --jobs 8
 
-bench/gpu_check.sh first compiles every instantiation into CuPy's kernel cache in parallel
+bench/gpu_session.sh first compiles every instantiation into CuPy's kernel cache in parallel
 processes (--compile-only), then runs the launches plainly and under compute-sanitizer memcheck and
 racecheck. Prints one line per launch; exits 1 if a result is wrong or an instantiation of
 linear.backends.plan.instantiations() was never launched.
@@ -82,9 +82,10 @@ def compile_kernels(backend_name: str, kernels: list[tuple[str, str]]) -> int:
     return len(kernels)
 
 
-def compile_all(backend_name: str, jobs: int) -> None:
-    """Every instantiation compiled (into CuPy's on-disk cache), `jobs` processes at a time."""
-    kernels = [(kernel.source, kernel.name) for kernel in plan.instantiations()]
+def compile_all(backend_name: str, jobs: int, kernels: list[tuple[str, str]] | None = None) -> None:
+    """The kernels (source, name), by default every instantiation, compiled `jobs` processes at a time
+    (into CuPy's on-disk cache, so that a later first call only loads them)."""
+    kernels = kernels or [(kernel.source, kernel.name) for kernel in plan.instantiations()]
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
         done = sum(pool.map(compile_kernels, [backend_name] * jobs, [kernels[i::jobs] for i in range(jobs)]))

@@ -7,6 +7,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,13 +98,43 @@ def _git_commit() -> str | None:
     return commit
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies over all CPUs since boot, from /proc/stat; None elsewhere."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return values[3] + values[4], sum(values[:8])   # idle + iowait; user..steal
+
+
+def load_check(seconds: float = 0.5) -> dict:
+    """How busy the machine is with other work, just before (or after) the run: the 1-minute load
+    average, and the share of all CPUs busy over `seconds` while this process sleeps (Linux)."""
+    cpus = os.cpu_count() or 1
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    before = _cpu_times()
+    time.sleep(seconds if before else 0)
+    after = _cpu_times()
+    busy = None
+    if before and after and after[1] > before[1]:
+        busy = round(1 - (after[0] - before[0]) / (after[1] - before[1]), 2)
+    # Busy: more than a quarter of the cores in use, measured now or on average over the last minute.
+    is_busy = (busy is not None and busy > 0.25) or (load is not None and load > 0.25 * cpus)
+    return {"load_average_1min": load, "cpu_count": cpus, "busy_fraction": busy, "busy": is_busy}
+
+
+def describe_load(check: dict) -> str:
+    busy = check["busy_fraction"]
+    measured = (f"{busy * check['cpu_count']:.1f} of {check['cpu_count']} logical cores busy with other work"
+                if busy is not None else f"{check['cpu_count']} logical cores")
+    return f"{'BUSY' if check['busy'] else 'quiet'}: {measured}, load average {check['load_average_1min']} (1 min)"
+
+
 def machine_info(torch_version: str | None) -> dict:
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
-        # Other work on the machine when the run started: a busy CPU makes CPU timings noisy.
-        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "numpy": np.__version__,

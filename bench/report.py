@@ -9,18 +9,34 @@ from pathlib import Path
 from .cases import OPS
 from .runner import Result
 
-COLUMNS = ("op", "B×F×D", "dtype", "backend", "median ms", "TFLOP/s", "vs base", "% peak", "rel_err", "n", "note")
-NUMERIC = {"median ms", "TFLOP/s", "vs base", "% peak", "rel_err", "n"}
+COLUMNS = ("op", "B×F×D", "dtype", "backend", "min ms", "median ms", "spread", "TFLOP/s", "vs base", "% peak",
+           "rel_err", "n", "note")
+NUMERIC = {"min ms", "median ms", "spread", "TFLOP/s", "vs base", "% peak", "rel_err", "n"}
+
+
+def _ratio(r: Result) -> str:
+    """'1.02x numpy'; an untrusted ratio shows its interquartile range and a question mark instead."""
+    if r.ratio is None:
+        return ""
+    if r.backend == r.ratio_to:
+        return "base"
+    if not r.ratio_doubt:
+        return f"{r.ratio:.2f}x {r.ratio_to}"
+    if r.ratio_high > r.ratio_low:
+        return f"{r.ratio_low:.2f}-{r.ratio_high:.2f}x? {r.ratio_to}"
+    return f"{r.ratio:.2f}x? {r.ratio_to}"
 
 
 def _row(r: Result) -> list[str]:
     ok = r.status == "ok"
-    note = "" if ok else f"{r.status.upper()}: {r.reason}"
+    note = f"{r.status.upper()}: {r.reason}" if not ok else f"ratio untrusted: {r.ratio_doubt}" if r.ratio_doubt else ""
     return [
         r.op, str(r.shape), r.dtype, r.backend,
+        f"{r.min_ms:.4g}" if ok else "",
         f"{r.median_ms:.4g}" if ok else "",
+        f"{100 * r.spread:.0f}%" if ok and r.spread is not None else "",
         f"{r.tflops:.3g}" if ok else "",
-        ("base" if r.backend == r.ratio_to else f"{r.ratio:.2f}x {r.ratio_to}") if r.ratio is not None else "",
+        _ratio(r),
         f"{100 * r.peak_fraction:.1f}" if r.peak_fraction is not None else "",
         f"{r.rel_err:.1e}" if r.rel_err is not None else "",
         str(len(r.times_ms)) if ok else "",
@@ -90,12 +106,15 @@ def to_json(results: list[Result], run: dict) -> dict:
             "status": r.status, "reason": r.reason,
             "flops": r.flops,
             "median_ms": r.median_ms,
-            "min_ms": min(r.times_ms) if r.times_ms else None,
+            "min_ms": r.min_ms,
             "max_ms": max(r.times_ms) if r.times_ms else None,
+            "spread": r.spread,
+            "times_ms": r.times_ms,
             "repeats_timed": len(r.times_ms),
             "input_sets": r.input_sets,
             "tflops": r.tflops,
-            "ratio": r.ratio, "ratio_to": r.ratio_to,
+            "ratio": r.ratio, "ratio_to": r.ratio_to, "ratio_iqr": [r.ratio_low, r.ratio_high],
+            "ratio_trusted": r.ratio is not None and not r.ratio_doubt, "ratio_doubt": r.ratio_doubt,
             "peak_fraction": r.peak_fraction,
             # rel_err is inf when an output held NaN or inf; JSON has no inf, so the flag says it.
             "rel_err": _json_number(r.rel_err),
@@ -133,7 +152,10 @@ def markdown(results: list[Result], run: dict, plot_name: str | None) -> str:
     if plot_name:
         lines += [f"![TFLOP/s against size]({plot_name})", ""]
     lines += ["Columns: see bench/README.md. TFLOP/s counts 2·B·F·D per GEMM (3 GEMMs for step); "
-              "`vs base` is the speed relative to the device's baseline (cublas on the GPU, numpy on the CPU).", ""]
+              "`vs base` is the speed relative to the device's baseline (cublas on the GPU, numpy on the CPU), "
+              "the median of ratios taken repeat by repeat; `a-b x?` marks an untrusted ratio (too few repeats, "
+              "or spread above --max-spread) with its interquartile range; spread = interquartile range / median.",
+              ""]
     return "\n".join(lines)
 
 
@@ -194,8 +216,24 @@ def plot(results: list[Result], path: Path, title: str) -> None:
         ax.set_visible(False)
     fig.suptitle(title if multiple_dtypes or not dtypes else f"{title} ({dtypes[0]})", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    partial = path.with_name(path.name + ".partial")
+    fig.savefig(partial, dpi=120, format="png")
+    partial.replace(path)
     plt.close(fig)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Writes through a temporary file and a rename: a reader, or a run stopped midway, never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def write_json(results: list[Result], run: dict, out_dir: Path) -> Path:
+    path = out_dir / "results.json"
+    write_atomic(path, json.dumps(to_json(results, run), indent=1) + "\n")
+    return path
 
 
 def write_all(results: list[Result], run: dict, out_dir: Path, make_plot: bool) -> dict[str, Path]:
@@ -210,8 +248,7 @@ def write_all(results: list[Result], run: dict, out_dir: Path, make_plot: bool) 
             written["plot"] = out_dir / plot_name
         except ImportError:
             run["notes"].append("no plot: matplotlib is not installed (pip install 'linear[bench]')")
-    written["json"] = out_dir / "results.json"
-    written["json"].write_text(json.dumps(to_json(results, run), indent=1) + "\n")
+    written["json"] = write_json(results, run, out_dir)
     written["markdown"] = out_dir / "results.md"
-    written["markdown"].write_text(markdown(results, run, plot_name))
+    write_atomic(written["markdown"], markdown(results, run, plot_name))
     return written

@@ -13,7 +13,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -21,9 +21,10 @@ from linear.testing import TOLERANCE, relative_error
 
 from .cases import OPS, Shape, numpy_dtype
 from .contenders import BASELINE, INPUT_NAMES, Contender
-from .timers import cpu_cache_bytes, gpu_cache_bytes, rotation_sets, time_cpu, time_gpu
+from .timers import Entry, cpu_cache_bytes, cpu_ms, gpu_cache_bytes, gpu_ms, rotation_sets, time_interleaved
 
 CHECK_ROWS = 256   # rows of each output compared with float64 (all of them when there are fewer)
+MIN_PAIRS = 3      # repeats needed before a spread, or a ratio, means anything
 
 
 @dataclass
@@ -36,6 +37,8 @@ class Settings:
     warmup: dict[str, int]       # device -> untimed calls before them
     max_seconds: dict[str, float]   # device -> time budget of one case; 0 = no limit
     seed: int = 0
+    max_spread: float = 0.1      # a ratio whose interquartile range exceeds this fraction is untrusted
+    peaks: dict[str, float] | None = None   # dtype -> the card's peak TFLOP/s, when known
 
 
 @dataclass
@@ -55,6 +58,9 @@ class Result:
     input_sets: int = 0
     ratio: float | None = None   # speed relative to the device's baseline (>1: faster)
     ratio_to: str | None = None
+    ratio_low: float | None = None    # interquartile range of the paired ratios
+    ratio_high: float | None = None
+    ratio_doubt: str = ""             # why the ratio is not to be trusted; "" when it is
     peak_fraction: float | None = None
 
     @property
@@ -64,6 +70,18 @@ class Result:
     @property
     def median_ms(self) -> float | None:
         return float(np.median(self.times_ms)) if self.times_ms else None
+
+    @property
+    def min_ms(self) -> float | None:
+        return min(self.times_ms) if self.times_ms else None
+
+    @property
+    def spread(self) -> float | None:
+        """Interquartile range of the repeats over their median (None below MIN_PAIRS repeats)."""
+        if len(self.times_ms) < MIN_PAIRS:
+            return None
+        q1, q3 = np.percentile(self.times_ms, [25, 75])
+        return float((q3 - q1) / self.median_ms)
 
     @property
     def tflops(self) -> float | None:
@@ -106,29 +124,21 @@ class HostInputs:
         return (a if rows is None else a[rows]).astype(np.float64)
 
     @functools.cached_property
-    def _w64(self):
-        return self._f64("w")
-
-    @functools.cached_property
-    def _dy64(self):
-        return self._f64("dy")
-
-    @functools.cached_property
     def _y(self):
-        return self._f64("x", self.rows_b) @ self._w64 + self._f64("b")
+        return self._f64("x", self.rows_b) @ self._f64("w") + self._f64("b")
 
     @functools.cached_property
     def _dx(self):
-        return self._f64("dy", self.rows_b) @ self._w64.T
+        return self._f64("dy", self.rows_b) @ self._f64("w").T
 
     @functools.cached_property
     def _dw(self):
         x_cols = self.arrays["x"] if self.rows_f is None else self.arrays["x"][:, self.rows_f]
-        return x_cols.astype(np.float64).T @ self._dy64
+        return x_cols.astype(np.float64).T @ self._f64("dy")
 
     @functools.cached_property
     def _db(self):
-        return self._dy64.sum(axis=0)
+        return self._f64("dy").sum(axis=0)
 
     def expected(self, op: str) -> dict[str, tuple[np.ndarray | None, np.ndarray]]:
         """Output name -> (the rows compared, None for all; their float64 values)."""
@@ -162,34 +172,22 @@ def check(kind, outputs: dict[str, Any], expected: dict) -> float:
 
 
 class Progress:
-    """One line on stderr: a bar redrawn in place on a terminal, one line per case elsewhere."""
+    """One line on stderr per finished case, numbered, with the time since the start."""
 
     def __init__(self, total: int, stream=None):
         self.total, self.done, self.stream = total, 0, stream or sys.stderr
-        self.tty = self.stream.isatty()
         self.start = time.monotonic()
 
-    def update(self, label: str, outcome: str = "") -> None:
-        if outcome:
-            self.done += 1
-        width = 24
-        filled = width * self.done // max(self.total, 1)
-        bar = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {time.monotonic() - self.start:5.0f}s"
-        if self.tty:
-            self.stream.write(f"\r\033[K{bar} {label} {outcome}")
-        elif outcome:
-            self.stream.write(f"[{self.done}/{self.total}] {label}: {outcome}\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+    def update(self, label: str, outcome: str) -> None:
+        self.done += 1
+        print(f"[{self.done}/{self.total} {time.monotonic() - self.start:.0f}s] {label}: {outcome}",
+              file=self.stream, flush=True)
 
 
 def _summary(result: Result) -> str:
     if result.status == "ok":
-        return f"{result.median_ms:.3f} ms, {result.tflops:.3g} TFLOP/s, rel_err {result.rel_err:.1e}"
+        return (f"median {result.median_ms:.3f} ms (min {result.min_ms:.3f}), {result.tflops:.3g} TFLOP/s, "
+                f"rel_err {result.rel_err:.1e}")
     return f"{result.status}: {result.reason}"
 
 
@@ -209,45 +207,55 @@ class _ContenderInputs:
         return self.sets
 
 
-def run_cases(settings: Settings, progress: Progress) -> tuple[list[Result], bool]:
-    """The results of every case, and whether the run was interrupted (Ctrl-C) before the end."""
+def run_cases(settings: Settings, progress: Progress,
+              checkpoint: Callable[[list[Result]], None] = lambda results: None) -> tuple[list[Result], bool]:
+    """The results of every case, and whether the run was interrupted (Ctrl-C, SIGTERM) before the end.
+
+    checkpoint(results) is called after every (shape, dtype, op) group, so that a run stopped later
+    has already written what it measured.
+    """
     results: list[Result] = []
     try:
-        _run_all(settings, progress, results)
-    except KeyboardInterrupt:
-        return results, True
+        _run_all(settings, progress, results, checkpoint)
+    except KeyboardInterrupt:   # the group in flight was not timed to the end: leave it out
+        return [r for r in results if r.status != "ok" or r.times_ms], True
     return results, False
 
 
-def _run_all(settings: Settings, progress: Progress, results: list[Result]) -> None:
+def _run_all(settings: Settings, progress: Progress, results: list[Result], checkpoint) -> None:
     best_rate: dict[tuple, float] = {}   # (backend, op, dtype) -> highest flop/s measured so far
     for shape in sorted(dict.fromkeys(settings.shapes), key=lambda s: s.volume):
         for dtype in settings.dtypes:
             host = None
             adopted: dict[str, _ContenderInputs | Exception] = {}
             for op in settings.ops:
+                group: list[tuple[Result, list, Contender]] = []   # checked and right: to be timed
                 for contender in settings.contenders:
                     result = Result(op, shape, dtype, contender.name, contender.device,
                                     tolerance=TOLERANCE[dtype])
-                    label = f"{op} {shape} {dtype} {contender.name}"
-                    progress.update(label)
-                    group, reason = _skip_reason(settings, contender, result, best_rate)
-                    if reason:
-                        result.status, result.reason, result.skip_group = "skipped", reason, group
-                    else:
-                        if host is None:
-                            host = HostInputs(shape, dtype, settings.seed)
-                        if contender.name not in adopted:
-                            try:
-                                adopted[contender.name] = _ContenderInputs(contender, host)
-                            except Exception as e:   # e.g. an array library without this dtype
-                                adopted[contender.name] = e
-                        _run_case(settings, contender, adopted[contender.name], result)
-                        if result.status == "ok":
-                            key = (contender.name, op, dtype)
-                            best_rate[key] = max(best_rate.get(key, 0.0), result.flops / (result.median_ms * 1e-3))
                     results.append(result)
-                    progress.update(label, _summary(result))
+                    group_text, reason = _skip_reason(settings, contender, result, best_rate)
+                    if reason:
+                        result.status, result.reason, result.skip_group = "skipped", reason, group_text
+                        continue
+                    if host is None:
+                        host = HostInputs(shape, dtype, settings.seed)
+                    if contender.name not in adopted:
+                        try:
+                            adopted[contender.name] = _ContenderInputs(contender, host)
+                        except Exception as e:   # e.g. an array library without this dtype
+                            adopted[contender.name] = e
+                    calls = _check(contender, adopted[contender.name], result)
+                    if calls:
+                        group.append((result, calls, contender))
+                _time(settings, group)
+                add_ratios(results[-len(settings.contenders):], settings.peaks, settings.max_spread)
+                for result in results[-len(settings.contenders):]:
+                    if result.status == "ok":
+                        key = (result.backend, op, dtype)
+                        best_rate[key] = max(best_rate.get(key, 0.0), result.flops / (result.median_ms * 1e-3))
+                    progress.update(f"{op} {shape} {dtype} {result.backend}", _summary(result))
+                checkpoint(results)
             del adopted, host
             for contender in settings.contenders:
                 if contender.kind is not None:
@@ -272,40 +280,44 @@ def _skip_reason(settings: Settings, contender: Contender, result: Result,
     return "", ""
 
 
-def _run_case(settings: Settings, contender: Contender, inputs, result: Result) -> None:
-    """Check, then time; sets result.status and the fields that go with it."""
+def _check(contender: Contender, inputs, result: Result) -> list | None:
+    """One call on input set 0, compared with float64; the calls to time (over the rotation), or None
+    when the case cannot be timed (result.status says why)."""
     if isinstance(inputs, Exception):
         result.status, result.reason = "unsupported", _describe(inputs)
-        return
-    kind = contender.kind
+        return None
     try:
         first = contender.prepare(result.op, inputs.sets[0], result.shape)
         first.run()
-        expected = inputs.host.expected(result.op)
-        result.rel_err = check(kind, first.results(), expected)
+        result.rel_err = check(contender.kind, first.results(), inputs.host.expected(result.op))
         result.rows_checked = inputs.host.rows_checked(result.op)
+        if not result.rel_err <= result.tolerance:
+            result.status = "wrong"
+            result.reason = f"rel_err {result.rel_err:.2e} > tolerance {result.tolerance:.0e}; not timed"
+            return None
+        sets = inputs.rotation()
+        result.input_sets = len(sets)
+        return [first.run] + [contender.prepare(result.op, s, result.shape).run for s in sets[1:]]
     except NotImplementedError as e:
         result.status, result.reason = "unsupported", _describe(e)
-        return
     except Exception as e:
         result.status, result.reason = "error", _describe(e)
-        return
-    if not result.rel_err <= result.tolerance:
-        result.status = "wrong"
-        result.reason = f"rel_err {result.rel_err:.2e} > tolerance {result.tolerance:.0e}; not timed"
-        return
+    return None
+
+
+def _time(settings: Settings, group: list[tuple[Result, list, Contender]]) -> None:
+    """Times the group's contenders interleaved, call by call."""
+    entries = [Entry(calls, gpu_ms if c.device == "gpu" else cpu_ms, settings.repeats[c.device],
+                     settings.warmup[c.device], settings.max_seconds[c.device] or math.inf)
+               for _, calls, c in group]
     try:
-        sets = inputs.rotation()
-        calls = [first.run] + [contender.prepare(result.op, s, result.shape).run for s in sets[1:]]
-        timer = time_gpu if contender.device == "gpu" else time_cpu
-        device = contender.device
-        times = timer(calls, repeats=settings.repeats[device], warmup=settings.warmup[device],
-                      max_seconds=settings.max_seconds[device] or math.inf)
+        time_interleaved(entries)
     except Exception as e:
-        result.status, result.reason = "error", "while timing: " + _describe(e)
+        for result, _, _ in group:
+            result.status, result.reason = "error", "while timing: " + _describe(e)
         return
-    result.times_ms = [float(t) for t in times]
-    result.input_sets = len(sets)
+    for (result, _, _), entry in zip(group, entries):
+        result.times_ms = entry.times_ms
 
 
 def _describe(e: Exception) -> str:
@@ -313,15 +325,27 @@ def _describe(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
-def add_ratios(results: list[Result], peaks: dict[str, float] | None) -> None:
-    """Speed relative to each device's baseline, and the fraction of the card's peak on the GPU."""
-    times = {(r.op, r.shape, r.dtype, r.backend): r.median_ms for r in results if r.status == "ok"}
+def add_ratios(results: list[Result], peaks: dict[str, float] | None, max_spread: float) -> None:
+    """Speed relative to the device's baseline, round by round, and the fraction of the card's peak.
+
+    Contenders were timed interleaved, so repeat i of a case and repeat i of its baseline ran side by
+    side: the ratio is the median of those paired ratios, and their interquartile range is its spread.
+    A ratio from fewer than MIN_PAIRS pairs, or whose spread exceeds max_spread, is untrusted.
+    """
+    times = {(r.op, r.shape, r.dtype, r.backend): r.times_ms for r in results if r.status == "ok"}
     for r in results:
         if r.status != "ok":
             continue
         baseline = BASELINE[r.device]
-        base_ms = times.get((r.op, r.shape, r.dtype, baseline))
-        if base_ms:
-            r.ratio, r.ratio_to = base_ms / r.median_ms, baseline
+        base = times.get((r.op, r.shape, r.dtype, baseline))
+        if base:
+            pairs = np.array(base[:len(r.times_ms)]) / np.array(r.times_ms[:len(base)])
+            r.ratio, r.ratio_to = float(np.median(pairs)), baseline
+            r.ratio_low, r.ratio_high = (float(q) for q in np.percentile(pairs, [25, 75]))
+            if len(pairs) < MIN_PAIRS:
+                r.ratio_doubt = f"{len(pairs)} paired repeat(s) < {MIN_PAIRS}"
+            elif (r.ratio_high - r.ratio_low) / r.ratio > max_spread:
+                r.ratio_doubt = (f"ratio spread {(r.ratio_high - r.ratio_low) / r.ratio:.0%} "
+                                 f"> --max-spread {max_spread:.0%}")
         if r.device == "gpu" and peaks and r.dtype in peaks:
             r.peak_fraction = r.tflops / peaks[r.dtype]

@@ -28,13 +28,10 @@ rewrites OUT/sweep.json after every case, so an interrupted run keeps what it me
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import datetime
 import json
 import math
-import multiprocessing
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -43,8 +40,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bench import timers
-from bench.machine import gpu_info
+from . import timers
+from .machine import machine_info
 from linear import testing
 from linear.backends import plan
 from linear.testing import relative_error
@@ -154,11 +151,10 @@ class Timer:
     warmup: int
 
     def __call__(self, call: Callable[[], None], max_seconds: float) -> tuple[float, int]:
-        if self.gpu:
-            times = timers.time_gpu([call], repeats=self.repeats, warmup=self.warmup, max_seconds=max_seconds)
-        else:
-            times = timers.time_cpu([call], repeats=1, warmup=0, max_seconds=max_seconds)
-        return float(np.median(times)), len(times)
+        entry = (timers.Entry([call], timers.gpu_ms, self.repeats, self.warmup, max_seconds) if self.gpu
+                 else timers.Entry([call], timers.cpu_ms, repeats=1, warmup=0, max_seconds=max_seconds))
+        timers.time_interleaved([entry])
+        return float(np.median(entry.times_ms)), len(entry.times_ms)
 
     @property
     def description(self) -> str:
@@ -237,14 +233,6 @@ def measure_copy(xp, nbytes: int, timer: Timer) -> dict:
     return {"bytes": nbytes, "ms": ms, "timed_runs": runs, "gb_per_s": 2 * nbytes / (ms * 1e-3) / 1e9}
 
 
-def machine(gpu: bool) -> dict:
-    info: dict[str, Any] = {"cpu_platform": platform.platform(), "python": sys.version.split()[0],
-                            "numpy": np.__version__, "cupy_tf32": os.environ.get("CUPY_TF32")}
-    if gpu:
-        info["gpu"] = gpu_info()
-    return info
-
-
 def kernels_launched(cases: list[Case]) -> list[tuple[str, str]]:
     """(source, name) of every kernel the cases launch on 16-byte aligned operands, from the plan itself
     (on numpy arrays that are never touched, so even the large shapes cost no memory)."""
@@ -259,16 +247,6 @@ def kernels_launched(cases: list[Case]) -> list[tuple[str, str]]:
                                   trans_b=product.trans_b, alpha=1.0, beta=0.0, bias=bias, tuning=case.tuning)
         found.update((launch.source, launch.name) for launch in launches)
     return sorted(found)
-
-
-def precompile(cases: list[Case], jobs: int) -> None:
-    """Compiles the kernels the cases launch into CuPy's disk cache, `jobs` processes at a time, so that
-    a first call only loads them."""
-    from bench.gpu_sanitize import compile_kernels
-    kernels = kernels_launched(cases)
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        list(pool.map(compile_kernels, ["cuda"] * jobs, [kernels[i::jobs] for i in range(jobs)]))
 
 
 def run_sweep(backend_for: Callable[[Tuning], Any], xp, groups: list[list[Case]], timer: Timer, *,
@@ -471,14 +449,15 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or Path("bench/out") / f"sweep-{stamp:%Y-%m-%dT%H%M%S}-{args.backend}") / "sweep.json"
     start = time.monotonic()
     if gpu:
-        precompile([case for group in groups for case in group], args.jobs)
+        from .gpu_sanitize import compile_all
+        compile_all("cuda", args.jobs, kernels_launched([case for group in groups for case in group]))
         print(f"kernels compiled in {time.monotonic() - start:.0f} s")
     timer = Timer(gpu, args.repeats, args.warmup)
     header = {"date": stamp.isoformat(timespec="seconds"), "command": " ".join([sys.executable, "-m", "bench.sweep",
               *(argv if argv is not None else sys.argv[1:])]), "backend": args.backend, "tiny": args.tiny,
               "dtype": "float32", "tf32": False, "tolerance": TOLERANCE, "budget_s": args.budget_s,
               "baseline": "cupy.matmul (cuBLAS)" if gpu else "numpy.matmul", "timer": timer.description,
-              "machine": machine(gpu), "configs": {c.name: asdict(c) for c in plan.TILE_CONFIGS},
+              "machine": dict(machine_info(None), cupy_tf32=os.environ["CUPY_TF32"]), "configs": {c.name: asdict(c) for c in plan.TILE_CONFIGS},
               "num_sms_assumed": plan.NUM_SMS}
     result = run_sweep(lambda tuning: KernelBackend(runtime, tuning), runtime.xp, groups, timer,
                        budget_s=max(0.0, args.budget_s - (time.monotonic() - start)), out=out, header=header,

@@ -1,18 +1,19 @@
-"""Timing: CUDA events on the GPU, a wall clock on the CPU; warm-up first, every repeat kept.
+"""Timing: one call at a time, contenders interleaved (A B A B …), warm-up first, every repeat kept.
 
-Each repeat calls the next of several copies of the inputs (a rotation), so that the inputs of one call
-are not still in the cache from the previous one: enough copies to overflow the last-level cache
-(the GPU's L2, the CPU's L3) twice, when memory allows.
+Interleaving makes other work on the machine hit every contender alike, so a ratio taken round by
+round stays fair on a busy machine. Each repeat calls the next of several copies of the inputs (a
+rotation), so that one call's inputs are not still in the cache from the previous one: enough copies
+to overflow the last-level cache (the GPU's L2, the CPU's L3) twice, when memory allows.
 """
 from __future__ import annotations
 
 import itertools
 import math
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-
-import numpy as np
 
 MAX_SETS = 256   # rotation copies at most; tiny cases stay small in memory
 
@@ -41,38 +42,66 @@ def gpu_cache_bytes() -> int:
     return int(runtime.getDeviceProperties(runtime.getDevice())["l2CacheSize"])
 
 
-def time_cpu(calls: list[Callable[[], None]], *, repeats: int, warmup: int,
-             max_seconds: float) -> np.ndarray:
-    """Milliseconds of each repeat, by the wall clock, cycling through `calls`.
-
-    Stops early (keeping at least one repeat) once the repeats have used up max_seconds.
-    """
-    rotation = itertools.cycle(calls)
-    for _ in range(warmup):
-        next(rotation)()
-    times = []
-    spent = 0.0
-    for _ in range(repeats):
-        call = next(rotation)
-        start = time.perf_counter()
-        call()
-        elapsed = time.perf_counter() - start
-        times.append(elapsed * 1e3)
-        spent += elapsed
-        if spent > max_seconds:
-            break
-    return np.asarray(times)
+def cpu_ms(call: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    call()
+    return (time.perf_counter() - start) * 1e3
 
 
-def time_gpu(calls: list[Callable[[], None]], *, repeats: int, warmup: int,
-             max_seconds: float) -> np.ndarray:
-    """Milliseconds of each repeat between CUDA events around the call (cupyx.profiler.benchmark).
-
-    The events go on CuPy's current stream, the one our kernels, CuPy and torch all launch on by
-    default; benchmark() waits for the end event after every repeat, so repeats never overlap.
-    """
+def gpu_ms(call: Callable[[], None]) -> float:
+    """CUDA events around one call on CuPy's current stream (the one our kernels, CuPy and torch launch
+    on by default); cupyx.profiler.benchmark waits for the end event, so calls never overlap."""
     from cupyx.profiler import benchmark
-    rotation = itertools.cycle(calls)
-    result = benchmark(lambda: next(rotation)(), n_repeat=repeats, n_warmup=warmup,
-                       max_duration=max_seconds, name="case")
-    return np.asarray(result.gpu_times[0]) * 1e3
+    return float(benchmark(call, n_repeat=1, n_warmup=0).gpu_times[0][0]) * 1e3
+
+
+@dataclass
+class Entry:
+    """One contender's calls (a rotation over input copies), its clock and its limits."""
+    calls: list[Callable[[], None]]
+    clock: Callable[[Callable[[], None]], float]
+    repeats: int
+    warmup: int
+    max_seconds: float                  # stop timing it once its repeats have used this up
+    times_ms: list[float] = field(default_factory=list)
+
+
+def time_interleaved(entries: list[Entry]) -> None:
+    """Fills each entry's times_ms: warm-up calls, then rounds that time every entry still running once.
+
+    An entry stops after its repeats, or once its timed calls have used up its max_seconds (at least
+    one call is always timed). Round i of every entry ran at the same moment as round i of the others.
+    """
+    rotations = [itertools.cycle(entry.calls) for entry in entries]
+    for entry, rotation in zip(entries, rotations):
+        for _ in range(entry.warmup):
+            next(rotation)()
+    while True:
+        running = [(entry, rotation) for entry, rotation in zip(entries, rotations)
+                   if len(entry.times_ms) < entry.repeats
+                   and (not entry.times_ms or sum(entry.times_ms) < entry.max_seconds * 1e3)]
+        if not running:
+            return
+        for entry, rotation in running:
+            entry.times_ms.append(entry.clock(next(rotation)))
+
+
+def pin_threads(threads: int) -> dict:
+    """Limits the BLAS and OpenMP thread pools (threadpoolctl) to `threads` for the rest of the run;
+    0 leaves the libraries' defaults. Returns what was asked and what each pool now uses."""
+    record: dict = {"requested": threads or "library default"}
+    torch = sys.modules.get("torch")   # torch's own pool: only when a torch contender was loaded
+    if torch is not None and threads:
+        torch.set_num_threads(threads)
+    try:
+        import threadpoolctl
+    except ImportError:
+        record["pinned"] = False
+        record["why"] = "threadpoolctl is not installed (pip install 'linear[bench]'): thread pools not pinned"
+        return record
+    if threads:
+        threadpoolctl.threadpool_limits(limits=threads)   # not as a context: for the rest of the run
+    record["pinned"] = bool(threads)
+    record["pools"] = [{key: pool.get(key) for key in ("user_api", "internal_api", "num_threads", "version")}
+                       for pool in threadpoolctl.threadpool_info()]
+    return record

@@ -156,10 +156,89 @@ def test_card_peaks_and_ratios(bench):
 
     shape = Shape(1024, 1024, 1024)     # 2·1024³ flops = 2.147 GFLOP per GEMM
     ours = Result("forward", shape, "float32", "linear-cuda", "gpu", times_ms=[0.04, 0.03, 0.05])
-    cublas = Result("forward", shape, "float32", "cublas", "gpu", times_ms=[0.05])
+    cublas = Result("forward", shape, "float32", "cublas", "gpu", times_ms=[0.05, 0.0375, 0.0625])
     wrong = Result("forward", shape, "float32", "torch-gpu", "gpu", status="wrong", times_ms=[])
-    add_ratios([ours, cublas, wrong], PEAK_TFLOPS["H100 SXM"])
-    assert ours.ratio == pytest.approx(1.25) and ours.ratio_to == "cublas"
+    add_ratios([ours, cublas, wrong], PEAK_TFLOPS["H100 SXM"], max_spread=0.1)
+    # round by round: 0.05/0.04 = 0.0375/0.03 = 0.0625/0.05 = 1.25, however much both moved together
+    assert ours.ratio == pytest.approx(1.25) and ours.ratio_to == "cublas" and not ours.ratio_doubt
     assert ours.tflops == pytest.approx(2 * 1024**3 / 0.04e-3 / 1e12)   # the median time
+    assert ours.min_ms == 0.03 and ours.spread == pytest.approx((0.045 - 0.035) / 0.04)
     assert ours.peak_fraction == pytest.approx(ours.tflops / 66.9)
     assert wrong.ratio is None and wrong.peak_fraction is None
+
+
+def test_a_ratio_is_flagged_when_its_spread_or_its_repeats_make_it_meaningless(bench):
+    from bench.cases import Shape
+    from bench.report import terminal_table
+    from bench.runner import Result, add_ratios
+
+    shape = Shape(32, 784, 256)
+    steady = [Result("dx", shape, "float32", name, "cpu", times_ms=times)
+              for name, times in (("linear-numpy", [1.0, 1.0, 1.0, 1.0]), ("numpy", [1.0, 1.1, 1.0, 1.1]))]
+    noisy = [Result("forward", shape, "float32", name, "cpu", times_ms=times)   # a busy machine: 66 ms once
+             for name, times in (("linear-numpy", [0.11, 66.0, 0.11, 8.0]), ("numpy", [0.1, 0.1, 16.0, 0.1]))]
+    few = [Result("dw", shape, "float32", name, "cpu", times_ms=[1.0, 1.0]) for name in ("linear-numpy", "numpy")]
+    add_ratios(steady + noisy + few, None, max_spread=0.1)
+    assert steady[0].ratio == pytest.approx(1.05) and not steady[0].ratio_doubt
+    assert "ratio spread" in noisy[0].ratio_doubt and "2 paired" in few[0].ratio_doubt
+    table = terminal_table(steady + noisy + few)
+    row = {line.split()[0]: line for line in table.splitlines() if "linear-numpy" in line}
+    assert "1.05x numpy" in row["dx"] and "?" not in row["dx"]
+    assert "x? numpy" in row["forward"] and "ratio untrusted" in row["forward"]
+    assert "1.00x? numpy" in row["dw"]
+
+
+def test_contenders_are_timed_interleaved_until_their_repeats_or_budget(bench):
+    from bench.timers import Entry, time_interleaved
+
+    calls = []
+
+    def clock(name):
+        def measure(call):
+            call()
+            return {"a": 1.0, "b": 400.0}[name]
+        return measure
+
+    a = Entry([lambda: calls.append("a")], clock("a"), repeats=4, warmup=1, max_seconds=10)
+    b = Entry([lambda: calls.append("b")], clock("b"), repeats=4, warmup=1, max_seconds=1)  # 1 s = 2.5 calls
+    time_interleaved([a, b])
+    assert calls == ["a", "b"] + ["a", "b"] * 3 + ["a"]   # warm-up, three rounds, then a alone
+    assert a.times_ms == [1.0] * 4 and b.times_ms == [400.0] * 3
+
+
+def test_sigterm_writes_what_was_measured_and_exits_130(tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    shapes = [arg for n in range(8, 200, 4) for arg in ("--shape", f"{n},{n},{n}")]
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *shapes, "--repeats", "50", "--no-plot",
+                             "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "results.json").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)   # the first checkpoint: one (shape, op) group is done
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    assert stdout.splitlines()[0].startswith("load check: ")
+    data = json.loads((out / "results.json").read_text())
+    assert data["partial"] is True and data["machine"]["threads"]["requested"] == 1
+    assert any(case["status"] == "ok" for case in data["cases"])
+    assert "INTERRUPTED" in (out / "results.md").read_text()
+    assert not list(out.glob("*.partial")), os.listdir(out)
+
+
+def test_installed_benchmark_runs_outside_the_repository(tmp_path):
+    """After pip install, `python -m linear.bench` (the linear-bench command) runs from any directory."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("linear.bench") is None:   # linear imported from the source tree
+        pytest.skip("linear is not pip-installed here")
+    scripts = importlib.metadata.distribution("linear").entry_points.select(group="console_scripts")
+    assert {ep.name: ep.value for ep in scripts}["linear-bench"] == "linear.bench.__main__:main"
+    proc = subprocess.run([sys.executable, "-m", "linear.bench", "--shape", "8,16,4", "--ops", "forward",
+                           "--repeats", "3", "--no-plot"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(list(tmp_path.glob("linear-bench-out/*/results.json"))) == 1
