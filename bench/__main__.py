@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="where results.json/.md/.png go (default: bench/out/<date>-<machine> in a "
                              "checkout, else ./linear-bench-out/<date>-<machine>)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="float32 products on TF32 tensor cores for every GPU contender: ours "
+                             "(linear.set_tf32), cuBLAS (CUPY_TF32=1) and torch (allow_tf32); tolerance 1e-3")
     parser.add_argument("--no-plot", action="store_true", help="do not draw results.png")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
     return parser
@@ -195,11 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     load_before = load_check()
     print("load check: " + describe_load(load_before), flush=True)
-    # CuPy reads CUPY_TF32 when it is imported: float32 GEMMs on plain FP32 units, as ours run.
-    os.environ["CUPY_TF32"] = "0"
-    tf32_note = ("float32 GEMMs without TF32: CUPY_TF32=0, torch.backends.cuda.matmul.allow_tf32=False"
+    # CuPy reads CUPY_TF32 when it is imported: every contender runs float32 the same way, on plain FP32
+    # units or (--tf32) on TF32 tensor cores.
+    import linear
+    linear.set_tf32(args.tf32)
+    os.environ["CUPY_TF32"] = "1" if args.tf32 else "0"
+    tf32_note = (f"float32 GEMMs {'with' if args.tf32 else 'without'} TF32: linear.set_tf32({args.tf32}), "
+                 f"CUPY_TF32={os.environ['CUPY_TF32']}, torch.backends.cuda.matmul.allow_tf32={args.tf32}"
                  if "cupy" not in sys.modules else
-                 "WARNING: CuPy was imported before bench could set CUPY_TF32=0; cublas float32 may use TF32")
+                 "WARNING: CuPy was imported before bench could set CUPY_TF32; cublas float32 may differ")
 
     from .report import skipped_summary, terminal_table, write_all, write_json
     from .runner import Progress, Settings, run_cases

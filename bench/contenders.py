@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from linear import get_tf32
+
 from .cases import Shape
 
 Array = Any
@@ -263,8 +265,8 @@ class Torch(Contender):
             # The GPU timer records CUDA events through CuPy on the legacy default stream, the one
             # torch launches on too.
             CupyArrays()
-            kind.torch.backends.cuda.matmul.allow_tf32 = False
-            kind.torch.backends.cudnn.allow_tf32 = False
+            kind.torch.backends.cuda.matmul.allow_tf32 = get_tf32()  # bench --tf32 sets it for everyone
+            kind.torch.backends.cudnn.allow_tf32 = get_tf32()
         return kind
 
     def prepare(self, op, t, shape):

@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from linear.testing import TOLERANCE, relative_error
+from linear import get_tf32
+from linear.testing import TF32_TOLERANCE, TOLERANCE, relative_error
 
 from .cases import OPS, Shape, numpy_dtype
 from .contenders import BASELINE, INPUT_NAMES, Contender
@@ -222,6 +223,10 @@ def run_cases(settings: Settings, progress: Progress,
     return results, False
 
 
+def _tolerance(dtype: str) -> float:
+    return TF32_TOLERANCE if dtype == "float32" and get_tf32() else TOLERANCE[dtype]
+
+
 def _run_all(settings: Settings, progress: Progress, results: list[Result], checkpoint) -> None:
     best_rate: dict[tuple, float] = {}   # (backend, op, dtype) -> highest flop/s measured so far
     for shape in sorted(dict.fromkeys(settings.shapes), key=lambda s: s.volume):
@@ -232,7 +237,7 @@ def _run_all(settings: Settings, progress: Progress, results: list[Result], chec
                 group: list[tuple[Result, list, Contender]] = []   # checked and right: to be timed
                 for contender in settings.contenders:
                     result = Result(op, shape, dtype, contender.name, contender.device,
-                                    tolerance=TOLERANCE[dtype])
+                                    tolerance=_tolerance(dtype))
                     results.append(result)
                     group_text, reason = _skip_reason(settings, contender, result, best_rate)
                     if reason:
