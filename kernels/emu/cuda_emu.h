@@ -5,9 +5,10 @@
 //                 __align__ __constant__ ...: attributes g++ understands, or nothing.
 //   __shared__    `static`: the emulator runs one block at a time, so a function-local static is
 //                 exactly "one copy per block, seen by all its threads". The runtime poisons these
-//                 (0xFF bytes: NaN for floats) at every block start; emulate.py finds them in the
-//                 library's symbol table. `extern __shared__ T name[];` is rewritten by emulate.py
-//                 into a pointer to the launch's dynamic buffer, which ends at a guard page.
+//                 (0xFF bytes: NaN for floats) at every block start; emulate/elf.py finds them in
+//                 the library's symbol table. `extern __shared__ T name[];` is rewritten by
+//                 emulate/compiler.py into a pointer to the launch's dynamic buffer, which ends at
+//                 a guard page.
 //   built-ins     threadIdx reads the running fiber's index; blockIdx/blockDim/gridDim the
 //                 launch's (emu_runtime.h).
 //   barriers      __syncthreads*, __syncwarp and the warp collectives (shuffles, ballot, match,

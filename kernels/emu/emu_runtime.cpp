@@ -11,7 +11,7 @@
 //
 // Faults in kernel code (SIGSEGV on a guard page, SIGFPE, ...) and the watchdog's SIGALRM jump
 // back to emu_run with siglongjmp, so a bad kernel ends in a Python exception, not a dead process.
-// Built once per machine (emulate.py caches it) and shared by every kernel library.
+// Built once per machine (linear/backends/emulate caches it) and shared by every kernel library.
 #include "emu_runtime.h"
 
 #include <pthread.h>

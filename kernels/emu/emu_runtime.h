@@ -1,7 +1,7 @@
 // The C interface of the emulator's runtime library (emu_runtime.cpp, built once per machine).
 //
 // Three parties use it:
-//   - linear/backends/emulate.py fills an emu_launch (mirrored there with ctypes) and calls the
+//   - linear/backends/emulate fills an emu_launch (mirrored in kernel.py with ctypes) and calls the
 //     kernel library's emu_entry(launch);
 //   - the kernel library (a wrapper around one template instantiation, see cuda_emu.h) unpacks the
 //     arguments and hands emu_run a type-erased "run one thread" function;
