@@ -59,15 +59,29 @@ def _cpu_flags() -> tuple[str, ...]:
 _EXTERN_SHARED = re.compile(
     r"\bextern\s+__shared__\s+(?P<type>[^;\[\]]*?)\s*\b(?P<name>[A-Za-z_]\w*)\s*\[\s*\]\s*;")
 _ALIGN = re.compile(r"__align__\s*\(\s*\w+\s*\)")
+_SHARED = re.compile(r"\b__shared__\b[^;{}]*;")
+REDZONE = "emu_redzone"          # the name of the padding after each static __shared__ variable
+REDZONE_BYTES = 64
+# Sanitize builds: g++'s ThreadSanitizer instrumentation, whose calls emu_sanitize.cpp answers; DWARF 4,
+# whose file numbers binutils 2.40's addr2line reads right (with DWARF 5 it names the wrong file)
+# (the kernel library is linked without libtsan; -z defs names a hook it lacks at build time).
+SANITIZE_FLAGS = ("-DEMU_SANITIZE", "-gdwarf-4", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0")
 
 
-def rewrite_source(text: str, path: Path) -> str:
-    """The kernel source as g++ compiles it: `extern __shared__` arrays point at the dynamic buffer."""
+def rewrite_source(text: str, path: Path, redzones: bool = False) -> str:
+    """The kernel source as g++ compiles it: `extern __shared__` arrays point at the dynamic buffer;
+    with redzones, each static __shared__ declaration is followed by an unused padding variable, so
+    that an overrun of one lands in padding (g++ lays a function's statics out next to each other)."""
     def pointer(m: re.Match) -> str:
         element = _ALIGN.sub("", m["type"]).strip()
         return f"{element}*& {m['name']} = reinterpret_cast<{element}*&>(emu_dynamic_shared);"
     text = re.sub(r"\bstatic\s+__shared__\b", "__shared__", text)
-    return f'#line 1 "{path}"\n' + _EXTERN_SHARED.sub(pointer, text)
+    text = _EXTERN_SHARED.sub(pointer, text)
+    if redzones:
+        count = iter(range(1 << 30))
+        text = _SHARED.sub(lambda m: f"{m[0]} __attribute__((used)) static char {REDZONE}{next(count)}"
+                                     f"[{REDZONE_BYTES}];", text)
+    return f'#line 1 "{path}"\n' + text
 
 
 class Compiler:
@@ -101,19 +115,21 @@ class Compiler:
         if self._runtime is None:
             key = self.shim_digest()[:24]
             name = f"emu-runtime-{key}.so"
-            self._runtime = self._build(name, [str(emu_dir() / "emu_runtime.cpp"), f"-Wl,-soname,{name}",
-                                               "-lpthread"], what="the emulator runtime")
+            self._runtime = self._build(name, [str(emu_dir() / "emu_runtime.cpp"), str(emu_dir() / "emu_sanitize.cpp"),
+                                               f"-Wl,-soname,{name}", "-lpthread"], what="the emulator runtime")
         return self._runtime
 
-    def kernel_library(self, kernel_dir: Path, source: str, name: str) -> Path:
+    def kernel_library(self, kernel_dir: Path, source: str, name: str, sanitize: bool = False) -> Path:
+        """The library of one kernel; a sanitize build has every load and store instrumented."""
         runtime = self.runtime_library()
         # The key hashes the sources as g++ sees them, so a change to rewrite_source rebuilds too.
-        rewritten = {path.name: rewrite_source(path.read_text(), path) for path in sorted(kernel_dir.iterdir())
-                     if path.suffix in _SOURCE_SUFFIXES and path.is_file()}
-        h = hashlib.sha256(runtime.name.encode() + b"\0" + source.encode() + b"\0" + name.encode())
+        rewritten = {path.name: rewrite_source(path.read_text(), path, redzones=sanitize)
+                     for path in sorted(kernel_dir.iterdir()) if path.suffix in _SOURCE_SUFFIXES and path.is_file()}
+        h = hashlib.sha256(runtime.name.encode() + b"\0" + source.encode() + b"\0" + name.encode()
+                           + b"\0" + b"sanitize" * sanitize)
         for file_name, text in rewritten.items():
             h.update(file_name.encode() + b"\0" + text.encode() + b"\0")
-        stem = re.sub(r"\W+", "_", f"{Path(source).stem}_{name}")[:60].strip("_")
+        stem = re.sub(r"\W+", "_", f"{Path(source).stem}_{name}")[:60].strip("_") + "-sanitize" * sanitize
         out = f"{stem}-{h.hexdigest()[:24]}.so"
         if (self.cache_dir / out).exists():
             return self.cache_dir / out
@@ -125,9 +141,14 @@ class Compiler:
             wrapper.write_text(f'#include "cuda_emu.h"\n#include "{source}"\n'
                                f"static constexpr auto emu_kernel = &{name};\n"
                                f'#define EMU_KERNEL emu_kernel\n#include "emu_entry.h"\n')
-            return self._build(out, ["-I", str(emu_dir()), "-I", str(sources), "-fvisibility=hidden",
-                                     str(wrapper), str(runtime), "-Wl,-rpath,$ORIGIN"],
-                               what=f"{name} from {source}")
+            what = f"{name} from {source}"
+            includes = ["-I", str(emu_dir()), "-I", str(sources), "-fvisibility=hidden"]
+            if sanitize:
+                instrumented = sources / "emu_wrapper.o"
+                self._compile([*SANITIZE_FLAGS, *includes, "-c", str(wrapper), "-o", str(instrumented)], what)
+                return self._build(out, [str(instrumented), str(runtime), "-Wl,-rpath,$ORIGIN", "-Wl,-z,defs"],
+                                   what)
+            return self._build(out, [*includes, str(wrapper), str(runtime), "-Wl,-rpath,$ORIGIN"], what)
 
     def _build(self, out_name: str, arguments: list[str], what: str) -> Path:
         """Compiles into the cache atomically: another process may be building the same library."""
@@ -138,12 +159,14 @@ class Compiler:
         fd, partial = tempfile.mkstemp(prefix=".partial-", suffix=".so", dir=self.cache_dir)
         os.close(fd)
         try:
-            result = subprocess.run([self.cxx, *self.flags, *arguments, "-o", partial],
-                                    capture_output=True, text=True)
-            if result.returncode != 0:
-                raise EmulationError(f"{self.cxx} failed to compile {what}:\n{result.stderr.strip()}")
+            self._compile([*arguments, "-o", partial], what)
             os.replace(partial, out)
         finally:
             if os.path.exists(partial):
                 os.unlink(partial)
         return out
+
+    def _compile(self, arguments: list[str], what: str) -> None:
+        result = subprocess.run([self.cxx, *self.flags, *arguments], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise EmulationError(f"{self.cxx} failed to compile {what}:\n{result.stderr.strip()}")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from . import sanitizers
 from .arguments import Arguments
 from .elf import elf_symbols
 from .errors import EmulationError
@@ -40,9 +41,11 @@ class _Launch(ctypes.Structure):
         ("n_args", ctypes.c_int32), ("n_static_shared", ctypes.c_int32),
         ("static_shared", ctypes.POINTER(ctypes.c_void_p)),
         ("static_shared_bytes", ctypes.POINTER(ctypes.c_uint64)),
+        ("sanitize", ctypes.c_int32), ("n_regions", ctypes.c_int32),
+        ("regions", ctypes.POINTER(sanitizers.Region)),
         ("error_block", _Uint3), ("error_thread", _Uint3), ("fault_signal", ctypes.c_int32),
         ("fault_is_write", ctypes.c_int32), ("fault_address", ctypes.c_uint64),
-        ("message", ctypes.c_char * 1024),
+        ("error_pc", ctypes.c_uint64 * 2), ("message", ctypes.c_char * 1024),
     ]
 
 
@@ -57,6 +60,7 @@ class EmulatedKernel:
     def __init__(self, runtime: "EmulatorRuntime", library: Path, name: str):
         self.name = name
         self._runtime = runtime
+        self._library = library
         self._lib = ctypes.CDLL(str(library))
         self._entry = self._lib.emu_entry
         self._entry.argtypes = [ctypes.POINTER(_Launch)]
@@ -67,7 +71,10 @@ class EmulatedKernel:
         statics, addresses = elf_symbols(library)
         if "emu_entry" not in addresses:  # no ELF symbol table: static __shared__ stays unpoisoned
             statics, addresses = [], {"emu_entry": 0}
-        load_base = ctypes.cast(self._entry, ctypes.c_void_p).value - addresses["emu_entry"]
+        statics, redzones = sanitizers.split_statics(statics)
+        self._load_base = load_base = ctypes.cast(self._entry, ctypes.c_void_p).value - addresses["emu_entry"]
+        # Only a sanitize build has redzones, and only it is watched.
+        self._static_regions = sanitizers.static_regions(statics, load_base) if redzones else []
         self.static_shared_bytes = sum(size for _, _, size in statics)
         if self.static_shared_bytes > MAX_STATIC_SHARED_BYTES:
             raise EmulationError(f"{self.static_shared_bytes} bytes of static __shared__ memory exceed "
@@ -86,12 +93,15 @@ class EmulatedKernel:
                              f"{self.static_shared_bytes} bytes of static shared memory a block has at "
                              f"most {MAX_SHARED_BYTES - self.static_shared_bytes}")
         rt = self._runtime
-        arguments = Arguments(self.name, self.signature, args, guard=rt.check_bounds)
+        # The sanitizer watches the guarded copies, so a sanitized launch always makes them.
+        arguments = Arguments(self.name, self.signature, args, guard=rt.check_bounds or bool(rt.sanitize))
+        regions = sanitizers.argument_regions(arguments) + self._static_regions if rt.sanitize else []
         launch = _Launch(grid=_Uint3(*grid3), block=_Uint3(*block3), dynamic_shared_bytes=shared_mem,
                          schedule=SCHEDULES[rt.schedule], strict=int(rt.strict), seed=rt.seed,
                          timeout_s=rt.timeout_s, args=arguments.c_args, n_args=len(self.signature),
                          n_static_shared=self._n_statics, static_shared=self._statics,
-                         static_shared_bytes=self._static_sizes)
+                         static_shared_bytes=self._static_sizes, sanitize=sanitizers.bits(rt.sanitize),
+                         n_regions=len(regions), regions=(sanitizers.Region * max(1, len(regions)))(*regions))
         try:
             with _launch_lock:
                 status = self._entry(ctypes.byref(launch))
@@ -114,6 +124,10 @@ class EmulatedKernel:
             message = (f"out-of-bounds {access} {where}" if where else
                        f"signal {launch.fault_signal} ({_signal_name(launch.fault_signal)}) at address "
                        f"0x{launch.fault_address:x}")
+        pcs = [pc for pc in launch.error_pc if pc]
+        if pcs:  # the return addresses of calls: the call itself is one byte before
+            lines = sanitizers.source_lines(self._library, [pc - self._load_base - 1 for pc in pcs])
+            message += f" (at {lines[0]}" + (f"; the other at {lines[1]})" if len(lines) > 1 else ")")
         thread = launch.error_thread.tuple()
         return EmulationError(message, kernel=self.name, block=launch.error_block.tuple(),
                               thread=None if thread == _NO_THREAD else thread)

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import BackendUnavailable
 from ..sources import kernels_dir
+from . import sanitizers
 from .compiler import Compiler, default_cache_dir
 from .kernel import SCHEDULES, EmulatedKernel
 
@@ -58,7 +59,7 @@ class EmulatorRuntime:
 
     def __init__(self, *, kernel_dir: str | os.PathLike | None = None, schedule: str | None = None,
                  seed: int | None = None, strict: bool | None = None, check_bounds: bool | None = None,
-                 timeout_s: float | None = None, cache_dir: str | os.PathLike | None = None):
+                 timeout_s: float | None = None, sanitize: str | None = None, cache_dir: str | os.PathLike | None = None):
         cxx = shutil.which(os.environ.get("CXX") or "g++")
         if cxx is None:
             raise BackendUnavailable("the emulate backend needs a C++ compiler: g++ (or $CXX) is not on PATH")
@@ -68,6 +69,7 @@ class EmulatorRuntime:
         self.strict = _setting(strict, "strict", "LINEAR_EMU_STRICT", True, _switch)
         self.check_bounds = _setting(check_bounds, "check_bounds", "LINEAR_EMU_CHECK_BOUNDS", True, _switch)
         self.timeout_s = _setting(timeout_s, "timeout_s", "LINEAR_EMU_TIMEOUT", 300.0, _seconds)
+        self.sanitize = _setting(sanitize, "sanitize", "LINEAR_EMU_SANITIZE", frozenset(), sanitizers.parse)
         self._compiler = Compiler(cxx, Path(cache_dir) if cache_dir is not None else default_cache_dir())
         self._kernels: dict[tuple[str, str], EmulatedKernel] = {}  # (source, name) -> kernel
         self._lock = threading.Lock()
@@ -81,6 +83,7 @@ class EmulatorRuntime:
                 path = self.kernel_dir / source
                 if not path.is_file():
                     raise FileNotFoundError(f"no kernel source {source!r} in {self.kernel_dir}")
-                library = self._compiler.kernel_library(self.kernel_dir, source, name)
+                instrumented = any(m in self.sanitize for m in sanitizers.INSTRUMENTED)
+                library = self._compiler.kernel_library(self.kernel_dir, source, name, sanitize=instrumented)
                 kernel = self._kernels[(source, name)] = EmulatedKernel(self, library, name)
             return kernel
