@@ -551,7 +551,8 @@ extern "C" int emu_run(emu_launch* L, void (*run_thread)(void*), void* closure) 
     if (L->schedule == EMU_REVERSE) std::reverse(rt.order.begin(), rt.order.end());
     // The dynamic buffer ends at the guard page, so reading past its end faults.
     emu_dynamic_shared = rt.shared + kMaxDynamicShared - ((L->dynamic_shared_bytes + 15) & ~uint64_t(15));
-    emu_san::launch_begin(L, static_cast<char*>(emu_dynamic_shared), rt.shared, rt.shared + kMaxDynamicShared + rt.page);
+    emu_san::launch_begin(L, static_cast<char*>(emu_dynamic_shared), rt.shared,
+                          rt.shared + kMaxDynamicShared + rt.page);
     // Nothing orders the blocks of a launch: they run in the schedule's order too.
     const uint64_t n_blocks = uint64_t(L->grid.x) * L->grid.y * L->grid.z;
     std::vector<uint64_t> block_order;

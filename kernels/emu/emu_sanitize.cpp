@@ -192,7 +192,8 @@ void warp_synced(unsigned warp, unsigned group) {
     for (unsigned m = group; m; m &= m - 1) ++S.warp_syncs[base + __builtin_ctz(m)];
     for (unsigned m = group; m; m &= m - 1)
         for (unsigned o = group; o; o &= o - 1)
-            S.synced_with[(base + __builtin_ctz(m)) * 32 + __builtin_ctz(o)] = S.warp_syncs[base + __builtin_ctz(o)];
+            S.synced_with[(base + __builtin_ctz(m)) * 32 + __builtin_ctz(o)] =
+                S.warp_syncs[base + __builtin_ctz(o)];
 }
 
 emu_uint3 thread_idx(unsigned index) {
@@ -203,19 +204,21 @@ emu_uint3 thread_idx(unsigned index) {
 }  // namespace emu_san
 
 // What g++'s -fsanitize=thread instrumentation calls for every load and store of kernel code.
-#define EMU_HOOKS(n)                                                                                       \
-    extern "C" void __tsan_read##n(void* p) { emu_san::access(p, n, false, false, __builtin_return_address(0)); } \
-    extern "C" void __tsan_write##n(void* p) { emu_san::access(p, n, true, false, __builtin_return_address(0)); } \
-    extern "C" void __tsan_unaligned_read##n(void* p) { emu_san::access(p, n, false, false, __builtin_return_address(0)); } \
-    extern "C" void __tsan_unaligned_write##n(void* p) { emu_san::access(p, n, true, false, __builtin_return_address(0)); }
+#define EMU_ACCESS(p, n, write) emu_san::access(p, n, write, false, __builtin_return_address(0))
+#define EMU_HOOKS(n)                                                                               \
+    extern "C" void __tsan_read##n(void* p) { EMU_ACCESS(p, n, false); }                           \
+    extern "C" void __tsan_write##n(void* p) { EMU_ACCESS(p, n, true); }                           \
+    extern "C" void __tsan_unaligned_read##n(void* p) { EMU_ACCESS(p, n, false); }                 \
+    extern "C" void __tsan_unaligned_write##n(void* p) { EMU_ACCESS(p, n, true); }
 EMU_HOOKS(1)
 EMU_HOOKS(2)
 EMU_HOOKS(4)
 EMU_HOOKS(8)
 EMU_HOOKS(16)
 #undef EMU_HOOKS
-extern "C" void __tsan_read_range(void* p, size_t n) { emu_san::access(p, n, false, false, __builtin_return_address(0)); }
-extern "C" void __tsan_write_range(void* p, size_t n) { emu_san::access(p, n, true, false, __builtin_return_address(0)); }
+extern "C" void __tsan_read_range(void* p, size_t n) { EMU_ACCESS(p, n, false); }
+extern "C" void __tsan_write_range(void* p, size_t n) { EMU_ACCESS(p, n, true); }
+#undef EMU_ACCESS
 extern "C" void __tsan_init() {}
 extern "C" void __tsan_func_entry(void*) {}
 extern "C" void __tsan_func_exit() {}

@@ -7,20 +7,23 @@ blocks one after another and a block's threads as fibers, in the order of the sc
 undefined uses of barriers and warp collectives, faults and timeouts become EmulationError.
 
 Knobs (constructor arguments override the environment):
-    LINEAR_EMU_SCHEDULE   forward | reverse | shuffle   order of a block's threads between waits
+    LINEAR_EMU_SCHEDULE   forward | reverse | shuffle   order of the blocks, and of a block's threads
+                          between waits
     LINEAR_EMU_SEED       seed of the shuffle schedule (int)
     LINEAR_EMU_STRICT     0 allows a barrier that completes only because some threads exited
     LINEAR_EMU_TIMEOUT    seconds before a launch is stopped as hung (0: never); default 300
     LINEAR_EMU_CHECK_BOUNDS  0 passes the arrays themselves (faster; out-of-bounds accesses unseen)
+    LINEAR_EMU_SANITIZE   memcheck,racecheck,initcheck,synccheck (any subset): sanitize modes
     LINEAR_EMU_CACHE      where the compiled libraries are cached
     LINEAR_EMU_UCONTEXT   1 uses the portable ucontext context switch (the default off x86-64)
     CXX                   the C++ compiler (default g++)
 
 One job per module:
-    compiler.py   g++, the source rewrite for the shim, the disk cache
-    elf.py        the static __shared__ variables of a library, from its symbol table
+    compiler.py   g++, the source rewrite for the shim, the disk cache, sanitize builds
+    elf.py        the static __shared__ variables of a library (and their redzones), from its symbols
     memory.py     guarded copies of array arguments (out-of-bounds global accesses)
     arguments.py  a launch's arguments checked against the kernel's signature, in C form
+    sanitizers.py the sanitize modes: the memory they watch, source lines of their reports
     kernel.py     one loaded kernel: launch, and errors turned into EmulationError
     runtime.py    the settings and the kernels compiled so far
 """

@@ -59,7 +59,8 @@ class EmulatorRuntime:
 
     def __init__(self, *, kernel_dir: str | os.PathLike | None = None, schedule: str | None = None,
                  seed: int | None = None, strict: bool | None = None, check_bounds: bool | None = None,
-                 timeout_s: float | None = None, sanitize: str | None = None, cache_dir: str | os.PathLike | None = None):
+                 timeout_s: float | None = None, sanitize: str | None = None,
+                 cache_dir: str | os.PathLike | None = None):
         cxx = shutil.which(os.environ.get("CXX") or "g++")
         if cxx is None:
             raise BackendUnavailable("the emulate backend needs a C++ compiler: g++ (or $CXX) is not on PATH")
