@@ -5,9 +5,10 @@
 //                 __align__ __constant__ ...: attributes g++ understands, or nothing.
 //   __shared__    `static`: the emulator runs one block at a time, so a function-local static is
 //                 exactly "one copy per block, seen by all its threads". The runtime poisons these
-//                 (0xFF bytes: NaN for floats) at every block start; emulate.py finds them in the
-//                 library's symbol table. `extern __shared__ T name[];` is rewritten by emulate.py
-//                 into a pointer to the launch's dynamic buffer, which ends at a guard page.
+//                 (0xFF bytes: NaN for floats) at every block start; emulate/elf.py finds them in
+//                 the library's symbol table. `extern __shared__ T name[];` is rewritten by
+//                 emulate/compiler.py into a pointer to the launch's dynamic buffer, which ends at
+//                 a guard page.
 //   built-ins     threadIdx reads the running fiber's index; blockIdx/blockDim/gridDim the
 //                 launch's (emu_runtime.h).
 //   barriers      __syncthreads*, __syncwarp and the warp collectives (shuffles, ballot, match,
@@ -128,10 +129,13 @@ inline unsigned long long launch_serial = 0;
 }  // namespace emu
 
 // ---- Barriers and warp collectives -------------------------------------------------------------
-__device__ inline void __syncthreads() { emu_syncthreads(EMU_SYNC, 0); }
-__device__ inline int __syncthreads_count(int p) { return emu_syncthreads(EMU_SYNC_COUNT, p); }
-__device__ inline int __syncthreads_and(int p) { return emu_syncthreads(EMU_SYNC_AND, p); }
-__device__ inline int __syncthreads_or(int p) { return emu_syncthreads(EMU_SYNC_OR, p); }
+// The call site (file and line, as default arguments) is what synccheck compares.
+#define EMU_SITE const char* file = __builtin_FILE(), int line = __builtin_LINE()
+__device__ inline void __syncthreads(EMU_SITE) { emu_syncthreads(EMU_SYNC, 0, file, line); }
+__device__ inline int __syncthreads_count(int p, EMU_SITE) { return emu_syncthreads(EMU_SYNC_COUNT, p, file, line); }
+__device__ inline int __syncthreads_and(int p, EMU_SITE) { return emu_syncthreads(EMU_SYNC_AND, p, file, line); }
+__device__ inline int __syncthreads_or(int p, EMU_SITE) { return emu_syncthreads(EMU_SYNC_OR, p, file, line); }
+#undef EMU_SITE
 __device__ inline void __syncwarp(unsigned mask = 0xffffffffu) { emu_warp_collective(EMU_WARP_SYNC, mask, 0, 0, 32); }
 __device__ inline unsigned __activemask() { return emu_active_mask(); }
 
@@ -181,8 +185,17 @@ __device__ inline long long clock64() {
 }
 
 // ---- Atomics: one fiber runs at a time, so a read-modify-write is atomic as written -------------
+// A sanitize build (emu_sanitize.cpp) sees an atomic as one atomic access, not a read and a write.
+#ifdef EMU_SANITIZE
+#define EMU_ATOMIC_ACCESS(address) emu_sanitize_atomic(address, sizeof *(address))
+#define EMU_ATOMIC_INLINE __attribute__((no_sanitize_thread, noinline))
+#else
+#define EMU_ATOMIC_ACCESS(address) ((void)0)
+#define EMU_ATOMIC_INLINE inline
+#endif
 #define EMU_ATOMIC(name, expression)                                                               \
-    template <class T> __device__ inline T name(T* address, emu::same_t<T> val) {                  \
+    template <class T> __device__ EMU_ATOMIC_INLINE T name(T* address, emu::same_t<T> val) {       \
+        EMU_ATOMIC_ACCESS(address);                                                                \
         T old = *address;                                                                          \
         *address = (expression);                                                                   \
         return old;                                                                                \
@@ -200,7 +213,8 @@ EMU_ATOMIC(atomicXor, T(old ^ val))
 EMU_ATOMIC(atomicInc, old >= val ? T(0) : T(old + 1))
 EMU_ATOMIC(atomicDec, (old == 0 || old > val) ? val : T(old - 1))
 #undef EMU_ATOMIC
-template <class T> __device__ inline T atomicCAS(T* address, emu::same_t<T> compare, emu::same_t<T> val) {
+template <class T> __device__ EMU_ATOMIC_INLINE T atomicCAS(T* address, emu::same_t<T> compare, emu::same_t<T> val) {
+    EMU_ATOMIC_ACCESS(address);
     T old = *address;
     if (emu::to_bits(old) == emu::to_bits(compare)) *address = val;
     return old;

@@ -1,4 +1,4 @@
-// The entry points of a kernel library: included by the wrapper that emulate.py generates after
+// The entry points of a kernel library: included by the wrapper that emulate/compiler.py makes after
 // the kernel source, with EMU_KERNEL naming the one template instantiation the library runs.
 //
 //   int emu_entry(emu_launch*)               unpacks launch->args by the kernel's parameter types

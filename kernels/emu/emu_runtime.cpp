@@ -11,8 +11,9 @@
 //
 // Faults in kernel code (SIGSEGV on a guard page, SIGFPE, ...) and the watchdog's SIGALRM jump
 // back to emu_run with siglongjmp, so a bad kernel ends in a Python exception, not a dead process.
-// Built once per machine (emulate.py caches it) and shared by every kernel library.
+// Built once per machine (linear/backends/emulate caches it) and shared by every kernel library.
 #include "emu_runtime.h"
+#include "emu_sanitize.h"
 
 #include <pthread.h>
 #include <setjmp.h>
@@ -119,6 +120,8 @@ struct Fiber {
     int op, lane_param, width;
     unsigned mask;
     uint64_t value, result;
+    const char* barrier_file;  // where it called __syncthreads (synccheck)
+    int barrier_line;
 };
 
 const char* const kWarpOpNames[] = {
@@ -178,6 +181,7 @@ void fiber_main() {
 
 void resume(Fiber& f) {
     rt.current = &f;
+    emu_san::thread_switch(unsigned(&f - rt.fibers.data()));
     emu_thread_idx = &f.thread_idx;
     context_switch(rt.scheduler, f.context);
     rt.current = nullptr;
@@ -298,6 +302,7 @@ int complete_warp_collectives(bool* completed) {
                                 kWarpOpNames[g.op], g.mask, f.lane, op, f.mask);
             }
             complete_group(lanes, group);
+            if (f.op == EMU_WARP_SYNC) emu_san::warp_synced(base / 32, group);
             waiting &= ~group;
             *completed = true;
         }
@@ -324,6 +329,24 @@ int deadlock() {
                     kWarpOpNames[example->op], example->mask, rt.n_threads - rt.live);
     return fail(nullptr, "deadlock: %u threads wait at __syncthreads, %u have exited",
                 rt.at_barrier, rt.n_threads - rt.live);
+}
+
+// synccheck: every thread of the block must wait at the same __syncthreads call.
+int check_barrier_sites() {
+    if (!(rt.launch->sanitize & EMU_SYNCCHECK)) return EMU_OK;
+    const Fiber* first = nullptr;
+    for (unsigned i = 0; i < rt.n_threads; ++i) {
+        const Fiber& f = rt.fibers[i];
+        if (f.state != State::at_barrier) continue;
+        if (!first) first = &f;
+        if (f.barrier_line == first->barrier_line && !strcmp(f.barrier_file, first->barrier_file)) continue;
+        return fail(&f, "synccheck: thread (%u, %u, %u) waits at the __syncthreads of %s:%d, thread "
+                    "(%u, %u, %u) at the one of %s:%d; CUDA leaves a barrier reached from two call sites "
+                    "undefined", f.thread_idx.x, f.thread_idx.y, f.thread_idx.z, f.barrier_file,
+                    f.barrier_line, first->thread_idx.x, first->thread_idx.y, first->thread_idx.z,
+                    first->barrier_file, first->barrier_line);
+    }
+    return EMU_OK;
 }
 
 int run_block() {
@@ -358,6 +381,8 @@ int run_block() {
             return fail(nullptr, "__syncthreads completed only because %u of %u threads exited "
                         "(strict mode; every thread of the block must reach each barrier)",
                         rt.n_threads - rt.live, rt.n_threads);
+        if (int status = check_barrier_sites()) return status;
+        emu_san::barrier_released();
         rt.released_arrived = rt.at_barrier;
         rt.released_true = rt.barrier_true;
         rt.at_barrier = rt.barrier_true = 0;
@@ -513,6 +538,7 @@ extern "C" int emu_run(emu_launch* L, void (*run_thread)(void*), void* closure) 
     rt.launch = L;
     L->message[0] = '\0';
     L->fault_signal = 0;
+    L->error_pc[0] = L->error_pc[1] = 0;
     if (int status = check_launch(L)) return status;
     rt.run_thread = run_thread;
     rt.closure = closure;
@@ -525,6 +551,16 @@ extern "C" int emu_run(emu_launch* L, void (*run_thread)(void*), void* closure) 
     if (L->schedule == EMU_REVERSE) std::reverse(rt.order.begin(), rt.order.end());
     // The dynamic buffer ends at the guard page, so reading past its end faults.
     emu_dynamic_shared = rt.shared + kMaxDynamicShared - ((L->dynamic_shared_bytes + 15) & ~uint64_t(15));
+    emu_san::launch_begin(L, static_cast<char*>(emu_dynamic_shared), rt.shared,
+                          rt.shared + kMaxDynamicShared + rt.page);
+    // Nothing orders the blocks of a launch: they run in the schedule's order too.
+    const uint64_t n_blocks = uint64_t(L->grid.x) * L->grid.y * L->grid.z;
+    std::vector<uint64_t> block_order;
+    if (L->schedule == EMU_SHUFFLE) {
+        block_order.resize(n_blocks);
+        std::iota(block_order.begin(), block_order.end(), uint64_t(0));
+        for (uint64_t i = n_blocks; i > 1; --i) std::swap(block_order[i - 1], block_order[next_random() % i]);
+    }
 
     rt.launch_thread = pthread_self();
     rt.jump_status = EMU_OK;
@@ -532,13 +568,14 @@ extern "C" int emu_run(emu_launch* L, void (*run_thread)(void*), void* closure) 
     rt.in_launch = 1;
     int status = EMU_OK;
     if (sigsetjmp(rt.jump, 1) == 0) {
-        for (unsigned z = 0; z < L->grid.z && status == EMU_OK; ++z)
-            for (unsigned y = 0; y < L->grid.y && status == EMU_OK; ++y)
-                for (unsigned x = 0; x < L->grid.x && status == EMU_OK; ++x) {
-                    emu_block_idx = {x, y, z};
-                    status = run_block();
-                    if (status != EMU_OK) break;
-                }
+        for (uint64_t i = 0; i < n_blocks && status == EMU_OK; ++i) {
+            const uint64_t b = block_order.empty() ? (L->schedule == EMU_REVERSE ? n_blocks - 1 - i : i)
+                                                   : block_order[i];
+            emu_block_idx = {unsigned(b % L->grid.x), unsigned(b / L->grid.x % L->grid.y),
+                             unsigned(b / (uint64_t(L->grid.x) * L->grid.y))};
+            emu_san::block_begin(unsigned(b));
+            status = run_block();
+        }
     } else {
         status = rt.jump_status;
         if (status == EMU_FAULT) describe_fault(L);
@@ -550,11 +587,13 @@ extern "C" int emu_run(emu_launch* L, void (*run_thread)(void*), void* closure) 
     return status;
 }
 
-extern "C" int emu_syncthreads(int op, int predicate) {
+extern "C" int emu_syncthreads(int op, int predicate, const char* file, int line) {
     Fiber* f = rt.current;
     f->state = State::at_barrier;
     ++rt.at_barrier;
     rt.barrier_true += predicate != 0;
+    f->barrier_file = file;
+    f->barrier_line = line;
     yield_to_scheduler();
     switch (op) {
     case EMU_SYNC_COUNT: return int(rt.released_true);

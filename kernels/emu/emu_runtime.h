@@ -1,13 +1,14 @@
 // The C interface of the emulator's runtime library (emu_runtime.cpp, built once per machine).
 //
 // Three parties use it:
-//   - linear/backends/emulate.py fills an emu_launch (mirrored there with ctypes) and calls the
+//   - linear/backends/emulate fills an emu_launch (mirrored in kernel.py with ctypes) and calls the
 //     kernel library's emu_entry(launch);
 //   - the kernel library (a wrapper around one template instantiation, see cuda_emu.h) unpacks the
 //     arguments and hands emu_run a type-erased "run one thread" function;
 //   - the built-ins of cuda_emu.h (__syncthreads, __shfl_sync, ...) call the emu_* functions below.
 #pragma once
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -17,6 +18,17 @@ extern "C" {
 typedef struct { unsigned int x, y, z; } emu_uint3;
 
 enum emu_schedule { EMU_FORWARD = 0, EMU_REVERSE = 1, EMU_SHUFFLE = 2 };
+
+// Sanitize modes (bits), as compute-sanitizer's tools; see emu_sanitize.cpp.
+enum emu_sanitize_mode { EMU_MEMCHECK = 1, EMU_RACECHECK = 2, EMU_INITCHECK = 4, EMU_SYNCCHECK = 8 };
+
+// An array the sanitizer watches: [start, start + bytes), with guard_before bytes before it and
+// guard_after after it where an access is out of bounds of this array.
+typedef struct {
+    uint64_t start, bytes, guard_before, guard_after;
+    const char* name;              // an argument's description, or a static's mangled name
+    int32_t shared;                // static __shared__: fresh (uninitialized) at every block
+} emu_region;
 
 enum emu_status {
     EMU_OK = 0,
@@ -38,11 +50,15 @@ typedef struct {
     int32_t n_static_shared;
     void** static_shared;          // static __shared__ variables, poisoned at every block start
     uint64_t* static_shared_bytes;
+    int32_t sanitize;              // emu_sanitize_mode bits; 0 runs unchecked (needs a sanitize build)
+    int32_t n_regions;
+    emu_region* regions;           // argument arrays and static __shared__ variables
     // Filled by the runtime when the status is not EMU_OK.
     emu_uint3 error_block, error_thread;
     int32_t fault_signal;          // EMU_FAULT: the signal number
     int32_t fault_is_write;        // EMU_FAULT: 1 write, 0 read, -1 unknown
     uint64_t fault_address;        // EMU_FAULT
+    uint64_t error_pc[2];          // sanitize errors: the code addresses of the access and the other one
     char message[1024];
 } emu_launch;
 
@@ -55,7 +71,8 @@ extern emu_uint3 emu_block_idx, emu_block_dim, emu_grid_dim;
 extern void* emu_dynamic_shared;         // the launch's dynamic shared memory (extern __shared__)
 
 enum emu_block_op { EMU_SYNC = 0, EMU_SYNC_COUNT = 1, EMU_SYNC_AND = 2, EMU_SYNC_OR = 3 };
-int emu_syncthreads(int op, int predicate);
+// file and line: the call site, which every thread of the block must share (synccheck).
+int emu_syncthreads(int op, int predicate, const char* file, int line);
 
 enum emu_warp_op {
     EMU_WARP_SYNC = 0, EMU_SHFL_IDX, EMU_SHFL_UP, EMU_SHFL_DOWN, EMU_SHFL_XOR, EMU_BALLOT,
@@ -66,6 +83,9 @@ enum emu_warp_op {
 uint64_t emu_warp_collective(int op, unsigned mask, uint64_t value, int lane_param, int width);
 unsigned emu_active_mask(void);
 unsigned emu_lane_id(void);
+
+// An atomic read-modify-write of n bytes at p (sanitize builds: atomics never race each other).
+void emu_sanitize_atomic(void* p, size_t n);
 
 // Ends the launch with EMU_ERROR and the message (assert, __trap); never returns.
 void emu_fail(const char* message) __attribute__((noreturn));

@@ -1,0 +1,172 @@
+"""Building kernel libraries: g++ on a kernel source rewritten for the shim, cached on disk.
+
+A kernel library is a small wrapper
+
+    #include "cuda_emu.h"          the shim (kernels/emu): CUDA's keywords and built-ins for g++
+    #include "gemm.cu"             the kernel source, unchanged but for `extern __shared__`
+    #include "emu_entry.h"         emu_entry(launch): unpacks the arguments by the kernel's own
+                                   parameter types and runs every thread as a fiber
+
+compiled into a shared library named by a hash of everything that goes into it, and linked against
+the runtime library (kernels/emu/emu_runtime.cpp) that every kernel shares.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..sources import kernels_dir
+from .errors import EmulationError
+
+_SOURCE_SUFFIXES = (".cu", ".cuh", ".h")
+# -ffp-contract=fast fuses a*b+c as nvcc does; -fstack-clash-protection makes a thread whose locals
+# outgrow its stack touch the guard page instead of the next thread's stack.
+_BASE_FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-fno-strict-aliasing", "-fno-math-errno",
+               "-ffp-contract=fast", "-fstack-clash-protection")
+
+
+def emu_dir() -> Path:
+    return kernels_dir() / "emu"
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("LINEAR_EMU_CACHE"):
+        return Path(os.environ["LINEAR_EMU_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "linear" / "emulate"
+
+
+def _cpu_flags() -> tuple[str, ...]:
+    """-mfma -mavx2 where this CPU has them: without -mfma, fmaf is a slow library call."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return ()
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ()
+    have = set(re.findall(r"\b(fma|avx2)\b", cpuinfo))
+    return tuple(f"-m{flag}" for flag in ("fma", "avx2") if flag in have)
+
+
+# `extern __shared__ T name[];` names the launch's dynamic buffer; g++ has no such storage, so the
+# declaration becomes a reference to the runtime's pointer to it, read at each use, which is right at
+# file scope too (on the same line, so compiler messages keep their lines).
+_EXTERN_SHARED = re.compile(
+    r"\bextern\s+__shared__\s+(?P<type>[^;\[\]]*?)\s*\b(?P<name>[A-Za-z_]\w*)\s*\[\s*\]\s*;")
+_ALIGN = re.compile(r"__align__\s*\(\s*\w+\s*\)")
+_SHARED = re.compile(r"\b__shared__\b[^;{}]*;")
+REDZONE = "emu_redzone"          # the name of the padding after each static __shared__ variable
+REDZONE_BYTES = 64
+# Sanitize builds: g++'s ThreadSanitizer instrumentation, whose calls emu_sanitize.cpp answers; DWARF 4,
+# whose file numbers binutils 2.40's addr2line reads right (with DWARF 5 it names the wrong file)
+# (the kernel library is linked without libtsan; -z defs names a hook it lacks at build time).
+SANITIZE_FLAGS = ("-DEMU_SANITIZE", "-gdwarf-4", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0")
+
+
+def rewrite_source(text: str, path: Path, redzones: bool = False) -> str:
+    """The kernel source as g++ compiles it: `extern __shared__` arrays point at the dynamic buffer;
+    with redzones, each static __shared__ declaration is followed by an unused padding variable, so
+    that an overrun of one lands in padding (g++ lays a function's statics out next to each other)."""
+    def pointer(m: re.Match) -> str:
+        element = _ALIGN.sub("", m["type"]).strip()
+        return f"{element}*& {m['name']} = reinterpret_cast<{element}*&>(emu_dynamic_shared);"
+    text = re.sub(r"\bstatic\s+__shared__\b", "__shared__", text)
+    text = _EXTERN_SHARED.sub(pointer, text)
+    if redzones:
+        count = iter(range(1 << 30))
+        text = _SHARED.sub(lambda m: f"{m[0]} __attribute__((used)) static char {REDZONE}{next(count)}"
+                                     f"[{REDZONE_BYTES}];", text)
+    return f'#line 1 "{path}"\n' + text
+
+
+class Compiler:
+    """g++ with the flags, the cache directory and the runtime library shared by every kernel."""
+
+    def __init__(self, cxx: str, cache_dir: Path):
+        self.cxx = cxx
+        self.cache_dir = cache_dir
+        self.flags = _BASE_FLAGS + _cpu_flags() + (
+            ("-DEMU_UCONTEXT",) if os.environ.get("LINEAR_EMU_UCONTEXT") == "1" else ())
+        self._version: str | None = None
+        self._runtime: Path | None = None
+
+    @property
+    def version(self) -> str:
+        if self._version is None:
+            result = subprocess.run([self.cxx, "--version"], capture_output=True, text=True)
+            self._version = result.stdout
+        return self._version
+
+    def shim_digest(self) -> str:
+        """A hash of every shim file, the flags and the compiler: part of every cache key."""
+        h = hashlib.sha256()
+        for path in sorted(emu_dir().iterdir()):
+            if path.suffix in (".h", ".cpp"):
+                h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        h.update("\0".join(self.flags).encode() + b"\0" + self.version.encode())
+        return h.hexdigest()
+
+    def runtime_library(self) -> Path:
+        if self._runtime is None:
+            key = self.shim_digest()[:24]
+            name = f"emu-runtime-{key}.so"
+            self._runtime = self._build(name, [str(emu_dir() / "emu_runtime.cpp"), str(emu_dir() / "emu_sanitize.cpp"),
+                                               f"-Wl,-soname,{name}", "-lpthread"], what="the emulator runtime")
+        return self._runtime
+
+    def kernel_library(self, kernel_dir: Path, source: str, name: str, sanitize: bool = False) -> Path:
+        """The library of one kernel; a sanitize build has every load and store instrumented."""
+        runtime = self.runtime_library()
+        # The key hashes the sources as g++ sees them, so a change to rewrite_source rebuilds too.
+        rewritten = {path.name: rewrite_source(path.read_text(), path, redzones=sanitize)
+                     for path in sorted(kernel_dir.iterdir()) if path.suffix in _SOURCE_SUFFIXES and path.is_file()}
+        h = hashlib.sha256(runtime.name.encode() + b"\0" + source.encode() + b"\0" + name.encode()
+                           + b"\0" + b"sanitize" * sanitize)
+        for file_name, text in rewritten.items():
+            h.update(file_name.encode() + b"\0" + text.encode() + b"\0")
+        stem = re.sub(r"\W+", "_", f"{Path(source).stem}_{name}")[:60].strip("_") + "-sanitize" * sanitize
+        out = f"{stem}-{h.hexdigest()[:24]}.so"
+        if (self.cache_dir / out).exists():
+            return self.cache_dir / out
+        with tempfile.TemporaryDirectory(prefix="src-") as tmp:
+            sources = Path(tmp)
+            for file_name, text in rewritten.items():
+                (sources / file_name).write_text(text)
+            wrapper = sources / "emu_wrapper.cpp"
+            wrapper.write_text(f'#include "cuda_emu.h"\n#include "{source}"\n'
+                               f"static constexpr auto emu_kernel = &{name};\n"
+                               f'#define EMU_KERNEL emu_kernel\n#include "emu_entry.h"\n')
+            what = f"{name} from {source}"
+            includes = ["-I", str(emu_dir()), "-I", str(sources), "-fvisibility=hidden"]
+            if sanitize:
+                instrumented = sources / "emu_wrapper.o"
+                self._compile([*SANITIZE_FLAGS, *includes, "-c", str(wrapper), "-o", str(instrumented)], what)
+                return self._build(out, [str(instrumented), str(runtime), "-Wl,-rpath,$ORIGIN", "-Wl,-z,defs"],
+                                   what)
+            return self._build(out, [*includes, str(wrapper), str(runtime), "-Wl,-rpath,$ORIGIN"], what)
+
+    def _build(self, out_name: str, arguments: list[str], what: str) -> Path:
+        """Compiles into the cache atomically: another process may be building the same library."""
+        out = self.cache_dir / out_name
+        if out.exists():
+            return out
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(prefix=".partial-", suffix=".so", dir=self.cache_dir)
+        os.close(fd)
+        try:
+            self._compile([*arguments, "-o", partial], what)
+            os.replace(partial, out)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+        return out
+
+    def _compile(self, arguments: list[str], what: str) -> None:
+        result = subprocess.run([self.cxx, *self.flags, *arguments], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise EmulationError(f"{self.cxx} failed to compile {what}:\n{result.stderr.strip()}")

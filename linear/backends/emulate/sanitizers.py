@@ -1,0 +1,76 @@
+"""The sanitize modes: what the runtime is told to watch, and source lines for what it reports.
+
+The checks themselves run in the runtime library (kernels/emu/emu_sanitize.cpp for memcheck,
+racecheck and initcheck; emu_runtime.cpp for synccheck). This module describes the memory they
+watch -- every argument array (its guarded copy) and every static __shared__ variable, each with
+the bytes around it that are out of its bounds -- and turns the code addresses of an error into
+file:line with addr2line.
+"""
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+from .arguments import Arguments
+from .compiler import REDZONE, REDZONE_BYTES
+
+MODES = {"memcheck": 1, "racecheck": 2, "initcheck": 4, "synccheck": 8}
+# synccheck needs no instrumented build: the runtime compares the barriers' call sites.
+INSTRUMENTED = ("memcheck", "racecheck", "initcheck")
+
+
+class Region(ctypes.Structure):
+    """Mirror of emu_region in kernels/emu/emu_runtime.h."""
+    _fields_ = [("start", ctypes.c_uint64), ("bytes", ctypes.c_uint64), ("guard_before", ctypes.c_uint64),
+                ("guard_after", ctypes.c_uint64), ("name", ctypes.c_char_p), ("shared", ctypes.c_int32)]
+
+
+def parse(value) -> frozenset[str]:
+    """'memcheck,racecheck' (or an iterable of names) -> the set of modes; '' -> none."""
+    names = value.split(",") if isinstance(value, str) else list(value)
+    modes = frozenset(n.strip() for n in names if n.strip())
+    unknown = modes - MODES.keys()
+    if unknown:
+        raise ValueError(f"unknown sanitize mode(s) {sorted(unknown)}; choose from {sorted(MODES)}")
+    return modes
+
+
+def bits(modes: frozenset[str]) -> int:
+    return sum(MODES[m] for m in modes)
+
+
+def split_statics(statics: list[tuple[str, int, int]]) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
+    """(the static __shared__ variables, the redzones between them) of a library's local statics."""
+    redzones = [s for s in statics if REDZONE in s[0]]
+    return [s for s in statics if REDZONE not in s[0]], redzones
+
+
+def static_regions(statics: list[tuple[str, int, int]], load_base: int) -> list[Region]:
+    """Each static __shared__ variable, out of bounds up to halfway to its neighbours (the redzones
+    and alignment padding between them)."""
+    ordered = sorted(statics, key=lambda s: s[1])
+    regions = []
+    for i, (name, address, size) in enumerate(ordered):
+        before = (address - (ordered[i - 1][1] + ordered[i - 1][2])) // 2 if i else REDZONE_BYTES
+        after = (ordered[i + 1][1] - (address + size) + 1) // 2 if i + 1 < len(ordered) else REDZONE_BYTES
+        regions.append(Region(load_base + address, size, max(before, 0), max(after, 0), name.encode(), 1))
+    return regions
+
+
+def argument_regions(arguments: Arguments) -> list[Region]:
+    """Each guarded argument copy, out of bounds over its whole mapping (slack and guard pages)."""
+    return [Region(r.start, r.size, r.start - r.base, r.base + r.mapping_bytes - r.start - r.size,
+                   arguments.describe(r).encode(), 0) for r in arguments.regions]
+
+
+def source_lines(library: Path, offsets: list[int]) -> list[str]:
+    """file:line of each code offset in the library (addr2line, inlined frames innermost first)."""
+    addr2line = shutil.which("addr2line")
+    if addr2line is None or not offsets:
+        return ["?"] * len(offsets)
+    result = subprocess.run([addr2line, "-e", str(library), *(hex(o) for o in offsets)],
+                            capture_output=True, text=True)
+    lines = result.stdout.splitlines()
+    return [line.split(" (discriminator")[0] for line in lines] if len(lines) == len(offsets) else ["?"] * len(offsets)

@@ -1,0 +1,118 @@
+// A catalogue of classic kernel bugs for the sanitize modes (tests/test_sanitize.py). Each kernel
+// is a template on BUG: BUG=true has the bug, BUG=false is its fixed twin, which must run clean
+// under every mode. The line of each bug is marked "BUG:" for the test that checks the reported line.
+
+// memcheck: reads one float past the end of `in` (inside the 16-byte slack when n % 4 != 0).
+template <bool BUG>
+__global__ void read_past_end(const float* in, float* out, int n) {
+    const int i = threadIdx.x;
+    if (i < n) out[i] = BUG || i + 1 < n ? in[i + 1] : 0.0f;  // BUG: in[n]
+}
+
+// memcheck: writes one float past the end of `out`.
+template <bool BUG>
+__global__ void write_past_end(float* out, int n) {
+    const int i = threadIdx.x;
+    if (i < n + BUG) out[i] = 1.0f;  // BUG: out[n]
+}
+
+// memcheck: overruns a static __shared__ array into whatever lies after it.
+template <bool BUG>
+__global__ void static_shared_overrun(float* out) {
+    __shared__ float a[30];
+    __shared__ float b[30];
+    const int t = threadIdx.x;
+    if (t < 30) b[t] = 2.0f;
+    if (t < 30 + 2 * BUG) a[t] = 1.0f;  // BUG: a[30], a[31]
+    __syncthreads();
+    if (t < 30) out[t] = a[t] + b[t];
+}
+
+// memcheck: reads the dynamic shared memory of n floats at n (inside its 16-byte rounding).
+template <bool BUG>
+__global__ void dynamic_shared_overrun(float* out, int n) {
+    extern __shared__ float buffer[];
+    const int t = threadIdx.x;
+    if (t < n) buffer[t] = float(t);
+    __syncthreads();
+    if (t < n) out[t] = buffer[BUG ? t + 1 : t];  // BUG: buffer[n]
+}
+
+// racecheck: a shared-memory tree sum without the barrier between its steps.
+template <bool BUG>
+__global__ void tree_sum(const float* in, float* out) {
+    __shared__ float partial[64];
+    const int t = threadIdx.x;
+    partial[t] = in[t];
+    __syncthreads();
+    for (int stride = 32; stride > 0; stride /= 2) {
+        if (t < stride) partial[t] += partial[t + stride];  // BUG: reads a neighbour's unfinished sum
+        if (!BUG) __syncthreads();
+    }
+    if (t == 0) out[blockIdx.x] = partial[0];
+}
+
+// racecheck: a tile is refilled while other threads still read the previous one (the second
+// barrier of a tiled loop is missing: write after read).
+template <bool BUG>
+__global__ void tile_reuse(const float* in, float* out) {
+    __shared__ float tile[32];
+    const int t = threadIdx.x;
+    float sum = 0.0f;
+    for (int step = 0; step < 2; ++step) {
+        tile[t] = in[step * 32 + t];  // BUG: overwrites tile[t] while thread t-1 may still read it
+        __syncthreads();
+        sum += tile[(t + 1) % 32];
+        if (!BUG) __syncthreads();
+    }
+    out[t] = sum;
+}
+
+// racecheck: every block writes out[0]; nothing orders blocks.
+template <bool BUG>
+__global__ void blocks_share_output(float* out) {
+    if (threadIdx.x == 0) out[BUG ? 0 : blockIdx.x] = float(blockIdx.x);  // BUG: one element for all blocks
+}
+
+// racecheck: lanes exchange values through shared memory; __syncwarp orders the exchange.
+template <bool BUG>
+__global__ void warp_exchange(float* out) {
+    __shared__ float slot[32];
+    const int lane = threadIdx.x;
+    slot[lane] = float(lane);
+    if (!BUG) __syncwarp();
+    out[lane] = slot[31 - lane];  // BUG: reads another lane's slot with no __syncwarp between
+}
+
+// racecheck: a counter bumped by every thread: atomicAdd is right, a plain += races.
+template <bool BUG>
+__global__ void count(int* counter) {
+    if (BUG) {
+        *counter += 1;  // BUG: a read-modify-write that is not atomic
+    } else {
+        atomicAdd(counter, 1);
+    }
+}
+
+// initcheck: the last element of a shared array is never written, then read.
+template <bool BUG>
+__global__ void uninitialized_shared(float* out) {
+    __shared__ float values[32];
+    const int t = threadIdx.x;
+    if (t < 32 - BUG) values[t] = float(t);
+    __syncthreads();
+    out[t] = values[31 - t];  // BUG: values[31] by thread 0
+}
+
+// synccheck: the two halves of the block wait at different __syncthreads.
+template <bool BUG>
+__global__ void divergent_barrier(float* out) {
+    const int t = threadIdx.x;
+    if (BUG && t < 16) {
+        __syncthreads();  // BUG: the other half waits below
+        out[t] = 1.0f;
+    } else {
+        __syncthreads();
+        out[t] = 2.0f;
+    }
+}
