@@ -204,6 +204,27 @@ def test_a_missing_cp_async_wait_is_caught(tmp_path):
     assert error > 1e-2
 
 
+ALL_SANITIZERS = "memcheck,racecheck,initcheck,synccheck"
+
+
+@pytest.mark.parametrize("dtype,trans_a,trans_b,splits", [("bfloat16", False, False, 3), ("float32", True, False, 1)])
+def test_tc_gemm_is_clean_under_every_sanitizer(dtype, trans_a, trans_b, splits):
+    assert check_tc_gemm(emulator(sanitize=ALL_SANITIZERS), dtype, trans_a, trans_b, "tc_small", splits) <= 1e-2
+
+
+def test_memcheck_reports_a_chunk_read_past_the_matrix(tmp_path):
+    """Negative control: edge chunks that copy all 16 bytes read past the end of A (K = 75 of 80)."""
+    broken = broken_tc_copy(tmp_path, "min(col_end - x_col, V) * int(sizeof(T))", "V * int(sizeof(T))")
+    with pytest.raises(EmulationError, match="memcheck: out-of-bounds read"):
+        check_tc_gemm(emulator(kernel_dir=broken, sanitize="memcheck"), "float16", False, False, "tc_small", 1)
+
+
+def test_initcheck_reports_a_missing_cp_async_wait(tmp_path):
+    broken = broken_tc_copy(tmp_path, "cp_async_wait<STAGES - 2>();", "")
+    with pytest.raises(EmulationError, match="initcheck: read of"):
+        check_tc_gemm(emulator(kernel_dir=broken, sanitize="initcheck"), "bfloat16", False, False, "tc_small", 1)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Through the API: the plan picks tensor cores for aligned half-type and TF32 products
 # ----------------------------------------------------------------------------------------------------

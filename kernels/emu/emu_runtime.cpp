@@ -582,6 +582,7 @@ extern "C" int emu_run(emu_launch* L, void (*run_thread)(void*), void* closure) 
     }
     rt.in_launch = 0;
     restore_handlers(L->timeout_s);
+    emu_san::launch_end();
     rt.current = nullptr;
     rt.launch = nullptr;
     return status;

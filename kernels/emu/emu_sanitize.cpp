@@ -172,6 +172,12 @@ void launch_begin(emu_launch* L, const char* dynamic, const char* buffer, const 
     S.synced_with.assign(threads * 32u, 0);
 }
 
+void launch_end() {
+    S.launch = nullptr;
+    S.modes = 0;  // accesses between launches (e.g. the kernel library's own statics) are not watched
+    S.regions.clear();
+}
+
 void block_begin(unsigned block) {
     S.block = block;
     S.epoch = 0;

@@ -15,6 +15,8 @@ namespace emu_san {
 // At the start of a launch: the modes and the memory regions to watch; the dynamic shared buffer
 // [dynamic, dynamic + dynamic_bytes) sits inside the mapping [buffer, buffer_end).
 void launch_begin(emu_launch* L, const char* dynamic, const char* buffer, const char* buffer_end);
+// At its end: the regions are forgotten (their memory is released and may be reused).
+void launch_end();
 // Before each block (its index in launch order) and each fiber switch (thread index in the block).
 void block_begin(unsigned block);
 void thread_switch(unsigned thread);
