@@ -114,15 +114,17 @@ def _as_array(t: Optional[torch.Tensor], convert: Callable[[torch.Tensor], Any])
 
 
 @contextlib.contextmanager
-def _arrays(backend: Optional[str], **tensors: Optional[torch.Tensor]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(backend name, arrays sharing the tensors' memory); for CUDA tensors the body runs on torch's
-    current stream, which CuPy (and so our kernel launches) then uses as its own."""
-    name = _backend_name(tensors, backend)
+def _arrays(backend: Optional[str], inputs: dict[str, Optional[torch.Tensor]],
+            outputs: dict[str, torch.Tensor]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(backend name, arrays sharing the memory of the inputs and outputs); for CUDA tensors the body runs
+    on torch's current stream, which CuPy (and so our kernel launches) then uses as its own."""
+    name = _backend_name(inputs, backend)
+    tensors = {**inputs, **outputs}
     if name != "cuda":
         yield name, {k: _as_array(t, torch.Tensor.numpy) for k, t in tensors.items()}
         return
     import cupy
-    device = next(t for t in tensors.values() if t is not None).device
+    device = next(iter(outputs.values())).device
     stream = torch.cuda.current_stream(device)
     with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream.cuda_stream, device.index):
         # from_dlpack inside the stream context: producer and consumer stream are one, so no sync.
@@ -142,7 +144,7 @@ def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
             backend: Optional[str]) -> torch.Tensor:
     y = _empty((*x.shape[:-1], weight.shape[0]), x)
-    with _arrays(backend, x=x, weight=weight, bias=bias, y=y) as (name, a):
+    with _arrays(backend, {"x": x, "weight": weight, "bias": bias}, {"y": y}) as (name, a):
         functional.forward(a["x"], a["weight"].T, a["bias"], out=a["y"], backend=name)
     return y
 
@@ -162,7 +164,7 @@ def _linear_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, ne
     dw = _empty((in_features, out_features), x) if need_dweight else x.new_empty(0)
     db = _empty((out_features,), x) if need_dbias else x.new_empty(0)
     if need_dx or need_dweight or need_dbias:
-        with _arrays(backend, dy=dy, x=x, weight=weight, dx=dx, dw=dw, db=db) as (name, a):
+        with _arrays(backend, {"dy": dy, "x": x, "weight": weight}, {"dx": dx, "dw": dw, "db": db}) as (name, a):
             functional.backward(a["dy"], a["x"], a["weight"].T, need_dx=need_dx, need_dw=need_dweight,
                                 need_db=need_dbias, dx_out=a["dx"] if need_dx else None,
                                 dw_out=a["dw"] if need_dweight else None, db_out=a["db"] if need_dbias else None,
