@@ -12,7 +12,8 @@ returned as its transposed view), dbias = Σ_rows dy.
 
 linear() is the custom op "linear::linear" (torch.library), with autograd and a fake implementation,
 so torch.compile(fullgraph=True) traces it without a graph break. Its backward is the custom op
-"linear::linear_backward", which has no autograd of its own: there is no double backward.
+"linear::linear_backward", whose own backward is written with linear() again: gradients of gradients
+(double backward, gradient penalties) work to any order.
 
 Where it runs (the tensors are never copied on the way in):
 - CPU tensors share their memory with numpy arrays; the backend is `backend`, else $LINEAR_BACKEND,
@@ -194,6 +195,41 @@ def _backward(ctx, dy):
 
 
 _linear.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _setup_backward_context(ctx, inputs, output):
+    dy, x, weight, need_dx, need_dweight, need_dbias, backend = inputs
+    ctx.save_for_backward(dy, x, weight)
+    ctx.computed = (need_dx, need_dweight, need_dbias)
+    ctx.backend = backend
+
+
+def _double_backward(ctx, g_dx, g_dweight, g_dbias):
+    """The backward of dx = dy·weight, dweight = dyᵀ·x, dbias = Σ_rows dy, written with linear() (which
+    computes a·bᵀ) so that it is differentiable in turn."""
+    dy, x, weight = ctx.saved_tensors
+    # the gradient of a placeholder for an output that was not computed is dropped
+    g_dx, g_dweight, g_dbias = (g if computed else None for g, computed in zip((g_dx, g_dweight, g_dbias),
+                                                                                 ctx.computed))
+    d_dy = d_x = d_weight = None
+    if ctx.needs_input_grad[0]:
+        terms = []
+        if g_dx is not None:
+            terms.append(linear(g_dx, weight, backend=ctx.backend))  # g_dx·weightᵀ
+        if g_dweight is not None:
+            terms.append(linear(x, g_dweight, g_dbias, backend=ctx.backend))  # x·g_dweightᵀ + g_dbias
+        elif g_dbias is not None:
+            terms.append(g_dbias.expand(dy.shape))
+        d_dy = sum(terms[1:], terms[0]) if terms else None
+    if ctx.needs_input_grad[1] and g_dweight is not None:
+        d_x = linear(dy, g_dweight.t(), backend=ctx.backend)  # dy·g_dweight
+    if ctx.needs_input_grad[2] and g_dx is not None:
+        rows = dy.reshape(-1, dy.shape[-1]).t()
+        d_weight = linear(rows, g_dx.reshape(-1, g_dx.shape[-1]).t(), backend=ctx.backend)  # dyᵀ·g_dx
+    return d_dy, d_x, d_weight, None, None, None, None
+
+
+_linear_backward.register_autograd(_double_backward, setup_context=_setup_backward_context)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -116,6 +116,20 @@ def test_gradcheck_float64(backend, has_bias):
     assert torch.autograd.gradcheck(lambda *a: lt.linear(*a, backend=backend), args)
 
 
+@pytest.mark.parametrize("backend, has_bias", [(name, True) for name in HOST_BACKENDS] + [("numpy", False)])
+def test_gradgradcheck_float64(backend, has_bias):
+    """Gradients of gradients (the backward op's own backward), as gradient penalties need."""
+    x, weight, bias = make((2, 3, 5), has_bias, False, torch.float64, seed=13)
+    args = (x, weight) if bias is None else (x, weight, bias)
+    assert torch.autograd.gradgradcheck(lambda *a: lt.linear(*a, backend=backend), args)
+
+
+def test_gradgradcheck_with_only_some_inputs_differentiable():
+    x, weight, _ = make((3, 5), False, False, torch.float64, seed=14)
+    assert torch.autograd.gradgradcheck(lambda w: lt.linear(x.detach(), w, backend="numpy"), (weight,))
+    assert torch.autograd.gradgradcheck(lambda x: lt.linear(x, weight.detach(), backend="numpy"), (x,))
+
+
 def test_gradcheck_catches_a_wrong_gradient(monkeypatch):
     """Negative control: gradcheck fails once the bias gradient is doubled."""
     real = lt._linear_backward
@@ -133,10 +147,9 @@ def test_opcheck_schema_fake_and_autograd_registration():
     registration and AOT dispatch (what torch.compile relies on) work."""
     x, weight, bias = make((3, 5), True, False, torch.float32, seed=5)
     torch.library.opcheck(torch.ops.linear.linear.default, (x, weight, bias, "numpy"))
-    dy = torch.randn(3, 7)
+    dy = torch.randn(3, 7, requires_grad=True)
     for needs in [(True, True, True), (False, True, False)]:
-        torch.library.opcheck(torch.ops.linear.linear_backward.default,
-                              (dy, x.detach(), weight.detach(), *needs, "numpy"))
+        torch.library.opcheck(torch.ops.linear.linear_backward.default, (dy, x, weight, *needs, "numpy"))
 
 
 def test_only_the_needed_gradients_are_computed(monkeypatch):
