@@ -82,6 +82,10 @@ def _backend_name(tensors: dict[str, Optional[torch.Tensor]], backend: Optional[
     where = f"{', '.join(present)} on {first.device} with dtype {first.dtype}"
     if first.device.type == "cuda":
         if backend not in (None, "cuda"):
+            try:
+                get_backend(backend)  # ValueError for a name that is no backend at all
+            except BackendUnavailable:
+                pass
             raise TypeError(f"backend {backend!r} takes CPU tensors; got {where}: use backend='cuda' or None, "
                             "or move the tensors with .cpu()")
         try:

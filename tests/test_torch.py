@@ -257,6 +257,8 @@ class TestCudaDispatch:
     def test_a_cpu_backend_is_refused(self, cuda_tensors):
         with pytest.raises(TypeError, match="backend 'numpy' takes CPU tensors; got x, weight on cuda:0"):
             lt._backend_name(cuda_tensors, "numpy")
+        with pytest.raises(ValueError, match="backend must be one of"):
+            lt._backend_name(cuda_tensors, "cpu")
 
     def test_other_devices_are_refused(self):
         with pytest.raises(TypeError, match="runs on CPU and CUDA tensors; got x on meta"):
