@@ -12,6 +12,8 @@
 #   racecheck    the launches without split-K (the same shared-memory code) under --tool racecheck
 #   determinism  a whole layer step ten times, bitwise identical outputs (bench/gpu_check.py)
 #   speed        ours vs cupy.matmul at 4096³, float32, TF32 off (bench/gpu_check.py)
+#   torch        nn.Linear vs linear.torch.Linear, forward + backward (bench/torch_linear.py; needs a CUDA
+#                torch, which also runs the torch tests of the pytest step)
 #
 # Each step has a time limit (together under 6 minutes) and a failing step does not stop the others.
 # OUTDIR gets gpu_check.log (everything printed), gpu_check.json (all results, card, date, commit)
@@ -58,5 +60,11 @@ fi
 
 step determinism 25 "$PY" bench/gpu_check.py determinism "$OUT/determinism.json"
 step speed 30 "$PY" bench/gpu_check.py speed "$OUT/speed.json"
+if "$PY" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    step torch 40 "$PY" bench/torch_linear.py "$OUT/torch_linear.json"
+else
+    # logged, not a failed step: the GPU machines need not have torch
+    echo "=== no CUDA build of torch: bench/torch_linear.py not run (the torch tests skip too)" | tee -a "$LOG"
+fi
 
 "$PY" bench/gpu_check.py summary "$OUT" | tee -a "$LOG"

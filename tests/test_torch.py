@@ -465,6 +465,20 @@ def test_ddp_in_two_processes_matches_one_process_on_the_whole_batch(tmp_path):
         assert rel(fewer[name], one[name]) > 1e-3, name  # negative control: one Adam step shows
 
 
+def test_benchmark_script_checks_and_times_both_layers(monkeypatch, tmp_path):
+    """bench/torch_linear.py (a step of bench/gpu_check.sh), on a tiny CPU shape."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import torch_linear
+    monkeypatch.setattr(sys, "argv", ["torch_linear.py", str(tmp_path / "t.json"), "--shape", "9,16,5",
+                                      "--dtype", "bfloat16", "--repeats", "2"])
+    assert torch_linear.main() == 0
+    import json
+    (result,) = json.loads((tmp_path / "t.json").read_text())["results"]
+    for name in ("nn.Linear", "linear.torch.Linear"):
+        assert result[name]["ok"] and 0 < result[name]["max_relative_error"] <= 1e-2
+        assert len(result[name]["times_ms"]) == 2
+
+
 # ----------------------------------------------------------------------------------------------------
 # On a GPU (pytest -m gpu): CUDA tensors through the cuda backend
 # ----------------------------------------------------------------------------------------------------
