@@ -16,8 +16,8 @@ so torch.compile(fullgraph=True) traces it without a graph break. Its backward i
 (double backward, gradient penalties) work to any order.
 
 Where it runs (the tensors are never copied on the way in):
-- CPU tensors share their memory with numpy arrays; the backend is `backend`, else $LINEAR_BACKEND,
-  else "numpy" ("emulate" runs our CUDA source on the CPU).
+- CPU tensors share their memory with numpy arrays (through DLPack); the backend is `backend`, else
+  $LINEAR_BACKEND, else "numpy" ("emulate" runs our CUDA source on the CPU).
 - CUDA tensors go to the "cuda" backend through DLPack, on torch's current stream, with no extra sync.
 - meta tensors (and torch.compile's fake tensors) only get the result's shape, dtype and device.
 float32, float64, float16 and bfloat16; x, weight and bias must share one dtype and one device, as in
@@ -126,7 +126,9 @@ def _arrays(backend: Optional[str], inputs: dict[str, Optional[torch.Tensor]],
     name = _backend_name(inputs, backend)
     tensors = {**inputs, **outputs}
     if name != "cuda":
-        yield name, {k: _as_array(t, torch.Tensor.numpy) for k, t in tensors.items()}
+        # DLPack rather than Tensor.numpy(), which makes the storage non-resizable for good, and FSDP frees
+        # its gathered weights by resizing their storage to 0 after the forward.
+        yield name, {k: _as_array(t, np.from_dlpack) for k, t in tensors.items()}
         return
     import cupy
     device = next(iter(outputs.values())).device

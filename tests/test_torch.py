@@ -465,6 +465,17 @@ def test_ddp_in_two_processes_matches_one_process_on_the_whole_batch(tmp_path):
         assert rel(fewer[name], one[name]) > 1e-3, name  # negative control: one Adam step shows
 
 
+@pytest.mark.slow
+def test_fsdp2_in_two_processes_matches_one_process():
+    """fully_shard (FSDP2) frees each gathered weight by resizing its storage to 0 after the forward; a
+    storage once shared through Tensor.numpy() refuses that, so linear.torch shares CPU memory via DLPack."""
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(ROOT / "tests" / "fsdp_worker.py")], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "FSDP vs one process, 3 steps" in run.stdout
+
+
 def test_benchmark_script_checks_and_times_both_layers(monkeypatch, tmp_path):
     """bench/torch_linear.py (a step of bench/gpu_check.sh), on a tiny CPU shape."""
     monkeypatch.syspath_prepend(str(ROOT))
