@@ -103,7 +103,10 @@ def _backend_name(tensors: dict[str, Optional[torch.Tensor]], backend: Optional[
 
 
 def _bfloat16() -> np.dtype:
-    import ml_dtypes  # linear's bfloat16 arrays are ml_dtypes.bfloat16, in numpy and in CuPy
+    try:
+        import ml_dtypes  # linear's bfloat16 arrays are ml_dtypes.bfloat16, in numpy and in CuPy
+    except ImportError as e:
+        raise TypeError("bfloat16 tensors need the ml_dtypes package (pip install 'linear[torch]')") from e
     return np.dtype(ml_dtypes.bfloat16)
 
 
