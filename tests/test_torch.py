@@ -233,6 +233,12 @@ def test_linear_backend_environment_variable_picks_the_cpu_backend(monkeypatch):
     assert chosen == [other, "numpy"]
 
 
+def test_bfloat16_without_ml_dtypes_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # import ml_dtypes now raises ImportError
+    with pytest.raises(TypeError, match="bfloat16 tensors need the ml_dtypes package"):
+        lt.linear(torch.randn(2, 5, dtype=torch.bfloat16), torch.randn(3, 5, dtype=torch.bfloat16))
+
+
 class TestCudaDispatch:
     """Which backend CUDA tensors get, with fake CUDA tensors (the dispatch reads device and dtype only)."""
 
