@@ -63,6 +63,8 @@ if __name__ == "__main__":
     parser.add_argument("--save", help="where the first process saves the trained state_dict")
     args = parser.parse_args()
     if "WORLD_SIZE" in os.environ:  # started by torchrun
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # one GPU per process
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
         model, _ = train(steps=args.steps)
