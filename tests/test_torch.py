@@ -396,6 +396,9 @@ def test_torch_compile_fullgraph_matches_eager():
         grads.append([p.grad.clone() for p in model.parameters()])
     assert rel(outputs[1], outputs[0]) <= 1e-6
     assert all(rel(c, e) <= 1e-6 for c, e in zip(grads[1], grads[0]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the autocast casts are traced into the graph too
+        y_compiled, y_eager = compiled(x), model(x)
+    assert y_compiled.dtype == y_eager.dtype == torch.bfloat16 and torch.equal(y_compiled, y_eager)
 
 
 def test_autocast_casts_like_nn_linear():
