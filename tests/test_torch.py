@@ -447,7 +447,8 @@ def test_untrained_example_is_near_chance():
 def test_readme_carries_the_torch_example():
     blocks = re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), flags=re.S | re.M)
     block = next((b for b in blocks if "import linear.torch" in b and "def train(" in b), None)
-    assert block is not None, "README.md has no ```python block with the torch training loop: paste examples/torch_mlp.py"
+    assert block is not None, ("README.md has no ```python block with the torch training loop: paste "
+                               "examples/torch_mlp.py")
     example = EXAMPLE.read_text().strip() + "\n"
     if block.strip() + "\n" != example:
         diff = "".join(difflib.unified_diff(example.splitlines(True), (block.strip() + "\n").splitlines(True),
