@@ -172,19 +172,19 @@ def gemm_launches(m, n, k, dtype="float32", trans_a=False, trans_b=False, tuning
 def test_gemm_launch_arguments_have_exact_types():
     [launch] = gemm_launches(70, 56, 32, "float16", bias=True)  # rows of 64 and 112 bytes
     types = [type(arg) for arg in launch.args]
-    assert types == [np.int32] * 4 + [np.ndarray, np.int64] * 2 + [np.ndarray, np.int64, np.int64] + \
+    assert types == [np.int32] * 5 + [np.ndarray, np.int64, np.int64] * 2 + [np.ndarray] + [np.int64] * 3 + \
         [np.float32, np.float32, np.ndarray, np.int32]
     assert launch.grid == (3, 2, 1) and launch.block == (64, 1, 1)
     assert launch.name == "linear_gemm<__half, __half, false, false, 32, 32, 8, 32, 32, 4, 4, true>"
     [launch] = gemm_launches(5, 5, 5, "float64")
-    assert type(launch.args[11]) is np.float64 and launch.args[-1] == 0
+    assert type(launch.args[15]) is np.float64 and launch.args[-1] == 0
 
 
 def test_split_k_plan_writes_a_workspace_then_reduces_it():
     first, second = gemm_launches(70, 50, 33, "bfloat16", tuning=Tuning(splits=3), bias=True)
-    workspace = first.args[8]
+    workspace = first.args[11]
     assert workspace.shape == (3, 70, 50) and workspace.dtype == np.float32
-    assert first.grid[2] == 3 and first.args[3] == 16  # k_per_split
+    assert first.grid[2] == 3 and first.args[3] == 16 and first.args[4] == 3  # k_per_split, splits
     assert "linear_gemm<__nv_bfloat16, float," in first.name and first.args[-1] == 0  # no bias yet
     assert second.name == "linear_sum_splits<__nv_bfloat16>" and second.args[3] is workspace
     assert second.args[-1] == 1
