@@ -43,8 +43,13 @@ def _is_cupy(a: Any) -> bool:
     return type(a).__module__.split(".")[0] == "cupy"
 
 
-def _resolve(arrays: dict[str, Any], backend: str | None) -> tuple[Backend, dict[str, Array]]:
-    """Pick the backend from the inputs and check that every array belongs to its array module."""
+def _resolve(arrays: dict[str, Any], backend: str | None, optional: tuple[str, ...] = ()
+             ) -> tuple[Backend, dict[str, Array]]:
+    """Pick the backend from the inputs and check that every array belongs to its array module.
+    Only outputs (names ending in "out") and the `optional` names may be None."""
+    for name, a in arrays.items():
+        if a is None and not name.endswith("out") and name not in optional:
+            raise TypeError(f"{name} must be an array; got None")
     present = {name: a for name, a in arrays.items() if a is not None}
     on_gpu = [name for name, a in present.items() if _is_cupy(a)]
     if on_gpu and len(on_gpu) != len(present):
@@ -275,7 +280,7 @@ def _finish(xp, result: Array, out_axes: tuple[int, ...] | None) -> Array:
 def forward(x: Array, w: Array, b: Array | None = None, *, out: Array | None = None,
             backend: str | None = None) -> Array:
     """Y = X·W + b. x is (..., F), w is (F, D), b is (D,) or None; Y is (..., D)."""
-    be, arr = _resolve({"x": x, "w": w, "b": b, "out": out}, backend)
+    be, arr = _resolve({"x": x, "w": w, "b": b, "out": out}, backend, optional=("b",))
     x, w, b, out = arr["x"], arr["w"], arr["b"], arr["out"]
     _check_ndim("w", w, 2)
     if x.ndim < 1:

@@ -533,3 +533,13 @@ def test_lists_are_accepted_as_numpy_arrays():
 
 def test_available_backends_always_has_numpy():
     assert linear.available_backends()[0] == "numpy"
+
+
+def test_a_missing_array_is_a_type_error_naming_it(backend):
+    w = make(np.random.default_rng(18), backend, (4, 2), "float32")
+    with pytest.raises(TypeError, match="x must be an array; got None"):
+        linear.forward(None, w, backend=backend)
+    with pytest.raises(TypeError, match="w must be an array; got None"):
+        linear.backward(w, w, None, backend=backend)
+    with pytest.raises(TypeError, match="b must be an array; got None"):
+        linear.matmul(w, None, backend=backend)
