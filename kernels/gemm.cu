@@ -214,8 +214,8 @@ linear_gemm(int M, int N, int K, int k_per_split, int splits,
     Acc* const Bs = As + 2 * LoadA::SIZE;
 
     // blockIdx.z = batch · splits + split. 64-bit offsets: a stack may exceed 2**31 elements.
-    const int split = blockIdx.z % splits;
-    const long long batch = blockIdx.z / splits;
+    const int split = splits == 1 ? 0 : blockIdx.z % splits;
+    const long long batch = splits == 1 ? blockIdx.z : blockIdx.z / splits;
     A += batch * batch_stride_a;
     B += batch * batch_stride_b;
     C += batch * batch_stride_c;
