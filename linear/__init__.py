@@ -6,10 +6,12 @@
 
 numpy arrays in, numpy arrays out; CuPy arrays in, CuPy arrays out (backend "cuda").
 """
+__version__ = "0.1.0"  # pyproject.toml reads it from here
+
 from .backends import BackendUnavailable, available_backends
 from . import optim, testing
 from .functional import Gradients, backward, forward, matmul
 from .layer import Linear, Parameter
 
-__all__ = ["forward", "backward", "matmul", "Gradients", "Linear", "Parameter", "optim", "testing",
+__all__ = ["__version__", "forward", "backward", "matmul", "Gradients", "Linear", "Parameter", "optim", "testing",
            "available_backends", "BackendUnavailable"]
