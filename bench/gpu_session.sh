@@ -20,7 +20,7 @@ set -u -o pipefail
 # root with $R (the results folder), $PY and $LIMIT (its time limit) set. Add a phase here and below;
 # GPU_SESSION_PHASES names a bash file sourced after these definitions that may redefine them (tests).
 PHASES=(preflight:60 compile:60 tests:90 bench:100 bench_half:80 bench_tf32:50 sweep:100 determinism:30
-        counters:60 launch_all:30 memcheck:50 racecheck:45)
+        counters:60 launch_all:30 memcheck:50 racecheck:45 torch_linear:40)
 
 phase_preflight()   { "$PY" bench/gpu_check.py preflight "$R"; }   # versions, GPU, driver, include dirs, one kernel
 phase_compile()     { "$PY" bench/gpu_sanitize.py --compile-only --jobs 8; }   # every instantiation, into CuPy's cache
@@ -39,6 +39,10 @@ phase_counters() {   # Nsight Compute: the main kernels at 4096³ and cuBLAS's, 
 phase_launch_all()  { "$PY" bench/gpu_sanitize.py; }   # every instantiation once, results checked
 phase_memcheck()    { compute-sanitizer --tool memcheck --leak-check no --error-exitcode 1 "$PY" bench/gpu_sanitize.py; }
 phase_racecheck()   { compute-sanitizer --tool racecheck --error-exitcode 1 "$PY" bench/gpu_sanitize.py --splits 1; }
+phase_torch_linear() {   # nn.Linear vs linear.torch.Linear; needs a CUDA build of torch, which the machine may lack
+    "$PY" -c "import torch; assert torch.cuda.is_available()" || { echo "no CUDA build of torch"; return 0; }
+    "$PY" bench/torch_linear.py "$R/torch_linear.json"
+}
 REFUSED='Device not supported|not supported on this (device|GPU|platform)|ERR_NVGPUCTRPERM|permission to access'
 
 OUT=${1:?usage: bench/gpu_session.sh OUTDIR [--archive-only]}

@@ -6,7 +6,11 @@
 //     NN  Y  = X · W  (+ bias)        NT  dX = dY · Wᵀ        TN  dW = Xᵀ · dY
 //   and TT exists because matmul exposes both flags. Half types accumulate in float.
 //
-// Tiling: one thread block per BM x BN tile of C; grid = (⌈M/BM⌉, ⌈N/BN⌉, splits).
+// Tiling: one thread block per BM x BN tile of C; grid = (⌈M/BM⌉, ⌈N/BN⌉, batch · splits).
+//
+// Batch (strided-batched GEMM, as numpy.matmul's stacks): blockIdx.z = batch_index · splits + split;
+// matrix batch_index of A, B and C starts batch_stride_a/_b/_c elements after the previous one. A
+// broadcast operand has stride 0, so every matrix of the stack reads the same one, never a copy.
 //
 //                                         n0     n0+BN
 //                                  ┌──────┬──────┬──────┐
@@ -60,7 +64,7 @@
 // Shared tiles are k-major (As[k][m], Bs[k][n], rows padded by SMEM_PAD) so the inner loop reads
 // contiguous fragments; an operand stored with k contiguous is transposed on its way in.
 //
-// Split-K: block z handles k in [z·k_per_split, (z+1)·k_per_split) and writes C + z·c_split_stride.
+// Split-K: split s handles k in [s·k_per_split, (s+1)·k_per_split) and writes C + s·c_split_stride.
 // With several splits the plan points C at a workspace [splits, M, N] of the accumulator type
 // (TC = acc_t<T>, alpha = 1, beta = 0, no bias); linear_sum_splits (reduce.cu) then adds the splits
 // in a fixed order and applies alpha, beta·C and the bias: deterministic, no atomics.
@@ -81,6 +85,7 @@
 //   small                   32 x  32 x 8,           4 x 4,  64 threads
 //   The largest config whose ⌈M/BM⌉·⌈N/BN⌉ blocks fill the card (132 SMs) runs; when none does, the
 //   small one, plus split-K if K is long enough (≥ 2·512) for ⌈132 / blocks⌉ slices of ≥ 512.
+//   Split-K only for a single matrix: a stack (batch > 1) fills the card with its batch.
 //   VEC wherever both operands allow it. The table also lists warp-tiled candidates (float32 only),
 //   which only Tuning(config=...) and bench/sweep.py launch until a GPU measurement picks them.
 #include "common.cuh"
@@ -191,10 +196,10 @@ __device__ __forceinline__ void multiply_stage(const Acc* __restrict__ As, const
 template <typename T, typename TC, bool TRANS_A, bool TRANS_B, int BM, int BN, int BK, int WM, int WN, int TM,
           int TN, bool VEC>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
-linear_gemm(int M, int N, int K, int k_per_split,
-            const T* __restrict__ A, long long lda,
-            const T* __restrict__ B, long long ldb,
-            TC* __restrict__ C, long long ldc, long long c_split_stride,
+linear_gemm(int M, int N, int K, int k_per_split, int splits,
+            const T* __restrict__ A, long long lda, long long batch_stride_a,
+            const T* __restrict__ B, long long ldb, long long batch_stride_b,
+            TC* __restrict__ C, long long ldc, long long batch_stride_c, long long c_split_stride,
             acc_t<T> alpha, acc_t<T> beta, const T* __restrict__ bias, int add_bias) {
     using Acc = acc_t<T>;
     static_assert(TM % 4 == 0 && TN % 4 == 0 && WM % TM == 0 && WN % TN == 0, "bad register block");
@@ -208,8 +213,14 @@ linear_gemm(int M, int N, int K, int k_per_split,
     Acc* const As = reinterpret_cast<Acc*>(gemm_shared);
     Acc* const Bs = As + 2 * LoadA::SIZE;
 
+    // blockIdx.z = batch · splits + split. 64-bit offsets: a stack may exceed 2**31 elements.
+    const int split = splits == 1 ? 0 : blockIdx.z % splits;
+    const long long batch = splits == 1 ? blockIdx.z : blockIdx.z / splits;
+    A += batch * batch_stride_a;
+    B += batch * batch_stride_b;
+    C += batch * batch_stride_c;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
-    const int k_begin = blockIdx.z * k_per_split;
+    const int k_begin = split * k_per_split;
     const int k_end = K - k_begin < k_per_split ? K : k_begin + k_per_split;
     const int steps = k_end > k_begin ? ceil_div(k_end - k_begin, BK) : 0;
     // The thread's first row and column in the C tile: its group's sub-tile, then its lane in it.
@@ -250,7 +261,7 @@ linear_gemm(int M, int N, int K, int k_per_split,
     }
 
     // Epilogue: alpha · acc (+ beta · C, which is never read when beta == 0) (+ bias).
-    TC* const c_split = C + blockIdx.z * c_split_stride;
+    TC* const c_split = C + split * c_split_stride;
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
         const int row = m0 + owned_offset<WM, TM>(i, m_first);

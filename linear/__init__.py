@@ -6,11 +6,13 @@
 
 numpy arrays in, numpy arrays out; CuPy arrays in, CuPy arrays out (backend "cuda").
 """
+__version__ = "0.1.0"  # pyproject.toml reads it from here
+
 from .backends import BackendUnavailable, available_backends
 from . import optim, testing
 from .functional import Gradients, backward, forward, matmul
 from .layer import Linear, Parameter
 from .tf32 import get_tf32, set_tf32
 
-__all__ = ["forward", "backward", "matmul", "Gradients", "Linear", "Parameter", "optim", "testing",
+__all__ = ["__version__", "forward", "backward", "matmul", "Gradients", "Linear", "Parameter", "optim", "testing",
            "available_backends", "BackendUnavailable", "get_tf32", "set_tf32"]

@@ -43,8 +43,13 @@ def _is_cupy(a: Any) -> bool:
     return type(a).__module__.split(".")[0] == "cupy"
 
 
-def _resolve(arrays: dict[str, Any], backend: str | None) -> tuple[Backend, dict[str, Array]]:
-    """Pick the backend from the inputs and check that every array belongs to its array module."""
+def _resolve(arrays: dict[str, Any], backend: str | None, optional: tuple[str, ...] = ()
+             ) -> tuple[Backend, dict[str, Array]]:
+    """Pick the backend from the inputs and check that every array belongs to its array module.
+    Only outputs (names ending in "out") and the `optional` names may be None."""
+    for name, a in arrays.items():
+        if a is None and not name.endswith("out") and name not in optional:
+            raise TypeError(f"{name} must be an array; got None")
     present = {name: a for name, a in arrays.items() if a is not None}
     on_gpu = [name for name, a in present.items() if _is_cupy(a)]
     if on_gpu and len(on_gpu) != len(present):
@@ -64,23 +69,32 @@ def _resolve(arrays: dict[str, Any], backend: str | None) -> tuple[Backend, dict
     return chosen, {k: present.get(k) for k in arrays}
 
 
+def _is_kernel_dtype(dtype: np.dtype) -> bool:
+    """One of SUPPORTED_DTYPES (dtype.name is slow enough to show in the per-call overhead; it is
+    left for bfloat16)."""
+    return dtype.kind == "f" and dtype.itemsize <= 8 or dtype.kind == "V" and dtype.name == "bfloat16"
+
+
 def _check_dtype(name: str, a: Array) -> None:
-    dtype = a.dtype  # (dtype.name is slow enough to show in the per-call overhead; it is left for bfloat16)
-    if not (dtype.kind == "f" and dtype.itemsize <= 8 or dtype.kind == "V" and dtype.name == "bfloat16"):
+    if not _is_kernel_dtype(a.dtype):
         raise TypeError(f"{name} has {_describe(a)}; supported dtypes are {', '.join(SUPPORTED_DTYPES)}")
 
 
-def _result_dtype(arrays: dict[str, Array]) -> np.dtype:
-    """numpy.result_type of the inputs. numpy cannot promote bfloat16 with float16; there bfloat16
+def _promote(dtypes: list[np.dtype]) -> np.dtype:
+    """numpy.result_type. numpy cannot promote bfloat16 with float16 (or with integers); there bfloat16
     counts as float32 (as torch promotes it), so float16 + bfloat16 + float64 is still float64."""
-    for name, a in arrays.items():
-        if a is not None:
-            _check_dtype(name, a)
-    dtypes = [a.dtype for a in arrays.values() if a is not None]
     try:
         return np.result_type(*dtypes)
     except TypeError:  # DTypePromotionError
         return np.result_type(*(np.float32 if d.name == "bfloat16" else d for d in dtypes))
+
+
+def _result_dtype(arrays: dict[str, Array]) -> np.dtype:
+    """The dtype of the result: the inputs, all of SUPPORTED_DTYPES, promoted as _promote does."""
+    for name, a in arrays.items():
+        if a is not None:
+            _check_dtype(name, a)
+    return _promote([a.dtype for a in arrays.values() if a is not None])
 
 
 def _check_ndim(name: str, a: Array, ndim: int) -> None:
@@ -116,27 +130,32 @@ class _Output:
     backend writes a temporary that finish() copies into `out` (so overlap is never silently wrong).
     """
 
-    def __init__(self, xp, name: str, out: Array | None, shape: tuple[int, ...], shape2d: tuple[int, ...],
-                 dtype: np.dtype, inputs: list[Array], keep: bool):
+    def __init__(self, xp, name: str, out: Array | None, shape: tuple[int, ...], work_shape: tuple[int, ...],
+                 dtype: np.dtype, inputs: list[Array], keep: bool, cast: bool = False):
+        """work_shape: the result's shape as the backend writes it (2-D, or a stack of matrices).
+        cast=True accepts an `out` of another dtype that the result casts to as numpy's ufuncs do
+        (casting="same_kind"); the result is then computed in `dtype` and copied."""
         self.copy_back = False
         if out is None:
             self.result = xp.empty(shape, dtype)
-            self.work = self.result.reshape(shape2d)
+            self.work = self.result.reshape(work_shape)
             return
         if not isinstance(out, xp.ndarray):
             raise TypeError(f"{name} must be a {xp.__name__} array like the inputs; got {type(out).__name__}")
         if tuple(out.shape) != tuple(shape):
             raise ValueError(f"{name} has {_describe(out)}; expected shape {tuple(shape)}")
-        if out.dtype != dtype:
-            raise TypeError(f"{name} has {_describe(out)}; expected dtype {dtype}")
+        if out.dtype != dtype and not (cast and not keep and np.can_cast(dtype, out.dtype, "same_kind")):
+            rule = (f". Cannot cast ufunc 'matmul' output from {dtype} to {out.dtype} with casting rule "
+                    "'same_kind'") if cast else ""
+            raise TypeError(f"{name} has {_describe(out)}; expected dtype {dtype}{rule}")
         if xp is np and not out.flags.writeable:
             raise ValueError(f"{name} is read-only ({_describe(out)})")
         self.result = out
-        if out.flags.c_contiguous and not any(xp.may_share_memory(out, a) for a in inputs):
-            self.work = out.reshape(shape2d)
+        if out.dtype == dtype and out.flags.c_contiguous and not any(xp.may_share_memory(out, a) for a in inputs):
+            self.work = out.reshape(work_shape)
         else:
             self.copy_back = True
-            self.work = (xp.array(out, order="C") if keep else xp.empty(shape, dtype)).reshape(shape2d)
+            self.work = (xp.array(out, order="C") if keep else xp.empty(shape, dtype)).reshape(work_shape)
 
     def finish(self) -> Array:
         if self.copy_back:
@@ -148,37 +167,120 @@ class _Output:
 # Public functions
 # ----------------------------------------------------------------------------------------------------
 
-def matmul(a: Array, b: Array, *, trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0,
-           beta: float = 0.0, out: Array | None = None, backend: str | None = None) -> Array:
-    """GEMM: C = alpha·op(A)·op(B) + beta·C, op(X) = Xᵀ when its flag is set.
+def matmul(a: Array, b: Array, /, out: Array | tuple[Array] | None = None, *, trans_a: bool = False,
+           trans_b: bool = False, alpha: float = 1.0, beta: float = 0.0, axes: list | None = None,
+           axis: int | None = None, backend: str | None = None) -> Array:
+    """numpy.matmul, extended to C = alpha·op(A)·op(B) + beta·C with op(X) = X with its last two axes
+    swapped when its flag is set.
 
-    With beta != 0, `out` holds C on entry and is required. Returns C (`out` when given).
+    As numpy.matmul: a 1-D operand is a row (a) or a column (b) vector whose added dimension is removed
+    from the result; stacks of matrices broadcast over the leading dimensions; `out` (positional or
+    keyword, or a 1-tuple) must have the result's shape and a dtype the result casts to
+    (casting="same_kind"); `axes` names the matrix axes of a, b and the result; `axis` is refused as
+    numpy refuses it; result dtypes and exception types are numpy's. Two 1-D numpy operands give a
+    numpy scalar.
+
+    Result dtypes float16, bfloat16, float32 and float64 run our kernels (on the cuda and emulate
+    backends; a stack is one strided-batched launch) or the numpy backend; any other result dtype (int,
+    bool, complex, longdouble, object) runs numpy.matmul, or cupy.matmul for CuPy arrays, where alpha
+    and beta must keep their defaults. With beta != 0, `out` holds C on entry and is required, with
+    the result's dtype. Returns `out` when given.
     """
+    if axis is not None:
+        raise TypeError("matmul: axis can only be used with a single shared core dimension, not with the 3 "
+                        "distinct ones implied by signature (n?,k),(k,m?)->(n?,m?).")
+    if isinstance(out, tuple):  # numpy's ufuncs also take out=(array,)
+        if len(out) != 1:
+            raise ValueError(f"matmul has 1 output; got a tuple of {len(out)} for out")
+        out = out[0]
     be, arr = _resolve({"a": a, "b": b, "out": out}, backend)
     a, b, out = arr["a"], arr["b"], arr["out"]
     alpha, beta = _check_scalar("alpha", alpha), _check_scalar("beta", beta)
     trans_a, trans_b = _check_flag("trans_a", trans_a), _check_flag("trans_b", trans_b)
-    _check_ndim("a", a, 2)
-    _check_ndim("b", b, 2)
-    dtype = _result_dtype({"a": a, "b": b})
-    m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
-    k_b, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    xp = be.xp
+    for name, x, trans in (("a", a, trans_a), ("b", b, trans_b)):
+        if x.ndim == 0:
+            raise ValueError(f"matmul: {name} has {_describe(x)}; a scalar (0-D) operand is not allowed, "
+                             "use multiply")
+        if trans and x.ndim == 1:
+            raise ValueError(f"matmul: {name} has {_describe(x)}; trans_{name} needs a matrix (2-D or more)")
+    vector_a, vector_b = a.ndim == 1, b.ndim == 1
+    given_out, out_axes = out, None
+    if axes is not None:  # the named matrix axes moved last; out as a view, so writing it writes out
+        a, b, out, out_axes = _move_axes(xp, axes, a, b, out)
+    # op(a) and op(b) as stacks of matrices: a vector is a row (a) or a column (b).
+    op_a = a[None, :] if vector_a else xp.swapaxes(a, -1, -2) if trans_a else a
+    op_b = b[:, None] if vector_b else xp.swapaxes(b, -1, -2) if trans_b else b
+    (m, k), (k_b, n) = op_a.shape[-2:], op_b.shape[-2:]
+    try:
+        batch = np.broadcast_shapes(op_a.shape[:-2], op_b.shape[:-2])
+    except ValueError:
+        raise ValueError(f"matmul: a has shape {tuple(a.shape)} and b has shape {tuple(b.shape)}: their stacks "
+                         f"{tuple(op_a.shape[:-2])} and {tuple(op_b.shape[:-2])} do not broadcast") from None
     if k != k_b:
         raise ValueError(f"matmul: op(a) is {m}x{k} and op(b) is {k_b}x{n} (a has shape {tuple(a.shape)}, "
                          f"trans_a={trans_a}; b has shape {tuple(b.shape)}, trans_b={trans_b}): "
                          f"inner dimensions {k} and {k_b} differ")
+    shape = batch + (() if vector_a else (m,)) + (() if vector_b else (n,))
+    if out is not None and tuple(out.shape) != shape:
+        raise ValueError(f"matmul: out has {_describe(out)}; the result has shape {shape} "
+                         "(non-broadcastable output operand: out is never broadcast)")
     if beta != 0 and out is None:
         raise ValueError("matmul: beta != 0 needs out= holding C")
-    c = _Output(be.xp, "out", out, (m, n), (m, n), dtype, [a, b], keep=beta != 0)
-    be.gemm(a.astype(dtype, copy=False), b.astype(dtype, copy=False), c.work,
-            trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta)
-    return c.finish()
+    dtype = _promote([a.dtype, b.dtype])
+
+    if not _is_kernel_dtype(dtype):
+        if alpha != 1 or beta != 0:
+            raise TypeError(f"matmul: alpha and beta need a float result; a has {_describe(a)}, b has {_describe(b)}")
+        product = xp.matmul(op_a, op_b).reshape(shape)
+        if out is None:
+            return _finish(xp, product, out_axes)
+        if not np.can_cast(product.dtype, out.dtype, "same_kind"):
+            raise TypeError(f"matmul: out has {_describe(out)}. Cannot cast ufunc 'matmul' output from "
+                            f"{product.dtype} to {out.dtype} with casting rule 'same_kind'")
+        out[...] = product
+        return given_out
+
+    c = _Output(xp, "out", out, shape, batch + (m, n), dtype, [a, b], keep=beta != 0, cast=True)
+    # op(a), op(b) as views (a swapped view is a transpose flag to the plan), the stacks broadcast.
+    be.gemm(xp.broadcast_to(op_a.astype(dtype, copy=False), batch + (m, k)),
+            xp.broadcast_to(op_b.astype(dtype, copy=False), batch + (k, n)), c.work,
+            trans_a=False, trans_b=False, alpha=alpha, beta=beta)
+    c.finish()
+    return given_out if given_out is not None else _finish(xp, c.result, out_axes)
+
+
+def _move_axes(xp, axes: list, a: Array, b: Array, out: Array | None
+               ) -> tuple[Array, Array, Array | None, tuple[int, ...]]:
+    """numpy's axes= for matmul: a, b and out (views) with the matrix axes that `axes` names moved
+    last, and the output's entry (where _finish moves the result's matrix axes back to)."""
+    counts = (min(a.ndim, 2), min(b.ndim, 2), 2 - (a.ndim == 1) - (b.ndim == 1))
+    if not isinstance(axes, (list, tuple)) or len(axes) != 3:
+        raise ValueError("axes should be a list with an entry for all 3 inputs and outputs; entries for "
+                         "outputs can only be omitted if none of them has core axes.")
+    entries = [tuple(entry) if isinstance(entry, (list, tuple)) else (entry,) for entry in axes]
+    for i, (entry, count) in enumerate(zip(entries, counts)):
+        if len(entry) != count:
+            raise np.exceptions.AxisError(f"matmul: operand {i} has {count} core dimensions, but {len(entry)} "
+                                          "dimensions are specified by axes tuple.")
+    last = lambda count: tuple(range(-count, 0))
+    a, b = (xp.moveaxis(x, entry, last(len(entry))) for x, entry in zip((a, b), entries))
+    if out is not None:
+        out = xp.moveaxis(out, entries[2], last(len(entries[2])))
+    return a, b, out, entries[2]
+
+
+def _finish(xp, result: Array, out_axes: tuple[int, ...] | None) -> Array:
+    """A new result as numpy.matmul returns it: matrix axes where axes= put them; 0-D as a scalar."""
+    if out_axes:
+        result = xp.moveaxis(result, tuple(range(-len(out_axes), 0)), out_axes)
+    return result[()] if xp is np and result.ndim == 0 else result
 
 
 def forward(x: Array, w: Array, b: Array | None = None, *, out: Array | None = None,
             backend: str | None = None) -> Array:
     """Y = X·W + b. x is (..., F), w is (F, D), b is (D,) or None; Y is (..., D)."""
-    be, arr = _resolve({"x": x, "w": w, "b": b, "out": out}, backend)
+    be, arr = _resolve({"x": x, "w": w, "b": b, "out": out}, backend, optional=("b",))
     x, w, b, out = arr["x"], arr["w"], arr["b"], arr["out"]
     _check_ndim("w", w, 2)
     if x.ndim < 1:

@@ -1,18 +1,21 @@
 """A drop-in linear layer on top of linear.functional: Y = X·W + b, with its parameters and gradients.
 
-weight has shape (in_features, out_features) so that Y = X·W; torch.nn.Linear stores the transpose.
+weight has shape (in_features, out_features) so that Y = X·W; torch.nn.Linear stores the transpose
+(state_dict(layout="torch") and load_state_dict(..., layout="torch") convert, without torch).
 """
 from __future__ import annotations
 
 import math
 import os
+import secrets
 import sys
-from typing import Any, Iterator
+import zipfile
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
 from . import functional
-from .functional import _describe
+from .functional import SUPPORTED_DTYPES, _describe
 from .backends import default_backend_name, get_backend
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
@@ -75,13 +78,23 @@ class Linear:
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.dtype = _dtype(dtype)
         self.backend = backend or default_backend_name()
-        self.xp = get_backend(self.backend).xp
+        get_backend(self.backend)  # fails now, with the reason, when the backend cannot run here
         # torch.nn.Linear's default: weight and bias uniform in ±1/sqrt(in_features) (0 when it is 0).
         rng = np.random.default_rng(seed)
         bound = 1 / math.sqrt(self.in_features) if self.in_features else 0.0
         self.weight = self._new_parameter(rng.uniform(-bound, bound, (self.in_features, self.out_features)))
         self.bias = self._new_parameter(rng.uniform(-bound, bound, self.out_features)) if bias else None
         self._x: Array | None = None
+
+    @property
+    def xp(self):
+        """The array module of the layer's arrays: numpy, or cupy for backend "cuda"."""
+        return get_backend(self.backend).xp
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickle and deepcopy take the configuration and parameters (with their gradients), not the
+        # input the last forward kept for backward.
+        return {**self.__dict__, "_x": None}
 
     def _new_parameter(self, host_values: np.ndarray) -> Parameter:
         return Parameter(self.xp.asarray(host_values.astype(self.dtype)))
@@ -131,51 +144,200 @@ class Linear:
     def _named_parameters(self) -> dict[str, Parameter]:
         return {"weight": self.weight, **({"bias": self.bias} if self.bias is not None else {})}
 
-    def state_dict(self) -> dict[str, Array]:
-        """Copies of the parameter values, by name ("weight", and "bias" when the layer has one)."""
-        return {name: p.data.copy() for name, p in self._named_parameters().items()}
+    def state_dict(self, *, layout: str = "linear") -> dict[str, Array]:
+        """Copies of the parameter values, by name ("weight", and "bias" when the layer has one).
+        layout="torch" gives the weight as torch.nn.Linear stores it: (out_features, in_features)."""
+        state = {name: p.data.copy() for name, p in self._named_parameters().items()}
+        if _check_layout(layout) == "torch":
+            state["weight"] = self.xp.ascontiguousarray(state["weight"].T)
+        return state
 
-    def load_state_dict(self, state: dict[str, Array]) -> None:
-        """Copy values into the parameters; nothing changes unless every key, shape and dtype matches."""
+    def load_state_dict(self, state: dict[str, Array], *, layout: str = "linear") -> None:
+        """Copy values into the parameters; nothing changes unless every key, shape and dtype matches.
+        layout="torch" takes the weight as torch.nn.Linear stores it: (out_features, in_features)."""
+        torch_layout = _check_layout(layout) == "torch"
         params = self._named_parameters()
         missing = sorted(params.keys() - state.keys())
         unexpected = sorted(state.keys() - params.keys())
         if missing or unexpected:
             raise ValueError(f"state_dict does not match {self!r}: missing keys {missing}, "
                              f"unexpected keys {unexpected}")
+        values = {}
         for name, p in params.items():
             value = state[name]
             if not hasattr(value, "shape") or not hasattr(value, "dtype"):
                 raise TypeError(f"state_dict[{name!r}] must be an array; got {type(value).__name__}")
+            if name == "weight" and torch_layout:
+                value = value.T
             if tuple(value.shape) != p.data.shape or value.dtype != p.data.dtype:
-                raise ValueError(f"state_dict[{name!r}] has {_describe(value)}; expected {_describe(p.data)}")
+                hint = ""
+                if name == "weight" and tuple(value.shape) == p.data.shape[::-1] and p.data.shape[0] != p.data.shape[1]:
+                    hint = (" (its transpose: torch.nn.Linear's (out_features, in_features) layout is "
+                            "loaded with layout='torch')" if not torch_layout else
+                            " (its transpose: with layout='torch' the weight is (out_features, in_features))")
+                shape = tuple(state[name].shape)
+                expected = p.data.shape[::-1] if name == "weight" and torch_layout else p.data.shape
+                raise ValueError(f"state_dict[{name!r}] has shape {shape} and dtype {value.dtype}; expected "
+                                 f"shape {expected} and dtype {p.data.dtype}{hint}")
+            values[name] = value
         for name, p in params.items():
-            p.data[...] = self.xp.asarray(state[name])
+            p.data[...] = self.xp.asarray(values[name])
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the configuration and parameters to an .npz file (read back with Linear.load)."""
+        """Write the configuration and parameters to an .npz file (read back with Linear.load).
+
+        Atomic: the file is written under a temporary name in the same directory, flushed to disk, then
+        renamed over `path`, so a crash at any moment leaves the previous file at `path` whole.
+        """
+        path = os.fspath(path)
         arrays = {name: _to_host(value) for name, value in self.state_dict().items()}
-        with open(path, "wb") as file:  # np.savez(path) would add ".npz" to a name without it
-            np.savez(file, in_features=self.in_features, out_features=self.out_features,
-                     has_bias=self.bias is not None, dtype=self.dtype.name, **arrays)
+        directory = os.path.dirname(os.path.abspath(path))
+        temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+        try:
+            # os.open with O_EXCL: a fresh file with the umask's permissions, as open(path, "wb") makes.
+            with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
+                np.savez(file, in_features=self.in_features, out_features=self.out_features,
+                         has_bias=self.bias is not None, dtype=self.dtype.name, **arrays)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+        _fsync_directory(directory)  # the rename itself survives a power cut
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, backend: str | None = None) -> "Linear":
-        """A Linear rebuilt from a file written by save(), its parameters on `backend`."""
-        with np.load(path, allow_pickle=False) as stored:
-            config = ("in_features", "out_features", "has_bias", "dtype")
-            missing = [key for key in config if key not in stored.files]
-            if missing:
-                raise ValueError(f"{os.fspath(path)!r} is not a saved Linear: missing keys {missing}")
-            layer = cls(int(stored["in_features"]), int(stored["out_features"]), bool(stored["has_bias"]),
-                        dtype=str(stored["dtype"]), backend=backend)
-            # Types numpy does not know (bfloat16) are stored as raw bytes ("V2"): view them back.
-            state = {key: stored[key] for key in stored.files if key not in config}
-            state = {key: a.view(layer.dtype) if a.dtype.kind == "V" else a for key, a in state.items()}
-        layer.load_state_dict(state)
+        """A Linear rebuilt from a file written by save(), its parameters on `backend`.
+
+        The file is checked before anything is allocated (its keys, the configuration's types and
+        ranges, each array's shape and dtype against the configuration, and that the file holds every
+        byte it declares); anything else is a ValueError naming the file and what is wrong. Never unpickles.
+        """
+        stored = _read_checkpoint(os.fspath(path))
+        layer = cls(stored.in_features, stored.out_features, stored.has_bias, dtype=stored.dtype, backend=backend)
+        layer.load_state_dict(stored.arrays)
         return layer
 
     def __repr__(self) -> str:
         extra = "" if self.dtype == np.float32 else f", dtype={self.dtype.name}"
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}{extra})")
+
+
+def _check_layout(layout: str) -> str:
+    if layout not in ("linear", "torch"):
+        raise ValueError(f"layout must be 'linear' (weight (in_features, out_features)) or 'torch' "
+                         f"(weight (out_features, in_features)); got {layout!r}")
+    return layout
+
+
+def _fsync_directory(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # a platform without directory handles (Windows): the rename is what it offers
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Checkpoint(NamedTuple):
+    """What Linear.load reads from a file, after _read_checkpoint has checked it."""
+    in_features: int
+    out_features: int
+    has_bias: bool
+    dtype: str
+    arrays: dict[str, np.ndarray]
+
+
+_CONFIG_KEYS = ("in_features", "out_features", "has_bias", "dtype")
+_MAX_FEATURES = 2**31 - 1  # the kernels' int sizes
+_MAX_CONFIG_BYTES = 4096  # a configuration entry is a scalar; anything bigger is not ours
+
+
+def _read_checkpoint(path: str) -> _Checkpoint:
+    """Read and check a file written by Linear.save; ValueError naming the file and the problem."""
+    def bad(problem: str) -> ValueError:
+        return ValueError(f"{path!r} is not a saved Linear: {problem}")
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError, ValueError) as e:
+        raise bad(f"not an .npz (zip) file ({e})") from None
+    with archive:
+        try:
+            members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+            missing = [key for key in _CONFIG_KEYS if key not in members]
+            if missing:
+                raise bad(f"missing keys {missing}")
+            headers = {key: _npy_header(archive, info, bad) for key, info in members.items()}
+            config = {key: _read_small(archive, members[key], headers[key], key, bad) for key in _CONFIG_KEYS}
+            in_features, out_features = (_int_in_range(config[key], key, bad) for key in ("in_features", "out_features"))
+            if config["has_bias"].dtype != np.bool_:
+                raise bad(f"has_bias must be a boolean; got dtype {config['has_bias'].dtype}")
+            has_bias = bool(config["has_bias"])
+            if config["dtype"].dtype.kind != "U" or str(config["dtype"]) not in SUPPORTED_DTYPES:
+                raise bad(f"dtype must be one of {', '.join(SUPPORTED_DTYPES)}; got {config['dtype']!r}")
+            dtype = _dtype(str(config["dtype"]))
+            expected = {"weight": (in_features, out_features), **({"bias": (out_features,)} if has_bias else {})}
+            unexpected = sorted(members.keys() - expected.keys() - set(_CONFIG_KEYS))
+            missing = sorted(expected.keys() - members.keys())
+            if missing or unexpected:
+                raise bad(f"missing keys {missing}, unexpected keys {unexpected} (has_bias={has_bias})")
+            for key, shape in expected.items():
+                stored_shape, stored_dtype, _ = headers[key]
+                # bfloat16, which numpy does not know, is stored as raw bytes ("V2")
+                if stored_shape != shape or stored_dtype not in (dtype, np.dtype(f"V{dtype.itemsize}")):
+                    raise bad(f"{key!r} has shape {stored_shape} and dtype {stored_dtype}; the configuration "
+                              f"(in_features={in_features}, out_features={out_features}, dtype={dtype.name}) "
+                              f"needs shape {shape} and dtype {dtype.name}")
+            arrays = {key: _read_array(archive, members[key]).view(dtype) for key in expected}
+        except (zipfile.BadZipFile, OSError, EOFError) as e:  # a CRC mismatch, a truncated member, ...
+            raise bad(f"corrupt ({type(e).__name__}: {e})") from None
+    return _Checkpoint(in_features, out_features, has_bias, dtype.name, arrays)
+
+
+def _npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, bad) -> tuple[tuple[int, ...], np.dtype, bool]:
+    """(shape, dtype, fortran_order) of one .npy member, after checking that the member holds exactly
+    the bytes its header declares, uncompressed (as save writes it): so nothing read later is larger
+    than the file."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise bad(f"{info.filename!r} is compressed; Linear.save writes uncompressed members")
+    with archive.open(info) as member:
+        try:
+            version = np.lib.format.read_magic(member)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, fortran_order, dtype = read_header(member)
+        except ValueError as e:
+            raise bad(f"{info.filename!r} has no valid .npy header ({e})") from None
+        if dtype.hasobject:
+            raise bad(f"{info.filename!r} holds Python objects (dtype {dtype}); they are never unpickled")
+        data_bytes = math.prod(shape) * dtype.itemsize
+        if info.file_size != member.tell() + data_bytes:
+            raise bad(f"{info.filename!r} declares shape {shape} and dtype {dtype} ({data_bytes} bytes) but holds "
+                      f"{info.file_size - member.tell()} bytes")
+    return shape, dtype, fortran_order
+
+
+def _read_small(archive: zipfile.ZipFile, info: zipfile.ZipInfo, header, key: str, bad) -> np.ndarray:
+    shape, dtype, _ = header
+    if shape != () or info.file_size > _MAX_CONFIG_BYTES:
+        raise bad(f"{key!r} must be a scalar; got shape {shape} and dtype {dtype}")
+    return _read_array(archive, info)
+
+
+def _read_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    with archive.open(info) as member:
+        return np.lib.format.read_array(member, allow_pickle=False)
+
+
+def _int_in_range(value: np.ndarray, key: str, bad) -> int:
+    if value.dtype.kind not in "iu" or not 0 <= int(value) <= _MAX_FEATURES:
+        raise bad(f"{key} must be an integer in [0, {_MAX_FEATURES}]; got {value!r}")
+    return int(value)

@@ -93,6 +93,65 @@ def test_matmul_matches_float64(backend):
     check()
 
 
+batch_dims = st.lists(st.integers(1, 3), max_size=2)
+
+
+def test_matmul_stacks_and_vectors_match_float64(backend):
+    """numpy.matmul's shapes: stacks broadcast over leading dimensions (a broadcast operand read in
+    place), 1-D operands promoted and their dimension removed; with trans, alpha, beta and out."""
+    @settings(max_examples=40 if backend == "numpy" else 15, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(batch_a=batch_dims, batch_b=batch_dims, vector=st.sampled_from(["", "a", "b", "ab"]),
+           m=st.integers(0, 20), n=st.integers(0, 20), k=st.integers(0, 40), trans_a=st.booleans(),
+           trans_b=st.booleans(), dtype=st.sampled_from(DTYPES), layout=st.sampled_from(LAYOUTS),
+           alpha=st.sampled_from([1.0, -0.5]), beta=st.sampled_from([0.0, 0.25]), seed=st.integers(0, 2**32 - 1))
+    def check(batch_a, batch_b, vector, m, n, k, trans_a, trans_b, dtype, layout, alpha, beta, seed):
+        rng = np.random.default_rng(seed)
+        # Broadcasting batches: where both have a dimension (aligned from the right), b's is a's or 1.
+        for j in range(1, min(len(batch_a), len(batch_b)) + 1):
+            batch_b[-j] = 1 if rng.random() < 0.5 else batch_a[-j]
+        trans_a, trans_b = trans_a and "a" not in vector, trans_b and "b" not in vector
+        a_shape = (k,) if "a" in vector else (*batch_a, *((k, m) if trans_a else (m, k)))
+        b_shape = (k,) if "b" in vector else (*batch_b, *((n, k) if trans_b else (k, n)))
+        a, b = make(rng, backend, a_shape, dtype, layout), make(rng, backend, b_shape, dtype)
+        a64 = np.swapaxes(f64(a), -1, -2) if trans_a else f64(a)
+        b64 = np.swapaxes(f64(b), -1, -2) if trans_b else f64(b)
+        ref = np.matmul(a64, b64)
+        xp = get_backend(backend).xp
+        c = make(rng, backend, ref.shape, dtype) if beta else poisoned(xp, ref.shape, dtype_of(dtype))
+        ref = alpha * ref + (beta * f64(c) if beta else 0)
+        a_before, b_before = f64(a), f64(b)
+        out = linear.matmul(a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, backend=backend)
+        assert out is c and out.shape == ref.shape
+        assert_close(out, ref, dtype_of(dtype))
+        assert np.array_equal(f64(a), a_before, equal_nan=True) and np.array_equal(f64(b), b_before, equal_nan=True)
+
+    check()
+
+
+def test_matmul_axes_and_out_casting(backend):
+    rng = np.random.default_rng(17)
+    xp = get_backend(backend).xp
+    a, b = make(rng, backend, (3, 2, 4), "float32"), make(rng, backend, (4, 5), "float32")
+    axes = [(0, 2), (0, 1), (2, 0)]  # a's matrices are a[:, i, :], the result's are out[:, :, i].T
+    out = linear.matmul(a, b, axes=axes, backend=backend)
+    expected = np.matmul(to_numpy(a), to_numpy(b), axes=axes)
+    assert out.shape == expected.shape == (5, 2, 3)
+    assert_close(out, expected, np.float32)
+    wide = xp.full((5, 2, 3), np.nan, np.complex128)  # a dtype the result casts to, as numpy allows
+    assert linear.matmul(a, b, wide, axes=axes, backend=backend) is wide
+    assert_close(wide.real, expected, np.float32)
+    with pytest.raises(TypeError, match="Cannot cast ufunc 'matmul' output from float32 to int32"):
+        linear.matmul(a, b, xp.zeros((5, 2, 3), np.int32), axes=axes, backend=backend)
+    with pytest.raises(TypeError, match="axis can only be used"):
+        linear.matmul(a, b, axis=0, backend=backend)
+    with pytest.raises(ValueError, match="non-broadcastable"):
+        linear.matmul(a, b, xp.zeros((1, 2, 5), np.float32), backend=backend)
+    v = make(rng, backend, (4,), "float64")
+    scalar = linear.matmul(v, v, backend=backend)
+    assert (type(scalar) is np.float64) if xp is np else scalar.shape == ()
+
+
 def test_forward_matches_float64(backend):
     @fixed_settings(backend)
     @given(lead=st.lists(st.integers(0, 5), max_size=3), f=st.integers(0, 70), d=small, bias=st.booleans(),
@@ -319,13 +378,29 @@ def test_backward_rejects_non_float_dtypes(backend, argument):
         linear.backward(args["dy"], args["x"], args["w"], backend=backend)
 
 
-@pytest.mark.parametrize("argument", ["a", "b"])
-def test_matmul_rejects_non_float_dtypes(backend, argument):
+@pytest.mark.parametrize("dtypes", [("complex64", "float32"), ("int8", "int8"), ("bool", "bool"), ("uint8", "int16")])
+def test_matmul_other_dtypes_run_the_array_modules_matmul(backend, dtypes):
     rng = np.random.default_rng(13)
-    args = {"a": make(rng, backend, (3, 4), "float32"), "b": make(rng, backend, (4, 2), "float32")}
-    args[argument] = args[argument].astype(np.complex64)
-    with pytest.raises(TypeError, match=rf"{argument} has shape .* and dtype complex64"):
-        linear.matmul(args["a"], args["b"], backend=backend)
+    xp = get_backend(backend).xp
+    a, b = (xp.asarray((rng.standard_normal(shape) * 3).astype(dtype))
+            for shape, dtype in zip(((2, 3, 4), (4, 2)), dtypes))
+    out = linear.matmul(a, b, backend=backend)
+    expected = xp.matmul(a, b)
+    assert out.dtype == expected.dtype and bool((out == expected).all())
+    with pytest.raises(TypeError, match=rf"alpha and beta need a float result; a has shape \(2, 3, 4\) and dtype {dtypes[0]}"):
+        linear.matmul(a, b, alpha=2.0, backend=backend)
+
+
+def test_matmul_mixed_dtypes_promote_as_numpy(backend):
+    """int with float runs the kernels in numpy's result dtype (float64 for int64 with float32)."""
+    rng = np.random.default_rng(12)
+    xp = get_backend(backend).xp
+    a = xp.asarray(rng.integers(-5, 5, (3, 4)))
+    for dtype in ("float32", "float16"):
+        b = make(rng, backend, (4, 2), dtype)
+        out = linear.matmul(a, b, backend=backend)
+        assert out.dtype == np.result_type(np.int64, dtype_of(dtype))
+        assert_close(out, f64(a) @ f64(b), out.dtype)
 
 
 @pytest.mark.parametrize("shapes, names", [
@@ -361,8 +436,13 @@ def test_matmul_shape_errors_name_the_shapes(backend):
     with pytest.raises(ValueError, match=r"\(3, 4\).*\(3, 2\)"):
         linear.matmul(a, b, backend=backend)
     assert linear.matmul(a, b, trans_a=True, backend=backend).shape == (4, 2)
-    with pytest.raises(ValueError, match="a must be 2-D"):
-        linear.matmul(make(rng, backend, (2, 3, 4), "float32"), b, backend=backend)
+    with pytest.raises(ValueError, match=r"a has shape \(\) and dtype float32; a scalar"):
+        linear.matmul(make(rng, backend, (), "float32"), b, backend=backend)
+    with pytest.raises(ValueError, match=r"\(2, 4, 3\).*\(3, 3, 2\).*do not broadcast"):
+        linear.matmul(make(rng, backend, (2, 4, 3), "float32"), make(rng, backend, (3, 3, 2), "float32"),
+                      backend=backend)
+    with pytest.raises(ValueError, match="trans_b needs a matrix"):
+        linear.matmul(a, make(rng, backend, (3,), "float32"), trans_b=True, backend=backend)
     with pytest.raises(ValueError, match="beta != 0 needs out"):
         linear.matmul(a, b, trans_a=True, beta=1.0, backend=backend)
     with pytest.raises(TypeError, match="alpha must be a real number"):
@@ -453,3 +533,13 @@ def test_lists_are_accepted_as_numpy_arrays():
 
 def test_available_backends_always_has_numpy():
     assert linear.available_backends()[0] == "numpy"
+
+
+def test_a_missing_array_is_a_type_error_naming_it(backend):
+    w = make(np.random.default_rng(18), backend, (4, 2), "float32")
+    with pytest.raises(TypeError, match="x must be an array; got None"):
+        linear.forward(None, w, backend=backend)
+    with pytest.raises(TypeError, match="w must be an array; got None"):
+        linear.backward(w, w, None, backend=backend)
+    with pytest.raises(TypeError, match="b must be an array; got None"):
+        linear.matmul(w, None, backend=backend)

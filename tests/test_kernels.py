@@ -188,19 +188,19 @@ def test_tensor_cores_run_half_types_and_tf32_on_sm80_and_later_for_aligned_oper
 def test_gemm_launch_arguments_have_exact_types():
     [launch] = gemm_launches(70, 56, 32, "float16", bias=True)  # rows of 64 and 112 bytes
     types = [type(arg) for arg in launch.args]
-    assert types == [np.int32] * 4 + [np.ndarray, np.int64] * 2 + [np.ndarray, np.int64, np.int64] + \
+    assert types == [np.int32] * 5 + [np.ndarray, np.int64, np.int64] * 2 + [np.ndarray] + [np.int64] * 3 + \
         [np.float32, np.float32, np.ndarray, np.int32]
     assert launch.grid == (3, 2, 1) and launch.block == (64, 1, 1)
     assert launch.name == "linear_gemm<__half, __half, false, false, 32, 32, 8, 32, 32, 4, 4, true>"
     [launch] = gemm_launches(5, 5, 5, "float64")
-    assert type(launch.args[11]) is np.float64 and launch.args[-1] == 0
+    assert type(launch.args[15]) is np.float64 and launch.args[-1] == 0
 
 
 def test_split_k_plan_writes_a_workspace_then_reduces_it():
     first, second = gemm_launches(70, 50, 33, "bfloat16", tuning=Tuning(splits=3), bias=True)
-    workspace = first.args[8]
+    workspace = first.args[11]
     assert workspace.shape == (3, 70, 50) and workspace.dtype == np.float32
-    assert first.grid[2] == 3 and first.args[3] == 16  # k_per_split
+    assert first.grid[2] == 3 and first.args[3] == 16 and first.args[4] == 3  # k_per_split, splits
     assert "linear_gemm<__nv_bfloat16, float," in first.name and first.args[-1] == 0  # no bias yet
     assert second.name == "linear_sum_splits<__nv_bfloat16>" and second.args[3] is workspace
     assert second.args[-1] == 1
@@ -494,3 +494,100 @@ def test_colsum_is_bitwise_repeatable():
         sums.add(out.tobytes())
     assert len(sums) == 1
     assert plan.colsum_chunks(5000, 40)[1] > 1  # the two-pass path ran
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stacks of matrices: one strided-batched launch, stride 0 for a broadcast operand
+# ----------------------------------------------------------------------------------------------------
+
+def batched(rng, batch, shape, dtype, broadcast=False):
+    """A stack of random matrices; with broadcast, one matrix seen batch times (stride 0)."""
+    if broadcast:
+        return np.broadcast_to(rng.standard_normal(shape).astype(dtype), batch + shape)
+    return rng.standard_normal(batch + shape).astype(dtype)
+
+
+def test_a_stack_is_one_launch_reading_a_broadcast_operand_in_place():
+    rng = np.random.default_rng(20)
+    a, b = batched(rng, (4,), (20, 30), np.float32), batched(rng, (4,), (30, 17), np.float32, broadcast=True)
+    c = np.empty((4, 20, 17), np.float32)
+    [launch] = plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+    assert launch.grid[2] == 4 and launch.args[4] == 1  # batch 4, no split-K
+    (arg_a, stride_a), (arg_b, stride_b), (arg_c, stride_c) = (launch.args[i:i + 3:2] for i in (5, 8, 11))
+    assert (stride_a, stride_b, stride_c) == (20 * 30, 0, 20 * 17)
+    assert arg_b.ctypes.data == b.ctypes.data and np.shares_memory(arg_b, b)  # not a copy
+    assert arg_a.ctypes.data == a.ctypes.data and arg_c.ctypes.data == c.ctypes.data
+    # Split-K is for single matrices: a stack's grid z is its batch, whatever the tuning asks.
+    [launch] = plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0,
+                              tuning=Tuning(splits=3))
+    assert launch.grid[2] == 4 and launch.args[4] == 1
+
+
+def test_batch_dimensions_that_do_not_merge_get_a_launch_each():
+    rng = np.random.default_rng(21)
+    a = np.broadcast_to(batched(rng, (2, 1), (5, 6), np.float32), (2, 3, 5, 6))  # broadcast along dim 1
+    b = np.broadcast_to(batched(rng, (1, 3), (6, 7), np.float32), (2, 3, 6, 7))  # and along dim 0
+    c = np.empty((2, 3, 5, 7), np.float32)
+    launches = plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+    assert [launch.grid[2] for launch in launches] == [3, 3]
+    assert [launch.args[7] for launch in launches] == [0, 0] and [launch.args[10] for launch in launches] == [42, 42]
+    assert launches[1].args[5].ctypes.data == a.ctypes.data + a.strides[0]
+
+
+def test_a_batch_beyond_grid_z_is_cut_into_launches():
+    batch = plan.MAX_GRID_YZ + 7
+    a = np.broadcast_to(np.ones((1, 1), np.float32), (batch, 1, 1))
+    b, c = np.ones((batch, 1, 1), np.float32), np.empty((batch, 1, 1), np.float32)
+    first, second = plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+    assert (first.grid[2], second.grid[2]) == (plan.MAX_GRID_YZ, 7)
+    assert second.args[11].ctypes.data == c.ctypes.data + plan.MAX_GRID_YZ * 4
+    assert second.args[8].ctypes.data == b.ctypes.data + plan.MAX_GRID_YZ * 4
+
+
+# (batch of a, of b, of c): stacks, a broadcast matrix on either side, dims that do not merge.
+BATCHES = [((3,), (3,), (3,)), ((3,), (), (3,)), ((), (2,), (2,)), ((2, 1), (1, 3), (2, 3))]
+
+
+@pytest.mark.parametrize("dtype,config", [("float32", "small"), ("float16", "medium"), ("float64", "small")])
+@pytest.mark.parametrize("trans_a,trans_b", TRANS, ids=["NN", "NT", "TN", "TT"])
+def test_batched_gemm(runtime, dtype, config, trans_a, trans_b):
+    rng = np.random.default_rng([21, trans_a, trans_b])
+    m, n, k = 37, 21, 19
+    backend = KernelBackend(runtime, Tuning(config=config))
+    for batch_a, batch_b, batch in BATCHES:
+        a = rng.standard_normal(batch_a + ((k, m) if trans_a else (m, k))).astype(DTYPES[dtype])
+        b = rng.standard_normal(batch_b + ((n, k) if trans_b else (k, n))).astype(DTYPES[dtype])
+        if trans_a and batch_a:  # a stack walked backwards: a negative batch stride
+            a = a[::-1]
+        a_full, b_full = np.broadcast_to(a, batch + a.shape[-2:]), np.broadcast_to(b, batch + b.shape[-2:])
+        c = poisoned(np, batch + (m, n), DTYPES[dtype])
+        backend.gemm(a_full, b_full, c, trans_a=trans_a, trans_b=trans_b, alpha=1.0, beta=0.0)
+        op = lambda x, t: np.swapaxes(x, -1, -2) if t else x
+        assert_close(c, np.matmul(op(a_full.astype(np.float64), trans_a), op(b_full.astype(np.float64), trans_b)),
+                     dtype)
+
+
+@pytest.mark.parametrize("offset", ["A += batch * batch_stride_a;", "C += batch * batch_stride_c;"])
+def test_an_ignored_batch_stride_is_caught(tmp_path, offset):
+    """Negative control: a kernel that ignores one operand's batch stride gets a stack wrong."""
+    broken = KernelBackend(emulator(kernel_dir=broken_copy(tmp_path, re.escape(offset))), Tuning(config="small"))
+    rng = np.random.default_rng(22)
+    a, b = batched(rng, (3,), (9, 8), np.float32), batched(rng, (3,), (8, 10), np.float32)
+    c = poisoned(np, (3, 9, 10), np.float32)
+    broken.gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+    assert rel_err(c, np.matmul(a.astype(np.float64), b)) > TOLERANCE["float32"]
+
+
+def test_linear_matmul_on_a_stack_is_one_launch_without_copies(monkeypatch):
+    import linear
+    backend = emulate_backend()
+    launched = []
+    original = backend.launch
+    monkeypatch.setattr(backend, "launch", lambda launches: (launched.extend(launches), original(launches)))
+    rng = np.random.default_rng(23)
+    a, b = batched(rng, (2, 3), (20, 30), np.float32), batched(rng, (), (17, 30), np.float32)
+    out = linear.matmul(a, b.T, backend="emulate")  # b: one transposed matrix under a 2 x 3 stack
+    assert_close(out, np.matmul(a.astype(np.float64), b.T), "float32")
+    [launch] = launched
+    assert launch.grid[2] == 6 and launch.args[8].ctypes.data == b.ctypes.data and launch.args[10] == 0
+    assert launch.args[5].ctypes.data == a.ctypes.data

@@ -24,29 +24,37 @@ def rounded(p, dtype):
     return p.astype(dtype).astype(np.float64)
 
 
-def sgd_reference(p, grads, dtype, lr, momentum=0.0, weight_decay=0.0):
-    """torch.optim.SGD with dampening 0 and no Nesterov, in float64."""
+def sgd_reference(p, grads, dtype, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+                  maximize=False):
+    """torch.optim.SGD's documented algorithm, in float64."""
     buf = None
     for g in grads:
-        g = g + weight_decay * p
+        g = (-g if maximize else g) + weight_decay * p
         if momentum:
-            buf = g.copy() if buf is None else momentum * buf + g
-            g = buf
+            buf = g.copy() if buf is None else momentum * buf + (1 - dampening) * g
+            g = g + momentum * buf if nesterov else buf
         p = rounded(p - lr * g, dtype)
     return p
 
 
-def adam_reference(p, grads, dtype, lr, betas, eps, weight_decay=0.0, bias_correction=True):
-    """torch.optim.Adam (no AMSGrad, L2 weight decay added to the gradient), in float64."""
-    m = v = np.zeros_like(p)
+def adam_reference(p, grads, dtype, lr, betas, eps, weight_decay=0.0, amsgrad=False, maximize=False,
+                   decoupled=False, bias_correction=True):
+    """torch.optim.Adam's documented algorithm (AdamW's with decoupled=True), in float64."""
+    m = v = v_max = np.zeros_like(p)
     for t, g in enumerate(grads, start=1):
-        g = g + weight_decay * p
+        g = -g if maximize else g
+        if decoupled:
+            p = p * (1 - lr * weight_decay)
+        else:
+            g = g + weight_decay * p
         m = betas[0] * m + (1 - betas[0]) * g
         v = betas[1] * v + (1 - betas[1]) * g * g
+        v_max = np.maximum(v_max, v)
+        v_used = v_max if amsgrad else v
         if bias_correction:
-            m_hat, v_hat = m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)
+            m_hat, v_hat = m / (1 - betas[0] ** t), v_used / (1 - betas[1] ** t)
         else:  # only for the negative control
-            m_hat, v_hat = m, v
+            m_hat, v_hat = m, v_used
         p = rounded(p - lr * m_hat / (np.sqrt(v_hat) + eps), dtype)
     return p
 
@@ -89,10 +97,10 @@ def test_sgd_matches_torch_rule(backend, dtype, momentum, weight_decay):
     lr = 0.1
     initial, grads, final = run(backend, dtype, lambda params: optim.SGD(params, lr=lr, momentum=momentum,
                                                                           weight_decay=weight_decay))
-    expected = [sgd_reference(p, g, numpy_dtype(dtype), lr, momentum, weight_decay) for p, g in zip(initial, grads)]
+    expected = [sgd_reference(p, g, numpy_dtype(dtype), lr, momentum=momentum, weight_decay=weight_decay) for p, g in zip(initial, grads)]
     assert displacement_error(initial, final, expected) <= TOLERANCE[dtype]
     if momentum:  # negative control: the momentum buffer changes the path
-        plain = [sgd_reference(p, g, numpy_dtype(dtype), lr, 0.0, weight_decay) for p, g in zip(initial, grads)]
+        plain = [sgd_reference(p, g, numpy_dtype(dtype), lr, weight_decay=weight_decay) for p, g in zip(initial, grads)]
         assert displacement_error(initial, final, plain) > 0.1
 
 
@@ -122,10 +130,13 @@ def test_optimizer_state_dtype(dtype):
 
 
 def test_defaults_follow_torch():
-    adam = optim.Adam([Parameter(np.ones(2))])
-    assert (adam.lr, adam.betas, adam.eps, adam.weight_decay) == (1e-3, (0.9, 0.999), 1e-8, 0.0)
-    sgd = optim.SGD([Parameter(np.ones(2))], lr=0.5)
-    assert (sgd.lr, sgd.momentum, sgd.weight_decay) == (0.5, 0.0, 0.0)
+    def options(optimizer):
+        return {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+    assert options(optim.Adam([Parameter(np.ones(2))])) == dict(
+        lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False)
+    assert options(optim.AdamW([Parameter(np.ones(2))]))["weight_decay"] == 1e-2
+    assert options(optim.SGD([Parameter(np.ones(2))], lr=0.5)) == dict(
+        lr=0.5, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False)
 
 
 def test_zero_grad_clears_in_place(backend):
@@ -169,3 +180,105 @@ def test_bad_hyper_parameters_are_clear_errors(make, exception, words):
         make([Parameter(np.ones(3))])
     for word in words:
         assert word in str(info.value)
+
+
+SGD_OPTIONS = [dict(momentum=0.9, dampening=0.3), dict(momentum=0.9, nesterov=True, weight_decay=0.05),
+               dict(momentum=0.5, maximize=True), dict(maximize=True, weight_decay=0.1)]
+
+
+@pytest.mark.parametrize("options", SGD_OPTIONS, ids=lambda o: ",".join(o))
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_sgd_options_match_torch_rule(backend, dtype, options):
+    initial, grads, final = run(backend, dtype, lambda params: optim.SGD(params, lr=0.05, **options))
+    expected = [sgd_reference(p, g, numpy_dtype(dtype), 0.05, **options) for p, g in zip(initial, grads)]
+    assert displacement_error(initial, final, expected) <= TOLERANCE[dtype]
+    plain = [sgd_reference(p, g, numpy_dtype(dtype), 0.05) for p, g in zip(initial, grads)]
+    assert displacement_error(initial, final, plain) > 0.01  # negative control: each option matters
+
+
+ADAM_OPTIONS = [(optim.Adam, dict(amsgrad=True)), (optim.Adam, dict(maximize=True, weight_decay=0.1)),
+                (optim.AdamW, dict(weight_decay=0.5)), (optim.AdamW, dict(weight_decay=0.5, amsgrad=True))]
+
+
+@pytest.mark.parametrize("kind, options", ADAM_OPTIONS, ids=lambda o: o.__name__ if isinstance(o, type) else ",".join(o))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_adam_options_match_torch_rule(backend, dtype, kind, options):
+    hyper = dict(lr=0.1, betas=(0.8, 0.9), eps=1e-3)
+    # amsgrad shows when v shrinks: gradients that fall after the first step
+    initial, grads, final = run(backend, dtype, lambda params: kind(params, **hyper, **options))
+    decoupled = kind is optim.AdamW
+    expected = [adam_reference(p, g, numpy_dtype(dtype), **hyper, **options, decoupled=decoupled)
+                for p, g in zip(initial, grads)]
+    assert displacement_error(initial, final, expected) <= TOLERANCE[dtype]
+    coupled = [adam_reference(p, g, numpy_dtype(dtype), **hyper, **options, decoupled=not decoupled)
+               for p, g in zip(initial, grads)]
+    if options.get("weight_decay"):  # negative control: L2 and decoupled decay differ
+        assert displacement_error(initial, final, coupled) > 0.01
+
+
+def test_parameter_groups_take_their_own_options(backend):
+    def make(params):
+        return optim.SGD([{"params": params[:1], "lr": 0.5, "momentum": 0.9}, {"params": params[1:]}], lr=0.01)
+    initial, grads, final = run(backend, "float64", make)
+    expected = [sgd_reference(initial[0], grads[0], np.float64, 0.5, momentum=0.9),
+                sgd_reference(initial[1], grads[1], np.float64, 0.01)]
+    assert displacement_error(initial, final, expected) <= TOLERANCE["float64"]
+    with pytest.raises(ValueError, match=r"unknown options \['betas'\]"):
+        optim.SGD([{"params": [Parameter(np.ones(2))], "betas": (0.9, 0.9)}], lr=0.1)
+    with pytest.raises(ValueError, match="nesterov=True needs momentum > 0"):
+        optim.SGD([Parameter(np.ones(2))], lr=0.1, nesterov=True)
+
+
+@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True),
+                                  lambda ps: optim.AdamW(ps, lr=0.01, amsgrad=True)], ids=["SGD", "AdamW"])
+def test_resuming_from_checkpoints_is_bitwise_identical(backend, tmp_path, make):
+    """Train 6 steps in one go; train 3, save layer and optimizer, load both into fresh objects, train 3
+    more: the weights are bitwise equal. Resuming without the optimizer's state is not."""
+    import pickle
+
+    from linear import Linear
+    rng = np.random.default_rng(30)
+    batches = [rng.standard_normal((8, 5)).astype(np.float32) for _ in range(6)]
+
+    def train(layer, optimizer, steps):
+        for x in steps:
+            x = layer.xp.asarray(x)
+            optimizer.zero_grad()
+            layer.backward(layer(x) - 1.0)  # the gradient of ½‖y - 1‖²
+            optimizer.step()
+
+    straight = Linear(5, 3, backend=backend, seed=0)
+    train(straight, make(list(straight.parameters())), batches)
+
+    first = Linear(5, 3, backend=backend, seed=0)
+    optimizer = make(list(first.parameters()))
+    train(first, optimizer, batches[:3])
+    first.save(tmp_path / "layer.npz")
+    (tmp_path / "optimizer.pkl").write_bytes(pickle.dumps(optimizer.state_dict()))
+
+    resumed = Linear.load(tmp_path / "layer.npz", backend=backend)
+    resumed_optimizer = make(list(resumed.parameters()))
+    resumed_optimizer.load_state_dict(pickle.loads((tmp_path / "optimizer.pkl").read_bytes()))
+    train(resumed, resumed_optimizer, batches[3:])
+    for mine, theirs in zip(resumed.parameters(), straight.parameters(), strict=True):
+        assert to_numpy(mine.data).tobytes() == to_numpy(theirs.data).tobytes()
+
+    forgetful = Linear.load(tmp_path / "layer.npz", backend=backend)
+    train(forgetful, make(list(forgetful.parameters())), batches[3:])
+    assert to_numpy(forgetful.weight.data).tobytes() != to_numpy(straight.weight.data).tobytes()
+
+
+def test_load_state_dict_mismatches_are_clear_errors():
+    p, q = Parameter(np.ones(2)), Parameter(np.ones(3))
+    state = optim.SGD([p, q], lr=0.1, momentum=0.9).state_dict()
+    with pytest.raises(ValueError, match=r"groups of \[2\] parameters; this optimizer has \[1\]"):
+        optim.SGD([p], lr=0.1, momentum=0.9).load_state_dict(state)
+    source = optim.SGD([p, q], lr=0.1, momentum=0.9)
+    p.grad[...] = 1
+    q.grad[...] = 1
+    source.step()
+    state = source.state_dict()
+    target = optim.SGD([q, p], lr=0.2, momentum=0.9)
+    with pytest.raises(ValueError, match=r"\['momentum_buffer'\] has shape \(2,\); parameter 0 has shape \(3,\)"):
+        target.load_state_dict(state)
+    assert target.param_groups[0]["lr"] == 0.2 and not target.state  # nothing changed

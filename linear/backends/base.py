@@ -4,12 +4,14 @@ A backend only multiplies and reduces; the equations of the layer live in linear
 
     Backend.gemm(a, b, c, trans_a=, trans_b=, alpha=, beta=, bias=)
         c[...] = alpha * op(a) @ op(b) + beta * c (+ bias[None, :] when bias is given)
-        op(x) = x.T when the flag is set. op(a) is (M, K), op(b) is (K, N), c is (M, N).
+        op(x) = x.T when the flag is set. op(a) is (M, K), op(b) is (K, N), c is (M, N); or stacks of
+        them: a, b and c with the same leading (batch) dimensions, c's matrices computed independently.
     Backend.colsum(a, out, beta=)
         out[...] = a.sum(axis=0) + beta * out, in a fixed (deterministic) order.
 
 What linear.functional guarantees to a backend (so backends never re-check it):
-- every array is an array of `backend.xp`, 2-D for a, b, c and 1-D for bias and out;
+- every array is an array of `backend.xp`: a, b, c 2-D, or all three with the same batch dimensions
+  before their matrices (a and b possibly broadcast views, stride 0); bias and out 1-D;
 - all arrays share one dtype (float16, bfloat16, float32 or float64); half types accumulate in float32;
 - c and out are C-contiguous, writable and overlap no input;
 - a and b may be any strided view (transposed, Fortran-ordered, negative strides); the backend maps

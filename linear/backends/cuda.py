@@ -27,7 +27,10 @@ class CupyRuntime:
         try:
             import cupy
         except ImportError as e:
-            raise BackendUnavailable("the cuda backend needs CuPy (pip install 'linear[cuda13]')") from e
+            raise BackendUnavailable(
+                "the cuda backend needs an NVIDIA GPU with its driver, and CuPy: pip install 'linear[cuda13]' "
+                "for CUDA 13.x or 'linear[cuda12]' for CUDA 12.x; from a clone of the repository: "
+                "pip install \".[cuda13]\" (or \".[cuda12]\")") from e
         try:
             devices = cupy.cuda.runtime.getDeviceCount()
         except cupy.cuda.runtime.CUDARuntimeError as e:

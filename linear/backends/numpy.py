@@ -12,8 +12,8 @@ class NumpyBackend:
 
     def gemm(self, a, b, c, *, trans_a, trans_b, alpha, beta, bias=None):
         work = accumulator_dtype(c.dtype)  # as the kernels do; numpy's float16 matmul is slower and less precise
-        op_a = a.T if trans_a else a
-        op_b = b.T if trans_b else b
+        op_a = np.swapaxes(a, -1, -2) if trans_a else a
+        op_b = np.swapaxes(b, -1, -2) if trans_b else b
         if work != c.dtype:
             op_a, op_b = op_a.astype(work), op_b.astype(work)
         # BLAS writes straight into c unless c is an addend or needs a cast. Fresh temporaries are kept

@@ -18,12 +18,21 @@ The shape heuristic (tunable through TILE_CONFIGS, TC_CONFIGS and the constants 
 2. Split-K: when even that leaves SMs idle and K is long, split K into up to ⌈NUM_SMS / tiles⌉ parts
    of at least MIN_K_PER_SPLIT each (at most MAX_SPLITS). Each part writes float32/float64 partial
    products into a workspace [splits, M, N]; linear_sum_splits adds them in a fixed order.
-3. Vector loads: only when both operands' pointers and leading dimensions are 16-byte aligned.
+   Only for a single matrix: a stack (batch > 1) fills the card with its batch instead.
+3. Vector loads: only when both operands' pointers, leading dimensions and batch strides are 16-byte
+   aligned.
 Tuning() overrides any of the three (for tests and tile sweeps).
+
+Stacks of matrices (numpy.matmul's batch) are one strided-batched launch: grid z = batch · splits, each
+operand with its own batch stride, 0 for a broadcast one. Batch dimensions whose strides merge into one
+(every contiguous stack, a broadcast matrix) become that one stride; outer dimensions that do not merge
+(two operands broadcast along different dimensions) get one launch each, and a batch beyond gridDim.z's
+limit is cut into several launches.
 """
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -225,15 +234,16 @@ def split_k(k: int, splits: int, bk: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Operand:
-    """What the kernel receives for one matrix: op(x) is `array` (transposed when `trans`),
-    stored row-major with leading dimension `ld` (in elements)."""
+    """What the kernel receives for one matrix, or a stack of them in the leading dimensions: each
+    matrix of `array` (transposed when `trans`) is stored row-major with leading dimension `ld`
+    (in elements)."""
     array: Any
     ld: int
     trans: bool
 
     @property
     def rows(self) -> int:
-        return self.array.shape[0]
+        return self.array.shape[-2]
 
 
 def _row_major_ld(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> int | None:
@@ -250,18 +260,23 @@ def _row_major_ld(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: in
 
 
 def as_operand(xp: ModuleType, x: Any, trans: bool) -> Operand:
-    """x as the kernels see it: row-major as is, column-major as the transpose with the flag
-    flipped, anything else (negative or non-unit inner strides) as a contiguous copy."""
+    """x (a matrix, or a stack of them) as the kernels see it: row-major as is, column-major as the
+    transpose with the flag flipped, anything else (negative or non-unit inner strides, batch strides
+    that are not whole elements) as a contiguous copy, which keeps a broadcast (stride 0) dimension
+    broadcast."""
+    cols = max(x.shape[-1], 1)
     if x.size == 0:  # never read
-        return Operand(x, max(x.shape[1], 1), trans)
-    ld = _row_major_ld(x.shape, x.strides, x.itemsize)
-    if ld is not None:
-        return Operand(x, ld, trans)
-    ld = _row_major_ld(x.shape[::-1], x.strides[::-1], x.itemsize)
-    if ld is not None:
-        return Operand(x.T, ld, not trans)
-    copy = xp.ascontiguousarray(x)
-    return Operand(copy, max(x.shape[1], 1), trans)
+        return Operand(x, cols, trans)
+    if all(stride % x.itemsize == 0 for stride in x.strides[:-2]):
+        shape, strides = x.shape[-2:], x.strides[-2:]
+        ld = _row_major_ld(shape, strides, x.itemsize)
+        if ld is not None:
+            return Operand(x, ld, trans)
+        ld = _row_major_ld(shape[::-1], strides[::-1], x.itemsize)
+        if ld is not None:
+            return Operand(xp.swapaxes(x, -1, -2), ld, not trans)
+    stored = x[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in x.strides[:-2])]
+    return Operand(xp.broadcast_to(xp.ascontiguousarray(stored), x.shape), cols, trans)
 
 
 def address(x: Any) -> int:
@@ -270,10 +285,11 @@ def address(x: Any) -> int:
 
 
 def vector_aligned(operand: Operand) -> bool:
-    """Every VECTOR_BYTES chunk the kernel reads at a multiple of the vector width is aligned."""
-    itemsize = operand.array.itemsize
-    return address(operand.array) % VECTOR_BYTES == 0 and (
-        operand.rows <= 1 or operand.ld * itemsize % VECTOR_BYTES == 0)
+    """Every VECTOR_BYTES chunk the kernel reads at a multiple of the vector width is aligned, in
+    every matrix of the stack."""
+    x = operand.array
+    return address(x) % VECTOR_BYTES == 0 and (operand.rows <= 1 or operand.ld * x.itemsize % VECTOR_BYTES == 0) \
+        and all(stride % VECTOR_BYTES == 0 for n, stride in zip(x.shape[:-2], x.strides[:-2]) if n > 1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -366,8 +382,8 @@ def _contiguous_vector(xp: ModuleType, v: Any) -> Any:
 
 
 def _output_ld(c: Any) -> int:
-    ld = _row_major_ld(c.shape, c.strides, c.itemsize)
-    if ld is None:
+    ld = _row_major_ld(c.shape[-2:], c.strides[-2:], c.itemsize)
+    if ld is None or any(stride % c.itemsize for stride in c.strides[:-2]):
         raise ValueError(f"the output must be row-major, got shape {c.shape} and strides {c.strides}")
     return ld
 
@@ -379,23 +395,67 @@ def tensor_cores_apply(dtype: str, op_a: Operand, op_b: Operand, *, arch: int | 
     return (dtype != "float32" or tf32) and vector_aligned(op_a) and vector_aligned(op_b)
 
 
+@dataclass(frozen=True)
+class BatchLaunch:
+    """One launch's share of a stack: the arrays start at its first matrix; `count` matrices, each
+    operand's next one `strides` elements further (0 for a broadcast operand)."""
+    arrays: tuple[Any, ...]
+    count: int
+    strides: tuple[int, ...]
+
+
+def batch_launches(xp: ModuleType, arrays: list[Any], max_count: int) -> list[BatchLaunch]:
+    """Split the common batch dimensions of `arrays` (leading dimensions, before each one's matrix)
+    into launches: dimensions whose strides merge for every array become one strided dimension (the
+    innermost goes to the grid); each index of the outer ones, and each max_count matrices of the
+    inner one, is a launch of its own. Only views of the arrays, never a copy."""
+    merged: list[tuple[int, tuple[int, ...]]] = []  # (size, byte strides per array), outer first
+    for i, size in enumerate(arrays[0].shape[:-2]):
+        if size == 1:
+            continue
+        strides = tuple(x.strides[i] for x in arrays)
+        if merged and all(outer == size * inner for outer, inner in zip(merged[-1][1], strides)):
+            merged[-1] = (merged[-1][0] * size, strides)
+        else:
+            merged.append((size, strides))
+    if not merged:  # one matrix: the arrays as they are
+        return [BatchLaunch(tuple(arrays), 1, (0,) * len(arrays))]
+    # Each array as [merged batch dims..., rows, cols]; its first element is that of matrix 0.
+    views = [xp.lib.stride_tricks.as_strided(
+        x, tuple(size for size, _ in merged) + x.shape[-2:], tuple(s[j] for _, s in merged) + x.strides[-2:])
+        for j, x in enumerate(arrays)]
+    count = merged[-1][0]
+    element_strides = tuple(stride // x.itemsize for stride, x in zip(merged[-1][1], arrays))
+    launches = []
+    for index in itertools.product(*(range(size) for size, _ in merged[:-1])):
+        for first in range(0, count, max_count):
+            part = index + (slice(first, first + max_count),)
+            launches.append(BatchLaunch(tuple(v[part] for v in views), min(max_count, count - first),
+                                        element_strides))
+    return launches
+
+
 def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b: bool, alpha: float,
               beta: float, bias: Any = None, tuning: Tuning = Tuning(), arch: int | None = None,
               tf32: bool = False) -> list[Launch]:
     """The launches for c[...] = alpha·op(a)·op(b) + beta·c (+ bias), as in base.Backend.gemm.
 
-    arch is the device's compute capability as an int (90 for 9.0), None for no tensor cores; tf32
-    allows float32 products to run on them with TF32 operands."""
+    a, b and c may carry the same leading batch dimensions (a stack of matrices); a's and b's may be
+    broadcast views (stride 0) of them. 2-D arrays are one matrix. arch is the device's compute
+    capability as an int (90 for 9.0), None for no tensor cores; tf32 allows float32 products to run
+    on them with TF32 operands.
+    """
     t = element_type(c.dtype)
     dtype = np.dtype(c.dtype).name
-    m, n = c.shape
-    k = a.shape[0] if trans_a else a.shape[1]
+    m, n = c.shape[-2:]
+    k = a.shape[-2] if trans_a else a.shape[-1]
+    batch = math.prod(c.shape[:-2])
     _check_size(M=m, N=n, K=k)
     chosen = CONFIGS_BY_NAME[tuning.config] if tuning.config else None
     if chosen is not None and dtype not in chosen.dtypes:
         raise ValueError(f"tile config {chosen.name!r} is instantiated for {', '.join(chosen.dtypes)} only, "
                          f"got dtype {dtype}")
-    if m == 0 or n == 0:
+    if m == 0 or n == 0 or batch == 0:
         return []
     ldc = _output_ld(c)
     op_a, op_b = as_operand(xp, a, trans_a), as_operand(xp, b, trans_b)
@@ -403,7 +463,7 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b:
         bias = _contiguous_vector(xp, bias)
     aligned = vector_aligned(op_a) and vector_aligned(op_b)
     if tuning.vector and not aligned:
-        raise ValueError("Tuning(vector=True) needs 16-byte aligned operands and leading dimensions")
+        raise ValueError("Tuning(vector=True) needs 16-byte aligned operands, leading dimensions and batch strides")
     vector = aligned if tuning.vector is None else tuning.vector
 
     tensor_cores = vector and tensor_cores_apply(dtype, op_a, op_b, arch=arch, tf32=tf32)
@@ -413,16 +473,18 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b:
                          f"operands {'' if aligned else 'not '}16-byte aligned)")
     if tensor_cores and not isinstance(chosen, TileConfig):
         config = chosen or choose_config(m, n, TC_HEURISTIC_CONFIGS)
-        bk, threads, shared = config.bk(t.itemsize), config.threads, config.shared_bytes()
+        source = "tc_gemm.cu"
+        bk, shared = config.bk(t.itemsize), config.shared_bytes()
     else:
-        tensor_cores = False
         config = chosen or choose_config(m, n)
-        bk, threads, shared = config.bk, config.threads, config.shared_bytes(np.dtype(t.acc).itemsize)
+        source = "gemm.cu"
+        bk, shared = config.bk, config.shared_bytes(np.dtype(t.acc).itemsize)
 
-    k_per_split, splits = split_k(k, tuning.splits or choose_splits(m, n, k, config), bk)
-    grid = (_ceil_div(m, config.bm), _ceil_div(n, config.bn), splits)
-    if grid[1] > MAX_GRID_YZ:
-        raise ValueError(f"N = {n} needs {grid[1]} column tiles, more than one launch allows ({MAX_GRID_YZ})")
+    wanted_splits = (tuning.splits or choose_splits(m, n, k, config)) if batch == 1 else 1
+    k_per_split, splits = split_k(k, wanted_splits, bk)
+    grid_xy = (_ceil_div(m, config.bm), _ceil_div(n, config.bn))
+    if grid_xy[1] > MAX_GRID_YZ:
+        raise ValueError(f"N = {n} needs {grid_xy[1]} column tiles, more than one launch allows ({MAX_GRID_YZ})")
 
     if splits == 1:
         c_cpp, target, target_ld, split_stride = t.cpp, c, ldc, 0
@@ -430,21 +492,22 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b:
     else:  # partial products into the workspace; linear_sum_splits applies the epilogue
         c_cpp, target, target_ld, split_stride = t.acc_cpp, xp.empty((splits, m, n), t.acc), n, m * n
         epilogue = (t.acc(1), t.acc(0), c, np.int32(0))  # c: an unused stand-in for the bias
-    if tensor_cores:
-        name = tc_gemm_name(t, c_cpp, op_a.trans, op_b.trans, config)
-        args = (np.int32(m), np.int32(n), np.int32(k), np.int32(k_per_split), np.int32(splits),
-                op_a.array, np.int64(op_a.ld), np.int64(0), op_b.array, np.int64(op_b.ld), np.int64(0),
-                target, np.int64(target_ld), np.int64(0), np.int64(split_stride)) + epilogue
-        gemm = Launch("tc_gemm.cu", name, grid, (threads, 1, 1), args, shared)
-    else:
-        gemm = Launch(
-            "gemm.cu", gemm_name(t, c_cpp, op_a.trans, op_b.trans, config, vector), grid, (threads, 1, 1),
-            (np.int32(m), np.int32(n), np.int32(k), np.int32(k_per_split), op_a.array, np.int64(op_a.ld),
-             op_b.array, np.int64(op_b.ld), target, np.int64(target_ld), np.int64(split_stride)) + epilogue,
-            shared)
+    name = (tc_gemm_name(t, c_cpp, op_a.trans, op_b.trans, config) if source == "tc_gemm.cu" else
+            gemm_name(t, c_cpp, op_a.trans, op_b.trans, config, vector))
+    operands = [op_a.array, op_b.array] + ([c] if splits == 1 else [])
+    launches = []
+    for part in batch_launches(xp, operands, MAX_GRID_YZ // splits):
+        part_a, part_b, part_c = part.arrays if splits == 1 else (*part.arrays, target)
+        stride_a, stride_b, stride_c = part.strides if splits == 1 else (*part.strides, 0)
+        launches.append(Launch(
+            source, name, grid_xy + (part.count * splits,), (config.threads, 1, 1),
+            (np.int32(m), np.int32(n), np.int32(k), np.int32(k_per_split), np.int32(splits),
+             part_a, np.int64(op_a.ld), np.int64(stride_a), part_b, np.int64(op_b.ld), np.int64(stride_b),
+             part_c, np.int64(target_ld), np.int64(stride_c), np.int64(split_stride)) + epilogue,
+            shared))
     if splits == 1:
-        return [gemm]
-    return [gemm, _sum_splits_launch(t, m, n, splits, target, c, ldc, alpha, beta, bias)]
+        return launches
+    return launches + [_sum_splits_launch(t, m, n, splits, target, c, ldc, alpha, beta, bias)]
 
 
 def colsum_chunks(rows: int, cols: int) -> tuple[int, int]:

@@ -1,0 +1,102 @@
+"""nn.Linear against linear.torch.Linear: one training step (forward, then backward into x, weight and bias).
+
+    PYTHONPATH=. python bench/torch_linear.py [OUT.json] [--shape B,F,D ...] [--dtype float32] [--repeats 10]
+
+On CUDA tensors when torch sees a GPU (TF32 off, so that cuBLAS computes in true float32 as we do), else on
+the CPU. Each shape is first checked: both layers' output and gradients against a float64 nn.Linear
+(relative error, within linear.testing.TOLERANCE); then both steps are timed, median of --repeats after one
+warm-up (CUDA events on the GPU, perf_counter on the CPU). Prints a table; writes JSON when OUT is given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import linear.torch
+from linear.testing import TOLERANCE, relative_error
+
+
+def step_timer(device: torch.device):
+    """A function that times fn() in milliseconds on `device`."""
+    def time_it(fn) -> float:
+        if device.type != "cuda":
+            start = time.perf_counter()
+            fn()
+            return (time.perf_counter() - start) * 1e3
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    return time_it
+
+
+def run_shape(shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device, repeats: int) -> dict:
+    batch, features, outputs = shape
+    generator = torch.Generator().manual_seed(0)
+    reference = nn.Linear(features, outputs, dtype=torch.float64)
+    x64 = torch.randn(batch, features, dtype=torch.float64, generator=generator)
+    dy64 = torch.randn(batch, outputs, dtype=torch.float64, generator=generator)
+    theirs = nn.Linear(features, outputs, device=device, dtype=dtype)
+    theirs.load_state_dict(reference.state_dict())
+    ours = linear.torch.swap_linear(nn.Linear(features, outputs, device=device, dtype=dtype))
+    ours.load_state_dict(reference.state_dict())
+    x = x64.to(device, dtype).requires_grad_()
+    dy = dy64.to(device, dtype)
+
+    def step(layer):
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        layer(x).backward(dy)
+
+    x_ref = x.detach().double().cpu().requires_grad_()
+    y_ref = reference(x_ref)
+    y_ref.backward(dy.double().cpu())
+    refs = {"y": y_ref, "dx": x_ref.grad, "dweight": reference.weight.grad, "dbias": reference.bias.grad}
+    result = {"shape": list(shape), "dtype": str(dtype).removeprefix("torch."), "device": str(device)}
+    time_it = step_timer(device)
+    for name, layer in (("nn.Linear", theirs), ("linear.torch.Linear", ours)):
+        step(layer)
+        outs = {"y": layer(x), "dx": x.grad, "dweight": layer.weight.grad, "dbias": layer.bias.grad}
+        errors = {k: relative_error(v.detach().double().cpu().numpy(), refs[k].detach().numpy())
+                  for k, v in outs.items()}
+        times = [time_it(lambda: step(layer)) for _ in range(repeats)]
+        result[name] = {"max_relative_error": max(errors.values()), "errors": errors,
+                        "ok": max(errors.values()) <= TOLERANCE[result["dtype"]],
+                        "median_ms": statistics.median(times), "times_ms": times}
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", nargs="?", help="JSON file for the results")
+    parser.add_argument("--shape", action="append", help="B,F,D (repeatable); default 4096³ on a GPU, "
+                                                          "256x1024x1024 on the CPU")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    default = ["4096,4096,4096", "8192,1024,4096"] if device.type == "cuda" else ["256,1024,1024"]
+    shapes = [tuple(int(n) for n in s.split(",")) for s in (args.shape or default)]
+    results = [run_shape(shape, getattr(torch, args.dtype), device, args.repeats) for shape in shapes]
+    print(f"{'B×F×D':>16} {'dtype':>9} {'device':>6}  {'nn.Linear ms':>12}  {'ours ms':>9}  {'ratio':>6}  error")
+    for r in results:
+        theirs, ours = r["nn.Linear"], r["linear.torch.Linear"]
+        print(f"{'×'.join(map(str, r['shape'])):>16} {r['dtype']:>9} {r['device']:>6}  {theirs['median_ms']:12.3f}  "
+              f"{ours['median_ms']:9.3f}  {theirs['median_ms'] / ours['median_ms']:5.2f}×  "
+              f"{ours['max_relative_error']:.1e}{'' if ours['ok'] else ' WRONG'}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"torch": torch.__version__, "results": results}, f, indent=1)
+    return 0 if all(r[name]["ok"] for r in results for name in ("nn.Linear", "linear.torch.Linear")) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
