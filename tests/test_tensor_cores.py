@@ -265,6 +265,15 @@ def test_layer_on_tensor_cores(launched, batch, f, d, dtype, seed):
     assert_close(grads.dw, x64.T @ dy64, dtype)
 
 
+def test_a_stack_is_one_batched_tensor_core_launch(launched):
+    rng = np.random.default_rng(10)
+    a = rng.standard_normal((2, 3, 40, 24)).astype(ml_dtypes.bfloat16)
+    b = rng.standard_normal((24, 32)).astype(ml_dtypes.bfloat16)  # broadcast over the stack: stride 0
+    out = linear.matmul(a, b, backend="emulate")
+    assert len(launched) == 1 and launched[0].startswith("linear_tc_gemm<__nv_bfloat16,")
+    assert_close(out, a.astype(np.float64) @ b.astype(np.float64), "bfloat16")
+
+
 def test_tf32_is_off_by_default_and_rounds_when_on(launched, tf32_default, monkeypatch):
     monkeypatch.delenv("LINEAR_TF32", raising=False)
     rng = np.random.default_rng(8)
