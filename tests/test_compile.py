@@ -1,6 +1,7 @@
 """Every kernel instantiation the plan can launch compiles with nvcc (sm_80, sm_90) without register
-spills or a stack frame, kernels/REGISTERS.md is current, and NVRTC (CuPy's compiler, from the
-nvidia-cuda-nvrtc wheel) compiles the same sources. No GPU needed."""
+spills or a stack frame, within the shared memory a block may opt into on that architecture,
+kernels/REGISTERS.md is current, and NVRTC (CuPy's compiler, from the nvidia-cuda-nvrtc wheel)
+compiles the same sources. No GPU needed."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -23,7 +24,8 @@ def test_nvcc_builds_every_instantiation_without_spills_and_registers_md_is_curr
             used = resources.get((arch, kernel.name))
             assert used is not None, f"ptxas reported nothing for {kernel.name} on {arch}"
             assert (used.spill_stores, used.spill_loads, used.stack_frame) == (0, 0, 0), (arch, kernel.name, used)
-            assert kernel.shared_mem + used.static_shared <= 48 * 1024, (kernel.name, kernel.shared_mem)
+            shared = kernel.shared_mem + used.static_shared
+            assert shared <= compile_check.MAX_SHARED_PER_BLOCK[arch], (arch, kernel.name, shared)
     recorded = REGISTERS_MD.read_text()
     assert recorded == compile_check.registers_table(KERNELS, resources), (
         "kernels/REGISTERS.md is stale: run python -m linear.backends.compile_check")

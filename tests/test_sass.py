@@ -1,12 +1,19 @@
-"""The machine code of the hot float32 GEMMs, read without a GPU (nvcc -cubin, then cuobjdump -sass).
+"""The machine code of the hot GEMMs, read without a GPU (nvcc -cubin, then cuobjdump -sass), sm_90.
 
-For the large configurations (the heuristic's and the candidates), NN / NT / TN, 16-byte aligned
-operands, sm_90, the main loop (the backward branch with the most FFMA) must be the K loop the source
-describes: one barrier; every global load a 128-bit LDG (one per 16-byte chunk a thread stages);
-every shared-memory fragment read a 128-bit LDS; exactly BK·TM·TN FFMA per step and FFMA the bulk of
-the loop's instructions; and the kernel must touch no local memory (LDL/STL: spills or stack arrays).
-Negative controls: the scalar-load instantiation fails the vector-load check, and a kernel with a
-dynamically indexed array (in local memory) fails the local-memory check.
+SIMT (gemm.cu), float32, the large configurations (the heuristic's and the candidates), NN / NT / TN,
+16-byte aligned operands: the main loop (the backward branch with the most FFMA) must be the K loop
+the source describes: one barrier; every global load a 128-bit LDG (one per 16-byte chunk a thread
+stages); every shared-memory fragment read a 128-bit LDS; exactly BK·TM·TN FFMA per step and FFMA the
+bulk of the loop's instructions; and the kernel must touch no local memory (LDL/STL: spills or stack
+arrays). Negative controls: the scalar-load instantiation fails the vector-load check, and a kernel
+with a dynamically indexed array (in local memory) fails the local-memory check.
+
+Tensor cores (tc_gemm.cu), every configuration, bfloat16, float16 and float32 (TF32), NN / NT / TN:
+the main loop (the backward branch with the most HMMA) holds, per step, exactly (WM/16)·(WN/8)·(BK/k)
+HMMA of the mma.sync shape (HMMA.16816 for k = 16, HMMA.1688 for TF32's k = 8), the ldmatrix
+(LDSM, .MT88 where transposed) and 32-bit LDS fragment reads the source issues, one LDGSTS (cp.async)
+per 16-byte chunk a thread stages and one barrier; no local memory. Negative control: the SIMT main
+loop has no HMMA.
 
 cuobjdump and the nvdisasm it runs for -sass come from the nvidia-cuda-cuobjdump and
 nvidia-cuda-nvdisasm wheels (or a CUDA toolkit on PATH); nvcc from the toolkit.
@@ -43,6 +50,15 @@ def hot_name(config: str, product: str, vector: bool = True) -> str:
 
 HOT = {(config, product): hot_name(config, product) for config in HOT_CONFIGS for product in PRODUCTS}
 SCALAR = hot_name("large", "NN", vector=False)
+
+TC_DTYPES = ("bfloat16", "float16", "float32")  # float32 runs as TF32
+TC = {(config.name, dtype, product): plan.tc_gemm_name(plan.ELEMENT_TYPES[dtype], plan.ELEMENT_TYPES[dtype].cpp,
+                                                     *PRODUCTS[product], config)
+      for config in plan.TC_CONFIGS for dtype in TC_DTYPES for product in PRODUCTS}
+# The SASS of each mma.sync shape on sm_90 (read from cuobjdump: one HMMA per mma.sync).
+HMMA_OPCODES = {"bfloat16": "HMMA.16816.F32.BF16", "float16": "HMMA.16816.F32", "float32": "HMMA.1688.F32.TF32"}
+LDSM, LDSM_TRANS = "LDSM.16.M88.4", "LDSM.16.MT88.4"  # ldmatrix .x4, without and with .trans
+TC_MIX = ("HMMA", "LDSM", "LDS", "LDGSTS", "BAR")  # the instruction classes of the printed mix
 
 
 def find_cuda_tool(name: str) -> str | None:
@@ -91,14 +107,14 @@ def parse_sass(text: str) -> dict[str, list[Instruction]]:
     return functions
 
 
-def main_loop(instructions: list[Instruction]) -> list[Instruction]:
-    """The body of the backward branch (target .. branch) that holds the most FFMA."""
+def main_loop(instructions: list[Instruction], base: str = "FFMA") -> list[Instruction]:
+    """The body of the backward branch (target .. branch) that holds the most `base` instructions."""
     loops = []
     for branch in instructions:
         target = branch.branch_target()
         if target is not None and target <= branch.address:
             body = [i for i in instructions if target <= i.address <= branch.address]
-            loops.append((sum(i.base == "FFMA" for i in body), body))
+            loops.append((sum(i.base == base for i in body), body))
     assert loops, "no backward branch: the K loop is missing"
     return max(loops, key=lambda loop: loop[0])[1]
 
@@ -139,6 +155,41 @@ def expected_per_step(config: plan.TileConfig, product: str) -> tuple[int, int, 
     return config.bk * config.tm * config.tn, config.bk * (config.tm + config.tn) // 4, chunks
 
 
+def tc_mix(instructions: list[Instruction]) -> Counter:
+    """Of the main loop (the most HMMA): each TC_MIX class, "other", every HMMA and LDSM opcode with its
+    modifiers, and "local": LDL/STL in the whole kernel. NOPs are left out, and so are the instructions
+    predicated on @!PT, which never run (ptxas puts three `@!PT LDS RZ, [RZ]` before the LDGSTS)."""
+    count = Counter()
+    for i in main_loop(instructions, "HMMA"):
+        if i.base != "NOP" and not i.text.startswith("@!PT "):
+            count[i.base if i.base in TC_MIX else "other"] += 1
+        if i.base in ("HMMA", "LDSM"):
+            count[i.opcode] += 1
+    count["local"] = sum(i.base in ("LDL", "STL") for i in instructions)
+    return count
+
+
+def tc_expected_per_step(config: plan.TensorCoreConfig, dtype: str, product: str) -> Counter:
+    """What one K step of a warp issues, read from tc_gemm.cu: per k-step of the mma, an ldmatrix.x4
+    per mma row (A) and per two mma columns (B), except TF32's k-major operands (Aᵀ, B), read with
+    one LDS per fragment register (4 per mma row, 2 per mma column)."""
+    trans_a, trans_b = PRODUCTS[product]
+    tf32 = dtype == "float32"
+    itemsize = plan.ELEMENT_TYPES[dtype].itemsize
+    m_tiles, n_tiles, k_steps = config.wm // 16, config.wn // 8, config.bk(itemsize) // (8 if tf32 else 16)
+    count = Counter({HMMA_OPCODES[dtype]: m_tiles * n_tiles * k_steps, "BAR": 1,
+                     "LDGSTS": (config.bm + config.bn) * config.bk(itemsize) * itemsize // 16 // config.threads})
+    if tf32 and trans_a:
+        count["LDS"] += 4 * m_tiles * k_steps
+    else:
+        count[LDSM_TRANS if trans_a else LDSM] += m_tiles * k_steps
+    if tf32 and not trans_b:
+        count["LDS"] += 2 * n_tiles * k_steps
+    else:
+        count[LDSM if trans_b else LDSM_TRANS] += n_tiles // 2 * k_steps
+    return count
+
+
 # Negative control for the local-memory check: an array indexed at run time lives in local memory.
 LOCAL_ARRAY_KERNEL = """
 extern "C" __global__ void local_array(const int* in, int* out) {
@@ -169,9 +220,11 @@ def disassemble(unit_source: str) -> dict[str, list[Instruction]]:
 
 @pytest.fixture(scope="module")
 def sass() -> dict[str, list[Instruction]]:
-    """The hot kernels, the scalar-load one and the local-array control; two nvcc runs at a time."""
-    names = [*HOT.values(), SCALAR]
-    units = [compile_check.instantiating_unit("gemm.cu", names[i::2]) for i in range(2)] + [LOCAL_ARRAY_KERNEL]
+    """The hot kernels, the scalar-load one, the tensor-core ones and the local-array control; two nvcc
+    runs at a time."""
+    names, tc_names = [*HOT.values(), SCALAR], list(TC.values())
+    units = [compile_check.instantiating_unit(source, some[i::2]) for source, some in
+             (("gemm.cu", names), ("tc_gemm.cu", tc_names)) for i in range(2)] + [LOCAL_ARRAY_KERNEL]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         return {name: code for found in pool.map(disassemble, units) for name, code in found.items()}
 
@@ -197,6 +250,28 @@ def test_the_checks_catch_scalar_loads_and_local_memory(sass):
     scalar = figures(sass[SCALAR])
     assert scalar.ldg_128 == 0 and scalar.ldg_narrow > 0
     assert figures(sass["local_array"]).local > 0
+
+
+@pytest.mark.parametrize("config,dtype,product", list(TC), ids=["-".join(key) for key in TC])
+def test_tensor_core_main_loop(sass, config, dtype, product):
+    name = TC[config, dtype, product]
+    mix = tc_mix(sass[name])
+    expected = tc_expected_per_step(plan.CONFIGS_BY_NAME[config], dtype, product)
+    hmma = HMMA_OPCODES[dtype]
+    unrolled = mix[hmma] // expected[hmma]  # steps the compiler unrolled into one loop body
+    total = sum(mix[c] for c in (*TC_MIX, "other"))
+    print(f"\n{config:>8} {dtype:>8} {product}: {total} instructions, " +
+          ", ".join(f"{mix[c]} {c}" for c in (*TC_MIX, "other")) + f" ({mix['HMMA'] / total:.1%} HMMA)")
+    assert unrolled >= 1, (name, mix)
+    assert mix["HMMA"] == mix[hmma], (name, "another mma shape", mix)
+    for what in (hmma, LDSM, LDSM_TRANS, "LDS", "LDGSTS", "BAR"):
+        assert mix[what] == unrolled * expected[what], (name, what, mix)
+    assert mix["LDSM"] == mix[LDSM] + mix[LDSM_TRANS], (name, "another ldmatrix form", mix)
+    assert mix["local"] == 0, (name, mix)
+
+
+def test_the_tensor_core_check_catches_a_loop_without_hmma(sass):
+    assert tc_mix(sass[HOT["large", "NN"]])["HMMA"] == 0
 
 
 def test_sass_parsing():

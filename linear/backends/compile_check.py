@@ -20,7 +20,10 @@ from .cuda import cuda_include_dirs
 from .plan import Instantiation, instantiations
 from .sources import kernels_dir
 
-ARCHES = ("sm_80", "sm_90")
+# The dynamic shared memory one block may opt into (cudaFuncAttributeMaxDynamicSharedMemorySize, which the
+# cuda runtime sets above 48 KiB), per architecture: A100 163 KiB, H100 227 KiB (CUDA programming guide).
+MAX_SHARED_PER_BLOCK = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}
+ARCHES = tuple(MAX_SHARED_PER_BLOCK)
 NVCC_FLAGS = ("-std=c++17", "-O3", "-Xptxas", "-v", "-diag-suppress", "177")
 
 
