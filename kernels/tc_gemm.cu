@@ -68,26 +68,56 @@ struct SwizzledTile {
     static constexpr int ROWS_PER_LINE = CHUNKS >= 8 ? 1 : 8 / CHUNKS;
     static constexpr int PATTERN = CHUNKS >= 8 ? 8 : CHUNKS;
     static constexpr int SIZE = ROWS * COLS;
+    static constexpr int ROWS_ = ROWS, COLS_ = COLS;
     static_assert(COLS % V == 0 && CHUNKS >= 2 && (CHUNKS & (CHUNKS - 1)) == 0, "rows of 2^n chunks, n >= 1");
 
     static __device__ __forceinline__ int offset(int row, int col) {
         return row * COLS + ((col / V) ^ (row / ROWS_PER_LINE % PATTERN)) * V + col % V;
     }
 
-    // cp.async of the tile whose first element is x[row0, col0]; elements at rows >= row_end or
-    // columns >= col_end arrive as zeros (a partial chunk reads only its bytes inside the matrix).
-    template <int THREADS>
-    static __device__ __forceinline__ void load(T* tile, const T* __restrict__ x, long long ld, int row0, int col0,
-                                                int row_end, int col_end) {
-        static_assert(ROWS * CHUNKS % THREADS == 0, "every thread copies the same number of chunks");
+};
+
+// The cp.async copies one thread makes of one operand, stage after stage: its chunks keep their places
+// in the tile (PER_THREAD of them, THREADS apart) while their sources move one stage along k per step.
+// Pointers and coordinates are set once and advanced, so a step costs an add per chunk, not an index
+// computation. Elements at rows >= row_end or columns >= col_end arrive as zeros: a chunk across the
+// edge reads only its bytes inside the matrix.
+template <typename T, int ROWS, int COLS, int THREADS, bool K_ROWS>
+struct TileCopier {
+    using Tile = SwizzledTile<T, ROWS, COLS>;
+    static constexpr int V = Tile::V, PER_THREAD = ROWS * Tile::CHUNKS / THREADS;
+    static constexpr int K_DEPTH = K_ROWS ? ROWS : COLS;  // k per stage
+    static_assert(ROWS * Tile::CHUNKS % THREADS == 0, "every thread copies the same number of chunks");
+
+    const T* src[PER_THREAD];  // a chunk's first element in the matrix at the current step
+    int row[PER_THREAD], col[PER_THREAD];  // and its coordinates there
+    long long step;  // elements from one stage's source to the next
+
+    // The tile whose first element is x[row0, col0] comes first.
+    __device__ __forceinline__ TileCopier(const T* x, long long ld, int row0, int col0)
+        : step(K_ROWS ? K_DEPTH * ld : K_DEPTH) {
 #pragma unroll
-        for (int i = 0; i < ROWS * CHUNKS / THREADS; ++i) {
+        for (int i = 0; i < PER_THREAD; ++i) {
             const int c = threadIdx.x + i * THREADS;
-            const int row = c / CHUNKS, col = c % CHUNKS * V;
-            const int x_row = row0 + row, x_col = col0 + col;
-            const bool inside = x_row < row_end && x_col < col_end;
-            const int bytes = inside ? min(col_end - x_col, V) * int(sizeof(T)) : 0;
-            cp_async_16(tile + offset(row, col), inside ? x + x_row * ld + x_col : x, bytes);
+            row[i] = row0 + c / Tile::CHUNKS;
+            col[i] = col0 + c % Tile::CHUNKS * V;
+            src[i] = x + row[i] * ld + col[i];
+        }
+    }
+
+    // Copies the current tile into `tile` and moves on to the next. CHECKED: the tile may cross the
+    // matrix's edge (x: any valid address of the matrix, the source of the chunks that copy nothing);
+    // otherwise every chunk is whole, and the bounds are not looked at.
+    template <bool CHECKED>
+    __device__ __forceinline__ void copy_and_advance(T* tile, const T* x, int row_end, int col_end) {
+#pragma unroll
+        for (int i = 0; i < PER_THREAD; ++i) {
+            const int c = threadIdx.x + i * THREADS;
+            const bool inside = !CHECKED || (row[i] < row_end && col[i] < col_end);
+            const int bytes = !CHECKED ? 16 : inside ? min(col_end - col[i], V) * int(sizeof(T)) : 0;
+            cp_async_16(tile + Tile::offset(c / Tile::CHUNKS, c % Tile::CHUNKS * V), inside ? src[i] : x, bytes);
+            src[i] += step;
+            (K_ROWS ? row[i] : col[i]) += K_DEPTH;
         }
     }
 };
@@ -132,13 +162,24 @@ linear_tc_gemm(int M, int N, int K, int k_per_split, int splits,
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int wm0 = warp / WARPS_N * WM, wn0 = warp % WARPS_N * WN;
 
+    // The stages' tiles, k_begin first: rows and columns as stored, with their ends.
+    TileCopier<T, TileA::ROWS_, TileA::COLS_, THREADS, TRANS_A> copy_a(A, lda, TRANS_A ? k_begin : m0,
+                                                                         TRANS_A ? m0 : k_begin);
+    TileCopier<T, TileB::ROWS_, TileB::COLS_, THREADS, !TRANS_B> copy_b(B, ldb, TRANS_B ? n0 : k_begin,
+                                                                          TRANS_B ? k_begin : n0);
+    // Tiles inside the matrices in every direction (all but the edge blocks' and the last k step's)
+    // skip the bounds checks.
+    const bool inside_mn = m0 + BM <= M && n0 + BN <= N;
     auto load_stage = [&](int stage, int k0) {
         T* const as = As + stage * TileA::SIZE;
         T* const bs = Bs + stage * TileB::SIZE;
-        if (TRANS_A) TileA::template load<THREADS>(as, A, lda, k0, m0, k_end, M);
-        else TileA::template load<THREADS>(as, A, lda, m0, k0, M, k_end);
-        if (TRANS_B) TileB::template load<THREADS>(bs, B, ldb, n0, k0, N, k_end);
-        else TileB::template load<THREADS>(bs, B, ldb, k0, n0, k_end, N);
+        if (inside_mn && k0 + BK <= k_end) {
+            copy_a.template copy_and_advance<false>(as, A, 0, 0);
+            copy_b.template copy_and_advance<false>(bs, B, 0, 0);
+        } else {
+            copy_a.template copy_and_advance<true>(as, A, TRANS_A ? k_end : M, TRANS_A ? M : k_end);
+            copy_b.template copy_and_advance<true>(bs, B, TRANS_B ? N : k_end, TRANS_B ? k_end : N);
+        }
     };
 
     // The fragments of k-step kk (a multiple of Op::K) of a stage. Lane l gives ldmatrix the address of

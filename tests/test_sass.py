@@ -12,7 +12,8 @@ Tensor cores (tc_gemm.cu), every configuration, bfloat16, float16 and float32 (T
 the main loop (the backward branch with the most HMMA) holds, per step, exactly (WM/16)·(WN/8)·(BK/k)
 HMMA of the mma.sync shape (HMMA.16816 for k = 16, HMMA.1688 for TF32's k = 8), the ldmatrix
 (LDSM, .MT88 where transposed) and 32-bit LDS fragment reads the source issues, one LDGSTS (cp.async)
-per 16-byte chunk a thread stages and one barrier; no local memory. Negative control: the SIMT main
+per 16-byte chunk a thread stages on each of the loader's two paths (interior tiles unchecked, edge
+tiles checked) and one barrier; no local memory. Negative control: the SIMT main
 loop has no HMMA.
 
 cuobjdump and the nvdisasm it runs for -sass come from the nvidia-cuda-cuobjdump and
@@ -177,8 +178,10 @@ def tc_expected_per_step(config: plan.TensorCoreConfig, dtype: str, product: str
     tf32 = dtype == "float32"
     itemsize = plan.ELEMENT_TYPES[dtype].itemsize
     m_tiles, n_tiles, k_steps = config.wm // 16, config.wn // 8, config.bk(itemsize) // (8 if tf32 else 16)
-    count = Counter({HMMA_OPCODES[dtype]: m_tiles * n_tiles * k_steps, "BAR": 1,
-                     "LDGSTS": (config.bm + config.bn) * config.bk(itemsize) * itemsize // 16 // config.threads})
+    # LDGSTS: one per 16-byte chunk a thread copies, on each of the loader's two paths (tiles inside
+    # the matrices, without bounds checks, and edge tiles, with them).
+    chunks = (config.bm + config.bn) * config.bk(itemsize) * itemsize // 16 // config.threads
+    count = Counter({HMMA_OPCODES[dtype]: m_tiles * n_tiles * k_steps, "BAR": 1, "LDGSTS": 2 * chunks})
     if tf32 and trans_a:
         count["LDS"] += 4 * m_tiles * k_steps
     else:
@@ -268,6 +271,26 @@ def test_tensor_core_main_loop(sass, config, dtype, product):
         assert mix[what] == unrolled * expected[what], (name, what, mix)
     assert mix["LDSM"] == mix[LDSM] + mix[LDSM_TRANS], (name, "another ldmatrix form", mix)
     assert mix["local"] == 0, (name, mix)
+
+
+INTERIOR_BRANCH = "if (inside_mn && k0 + BK <= k_end) {"  # tc_gemm.cu: the loader's unchecked path
+
+
+def test_tensor_core_interior_steps_issue_at_most_four_instructions_per_hmma():
+    """The step an interior block runs (the loader's bounds checks skipped): built with the branch
+    forced, for the half-precision tc_large kernels. At most 4 instructions per HMMA.16816, the issue
+    rate that keeps a tensor core busy (one HMMA per 4 clocks at the dense peak; bench/NOTES.md)."""
+    source = (kernels_dir() / "tc_gemm.cu").read_text()
+    assert source.count(INTERIOR_BRANCH) == 1
+    names = [TC["tc_large", "bfloat16", product] for product in PRODUCTS]
+    unit = compile_check.instantiating_unit("tc_gemm.cu", names).replace(
+        '#include "tc_gemm.cu"', source.replace(INTERIOR_BRANCH, "if (true) {"))
+    code = disassemble(unit)
+    for name in names:
+        mix = tc_mix(code[name])
+        total = sum(mix[c] for c in (*TC_MIX, "other"))
+        print(f"\n{name}: interior step {total} instructions, " + ", ".join(f"{mix[c]} {c}" for c in (*TC_MIX, "other")))
+        assert mix["LDGSTS"] == 4 and total <= 4 * mix["HMMA"], (name, mix)
 
 
 def test_the_tensor_core_check_catches_a_loop_without_hmma(sass):

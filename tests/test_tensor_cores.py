@@ -32,8 +32,9 @@ from test_kernels import TRANS, emulator, reference, stored
 PROBE = Path(__file__).resolve().parent / "kernels" / "tc_probe.cu"
 TC_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16),
              "float32": np.dtype(np.float32)}  # float32: TF32
-# No tile multiples in M, N or K; K = 75 also ends inside a 16-byte chunk.
-SHAPES = {"tc_small": (70, 50, 75), "tc_large": (136, 130, 45)}
+# No tile multiples in M, N or K; K = 75 also ends inside a 16-byte chunk. Block (0, 0) has interior
+# tiles (the loader's unchecked path) before its edge ones.
+SHAPES = {"tc_small": (70, 72, 75), "tc_large": (136, 130, 45)}
 
 
 @pytest.fixture(scope="module", params=["emulate", pytest.param("cuda", marks=pytest.mark.gpu)])
@@ -214,7 +215,7 @@ def test_tc_gemm_is_clean_under_every_sanitizer(dtype, trans_a, trans_b, splits)
 
 def test_memcheck_reports_a_chunk_read_past_the_matrix(tmp_path):
     """Negative control: edge chunks that copy all 16 bytes read past the end of A (K = 75 of 80)."""
-    broken = broken_tc_copy(tmp_path, "min(col_end - x_col, V) * int(sizeof(T))", "V * int(sizeof(T))")
+    broken = broken_tc_copy(tmp_path, "min(col_end - col[i], V) * int(sizeof(T))", "V * int(sizeof(T))")
     with pytest.raises(EmulationError, match="memcheck: out-of-bounds read"):
         check_tc_gemm(emulator(kernel_dir=broken, sanitize="memcheck"), "float16", False, False, "tc_small", 1)
 

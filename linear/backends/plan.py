@@ -144,7 +144,7 @@ class TensorCoreConfig:
 
 # The same two-step heuristic as for TILE_CONFIGS: the first that fills the card, else the last.
 TC_CONFIGS = (
-    # 8 warps of 64 x 32; 4 stages of 16 KiB (one block per SM, the registers allow no second).
+    # 8 warps of 64 x 32; 4 stages of 16 KiB: two blocks per SM for the half types (<= 128 registers).
     TensorCoreConfig("tc_large", bm=128, bn=128, wm=64, wn=32, stages=4),
     # 4 warps of 32 x 32; 3 stages of 8 KiB, for the shapes with few tiles.
     TensorCoreConfig("tc_small", bm=64, bn=64, wm=32, wn=32, stages=3),
