@@ -5,7 +5,8 @@
 //   dX = dY·Wᵀ, TN for dW = Xᵀ·dY), split-K into a float workspace that linear_sum_splits adds in a
 //   fixed order, and a batch of matrices along the grid's z.
 //     T = __half, __nv_bfloat16: mma.sync m16n8k16, float accumulation;
-//     T = float: TF32 (operands rounded to nearest, ties away, by cvt.rna), mma.sync m16n8k8.
+//     T = float: TF32 (operands rounded to nearest, ties away, by cvt.rna), mma.sync m16n8k8; each
+//     element is rounded once, in shared memory, by the thread that copied it there.
 //
 // Tiling: one block of (BM/WM)·(BN/WN) warps per BM x BN tile of C; each warp owns a WM x WN sub-tile
 // as (WM/16) x (WN/8) mma tiles of 16 x 8 floats in registers (4 per lane). BM x BN x BK = 128 x 128 x
@@ -27,12 +28,13 @@
 // (2-way bank conflicts there); A and Bᵀ use ldmatrix like the half types.
 //
 // K loop: a STAGES-deep cp.async pipeline, one __syncthreads per step:
-//     wait until tile t has landed; __syncthreads()   (every warp also finished tile t-1)
+//     wait until tile t has landed (TF32: round it); __syncthreads()   (every warp also finished t-1)
 //     cp.async tile t + STAGES - 1 into the stage tile t-1 used; commit
 //     for each k-step: fragments of the next k-step (ldmatrix), mma.sync on the current ones
-// Edge tiles: chunks past a matrix edge copy only the bytes inside it and zero-fill the rest
-// (cp.async's source size), so any M, N and K work; the plan sends here only operands whose
-// pointer and leading dimension are 16-byte aligned and keeps the others on gemm.cu.
+// The copies keep their source pointers and advance them one stage per step. Edge tiles (edge blocks,
+// a partial last step) copy only the bytes inside the matrix and zero-fill the rest of each chunk
+// (cp.async's source size), so any M, N and K work; interior tiles skip those checks. The plan sends
+// here only operands whose pointer and leading dimension are 16-byte aligned (gemm.cu takes the rest).
 //
 // Template parameters:
 //   T        __half, __nv_bfloat16, or float (TF32)
@@ -44,17 +46,25 @@
 #include "common.cuh"
 #include "ptx.cuh"
 
-// One mma.sync per element type: its k depth and how a fragment register is prepared.
+// One mma.sync per element type: its k depth, and what a thread does to a 16-byte chunk of a tile that
+// has landed in shared memory before the barrier shares it.
 template <typename T> struct Mma {  // __half and __nv_bfloat16: two elements per register
     static constexpr int K = 16;
-    static __device__ __forceinline__ unsigned operand(unsigned bits) { return bits; }
+    static constexpr bool ROUNDS = false;
+    static __device__ __forceinline__ void prepare(T*) {}
     static __device__ __forceinline__ void run(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
         mma_m16n8k16<T>(d, a, b);
     }
 };
-template <> struct Mma<float> {  // TF32: one element per register, rounded on its way in
+template <> struct Mma<float> {  // TF32: one element per register, each rounded once, in shared memory
     static constexpr int K = 8;
-    static __device__ __forceinline__ unsigned operand(unsigned bits) { return to_tf32(__uint_as_float(bits)); }
+    static constexpr bool ROUNDS = true;
+    static __device__ __forceinline__ void prepare(float* chunk) {
+        float4 v = *reinterpret_cast<float4*>(chunk);
+        v = make_float4(__uint_as_float(to_tf32(v.x)), __uint_as_float(to_tf32(v.y)), __uint_as_float(to_tf32(v.z)),
+                        __uint_as_float(to_tf32(v.w)));
+        *reinterpret_cast<float4*>(chunk) = v;
+    }
     static __device__ __forceinline__ void run(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
         mma_m16n8k8_tf32(d, a, b);
     }
@@ -118,6 +128,15 @@ struct TileCopier {
             cp_async_16(tile + Tile::offset(c / Tile::CHUNKS, c % Tile::CHUNKS * V), inside ? src[i] : x, bytes);
             src[i] += step;
             (K_ROWS ? row[i] : col[i]) += K_DEPTH;
+        }
+    }
+
+    // Mma<T>::prepare on each chunk this thread copied into `tile`, once its wait has retired them.
+    __device__ __forceinline__ void prepare_landed(T* tile) const {
+#pragma unroll
+        for (int i = 0; i < PER_THREAD; ++i) {
+            const int c = threadIdx.x + i * THREADS;
+            Mma<T>::prepare(tile + Tile::offset(c / Tile::CHUNKS, c % Tile::CHUNKS * V));
         }
     }
 };
@@ -199,8 +218,6 @@ linear_tc_gemm(int M, int N, int K, int k_per_split, int splits,
                     f.a[i][r] = __float_as_uint(
                         reinterpret_cast<const float*>(as)[TileA::offset(kk + t + 4 * (r / 2), m + g + 8 * (r % 2))]);
             }
-#pragma unroll
-            for (int r = 0; r < 4; ++r) f.a[i][r] = Op::operand(f.a[i][r]);
         }
 #pragma unroll
         for (int j = 0; j < N_TILES; j += 2) {  // two mma columns (16 n) per ldmatrix.x4
@@ -216,10 +233,10 @@ linear_tc_gemm(int M, int N, int K, int k_per_split, int splits,
                     r[q] = __float_as_uint(
                         reinterpret_cast<const float*>(bs)[TileB::offset(kk + t + 4 * (q % 2), n + 8 * (q / 2) + g)]);
             }
-            f.b[j][0] = Op::operand(r[0]);
-            f.b[j][1] = Op::operand(r[1]);
-            f.b[j + 1][0] = Op::operand(r[2]);
-            f.b[j + 1][1] = Op::operand(r[3]);
+            f.b[j][0] = r[0];
+            f.b[j][1] = r[1];
+            f.b[j + 1][0] = r[2];
+            f.b[j + 1][1] = r[3];
         }
     };
 
@@ -238,6 +255,10 @@ linear_tc_gemm(int M, int N, int K, int k_per_split, int splits,
     }
     for (int t = 0; t < steps; ++t) {
         cp_async_wait<STAGES - 2>();  // tile t has landed (for this thread) ...
+        if constexpr (Op::ROUNDS) {   // TF32: each element rounded once, by the thread that copied it
+            copy_a.prepare_landed(As + t % STAGES * TileA::SIZE);
+            copy_b.prepare_landed(Bs + t % STAGES * TileB::SIZE);
+        }
         __syncthreads();              // ... for every thread, and no warp still reads tile t - 1
         const int next = t + STAGES - 1;
         if (next < steps) load_stage(next % STAGES, k_begin + next * BK);

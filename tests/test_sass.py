@@ -182,6 +182,8 @@ def tc_expected_per_step(config: plan.TensorCoreConfig, dtype: str, product: str
     # the matrices, without bounds checks, and edge tiles, with them).
     chunks = (config.bm + config.bn) * config.bk(itemsize) * itemsize // 16 // config.threads
     count = Counter({HMMA_OPCODES[dtype]: m_tiles * n_tiles * k_steps, "BAR": 1, "LDGSTS": 2 * chunks})
+    if tf32:  # each chunk a thread copied, read back once to round it to TF32 in place
+        count["LDS"] += chunks
     if tf32 and trans_a:
         count["LDS"] += 4 * m_tiles * k_steps
     else:
