@@ -1,5 +1,5 @@
 """`python -m bench.overhead`: what linear's checks and dispatch cost per call, next to the raw numpy
-expression, on a small layer where that cost shows (the numpy backend; BLAS pinned to one thread).
+expression, on a small layer where that cost shows (the default numpy backend; BLAS pinned to one thread).
 
     python -m bench.overhead                          # 64x128x128 float32, 2000 rounds
     python -m bench.overhead --shape 32,784,256 --rounds 5000
@@ -30,10 +30,9 @@ def _pairs(shape: tuple[int, int, int]) -> dict:
     x, dy = rng.standard_normal((batch, features), np.float32), rng.standard_normal((batch, d), np.float32)
     w, b = rng.standard_normal((features, d), np.float32), rng.standard_normal(d, np.float32)
     return {
-        "forward": (lambda: linear.forward(x, w, b, backend="numpy"), lambda: x @ w + b),
-        "backward": (lambda: linear.backward(dy, x, w, backend="numpy"),
-                     lambda: (dy @ w.T, x.T @ dy, dy.sum(axis=0))),
-        "matmul": (lambda: linear.matmul(x, w, backend="numpy"), lambda: x @ w),
+        "forward": (lambda: linear.forward(x, w, b), lambda: x @ w + b),
+        "backward": (lambda: linear.backward(dy, x, w), lambda: (dy @ w.T, x.T @ dy, dy.sum(axis=0))),
+        "matmul": (lambda: linear.matmul(x, w), lambda: x @ w),
     }
 
 
@@ -65,6 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ops", default="forward,backward,matmul", help="comma-separated: forward,backward,matmul")
     args = parser.parse_args(argv)
     shape = tuple(int(v) for v in args.shape.split(","))
+    # The calls name no backend, as users write them: that path (reading $LINEAR_BACKEND) is measured.
+    if linear.backends.default_backend_name() != "numpy":
+        parser.error("it measures the numpy backend, the default: unset LINEAR_BACKEND")
     print(f"load: {describe_load(load_check())}")
     pin_threads(1)
     pairs = _pairs(shape)
