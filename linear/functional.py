@@ -130,6 +130,8 @@ def _check_ndim(name: str, a: Array, ndim: int) -> None:
 
 
 def _check_flag(name: str, value: Any) -> bool:
+    if value is False or value is True:  # the common case, without the isinstance tests
+        return value
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False; got {value!r} of type {type(value).__name__}")
     return bool(value)
@@ -145,6 +147,8 @@ def _check_distinct(xp, outputs: dict[str, Array | None]) -> None:
 
 
 def _check_scalar(name: str, value: Any) -> float:
+    if type(value) is float:  # the common case, without the isinstance tests
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number; got {value!r} of type {type(value).__name__}")
     return float(value)
@@ -239,8 +243,10 @@ def matmul(a: Array, b: Array, /, out: Array | tuple[Array] | None = None, *, tr
     op_a = a[None, :] if vector_a else xp.swapaxes(a, -1, -2) if trans_a else a
     op_b = b[:, None] if vector_b else xp.swapaxes(b, -1, -2) if trans_b else b
     (m, k), (k_b, n) = op_a.shape[-2:], op_b.shape[-2:]
+    batch = op_a.shape[:-2]
     try:
-        batch = np.broadcast_shapes(op_a.shape[:-2], op_b.shape[:-2])
+        if op_b.shape[:-2] != batch:  # np.broadcast_shapes takes ~3 µs even for two 2-D operands
+            batch = np.broadcast_shapes(batch, op_b.shape[:-2])
     except ValueError:
         raise ValueError(f"matmul: a has shape {tuple(a.shape)} and b has shape {tuple(b.shape)}: their stacks "
                          f"{tuple(op_a.shape[:-2])} and {tuple(op_b.shape[:-2])} do not broadcast") from None
@@ -270,11 +276,16 @@ def matmul(a: Array, b: Array, /, out: Array | tuple[Array] | None = None, *, tr
 
     c = _Output(xp, "out", out, shape, batch + (m, n), dtype, [a, b], keep=beta != 0, cast=True)
     # op(a), op(b) as views (a swapped view is a transpose flag to the plan), the stacks broadcast.
-    be.gemm(xp.broadcast_to(op_a.astype(dtype, copy=False), batch + (m, k)),
-            xp.broadcast_to(op_b.astype(dtype, copy=False), batch + (k, n)), c.work,
+    be.gemm(_as_stack(xp, op_a, dtype, batch + (m, k)), _as_stack(xp, op_b, dtype, batch + (k, n)), c.work,
             trans_a=False, trans_b=False, alpha=alpha, beta=beta)
     c.finish()
     return given_out if given_out is not None else _finish(xp, c.result, out_axes)
+
+
+def _as_stack(xp, a: Array, dtype: np.dtype, shape: tuple[int, ...]) -> Array:
+    """a in `dtype`, broadcast to `shape` as a view; broadcast_to (~3 µs) only where the shape differs."""
+    a = a.astype(dtype, copy=False)
+    return a if a.shape == shape else xp.broadcast_to(a, shape)
 
 
 def _move_axes(xp, axes: list, a: Array, b: Array, out: Array | None
