@@ -47,7 +47,8 @@ def _resolve(arrays: dict[str, Any], backend: str | None, optional: tuple[str, .
              ) -> tuple[Backend, dict[str, Array]]:
     """Pick the backend from the inputs and check that every array belongs to its array module.
     Only outputs (names ending in "out") and the `optional` names may be None. Returns `arrays`,
-    updated in place: inputs that are neither numpy nor CuPy arrays go through np.asarray.
+    updated in place: inputs on the host that are not plain numpy arrays (lists, scalars, ndarray
+    subclasses) go through np.asarray.
 
     It runs on every call, where a small layer feels each microsecond: a plain numpy array, the
     common case, costs one type test."""
@@ -62,18 +63,17 @@ def _resolve(arrays: dict[str, Any], backend: str | None, optional: tuple[str, .
             on_gpu.append(name)
         elif not name.endswith("out"):  # a wrong out= is _Output's to report
             convert.append(name)
-    present = [name for name, a in arrays.items() if a is not None] if on_gpu else None
-    if on_gpu and len(on_gpu) != len(present):
-        on_host = [name for name in present if name not in on_gpu]
+    present = lambda: [name for name, a in arrays.items() if a is not None]  # for the messages
+    if on_gpu and len(on_gpu) != len(present()):
+        on_host = [name for name in present() if name not in on_gpu]
         raise TypeError(f"cannot mix CuPy and numpy arrays: {', '.join(on_gpu)} on the GPU (CuPy), "
                         f"{', '.join(on_host)} on the host (numpy)")
     name = backend or ("cuda" if on_gpu else default_backend_name())
     chosen = get_backend(name)
     if not on_gpu:
         if chosen.xp is not np:
-            present = [name for name, a in arrays.items() if a is not None]
             raise TypeError(f"backend {name!r} takes {chosen.xp.__name__} arrays; "
-                            f"got numpy arrays ({', '.join(present)})")
+                            f"got numpy arrays ({', '.join(present())})")
         for k in convert:
             arrays[k] = np.asarray(arrays[k])
     elif chosen.xp.__name__ != "cupy":
