@@ -29,10 +29,14 @@ def _pairs(shape: tuple[int, int, int]) -> dict:
     batch, features, d = shape
     x, dy = rng.standard_normal((batch, features), np.float32), rng.standard_normal((batch, d), np.float32)
     w, b = rng.standard_normal((features, d), np.float32), rng.standard_normal(d, np.float32)
+    dw, db = np.zeros_like(w), np.zeros_like(b)
     return {
         "forward": (lambda: linear.forward(x, w, b), lambda: x @ w + b),
         "backward": (lambda: linear.backward(dy, x, w), lambda: (dy @ w.T, x.T @ dy, dy.sum(axis=0))),
         "matmul": (lambda: linear.matmul(x, w), lambda: x @ w),
+        # Linear.backward's call: gradients added into the parameters' .grad
+        "backward-acc": (lambda: linear.backward(dy, x, w, dw_out=dw, db_out=db, accumulate=True),
+                         lambda: (dy @ w.T, np.add(dw, x.T @ dy, out=dw), np.add(db, dy.sum(axis=0), out=db))),
     }
 
 
@@ -61,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="64,128,128", help="B,F,D of X (B×F) · W (F×D); float32")
     parser.add_argument("--rounds", type=int, default=2000, help="timed rounds per op (default 2000)")
-    parser.add_argument("--ops", default="forward,backward,matmul", help="comma-separated: forward,backward,matmul")
+    parser.add_argument("--ops", default="forward,backward,matmul,backward-acc",
+                        help="comma-separated (default: all four)")
     args = parser.parse_args(argv)
     shape = tuple(int(v) for v in args.shape.split(","))
     # The calls name no backend, as users write them: that path (reading $LINEAR_BACKEND) is measured.
@@ -70,13 +75,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load: {describe_load(load_check())}")
     pin_threads(1)
     pairs = _pairs(shape)
+    if set(args.ops.split(",")) - set(pairs):
+        parser.error(f"--ops: choose from {', '.join(pairs)}")
     print(f"{'x'.join(map(str, shape))} float32, numpy backend, {args.rounds} rounds; µs per call")
-    print(f"{'op':<9} {'linear min/median':>18} {'raw min/median':>16} {'overhead Δmin/median':>22}")
+    print(f"{'op':<12} {'linear min/median':>18} {'raw min/median':>16} {'overhead Δmin/median':>22}")
     for op in args.ops.split(","):
         t = measure(*pairs[op], args.rounds)
         cells = [f"{min(t[k]):.1f} / {statistics.median(t[k]):.1f}" for k in ("linear", "raw")]
         cells.append(f"{min(t['linear']) - min(t['raw']):.1f} / {statistics.median(t['overhead']):.1f}")
-        print(f"{op:<9} {cells[0]:>18} {cells[1]:>16} {cells[2]:>22}")
+        print(f"{op:<12} {cells[0]:>18} {cells[1]:>16} {cells[2]:>22}")
     print(f"load after: {describe_load(load_check())}")
 
 
