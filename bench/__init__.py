@@ -6,6 +6,7 @@
     machine.py     what the run ran on, and the peak throughput of the cards we know
     runner.py      correctness first, then timing, for every case
     report.py      terminal table, JSON, markdown, PNG plot
+    overhead.py    python -m bench.overhead: the API's cost per call next to raw numpy, on a small layer
 
 See bench/README.md for how to run it and what every column means.
 """

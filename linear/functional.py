@@ -46,14 +46,26 @@ def _is_cupy(a: Any) -> bool:
 def _resolve(arrays: dict[str, Any], backend: str | None, optional: tuple[str, ...] = ()
              ) -> tuple[Backend, dict[str, Array]]:
     """Pick the backend from the inputs and check that every array belongs to its array module.
-    Only outputs (names ending in "out") and the `optional` names may be None."""
+    Only outputs (names ending in "out") and the `optional` names may be None. Returns `arrays`,
+    updated in place: inputs on the host that are not plain numpy arrays (lists, scalars, ndarray
+    subclasses) go through np.asarray.
+
+    It runs on every call, where a small layer feels each microsecond: a plain numpy array, the
+    common case, costs one type test."""
+    on_gpu, convert = [], []
     for name, a in arrays.items():
-        if a is None and not name.endswith("out") and name not in optional:
-            raise TypeError(f"{name} must be an array; got None")
-    present = {name: a for name, a in arrays.items() if a is not None}
-    on_gpu = [name for name, a in present.items() if _is_cupy(a)]
-    if on_gpu and len(on_gpu) != len(present):
-        on_host = [name for name in present if name not in on_gpu]
+        if type(a) is np.ndarray:
+            continue
+        if a is None:
+            if not name.endswith("out") and name not in optional:
+                raise TypeError(f"{name} must be an array; got None")
+        elif _is_cupy(a):
+            on_gpu.append(name)
+        elif not name.endswith("out"):  # a wrong out= is _Output's to report
+            convert.append(name)
+    present = lambda: [name for name, a in arrays.items() if a is not None]  # for the messages
+    if on_gpu and len(on_gpu) != len(present()):
+        on_host = [name for name in present() if name not in on_gpu]
         raise TypeError(f"cannot mix CuPy and numpy arrays: {', '.join(on_gpu)} on the GPU (CuPy), "
                         f"{', '.join(on_host)} on the host (numpy)")
     name = backend or ("cuda" if on_gpu else default_backend_name())
@@ -61,12 +73,13 @@ def _resolve(arrays: dict[str, Any], backend: str | None, optional: tuple[str, .
     if not on_gpu:
         if chosen.xp is not np:
             raise TypeError(f"backend {name!r} takes {chosen.xp.__name__} arrays; "
-                            f"got numpy arrays ({', '.join(present)})")
-        present = {k: a if k.endswith("out") else np.asarray(a) for k, a in present.items()}
+                            f"got numpy arrays ({', '.join(present())})")
+        for k in convert:
+            arrays[k] = np.asarray(arrays[k])
     elif chosen.xp.__name__ != "cupy":
         raise TypeError(f"backend {name!r} takes numpy arrays; got CuPy arrays ({', '.join(on_gpu)}); "
                         "use backend='cuda' or move them with .get()")
-    return chosen, {k: present.get(k) for k in arrays}
+    return chosen, arrays
 
 
 def _is_kernel_dtype(dtype: np.dtype) -> bool:
@@ -80,9 +93,23 @@ def _check_dtype(name: str, a: Array) -> None:
         raise TypeError(f"{name} has {_describe(a)}; supported dtypes are {', '.join(SUPPORTED_DTYPES)}")
 
 
+# numpy hands out the native float dtypes as singletons, so `is` finds them at once.
+_FLOAT16, _FLOAT32, _FLOAT64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
+
+
+def _one_float(dtypes: list[np.dtype]) -> bool:
+    """All of one native float dtype: the common case, whose result is that dtype, with neither the
+    per-array checks nor result_type (together ~1.5 µs a call). A dtype equal to the singleton
+    (metadata aside) promotes to it too."""
+    first = dtypes[0]
+    return (first is _FLOAT32 or first is _FLOAT64 or first is _FLOAT16) and dtypes.count(first) == len(dtypes)
+
+
 def _promote(dtypes: list[np.dtype]) -> np.dtype:
     """numpy.result_type. numpy cannot promote bfloat16 with float16 (or with integers); there bfloat16
     counts as float32 (as torch promotes it), so float16 + bfloat16 + float64 is still float64."""
+    if _one_float(dtypes):
+        return dtypes[0]
     try:
         return np.result_type(*dtypes)
     except TypeError:  # DTypePromotionError
@@ -91,10 +118,13 @@ def _promote(dtypes: list[np.dtype]) -> np.dtype:
 
 def _result_dtype(arrays: dict[str, Array]) -> np.dtype:
     """The dtype of the result: the inputs, all of SUPPORTED_DTYPES, promoted as _promote does."""
+    dtypes = [a.dtype for a in arrays.values() if a is not None]
+    if _one_float(dtypes):
+        return dtypes[0]
     for name, a in arrays.items():
         if a is not None:
             _check_dtype(name, a)
-    return _promote([a.dtype for a in arrays.values() if a is not None])
+    return _promote(dtypes)
 
 
 def _check_ndim(name: str, a: Array, ndim: int) -> None:
@@ -103,6 +133,8 @@ def _check_ndim(name: str, a: Array, ndim: int) -> None:
 
 
 def _check_flag(name: str, value: Any) -> bool:
+    if value is False or value is True:  # the common case, without the isinstance tests
+        return value
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False; got {value!r} of type {type(value).__name__}")
     return bool(value)
@@ -110,7 +142,7 @@ def _check_flag(name: str, value: Any) -> bool:
 
 def _check_distinct(xp, outputs: dict[str, Array | None]) -> None:
     """Two out= arrays that share memory would silently overwrite each other's result."""
-    given = [(name, a) for name, a in outputs.items() if isinstance(a, xp.ndarray)]
+    given = [(name, a) for name, a in outputs.items() if a is not None and isinstance(a, xp.ndarray)]
     for i, (name, a) in enumerate(given):
         for other, b in given[i + 1:]:
             if xp.may_share_memory(a, b):
@@ -118,6 +150,8 @@ def _check_distinct(xp, outputs: dict[str, Array | None]) -> None:
 
 
 def _check_scalar(name: str, value: Any) -> float:
+    if type(value) is float:  # the common case, without the isinstance tests
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number; got {value!r} of type {type(value).__name__}")
     return float(value)
@@ -138,7 +172,8 @@ class _Output:
         self.copy_back = False
         if out is None:
             self.result = xp.empty(shape, dtype)
-            self.work = self.result.reshape(work_shape)
+            # reshape costs ~0.3 µs even when it changes nothing, and small layers feel it
+            self.work = self.result if work_shape == shape else self.result.reshape(work_shape)
             return
         if not isinstance(out, xp.ndarray):
             raise TypeError(f"{name} must be a {xp.__name__} array like the inputs; got {type(out).__name__}")
@@ -212,8 +247,10 @@ def matmul(a: Array, b: Array, /, out: Array | tuple[Array] | None = None, *, tr
     op_a = a[None, :] if vector_a else xp.swapaxes(a, -1, -2) if trans_a else a
     op_b = b[:, None] if vector_b else xp.swapaxes(b, -1, -2) if trans_b else b
     (m, k), (k_b, n) = op_a.shape[-2:], op_b.shape[-2:]
+    batch = op_a.shape[:-2]
     try:
-        batch = np.broadcast_shapes(op_a.shape[:-2], op_b.shape[:-2])
+        if op_b.shape[:-2] != batch:  # np.broadcast_shapes takes ~3 µs even for two 2-D operands
+            batch = np.broadcast_shapes(batch, op_b.shape[:-2])
     except ValueError:
         raise ValueError(f"matmul: a has shape {tuple(a.shape)} and b has shape {tuple(b.shape)}: their stacks "
                          f"{tuple(op_a.shape[:-2])} and {tuple(op_b.shape[:-2])} do not broadcast") from None
@@ -243,11 +280,16 @@ def matmul(a: Array, b: Array, /, out: Array | tuple[Array] | None = None, *, tr
 
     c = _Output(xp, "out", out, shape, batch + (m, n), dtype, [a, b], keep=beta != 0, cast=True)
     # op(a), op(b) as views (a swapped view is a transpose flag to the plan), the stacks broadcast.
-    be.gemm(xp.broadcast_to(op_a.astype(dtype, copy=False), batch + (m, k)),
-            xp.broadcast_to(op_b.astype(dtype, copy=False), batch + (k, n)), c.work,
+    be.gemm(_as_stack(xp, op_a, dtype, batch + (m, k)), _as_stack(xp, op_b, dtype, batch + (k, n)), c.work,
             trans_a=False, trans_b=False, alpha=alpha, beta=beta)
     c.finish()
     return given_out if given_out is not None else _finish(xp, c.result, out_axes)
+
+
+def _as_stack(xp, a: Array, dtype: np.dtype, shape: tuple[int, ...]) -> Array:
+    """a in `dtype`, broadcast to `shape` as a view; broadcast_to (~3 µs) only where the shape differs."""
+    a = a.astype(dtype, copy=False)
+    return a if a.shape == shape else xp.broadcast_to(a, shape)
 
 
 def _move_axes(xp, axes: list, a: Array, b: Array, out: Array | None
@@ -280,6 +322,19 @@ def _finish(xp, result: Array, out_axes: tuple[int, ...] | None) -> Array:
 def forward(x: Array, w: Array, b: Array | None = None, *, out: Array | None = None,
             backend: str | None = None) -> Array:
     """Y = X·W + b. x is (..., F), w is (F, D), b is (D,) or None; Y is (..., D)."""
+    # The common case in few steps (a small layer in a training loop feels each µs of checks): plain
+    # numpy arrays of one native float dtype and matching shapes, no out=, a backend that takes numpy
+    # arrays. Whatever fails a test here takes the general path, which checks it all and names the fault.
+    if out is None and type(x) is np.ndarray and type(w) is np.ndarray and (b is None or type(b) is np.ndarray):
+        dtype, be = x.dtype, get_backend(backend or default_backend_name())
+        if (be.xp is np and (dtype is _FLOAT32 or dtype is _FLOAT64 or dtype is _FLOAT16) and w.dtype is dtype
+                and w.ndim == 2 and x.ndim >= 1 and x.shape[-1] == w.shape[0]
+                and (b is None or b.dtype is dtype and b.shape == w.shape[1:])):
+            y = np.empty(x.shape[:-1] + w.shape[1:], dtype)
+            rows = math.prod(x.shape[:-1])
+            be.gemm(x.reshape(rows, x.shape[-1]), w, y.reshape(rows, w.shape[1]), trans_a=False, trans_b=False,
+                    alpha=1.0, beta=0.0, bias=b)
+            return y
     be, arr = _resolve({"x": x, "w": w, "b": b, "out": out}, backend, optional=("b",))
     x, w, b, out = arr["x"], arr["w"], arr["b"], arr["out"]
     _check_ndim("w", w, 2)
@@ -322,8 +377,8 @@ def backward(dy: Array, x: Array, w: Array, *, need_dx: bool = True, need_dw: bo
     if dy.shape != x.shape[:-1] + (d,):
         raise ValueError(f"dy has shape {tuple(dy.shape)}, x has shape {tuple(x.shape)} and w has shape "
                          f"{tuple(w.shape)}: dy must be {tuple(x.shape[:-1]) + (d,)}")
-    need_dx, need_dw, need_db, accumulate = (_check_flag(name, flag) for name, flag in (
-        ("need_dx", need_dx), ("need_dw", need_dw), ("need_db", need_db), ("accumulate", accumulate)))
+    need_dx, need_dw = _check_flag("need_dx", need_dx), _check_flag("need_dw", need_dw)
+    need_db, accumulate = _check_flag("need_db", need_db), _check_flag("accumulate", accumulate)
     _check_distinct(be.xp, {"dx_out": arr["dx_out"], "dw_out": arr["dw_out"], "db_out": arr["db_out"]})
     if accumulate:
         for need, name in ((need_dw, "dw_out"), (need_db, "db_out")):
@@ -348,4 +403,5 @@ def backward(dy: Array, x: Array, w: Array, *, need_dx: bool = True, need_dw: bo
     if need_db:
         db = _Output(be.xp, "db_out", arr["db_out"], (d,), (d,), dtype, inputs, keep=accumulate)
         be.colsum(dy2, db.work, beta=beta)
-    return Gradients(*(None if g is None else g.finish() for g in (dx, dw, db)))
+    return Gradients(None if dx is None else dx.finish(), None if dw is None else dw.finish(),
+                     None if db is None else db.finish())

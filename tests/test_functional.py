@@ -315,6 +315,25 @@ def test_out_aliasing_an_input_gives_the_right_answer(backend):
     assert rel_err(g.dw, ref_dw) < 1e-12 and rel_err(x, ref_dx) < 1e-12
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_forward_fast_path_equals_the_general_path(backend, dtype):
+    """Plain arrays of one float dtype take forward's fast path; out= and an ndarray subclass take the
+    general path: one answer, bit for bit, for every layout and lead shape."""
+    rng = np.random.default_rng(20)
+    for lead, layout, bias in [((3,), "C", True), ((), "C", True), ((2, 3), "F", False), ((0,), "C", True),
+                               ((4,), "reversed", True), ((5,), "sliced", False)]:
+        x, w = make(rng, backend, (*lead, 6), dtype, layout), make(rng, backend, (6, 4), dtype, layout)
+        b = make(rng, backend, (4,), dtype) if bias else None
+        fast = linear.forward(x, w, b, backend=backend)
+        general = linear.forward(x, w, b, out=get_backend(backend).xp.full(fast.shape, np.nan, fast.dtype),
+                                 backend=backend)
+        assert type(fast) is type(x) and fast.dtype == x.dtype and fast.shape == (*lead, 4)
+        np.testing.assert_array_equal(to_numpy(fast), to_numpy(general))
+    if get_backend(backend).xp is np:
+        subclass = type("Subclass", (np.ndarray,), {})
+        np.testing.assert_array_equal(linear.forward(x.view(subclass), w, b, backend=backend), fast)
+
+
 def test_non_contiguous_out(backend):
     rng = np.random.default_rng(6)
     x, w = make(rng, backend, (7, 3), "float32"), make(rng, backend, (3, 5), "float32")

@@ -12,8 +12,8 @@ class NumpyBackend:
 
     def gemm(self, a, b, c, *, trans_a, trans_b, alpha, beta, bias=None):
         work = accumulator_dtype(c.dtype)  # as the kernels do; numpy's float16 matmul is slower and less precise
-        op_a = np.swapaxes(a, -1, -2) if trans_a else a
-        op_b = np.swapaxes(b, -1, -2) if trans_b else b
+        op_a = a.swapaxes(-1, -2) if trans_a else a  # the method: np.swapaxes adds ~1 µs of dispatch
+        op_b = b.swapaxes(-1, -2) if trans_b else b
         if work != c.dtype:
             op_a, op_b = op_a.astype(work), op_b.astype(work)
         # BLAS writes straight into c unless c is an addend or needs a cast. Fresh temporaries are kept
@@ -31,6 +31,9 @@ class NumpyBackend:
 
     def colsum(self, a, out, *, beta):
         work = accumulator_dtype(out.dtype)
+        if beta == 0 and work == out.dtype:  # straight into out, as gemm writes c
+            a.sum(axis=0, dtype=work, out=out)
+            return
         total = a.sum(axis=0, dtype=work)
         if beta != 0:
             total += out if beta == 1 else work.type(beta) * out

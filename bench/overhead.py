@@ -1,0 +1,91 @@
+"""`python -m bench.overhead`: what linear's checks and dispatch cost per call, next to the raw numpy
+expression, on a small layer where that cost shows (the default numpy backend; BLAS pinned to one thread).
+
+    python -m bench.overhead                          # 64x128x128 float32, 2000 rounds
+    python -m bench.overhead --shape 32,784,256 --rounds 5000
+
+Each round times the linear call and the raw expression once each, on the same (cache-warm) inputs, in
+alternating order. Reports, in µs, min and median of each, and the overhead two ways: min(linear) -
+min(raw), the cost on a quiet moment, and the median of the round-by-round differences, which load
+from other work on the machine hits on both sides alike.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import linear
+
+from .machine import describe_load, load_check
+from .timers import pin_threads
+
+
+def _pairs(shape: tuple[int, int, int]) -> dict:
+    """op -> (linear call, raw numpy expression computing the same)."""
+    rng = np.random.default_rng(0)
+    batch, features, d = shape
+    x, dy = rng.standard_normal((batch, features), np.float32), rng.standard_normal((batch, d), np.float32)
+    w, b = rng.standard_normal((features, d), np.float32), rng.standard_normal(d, np.float32)
+    dw, db = np.zeros_like(w), np.zeros_like(b)
+    return {
+        "forward": (lambda: linear.forward(x, w, b), lambda: x @ w + b),
+        "backward": (lambda: linear.backward(dy, x, w), lambda: (dy @ w.T, x.T @ dy, dy.sum(axis=0))),
+        "matmul": (lambda: linear.matmul(x, w), lambda: x @ w),
+        # Linear.backward's call: gradients added into the parameters' .grad
+        "backward-acc": (lambda: linear.backward(dy, x, w, dw_out=dw, db_out=db, accumulate=True),
+                         lambda: (dy @ w.T, np.add(dw, x.T @ dy, out=dw), np.add(db, dy.sum(axis=0), out=db))),
+    }
+
+
+def _time_us(call) -> float:
+    start = time.perf_counter_ns()
+    call()
+    return (time.perf_counter_ns() - start) / 1e3
+
+
+def measure(ours, raw, rounds: int, warmup: int = 200) -> dict[str, list[float]]:
+    for _ in range(warmup):
+        ours(), raw()
+    times: dict[str, list[float]] = {"linear": [], "raw": [], "overhead": []}
+    for i in range(rounds):
+        if i % 2:  # alternate which runs first, so neither always follows the other
+            t_raw, t_ours = _time_us(raw), _time_us(ours)
+        else:
+            t_ours, t_raw = _time_us(ours), _time_us(raw)
+        times["linear"].append(t_ours)
+        times["raw"].append(t_raw)
+        times["overhead"].append(t_ours - t_raw)
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", default="64,128,128", help="B,F,D of X (B×F) · W (F×D); float32")
+    parser.add_argument("--rounds", type=int, default=2000, help="timed rounds per op (default 2000)")
+    parser.add_argument("--ops", default="forward,backward,matmul,backward-acc",
+                        help="comma-separated (default: all four)")
+    args = parser.parse_args(argv)
+    shape = tuple(int(v) for v in args.shape.split(","))
+    # The calls name no backend, as users write them: that path (reading $LINEAR_BACKEND) is measured.
+    if linear.backends.default_backend_name() != "numpy":
+        parser.error("it measures the numpy backend, the default: unset LINEAR_BACKEND")
+    print(f"load: {describe_load(load_check())}")
+    pin_threads(1)
+    pairs = _pairs(shape)
+    if set(args.ops.split(",")) - set(pairs):
+        parser.error(f"--ops: choose from {', '.join(pairs)}")
+    print(f"{'x'.join(map(str, shape))} float32, numpy backend, {args.rounds} rounds; µs per call")
+    print(f"{'op':<12} {'linear min/median':>18} {'raw min/median':>16} {'overhead Δmin/median':>22}")
+    for op in args.ops.split(","):
+        t = measure(*pairs[op], args.rounds)
+        cells = [f"{min(t[k]):.1f} / {statistics.median(t[k]):.1f}" for k in ("linear", "raw")]
+        cells.append(f"{min(t['linear']) - min(t['raw']):.1f} / {statistics.median(t['overhead']):.1f}")
+        print(f"{op:<12} {cells[0]:>18} {cells[1]:>16} {cells[2]:>22}")
+    print(f"load after: {describe_load(load_check())}")
+
+
+if __name__ == "__main__":
+    main()
