@@ -5,8 +5,10 @@ With LINEAR_CI=1 (set by .ci/run) a missing tool is a failure, never a skip: the
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,15 @@ import linear
 from linear.backends import available_backends
 
 CI = os.environ.get("LINEAR_CI") == "1"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(file_name: str):
+    """examples/<file_name> imported as a module (the examples are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(Path(file_name).stem + "_example", EXAMPLES / file_name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def require(condition: bool, what: str) -> None:

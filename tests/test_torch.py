@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-import importlib.util
+import importlib
 import json
 import os
 import pickle
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CI, HOST_BACKENDS
+from conftest import CI, HOST_BACKENDS, load_example
 
 # The [test] extra installs torch; under LINEAR_CI=1 its absence is an import error, never a skip.
 torch = importlib.import_module("torch") if CI else pytest.importorskip("torch")
@@ -428,20 +428,13 @@ def test_import_linear_does_not_import_torch():
 # The example, and DDP
 # ----------------------------------------------------------------------------------------------------
 
-def load_example():
-    spec = importlib.util.spec_from_file_location("torch_mlp_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_example_reaches_95_percent_accuracy():
-    assert load_example().train(verbose=False)[1] >= 0.95
+    assert load_example("torch_mlp.py").train(verbose=False)[1] >= 0.95
 
 
 def test_untrained_example_is_near_chance():
     """Negative control: the initial weights do not solve the task (chance is 1/3)."""
-    assert load_example().train(steps=0, verbose=False)[1] < 0.6
+    assert load_example("torch_mlp.py").train(steps=0, verbose=False)[1] < 0.6
 
 
 def test_readme_carries_the_torch_example():
@@ -468,7 +461,7 @@ def test_ddp_in_two_processes_matches_one_process_on_the_whole_batch(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     ddp = torch.load(saved)
-    example = load_example()
+    example = load_example("torch_mlp.py")
     one = example.train(steps=steps, verbose=False)[0].state_dict()
     fewer = example.train(steps=steps - 1, verbose=False)[0].state_dict()
     assert ddp.keys() == one.keys()

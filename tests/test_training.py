@@ -2,37 +2,29 @@
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import re
 from pathlib import Path
 
-from conftest import require
+from conftest import load_example, require
 from linear.backends import available_backends
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "mlp.py"
 
 
-def load_example():
-    spec = importlib.util.spec_from_file_location("mlp_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_example_reaches_95_percent_accuracy():
-    assert load_example().train(backend="numpy", seed=0, verbose=False) >= 0.95
+    assert load_example("mlp.py").train(backend="numpy", seed=0, verbose=False) >= 0.95
 
 
 def test_untrained_network_is_near_chance():
     """Negative control: the task is not solved by the initial weights (3 classes: chance is 1/3)."""
-    assert load_example().train(backend="numpy", seed=0, steps=0, verbose=False) < 0.6
+    assert load_example("mlp.py").train(backend="numpy", seed=0, steps=0, verbose=False) < 0.6
 
 
 def test_example_trains_on_the_emulated_kernels():
     require("emulate" in available_backends(), "the emulate backend")
     # fewer, larger steps than the default keep the emulator's run short
-    assert load_example().train(backend="emulate", seed=0, steps=200, lr=0.05, verbose=False) >= 0.95
+    assert load_example("mlp.py").train(backend="emulate", seed=0, steps=200, lr=0.05, verbose=False) >= 0.95
 
 
 def test_readme_training_loop_is_the_example():
