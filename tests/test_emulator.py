@@ -388,18 +388,60 @@ def test_without_a_compiler_the_backend_is_unavailable(monkeypatch):
         EmulatorRuntime()
 
 
+# Builds (or loads) faults.cu's last_writer in a fresh process and prints its result, 7.
+LAST_WRITER = (f"import sys, numpy as np; sys.path.insert(0, {str(Path(__file__).parent.parent)!r});"
+               "from linear.backends.emulate import EmulatorRuntime;"
+               f"k = EmulatorRuntime(kernel_dir={str(KERNELS)!r}).function('faults.cu', 'last_writer');"
+               "out = np.zeros(1, np.int32); k((1,), (8,), (out,)); print(out[0])")
+
+
 def test_two_processes_build_one_library_at_once(emu, tmp_path):
-    script = (f"import sys, numpy as np; sys.path.insert(0, {str(Path(__file__).parent.parent)!r});"
-              "from linear.backends.emulate import EmulatorRuntime;"
-              f"k = EmulatorRuntime(kernel_dir={str(KERNELS)!r}).function('faults.cu', 'last_writer');"
-              "out = np.zeros(1, np.int32); k((1,), (8,), (out,)); print(out[0])")
     env = dict(os.environ, LINEAR_EMU_CACHE=str(tmp_path))
-    builds = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    builds = [subprocess.Popen([sys.executable, "-c", LAST_WRITER], env=env, stdout=subprocess.PIPE, text=True)
               for _ in range(2)]
     assert [p.communicate(timeout=120)[0].strip() for p in builds] == ["7", "7"]
     assert all(p.returncode == 0 for p in builds)
-    libraries = sorted(p.name for p in tmp_path.iterdir())
-    assert len(libraries) == 2 and libraries[0].startswith("emu-runtime-"), libraries  # no partial files
+    libraries = sorted(p.name for p in tmp_path.glob("*.so"))
+    assert len(libraries) == 2 and libraries[0].startswith("emu-runtime-"), libraries
+    assert not list(tmp_path.glob(".partial-*")), list(tmp_path.iterdir())
     before = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     runtime(cache_dir=tmp_path).function("faults.cu", "last_writer")
     assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before  # loaded, not rebuilt
+
+
+@pytest.mark.parametrize("damage", ["truncated runtime", "truncated kernel", "one byte of the kernel changed"])
+def test_a_damaged_cache_entry_is_rebuilt(tmp_path, damage):
+    """In a fresh process (this one keeps the libraries it loaded): before records, a truncated runtime
+    library killed it with SIGBUS and a truncated kernel library raised a raw OSError."""
+    runtime(cache_dir=tmp_path).function("faults.cu", "last_writer")
+    library = next(p for p in tmp_path.glob("*.so") if p.name.startswith("emu-runtime-") == ("runtime" in damage))
+    data = bytearray(library.read_bytes())
+    if "truncated" in damage:
+        data = data[:len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    damaged = tmp_path / "damaged"  # a new file: this process has the library mapped, and must not fault
+    damaged.write_bytes(data)
+    os.replace(damaged, library)
+    env = dict(os.environ, LINEAR_EMU_CACHE=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", LAST_WRITER], env=env, capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout.strip()) == (0, "7"), result.stderr
+    assert library.read_bytes() != data
+
+
+def test_a_cache_other_users_can_write_is_refused(tmp_path):
+    cache = tmp_path / "cache"
+    runtime(cache_dir=cache).function("faults.cu", "last_writer")  # the control: a private cache is used
+    assert cache.stat().st_mode & 0o777 == 0o700  # created private
+    cache.chmod(0o707)
+    with pytest.raises(EmulationError, match=rf"compile cache {cache} is writable by other users \(mode 707\)"):
+        runtime(cache_dir=cache).function("faults.cu", "last_writer")
+    cache.chmod(0o770)
+    with pytest.raises(EmulationError, match="writable by other users"):
+        runtime(cache_dir=cache).function("faults.cu", "last_writer")
+
+
+def test_a_cache_another_user_owns_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: tmp_path.stat().st_uid + 1)
+    with pytest.raises(EmulationError, match=rf"compile cache {tmp_path} is owned by uid \d+, not by this user"):
+        runtime(cache_dir=tmp_path).function("faults.cu", "last_writer")
