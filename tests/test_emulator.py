@@ -345,6 +345,39 @@ def test_undefined_warp_collective_is_reported(emu):
         emu.function("faults.cu", "bad_shuffle_width")((1,), (32,), (np.zeros(32, np.int32), np.int32(3)))
 
 
+# ---- Cooperative groups and the host-only header stubs (tests/kernels/groups.cu) ----------------
+
+def as_int32(bits: int) -> int:
+    return bits - (1 << 32) if bits >= 1 << 31 else bits
+
+
+@pytest.mark.parametrize("n", [4, 16, 32])
+def test_cooperative_groups_tiles(emu, n):
+    """2-D blocks of 16 x 4 threads: ranks count x fastest; a tile is n consecutive ranks."""
+    threads = 64
+    values = np.random.default_rng(n).integers(-50, 50, 2 * threads).astype(np.int32)
+    out = np.full((2 * threads, 12), -1, np.int32)
+    emu.function("groups.cu", f"tile_collectives<{n}>")((2,), (16, 4), (values, out))
+    expected = []
+    for rank, v in enumerate(values):
+        t, r = rank % threads, rank % n
+        tile = values[rank - r:rank - r + n]
+        ballot = sum(1 << i for i in range(n) if tile[i] > 0)
+        expected.append([t, threads, r, n, t // n, threads // n, tile[1], tile[r - 1] if r >= 1 else v,
+                         tile[r + 2] if r + 2 < n else v, tile[r ^ 1], as_int32(ballot),
+                         int(ballot != 0) | int(ballot == (1 << n) - 1) << 1])
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("n", [8, 32])
+def test_cooperative_groups_block_sum_is_clean_under_every_sanitizer(n):
+    values = np.random.default_rng(n).standard_normal(3 * 128).astype(np.float32)
+    out = np.full(3, np.nan, np.float32)
+    runtime(sanitize="memcheck,racecheck,initcheck,synccheck").function("groups.cu", f"block_sum<{n}>")(
+        (3,), (128,), (values, out))
+    np.testing.assert_allclose(out, values.reshape(3, 128).sum(axis=1), rtol=1e-5)
+
+
 # ---- Arguments, compilation, cache ---------------------------------------------------------------
 
 def test_arguments_are_checked_against_the_kernel_signature(emu):

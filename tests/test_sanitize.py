@@ -61,11 +61,14 @@ CATALOGUE = {
     "blocks_share_output": ("racecheck", lambda k: k((4,), (32,), (np.zeros(4, f32),)),
                             ["of block (", "byte 0 of argument 0"]),
     "warp_exchange": ("racecheck", lambda k: k((1,), (32,), (np.zeros(32, f32),)), ["::slot"]),
+    "tile_exchange": ("racecheck", lambda k: k((1,), (32,), (np.zeros(32, f32),)), ["::slot"]),
     "count": ("racecheck", lambda k: k((2,), (64,), (np.zeros(1, np.int32),)), ["argument 0"]),
     "uninitialized_shared": ("initcheck", lambda k: k((1,), (32,), (np.zeros(32, f32),)),
                              ["::values", "byte 124", "thread (0, 0, 0)"]),
     "divergent_barrier": ("synccheck", lambda k: k((1,), (32,), (np.zeros(32, f32),)),
                           ["thread (16, 0, 0)", "thread (0, 0, 0)"]),
+    "divergent_group_sync": ("synccheck", lambda k: k((1,), (32,), (np.zeros(32, f32),)),
+                             ["thread (16, 0, 0)", "thread (0, 0, 0)"]),
 }
 
 

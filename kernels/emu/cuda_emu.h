@@ -21,8 +21,10 @@
 //                 CPU has it) so fmaf is one instruction, and -ffp-contract=fast like nvcc.
 // Kernels see LINEAR_EMULATE defined and __CUDA_ARCH__ undefined: keep inline PTX behind
 // `#ifndef LINEAR_EMULATE` with a portable twin, as kernels/ptx.cuh does with emu_tensor.h (mma.sync,
-// ldmatrix, cp.async). Not provided: cooperative_groups, <cuda/std/...>, WMMA, textures, dynamic
-// parallelism.
+// ldmatrix, cp.async). Beside this file: <cooperative_groups.h> (the block and its tiles up to a warp)
+// and stubs for host-only headers kernel files include (<cuda.h>, <cuda_runtime.h>,
+// <cuda_runtime_api.h>, <device_launch_parameters.h>, <cublas_v2.h>, <cuda_profiler_api.h>). Not
+// provided: grid groups, <cuda/std/...>, WMMA, textures, dynamic parallelism.
 #pragma once
 
 // System headers first: some of them use the attribute __noinline__, which is a macro below.
