@@ -54,6 +54,8 @@ CATALOGUE = {
     "dynamic_shared_overrun": ("memcheck", lambda k: k((1,), (32,), (np.zeros(30, f32), np.int32(30)),
                                                       shared_mem=120),
                                ["out-of-bounds read of 4 bytes at byte 120 of the dynamic shared memory"]),
+    "memcpy_overrun": ("memcheck", lambda k: k((1,), (32,), (np.ones(31, f32), np.zeros(30, f32))),
+                       ["out-of-bounds write of 124 bytes at byte 0 of static __shared__", "::tile (120 bytes)"]),
     "tree_sum": ("racecheck", lambda k: k((2,), (64,), (np.ones(64, f32), np.zeros(2, f32))),
                  ["::partial", "no barrier"]),
     "tile_reuse": ("racecheck", lambda k: k((1,), (32,), (np.ones(64, f32), np.zeros(32, f32))),

@@ -41,6 +41,16 @@ __global__ void dynamic_shared_overrun(float* out, int n) {
     if (t < n) out[t] = buffer[BUG ? t + 1 : t];  // BUG: buffer[n]
 }
 
+// memcheck: a memcpy of one float too many into a static __shared__ array (a call, which g++ would
+// otherwise leave unchecked, or expand inline where it knows the size).
+template <bool BUG>
+__global__ void memcpy_overrun(const float* in, float* out) {
+    __shared__ float tile[30];
+    if (threadIdx.x == 0) memcpy(tile, in, (30 + BUG) * sizeof(float));  // BUG: 31 floats into 30
+    __syncthreads();
+    if (threadIdx.x < 30) out[threadIdx.x] = tile[threadIdx.x];
+}
+
 // racecheck: a shared-memory tree sum without the barrier between its steps.
 template <bool BUG>
 __global__ void tree_sum(const float* in, float* out) {

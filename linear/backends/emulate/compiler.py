@@ -69,7 +69,12 @@ REDZONE_BYTES = 64
 # Sanitize builds: g++'s ThreadSanitizer instrumentation, whose calls emu_sanitize.cpp answers; DWARF 4,
 # whose file numbers binutils 2.40's addr2line reads right (with DWARF 5 it names the wrong file)
 # (the kernel library is linked without libtsan; -z defs names a hook it lacks at build time).
-SANITIZE_FLAGS = ("-DEMU_SANITIZE", "-gdwarf-4", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0")
+# memcpy, memset and memmove stay calls (g++ would expand some inline, uninstrumented, and libc's are
+# not instrumented either), which the link sends to emu_sanitize.cpp's checked __wrap_ versions.
+_MEMORY_FUNCTIONS = ("memcpy", "memset", "memmove")
+SANITIZE_FLAGS = ("-DEMU_SANITIZE", "-gdwarf-4", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0",
+                  *(f"-fno-builtin-{f}" for f in _MEMORY_FUNCTIONS))
+SANITIZE_LINK_FLAGS = ("-Wl,-z,defs", *(f"-Wl,--wrap={f}" for f in _MEMORY_FUNCTIONS))
 
 
 def rewrite_source(text: str, path: Path, redzones: bool = False) -> str:
@@ -154,7 +159,7 @@ class Compiler:
                     return
                 instrumented = sources / "emu_wrapper.o"
                 self._compile([*SANITIZE_FLAGS, *includes, "-c", str(wrapper), "-o", str(instrumented)], what)
-                self._compile([str(instrumented), *link, "-Wl,-z,defs"], what)
+                self._compile([str(instrumented), *link, *SANITIZE_LINK_FLAGS], what)
 
         return self._cached(f"{stem}-{h.hexdigest()[:24]}.so", build)
 
