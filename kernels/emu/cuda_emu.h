@@ -114,15 +114,18 @@ namespace emu {
 template <class T> struct same { using type = T; };
 template <class T> using same_t = typename same<T>::type;
 
+// The shim's own fixed-size copies are __builtin_memcpy: g++ turns them into plain (instrumented) loads
+// and stores even in sanitize builds, where a kernel's memcpy is a call to a checked wrapper
+// (emulate/compiler.py), too slow for every shuffle and fragment.
 template <class T> uint64_t to_bits(T v) {
     static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value, "warp collectives move up to 8 bytes");
     uint64_t bits = 0;
-    memcpy(&bits, &v, sizeof(T));
+    __builtin_memcpy(&bits, &v, sizeof(T));
     return bits;
 }
 template <class T> T from_bits(uint64_t bits) {
     T v;
-    memcpy(&v, &bits, sizeof(T));
+    __builtin_memcpy(&v, &bits, sizeof(T));
     return v;
 }
 // Counts this library's launches (emu_entry.h), so that per-thread state kept across calls, such as
