@@ -5,6 +5,7 @@ controls: each has a deliberate bug) and sgemm.cu (a tiled GEMM with two barrier
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -460,6 +461,19 @@ def test_a_damaged_cache_entry_is_rebuilt(tmp_path, damage):
     result = subprocess.run([sys.executable, "-c", LAST_WRITER], env=env, capture_output=True, text=True, timeout=120)
     assert (result.returncode, result.stdout.strip()) == (0, "7"), result.stderr
     assert library.read_bytes() != data
+
+
+def test_a_library_the_loader_refuses_is_an_emulation_error(tmp_path):
+    """A library whose record matches but that dlopen rejects (e.g. a cache on a noexec mount)."""
+    runtime(cache_dir=tmp_path).function("faults.cu", "last_writer")
+    library = next(p for p in tmp_path.glob("*.so") if not p.name.startswith("emu-runtime-"))
+    damaged = tmp_path / "damaged"
+    damaged.write_bytes(b"not an ELF file")
+    os.replace(damaged, library)
+    library.with_name(library.name + ".sha256").write_text(f"15 {hashlib.sha256(b'not an ELF file').hexdigest()}\n")
+    env = dict(os.environ, LINEAR_EMU_CACHE=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", LAST_WRITER], env=env, capture_output=True, text=True, timeout=120)
+    assert "EmulationError: last_writer: cannot load the compiled library" in result.stderr, result.stderr
 
 
 def test_a_cache_other_users_can_write_is_refused(tmp_path):
