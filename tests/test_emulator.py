@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -443,49 +444,58 @@ def test_two_processes_build_one_library_at_once(emu, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before  # loaded, not rebuilt
 
 
+@pytest.fixture(scope="module")
+def built_cache(tmp_path_factory) -> Path:
+    """A cache holding last_writer and the runtime, built once; tests damage copies of it."""
+    cache = tmp_path_factory.mktemp("built") / "cache"
+    runtime(cache_dir=cache).function("faults.cu", "last_writer")
+    return cache
+
+
+def cache_copy(built_cache: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(built_cache, tmp_path / "cache"))  # keeps the private mode
+
+
+def last_writer_in_a_fresh_process(cache: Path) -> subprocess.CompletedProcess:
+    """In a fresh process, since this one keeps the libraries it has loaded."""
+    env = dict(os.environ, LINEAR_EMU_CACHE=str(cache))
+    return subprocess.run([sys.executable, "-c", LAST_WRITER], env=env, capture_output=True, text=True, timeout=120)
+
+
 @pytest.mark.parametrize("damage", ["truncated runtime", "truncated kernel", "one byte of the kernel changed"])
-def test_a_damaged_cache_entry_is_rebuilt(tmp_path, damage):
-    """In a fresh process (this one keeps the libraries it loaded): before records, a truncated runtime
-    library killed it with SIGBUS and a truncated kernel library raised a raw OSError."""
-    runtime(cache_dir=tmp_path).function("faults.cu", "last_writer")
-    library = next(p for p in tmp_path.glob("*.so") if p.name.startswith("emu-runtime-") == ("runtime" in damage))
+def test_a_damaged_cache_entry_is_rebuilt(built_cache, tmp_path, damage):
+    """Before records, a truncated runtime or kernel library killed the process with SIGBUS."""
+    cache = cache_copy(built_cache, tmp_path)
+    library = next(p for p in cache.glob("*.so") if p.name.startswith("emu-runtime-") == ("runtime" in damage))
     data = bytearray(library.read_bytes())
     if "truncated" in damage:
         data = data[:len(data) // 2]
     else:
         data[len(data) // 2] ^= 0xFF
-    damaged = tmp_path / "damaged"  # a new file: this process has the library mapped, and must not fault
-    damaged.write_bytes(data)
-    os.replace(damaged, library)
-    env = dict(os.environ, LINEAR_EMU_CACHE=str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", LAST_WRITER], env=env, capture_output=True, text=True, timeout=120)
+    library.write_bytes(data)
+    result = last_writer_in_a_fresh_process(cache)
     assert (result.returncode, result.stdout.strip()) == (0, "7"), result.stderr
     assert library.read_bytes() != data
 
 
-def test_a_library_the_loader_refuses_is_an_emulation_error(tmp_path):
+def test_a_library_the_loader_refuses_is_an_emulation_error(built_cache, tmp_path):
     """A library whose record matches but that dlopen rejects (e.g. a cache on a noexec mount)."""
-    runtime(cache_dir=tmp_path).function("faults.cu", "last_writer")
-    library = next(p for p in tmp_path.glob("*.so") if not p.name.startswith("emu-runtime-"))
-    damaged = tmp_path / "damaged"
-    damaged.write_bytes(b"not an ELF file")
-    os.replace(damaged, library)
+    cache = cache_copy(built_cache, tmp_path)
+    library = next(p for p in cache.glob("*.so") if not p.name.startswith("emu-runtime-"))
+    library.write_bytes(b"not an ELF file")
     library.with_name(library.name + ".sha256").write_text(f"15 {hashlib.sha256(b'not an ELF file').hexdigest()}\n")
-    env = dict(os.environ, LINEAR_EMU_CACHE=str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", LAST_WRITER], env=env, capture_output=True, text=True, timeout=120)
+    result = last_writer_in_a_fresh_process(cache)
     assert "EmulationError: last_writer: cannot load the compiled library" in result.stderr, result.stderr
 
 
-def test_a_cache_other_users_can_write_is_refused(tmp_path):
-    cache = tmp_path / "cache"
+def test_a_cache_other_users_can_write_is_refused(built_cache, tmp_path):
+    cache = cache_copy(built_cache, tmp_path)
+    assert built_cache.stat().st_mode & 0o777 == 0o700  # created private
     runtime(cache_dir=cache).function("faults.cu", "last_writer")  # the control: a private cache is used
-    assert cache.stat().st_mode & 0o777 == 0o700  # created private
-    cache.chmod(0o707)
-    with pytest.raises(EmulationError, match=rf"compile cache {cache} is writable by other users \(mode 707\)"):
-        runtime(cache_dir=cache).function("faults.cu", "last_writer")
-    cache.chmod(0o770)
-    with pytest.raises(EmulationError, match="writable by other users"):
-        runtime(cache_dir=cache).function("faults.cu", "last_writer")
+    for mode in (0o707, 0o770):
+        cache.chmod(mode)
+        with pytest.raises(EmulationError, match=rf"cache {cache} is writable by other users \(mode {mode:o}\)"):
+            runtime(cache_dir=cache).function("faults.cu", "last_writer")
 
 
 def test_a_cache_another_user_owns_is_refused(tmp_path, monkeypatch):
