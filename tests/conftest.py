@@ -41,6 +41,11 @@ def require_tool(tool: str) -> str:
     return path
 
 
+def pytest_addoption(parser):
+    parser.addoption("--sanitize-all", action="store_true", dest="sanitize_all",
+                     help="run every kernel instantiation under every sanitize mode (tests/test_sanitize.py)")
+
+
 def pytest_configure(config):
     if not CI:
         return

@@ -5,7 +5,9 @@ controls: each has a deliberate bug) and sgemm.cu (a tiled GEMM with two barrier
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -345,6 +347,38 @@ def test_undefined_warp_collective_is_reported(emu):
         emu.function("faults.cu", "bad_shuffle_width")((1,), (32,), (np.zeros(32, np.int32), np.int32(3)))
 
 
+# ---- Cooperative groups and the host-only header stubs (tests/kernels/groups.cu) ----------------
+
+def as_int32(bits: int) -> int:
+    return bits - (1 << 32) if bits >= 1 << 31 else bits
+
+
+@pytest.mark.parametrize("n", [4, 32])
+def test_cooperative_groups_tiles(emu, n):
+    """2-D blocks of 16 x 4 threads: ranks count x fastest; a tile is n consecutive ranks."""
+    threads = 64
+    values = np.random.default_rng(n).integers(-50, 50, 2 * threads).astype(np.int32)
+    out = np.full((2 * threads, 12), -1, np.int32)
+    emu.function("groups.cu", f"tile_collectives<{n}>")((2,), (16, 4), (values, out))
+    expected = []
+    for rank, v in enumerate(values):
+        t, r = rank % threads, rank % n
+        tile = values[rank - r:rank - r + n]
+        ballot = sum(1 << i for i in range(n) if tile[i] > 0)
+        expected.append([t, threads, r, n, t // n, threads // n, tile[1], tile[r - 1] if r >= 1 else v,
+                         tile[r + 2] if r + 2 < n else v, tile[r ^ 1], as_int32(ballot),
+                         int(ballot != 0) | int(ballot == (1 << n) - 1) << 1])
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_cooperative_groups_block_sum_is_clean_under_every_sanitizer():
+    values = np.random.default_rng(8).standard_normal(3 * 128).astype(np.float32)
+    out = np.full(3, np.nan, np.float32)
+    runtime(sanitize="memcheck,racecheck,initcheck,synccheck").function("groups.cu", "block_sum<8>")(
+        (3,), (128,), (values, out))
+    np.testing.assert_allclose(out, values.reshape(3, 128).sum(axis=1), rtol=1e-5)
+
+
 # ---- Arguments, compilation, cache ---------------------------------------------------------------
 
 def test_arguments_are_checked_against_the_kernel_signature(emu):
@@ -388,18 +422,82 @@ def test_without_a_compiler_the_backend_is_unavailable(monkeypatch):
         EmulatorRuntime()
 
 
+# Builds (or loads) faults.cu's last_writer in a fresh process and prints its result, 7.
+LAST_WRITER = (f"import sys, numpy as np; sys.path.insert(0, {str(Path(__file__).parent.parent)!r});"
+               "from linear.backends.emulate import EmulatorRuntime;"
+               f"k = EmulatorRuntime(kernel_dir={str(KERNELS)!r}).function('faults.cu', 'last_writer');"
+               "out = np.zeros(1, np.int32); k((1,), (8,), (out,)); print(out[0])")
+
+
 def test_two_processes_build_one_library_at_once(emu, tmp_path):
-    script = (f"import sys, numpy as np; sys.path.insert(0, {str(Path(__file__).parent.parent)!r});"
-              "from linear.backends.emulate import EmulatorRuntime;"
-              f"k = EmulatorRuntime(kernel_dir={str(KERNELS)!r}).function('faults.cu', 'last_writer');"
-              "out = np.zeros(1, np.int32); k((1,), (8,), (out,)); print(out[0])")
     env = dict(os.environ, LINEAR_EMU_CACHE=str(tmp_path))
-    builds = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    builds = [subprocess.Popen([sys.executable, "-c", LAST_WRITER], env=env, stdout=subprocess.PIPE, text=True)
               for _ in range(2)]
     assert [p.communicate(timeout=120)[0].strip() for p in builds] == ["7", "7"]
     assert all(p.returncode == 0 for p in builds)
-    libraries = sorted(p.name for p in tmp_path.iterdir())
-    assert len(libraries) == 2 and libraries[0].startswith("emu-runtime-"), libraries  # no partial files
+    libraries = sorted(p.name for p in tmp_path.glob("*.so"))
+    assert len(libraries) == 2 and libraries[0].startswith("emu-runtime-"), libraries
+    assert not list(tmp_path.glob(".partial-*")), list(tmp_path.iterdir())
     before = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     runtime(cache_dir=tmp_path).function("faults.cu", "last_writer")
     assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before  # loaded, not rebuilt
+
+
+@pytest.fixture(scope="module")
+def built_cache(tmp_path_factory) -> Path:
+    """A cache holding last_writer and the runtime, built once; tests damage copies of it."""
+    cache = tmp_path_factory.mktemp("built") / "cache"
+    runtime(cache_dir=cache).function("faults.cu", "last_writer")
+    return cache
+
+
+def cache_copy(built_cache: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(built_cache, tmp_path / "cache"))  # keeps the private mode
+
+
+def last_writer_in_a_fresh_process(cache: Path) -> subprocess.CompletedProcess:
+    """In a fresh process, since this one keeps the libraries it has loaded."""
+    env = dict(os.environ, LINEAR_EMU_CACHE=str(cache))
+    return subprocess.run([sys.executable, "-c", LAST_WRITER], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("damage", ["truncated runtime", "truncated kernel", "one byte of the kernel changed"])
+def test_a_damaged_cache_entry_is_rebuilt(built_cache, tmp_path, damage):
+    """Before records, a truncated runtime or kernel library killed the process with SIGBUS."""
+    cache = cache_copy(built_cache, tmp_path)
+    library = next(p for p in cache.glob("*.so") if p.name.startswith("emu-runtime-") == ("runtime" in damage))
+    data = bytearray(library.read_bytes())
+    if "truncated" in damage:
+        data = data[:len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    library.write_bytes(data)
+    result = last_writer_in_a_fresh_process(cache)
+    assert (result.returncode, result.stdout.strip()) == (0, "7"), result.stderr
+    assert library.read_bytes() != data
+
+
+def test_a_library_the_loader_refuses_is_an_emulation_error(built_cache, tmp_path):
+    """A library whose record matches but that dlopen rejects (e.g. a cache on a noexec mount)."""
+    cache = cache_copy(built_cache, tmp_path)
+    library = next(p for p in cache.glob("*.so") if not p.name.startswith("emu-runtime-"))
+    library.write_bytes(b"not an ELF file")
+    library.with_name(library.name + ".sha256").write_text(f"15 {hashlib.sha256(b'not an ELF file').hexdigest()}\n")
+    result = last_writer_in_a_fresh_process(cache)
+    assert "EmulationError: last_writer: cannot load the compiled library" in result.stderr, result.stderr
+
+
+def test_a_cache_other_users_can_write_is_refused(built_cache, tmp_path):
+    cache = cache_copy(built_cache, tmp_path)
+    assert built_cache.stat().st_mode & 0o777 == 0o700  # created private
+    runtime(cache_dir=cache).function("faults.cu", "last_writer")  # the control: a private cache is used
+    for mode in (0o707, 0o770):
+        cache.chmod(mode)
+        with pytest.raises(EmulationError, match=rf"cache {cache} is writable by other users \(mode {mode:o}\)"):
+            runtime(cache_dir=cache).function("faults.cu", "last_writer")
+
+
+def test_a_cache_another_user_owns_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: tmp_path.stat().st_uid + 1)
+    with pytest.raises(EmulationError, match=rf"compile cache {tmp_path} is owned by uid \d+, not by this user"):
+        runtime(cache_dir=tmp_path).function("faults.cu", "last_writer")

@@ -5,9 +5,9 @@ kernels run clean under every mode at once; blocks run in the schedule's order.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -16,7 +16,11 @@ from linear.backends import BackendUnavailable, plan
 from linear.backends.emulate import EmulationError, EmulatorRuntime
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
-from reference import assert_close
+from reference import TOLERANCE, rel_err
+from test_kernels import DTYPES, TRANS, output, reference, stored
+from test_tensor_cores import SHAPES as TC_SHAPES
+from test_tensor_cores import operands as tc_operands
+from test_tensor_cores import tf32_values
 
 KERNELS = Path(__file__).parent / "kernels"
 SOURCE = (KERNELS / "sanitize.cu").read_text().splitlines()
@@ -50,6 +54,8 @@ CATALOGUE = {
     "dynamic_shared_overrun": ("memcheck", lambda k: k((1,), (32,), (np.zeros(30, f32), np.int32(30)),
                                                       shared_mem=120),
                                ["out-of-bounds read of 4 bytes at byte 120 of the dynamic shared memory"]),
+    "memcpy_overrun": ("memcheck", lambda k: k((1,), (32,), (np.ones(31, f32), np.zeros(30, f32))),
+                       ["out-of-bounds write of 124 bytes at byte 0 of static __shared__", "::tile (120 bytes)"]),
     "tree_sum": ("racecheck", lambda k: k((2,), (64,), (np.ones(64, f32), np.zeros(2, f32))),
                  ["::partial", "no barrier"]),
     "tile_reuse": ("racecheck", lambda k: k((1,), (32,), (np.ones(64, f32), np.zeros(32, f32))),
@@ -57,11 +63,14 @@ CATALOGUE = {
     "blocks_share_output": ("racecheck", lambda k: k((4,), (32,), (np.zeros(4, f32),)),
                             ["of block (", "byte 0 of argument 0"]),
     "warp_exchange": ("racecheck", lambda k: k((1,), (32,), (np.zeros(32, f32),)), ["::slot"]),
+    "tile_exchange": ("racecheck", lambda k: k((1,), (32,), (np.zeros(32, f32),)), ["::slot"]),
     "count": ("racecheck", lambda k: k((2,), (64,), (np.zeros(1, np.int32),)), ["argument 0"]),
     "uninitialized_shared": ("initcheck", lambda k: k((1,), (32,), (np.zeros(32, f32),)),
                              ["::values", "byte 124", "thread (0, 0, 0)"]),
     "divergent_barrier": ("synccheck", lambda k: k((1,), (32,), (np.zeros(32, f32),)),
                           ["thread (16, 0, 0)", "thread (0, 0, 0)"]),
+    "divergent_group_sync": ("synccheck", lambda k: k((1,), (32,), (np.zeros(32, f32),)),
+                             ["thread (16, 0, 0)", "thread (0, 0, 0)"]),
 }
 
 
@@ -121,25 +130,119 @@ def test_modes_from_the_environment(monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Zero false positives: the project's kernels, every dtype and tile configuration the plan launches
+# Zero false positives: the project's kernels, every family and dtype the plan launches
 # ----------------------------------------------------------------------------------------------------
 
-DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64),
-          "float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+@dataclass(frozen=True)
+class Case:
+    """One GEMM through the plan (for the SIMT family, then a column sum of its expected output)."""
+    dtype: str
+    config: str
+    trans_a: bool
+    trans_b: bool
+    vector: bool  # the SIMT kernel's 16-byte load path (tensor-core kernels always need it)
+    splits: int
+
+    @property
+    def tensor_cores(self) -> bool:
+        return isinstance(plan.CONFIGS_BY_NAME[self.config], plan.TensorCoreConfig)
+
+    def __str__(self) -> str:
+        trans = "NT"[self.trans_a] + "NT"[self.trans_b]
+        return f"{self.dtype}-{self.config}-{trans}-{'vector' if self.vector else 'scalar'}-splits{self.splits}"
 
 
-@pytest.mark.parametrize("dtype,config", [(d, c.name) for d in DTYPES for c in plan.TILE_CONFIGS if d in c.dtypes])
-def test_project_kernels_are_clean_under_every_mode(dtype, config):
-    """GEMM with split-K (so the split sum runs too), bias and beta, then the column sum; blocks and
-    threads shuffled."""
-    backend = KernelBackend(runtime(sanitize=ALL, schedule="shuffle", seed=5), Tuning(config=config, splits=2))
+def planned(case: Case) -> list[tuple[list[plan.Launch], np.ndarray, np.ndarray]]:
+    """(launches, the array they write, its expected value) for the case's GEMM and column sum."""
     rng = np.random.default_rng(7)
-    m, n, k = 37, 21, 19
-    a, b = (rng.standard_normal(s).astype(DTYPES[dtype]) for s in ((m, k), (k, n)))
-    c, bias = rng.standard_normal((m, n)).astype(DTYPES[dtype]), rng.standard_normal(n).astype(DTYPES[dtype])
-    expected = a.astype(np.float64) @ b.astype(np.float64) + 0.5 * c.astype(np.float64) + bias
-    backend.gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.5, bias=bias)
-    assert_close(c, expected, dtype)
-    out = np.zeros(n, DTYPES[dtype])
-    backend.colsum(c, out, beta=0.0)
-    assert_close(out, c.astype(np.float64).sum(axis=0), dtype)
+    dtype = DTYPES[case.dtype]
+    if case.tensor_cores:
+        m, n, k = TC_SHAPES[case.config]
+        a, b = tc_operands(rng, case.dtype, m, n, k, case.trans_a, case.trans_b)
+        inputs = (tf32_values(a), tf32_values(b)) if case.dtype == "float32" else (a, b)  # TF32 operands
+    else:
+        m, n, k = 37, 21, 19
+        # Vector: 16-byte aligned leading dimensions; scalar: odd ones.
+        ld = (lambda cols: -(-cols // 8) * 8) if case.vector else (lambda cols: cols + 1)
+        shapes = ((k, m) if case.trans_a else (m, k)), ((n, k) if case.trans_b else (k, n))
+        a, b = (stored(rng, shape, dtype, ld(shape[1])) for shape in shapes)
+        inputs = (a, b)
+    beta = 0.5 if case.splits == 1 else 0.0  # beta = 0: C is never read, so it starts as NaN
+    c = output(rng, (m, n), dtype, beta)
+    bias = rng.standard_normal(n).astype(dtype)
+    expected = reference(*inputs, case.trans_a, case.trans_b, 1.0, beta, c, bias)
+    gemm = plan.plan_gemm(np, a, b, c, trans_a=case.trans_a, trans_b=case.trans_b, alpha=1.0, beta=beta, bias=bias,
+                          tuning=Tuning(config=case.config, splits=case.splits,
+                                        vector=None if case.tensor_cores else case.vector),
+                          arch=90 if case.tensor_cores else None, tf32=case.tensor_cores)
+    if case.tensor_cores:
+        return [(gemm, c, expected)]
+    summed, out = expected.astype(dtype), np.zeros(n, dtype)
+    return [(gemm, c, expected), (plan.plan_colsum(np, summed, out, beta=0.0), out, summed.astype(np.float64).sum(0))]
+
+
+def check(runtime: EmulatorRuntime, case: Case) -> None:
+    for launches, out, expected in planned(case):
+        KernelBackend(runtime).launch(launches)
+        assert rel_err(out, expected) <= TOLERANCE[case.dtype], case
+
+
+def every_case() -> list[Case]:
+    """The whole set: every instantiation plan.instantiations() lists is launched by one of these."""
+    simt = [Case(d, c.name, ta, tb, v, s) for d in DTYPES for c in plan.TILE_CONFIGS if d in c.dtypes
+            for ta, tb in TRANS for v in (False, True) for s in (1, 2)]
+    tensor = [Case(d, c.name, ta, tb, True, s) for c in plan.TC_CONFIGS for d in c.dtypes
+              for ta, tb in TRANS for s in (1, 2)]
+    return simt + tensor
+
+
+def ci_cases() -> list[Case]:
+    """Every family x dtype at least once, with few instantiations (each is a separate instrumented build):
+    the SIMT kernel once per dtype and tile config, its transposes, load path and split-K varying from case
+    to case so that each dtype runs both output types (C and the split-K workspace) and both load paths;
+    the tensor-core kernel once per dtype, both tile configs between them; reduce.cu in every SIMT case."""
+    simt = [Case(d, c.name, *TRANS[i % 4], i % 2 == 0, 1 if i % 3 == 1 else 2)
+            for d in DTYPES for i, c in enumerate(c for c in plan.TILE_CONFIGS if d in c.dtypes)]
+    tensor = [Case("bfloat16", "tc_small", False, False, True, 3), Case("float32", "tc_small", True, False, True, 1),
+              Case("float16", "tc_large", False, True, True, 1)]
+    return simt + tensor
+
+
+def launched_names(cases: list[Case]) -> set[str]:
+    return {launch.name for case in cases for launches, _, _ in planned(case) for launch in launches}
+
+
+def test_the_whole_set_launches_every_instantiation_and_ci_every_family_and_dtype():
+    instantiations = plan.instantiations()
+    assert launched_names(every_case()) == {kernel.name for kernel in instantiations}
+    ci = launched_names(ci_cases())
+    for kernel in instantiations:  # each kernel template x element type (its first template argument)
+        family = kernel.name.split(",")[0].removesuffix(">")
+        assert any(name.startswith(family) for name in ci), family
+
+
+@pytest.mark.parametrize("case", ci_cases(), ids=str)
+def test_project_kernels_are_clean_under_every_mode(case):
+    """Blocks and threads shuffled, all four modes in one runtime."""
+    check(runtime(sanitize=ALL, schedule="shuffle", seed=5), case)
+
+
+def test_outputs_the_kernels_did_not_write_fail_the_check():
+    """Negative control for check(): each planned output, left as planned, is far from its expected value."""
+    for case in (Case("float32", "small", False, False, False, 2), Case("float16", "tc_small", False, False, True, 2)):
+        for _, out, expected in planned(case):
+            assert rel_err(out, expected) > TOLERANCE[case.dtype]
+
+
+def pytest_generate_tests(metafunc):
+    """The whole set only with --sanitize-all (conftest.py); otherwise one skipped placeholder."""
+    if "whole_set_case" in metafunc.fixturenames:
+        cases = every_case() if metafunc.config.getoption("sanitize_all") else [None]
+        metafunc.parametrize("whole_set_case", cases, ids=str)
+
+
+def test_whole_set_under_every_mode(whole_set_case):
+    """On demand: pytest tests/test_sanitize.py --sanitize-all -k whole_set -n 2 (every instantiation)."""
+    if whole_set_case is None:
+        pytest.skip("the whole set runs with --sanitize-all")
+    check(runtime(sanitize=ALL, schedule="shuffle", seed=5), whole_set_case)

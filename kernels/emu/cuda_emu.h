@@ -21,8 +21,10 @@
 //                 CPU has it) so fmaf is one instruction, and -ffp-contract=fast like nvcc.
 // Kernels see LINEAR_EMULATE defined and __CUDA_ARCH__ undefined: keep inline PTX behind
 // `#ifndef LINEAR_EMULATE` with a portable twin, as kernels/ptx.cuh does with emu_tensor.h (mma.sync,
-// ldmatrix, cp.async). Not provided: cooperative_groups, <cuda/std/...>, WMMA, textures, dynamic
-// parallelism.
+// ldmatrix, cp.async). Beside this file: <cooperative_groups.h> (the block and its tiles up to a warp)
+// and stubs for host-only headers kernel files include (<cuda.h>, <cuda_runtime.h>,
+// <cuda_runtime_api.h>, <device_launch_parameters.h>, <cublas_v2.h>, <cuda_profiler_api.h>). Not
+// provided: grid groups, <cuda/std/...>, WMMA, textures, dynamic parallelism.
 #pragma once
 
 // System headers first: some of them use the attribute __noinline__, which is a macro below.
@@ -112,15 +114,18 @@ namespace emu {
 template <class T> struct same { using type = T; };
 template <class T> using same_t = typename same<T>::type;
 
+// The shim's own fixed-size copies are __builtin_memcpy: g++ turns them into plain (instrumented) loads
+// and stores even in sanitize builds, where a kernel's memcpy is a call to a checked wrapper
+// (emulate/compiler.py), too slow for every shuffle and fragment.
 template <class T> uint64_t to_bits(T v) {
     static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value, "warp collectives move up to 8 bytes");
     uint64_t bits = 0;
-    memcpy(&bits, &v, sizeof(T));
+    __builtin_memcpy(&bits, &v, sizeof(T));
     return bits;
 }
 template <class T> T from_bits(uint64_t bits) {
     T v;
-    memcpy(&v, &bits, sizeof(T));
+    __builtin_memcpy(&v, &bits, sizeof(T));
     return v;
 }
 // Counts this library's launches (emu_entry.h), so that per-thread state kept across calls, such as

@@ -23,7 +23,7 @@ template <int E, int M> struct binary16_format {
 template <int E, int M> inline uint16_t round_to_binary16(double d) {
     using F = binary16_format<E, M>;
     uint64_t bits;
-    memcpy(&bits, &d, 8);
+    __builtin_memcpy(&bits, &d, 8);
     const uint16_t sign = uint16_t((bits >> 63) << (E + M));
     const uint64_t magnitude = bits & ~(uint64_t(1) << 63);
     if (magnitude >= uint64_t(0x7FF) << 52)  // infinity or NaN
@@ -46,7 +46,7 @@ template <int E, int M> inline float binary16_to_float(uint16_t h) {
     if constexpr (E == 8) {  // bfloat16 is the upper half of a float
         uint32_t bits = uint32_t(h) << 16;
         float f;
-        memcpy(&f, &bits, 4);
+        __builtin_memcpy(&f, &bits, 4);
         return f;
     } else {
         using F = binary16_format<E, M>;

@@ -231,6 +231,24 @@ extern "C" void __tsan_func_exit() {}
 extern "C" void __tsan_vptr_update(void**, void*) {}
 extern "C" void __tsan_vptr_read(void**) {}
 
+// memcpy, memset and memmove of a sanitize build's kernel code (compiled -fno-builtin-mem*, linked
+// --wrap=mem*: see emulate/compiler.py): checked as one read and one write of the whole range, then
+// done by libc (this library is linked without --wrap).
+extern "C" void* __wrap_memcpy(void* to, const void* from, size_t n) {
+    emu_san::access(from, n, false, false, __builtin_return_address(0));
+    emu_san::access(to, n, true, false, __builtin_return_address(0));
+    return memcpy(to, from, n);
+}
+extern "C" void* __wrap_memmove(void* to, const void* from, size_t n) {
+    emu_san::access(from, n, false, false, __builtin_return_address(0));
+    emu_san::access(to, n, true, false, __builtin_return_address(0));
+    return memmove(to, from, n);
+}
+extern "C" void* __wrap_memset(void* to, int value, size_t n) {
+    emu_san::access(to, n, true, false, __builtin_return_address(0));
+    return memset(to, value, n);
+}
+
 extern "C" void emu_sanitize_atomic(void* p, size_t n) {
     emu_san::access(p, n, true, true, __builtin_return_address(0));
 }

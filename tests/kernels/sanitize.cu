@@ -1,6 +1,9 @@
 // A catalogue of classic kernel bugs for the sanitize modes (tests/test_sanitize.py). Each kernel
 // is a template on BUG: BUG=true has the bug, BUG=false is its fixed twin, which must run clean
 // under every mode. The line of each bug is marked "BUG:" for the test that checks the reported line.
+#include <cooperative_groups.h>
+
+namespace cg = cooperative_groups;
 
 // memcheck: reads one float past the end of `in` (inside the 16-byte slack when n % 4 != 0).
 template <bool BUG>
@@ -36,6 +39,16 @@ __global__ void dynamic_shared_overrun(float* out, int n) {
     if (t < n) buffer[t] = float(t);
     __syncthreads();
     if (t < n) out[t] = buffer[BUG ? t + 1 : t];  // BUG: buffer[n]
+}
+
+// memcheck: a memcpy of one float too many into a static __shared__ array (a call, which g++ would
+// otherwise leave unchecked, or expand inline where it knows the size).
+template <bool BUG>
+__global__ void memcpy_overrun(const float* in, float* out) {
+    __shared__ float tile[30];
+    if (threadIdx.x == 0) memcpy(tile, in, (30 + BUG) * sizeof(float));  // BUG: 31 floats into 30
+    __syncthreads();
+    if (threadIdx.x < 30) out[threadIdx.x] = tile[threadIdx.x];
 }
 
 // racecheck: a shared-memory tree sum without the barrier between its steps.
@@ -84,6 +97,18 @@ __global__ void warp_exchange(float* out) {
     out[lane] = slot[31 - lane];  // BUG: reads another lane's slot with no __syncwarp between
 }
 
+// racecheck: lanes of a tile of 8 exchange values through shared memory with no tile.sync() between
+// the write and the read (cooperative groups).
+template <bool BUG>
+__global__ void tile_exchange(float* out) {
+    __shared__ float slot[32];
+    const cg::thread_block_tile<8> tile = cg::tiled_partition<8>(cg::this_thread_block());
+    const int lane = threadIdx.x;
+    slot[lane] = float(lane);
+    if (!BUG) tile.sync();
+    out[lane] = slot[lane ^ 1];  // BUG: reads the neighbour's slot with no tile.sync() between
+}
+
 // racecheck: a counter bumped by every thread: atomicAdd is right, a plain += races.
 template <bool BUG>
 __global__ void count(int* counter) {
@@ -113,6 +138,20 @@ __global__ void divergent_barrier(float* out) {
         out[t] = 1.0f;
     } else {
         __syncthreads();
+        out[t] = 2.0f;
+    }
+}
+
+// synccheck: the two halves of the block wait at different block.sync() (cooperative groups).
+template <bool BUG>
+__global__ void divergent_group_sync(float* out) {
+    const cg::thread_block block = cg::this_thread_block();
+    const unsigned t = block.thread_rank();
+    if (BUG && t < 16) {
+        block.sync();  // BUG: the other half waits below
+        out[t] = 1.0f;
+    } else {
+        cg::sync(block);
         out[t] = 2.0f;
     }
 }

@@ -12,13 +12,17 @@ the runtime library (kernels/emu/emu_runtime.cpp) that every kernel shares.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import platform
 import re
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from ..sources import kernels_dir
 from .errors import EmulationError
@@ -65,7 +69,12 @@ REDZONE_BYTES = 64
 # Sanitize builds: g++'s ThreadSanitizer instrumentation, whose calls emu_sanitize.cpp answers; DWARF 4,
 # whose file numbers binutils 2.40's addr2line reads right (with DWARF 5 it names the wrong file)
 # (the kernel library is linked without libtsan; -z defs names a hook it lacks at build time).
-SANITIZE_FLAGS = ("-DEMU_SANITIZE", "-gdwarf-4", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0")
+# memcpy, memset and memmove stay calls (g++ would expand some inline, uninstrumented, and libc's are
+# not instrumented either), which the link sends to emu_sanitize.cpp's checked __wrap_ versions.
+_MEMORY_FUNCTIONS = ("memcpy", "memset", "memmove")
+SANITIZE_FLAGS = ("-DEMU_SANITIZE", "-gdwarf-4", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0",
+                  *(f"-fno-builtin-{f}" for f in _MEMORY_FUNCTIONS))
+SANITIZE_LINK_FLAGS = ("-Wl,-z,defs", *(f"-Wl,--wrap={f}" for f in _MEMORY_FUNCTIONS))
 
 
 def rewrite_source(text: str, path: Path, redzones: bool = False) -> str:
@@ -94,6 +103,7 @@ class Compiler:
             ("-DEMU_UCONTEXT",) if os.environ.get("LINEAR_EMU_UCONTEXT") == "1" else ())
         self._version: str | None = None
         self._runtime: Path | None = None
+        self._cache_checked = False
 
     @property
     def version(self) -> str:
@@ -115,8 +125,9 @@ class Compiler:
         if self._runtime is None:
             key = self.shim_digest()[:24]
             name = f"emu-runtime-{key}.so"
-            self._runtime = self._build(name, [str(emu_dir() / "emu_runtime.cpp"), str(emu_dir() / "emu_sanitize.cpp"),
-                                               f"-Wl,-soname,{name}", "-lpthread"], what="the emulator runtime")
+            sources = [str(emu_dir() / "emu_runtime.cpp"), str(emu_dir() / "emu_sanitize.cpp")]
+            self._runtime = self._cached(name, lambda out: self._compile(
+                [*sources, f"-Wl,-soname,{name}", "-lpthread", "-o", out], "the emulator runtime"))
         return self._runtime
 
     def kernel_library(self, kernel_dir: Path, source: str, name: str, sanitize: bool = False) -> Path:
@@ -130,43 +141,101 @@ class Compiler:
         for file_name, text in rewritten.items():
             h.update(file_name.encode() + b"\0" + text.encode() + b"\0")
         stem = re.sub(r"\W+", "_", f"{Path(source).stem}_{name}")[:60].strip("_") + "-sanitize" * sanitize
-        out = f"{stem}-{h.hexdigest()[:24]}.so"
-        if (self.cache_dir / out).exists():
-            return self.cache_dir / out
-        with tempfile.TemporaryDirectory(prefix="src-") as tmp:
-            sources = Path(tmp)
-            for file_name, text in rewritten.items():
-                (sources / file_name).write_text(text)
-            wrapper = sources / "emu_wrapper.cpp"
-            wrapper.write_text(f'#include "cuda_emu.h"\n#include "{source}"\n'
-                               f"static constexpr auto emu_kernel = &{name};\n"
-                               f'#define EMU_KERNEL emu_kernel\n#include "emu_entry.h"\n')
-            what = f"{name} from {source}"
-            includes = ["-I", str(emu_dir()), "-I", str(sources), "-fvisibility=hidden"]
-            if sanitize:
+        what = f"{name} from {source}"
+
+        def build(out: str) -> None:
+            with tempfile.TemporaryDirectory(prefix="src-") as tmp:
+                sources = Path(tmp)
+                for file_name, text in rewritten.items():
+                    (sources / file_name).write_text(text)
+                wrapper = sources / "emu_wrapper.cpp"
+                wrapper.write_text(f'#include "cuda_emu.h"\n#include "{source}"\n'
+                                   f"static constexpr auto emu_kernel = &{name};\n"
+                                   f'#define EMU_KERNEL emu_kernel\n#include "emu_entry.h"\n')
+                includes = ["-I", str(emu_dir()), "-I", str(sources), "-fvisibility=hidden"]
+                link = [str(runtime), "-Wl,-rpath,$ORIGIN", "-o", out]
+                if not sanitize:
+                    self._compile([*includes, str(wrapper), *link], what)
+                    return
                 instrumented = sources / "emu_wrapper.o"
                 self._compile([*SANITIZE_FLAGS, *includes, "-c", str(wrapper), "-o", str(instrumented)], what)
-                return self._build(out, [str(instrumented), str(runtime), "-Wl,-rpath,$ORIGIN", "-Wl,-z,defs"],
-                                   what)
-            return self._build(out, [*includes, str(wrapper), str(runtime), "-Wl,-rpath,$ORIGIN"], what)
+                self._compile([str(instrumented), *link, *SANITIZE_LINK_FLAGS], what)
 
-    def _build(self, out_name: str, arguments: list[str], what: str) -> Path:
-        """Compiles into the cache atomically: another process may be building the same library."""
-        out = self.cache_dir / out_name
-        if out.exists():
+        return self._cached(f"{stem}-{h.hexdigest()[:24]}.so", build)
+
+    # ---- The cache: a private directory; each library beside a record of its size and SHA-256 ----
+
+    def cache(self) -> Path:
+        """The cache directory, created private; refused where another user owns or can write it,
+        since every library in it is loaded into this process (as pip and ccache refuse theirs)."""
+        if not self._cache_checked:
+            self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            status = self.cache_dir.stat()
+            fix = f"set LINEAR_EMU_CACHE to a directory of your own, or fix {self.cache_dir}"
+            if status.st_uid != os.geteuid():
+                raise EmulationError(f"the compile cache {self.cache_dir} is owned by uid {status.st_uid}, not by "
+                                     f"this user (uid {os.geteuid()}); its libraries would run in this process: {fix}")
+            if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                raise EmulationError(f"the compile cache {self.cache_dir} is writable by other users (mode "
+                                     f"{stat.S_IMODE(status.st_mode):o}); a library planted there would run in this "
+                                     f"process: chmod go-w it, or {fix}")
+            self._cache_checked = True
+        return self.cache_dir
+
+    def _cached(self, name: str, build: Callable[[str], None]) -> Path:
+        """The library `name` from the cache, built by build(path) if it is missing or does not match its
+        record (truncated, corrupted, or from before records); one process builds it, the others wait."""
+        out = self.cache() / name
+        if _verified(out):
             return out
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(prefix=".partial-", suffix=".so", dir=self.cache_dir)
-        os.close(fd)
-        try:
-            self._compile([*arguments, "-o", partial], what)
-            os.replace(partial, out)
-        finally:
-            if os.path.exists(partial):
-                os.unlink(partial)
+        with _locked(out.with_name(name + ".lock")):
+            if _verified(out):  # another process built it meanwhile
+                return out
+            partial, record = _temporary(out, ".so"), _temporary(out, _RECORD)
+            try:
+                build(partial)
+                data = Path(partial).read_bytes()
+                Path(record).write_text(f"{len(data)} {hashlib.sha256(data).hexdigest()}\n")
+                # The record first: a reader that sees the new library sees its record too.
+                os.replace(record, out.with_name(name + _RECORD))
+                os.replace(partial, out)
+            finally:
+                for path in (partial, record):
+                    if os.path.exists(path):
+                        os.unlink(path)
         return out
 
     def _compile(self, arguments: list[str], what: str) -> None:
         result = subprocess.run([self.cxx, *self.flags, *arguments], capture_output=True, text=True)
         if result.returncode != 0:
             raise EmulationError(f"{self.cxx} failed to compile {what}:\n{result.stderr.strip()}")
+
+
+_RECORD = ".sha256"  # beside each library: "size sha256" of the library as built
+
+
+def _verified(library: Path) -> bool:
+    """Whether the library exists and matches the size and hash recorded when it was built."""
+    try:
+        size, digest = library.with_name(library.name + _RECORD).read_text().split()
+        data = library.read_bytes()
+    except (OSError, ValueError):
+        return False
+    return len(data) == int(size) and hashlib.sha256(data).hexdigest() == digest
+
+
+def _temporary(beside: Path, suffix: str) -> str:
+    fd, path = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=beside.parent)
+    os.close(fd)
+    return path
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path` (created if need be) for as long as the block runs."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

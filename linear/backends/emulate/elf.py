@@ -1,4 +1,7 @@
-"""The static __shared__ variables of a kernel library, read from its ELF symbol table."""
+"""The static __shared__ variables of a kernel library, read from its ELF symbol table.
+
+Function-local statics are local symbols: they are in .symtab only, so dlsym and dladdr cannot find
+them; reading the table here needs neither binutils nor a source rewrite that parses declarators."""
 from __future__ import annotations
 
 import struct

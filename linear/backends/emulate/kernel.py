@@ -61,7 +61,10 @@ class EmulatedKernel:
         self.name = name
         self._runtime = runtime
         self._library = library
-        self._lib = ctypes.CDLL(str(library))
+        try:
+            self._lib = ctypes.CDLL(str(library))
+        except OSError as error:  # the cache verified it, so this is the system's loader refusing it
+            raise EmulationError(f"cannot load the compiled library {library}: {error}", kernel=name) from None
         self._entry = self._lib.emu_entry
         self._entry.argtypes = [ctypes.POINTER(_Launch)]
         self._entry.restype = ctypes.c_int
