@@ -36,14 +36,21 @@
 //
 // Inside a group, thread (lane_m, lane_n) owns TM/4 runs of 4 adjacent rows, WM/(TM/4) apart, and
 // likewise TN/4 runs of 4 adjacent columns, WN/(TN/4) apart, so the 4-wide fragments that
-// neighbouring threads read from shared memory are neighbours too (no bank conflicts). For
-// TM = TN = 8, one group's WM x WN sub-tile:
+// neighbouring threads read from shared memory are neighbours too. Lane map: bit 0 of the lane picks
+// lane_m's low bit, the next bits lane_n, the rest lane_m's high bits. So lanes l and l^1 read the
+// same B fragment and lanes l and l^2 the same A fragment: an LDS.128 whose lanes pair up that way
+// returns in 2 cycles instead of 4 (shared memory returns 128 bytes a cycle; pairs of lanes with one
+// address share a return). Per k, 4 LDS.128 take 8 cycles for TM·TN FFMA (tests/test_kernels.py
+// checks every read of every configuration against this model). For TM = TN = 8, one group's
+// WM x WN sub-tile:
 //
 //            WN/2          WN/2
 //     ┌─────────────┬─────────────┐
-//     │ t0 t1 t2 …  │ t0 t1 t2 …  │  rows 4·lane_m .. +3, columns 4·lane_n .. +3 of each quarter
+//     │ t0 t2 t4 …  │ t0 t2 t4 …  │  rows 4·lane_m .. +3, columns 4·lane_n .. +3 of each quarter
+//     │ t1 t3 t5 …  │ t1 t3 t5 …  │  (lanes 0 and 1 share columns, lanes 0 and 2 rows)
 //     ├─────────────┼─────────────┤
-//     │ t0 t1 t2 …  │ t0 t1 t2 …  │  WM/2 rows further down
+//     │ t0 t2 t4 …  │ t0 t2 t4 …  │  WM/2 rows further down
+//     │ t1 t3 t5 …  │ t1 t3 t5 …  │
 //     └─────────────┴─────────────┘
 //
 // e.g. BM x BN = 128 x 128 as 8 warps of WM x WN = 32 x 64, each warp 4 x 8 threads of 8 x 8:
@@ -177,6 +184,18 @@ __device__ __forceinline__ void read_fragment(const Acc* __restrict__ row, int f
     }
 }
 
+// The first row and column, in the C tile, of the outputs thread t owns: its group's sub-tile, then
+// its lane in it by the lane map above.
+template <int BN, int WM, int WN, int TM, int TN>
+__device__ __forceinline__ void thread_origin(int t, int& m_first, int& n_first) {
+    constexpr int LANES_M = WM / TM, LANES_N = WN / TN, GROUP = LANES_M * LANES_N;
+    static_assert(LANES_M % 2 == 0 && LANES_N % 2 == 0, "the lane map pairs lanes along both sides");
+    const int group = t / GROUP, lane = t % GROUP;
+    const int lane_m = (lane & 1) | lane / (2 * LANES_N) * 2, lane_n = lane / 2 % LANES_N;
+    m_first = group / (BN / WN) * WM + lane_m * 4;
+    n_first = group % (BN / WN) * WN + lane_n * 4;
+}
+
 // acc += As · Bs for one shared-memory stage: BK rank-1 updates of the thread's TM x TN block.
 template <typename Acc, int WM, int WN, int BK, int TM, int TN, int PITCH_A, int PITCH_B>
 __device__ __forceinline__ void multiply_stage(const Acc* __restrict__ As, const Acc* __restrict__ Bs,
@@ -223,11 +242,8 @@ linear_gemm(int M, int N, int K, int k_per_split, int splits,
     const int k_begin = split * k_per_split;
     const int k_end = K - k_begin < k_per_split ? K : k_begin + k_per_split;
     const int steps = k_end > k_begin ? ceil_div(k_end - k_begin, BK) : 0;
-    // The thread's first row and column in the C tile: its group's sub-tile, then its lane in it.
-    constexpr int LANES_N = WN / TN, GROUP = (WM / TM) * LANES_N;
-    const int group = threadIdx.x / GROUP, lane = threadIdx.x % GROUP;
-    const int m_first = group / (BN / WN) * WM + lane / LANES_N * 4;
-    const int n_first = group % (BN / WN) * WN + lane % LANES_N * 4;
+    int m_first, n_first;
+    thread_origin<BN, WM, WN, TM, TN>(threadIdx.x, m_first, n_first);
 
     LoadA a_tile;
     LoadB b_tile;

@@ -301,6 +301,58 @@ def test_gemm_instantiation(runtime, dtype, trans_a, trans_b, config, vector):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Shared-memory fragment reads: the lane map, read from the kernel itself, against a bank model
+# ----------------------------------------------------------------------------------------------------
+
+def lds128_cycles(addresses) -> int:
+    """Return cycles of one warp's LDS.128 (byte addresses of its 32 lanes), the model of gemm.cu's
+    header: shared memory returns 128 bytes a cycle, so 4 cycles for 4 registers a lane, 2 when every
+    lane shares its address with lane ^ 1 or with lane ^ 2 (two lanes, one return); never fewer than
+    the most distinct 4-byte words any one of the 32 banks holds."""
+    pairs = any(all(addresses[i] == addresses[i ^ d] for i in range(32)) for d in (1, 2))
+    words = {a // 4 + w for a in set(addresses) for w in range(4)}
+    per_bank = max(sum(word % 32 == bank for word in words) for bank in range(32))
+    return max(2 if pairs else 4, per_bank)
+
+
+def lane_map_probe(configs) -> str:
+    """A kernel that writes, for each config and thread, the shared-memory offsets (within a k row)
+    of its A and B fragment reads, computed by gemm.cu's own thread_origin and owned_offset."""
+    lines = ['#include "gemm.cu"', "__global__ void lane_maps(int* out) {", "    const int t = threadIdx.x;",
+             "    int m, n;"]
+    for c, config in enumerate(configs):
+        base = f"(out + ({c} * 256 + t) * 8)"
+        lines += [f"    if (t < {config.threads}) {{",
+                  f"        thread_origin<{config.bn}, {config.wm}, {config.wn}, {config.tm}, {config.tn}>(t, m, n);",
+                  *(f"        {base}[{g}] = owned_offset<{config.wm}, {config.tm}>({4 * g}, m);"
+                    for g in range(config.tm // 4)),
+                  *(f"        {base}[{4 + g}] = owned_offset<{config.wn}, {config.tn}>({4 * g}, n);"
+                    for g in range(config.tn // 4)),
+                  "    }"]
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def test_every_fragment_read_returns_in_two_cycles(tmp_path):
+    """Every LDS.128 of every configuration, float32, takes the 2 cycles of the model, by the lane map
+    the kernel computes; the old row-by-row lane map (lane / LANES_N, lane % LANES_N) would take 4 for B."""
+    for path in kernels_dir().iterdir():
+        if path.suffix in (".cu", ".cuh"):
+            shutil.copy(path, tmp_path / path.name)
+    configs = plan.TILE_CONFIGS
+    (tmp_path / "probe.cu").write_text(lane_map_probe(configs))
+    out = np.full((len(configs), 256, 8), -1, np.int32)
+    emulator(kernel_dir=tmp_path).function("probe.cu", "lane_maps")((1, 1, 1), (256, 1, 1), (out,))
+    for c, config in enumerate(configs):
+        for warp in range(config.threads // 32):
+            lanes = out[c, 32 * warp:32 * warp + 32]
+            for g in list(range(config.tm // 4)) + list(range(4, 4 + config.tn // 4)):
+                assert lds128_cycles(list(4 * lanes[:, g])) == 2, (config.name, warp, g, lanes[:, g])
+    # The model tells the old map apart: 16 lanes of a large warp, each its own B fragment.
+    old_b = [4 * 4 * (lane % 16) for lane in range(32)]
+    assert lds128_cycles(old_b) == 4 and lds128_cycles([4 * 4 * (lane // 2 % 16) for lane in range(32)]) == 2
+
+
+# ----------------------------------------------------------------------------------------------------
 # Through the backend objects: views, degenerate sizes, 64-bit offsets, determinism
 # ----------------------------------------------------------------------------------------------------
 
