@@ -113,6 +113,9 @@ template <typename T, int V> struct alignas(V * sizeof(T)) Chunk { T v[V]; };
 //   K_ROWS = true : X is stored with k as its row index, X[k * ld + i]: copied straight.
 //   K_ROWS = false: X is stored with k as its column index, X[i * ld + k]: transposed on the way.
 // Elements outside the matrix (i >= extent or k >= k_end) read as zero, so they add nothing.
+// Addresses are strength-reduced: the thread keeps a pointer to its first chunk and moves it one step
+// along K per load; its other chunks are ROW_STEP stored rows further each (no per-step 64-bit
+// multiply by ld).
 template <typename T, int BK, int TILE, int THREADS, bool K_ROWS, bool VEC>
 struct TileLoader {
     using Acc = acc_t<T>;
@@ -122,31 +125,48 @@ struct TileLoader {
     static constexpr int ROWS = K_ROWS ? BK : TILE;  // the tile as it is stored in X
     static constexpr int COLS = K_ROWS ? TILE : BK;
     static_assert(COLS % V == 0, "a vector access must not straddle a tile row");
-    static constexpr int CHUNKS = ROWS * COLS / V;
+    static constexpr int PER_ROW = COLS / V;  // chunks per stored row
+    static constexpr int CHUNKS = ROWS * PER_ROW;
     static constexpr int PER_THREAD = ceil_div(CHUNKS, THREADS);
+    static_assert(THREADS % PER_ROW == 0, "a thread's chunks share their column");
+    static constexpr int ROW_STEP = THREADS / PER_ROW;  // stored rows between a thread's chunks
 
+    const T* src;         // the thread's first chunk of the next load
+    long long row_step;   // ROW_STEP stored rows, in elements
+    long long advance;    // one step along K, in elements
+    int i_first, k_first; // the first chunk's op(X) index along M or N, and its k within a step
     Chunk<T, V> staged[PER_THREAD];
 
-    // The tile whose first element is op(X)[i0, k0] (i along M or N).
-    __device__ __forceinline__ void load(const T* __restrict__ x, long long ld, int i0, int k0,
-                                         int extent, int k_end) {
+    // The tiles whose first element is op(X)[i0, k0], op(X)[i0, k0 + BK], ...
+    __device__ __forceinline__ TileLoader(const T* __restrict__ x, long long ld, int i0, int k0) {
+        const int row = threadIdx.x / PER_ROW, col = threadIdx.x % PER_ROW * V;  // in the stored tile
+        i_first = i0 + (K_ROWS ? col : row);
+        k_first = K_ROWS ? row : col;
+        src = x + (K_ROWS ? (k0 + row) * ld + i_first : i_first * ld + k0 + col);
+        row_step = ROW_STEP * ld;
+        advance = K_ROWS ? BK * ld : BK;
+    }
+
+    // The next tile, whose first k is k0.
+    __device__ __forceinline__ void load(int k0, int extent, int k_end) {
 #pragma unroll
         for (int p = 0; p < PER_THREAD; ++p) {
             const int c = threadIdx.x + p * THREADS;
             if (CHUNKS % THREADS != 0 && c >= CHUNKS) break;
-            const int row = (K_ROWS ? k0 : i0) + c / (COLS / V);
-            const int col = (K_ROWS ? i0 : k0) + c % (COLS / V) * V;
+            const T* const chunk = src + p * row_step;
+            const int row = K_ROWS ? k0 + k_first + p * ROW_STEP : i_first + p * ROW_STEP;
+            const int col = K_ROWS ? i_first : k0 + k_first;
             const int row_end = K_ROWS ? k_end : extent;
             const int col_end = K_ROWS ? extent : k_end;
             if (row < row_end && col + V <= col_end) {
-                staged[p] = *reinterpret_cast<const Chunk<T, V>*>(x + row * ld + col);
+                staged[p] = *reinterpret_cast<const Chunk<T, V>*>(chunk);
             } else {
 #pragma unroll
                 for (int j = 0; j < V; ++j)
-                    staged[p].v[j] = row < row_end && col + j < col_end ? x[row * ld + col + j]
-                                                                        : to_element<T>(Acc(0));
+                    staged[p].v[j] = row < row_end && col + j < col_end ? chunk[j] : to_element<T>(Acc(0));
             }
         }
+        src += advance;
     }
 
     __device__ __forceinline__ void store(Acc* __restrict__ tile) const {
@@ -154,7 +174,7 @@ struct TileLoader {
         for (int p = 0; p < PER_THREAD; ++p) {
             const int c = threadIdx.x + p * THREADS;
             if (CHUNKS % THREADS != 0 && c >= CHUNKS) break;
-            const int row = c / (COLS / V), col = c % (COLS / V) * V;
+            const int row = c / PER_ROW, col = c % PER_ROW * V;
 #pragma unroll
             for (int j = 0; j < V; ++j) {
                 if (K_ROWS)
@@ -245,8 +265,8 @@ linear_gemm(int M, int N, int K, int k_per_split, int splits,
     int m_first, n_first;
     thread_origin<BN, WM, WN, TM, TN>(threadIdx.x, m_first, n_first);
 
-    LoadA a_tile;
-    LoadB b_tile;
+    LoadA a_tile(A, lda, m0, k_begin);
+    LoadB b_tile(B, ldb, n0, k_begin);
     Acc acc[TM][TN];
 #pragma unroll
     for (int i = 0; i < TM; ++i)
@@ -254,8 +274,8 @@ linear_gemm(int M, int N, int K, int k_per_split, int splits,
         for (int j = 0; j < TN; ++j) acc[i][j] = Acc(0);
 
     if (steps > 0) {
-        a_tile.load(A, lda, m0, k_begin, M, k_end);
-        b_tile.load(B, ldb, n0, k_begin, N, k_end);
+        a_tile.load(k_begin, M, k_end);
+        b_tile.load(k_begin, N, k_end);
         a_tile.store(As);
         b_tile.store(Bs);
         __syncthreads();
@@ -264,8 +284,8 @@ linear_gemm(int M, int N, int K, int k_per_split, int splits,
         const int stage = t % 2;
         const bool prefetch = t + 1 < steps;
         if (prefetch) {
-            a_tile.load(A, lda, m0, k_begin + (t + 1) * BK, M, k_end);
-            b_tile.load(B, ldb, n0, k_begin + (t + 1) * BK, N, k_end);
+            a_tile.load(k_begin + (t + 1) * BK, M, k_end);
+            b_tile.load(k_begin + (t + 1) * BK, N, k_end);
         }
         multiply_stage<Acc, WM, WN, BK, TM, TN, LoadA::PITCH, LoadB::PITCH>(
             As + stage * LoadA::SIZE, Bs + stage * LoadB::SIZE, m_first, n_first, acc);
