@@ -147,13 +147,18 @@ struct TileLoader {
         advance = K_ROWS ? BK * ld : BK;
     }
 
-    // The next tile, whose first k is k0.
+    // The next tile, whose first k is k0; CHECKED = false: the tile lies inside the matrix.
+    template <bool CHECKED>
     __device__ __forceinline__ void load(int k0, int extent, int k_end) {
 #pragma unroll
         for (int p = 0; p < PER_THREAD; ++p) {
             const int c = threadIdx.x + p * THREADS;
             if (CHUNKS % THREADS != 0 && c >= CHUNKS) break;
             const T* const chunk = src + p * row_step;
+            if (!CHECKED) {
+                staged[p] = *reinterpret_cast<const Chunk<T, V>*>(chunk);
+                continue;
+            }
             const int row = K_ROWS ? k0 + k_first + p * ROW_STEP : i_first + p * ROW_STEP;
             const int col = K_ROWS ? i_first : k0 + k_first;
             const int row_end = K_ROWS ? k_end : extent;
@@ -232,6 +237,37 @@ __device__ __forceinline__ void multiply_stage(const Acc* __restrict__ As, const
     }
 }
 
+// The K loop of one block, acc += op(A) · op(B) over its steps. CHECKED = false for interior blocks
+// (the whole tile and every step inside the matrices): their loads skip the bounds checks. The choice
+// is made once per block, so each loop is straight-line code.
+template <bool CHECKED, int WM, int WN, int BK, int TM, int TN, typename LoadA, typename LoadB, typename Acc>
+__device__ __forceinline__ void k_loop(LoadA& a_tile, LoadB& b_tile, Acc* __restrict__ As, Acc* __restrict__ Bs,
+                                       int steps, int k0, int M, int N, int k_end, int m_first, int n_first,
+                                       Acc (&acc)[TM][TN]) {
+    if (steps <= 0) return;
+    a_tile.template load<CHECKED>(k0, M, k_end);
+    b_tile.template load<CHECKED>(k0, N, k_end);
+    a_tile.store(As);
+    b_tile.store(Bs);
+    __syncthreads();
+    for (int t = 0; t < steps; ++t) {
+        const int stage = t % 2;
+        const bool prefetch = t + 1 < steps;
+        if (prefetch) {
+            k0 += BK;
+            a_tile.template load<CHECKED>(k0, M, k_end);
+            b_tile.template load<CHECKED>(k0, N, k_end);
+        }
+        multiply_stage<Acc, WM, WN, BK, TM, TN, LoadA::PITCH, LoadB::PITCH>(
+            As + stage * LoadA::SIZE, Bs + stage * LoadB::SIZE, m_first, n_first, acc);
+        if (prefetch) {
+            a_tile.store(As + (1 - stage) * LoadA::SIZE);
+            b_tile.store(Bs + (1 - stage) * LoadB::SIZE);
+        }
+        __syncthreads();
+    }
+}
+
 template <typename T, typename TC, bool TRANS_A, bool TRANS_B, int BM, int BN, int BK, int WM, int WN, int TM,
           int TN, bool VEC>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
@@ -273,28 +309,13 @@ linear_gemm(int M, int N, int K, int k_per_split, int splits,
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = Acc(0);
 
-    if (steps > 0) {
-        a_tile.load(k_begin, M, k_end);
-        b_tile.load(k_begin, N, k_end);
-        a_tile.store(As);
-        b_tile.store(Bs);
-        __syncthreads();
-    }
-    for (int t = 0; t < steps; ++t) {
-        const int stage = t % 2;
-        const bool prefetch = t + 1 < steps;
-        if (prefetch) {
-            a_tile.load(k_begin + (t + 1) * BK, M, k_end);
-            b_tile.load(k_begin + (t + 1) * BK, N, k_end);
-        }
-        multiply_stage<Acc, WM, WN, BK, TM, TN, LoadA::PITCH, LoadB::PITCH>(
-            As + stage * LoadA::SIZE, Bs + stage * LoadB::SIZE, m_first, n_first, acc);
-        if (prefetch) {
-            a_tile.store(As + (1 - stage) * LoadA::SIZE);
-            b_tile.store(Bs + (1 - stage) * LoadB::SIZE);
-        }
-        __syncthreads();
-    }
+    // Interior blocks: the C tile inside C and the split's K range whole steps (every K step of a
+    // split but the last one's is; K % BK != 0 leaves the last split to the checked loop).
+    const bool interior = m0 + BM <= M && n0 + BN <= N && (k_end - k_begin) % BK == 0;
+    if (interior)
+        k_loop<false, WM, WN, BK, TM, TN>(a_tile, b_tile, As, Bs, steps, k_begin, M, N, k_end, m_first, n_first, acc);
+    else
+        k_loop<true, WM, WN, BK, TM, TN>(a_tile, b_tile, As, Bs, steps, k_begin, M, N, k_end, m_first, n_first, acc);
 
     // Epilogue: alpha · acc (+ beta · C, which is never read when beta == 0) (+ bias).
     TC* const c_split = C + split * c_split_stride;

@@ -25,9 +25,11 @@ from reference import TOLERANCE, assert_close, poisoned, rel_err
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64),
           "float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 TRANS = [(False, False), (False, True), (True, False), (True, True)]
-# Sizes that are no tile multiple in any direction, with several K steps and split-K slices.
-SHAPES = {"large": (129, 67, 65), "medium": (70, 50, 33), "small": (70, 50, 33), "warp": (129, 67, 65),
-          "warp_deep": (129, 67, 65), "warp_wide": (129, 259, 33), "warp_medium": (70, 50, 33)}
+# Sizes that are no tile multiple in any direction, with several K steps and split-K slices: block
+# (0, 0) is an interior tile (gemm.cu's unchecked loop) in the splits of whole K steps, every other
+# block and the last split (K % 8 != 0) run the checked loop.
+SHAPES = {"large": (129, 131, 65), "medium": (70, 66, 33), "small": (70, 50, 33), "warp": (129, 131, 65),
+          "warp_deep": (129, 131, 65), "warp_wide": (129, 259, 33), "warp_medium": (70, 66, 33)}
 # Every (dtype, config) pair that is instantiated.
 DTYPE_CONFIGS = [(dtype, config.name) for dtype in DTYPES for config in plan.TILE_CONFIGS if dtype in config.dtypes]
 
@@ -499,12 +501,15 @@ def test_a_missing_bounds_check_is_reported(tmp_path):
         broken_backend.gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
 
 
-def test_a_missing_load_bounds_check_is_reported(tmp_path):
-    """Negative control: a tile loader that trusts its rows reads past the end of A."""
-    broken_dir = broken_copy(tmp_path, r"row < row_end && col \+ V <= col_end", replacement="true")
+@pytest.mark.parametrize("pattern,replacement", [(r"row < row_end && col \+ V <= col_end", "true"),
+                                                 (r"m0 \+ BM <= M && ", "")], ids=["loader", "interior"])
+def test_a_missing_load_bounds_check_is_reported(tmp_path, pattern, replacement):
+    """Negative control: a tile loader that trusts its rows, or a block taken for interior though its
+    tile crosses the last row, reads past the end of A."""
+    broken_dir = broken_copy(tmp_path, pattern, replacement=replacement)
     rng = np.random.default_rng(11)
-    a, b = stored(rng, (70, 32), np.float32), stored(rng, (32, 48), np.float32)
-    c = poisoned(np, (70, 48), np.float32)
+    a, b = stored(rng, (70, 32), np.float32), stored(rng, (32, 64), np.float32)
+    c = poisoned(np, (70, 64), np.float32)
     broken_backend = KernelBackend(emulator(kernel_dir=broken_dir), Tuning(config="medium", splits=1))
     with pytest.raises(EmulationError, match="out-of-bounds read"):
         broken_backend.gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
