@@ -221,20 +221,13 @@ __device__ __forceinline__ void thread_origin(int t, int& m_first, int& n_first)
     n_first = group % (BN / WN) * WN + lane_n * 4;
 }
 
-// acc += As · Bs for one shared-memory stage: BK rank-1 updates of the thread's TM x TN block.
-template <typename Acc, int WM, int WN, int BK, int TM, int TN, int PITCH_A, int PITCH_B>
-__device__ __forceinline__ void multiply_stage(const Acc* __restrict__ As, const Acc* __restrict__ Bs,
-                                               int m_first, int n_first, Acc (&acc)[TM][TN]) {
+// acc += a · b: one rank-1 update of the thread's TM x TN block.
+template <typename Acc, int TM, int TN>
+__device__ __forceinline__ void rank1(const Acc (&a)[TM], const Acc (&b)[TN], Acc (&acc)[TM][TN]) {
 #pragma unroll
-    for (int k = 0; k < BK; ++k) {
-        Acc a[TM], b[TN];
-        read_fragment<Acc, WM, TM>(As + k * PITCH_A, m_first, a);
-        read_fragment<Acc, WN, TN>(Bs + k * PITCH_B, n_first, b);
+    for (int i = 0; i < TM; ++i)
 #pragma unroll
-        for (int i = 0; i < TM; ++i)
-#pragma unroll
-            for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
-    }
+        for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
 }
 
 // The K loop of one block, acc += op(A) · op(B) over its steps. CHECKED = false for interior blocks
@@ -244,12 +237,19 @@ template <bool CHECKED, int WM, int WN, int BK, int TM, int TN, typename LoadA, 
 __device__ __forceinline__ void k_loop(LoadA& a_tile, LoadB& b_tile, Acc* __restrict__ As, Acc* __restrict__ Bs,
                                        int steps, int k0, int M, int N, int k_end, int m_first, int n_first,
                                        Acc (&acc)[TM][TN]) {
+    static_assert(BK % 2 == 0, "fragment k + 1 of the last k is fragment 0 of the next stage");
     if (steps <= 0) return;
     a_tile.template load<CHECKED>(k0, M, k_end);
     b_tile.template load<CHECKED>(k0, N, k_end);
     a_tile.store(As);
     b_tile.store(Bs);
     __syncthreads();
+    // Fragments in registers, double-buffered where registers allow (float accumulators; double's 8 x 8
+    // block alone takes 128): k + 1's reads from shared memory are in flight while k multiplies.
+    constexpr int BUFFERS = sizeof(Acc) == 4 ? 2 : 1;
+    Acc a[BUFFERS][TM], b[BUFFERS][TN];
+    read_fragment<Acc, WM, TM>(As, m_first, a[0]);
+    read_fragment<Acc, WN, TN>(Bs, n_first, b[0]);
     for (int t = 0; t < steps; ++t) {
         const int stage = t % 2;
         const bool prefetch = t + 1 < steps;
@@ -258,13 +258,27 @@ __device__ __forceinline__ void k_loop(LoadA& a_tile, LoadB& b_tile, Acc* __rest
             a_tile.template load<CHECKED>(k0, M, k_end);
             b_tile.template load<CHECKED>(k0, N, k_end);
         }
-        multiply_stage<Acc, WM, WN, BK, TM, TN, LoadA::PITCH, LoadB::PITCH>(
-            As + stage * LoadA::SIZE, Bs + stage * LoadB::SIZE, m_first, n_first, acc);
-        if (prefetch) {
-            a_tile.store(As + (1 - stage) * LoadA::SIZE);
-            b_tile.store(Bs + (1 - stage) * LoadB::SIZE);
+        // Fragments k + 1: the next row of this stage or, after the last k, the next tile's first row
+        // (the tile goes to the other stage; one barrier per step).
+        const auto read_next = [&](int k) {
+            const int next = (k + 1) % BUFFERS;
+            if (k + 1 < BK) {
+                read_fragment<Acc, WM, TM>(As + stage * LoadA::SIZE + (k + 1) * LoadA::PITCH, m_first, a[next]);
+                read_fragment<Acc, WN, TN>(Bs + stage * LoadB::SIZE + (k + 1) * LoadB::PITCH, n_first, b[next]);
+            } else if (prefetch) {
+                a_tile.store(As + (1 - stage) * LoadA::SIZE);
+                b_tile.store(Bs + (1 - stage) * LoadB::SIZE);
+                __syncthreads();
+                read_fragment<Acc, WM, TM>(As + (1 - stage) * LoadA::SIZE, m_first, a[next]);
+                read_fragment<Acc, WN, TN>(Bs + (1 - stage) * LoadB::SIZE, n_first, b[next]);
+            }
+        };
+#pragma unroll
+        for (int k = 0; k < BK; ++k) {
+            if (BUFFERS == 2) read_next(k);  // into the other buffer, before k's math
+            rank1(a[k % BUFFERS], b[k % BUFFERS], acc);
+            if (BUFFERS == 1) read_next(k);  // into the one buffer, after it
         }
-        __syncthreads();
     }
 }
 

@@ -146,6 +146,7 @@ class LoopFigures:
     lds_128: int
     lds_narrow: int
     barriers: int
+    lds_after_barrier: int  # fragment reads between the barrier and the backward branch
     local: int  # LDL/STL in the whole kernel
 
     @property
@@ -163,9 +164,10 @@ def figures(instructions: list[Instruction], loop: list[Instruction] | None = No
             count[i.base + ("_128" if wide else "_narrow")] += 1
         elif i.base in ("FFMA", "BAR"):
             count[i.base] += 1
+    bar = max((n for n, i in enumerate(body) if i.base == "BAR"), default=len(body))
     local = sum(i.base in ("LDL", "STL") for i in instructions)
     return LoopFigures(len(body), count["FFMA"], count["LDG_128"], count["LDG_narrow"], count["LDS_128"],
-                       count["LDS_narrow"], count["BAR"], local)
+                       count["LDS_narrow"], count["BAR"], how_many(body[bar:], "LDS"), local)
 
 
 def expected_per_step(config: plan.TileConfig, product: str) -> tuple[int, int, int]:
@@ -269,6 +271,8 @@ def test_main_loop_is_vector_loads_and_dense_ffma(sass, config, product):
     # The checked loop of edge blocks: the same math, with the element-wise loads of partial chunks.
     assert edge_figures and edge_figures.ffma == loop.ffma and edge_figures.ldg_narrow > 0, (name, edge_figures)
     assert loop.barriers == unrolled, (name, loop)
+    # Fragments double-buffered in registers: the next stage's first ones load right after the barrier.
+    assert loop.lds_after_barrier == lds // plan.CONFIGS_BY_NAME[config].bk, (name, loop)
     assert loop.local == 0, (name, loop)
     assert loop.ffma_share >= MIN_FFMA_SHARE, (name, loop)
 
