@@ -244,9 +244,10 @@ __device__ __forceinline__ void k_loop(LoadA& a_tile, LoadB& b_tile, Acc* __rest
     a_tile.store(As);
     b_tile.store(Bs);
     __syncthreads();
-    // Fragments in registers, double-buffered where registers allow (float accumulators; double's 8 x 8
-    // block alone takes 128): k + 1's reads from shared memory are in flight while k multiplies.
-    constexpr int BUFFERS = sizeof(Acc) == 4 ? 2 : 1;
+    // Fragments in registers, double-buffered where registers allow (interior blocks, float
+    // accumulators; double's 8 x 8 block alone takes 128 registers, and the edge loop's bounds need
+    // their own): k + 1's reads from shared memory are in flight while k multiplies.
+    constexpr int BUFFERS = sizeof(Acc) == 4 && !CHECKED ? 2 : 1;
     Acc a[BUFFERS][TM], b[BUFFERS][TN];
     read_fragment<Acc, WM, TM>(As, m_first, a[0]);
     read_fragment<Acc, WN, TN>(Bs, n_first, b[0]);
@@ -282,9 +283,21 @@ __device__ __forceinline__ void k_loop(LoadA& a_tile, LoadB& b_tile, Acc* __rest
     }
 }
 
+// Blocks per SM that __launch_bounds__ asks ptxas to make room for: 2 (at most 128 registers for 256
+// threads; the other block's warps issue while one waits at its barrier) for the float 16-byte-load
+// kernels whose accumulators, two fragment sets and staged chunks take at most 104 registers (large,
+// warp: 64 + 32 + 8); the others (scalar loads, half conversions, BK = 16, 16 x 8 blocks, double)
+// would spill under that cap.
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool VEC>
+__host__ __device__ constexpr int min_blocks_per_sm() {
+    constexpr int threads = (BM / TM) * (BN / TN);
+    constexpr int held = TM * TN + 2 * (TM + TN) + BK * (BM + BN) / threads;
+    return VEC && sizeof(T) == 4 && held <= 104 ? 2 : 1;
+}
+
 template <typename T, typename TC, bool TRANS_A, bool TRANS_B, int BM, int BN, int BK, int WM, int WN, int TM,
           int TN, bool VEC>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), (min_blocks_per_sm<T, BM, BN, BK, TM, TN, VEC>()))
 linear_gemm(int M, int N, int K, int k_per_split, int splits,
             const T* __restrict__ A, long long lda, long long batch_stride_a,
             const T* __restrict__ B, long long ldb, long long batch_stride_b,
