@@ -63,11 +63,14 @@
 //     │   …    │   …    │
 //     └────────┴────────┘
 //
-// K loop: double-buffered shared memory, one __syncthreads per step:
+// K loop: double-buffered shared memory, one __syncthreads per step, fragments double-buffered in
+// registers (float accumulators, interior blocks):
 //     registers       ← global tile t+1        (issued first: its latency hides behind the math)
-//     acc            += As[t%2] · Bs[t%2]      (BK rank-1 updates of the TM x TN register block)
-//     As/Bs[(t+1)%2]  ← registers
-//     __syncthreads()
+//     for k < BK:  fragments k+1 ← As/Bs[t%2] row k+1;  acc += fragments k  (a rank-1 update)
+//       at k = BK-1 instead: As/Bs[(t+1)%2] ← registers, the barrier, fragments 0 ← row 0 of it
+// Interior blocks (their C tile inside C, their split's K range whole BK steps) run this loop without
+// a single bounds check; edge blocks run the same loop with the loader's checks. The choice is made
+// once per block. Loader addresses are pointers advanced one step per load (no multiply by ld).
 // Shared tiles are k-major (As[k][m], Bs[k][n], rows padded by SMEM_PAD) so the inner loop reads
 // contiguous fragments; an operand stored with k contiguous is transposed on its way in.
 //
@@ -86,15 +89,8 @@
 //   VEC      A and B allow 16-byte global loads (16-byte aligned pointers and leading dimensions);
 //            partial chunks at the matrix edges still load element by element
 //
-// Shape heuristic (linear/backends/plan.py, where TILE_CONFIGS is the one table to tune):
-//   large   BM x BN x BK = 128 x 128 x 8, TM x TN = 8 x 8, 256 threads
-//   medium                  64 x  64 x 8,           4 x 4, 256 threads
-//   small                   32 x  32 x 8,           4 x 4,  64 threads
-//   The largest config whose ⌈M/BM⌉·⌈N/BN⌉ blocks fill the card (132 SMs) runs; when none does, the
-//   small one, plus split-K if K is long enough (≥ 2·512) for ⌈132 / blocks⌉ slices of ≥ 512.
-//   Split-K only for a single matrix: a stack (batch > 1) fills the card with its batch.
-//   VEC wherever both operands allow it. The table also lists warp-tiled candidates (float32 only),
-//   which only Tuning(config=...) and bench/sweep.py launch until a GPU measurement picks them.
+// Which configuration, split-K and vector path run is the launch plan's choice (linear/backends/plan.py:
+// TILE_CONFIGS, and the cost model that picks among them); nothing here depends on it.
 #include "common.cuh"
 
 // Shared-memory rows are padded by this many accumulators: the transposing stores of a tile then
