@@ -102,7 +102,7 @@ def sweep_cases(shapes: list[tuple[int, int, int]], configs: list[str], min_k_pe
             group = [Case(product.name, shape, config, None if config == HEURISTIC else 1) for config in configs]
             group += [Case(product.name, shape, config, splits) for splits in SPLITS if k // splits >= min_k_per_slice
                       for config in configs if config != HEURISTIC and
-                      plan.CONFIGS_BY_NAME[config].tiles(m, n) < 2 * plan.NUM_SMS]
+                      plan.CONFIGS_BY_NAME[config].tiles(m, n) < 2 * plan.H100.sms]
             groups.append(group)
     return groups
 
@@ -316,9 +316,9 @@ def _write(out: Path, result: dict) -> None:
 
 
 def shape_class(m: int, n: int, k: int) -> str:
-    """The shapes the heuristic treats alike: its config, and whether it splits K."""
-    config = plan.choose_config(m, n)
-    return config.name + ("+split-K" if plan.choose_splits(m, n, k, config) > 1 else "")
+    """The shapes the plan treats alike: its config, and whether it splits K."""
+    best = plan.choose(m, n, k)
+    return best.config.name + ("+split-K" if best.splits > 1 else "")
 
 
 def winners(result: dict) -> list[dict]:
@@ -364,7 +364,7 @@ def recommend(result: dict) -> str:
     for w in found:
         heuristic = ", ".join(f"{name} x{splits}" for name, splits in w["heuristic"]) or "not measured"
         h_ratio = f"{w['heuristic_ratio']:.3f}" if w["heuristic_ratio"] is not None else "n/a"
-        lines.append(f"{w['product']} where the heuristic picks {w['class']} (layer shapes B,F,D {w['shapes']}): "
+        lines.append(f"{w['product']} where the plan picks {w['class']} (layer shapes B,F,D {w['shapes']}): "
                      f"heuristic [{heuristic}] {h_ratio}; fastest {w['best']} x{w['best_splits']} "
                      f"{w['best_ratio']:.3f}")
         lines.append("    ranking: " + ", ".join(f"{name} {score:.3f}" for name, score in w["ranking"][:6]))
@@ -390,11 +390,11 @@ def _advice(w: dict) -> str:
         advice.append(f"promote candidate {best.name}: candidate=False, and put it where the heuristic's "
                       f"{'/'.join(sorted(chosen)) or 'choice'} is in TILE_CONFIGS for these shapes")
     else:
-        advice.append(f"the heuristic's order or fill rule (NUM_SMS) picks {'/'.join(sorted(chosen))}, "
+        advice.append(f"the cost model (plan.efficiency, WARPS_TO_HIDE_LATENCY) picks {'/'.join(sorted(chosen))}, "
                       f"but {best.name} is faster here")
     if w["best_splits"] not in heuristic_splits:
         advice.append(f"split K into {w['best_splits']} (the heuristic uses {sorted(heuristic_splits)}): "
-                      "revisit MIN_K_PER_SPLIT / choose_splits")
+                      "revisit MIN_K_PER_SPLIT / the split-K cost in plan.estimate")
     if w["best_ratio"] > 1.05:
         advice.append(f"no variant is within 5% of the baseline (best {w['best_ratio']:.3f})")
     return "suggest: " + "; ".join(advice)
@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
               "dtype": "float32", "tf32": False, "tolerance": TOLERANCE, "budget_s": args.budget_s,
               "baseline": "cupy.matmul (cuBLAS)" if gpu else "numpy.matmul", "timer": timer.description,
               "machine": dict(machine_info(None), cupy_tf32=os.environ["CUPY_TF32"]), "configs": {c.name: asdict(c) for c in plan.TILE_CONFIGS},
-              "num_sms_assumed": plan.NUM_SMS}
+              "num_sms_assumed": plan.H100.sms}
     result = run_sweep(lambda tuning: KernelBackend(runtime, tuning), runtime.xp, groups, timer,
                        budget_s=max(0.0, args.budget_s - (time.monotonic() - start)), out=out, header=header,
                        copy_bytes=COPY_BYTES if gpu else TINY_COPY_BYTES)

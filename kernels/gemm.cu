@@ -36,14 +36,21 @@
 //
 // Inside a group, thread (lane_m, lane_n) owns TM/4 runs of 4 adjacent rows, WM/(TM/4) apart, and
 // likewise TN/4 runs of 4 adjacent columns, WN/(TN/4) apart, so the 4-wide fragments that
-// neighbouring threads read from shared memory are neighbours too (no bank conflicts). For
-// TM = TN = 8, one group's WM x WN sub-tile:
+// neighbouring threads read from shared memory are neighbours too. Lane map: bit 0 of the lane picks
+// lane_m's low bit, the next bits lane_n, the rest lane_m's high bits. So lanes l and l^1 read the
+// same B fragment and lanes l and l^2 the same A fragment: an LDS.128 whose lanes pair up that way
+// returns in 2 cycles instead of 4 (shared memory returns 128 bytes a cycle; pairs of lanes with one
+// address share a return). Per k, 4 LDS.128 take 8 cycles for TM·TN FFMA (tests/test_kernels.py
+// checks every read of every configuration against this model). For TM = TN = 8, one group's
+// WM x WN sub-tile:
 //
 //            WN/2          WN/2
 //     ┌─────────────┬─────────────┐
-//     │ t0 t1 t2 …  │ t0 t1 t2 …  │  rows 4·lane_m .. +3, columns 4·lane_n .. +3 of each quarter
+//     │ t0 t2 t4 …  │ t0 t2 t4 …  │  rows 4·lane_m .. +3, columns 4·lane_n .. +3 of each quarter
+//     │ t1 t3 t5 …  │ t1 t3 t5 …  │  (lanes 0 and 1 share columns, lanes 0 and 2 rows)
 //     ├─────────────┼─────────────┤
-//     │ t0 t1 t2 …  │ t0 t1 t2 …  │  WM/2 rows further down
+//     │ t0 t2 t4 …  │ t0 t2 t4 …  │  WM/2 rows further down
+//     │ t1 t3 t5 …  │ t1 t3 t5 …  │
 //     └─────────────┴─────────────┘
 //
 // e.g. BM x BN = 128 x 128 as 8 warps of WM x WN = 32 x 64, each warp 4 x 8 threads of 8 x 8:
@@ -56,11 +63,14 @@
 //     │   …    │   …    │
 //     └────────┴────────┘
 //
-// K loop: double-buffered shared memory, one __syncthreads per step:
+// K loop: double-buffered shared memory, one __syncthreads per step, fragments double-buffered in
+// registers (float accumulators, interior blocks):
 //     registers       ← global tile t+1        (issued first: its latency hides behind the math)
-//     acc            += As[t%2] · Bs[t%2]      (BK rank-1 updates of the TM x TN register block)
-//     As/Bs[(t+1)%2]  ← registers
-//     __syncthreads()
+//     for k < BK:  fragments k+1 ← As/Bs[t%2] row k+1;  acc += fragments k  (a rank-1 update)
+//       at k = BK-1 instead: As/Bs[(t+1)%2] ← registers, the barrier, fragments 0 ← row 0 of it
+// Interior blocks (their C tile inside C, their split's K range whole BK steps) run this loop without
+// a single bounds check; edge blocks run the same loop with the loader's checks. The choice is made
+// once per block. Loader addresses are pointers advanced one step per load (no multiply by ld).
 // Shared tiles are k-major (As[k][m], Bs[k][n], rows padded by SMEM_PAD) so the inner loop reads
 // contiguous fragments; an operand stored with k contiguous is transposed on its way in.
 //
@@ -79,15 +89,8 @@
 //   VEC      A and B allow 16-byte global loads (16-byte aligned pointers and leading dimensions);
 //            partial chunks at the matrix edges still load element by element
 //
-// Shape heuristic (linear/backends/plan.py, where TILE_CONFIGS is the one table to tune):
-//   large   BM x BN x BK = 128 x 128 x 8, TM x TN = 8 x 8, 256 threads
-//   medium                  64 x  64 x 8,           4 x 4, 256 threads
-//   small                   32 x  32 x 8,           4 x 4,  64 threads
-//   The largest config whose ⌈M/BM⌉·⌈N/BN⌉ blocks fill the card (132 SMs) runs; when none does, the
-//   small one, plus split-K if K is long enough (≥ 2·512) for ⌈132 / blocks⌉ slices of ≥ 512.
-//   Split-K only for a single matrix: a stack (batch > 1) fills the card with its batch.
-//   VEC wherever both operands allow it. The table also lists warp-tiled candidates (float32 only),
-//   which only Tuning(config=...) and bench/sweep.py launch until a GPU measurement picks them.
+// Which configuration, split-K and vector path run is the launch plan's choice (linear/backends/plan.py:
+// TILE_CONFIGS, and the cost model that picks among them); nothing here depends on it.
 #include "common.cuh"
 
 // Shared-memory rows are padded by this many accumulators: the transposing stores of a tile then
@@ -106,6 +109,9 @@ template <typename T, int V> struct alignas(V * sizeof(T)) Chunk { T v[V]; };
 //   K_ROWS = true : X is stored with k as its row index, X[k * ld + i]: copied straight.
 //   K_ROWS = false: X is stored with k as its column index, X[i * ld + k]: transposed on the way.
 // Elements outside the matrix (i >= extent or k >= k_end) read as zero, so they add nothing.
+// Addresses are strength-reduced: the thread keeps a pointer to its first chunk and moves it one step
+// along K per load; its other chunks are ROW_STEP stored rows further each (no per-step 64-bit
+// multiply by ld).
 template <typename T, int BK, int TILE, int THREADS, bool K_ROWS, bool VEC>
 struct TileLoader {
     using Acc = acc_t<T>;
@@ -115,31 +121,53 @@ struct TileLoader {
     static constexpr int ROWS = K_ROWS ? BK : TILE;  // the tile as it is stored in X
     static constexpr int COLS = K_ROWS ? TILE : BK;
     static_assert(COLS % V == 0, "a vector access must not straddle a tile row");
-    static constexpr int CHUNKS = ROWS * COLS / V;
+    static constexpr int PER_ROW = COLS / V;  // chunks per stored row
+    static constexpr int CHUNKS = ROWS * PER_ROW;
     static constexpr int PER_THREAD = ceil_div(CHUNKS, THREADS);
+    static_assert(THREADS % PER_ROW == 0, "a thread's chunks share their column");
+    static constexpr int ROW_STEP = THREADS / PER_ROW;  // stored rows between a thread's chunks
 
+    const T* src;         // the thread's first chunk of the next load
+    long long row_step;   // ROW_STEP stored rows, in elements
+    long long advance;    // one step along K, in elements
+    int i_first, k_first; // the first chunk's op(X) index along M or N, and its k within a step
     Chunk<T, V> staged[PER_THREAD];
 
-    // The tile whose first element is op(X)[i0, k0] (i along M or N).
-    __device__ __forceinline__ void load(const T* __restrict__ x, long long ld, int i0, int k0,
-                                         int extent, int k_end) {
+    // The tiles whose first element is op(X)[i0, k0], op(X)[i0, k0 + BK], ...
+    __device__ __forceinline__ TileLoader(const T* __restrict__ x, long long ld, int i0, int k0) {
+        const int row = threadIdx.x / PER_ROW, col = threadIdx.x % PER_ROW * V;  // in the stored tile
+        i_first = i0 + (K_ROWS ? col : row);
+        k_first = K_ROWS ? row : col;
+        src = x + (K_ROWS ? (k0 + row) * ld + i_first : i_first * ld + k0 + col);
+        row_step = ROW_STEP * ld;
+        advance = K_ROWS ? BK * ld : BK;
+    }
+
+    // The next tile, whose first k is k0; CHECKED = false: the tile lies inside the matrix.
+    template <bool CHECKED>
+    __device__ __forceinline__ void load(int k0, int extent, int k_end) {
 #pragma unroll
         for (int p = 0; p < PER_THREAD; ++p) {
             const int c = threadIdx.x + p * THREADS;
             if (CHUNKS % THREADS != 0 && c >= CHUNKS) break;
-            const int row = (K_ROWS ? k0 : i0) + c / (COLS / V);
-            const int col = (K_ROWS ? i0 : k0) + c % (COLS / V) * V;
+            const T* const chunk = src + p * row_step;
+            if (!CHECKED) {
+                staged[p] = *reinterpret_cast<const Chunk<T, V>*>(chunk);
+                continue;
+            }
+            const int row = K_ROWS ? k0 + k_first + p * ROW_STEP : i_first + p * ROW_STEP;
+            const int col = K_ROWS ? i_first : k0 + k_first;
             const int row_end = K_ROWS ? k_end : extent;
             const int col_end = K_ROWS ? extent : k_end;
             if (row < row_end && col + V <= col_end) {
-                staged[p] = *reinterpret_cast<const Chunk<T, V>*>(x + row * ld + col);
+                staged[p] = *reinterpret_cast<const Chunk<T, V>*>(chunk);
             } else {
 #pragma unroll
                 for (int j = 0; j < V; ++j)
-                    staged[p].v[j] = row < row_end && col + j < col_end ? x[row * ld + col + j]
-                                                                        : to_element<T>(Acc(0));
+                    staged[p].v[j] = row < row_end && col + j < col_end ? chunk[j] : to_element<T>(Acc(0));
             }
         }
+        src += advance;
     }
 
     __device__ __forceinline__ void store(Acc* __restrict__ tile) const {
@@ -147,7 +175,7 @@ struct TileLoader {
         for (int p = 0; p < PER_THREAD; ++p) {
             const int c = threadIdx.x + p * THREADS;
             if (CHUNKS % THREADS != 0 && c >= CHUNKS) break;
-            const int row = c / (COLS / V), col = c % (COLS / V) * V;
+            const int row = c / PER_ROW, col = c % PER_ROW * V;
 #pragma unroll
             for (int j = 0; j < V; ++j) {
                 if (K_ROWS)
@@ -177,25 +205,95 @@ __device__ __forceinline__ void read_fragment(const Acc* __restrict__ row, int f
     }
 }
 
-// acc += As · Bs for one shared-memory stage: BK rank-1 updates of the thread's TM x TN block.
-template <typename Acc, int WM, int WN, int BK, int TM, int TN, int PITCH_A, int PITCH_B>
-__device__ __forceinline__ void multiply_stage(const Acc* __restrict__ As, const Acc* __restrict__ Bs,
-                                               int m_first, int n_first, Acc (&acc)[TM][TN]) {
+// The first row and column, in the C tile, of the outputs thread t owns: its group's sub-tile, then
+// its lane in it by the lane map above.
+template <int BN, int WM, int WN, int TM, int TN>
+__device__ __forceinline__ void thread_origin(int t, int& m_first, int& n_first) {
+    constexpr int LANES_M = WM / TM, LANES_N = WN / TN, GROUP = LANES_M * LANES_N;
+    static_assert(LANES_M % 2 == 0 && LANES_N % 2 == 0, "the lane map pairs lanes along both sides");
+    const int group = t / GROUP, lane = t % GROUP;
+    const int lane_m = (lane & 1) | lane / (2 * LANES_N) * 2, lane_n = lane / 2 % LANES_N;
+    m_first = group / (BN / WN) * WM + lane_m * 4;
+    n_first = group % (BN / WN) * WN + lane_n * 4;
+}
+
+// acc += a · b: one rank-1 update of the thread's TM x TN block.
+template <typename Acc, int TM, int TN>
+__device__ __forceinline__ void rank1(const Acc (&a)[TM], const Acc (&b)[TN], Acc (&acc)[TM][TN]) {
 #pragma unroll
-    for (int k = 0; k < BK; ++k) {
-        Acc a[TM], b[TN];
-        read_fragment<Acc, WM, TM>(As + k * PITCH_A, m_first, a);
-        read_fragment<Acc, WN, TN>(Bs + k * PITCH_B, n_first, b);
+    for (int i = 0; i < TM; ++i)
 #pragma unroll
-        for (int i = 0; i < TM; ++i)
+        for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
+}
+
+// The K loop of one block, acc += op(A) · op(B) over its steps. CHECKED = false for interior blocks
+// (the whole tile and every step inside the matrices): their loads skip the bounds checks. The choice
+// is made once per block, so each loop is straight-line code.
+template <bool CHECKED, int WM, int WN, int BK, int TM, int TN, typename LoadA, typename LoadB, typename Acc>
+__device__ __forceinline__ void k_loop(LoadA& a_tile, LoadB& b_tile, Acc* __restrict__ As, Acc* __restrict__ Bs,
+                                       int steps, int k0, int M, int N, int k_end, int m_first, int n_first,
+                                       Acc (&acc)[TM][TN]) {
+    static_assert(BK % 2 == 0, "fragment k + 1 of the last k is fragment 0 of the next stage");
+    if (steps <= 0) return;
+    a_tile.template load<CHECKED>(k0, M, k_end);
+    b_tile.template load<CHECKED>(k0, N, k_end);
+    a_tile.store(As);
+    b_tile.store(Bs);
+    __syncthreads();
+    // Fragments in registers, double-buffered where registers allow (interior blocks, float
+    // accumulators; double's 8 x 8 block alone takes 128 registers, and the edge loop's bounds need
+    // their own): k + 1's reads from shared memory are in flight while k multiplies.
+    constexpr int BUFFERS = sizeof(Acc) == 4 && !CHECKED ? 2 : 1;
+    Acc a[BUFFERS][TM], b[BUFFERS][TN];
+    read_fragment<Acc, WM, TM>(As, m_first, a[0]);
+    read_fragment<Acc, WN, TN>(Bs, n_first, b[0]);
+    for (int t = 0; t < steps; ++t) {
+        const int stage = t % 2;
+        const bool prefetch = t + 1 < steps;
+        if (prefetch) {
+            k0 += BK;
+            a_tile.template load<CHECKED>(k0, M, k_end);
+            b_tile.template load<CHECKED>(k0, N, k_end);
+        }
+        // Fragments k + 1: the next row of this stage or, after the last k, the next tile's first row
+        // (the tile goes to the other stage; one barrier per step).
+        const auto read_next = [&](int k) {
+            const int next = (k + 1) % BUFFERS;
+            if (k + 1 < BK) {
+                read_fragment<Acc, WM, TM>(As + stage * LoadA::SIZE + (k + 1) * LoadA::PITCH, m_first, a[next]);
+                read_fragment<Acc, WN, TN>(Bs + stage * LoadB::SIZE + (k + 1) * LoadB::PITCH, n_first, b[next]);
+            } else if (prefetch) {
+                a_tile.store(As + (1 - stage) * LoadA::SIZE);
+                b_tile.store(Bs + (1 - stage) * LoadB::SIZE);
+                __syncthreads();
+                read_fragment<Acc, WM, TM>(As + (1 - stage) * LoadA::SIZE, m_first, a[next]);
+                read_fragment<Acc, WN, TN>(Bs + (1 - stage) * LoadB::SIZE, n_first, b[next]);
+            }
+        };
 #pragma unroll
-            for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
+        for (int k = 0; k < BK; ++k) {
+            if (BUFFERS == 2) read_next(k);  // into the other buffer, before k's math
+            rank1(a[k % BUFFERS], b[k % BUFFERS], acc);
+            if (BUFFERS == 1) read_next(k);  // into the one buffer, after it
+        }
     }
+}
+
+// Blocks per SM that __launch_bounds__ asks ptxas to make room for: 2 (at most 128 registers for 256
+// threads; the other block's warps issue while one waits at its barrier) for the float 16-byte-load
+// kernels whose accumulators, two fragment sets and staged chunks take at most 104 registers (large,
+// warp: 64 + 32 + 8); the others (scalar loads, half conversions, BK = 16, 16 x 8 blocks, double)
+// would spill under that cap.
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool VEC>
+__host__ __device__ constexpr int min_blocks_per_sm() {
+    constexpr int threads = (BM / TM) * (BN / TN);
+    constexpr int held = TM * TN + 2 * (TM + TN) + BK * (BM + BN) / threads;
+    return VEC && sizeof(T) == 4 && held <= 104 ? 2 : 1;
 }
 
 template <typename T, typename TC, bool TRANS_A, bool TRANS_B, int BM, int BN, int BK, int WM, int WN, int TM,
           int TN, bool VEC>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), (min_blocks_per_sm<T, BM, BN, BK, TM, TN, VEC>()))
 linear_gemm(int M, int N, int K, int k_per_split, int splits,
             const T* __restrict__ A, long long lda, long long batch_stride_a,
             const T* __restrict__ B, long long ldb, long long batch_stride_b,
@@ -223,42 +321,24 @@ linear_gemm(int M, int N, int K, int k_per_split, int splits,
     const int k_begin = split * k_per_split;
     const int k_end = K - k_begin < k_per_split ? K : k_begin + k_per_split;
     const int steps = k_end > k_begin ? ceil_div(k_end - k_begin, BK) : 0;
-    // The thread's first row and column in the C tile: its group's sub-tile, then its lane in it.
-    constexpr int LANES_N = WN / TN, GROUP = (WM / TM) * LANES_N;
-    const int group = threadIdx.x / GROUP, lane = threadIdx.x % GROUP;
-    const int m_first = group / (BN / WN) * WM + lane / LANES_N * 4;
-    const int n_first = group % (BN / WN) * WN + lane % LANES_N * 4;
+    int m_first, n_first;
+    thread_origin<BN, WM, WN, TM, TN>(threadIdx.x, m_first, n_first);
 
-    LoadA a_tile;
-    LoadB b_tile;
+    LoadA a_tile(A, lda, m0, k_begin);
+    LoadB b_tile(B, ldb, n0, k_begin);
     Acc acc[TM][TN];
 #pragma unroll
     for (int i = 0; i < TM; ++i)
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = Acc(0);
 
-    if (steps > 0) {
-        a_tile.load(A, lda, m0, k_begin, M, k_end);
-        b_tile.load(B, ldb, n0, k_begin, N, k_end);
-        a_tile.store(As);
-        b_tile.store(Bs);
-        __syncthreads();
-    }
-    for (int t = 0; t < steps; ++t) {
-        const int stage = t % 2;
-        const bool prefetch = t + 1 < steps;
-        if (prefetch) {
-            a_tile.load(A, lda, m0, k_begin + (t + 1) * BK, M, k_end);
-            b_tile.load(B, ldb, n0, k_begin + (t + 1) * BK, N, k_end);
-        }
-        multiply_stage<Acc, WM, WN, BK, TM, TN, LoadA::PITCH, LoadB::PITCH>(
-            As + stage * LoadA::SIZE, Bs + stage * LoadB::SIZE, m_first, n_first, acc);
-        if (prefetch) {
-            a_tile.store(As + (1 - stage) * LoadA::SIZE);
-            b_tile.store(Bs + (1 - stage) * LoadB::SIZE);
-        }
-        __syncthreads();
-    }
+    // Interior blocks: the C tile inside C and the split's K range whole steps (every K step of a
+    // split but the last one's is; K % BK != 0 leaves the last split to the checked loop).
+    const bool interior = m0 + BM <= M && n0 + BN <= N && (k_end - k_begin) % BK == 0;
+    if (interior)
+        k_loop<false, WM, WN, BK, TM, TN>(a_tile, b_tile, As, Bs, steps, k_begin, M, N, k_end, m_first, n_first, acc);
+    else
+        k_loop<true, WM, WN, BK, TM, TN>(a_tile, b_tile, As, Bs, steps, k_begin, M, N, k_end, m_first, n_first, acc);
 
     // Epilogue: alpha · acc (+ beta · C, which is never read when beta == 0) (+ bias).
     TC* const c_split = C + split * c_split_stride;

@@ -31,13 +31,20 @@ class FakeKernel:
         self.emulated(grid, block, args, shared_mem=shared_mem)
 
 
+# An H100 SXM's device attributes as CuPy names them (cudaDeviceProp: clocks in kHz, the bus in bits).
+H100_ATTRIBUTES = {"MultiProcessorCount": 132, "MaxRegistersPerMultiprocessor": 65536,
+                   "MaxSharedMemoryPerMultiprocessor": 233472, "MaxThreadsPerMultiProcessor": 2048,
+                   "MaxBlocksPerMultiprocessor": 32, "ClockRate": 1980000, "MemoryClockRate": 2619000,
+                   "GlobalMemoryBusWidth": 5120}
+
+
 class FakeCupy(types.ModuleType):
     """numpy in CuPy's clothes; RawModule compiles through the emulator and records what it was given."""
 
     def __init__(self, emulator):
         super().__init__("cupy")
         self.modules: list[dict] = []
-        device = types.SimpleNamespace(id=0, compute_capability="90")  # CuPy's spelling of 9.0
+        device = types.SimpleNamespace(id=0, compute_capability="90", attributes=H100_ATTRIBUTES)  # CuPy's spelling
         self.cuda = types.SimpleNamespace(
             runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, CUDARuntimeError=RuntimeError),
             Device=lambda: device)
@@ -111,6 +118,13 @@ def test_cupy_runtime_caches_modules(fake_cupy):
     runtime.function("reduce.cu", "linear_colsum_partial<float>")
     assert len(fake_cupy.modules) == 1
     assert callable(first)
+
+
+def test_cupy_runtime_reads_the_device_limits_from_its_attributes(fake_cupy):
+    from linear.backends import plan
+    limits = CupyRuntime().device_limits()
+    assert limits.sms == 132 and limits.shared_per_sm == 228 * 1024 and limits.clock_hz == 1.98e9
+    assert abs(limits.bandwidth - plan.H100.bandwidth) < 0.01 * plan.H100.bandwidth
 
 
 def test_cuda_include_dir_has_the_half_headers():

@@ -25,9 +25,11 @@ from reference import TOLERANCE, assert_close, poisoned, rel_err
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64),
           "float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 TRANS = [(False, False), (False, True), (True, False), (True, True)]
-# Sizes that are no tile multiple in any direction, with several K steps and split-K slices.
-SHAPES = {"large": (129, 67, 65), "medium": (70, 50, 33), "small": (70, 50, 33), "warp": (129, 67, 65),
-          "warp_deep": (129, 67, 65), "warp_wide": (129, 259, 33), "warp_medium": (70, 50, 33)}
+# Sizes that are no tile multiple in any direction, with several K steps and split-K slices: block
+# (0, 0) is an interior tile (gemm.cu's unchecked loop) in the splits of whole K steps, every other
+# block and the last split (K % 8 != 0) run the checked loop.
+SHAPES = {"large": (129, 131, 65), "medium": (70, 66, 33), "small": (70, 50, 33), "warp": (129, 131, 65),
+          "warp_deep": (129, 131, 65), "warp_wide": (129, 259, 33), "warp_medium": (70, 66, 33)}
 # Every (dtype, config) pair that is instantiated.
 DTYPE_CONFIGS = [(dtype, config.name) for dtype in DTYPES for config in plan.TILE_CONFIGS if dtype in config.dtypes]
 
@@ -113,23 +115,74 @@ def test_vector_path_needs_aligned_pointer_and_leading_dimension():
     assert plan.vector_aligned(plan.as_operand(np, np.zeros((1, 15), np.float32), False))  # one row: no ld
 
 
-def test_the_largest_config_that_fills_the_card_is_chosen():
-    assert plan.choose_config(4096, 4096).name == "large"
-    assert plan.choose_config(1024, 1024).name == "medium"  # large: 64 tiles < 132 SMs
-    assert plan.choose_config(256, 256).name == "small"
-    assert plan.choose_config(1, 1).name == "small"
-    for m, n in [(1, 1), (100, 3000), (777, 555), (1500, 1500), (10000, 64)]:
-        chosen = plan.choose_config(m, n)
-        assert chosen.tiles(m, n) >= plan.NUM_SMS or chosen == plan.HEURISTIC_CONFIGS[-1]
-        bigger = plan.HEURISTIC_CONFIGS[:plan.HEURISTIC_CONFIGS.index(chosen)]
-        assert all(config.tiles(m, n) < plan.NUM_SMS for config in bigger)
+def old_heuristic(m, n, k, batch=1):
+    """The thresholds the cost model replaced: the largest tile whose tiles fill 132 SMs, else the
+    smallest; split-K into up to ⌈132 / tiles⌉ slices of >= 512 when K >= 1024, single matrices only."""
+    config = next((c for c in plan.HEURISTIC_CONFIGS if c.tiles(m, n) >= 132), plan.HEURISTIC_CONFIGS[-1])
+    tiles = config.tiles(m, n)
+    splits = 1 if batch > 1 or tiles >= 132 or k < 1024 else min(-(-132 // tiles), k // 512, 32)
+    return config, splits
+
+
+# Training shapes (B, F, D) and their three products as (M, N, K).
+LAYERS = [(b, f, d) for b in (32, 256, 2048, 8192) for f in (256, 784, 4096, 11008) for d in (256, 1024, 4096, 11008)]
+PRODUCTS = {"NN": lambda b, f, d: (b, d, f), "NT": lambda b, f, d: (b, f, d), "TN": lambda b, f, d: (f, d, b)}
+
+
+def test_the_cost_model_is_no_worse_than_the_thresholds_and_keeps_the_card_busy():
+    for b, f, d in LAYERS:
+        for product, mnk in PRODUCTS.items():
+            m, n, k = mnk(b, f, d)
+            best = plan.choose(m, n, k)
+            old = plan.estimate(*old_heuristic(m, n, k), m, n, k, 1, "float32", True)
+            assert best.seconds <= (1 + plan.TIE) * old.seconds, (b, f, d, product, best, old)
+            # >= 8 warps per SM where the problem has that much work (its outputs at 4 x 4 a thread,
+            # times the K slices it may be split into); a K loop of >= 4096 with the card less than
+            # half full is split.
+            work = m * n / 16 / plan.WARP_SIZE * len(plan.split_counts(k, 1)) / plan.H100.sms
+            assert best.warps_per_sm >= 8 or work < 8, (b, f, d, product, best, work)
+            if k >= 4096 and best.config.tiles(m, n) < plan.H100.sms // 2:
+                assert best.splits > 1, (b, f, d, product, best)
+
+
+def test_the_cost_model_fixes_the_cases_of_issue_10():
+    # (256, 4096, 1024) forward: no longer 32 x 32 tiles over a 4096-long K loop without split-K.
+    best = plan.choose(256, 1024, 4096)
+    assert (best.config.name, best.splits) != ("small", 1) and best.warps_per_sm >= 8
+    # Long-batch dW (B = 8192, F = 784, D = 256): K = 8192 is split.
+    assert plan.choose(784, 256, 8192).splits > 1
+    # 132-263 tiles of 128 x 128: the busiest SM carries no more than 4/3 of the average load.
+    for size in (1536, 1664, 2048):  # 144, 169, 256 large tiles
+        best = plan.choose(size, size, 4096)
+        blocks = best.config.tiles(size, size) * best.splits
+        assert blocks / (-(-blocks // plan.H100.sms) * plan.H100.sms) >= 0.75, (size, best)
+
+
+def test_blocks_per_sm_follow_registers_shared_memory_and_threads():
+    large, small = plan.CONFIGS_BY_NAME["large"], plan.CONFIGS_BY_NAME["small"]
+    assert plan.blocks_per_sm(large, "float32", True) == 2  # <= 128 registers: 2 x 256 threads
+    assert plan.blocks_per_sm(large, "float64", True) == 1  # > 128 registers
+    few_registers = plan.DeviceLimits(sms=132, registers_per_sm=32768)
+    assert plan.blocks_per_sm(large, "float32", True, few_registers) == 1
+    little_shared = plan.DeviceLimits(sms=132, shared_per_sm=3 * (small.shared_bytes(4) + 1024))
+    assert plan.blocks_per_sm(small, "float32", True, little_shared) == 3
+    few_threads = plan.DeviceLimits(sms=132, registers_per_sm=2**20, threads_per_sm=1024)
+    assert plan.blocks_per_sm(small, "float32", True, few_threads) == 1024 // small.threads
+
+
+def test_the_plan_follows_the_device():
+    """Fewer SMs, fewer splits: the same product on a card with a quarter of the SMs."""
+    big, quarter = plan.H100, plan.DeviceLimits(sms=33)
+    assert plan.choose(784, 256, 8192, device=quarter).splits < plan.choose(784, 256, 8192, device=big).splits
+    [first, *_] = gemm_launches(784, 256, 8192, trans_a=True, device=quarter)
+    assert first.grid[2] == plan.choose(784, 256, 8192, device=quarter).splits
 
 
 def test_candidates_are_never_chosen_and_refuse_other_dtypes():
     candidates = [config for config in plan.TILE_CONFIGS if config.candidate]
     assert candidates and all(config not in plan.HEURISTIC_CONFIGS for config in candidates)
     sizes = [1, 64, 100, 256, 1000, 4096, 8192, 11008, 65536]
-    assert all(not plan.choose_config(m, n).candidate for m in sizes for n in sizes)
+    assert all(not plan.choose(m, n, 1024).config.candidate for m in sizes for n in sizes)
     assert all(set(config.dtypes) == set(DTYPES) for config in plan.HEURISTIC_CONFIGS)
     [launch] = gemm_launches(300, 300, 64, tuning=Tuning(config="warp"))  # chosen by name, it runs
     assert ", 128, 128, 8, 32, 64, 8, 8, " in launch.name and launch.block == (256, 1, 1)
@@ -144,13 +197,12 @@ def test_tile_configs_must_tile_with_whole_blocks_or_warps():
         plan.TileConfig("x", bm=128, bn=128, bk=8, wm=64, wn=64, tm=8, tn=8)  # groups of 64 threads
 
 
-def test_split_k_only_when_the_grid_is_small_and_k_is_long():
-    small = plan.CONFIGS_BY_NAME["small"]
-    assert plan.choose_splits(4096, 4096, 65536, plan.CONFIGS_BY_NAME["large"]) == 1
-    assert plan.choose_splits(64, 64, 1000, small) == 1  # K too short to split
-    splits = plan.choose_splits(64, 64, 65536, small)  # 4 tiles
-    assert splits == min(plan.MAX_SPLITS, -(-plan.NUM_SMS // 4))
-    assert plan.choose_splits(256, 256, 4096, small) == min(3, 4096 // plan.MIN_K_PER_SPLIT)
+def test_split_k_only_for_single_matrices_and_long_enough_slices():
+    assert plan.choose(4096, 4096, 65536).splits == 1  # the card is full
+    assert plan.choose(64, 64, 1000).splits == 1  # K too short to split
+    assert plan.choose(64, 64, 65536).splits > 1
+    assert plan.choose(64, 64, 65536, batch=4).splits == 1  # a stack fills the card with its batch
+    assert all(plan.split_k(4096, s, 8)[0] >= plan.MIN_K_PER_SPLIT for s in plan.split_counts(4096, 1))
 
 
 def test_split_k_slices_are_whole_steps_that_cover_k():
@@ -186,7 +238,7 @@ def test_tensor_cores_run_half_types_and_tf32_on_sm80_and_later_for_aligned_oper
 
 
 def test_gemm_launch_arguments_have_exact_types():
-    [launch] = gemm_launches(70, 56, 32, "float16", bias=True)  # rows of 64 and 112 bytes
+    [launch] = gemm_launches(70, 56, 32, "float16", tuning=Tuning(config="small"), bias=True)  # rows of 64, 112 B
     types = [type(arg) for arg in launch.args]
     assert types == [np.int32] * 5 + [np.ndarray, np.int64, np.int64] * 2 + [np.ndarray] + [np.int64] * 3 + \
         [np.float32, np.float32, np.ndarray, np.int32]
@@ -298,6 +350,58 @@ def test_gemm_instantiation(runtime, dtype, trans_a, trans_b, config, vector):
         assert len(launches) == (1 if splits == 1 else 2) and launches[0].grid[2] == splits
         KernelBackend(runtime).launch(launches)
         assert_close(c, expected, dtype)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shared-memory fragment reads: the lane map, read from the kernel itself, against a bank model
+# ----------------------------------------------------------------------------------------------------
+
+def lds128_cycles(addresses) -> int:
+    """Return cycles of one warp's LDS.128 (byte addresses of its 32 lanes), the model of gemm.cu's
+    header: shared memory returns 128 bytes a cycle, so 4 cycles for 4 registers a lane, 2 when every
+    lane shares its address with lane ^ 1 or with lane ^ 2 (two lanes, one return); never fewer than
+    the most distinct 4-byte words any one of the 32 banks holds."""
+    pairs = any(all(addresses[i] == addresses[i ^ d] for i in range(32)) for d in (1, 2))
+    words = {a // 4 + w for a in set(addresses) for w in range(4)}
+    per_bank = max(sum(word % 32 == bank for word in words) for bank in range(32))
+    return max(2 if pairs else 4, per_bank)
+
+
+def lane_map_probe(configs) -> str:
+    """A kernel that writes, for each config and thread, the shared-memory offsets (within a k row)
+    of its A and B fragment reads, computed by gemm.cu's own thread_origin and owned_offset."""
+    lines = ['#include "gemm.cu"', "__global__ void lane_maps(int* out) {", "    const int t = threadIdx.x;",
+             "    int m, n;"]
+    for c, config in enumerate(configs):
+        base = f"(out + ({c} * 256 + t) * 8)"
+        lines += [f"    if (t < {config.threads}) {{",
+                  f"        thread_origin<{config.bn}, {config.wm}, {config.wn}, {config.tm}, {config.tn}>(t, m, n);",
+                  *(f"        {base}[{g}] = owned_offset<{config.wm}, {config.tm}>({4 * g}, m);"
+                    for g in range(config.tm // 4)),
+                  *(f"        {base}[{4 + g}] = owned_offset<{config.wn}, {config.tn}>({4 * g}, n);"
+                    for g in range(config.tn // 4)),
+                  "    }"]
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def test_every_fragment_read_returns_in_two_cycles(tmp_path):
+    """Every LDS.128 of every configuration, float32, takes the 2 cycles of the model, by the lane map
+    the kernel computes; the old row-by-row lane map (lane / LANES_N, lane % LANES_N) would take 4 for B."""
+    for path in kernels_dir().iterdir():
+        if path.suffix in (".cu", ".cuh"):
+            shutil.copy(path, tmp_path / path.name)
+    configs = plan.TILE_CONFIGS
+    (tmp_path / "probe.cu").write_text(lane_map_probe(configs))
+    out = np.full((len(configs), 256, 8), -1, np.int32)
+    emulator(kernel_dir=tmp_path).function("probe.cu", "lane_maps")((1, 1, 1), (256, 1, 1), (out,))
+    for c, config in enumerate(configs):
+        for warp in range(config.threads // 32):
+            lanes = out[c, 32 * warp:32 * warp + 32]
+            for g in list(range(config.tm // 4)) + list(range(4, 4 + config.tn // 4)):
+                assert lds128_cycles(list(4 * lanes[:, g])) == 2, (config.name, warp, g, lanes[:, g])
+    # The model tells the old map apart: 16 lanes of a large warp, each its own B fragment.
+    old_b = [4 * 4 * (lane % 16) for lane in range(32)]
+    assert lds128_cycles(old_b) == 4 and lds128_cycles([4 * 4 * (lane // 2 % 16) for lane in range(32)]) == 2
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -447,12 +551,15 @@ def test_a_missing_bounds_check_is_reported(tmp_path):
         broken_backend.gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
 
 
-def test_a_missing_load_bounds_check_is_reported(tmp_path):
-    """Negative control: a tile loader that trusts its rows reads past the end of A."""
-    broken_dir = broken_copy(tmp_path, r"row < row_end && col \+ V <= col_end", replacement="true")
+@pytest.mark.parametrize("pattern,replacement", [(r"row < row_end && col \+ V <= col_end", "true"),
+                                                 (r"m0 \+ BM <= M && ", "")], ids=["loader", "interior"])
+def test_a_missing_load_bounds_check_is_reported(tmp_path, pattern, replacement):
+    """Negative control: a tile loader that trusts its rows, or a block taken for interior though its
+    tile crosses the last row, reads past the end of A."""
+    broken_dir = broken_copy(tmp_path, pattern, replacement=replacement)
     rng = np.random.default_rng(11)
-    a, b = stored(rng, (70, 32), np.float32), stored(rng, (32, 48), np.float32)
-    c = poisoned(np, (70, 48), np.float32)
+    a, b = stored(rng, (70, 32), np.float32), stored(rng, (32, 64), np.float32)
+    c = poisoned(np, (70, 64), np.float32)
     broken_backend = KernelBackend(emulator(kernel_dir=broken_dir), Tuning(config="medium", splits=1))
     with pytest.raises(EmulationError, match="out-of-bounds read"):
         broken_backend.gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)

@@ -56,7 +56,7 @@ def test_tiny_emulated_sweep_checks_and_records_every_case(sweep, runtime, tmp_p
     printed = capsys.readouterr().out
     assert "NOT A GPU MEASUREMENT" in printed and "0 not ok, 0 not run" in printed
     assert sweep.main(["--winners", str(tmp_path / "sweep.json")]) == 0
-    assert "where the heuristic picks small" in capsys.readouterr().out
+    assert "where the plan picks " in capsys.readouterr().out
 
 
 def test_a_wrong_result_is_marked_and_never_timed(sweep, runtime):
@@ -133,7 +133,7 @@ def test_full_sweep_covers_every_product_shape_and_float32_config(sweep):
     assert {c.product for c in split} == {"NN", "NT", "TN"}
     for c in split:  # only where the tiles leave the card short, with slices of at least MIN_K_PER_SLICE
         m, n, k = sweep.PRODUCTS[c.product].mnk(c.shape)
-        assert sweep.plan.CONFIGS_BY_NAME[c.config].tiles(m, n) < 2 * sweep.plan.NUM_SMS
+        assert sweep.plan.CONFIGS_BY_NAME[c.config].tiles(m, n) < 2 * sweep.plan.H100.sms
         assert k // c.splits >= sweep.MIN_K_PER_SLICE
     assert {c.shape for c in split} == {(256, 1024, 1024), (32, 784, 256)}
     assert sweep.PRODUCTS["NN"].mnk((8192, 4096, 11008)) == (8192, 11008, 4096)  # M, N, K = B, D, F

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cuda import cuda_include_dirs
+from . import plan
 from .plan import Instantiation, instantiations
 from .sources import kernels_dir
 
@@ -174,6 +175,25 @@ def registers_table(kernels: list[Instantiation], resources: dict[tuple[str, str
         registers = " | ".join(str(resources[arch, kernel.name].registers) for arch in ARCHES)
         lines.append(f"| `{kernel.name}` | {registers} | {kernel.shared_mem} |")
     return "\n".join(lines) + "\n"
+
+
+def plan_registers(resources: dict[tuple[str, str], Resources], arch: str = "sm_90") -> dict:
+    """plan.REGISTERS as ptxas reports it: per (config, dtype, 16-byte loads), the most registers over
+    the products and C types."""
+    table = {}
+    for dtype, t in plan.ELEMENT_TYPES.items():
+        c_types = dict.fromkeys((t.cpp, t.acc_cpp))
+        flags = [(trans_a, trans_b) for trans_a in (False, True) for trans_b in (False, True)]
+        for config in plan.TILE_CONFIGS:
+            for vector in (False, True):
+                if dtype in config.dtypes:
+                    names = [plan.gemm_name(t, c, *f, config, vector) for c in c_types for f in flags]
+                    table[config.name, dtype, vector] = max(resources[arch, name].registers for name in names)
+        for config in plan.TC_CONFIGS:
+            if dtype in config.dtypes:
+                names = [plan.tc_gemm_name(t, c, *f, config) for c in c_types for f in flags]
+                table[config.name, dtype, True] = max(resources[arch, name].registers for name in names)
+    return table
 
 
 def main() -> None:

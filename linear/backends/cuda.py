@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import BackendUnavailable
+from .plan import H100, DeviceLimits
 from .sources import kernels_dir
 
 
@@ -41,9 +42,24 @@ class CupyRuntime:
         self.kernel_dir = Path(kernel_dir) if kernel_dir is not None else kernels_dir()
         self._options = ("-std=c++17", f"-I{kernels_dir()}", *(f"-I{d}" for d in cuda_include_dirs()))
         self._kernels: dict[tuple[int, str, str], Any] = {}
+        self._limits: dict[int, DeviceLimits] = {}
 
     def compute_capability(self) -> int:
         return int(self.xp.cuda.Device().compute_capability)
+
+    def device_limits(self) -> DeviceLimits:
+        device = self.xp.cuda.Device()
+        limits = self._limits.get(device.id)
+        if limits is None:  # CUDA's device attributes, as CuPy names them (clocks in kHz)
+            a = device.attributes
+            limits = self._limits[device.id] = DeviceLimits(
+                sms=a["MultiProcessorCount"], registers_per_sm=a["MaxRegistersPerMultiprocessor"],
+                shared_per_sm=a["MaxSharedMemoryPerMultiprocessor"],
+                threads_per_sm=a["MaxThreadsPerMultiProcessor"],
+                blocks_per_sm=a.get("MaxBlocksPerMultiprocessor", H100.blocks_per_sm),
+                clock_hz=a["ClockRate"] * 1e3,
+                bandwidth=2 * a["MemoryClockRate"] * 1e3 * a["GlobalMemoryBusWidth"] / 8)
+        return limits
 
     def function(self, source: str, name: str) -> Callable[..., None]:
         # One module per instantiation: a call compiles only what it launches (CuPy caches it on disk).

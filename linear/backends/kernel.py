@@ -13,7 +13,7 @@ from .plan import Launch, Tuning, plan_colsum, plan_gemm
 
 class KernelBackend:
     def __init__(self, runtime: Runtime, tuning: Tuning = Tuning()):
-        """tuning overrides the plan's shape heuristic (tests, tile sweeps); the default follows it."""
+        """tuning overrides the plan's cost model (tests, tile sweeps); the default follows it."""
         self.runtime = runtime
         self.name = runtime.name
         self.xp = runtime.xp
@@ -23,7 +23,7 @@ class KernelBackend:
              bias: Any = None) -> None:
         self.launch(plan_gemm(self.xp, a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta,
                               bias=bias, tuning=self.tuning, arch=self.runtime.compute_capability(),
-                              tf32=get_tf32()))
+                              tf32=get_tf32(), device=self.runtime.device_limits()))
 
     def colsum(self, a: Any, out: Any, *, beta: float) -> None:
         self.launch(plan_colsum(self.xp, a, out, beta=beta))

@@ -11,17 +11,21 @@ when TF32 is allowed, on compute capability >= 8.0 (the emulator counts as 9.0),
 pointers and leading dimensions are 16-byte aligned (cp.async moves 16-byte chunks); every other call
 runs the SIMT kernel (kernels/gemm.cu, TILE_CONFIGS), float64 and older cards included.
 
-The shape heuristic (tunable through TILE_CONFIGS, TC_CONFIGS and the constants below them):
-1. Tile: the largest configuration whose tile count ⌈M/BM⌉·⌈N/BN⌉ fills the card (NUM_SMS blocks);
-   when none does, the smallest, whose blocks are the most. Candidates (TileConfig.candidate) are
-   never chosen: they are there for bench/sweep.py until a GPU measurement justifies choosing them.
-2. Split-K: when even that leaves SMs idle and K is long, split K into up to ⌈NUM_SMS / tiles⌉ parts
-   of at least MIN_K_PER_SPLIT each (at most MAX_SPLITS). Each part writes float32/float64 partial
-   products into a workspace [splits, M, N]; linear_sum_splits adds them in a fixed order.
-   Only for a single matrix: a stack (batch > 1) fills the card with its batch instead.
-3. Vector loads: only when both operands' pointers, leading dimensions and batch strides are 16-byte
-   aligned.
-Tuning() overrides any of the three (for tests and tile sweeps).
+The cost model (choose): for each configuration of the kernel family and each split-K count it
+estimates the time from the device's limits (DeviceLimits: SMs, registers, shared memory, threads per
+SM; the runtime's device_limits(), an H100 for the emulator) and picks the fastest:
+1. Blocks per SM: the fewest that registers (REGISTERS, ptxas's counts on sm_90, allocated per warp
+   in units of 256), shared memory (plus 1 KiB a block) and threads allow.
+2. The busiest SM runs ⌈blocks / SMs⌉ blocks (waves and uneven loads alike), up to blocks-per-SM at a
+   time. Its FMA rate is the peak times the lesser of the tile's efficiency (SIMT: the FFMA share of
+   its instruction stream; tensor cores: its FLOPs per staged byte next to the 128 x 128 tile's) and
+   the warps it holds over WARPS_TO_HIDE_LATENCY (fewer warps hide proportionally less latency).
+3. Split-K (a single matrix only: a stack fills the card with its batch) adds the workspace's
+   traffic at the device's bandwidth and a reduction launch; slices of at least MIN_K_PER_SPLIT.
+Candidates (TileConfig.candidate) are never chosen: they are there for bench/sweep.py until a GPU
+measurement justifies choosing them. The model's constants are estimates, to be checked by the sweep.
+Vector loads: only when both operands' pointers, leading dimensions and batch strides are 16-byte
+aligned. Tuning() overrides the configuration, split-K and the vector path (for tests and tile sweeps).
 
 Stacks of matrices (numpy.matmul's batch) are one strided-batched launch: grid z = batch · splits, each
 operand with its own batch stride, 0 for a broadcast one. Batch dimensions whose strides merge into one
@@ -31,6 +35,7 @@ limit is cut into several launches.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -62,7 +67,7 @@ class TileConfig:
     tm: int  # C rows per thread (a multiple of 4)
     tn: int  # C columns per thread (a multiple of 4)
     dtypes: tuple[str, ...] = ALL_DTYPES  # the element types it is instantiated for
-    candidate: bool = False  # only Tuning(config=...) launches it; the heuristic never chooses it
+    candidate: bool = False  # only Tuning(config=...) launches it; the cost model never chooses it
 
     def __post_init__(self):
         group = (self.wm // self.tm) * (self.wn // self.tn)
@@ -88,7 +93,7 @@ class TileConfig:
 SHARED_PAD = 4  # kernels/gemm.cu: SMEM_PAD
 WARP_SIZE = 32
 
-# The heuristic's configurations, largest first (it takes the first one that fills the card), then the
+# The cost model's configurations, largest first (ties go to the first), then the
 # candidates that bench/sweep.py measures against them, each one idea away from its parent. They are
 # float32 only (the dtype the sweep measures); none is chosen until a GPU measurement says so.
 TILE_CONFIGS = (
@@ -142,7 +147,7 @@ class TensorCoreConfig:
         return self.stages * (self.bm + self.bn) * TC_STAGE_BYTES_PER_ROW
 
 
-# The same two-step heuristic as for TILE_CONFIGS: the first that fills the card, else the last.
+# The cost model weighs these as it does TILE_CONFIGS (ties go to the first).
 TC_CONFIGS = (
     # 8 warps of 64 x 32; 4 stages of 16 KiB: two blocks per SM for the half types (<= 128 registers).
     TensorCoreConfig("tc_large", bm=128, bn=128, wm=64, wn=32, stages=4),
@@ -152,7 +157,7 @@ TC_CONFIGS = (
 TC_HEURISTIC_CONFIGS = tuple(config for config in TC_CONFIGS if not config.candidate)
 CONFIGS_BY_NAME = {config.name: config for config in TILE_CONFIGS + TC_CONFIGS}
 
-NUM_SMS = 132  # an H100 SXM; the heuristic needs only the order of magnitude of the card
+NUM_SMS = 132  # an H100 SXM: the reductions' grid needs only the order of magnitude of the card
 MIN_K_PER_SPLIT = 512  # shorter K slices would spend more on the workspace than they gain
 MAX_SPLITS = 32
 VECTOR_BYTES = 16
@@ -193,7 +198,7 @@ def element_type(dtype: Any) -> ElementType:
 
 @dataclass(frozen=True)
 class Tuning:
-    """Overrides of the shape heuristic; a field left None is chosen by the heuristic."""
+    """Overrides of the cost model; a field left None is chosen by it."""
     config: str | None = None  # a name in CONFIGS_BY_NAME
     splits: int | None = None  # requested K splits (fewer are used when K is short)
     vector: bool | None = None  # True raises ValueError where the operands are not 16-byte aligned
@@ -205,20 +210,143 @@ class Tuning:
             raise ValueError(f"splits must be in [1, {MAX_GRID_YZ}], got {self.splits}")
 
 
-def choose_config(m: int, n: int, configs: tuple = HEURISTIC_CONFIGS):
-    """The largest tile configuration that fills the card, else the smallest (candidates aside)."""
-    for config in configs:
-        if config.tiles(m, n) >= NUM_SMS:
-            return config
-    return configs[-1]
+@dataclass(frozen=True)
+class DeviceLimits:
+    """What the cost model needs of a device (CUDA's device attributes)."""
+    sms: int
+    registers_per_sm: int = 65536
+    shared_per_sm: int = 228 * 1024  # bytes
+    threads_per_sm: int = 2048
+    blocks_per_sm: int = 32
+    clock_hz: float = 1.98e9  # boost clock
+    bandwidth: float = 3.35e12  # DRAM bytes per second
 
 
-def choose_splits(m: int, n: int, k: int, config: TileConfig | TensorCoreConfig) -> int:
-    """How many parts to split K into so that the grid fills the card (1: no split)."""
-    tiles = config.tiles(m, n)
-    if tiles >= NUM_SMS or k < 2 * MIN_K_PER_SPLIT:
-        return 1
-    return min(_ceil_div(NUM_SMS, tiles), k // MIN_K_PER_SPLIT, MAX_SPLITS)
+# H100 SXM (and H200, the same SMs; bench/NOTES.md has the sources): the emulator's device, and the
+# plan's when no runtime names one.
+H100 = DeviceLimits(sms=132)
+
+# Registers per thread, ptxas on sm_90 (kernels/REGISTERS.md, the most over the products and C types;
+# tests/test_compile.py holds this table to it): (config, dtype, 16-byte loads) -> registers.
+REGISTERS = {
+    ('large', 'float32', False): 161,
+    ('large', 'float32', True): 128,
+    ('medium', 'float32', False): 80,
+    ('medium', 'float32', True): 89,
+    ('small', 'float32', False): 93,
+    ('small', 'float32', True): 91,
+    ('warp', 'float32', False): 161,
+    ('warp', 'float32', True): 128,
+    ('warp_deep', 'float32', False): 168,
+    ('warp_deep', 'float32', True): 165,
+    ('warp_wide', 'float32', False): 255,
+    ('warp_wide', 'float32', True): 255,
+    ('warp_medium', 'float32', False): 80,
+    ('warp_medium', 'float32', True): 95,
+    ('tc_large', 'float32', True): 157,
+    ('tc_small', 'float32', True): 124,
+    ('large', 'float64', False): 238,
+    ('large', 'float64', True): 244,
+    ('medium', 'float64', False): 126,
+    ('medium', 'float64', True): 120,
+    ('small', 'float64', False): 136,
+    ('small', 'float64', True): 136,
+    ('large', 'float16', False): 161,
+    ('large', 'float16', True): 167,
+    ('medium', 'float16', False): 80,
+    ('medium', 'float16', True): 91,
+    ('small', 'float16', False): 95,
+    ('small', 'float16', True): 105,
+    ('tc_large', 'float16', True): 127,
+    ('tc_small', 'float16', True): 96,
+    ('large', 'bfloat16', False): 161,
+    ('large', 'bfloat16', True): 167,
+    ('medium', 'bfloat16', False): 80,
+    ('medium', 'bfloat16', True): 91,
+    ('small', 'bfloat16', False): 95,
+    ('small', 'bfloat16', True): 105,
+    ('tc_large', 'bfloat16', True): 127,
+    ('tc_small', 'bfloat16', True): 96,
+}
+REGISTER_UNIT = 256  # registers are allocated per warp in units of 256
+SHARED_PER_BLOCK_RESERVED = 1024  # bytes the CUDA runtime keeps per resident block (sm_80 and later)
+WARPS_TO_HIDE_LATENCY = 16  # warps per SM at which the latency model stops adding speed (estimate)
+OVERHEAD_PER_K = 4  # a SIMT thread's address, store and barrier instructions per k (test_sass's loops)
+BLOCK_OVERHEAD_K = 32  # a block's prologue and epilogue, in k steps of its tile (estimate)
+REDUCE_LAUNCH_S = 3e-6  # a linear_sum_splits launch (estimate)
+TIE = 0.03  # estimates this close count as equal
+# FMA per clock per SM: SIMT FP32 lanes (128; FP64 64), tensor cores dense (H100: 989 TFLOP/s half,
+# 494 TF32, over 132 SMs at 1.83 GHz).
+FMA_PER_CLOCK = {"gemm.cu": {"float64": 64}, "tc_gemm.cu": {"float32": 1024}}
+FMA_PER_CLOCK_DEFAULT = {"gemm.cu": 128, "tc_gemm.cu": 2048}
+
+
+def blocks_per_sm(config: TileConfig | TensorCoreConfig, dtype: str, vector: bool,
+                  device: DeviceLimits = H100) -> int:
+    """Resident blocks of one launch per SM: registers, shared memory and threads."""
+    tc = isinstance(config, TensorCoreConfig)
+    registers = REGISTERS[config.name, dtype, vector or tc]
+    warps = _ceil_div(config.threads, WARP_SIZE)
+    shared = config.shared_bytes() if tc else config.shared_bytes(np.dtype(element_type(dtype).acc).itemsize)
+    return max(1, min(device.registers_per_sm // (warps * _round_up(registers * WARP_SIZE, REGISTER_UNIT)),
+                      device.shared_per_sm // (shared + SHARED_PER_BLOCK_RESERVED),
+                      device.threads_per_sm // config.threads, device.blocks_per_sm))
+
+
+def efficiency(config: TileConfig | TensorCoreConfig) -> float:
+    """The share of the peak a tile can reach with latency hidden (estimate). SIMT: FFMA over all the
+    instructions a thread issues per k (TM·TN FFMA, (TM+TN)/4 LDS.128, OVERHEAD_PER_K others; large
+    0.89, test_sass counts 0.875-0.89). Tensor cores: FLOPs per staged byte over the 128 x 128 tile's."""
+    if isinstance(config, TensorCoreConfig):
+        return min(1.0, config.bm * config.bn / (config.bm + config.bn) / 64)
+    ffma = config.tm * config.tn
+    return ffma / (ffma + (config.tm + config.tn) / 4 + OVERHEAD_PER_K)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    config: TileConfig | TensorCoreConfig
+    splits: int
+    seconds: float
+    warps_per_sm: float  # resident warps on the busiest SMs
+
+
+def estimate(config: TileConfig | TensorCoreConfig, splits: int, m: int, n: int, k: int, batch: int, dtype: str,
+             vector: bool, device: DeviceLimits = H100) -> Estimate:
+    """The cost model's time for one launch plan (see the module's docstring)."""
+    tc = isinstance(config, TensorCoreConfig)
+    source = "tc_gemm.cu" if tc else "gemm.cu"
+    bk = config.bk(element_type(dtype).itemsize) if tc else config.bk
+    k_per_split, splits = split_k(k, splits, bk)
+    blocks = config.tiles(m, n) * batch * splits
+    resident = blocks_per_sm(config, dtype, vector, device)
+    busiest = _ceil_div(blocks, device.sms)
+    warps = min(resident, busiest) * config.threads / WARP_SIZE
+    peak = FMA_PER_CLOCK[source].get(dtype, FMA_PER_CLOCK_DEFAULT[source]) * device.clock_hz
+    rate = peak * min(efficiency(config), warps / WARPS_TO_HIDE_LATENCY)
+    seconds = busiest * config.bm * config.bn * (_round_up(k_per_split, bk) + BLOCK_OVERHEAD_K * bk) / rate
+    if splits > 1:  # the workspace written and read, C written, one more launch
+        acc = np.dtype(element_type(dtype).acc).itemsize
+        seconds += (2 * splits * acc + element_type(dtype).itemsize) * m * n / device.bandwidth + REDUCE_LAUNCH_S
+    return Estimate(config, splits, seconds, warps)
+
+
+def split_counts(k: int, batch: int) -> range:
+    """The split-K counts the model weighs: slices of at least MIN_K_PER_SPLIT, single matrices only."""
+    return range(1, 1 + max(1, min(MAX_SPLITS, k // MIN_K_PER_SPLIT) if batch == 1 else 1))
+
+
+@functools.lru_cache(maxsize=4096)
+def choose(m: int, n: int, k: int, batch: int = 1, dtype: str = "float32", vector: bool = True,
+           configs: tuple = HEURISTIC_CONFIGS, device: DeviceLimits = H100) -> Estimate:
+    """The fastest (configuration, split-K) by the cost model. Estimates within TIE of the fastest
+    count as ties (the model is not that exact): they go to fewer splits, then to the configuration
+    listed first (the larger tile)."""
+    estimates = [estimate(config, splits, m, n, k, batch, dtype, vector, device)
+                 for config in configs for splits in split_counts(k, batch)]
+    fastest = min(e.seconds for e in estimates)
+    return min((e for e in estimates if e.seconds <= (1 + TIE) * fastest),
+               key=lambda e: (e.splits, configs.index(e.config)))
 
 
 def split_k(k: int, splits: int, bk: int) -> tuple[int, int]:
@@ -437,13 +565,13 @@ def batch_launches(xp: ModuleType, arrays: list[Any], max_count: int) -> list[Ba
 
 def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b: bool, alpha: float,
               beta: float, bias: Any = None, tuning: Tuning = Tuning(), arch: int | None = None,
-              tf32: bool = False) -> list[Launch]:
+              tf32: bool = False, device: DeviceLimits = H100) -> list[Launch]:
     """The launches for c[...] = alpha·op(a)·op(b) + beta·c (+ bias), as in base.Backend.gemm.
 
     a, b and c may carry the same leading batch dimensions (a stack of matrices); a's and b's may be
     broadcast views (stride 0) of them. 2-D arrays are one matrix. arch is the device's compute
     capability as an int (90 for 9.0), None for no tensor cores; tf32 allows float32 products to run
-    on them with TF32 operands.
+    on them with TF32 operands; device: the limits the cost model plans for.
     """
     t = element_type(c.dtype)
     dtype = np.dtype(c.dtype).name
@@ -472,16 +600,22 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b:
                          f"(dtype {dtype}, compute capability {arch}, TF32 {'on' if tf32 else 'off'}, "
                          f"operands {'' if aligned else 'not '}16-byte aligned)")
     if tensor_cores and not isinstance(chosen, TileConfig):
-        config = chosen or choose_config(m, n, TC_HEURISTIC_CONFIGS)
-        source = "tc_gemm.cu"
+        source, configs = "tc_gemm.cu", TC_HEURISTIC_CONFIGS
+    else:
+        source, configs = "gemm.cu", HEURISTIC_CONFIGS
+    configs = (chosen,) if chosen else configs
+    if tuning.splits is not None:
+        splits = tuning.splits if batch == 1 else 1
+        best = min((estimate(c, splits, m, n, k, batch, dtype, vector, device) for c in configs),
+                   key=lambda e: e.seconds)
+    else:
+        best = choose(m, n, k, batch, dtype, vector, configs, device)
+    config = best.config
+    if source == "tc_gemm.cu":
         bk, shared = config.bk(t.itemsize), config.shared_bytes()
     else:
-        config = chosen or choose_config(m, n)
-        source = "gemm.cu"
         bk, shared = config.bk, config.shared_bytes(np.dtype(t.acc).itemsize)
-
-    wanted_splits = (tuning.splits or choose_splits(m, n, k, config)) if batch == 1 else 1
-    k_per_split, splits = split_k(k, wanted_splits, bk)
+    k_per_split, splits = split_k(k, best.splits, bk)
     grid_xy = (_ceil_div(m, config.bm), _ceil_div(n, config.bn))
     if grid_xy[1] > MAX_GRID_YZ:
         raise ValueError(f"N = {n} needs {grid_xy[1]} column tiles, more than one launch allows ({MAX_GRID_YZ})")

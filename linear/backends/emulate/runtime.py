@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import BackendUnavailable
+from ..plan import H100, DeviceLimits
 from ..sources import kernels_dir
 from . import sanitizers
 from .compiler import Compiler, default_cache_dir
@@ -80,6 +81,9 @@ class EmulatorRuntime:
 
     def compute_capability(self) -> int:
         return COMPUTE_CAPABILITY
+
+    def device_limits(self) -> DeviceLimits:
+        return H100  # the card the plan's cost model assumes for the emulator
 
     def function(self, source: str, name: str) -> EmulatedKernel:
         """The kernel `name` (one template instantiation) of kernels/`source`, compiled (or found in the
