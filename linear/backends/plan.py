@@ -243,7 +243,7 @@ REGISTERS = {
     ('warp_wide', 'float32', True): 255,
     ('warp_medium', 'float32', False): 80,
     ('warp_medium', 'float32', True): 95,
-    ('tc_large', 'float32', True): 157,
+    ('tc_large', 'float32', True): 171,
     ('tc_small', 'float32', True): 124,
     ('large', 'float64', False): 238,
     ('large', 'float64', True): 244,
