@@ -118,8 +118,9 @@ def load_check(seconds: float = 0.5) -> dict:
     busy = None
     if before and after and after[1] > before[1]:
         busy = round(1 - (after[0] - before[0]) / (after[1] - before[1]), 2)
-    # Busy: more than a quarter of the cores in use, measured now or on average over the last minute.
-    is_busy = (busy is not None and busy > 0.25) or (load is not None and load > 0.25 * cpus)
+    # Busy: more than a quarter of the cores in use by others, measured now; the load average, which lags
+    # a minute behind (and counts work that has just ended), only where nothing can be measured.
+    is_busy = busy > 0.25 if busy is not None else load is not None and load > 0.25 * cpus
     return {"load_average_1min": load, "cpu_count": cpus, "busy_fraction": busy, "busy": is_busy}
 
 
