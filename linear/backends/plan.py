@@ -516,11 +516,12 @@ def _output_ld(c: Any) -> int:
     return ld
 
 
-def tensor_cores_apply(dtype: str, op_a: Operand, op_b: Operand, *, arch: int | None, tf32: bool) -> bool:
-    """Whether linear_tc_gemm can take this product (see the module's docstring)."""
+def tensor_cores_take(dtype: str, *, arch: int | None, tf32: bool) -> bool:
+    """Whether linear_tc_gemm is instantiated for dtype on this device; it also needs the operands that
+    16-byte loads need (the vector path), which plan_gemm has checked already."""
     if arch is None or arch < TENSOR_CORE_MIN_ARCH or dtype not in TENSOR_CORE_DTYPES:
         return False
-    return (dtype != "float32" or tf32) and vector_aligned(op_a) and vector_aligned(op_b)
+    return dtype != "float32" or tf32
 
 
 @dataclass(frozen=True)
@@ -594,7 +595,7 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b:
         raise ValueError("Tuning(vector=True) needs 16-byte aligned operands, leading dimensions and batch strides")
     vector = aligned if tuning.vector is None else tuning.vector
 
-    tensor_cores = vector and tensor_cores_apply(dtype, op_a, op_b, arch=arch, tf32=tf32)
+    tensor_cores = vector and tensor_cores_take(dtype, arch=arch, tf32=tf32)
     if isinstance(chosen, TensorCoreConfig) and not tensor_cores:
         raise ValueError(f"tile config {chosen.name!r} runs on tensor cores, which this call cannot use "
                          f"(dtype {dtype}, compute capability {arch}, TF32 {'on' if tf32 else 'off'}, "
