@@ -12,6 +12,7 @@ from pathlib import Path
 from .cases import DTYPES, OPS, PRESETS, parse_shape
 from .contenders import Unavailable, all_contenders
 from .machine import PEAK_TFLOPS, describe_load, load_check, machine_info, machine_label
+from .timers import stop_requested
 
 EXIT_OK, EXIT_WRONG, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -40,8 +41,8 @@ operations: forward, dx, dw (with db), step (all three, gradients accumulated); 
 and bench/README.md, which says what each computes.
 exit status: 0 the run finished (skipped or unsupported cases included); 1 some case gave a wrong
   result or failed; 2 bad arguments or a requested backend is not available here; 130 interrupted
-  (Ctrl-C or SIGTERM): the cases done so far are still written (results.json is rewritten after
-  every case group anyway)."""
+  (Ctrl-C or SIGTERM; the run stops after the call in flight, a second signal stops it at once): the
+  cases done so far are still written (results.json is rewritten after every case group anyway)."""
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -189,12 +190,19 @@ def _default_out(label: str) -> Path:
 
 
 def _stop(signum, frame):
-    raise KeyboardInterrupt   # SIGTERM ends the run like Ctrl-C: the cases done so far are written
+    """The first Ctrl-C or SIGTERM ends the run after the call in flight, a second one at once.
+
+    A flag, not an exception raised wherever the signal lands: an exception that passes through code
+    run by exec() of a string (dataclasses, lazy imports) makes CPython end a `python -m` run by SIGINT
+    whatever exit status it returns."""
+    if stop_requested.is_set():
+        raise KeyboardInterrupt
+    stop_requested.set()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)   # even where the parent ignored it
+    signal.signal(signal.SIGINT, _stop)   # even where the parent ignored SIGINT
     signal.signal(signal.SIGTERM, _stop)
     load_before = load_check()
     print("load check: " + describe_load(load_before), flush=True)

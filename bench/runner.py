@@ -22,7 +22,8 @@ from linear.testing import TF32_TOLERANCE, TOLERANCE, relative_error
 
 from .cases import OPS, Shape, numpy_dtype
 from .contenders import BASELINE, INPUT_NAMES, Contender
-from .timers import Entry, cpu_cache_bytes, cpu_ms, gpu_cache_bytes, gpu_ms, rotation_sets, time_interleaved
+from .timers import (Entry, Interrupted, cpu_cache_bytes, cpu_ms, gpu_cache_bytes, gpu_ms, rotation_sets, stop_point,
+                     time_interleaved)
 
 CHECK_ROWS = 256   # rows of each output compared with float64 (all of them when there are fewer)
 MIN_PAIRS = 3      # repeats needed before a spread, or a ratio, means anything
@@ -218,7 +219,7 @@ def run_cases(settings: Settings, progress: Progress,
     results: list[Result] = []
     try:
         _run_all(settings, progress, results, checkpoint)
-    except KeyboardInterrupt:   # the group in flight was not timed to the end: leave it out
+    except (Interrupted, KeyboardInterrupt):   # the group in flight was not timed to the end: leave it out
         return [r for r in results if r.status != "ok" or r.times_ms], True
     return results, False
 
@@ -236,6 +237,7 @@ def _run_all(settings: Settings, progress: Progress, results: list[Result], chec
             for op in settings.ops:
                 group: list[tuple[Result, list, Contender]] = []   # checked and right: to be timed
                 for contender in settings.contenders:
+                    stop_point()
                     result = Result(op, shape, dtype, contender.name, contender.device,
                                     tolerance=_tolerance(dtype))
                     results.append(result)

@@ -10,12 +10,24 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 MAX_SETS = 256   # rotation copies at most; tiny cases stay small in memory
+
+stop_requested = threading.Event()   # set by a signal handler: the run ends after the call in flight
+
+
+class Interrupted(Exception):
+    """The run was asked to stop (stop_requested); raised between calls, never inside one."""
+
+
+def stop_point() -> None:
+    if stop_requested.is_set():
+        raise Interrupted
 
 
 def rotation_sets(set_bytes: int, cache_bytes: int | None) -> int:
@@ -75,6 +87,7 @@ def time_interleaved(entries: list[Entry]) -> None:
     rotations = [itertools.cycle(entry.calls) for entry in entries]
     for entry, rotation in zip(entries, rotations):
         for _ in range(entry.warmup):
+            stop_point()
             next(rotation)()
     while True:
         running = [(entry, rotation) for entry, rotation in zip(entries, rotations)
@@ -83,6 +96,7 @@ def time_interleaved(entries: list[Entry]) -> None:
         if not running:
             return
         for entry, rotation in running:
+            stop_point()
             entry.times_ms.append(entry.clock(next(rotation)))
 
 

@@ -206,6 +206,23 @@ def test_contenders_are_timed_interleaved_until_their_repeats_or_budget(bench):
     assert a.times_ms == [1.0] * 4 and b.times_ms == [400.0] * 3
 
 
+def test_a_stop_signal_ends_the_run_between_calls_and_a_second_one_at_once():
+    from bench.__main__ import _stop
+    from bench.timers import Entry, Interrupted, stop_requested, time_interleaved
+
+    calls = []
+    entry = Entry([lambda: calls.append(1)], lambda call: call() or 1.0, repeats=5, warmup=0, max_seconds=10)
+    try:
+        _stop(None, None)   # a flag, not an exception raised inside whatever code the signal lands in
+        with pytest.raises(Interrupted):
+            time_interleaved([entry])
+        assert calls == []
+        with pytest.raises(KeyboardInterrupt):
+            _stop(None, None)
+    finally:
+        stop_requested.clear()
+
+
 def test_sigterm_writes_what_was_measured_and_exits_130(tmp_path):
     import os
     import signal
