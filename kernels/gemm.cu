@@ -68,6 +68,8 @@
 //     registers       ← global tile t+1        (issued first: its latency hides behind the math)
 //     for k < BK:  fragments k+1 ← As/Bs[t%2] row k+1;  acc += fragments k  (a rank-1 update)
 //       at k = BK-1 instead: As/Bs[(t+1)%2] ← registers, the barrier, fragments 0 ← row 0 of it
+// Each thread keeps its shared-memory pointers (fragment reads, stores) and moves them to the other
+// stage with one signed offset per step; the last step, which prefetches nothing, is a copy of its own.
 // Interior blocks (their C tile inside C, their split's K range whole BK steps) run this loop without
 // a single bounds check; edge blocks run the same loop with the loader's checks. The choice is made
 // once per block. Loader addresses are pointers advanced one step per load (no multiply by ld).
@@ -170,18 +172,28 @@ struct TileLoader {
         src += advance;
     }
 
-    __device__ __forceinline__ void store(Acc* __restrict__ tile) const {
+    // Where in a shared tile the thread's first staged element goes; the others are compile-time
+    // offsets from it, so a caller can keep the sum in one pointer.
+    static __device__ __forceinline__ int store_origin() {
+        const int row = threadIdx.x / PER_ROW, col = threadIdx.x % PER_ROW * V;  // in the stored tile
+        return K_ROWS ? row * PITCH + col : col * PITCH + row;
+    }
+
+    // The staged chunks into a shared tile, at = tile + store_origin().
+    __device__ __forceinline__ void store(Acc* __restrict__ at) const {
 #pragma unroll
         for (int p = 0; p < PER_THREAD; ++p) {
-            const int c = threadIdx.x + p * THREADS;
-            if (CHUNKS % THREADS != 0 && c >= CHUNKS) break;
-            const int row = c / PER_ROW, col = c % PER_ROW * V;
+            if (CHUNKS % THREADS != 0 && threadIdx.x + p * THREADS >= CHUNKS) break;
+            if constexpr (K_ROWS && V % 4 == 0) {  // 16-byte stores (shared rows are 16-byte aligned)
 #pragma unroll
-            for (int j = 0; j < V; ++j) {
-                if (K_ROWS)
-                    tile[row * PITCH + col + j] = to_acc(staged[p].v[j]);
-                else
-                    tile[(col + j) * PITCH + row] = to_acc(staged[p].v[j]);
+                for (int j = 0; j < V; j += 4)
+                    *reinterpret_cast<Quad<Acc>*>(at + p * ROW_STEP * PITCH + j) =
+                        {to_acc(staged[p].v[j]), to_acc(staged[p].v[j + 1]), to_acc(staged[p].v[j + 2]),
+                         to_acc(staged[p].v[j + 3])};
+            } else {
+#pragma unroll
+                for (int j = 0; j < V; ++j)
+                    at[K_ROWS ? p * ROW_STEP * PITCH + j : j * PITCH + p * ROW_STEP] = to_acc(staged[p].v[j]);
             }
         }
     }
@@ -226,30 +238,44 @@ __device__ __forceinline__ void rank1(const Acc (&a)[TM], const Acc (&b)[TN], Ac
         for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
 }
 
+template <bool B> struct Flag {  // a bool known at compile time, as a lambda's argument
+    __device__ constexpr operator bool() const { return B; }
+};
+
 // The K loop of one block, acc += op(A) · op(B) over its steps. CHECKED = false for interior blocks
 // (the whole tile and every step inside the matrices): their loads skip the bounds checks. The choice
 // is made once per block, so each loop is straight-line code.
+// Shared memory holds stage 0 (As, then Bs) and stage 1 STAGE accumulators further: the thread keeps
+// four pointers (its fragment reads and its stores, its own offsets folded in) and moves all of them
+// to the other stage with one signed offset per step, instead of recomputing them from the stage index.
 template <bool CHECKED, int WM, int WN, int BK, int TM, int TN, typename LoadA, typename LoadB, typename Acc>
-__device__ __forceinline__ void k_loop(LoadA& a_tile, LoadB& b_tile, Acc* __restrict__ As, Acc* __restrict__ Bs,
-                                       int steps, int k0, int M, int N, int k_end, int m_first, int n_first,
-                                       Acc (&acc)[TM][TN]) {
+__device__ __forceinline__ void k_loop(LoadA& a_tile, LoadB& b_tile, Acc* __restrict__ shared, int steps, int k0,
+                                       int M, int N, int k_end, int m_first, int n_first, Acc (&acc)[TM][TN]) {
     static_assert(BK % 2 == 0, "fragment k + 1 of the last k is fragment 0 of the next stage");
+    constexpr int STAGE = LoadA::SIZE + LoadB::SIZE;
     if (steps <= 0) return;
+    const Acc* a_read = shared + m_first;
+    const Acc* b_read = shared + LoadA::SIZE + n_first;
+    Acc* a_write = shared + LoadA::store_origin();
+    Acc* b_write = shared + LoadA::SIZE + LoadB::store_origin();
+    int to_other = STAGE;  // from the stage being read to the one being written, and back
     a_tile.template load<CHECKED>(k0, M, k_end);
     b_tile.template load<CHECKED>(k0, N, k_end);
-    a_tile.store(As);
-    b_tile.store(Bs);
+    a_tile.store(a_write);
+    b_tile.store(b_write);
+    a_write += to_other;
+    b_write += to_other;
     __syncthreads();
     // Fragments in registers, double-buffered where registers allow (interior blocks, float
     // accumulators; double's 8 x 8 block alone takes 128 registers, and the edge loop's bounds need
     // their own): k + 1's reads from shared memory are in flight while k multiplies.
     constexpr int BUFFERS = sizeof(Acc) == 4 && !CHECKED ? 2 : 1;
     Acc a[BUFFERS][TM], b[BUFFERS][TN];
-    read_fragment<Acc, WM, TM>(As, m_first, a[0]);
-    read_fragment<Acc, WN, TN>(Bs, n_first, b[0]);
-    for (int t = 0; t < steps; ++t) {
-        const int stage = t % 2;
-        const bool prefetch = t + 1 < steps;
+    read_fragment<Acc, WM, TM>(a_read, 0, a[0]);
+    read_fragment<Acc, WN, TN>(b_read, 0, b[0]);
+    // One step; every step but the last prefetches the next tile. The interior loop is two copies of
+    // the body, so that neither tests it; the edge loop, whose bounds take registers, is one.
+    const auto step = [&](auto prefetch) {  // a bool, or a Flag
         if (prefetch) {
             k0 += BK;
             a_tile.template load<CHECKED>(k0, M, k_end);
@@ -260,14 +286,19 @@ __device__ __forceinline__ void k_loop(LoadA& a_tile, LoadB& b_tile, Acc* __rest
         const auto read_next = [&](int k) {
             const int next = (k + 1) % BUFFERS;
             if (k + 1 < BK) {
-                read_fragment<Acc, WM, TM>(As + stage * LoadA::SIZE + (k + 1) * LoadA::PITCH, m_first, a[next]);
-                read_fragment<Acc, WN, TN>(Bs + stage * LoadB::SIZE + (k + 1) * LoadB::PITCH, n_first, b[next]);
+                read_fragment<Acc, WM, TM>(a_read + (k + 1) * LoadA::PITCH, 0, a[next]);
+                read_fragment<Acc, WN, TN>(b_read + (k + 1) * LoadB::PITCH, 0, b[next]);
             } else if (prefetch) {
-                a_tile.store(As + (1 - stage) * LoadA::SIZE);
-                b_tile.store(Bs + (1 - stage) * LoadB::SIZE);
+                a_tile.store(a_write);
+                b_tile.store(b_write);
                 __syncthreads();
-                read_fragment<Acc, WM, TM>(As + (1 - stage) * LoadA::SIZE, m_first, a[next]);
-                read_fragment<Acc, WN, TN>(Bs + (1 - stage) * LoadB::SIZE, n_first, b[next]);
+                a_read += to_other;
+                b_read += to_other;
+                a_write -= to_other;
+                b_write -= to_other;
+                to_other = -to_other;
+                read_fragment<Acc, WM, TM>(a_read, 0, a[next]);
+                read_fragment<Acc, WN, TN>(b_read, 0, b[next]);
             }
         };
 #pragma unroll
@@ -276,6 +307,12 @@ __device__ __forceinline__ void k_loop(LoadA& a_tile, LoadB& b_tile, Acc* __rest
             rank1(a[k % BUFFERS], b[k % BUFFERS], acc);
             if (BUFFERS == 1) read_next(k);  // into the one buffer, after it
         }
+    };
+    if (CHECKED) {
+        for (int t = 1; t <= steps; ++t) step(t < steps);
+    } else {
+        for (int t = 1; t < steps; ++t) step(Flag<true>{});
+        step(Flag<false>{});
     }
 }
 
@@ -306,10 +343,9 @@ linear_gemm(int M, int N, int K, int k_per_split, int splits,
     using LoadA = TileLoader<T, BK, BM, THREADS, TRANS_A, VEC>;   // Aᵀ is stored k-major
     using LoadB = TileLoader<T, BK, BN, THREADS, !TRANS_B, VEC>;  // B is stored k-major
 
-    // Two stages of As [BK][BM + SMEM_PAD], then two of Bs [BK][BN + SMEM_PAD].
+    // Two stages, each As [BK][BM + SMEM_PAD] then Bs [BK][BN + SMEM_PAD].
     extern __shared__ __align__(16) unsigned char gemm_shared[];
-    Acc* const As = reinterpret_cast<Acc*>(gemm_shared);
-    Acc* const Bs = As + 2 * LoadA::SIZE;
+    Acc* const shared = reinterpret_cast<Acc*>(gemm_shared);
 
     // blockIdx.z = batch · splits + split. 64-bit offsets: a stack may exceed 2**31 elements.
     const int split = splits == 1 ? 0 : blockIdx.z % splits;
@@ -336,9 +372,9 @@ linear_gemm(int M, int N, int K, int k_per_split, int splits,
     // split but the last one's is; K % BK != 0 leaves the last split to the checked loop).
     const bool interior = m0 + BM <= M && n0 + BN <= N && (k_end - k_begin) % BK == 0;
     if (interior)
-        k_loop<false, WM, WN, BK, TM, TN>(a_tile, b_tile, As, Bs, steps, k_begin, M, N, k_end, m_first, n_first, acc);
+        k_loop<false, WM, WN, BK, TM, TN>(a_tile, b_tile, shared, steps, k_begin, M, N, k_end, m_first, n_first, acc);
     else
-        k_loop<true, WM, WN, BK, TM, TN>(a_tile, b_tile, As, Bs, steps, k_begin, M, N, k_end, m_first, n_first, acc);
+        k_loop<true, WM, WN, BK, TM, TN>(a_tile, b_tile, shared, steps, k_begin, M, N, k_end, m_first, n_first, acc);
 
     // Epilogue: alpha · acc (+ beta · C, which is never read when beta == 0) (+ bias).
     TC* const c_split = C + split * c_split_stride;

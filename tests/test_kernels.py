@@ -519,10 +519,12 @@ def broken_copy(tmp_path, pattern: str, occurrence: int = -1, replacement: str =
     return tmp_path
 
 
-def test_a_missing_barrier_is_caught(tmp_path):
-    """Negative control: without the K loop's __syncthreads the result is wrong or the emulator objects."""
+@pytest.mark.parametrize("pattern", [r"__syncthreads\(\);", r"to_other = -to_other;"], ids=["barrier", "stage-flip"])
+def test_a_broken_k_loop_is_caught(tmp_path, pattern):
+    """Negative controls: without the K loop's __syncthreads, or with the stage pointers moved the same
+    way every step (into memory past the second stage), the result is wrong or the emulator objects."""
     assert len(re.findall(r"__syncthreads\(\);", (kernels_dir() / "gemm.cu").read_text())) == 2
-    broken_dir = broken_copy(tmp_path, r"__syncthreads\(\);")
+    broken_dir = broken_copy(tmp_path, pattern)
 
     rng = np.random.default_rng(9)
     a, b = stored(rng, (64, 64), np.float32), stored(rng, (64, 64), np.float32)
