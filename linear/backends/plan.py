@@ -271,7 +271,7 @@ REGISTERS = {
 REGISTER_UNIT = 256  # registers are allocated per warp in units of 256
 SHARED_PER_BLOCK_RESERVED = 1024  # bytes the CUDA runtime keeps per resident block (sm_80 and later)
 WARPS_TO_HIDE_LATENCY = 16  # warps per SM at which the latency model stops adding speed (estimate)
-OVERHEAD_PER_K = 4  # a SIMT thread's address, store and barrier instructions per k (test_sass's loops)
+OVERHEAD_PER_K = 3  # a SIMT thread's address, store and barrier instructions per k (test_sass's loops: 2.6-3.5)
 BLOCK_OVERHEAD_K = 32  # a block's prologue and epilogue, in k steps of its tile (estimate)
 REDUCE_LAUNCH_S = 3e-6  # a linear_sum_splits launch (estimate)
 TIE = 0.03  # estimates this close count as equal
@@ -296,7 +296,7 @@ def blocks_per_sm(config: TileConfig | TensorCoreConfig, dtype: str, vector: boo
 def efficiency(config: TileConfig | TensorCoreConfig) -> float:
     """The share of the peak a tile can reach with latency hidden (estimate). SIMT: FFMA over all the
     instructions a thread issues per k (TM·TN FFMA, (TM+TN)/4 LDS.128, OVERHEAD_PER_K others; large
-    0.89, test_sass counts 0.875-0.89). Tensor cores: FLOPs per staged byte over the 128 x 128 tile's."""
+    0.90, test_sass counts 0.895-0.906). Tensor cores: FLOPs per staged byte over the 128 x 128 tile's."""
     if isinstance(config, TensorCoreConfig):
         return min(1.0, config.bm * config.bn / (config.bm + config.bn) / 64)
     ffma = config.tm * config.tn
