@@ -28,3 +28,19 @@ template <> __device__ __forceinline__ __nv_bfloat16 to_element<__nv_bfloat16>(f
 }
 
 __host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// Where a block of a batched, split-K GEMM launch works: blockIdx.z = batch · splits + split, and the
+// split covers k in [k_begin, k_end) in `steps` steps of BK. The batch index is 64-bit, so that its
+// offsets are: a stack may exceed 2**31 elements.
+template <int BK>
+struct BlockWork {
+    int split;
+    long long batch;
+    int k_begin, k_end, steps;
+    __device__ __forceinline__ BlockWork(int K, int k_per_split, int splits)
+        : split(splits == 1 ? 0 : blockIdx.z % splits),
+          batch(splits == 1 ? blockIdx.z : blockIdx.z / splits),
+          k_begin(split * k_per_split),
+          k_end(K - k_begin < k_per_split ? K : k_begin + k_per_split),
+          steps(k_end > k_begin ? ceil_div(k_end - k_begin, BK) : 0) {}
+};

@@ -347,16 +347,12 @@ linear_gemm(int M, int N, int K, int k_per_split, int splits,
     extern __shared__ __align__(16) unsigned char gemm_shared[];
     Acc* const shared = reinterpret_cast<Acc*>(gemm_shared);
 
-    // blockIdx.z = batch · splits + split. 64-bit offsets: a stack may exceed 2**31 elements.
-    const int split = splits == 1 ? 0 : blockIdx.z % splits;
-    const long long batch = splits == 1 ? blockIdx.z : blockIdx.z / splits;
-    A += batch * batch_stride_a;
-    B += batch * batch_stride_b;
-    C += batch * batch_stride_c;
+    const BlockWork<BK> work(K, k_per_split, splits);
+    const int split = work.split, k_begin = work.k_begin, k_end = work.k_end, steps = work.steps;
+    A += work.batch * batch_stride_a;
+    B += work.batch * batch_stride_b;
+    C += work.batch * batch_stride_c;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
-    const int k_begin = split * k_per_split;
-    const int k_end = K - k_begin < k_per_split ? K : k_begin + k_per_split;
-    const int steps = k_end > k_begin ? ceil_div(k_end - k_begin, BK) : 0;
     int m_first, n_first;
     thread_origin<BN, WM, WN, TM, TN>(threadIdx.x, m_first, n_first);
 

@@ -169,14 +169,11 @@ linear_tc_gemm(int M, int N, int K, int k_per_split, int splits,
     T* const As = reinterpret_cast<T*>(tc_shared);  // [STAGES][TileA::SIZE]
     T* const Bs = As + STAGES * TileA::SIZE;         // [STAGES][TileB::SIZE]
 
-    const int split = blockIdx.z % splits;
-    const long long batch = blockIdx.z / splits;
-    A += batch * batch_stride_a;
-    B += batch * batch_stride_b;
+    const BlockWork<BK> work(K, k_per_split, splits);
+    const int k_begin = work.k_begin, k_end = work.k_end, steps = work.steps;
+    A += work.batch * batch_stride_a;
+    B += work.batch * batch_stride_b;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
-    const int k_begin = split * k_per_split;
-    const int k_end = K - k_begin < k_per_split ? K : k_begin + k_per_split;
-    const int steps = k_end > k_begin ? ceil_div(k_end - k_begin, BK) : 0;
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int wm0 = warp / WARPS_N * WM, wn0 = warp % WARPS_N * WN;
@@ -279,7 +276,7 @@ linear_tc_gemm(int M, int N, int K, int k_per_split, int splits,
     }
 
     // Epilogue: d[r] of mma tile (i, j) is C(wm0 + 16·i + g + 8·(r/2), wn0 + 8·j + 2t + r%2).
-    TC* const c_tile = C + batch * batch_stride_c + split * c_split_stride;
+    TC* const c_tile = C + work.batch * batch_stride_c + work.split * c_split_stride;
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
     for (int i = 0; i < M_TILES; ++i) {

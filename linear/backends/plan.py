@@ -243,8 +243,8 @@ REGISTERS = {
     ('warp_wide', 'float32', True): 239,
     ('warp_medium', 'float32', False): 79,
     ('warp_medium', 'float32', True): 94,
-    ('tc_large', 'float32', True): 171,
-    ('tc_small', 'float32', True): 124,
+    ('tc_large', 'float32', True): 166,
+    ('tc_small', 'float32', True): 120,
     ('large', 'float64', False): 238,
     ('large', 'float64', True): 238,
     ('medium', 'float64', False): 120,
@@ -257,7 +257,7 @@ REGISTERS = {
     ('medium', 'float16', True): 98,
     ('small', 'float16', False): 87,
     ('small', 'float16', True): 115,
-    ('tc_large', 'float16', True): 127,
+    ('tc_large', 'float16', True): 128,
     ('tc_small', 'float16', True): 96,
     ('large', 'bfloat16', False): 136,
     ('large', 'bfloat16', True): 167,
@@ -265,7 +265,7 @@ REGISTERS = {
     ('medium', 'bfloat16', True): 98,
     ('small', 'bfloat16', False): 87,
     ('small', 'bfloat16', True): 115,
-    ('tc_large', 'bfloat16', True): 127,
+    ('tc_large', 'bfloat16', True): 128,
     ('tc_small', 'bfloat16', True): 96,
 }
 REGISTER_UNIT = 256  # registers are allocated per warp in units of 256
