@@ -69,7 +69,7 @@
 //     for k < BK:  fragments k+1 ← As/Bs[t%2] row k+1;  acc += fragments k  (a rank-1 update)
 //       at k = BK-1 instead: As/Bs[(t+1)%2] ← registers, the barrier, fragments 0 ← row 0 of it
 // Each thread keeps its shared-memory pointers (fragment reads, stores) and moves them to the other
-// stage with one signed offset per step; the last step, which prefetches nothing, is a copy of its own.
+// stage with one signed offset per step.
 // Interior blocks (their C tile inside C, their split's K range whole BK steps) run this loop without
 // a single bounds check; edge blocks run the same loop with the loader's checks. The choice is made
 // once per block. Loader addresses are pointers advanced one step per load (no multiply by ld).
@@ -238,10 +238,6 @@ __device__ __forceinline__ void rank1(const Acc (&a)[TM], const Acc (&b)[TN], Ac
         for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
 }
 
-template <bool B> struct Flag {  // a bool known at compile time, as a lambda's argument
-    __device__ constexpr operator bool() const { return B; }
-};
-
 // The K loop of one block, acc += op(A) · op(B) over its steps. CHECKED = false for interior blocks
 // (the whole tile and every step inside the matrices): their loads skip the bounds checks. The choice
 // is made once per block, so each loop is straight-line code.
@@ -273,9 +269,8 @@ __device__ __forceinline__ void k_loop(LoadA& a_tile, LoadB& b_tile, Acc* __rest
     Acc a[BUFFERS][TM], b[BUFFERS][TN];
     read_fragment<Acc, WM, TM>(a_read, 0, a[0]);
     read_fragment<Acc, WN, TN>(b_read, 0, b[0]);
-    // One step; every step but the last prefetches the next tile. The interior loop is two copies of
-    // the body, so that neither tests it; the edge loop, whose bounds take registers, is one.
-    const auto step = [&](auto prefetch) {  // a bool, or a Flag
+    for (int t = 0; t < steps; ++t) {
+        const bool prefetch = t + 1 < steps;
         if (prefetch) {
             k0 += BK;
             a_tile.template load<CHECKED>(k0, M, k_end);
@@ -307,12 +302,6 @@ __device__ __forceinline__ void k_loop(LoadA& a_tile, LoadB& b_tile, Acc* __rest
             rank1(a[k % BUFFERS], b[k % BUFFERS], acc);
             if (BUFFERS == 1) read_next(k);  // into the one buffer, after it
         }
-    };
-    if (CHECKED) {
-        for (int t = 1; t <= steps; ++t) step(t < steps);
-    } else {
-        for (int t = 1; t < steps; ++t) step(Flag<true>{});
-        step(Flag<false>{});
     }
 }
 

@@ -24,8 +24,9 @@
 // mma fragments. Chunk c of stored row r sits at chunk c ^ (r / (8 / chunks per row) % 8) of the row
 // (or c ^ r % 8 when a row has 8 chunks or more): the 8 rows one ldmatrix phase reads, and the 8
 // chunks of a 128-byte line cp.async writes, all fall in different banks.
-// TF32 has no 32-bit ldmatrix.trans: Aᵀ and B fragments are read with one 4-byte load per element
-// (2-way bank conflicts there); A and Bᵀ use ldmatrix like the half types.
+// TF32 has no 32-bit ldmatrix.trans: Aᵀ fragments are read with 8-byte loads of two elements, for
+// which the warp's mma rows are taken in a paired order (PAIRED_M below), and B fragments with one
+// 4-byte load per element (2-way bank conflicts there); A and Bᵀ use ldmatrix like the half types.
 //
 // K loop: a STAGES-deep cp.async pipeline, one __syncthreads per step:
 //     wait until tile t has landed (TF32: round it); __syncthreads()   (every warp also finished t-1)
@@ -160,6 +161,10 @@ linear_tc_gemm(int M, int N, int K, int k_per_split, int splits,
     constexpr int M_TILES = WM / 16, N_TILES = WN / 8, K_STEPS = BK / Op::K;
     static_assert(WM % 16 == 0 && WN % 16 == 0 && BM % WM == 0 && BN % WN == 0 && BK % Op::K == 0, "bad tiling");
     static_assert(STAGES >= 2, "a pipeline needs two stages");
+    // TF32's Aᵀ has no ldmatrix.trans: its fragments are read from shared memory two floats at a time,
+    // which puts a warp's mma rows g and g + 8 in adjacent rows 2g and 2g + 1 of its 16. Any order of
+    // the rows gives the same products; the epilogue follows it.
+    constexpr bool PAIRED_M = Op::ROUNDS && TRANS_A;
     // Stored layouts: A is M x K (rows of k) unless TRANS_A; B is K x N (rows of n) unless TRANS_B.
     using TileA = SwizzledTile<T, TRANS_A ? BK : BM, TRANS_A ? BM : BK>;
     using TileB = SwizzledTile<T, TRANS_B ? BN : BK, TRANS_B ? BK : BN>;
@@ -209,11 +214,14 @@ linear_tc_gemm(int M, int N, int K, int k_per_split, int splits,
                 ldmatrix<4, false>(f.a[i], as + TileA::offset(m + lane % 8 + 8 * (lane / 8 % 2), kk + V * (lane / 16)));
             } else if constexpr (V == 8) {  // stored k-major: the same matrices, transposed on the way
                 ldmatrix<4, true>(f.a[i], as + TileA::offset(kk + lane % 8 + 8 * (lane / 16), m + 8 * (lane / 8 % 2)));
-            } else {  // TF32, stored k-major: a[r] = A(m + g + 8·(r%2), kk + t + 4·(r/2))
+            } else {  // TF32, stored k-major, mma rows g and g + 8 at m + 2g and m + 2g + 1 (PAIRED_M):
+                      // a[r] = A(m + 2g + r%2, kk + t + 4·(r/2)), two adjacent floats per 8-byte load
 #pragma unroll
-                for (int r = 0; r < 4; ++r)
-                    f.a[i][r] = __float_as_uint(
-                        reinterpret_cast<const float*>(as)[TileA::offset(kk + t + 4 * (r / 2), m + g + 8 * (r % 2))]);
+                for (int h = 0; h < 2; ++h) {
+                    const float2 v = *reinterpret_cast<const float2*>(as + TileA::offset(kk + t + 4 * h, m + 2 * g));
+                    f.a[i][2 * h] = __float_as_uint(v.x);
+                    f.a[i][2 * h + 1] = __float_as_uint(v.y);
+                }
             }
         }
 #pragma unroll
@@ -224,7 +232,9 @@ linear_tc_gemm(int M, int N, int K, int k_per_split, int splits,
                 ldmatrix<4, false>(r, bs + TileB::offset(n + lane % 8 + 8 * (lane / 16), kk + V * (lane / 8 % 2)));
             } else if constexpr (V == 8) {  // stored k-major, transposed on the way
                 ldmatrix<4, true>(r, bs + TileB::offset(kk + lane % 8 + 8 * (lane / 8 % 2), n + 8 * (lane / 16)));
-            } else {  // TF32, stored k-major: b[r] of column n' = B(kk + t + 4·r, n' + g)
+            } else {  // TF32, stored k-major: b[r] of column n' = B(kk + t + 4·r, n' + g), one float per load
+                      // (pairing two columns in 8-byte loads would cost a register move per element: the mma
+                      // takes b[0], b[1] of one column as a register pair)
 #pragma unroll
                 for (int q = 0; q < 4; ++q)
                     r[q] = __float_as_uint(
@@ -275,14 +285,15 @@ linear_tc_gemm(int M, int N, int K, int k_per_split, int splits,
         }
     }
 
-    // Epilogue: d[r] of mma tile (i, j) is C(wm0 + 16·i + g + 8·(r/2), wn0 + 8·j + 2t + r%2).
+    // Epilogue: d[r] of mma tile (i, j) is C(wm0 + 16·i + g + 8·(r/2), wn0 + 8·j + 2t + r%2), with the
+    // rows the paired TF32 reads moved: row g + 8h at 2g + h.
     TC* const c_tile = C + work.batch * batch_stride_c + work.split * c_split_stride;
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
     for (int i = 0; i < M_TILES; ++i) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            const int row = m0 + wm0 + 16 * i + g + 8 * half;
+            const int row = m0 + wm0 + 16 * i + (PAIRED_M ? 2 * g + half : g + 8 * half);
             if (row >= M) continue;
             TC* const c_row = c_tile + row * ldc;
 #pragma unroll

@@ -178,13 +178,13 @@ def expected_per_step(config: plan.TileConfig, product: str) -> tuple[int, int, 
 
 def tc_mix(instructions: list[Instruction]) -> Counter:
     """Of the main loop (the most HMMA): each TC_MIX class, "other", every HMMA and LDSM opcode with its
-    modifiers, and "local": LDL/STL in the whole kernel. NOPs are left out, and so are the instructions
+    modifiers, LDS.64, and "local": LDL/STL in the whole kernel. NOPs are left out, and so are the instructions
     predicated on @!PT, which never run (ptxas puts three `@!PT LDS RZ, [RZ]` before the LDGSTS)."""
     count = Counter()
     for i in main_loop(instructions, "HMMA"):
         if i.base != "NOP" and not i.text.startswith("@!PT "):
             count[i.base if i.base in TC_MIX else "other"] += 1
-        if i.base in ("HMMA", "LDSM"):
+        if i.base in ("HMMA", "LDSM") or i.opcode == "LDS.64":
             count[i.opcode] += 1
     count["local"] = sum(i.base in ("LDL", "STL") for i in instructions)
     return count
@@ -192,8 +192,9 @@ def tc_mix(instructions: list[Instruction]) -> Counter:
 
 def tc_expected_per_step(config: plan.TensorCoreConfig, dtype: str, product: str) -> Counter:
     """What one K step of a warp issues, read from tc_gemm.cu: per k-step of the mma, an ldmatrix.x4
-    per mma row (A) and per two mma columns (B), except TF32's k-major operands (Aᵀ, B), read with
-    one LDS per fragment register (4 per mma row, 2 per mma column)."""
+    per mma row (A) and per two mma columns (B), except TF32's k-major operands: Aᵀ read with one
+    8-byte LDS per two fragment registers (2 per mma row), B with one LDS per register (2 per mma
+    column)."""
     trans_a, trans_b = PRODUCTS[product]
     tf32 = dtype == "float32"
     itemsize = plan.ELEMENT_TYPES[dtype].itemsize
@@ -205,7 +206,8 @@ def tc_expected_per_step(config: plan.TensorCoreConfig, dtype: str, product: str
     if tf32:  # each chunk a thread copied, read back once to round it to TF32 in place
         count["LDS"] += chunks
     if tf32 and trans_a:
-        count["LDS"] += 4 * m_tiles * k_steps
+        count["LDS"] += 2 * m_tiles * k_steps
+        count["LDS.64"] = 2 * m_tiles * k_steps
     else:
         count[LDSM_TRANS if trans_a else LDSM] += m_tiles * k_steps
     if tf32 and not trans_b:
@@ -297,7 +299,7 @@ def test_tensor_core_main_loop(sass, config, dtype, product):
           ", ".join(f"{mix[c]} {c}" for c in (*TC_MIX, "other")) + f" ({mix['HMMA'] / total:.1%} HMMA)")
     assert unrolled >= 1, (name, mix)
     assert mix["HMMA"] == mix[hmma], (name, "another mma shape", mix)
-    for what in (hmma, LDSM, LDSM_TRANS, "LDS", "LDGSTS", "BAR"):
+    for what in (hmma, LDSM, LDSM_TRANS, "LDS", "LDS.64", "LDGSTS", "BAR"):
         assert mix[what] == unrolled * expected[what], (name, what, mix)
     assert mix["LDSM"] == mix[LDSM] + mix[LDSM_TRANS], (name, "another ldmatrix form", mix)
     assert mix["local"] == 0, (name, mix)
