@@ -227,7 +227,7 @@ def test_tensor_cores_run_half_types_and_tf32_on_sm80_and_later_for_aligned_oper
     for dtype in ("float16", "bfloat16"):
         assert source(dtype, arch=80) == source(dtype, arch=90) == "tc_gemm.cu"
         assert source(dtype, arch=75) == source(dtype) == "gemm.cu"  # older cards; no device named
-        assert source(dtype, 64, 64, 63, arch=90) == "gemm.cu"  # 126-byte rows: no 16-byte cp.async
+        assert source(dtype, 64, 64, 63, arch=90, tuning=Tuning(vector=False)) == "gemm.cu"  # as they are
     assert source("float32", arch=90) == "gemm.cu" and source("float32", arch=90, tf32=True) == "tc_gemm.cu"
     assert source("float64", arch=90, tf32=True) == "gemm.cu"
     assert gemm_launches(4096, 4096, 64, "bfloat16", arch=90)[0].name.endswith("128, 128, 32, 64, 32, 4>")
@@ -235,6 +235,30 @@ def test_tensor_cores_run_half_types_and_tf32_on_sm80_and_later_for_aligned_oper
     assert source("float16", tuning=Tuning(config="medium"), arch=90) == "gemm.cu"  # named: the SIMT kernel
     with pytest.raises(ValueError, match="'tc_small' runs on tensor cores, which this call cannot use"):
         gemm_launches(64, 64, 64, "float32", tuning=Tuning(config="tc_small"), arch=90)
+
+
+def test_unaligned_operands_of_one_product_are_copied_to_aligned_rows_for_the_tensor_cores():
+    """126-byte rows of A (K = 63) cannot go by 16-byte cp.async: A is copied into rows of 64 elements
+    (128 bytes), B is passed as it is, and the caller's A is only read."""
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((64, 63)).astype(np.float16), rng.standard_normal((63, 64)).astype(np.float16)
+    a_before = a.copy()
+    c = np.zeros((64, 64), np.float16)
+    [launch] = plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, arch=90)
+    assert launch.source == "tc_gemm.cu"
+    copied, lda = launch.args[5], launch.args[6]
+    assert lda == 64 and copied.shape == (64, 63) and copied.strides == (128, 2) and np.array_equal(copied, a)
+    assert launch.args[8] is b and np.array_equal(a, a_before)
+    # A stack, the SIMT kernel asked for, or a dtype without tensor cores: the arrays as they are.
+    stack = plan.plan_gemm(np, np.stack([a, a]), b, np.zeros((2, 64, 64), np.float16), trans_a=False,
+                           trans_b=False, alpha=1.0, beta=0.0, arch=90)
+    assert [launch.source for launch in stack] == ["gemm.cu"]
+    named = plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, arch=90,
+                           tuning=Tuning(config="medium"))
+    assert named[0].source == "gemm.cu" and named[0].args[5] is a
+    a64 = a.astype(np.float64)
+    assert plan.plan_gemm(np, a64, b.astype(np.float64), c.astype(np.float64), trans_a=False, trans_b=False,
+                          alpha=1.0, beta=0.0, arch=90)[0].args[5] is a64
 
 
 def test_gemm_launch_arguments_have_exact_types():

@@ -8,8 +8,11 @@ emulator exercises all of it in CI.
 
 Kernel family: tensor cores (kernels/tc_gemm.cu, TC_CONFIGS) for float16 and bfloat16, and for float32
 when TF32 is allowed, on compute capability >= 8.0 (the emulator counts as 9.0), when both operands'
-pointers and leading dimensions are 16-byte aligned (cp.async moves 16-byte chunks); every other call
-runs the SIMT kernel (kernels/gemm.cu, TILE_CONFIGS), float64 and older cards included.
+pointers and leading dimensions are 16-byte aligned (cp.async moves 16-byte chunks). A single matrix
+product whose operands are not aligned (a vocabulary of 50257 in bfloat16, say) copies each unaligned
+operand into a buffer with aligned rows first, when the cost model says the copies and the tensor cores
+beat the SIMT kernel (the user's arrays are only read); every other call runs the SIMT kernel
+(kernels/gemm.cu, TILE_CONFIGS), float64 and older cards included.
 
 The cost model (choose): for each configuration of the kernel family and each split-K count it
 estimates the time from the device's limits (DeviceLimits: SMs, registers, shared memory, threads per
@@ -273,7 +276,7 @@ SHARED_PER_BLOCK_RESERVED = 1024  # bytes the CUDA runtime keeps per resident bl
 WARPS_TO_HIDE_LATENCY = 16  # warps per SM at which the latency model stops adding speed (estimate)
 OVERHEAD_PER_K = 4  # a SIMT thread's address, store and barrier instructions per k (test_sass's loops: 3.7-4.3)
 BLOCK_OVERHEAD_K = 32  # a block's prologue and epilogue, in k steps of its tile (estimate)
-REDUCE_LAUNCH_S = 3e-6  # a linear_sum_splits launch (estimate)
+EXTRA_LAUNCH_S = 3e-6  # one more small launch: a linear_sum_splits, an operand's aligned copy (estimate)
 TIE = 0.03  # estimates this close count as equal
 # FMA per clock per SM: SIMT FP32 lanes (128; FP64 64), tensor cores dense (H100: 989 TFLOP/s half,
 # 494 TF32, over 132 SMs at 1.83 GHz).
@@ -327,7 +330,7 @@ def estimate(config: TileConfig | TensorCoreConfig, splits: int, m: int, n: int,
     seconds = busiest * config.bm * config.bn * (_round_up(k_per_split, bk) + BLOCK_OVERHEAD_K * bk) / rate
     if splits > 1:  # the workspace written and read, C written, one more launch
         acc = np.dtype(element_type(dtype).acc).itemsize
-        seconds += (2 * splits * acc + element_type(dtype).itemsize) * m * n / device.bandwidth + REDUCE_LAUNCH_S
+        seconds += (2 * splits * acc + element_type(dtype).itemsize) * m * n / device.bandwidth + EXTRA_LAUNCH_S
     return Estimate(config, splits, seconds, warps)
 
 
@@ -410,6 +413,25 @@ def as_operand(xp: ModuleType, x: Any, trans: bool) -> Operand:
 def address(x: Any) -> int:
     """The device (CuPy) or host (numpy) address of x's first element."""
     return x.ctypes.data if isinstance(x, np.ndarray) else x.data.ptr
+
+
+def aligned_copy(xp: ModuleType, operand: Operand) -> Operand:
+    """The operand copied into a buffer whose rows start every VECTOR_BYTES (its leading dimension
+    rounded up to the vector width); the kernel never reads the padding at the end of each row."""
+    x = operand.array
+    cols = x.shape[-1]
+    ld = _round_up(max(cols, 1), VECTOR_BYTES // x.itemsize)
+    buffer = xp.empty(x.shape[:-1] + (ld,), x.dtype)
+    buffer[..., :cols] = x
+    return Operand(buffer[..., :cols], ld, operand.trans)
+
+
+def aligned_copy_pays(m: int, n: int, k: int, dtype: str, copied: list[Operand], device: DeviceLimits) -> bool:
+    """Whether copying `copied` into aligned buffers and running on tensor cores beats the SIMT kernel
+    on the operands as they are, by the cost model (each copy: its bytes read and written, a launch)."""
+    copies = sum(2 * x.array.size * x.array.itemsize / device.bandwidth + EXTRA_LAUNCH_S for x in copied)
+    simt = choose(m, n, k, 1, dtype, False, HEURISTIC_CONFIGS, device).seconds
+    return copies + choose(m, n, k, 1, dtype, True, TC_HEURISTIC_CONFIGS, device).seconds < simt
 
 
 def vector_aligned(operand: Operand) -> bool:
@@ -591,6 +613,13 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b:
     if bias is not None:
         bias = _contiguous_vector(xp, bias)
     aligned = vector_aligned(op_a) and vector_aligned(op_b)
+    to_copy = [not vector_aligned(op) for op in (op_a, op_b)]
+    if (any(to_copy) and batch == 1 and tuning.vector is None and not isinstance(chosen, TileConfig)
+            and tensor_cores_take(dtype, arch=arch, tf32=tf32)
+            and (chosen is not None or aligned_copy_pays(
+                m, n, k, dtype, [op for op, copy in zip((op_a, op_b), to_copy) if copy], device))):
+        op_a, op_b = (aligned_copy(xp, op) if copy else op for op, copy in zip((op_a, op_b), to_copy))
+        aligned = vector_aligned(op_a) and vector_aligned(op_b)
     if tuning.vector and not aligned:
         raise ValueError("Tuning(vector=True) needs 16-byte aligned operands, leading dimensions and batch strides")
     vector = aligned if tuning.vector is None else tuning.vector
