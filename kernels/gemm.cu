@@ -206,12 +206,13 @@ __device__ __forceinline__ int owned_offset(int i, int first) {
     return first + i / 4 * (SUB_TILE / (T_OWN / 4)) + i % 4;
 }
 
-// The thread's T_OWN values of row k of a k-major shared tile, read 4 at a time (16-byte accesses).
+// The thread's T_OWN values of row k of a k-major shared tile, read 4 at a time (16-byte accesses);
+// `first` points at the thread's first value in that row.
 template <typename Acc, int SUB_TILE, int T_OWN>
-__device__ __forceinline__ void read_fragment(const Acc* __restrict__ row, int first, Acc (&values)[T_OWN]) {
+__device__ __forceinline__ void read_fragment(const Acc* __restrict__ first, Acc (&values)[T_OWN]) {
 #pragma unroll
     for (int g = 0; g < T_OWN / 4; ++g) {
-        const Quad<Acc> q = *reinterpret_cast<const Quad<Acc>*>(row + owned_offset<SUB_TILE, T_OWN>(4 * g, first));
+        const Quad<Acc> q = *reinterpret_cast<const Quad<Acc>*>(first + owned_offset<SUB_TILE, T_OWN>(4 * g, 0));
 #pragma unroll
         for (int r = 0; r < 4; ++r) values[4 * g + r] = q.v[r];
     }
@@ -267,8 +268,8 @@ __device__ __forceinline__ void k_loop(LoadA& a_tile, LoadB& b_tile, Acc* __rest
     // their own): k + 1's reads from shared memory are in flight while k multiplies.
     constexpr int BUFFERS = sizeof(Acc) == 4 && !CHECKED ? 2 : 1;
     Acc a[BUFFERS][TM], b[BUFFERS][TN];
-    read_fragment<Acc, WM, TM>(a_read, 0, a[0]);
-    read_fragment<Acc, WN, TN>(b_read, 0, b[0]);
+    read_fragment<Acc, WM, TM>(a_read, a[0]);
+    read_fragment<Acc, WN, TN>(b_read, b[0]);
     for (int t = 0; t < steps; ++t) {
         const bool prefetch = t + 1 < steps;
         if (prefetch) {
@@ -281,8 +282,8 @@ __device__ __forceinline__ void k_loop(LoadA& a_tile, LoadB& b_tile, Acc* __rest
         const auto read_next = [&](int k) {
             const int next = (k + 1) % BUFFERS;
             if (k + 1 < BK) {
-                read_fragment<Acc, WM, TM>(a_read + (k + 1) * LoadA::PITCH, 0, a[next]);
-                read_fragment<Acc, WN, TN>(b_read + (k + 1) * LoadB::PITCH, 0, b[next]);
+                read_fragment<Acc, WM, TM>(a_read + (k + 1) * LoadA::PITCH, a[next]);
+                read_fragment<Acc, WN, TN>(b_read + (k + 1) * LoadB::PITCH, b[next]);
             } else if (prefetch) {
                 a_tile.store(a_write);
                 b_tile.store(b_write);
@@ -292,8 +293,8 @@ __device__ __forceinline__ void k_loop(LoadA& a_tile, LoadB& b_tile, Acc* __rest
                 a_write -= to_other;
                 b_write -= to_other;
                 to_other = -to_other;
-                read_fragment<Acc, WM, TM>(a_read, 0, a[next]);
-                read_fragment<Acc, WN, TN>(b_read, 0, b[next]);
+                read_fragment<Acc, WM, TM>(a_read, a[next]);
+                read_fragment<Acc, WN, TN>(b_read, b[next]);
             }
         };
 #pragma unroll
