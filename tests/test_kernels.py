@@ -237,7 +237,7 @@ def test_tensor_cores_run_half_types_and_tf32_on_sm80_and_later_for_aligned_oper
         gemm_launches(64, 64, 64, "float32", tuning=Tuning(config="tc_small"), arch=90)
 
 
-def test_unaligned_operands_of_one_product_are_copied_to_aligned_rows_for_the_tensor_cores():
+def test_unaligned_operands_are_copied_to_aligned_rows_for_the_tensor_cores():
     """126-byte rows of A (K = 63) cannot go by 16-byte cp.async: A is copied into rows of 64 elements
     (128 bytes), B is passed as it is, and the caller's A is only read."""
     rng = np.random.default_rng(3)
@@ -249,10 +249,12 @@ def test_unaligned_operands_of_one_product_are_copied_to_aligned_rows_for_the_te
     copied, lda = launch.args[5], launch.args[6]
     assert lda == 64 and copied.shape == (64, 63) and copied.strides == (128, 2) and np.array_equal(copied, a)
     assert launch.args[8] is b and np.array_equal(a, a_before)
-    # A stack, the SIMT kernel asked for, or a dtype without tensor cores: the arrays as they are.
-    stack = plan.plan_gemm(np, np.stack([a, a]), b, np.zeros((2, 64, 64), np.float16), trans_a=False,
-                           trans_b=False, alpha=1.0, beta=0.0, arch=90)
-    assert [launch.source for launch in stack] == ["gemm.cu"]
+    # A stack: its broadcast operand is copied once and stays broadcast (batch stride 0).
+    [stacked] = plan.plan_gemm(np, np.broadcast_to(a, (3, 64, 63)), b, np.zeros((3, 64, 64), np.float16),
+                               trans_a=False, trans_b=False, alpha=1.0, beta=0.0, arch=90)
+    assert stacked.source == "tc_gemm.cu" and stacked.grid[2] == 3
+    assert stacked.args[6] == 64 and stacked.args[7] == 0 and np.array_equal(stacked.args[5][0], a)
+    # The SIMT kernel asked for, or a dtype without tensor cores: the arrays as they are.
     named = plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, arch=90,
                            tuning=Tuning(config="medium"))
     assert named[0].source == "gemm.cu" and named[0].args[5] is a

@@ -297,9 +297,8 @@ def test_tf32_is_off_by_default_and_rounds_when_on(launched, tf32_default, monke
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_unaligned_half_operands_are_copied_to_aligned_rows_for_the_tensor_cores(launched, dtype):
-    """42-byte rows cannot go by 16-byte cp.async: a single product copies them into aligned rows and
-    runs on tensor cores (NN, NT and TN), leaving the caller's arrays as they were; a stack of them
-    runs the SIMT kernel on the arrays as they are."""
+    """42-byte rows cannot go by 16-byte cp.async: they are copied into aligned rows and the products
+    (NN, NT, TN, a stack) run on tensor cores, leaving the caller's arrays as they were."""
     rng = np.random.default_rng(9)
     x = rng.standard_normal((30, 21)).astype(TC_DTYPES[dtype])
     w = rng.standard_normal((21, 16)).astype(TC_DTYPES[dtype])
@@ -310,9 +309,9 @@ def test_unaligned_half_operands_are_copied_to_aligned_rows_for_the_tensor_cores
                              (linear.matmul(y_grad, w.T, backend="emulate"), exact[2] @ exact[1].T),
                              (linear.matmul(x.T, y_grad, backend="emulate"), exact[0].T @ exact[2])):
         assert_close(result, expected, dtype)
-    assert len(launched) == 3 and all(name.startswith("linear_tc_gemm<") for name in launched)
-    assert np.array_equal(x, x_before) and np.array_equal(w, w_before)
-    launched.clear()
     stack = rng.standard_normal((2, 30, 21)).astype(TC_DTYPES[dtype])
     assert_close(linear.matmul(stack, w, backend="emulate"), stack.astype(np.float64) @ exact[1], dtype)
-    assert launched and all(name.startswith("linear_gemm<") for name in launched)
+    weights = rng.standard_normal((3, 21, 16)).astype(TC_DTYPES[dtype])  # x broadcast over them
+    assert_close(linear.matmul(x, weights, backend="emulate"), exact[0] @ weights.astype(np.float64), dtype)
+    assert len(launched) == 5 and all(name.startswith("linear_tc_gemm<") for name in launched)
+    assert np.array_equal(x, x_before) and np.array_equal(w, w_before)

@@ -8,11 +8,11 @@ emulator exercises all of it in CI.
 
 Kernel family: tensor cores (kernels/tc_gemm.cu, TC_CONFIGS) for float16 and bfloat16, and for float32
 when TF32 is allowed, on compute capability >= 8.0 (the emulator counts as 9.0), when both operands'
-pointers and leading dimensions are 16-byte aligned (cp.async moves 16-byte chunks). A single matrix
-product whose operands are not aligned (a vocabulary of 50257 in bfloat16, say) copies each unaligned
-operand into a buffer with aligned rows first, when the cost model says the copies and the tensor cores
-beat the SIMT kernel (the user's arrays are only read); every other call runs the SIMT kernel
-(kernels/gemm.cu, TILE_CONFIGS), float64 and older cards included.
+pointers and leading dimensions are 16-byte aligned (cp.async moves 16-byte chunks). A product whose
+operands are not aligned (a vocabulary of 50257 in bfloat16, attention over 77 tokens) copies each
+unaligned operand into a buffer with aligned rows first, when the cost model says the copies and the
+tensor cores beat the SIMT kernel (the user's arrays are only read; a broadcast matrix is copied once);
+every other call runs the SIMT kernel (kernels/gemm.cu, TILE_CONFIGS), float64 and older cards included.
 
 The cost model (choose): for each configuration of the kernel family and each split-K count it
 estimates the time from the device's limits (DeviceLimits: SMs, registers, shared memory, threads per
@@ -390,6 +390,11 @@ def _row_major_ld(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: in
     return row_stride // itemsize
 
 
+def _stored(x: Any) -> Any:
+    """The matrices of a stack that are stored: a broadcast (stride 0) dimension cut to its one."""
+    return x[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in x.strides[:-2])]
+
+
 def as_operand(xp: ModuleType, x: Any, trans: bool) -> Operand:
     """x (a matrix, or a stack of them) as the kernels see it: row-major as is, column-major as the
     transpose with the flag flipped, anything else (negative or non-unit inner strides, batch strides
@@ -406,8 +411,7 @@ def as_operand(xp: ModuleType, x: Any, trans: bool) -> Operand:
         ld = _row_major_ld(shape[::-1], strides[::-1], x.itemsize)
         if ld is not None:
             return Operand(xp.swapaxes(x, -1, -2), ld, not trans)
-    stored = x[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in x.strides[:-2])]
-    return Operand(xp.broadcast_to(xp.ascontiguousarray(stored), x.shape), cols, trans)
+    return Operand(xp.broadcast_to(xp.ascontiguousarray(_stored(x)), x.shape), cols, trans)
 
 
 def address(x: Any) -> int:
@@ -417,21 +421,23 @@ def address(x: Any) -> int:
 
 def aligned_copy(xp: ModuleType, operand: Operand) -> Operand:
     """The operand copied into a buffer whose rows start every VECTOR_BYTES (its leading dimension
-    rounded up to the vector width); the kernel never reads the padding at the end of each row."""
+    rounded up to the vector width); the kernel never reads the padding at the end of each row. A
+    broadcast dimension stays broadcast: only the matrices stored are copied."""
     x = operand.array
-    cols = x.shape[-1]
+    stored, cols = _stored(x), x.shape[-1]
     ld = _round_up(max(cols, 1), VECTOR_BYTES // x.itemsize)
-    buffer = xp.empty(x.shape[:-1] + (ld,), x.dtype)
-    buffer[..., :cols] = x
-    return Operand(buffer[..., :cols], ld, operand.trans)
+    buffer = xp.empty(stored.shape[:-1] + (ld,), x.dtype)
+    buffer[..., :cols] = stored
+    return Operand(xp.broadcast_to(buffer[..., :cols], x.shape), ld, operand.trans)
 
 
-def aligned_copy_pays(m: int, n: int, k: int, dtype: str, copied: list[Operand], device: DeviceLimits) -> bool:
+def aligned_copy_pays(m: int, n: int, k: int, batch: int, dtype: str, copied: list[Operand],
+                      device: DeviceLimits) -> bool:
     """Whether copying `copied` into aligned buffers and running on tensor cores beats the SIMT kernel
     on the operands as they are, by the cost model (each copy: its bytes read and written, a launch)."""
-    copies = sum(2 * x.array.size * x.array.itemsize / device.bandwidth + EXTRA_LAUNCH_S for x in copied)
-    simt = choose(m, n, k, 1, dtype, False, HEURISTIC_CONFIGS, device).seconds
-    return copies + choose(m, n, k, 1, dtype, True, TC_HEURISTIC_CONFIGS, device).seconds < simt
+    copies = sum(2 * _stored(x.array).nbytes / device.bandwidth + EXTRA_LAUNCH_S for x in copied)
+    simt = choose(m, n, k, batch, dtype, False, HEURISTIC_CONFIGS, device).seconds
+    return copies + choose(m, n, k, batch, dtype, True, TC_HEURISTIC_CONFIGS, device).seconds < simt
 
 
 def vector_aligned(operand: Operand) -> bool:
@@ -614,10 +620,10 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b:
         bias = _contiguous_vector(xp, bias)
     aligned = vector_aligned(op_a) and vector_aligned(op_b)
     to_copy = [not vector_aligned(op) for op in (op_a, op_b)]
-    if (any(to_copy) and batch == 1 and tuning.vector is None and not isinstance(chosen, TileConfig)
+    if (any(to_copy) and tuning.vector is None and not isinstance(chosen, TileConfig)
             and tensor_cores_take(dtype, arch=arch, tf32=tf32)
             and (chosen is not None or aligned_copy_pays(
-                m, n, k, dtype, [op for op, copy in zip((op_a, op_b), to_copy) if copy], device))):
+                m, n, k, batch, dtype, [op for op, copy in zip((op_a, op_b), to_copy) if copy], device))):
         op_a, op_b = (aligned_copy(xp, op) if copy else op for op, copy in zip((op_a, op_b), to_copy))
         aligned = vector_aligned(op_a) and vector_aligned(op_b)
     if tuning.vector and not aligned:
