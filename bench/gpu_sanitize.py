@@ -6,7 +6,7 @@
 bench/gpu_session.sh first compiles every instantiation into CuPy's kernel cache in parallel
 processes (--compile-only), then runs the launches plainly and under compute-sanitizer memcheck and
 racecheck. Prints one line per launch; exits 1 if a result is wrong or an instantiation of
-linear.backends.plan.instantiations() was never launched.
+linear.backends.tiles.instantiations() was never launched.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from linear.backends import get_backend, plan
+from linear.backends import get_backend, plan, tiles
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
 from linear.testing import TOLERANCE, relative_error
@@ -85,7 +85,7 @@ def compile_kernels(backend_name: str, kernels: list[tuple[str, str]]) -> int:
 def compile_all(backend_name: str, jobs: int, kernels: list[tuple[str, str]] | None = None) -> None:
     """The kernels (source, name), by default every instantiation, compiled `jobs` processes at a time
     (into CuPy's on-disk cache, so that a later first call only loads them)."""
-    kernels = kernels or [(kernel.source, kernel.name) for kernel in plan.instantiations()]
+    kernels = kernels or [(kernel.source, kernel.name) for kernel in tiles.instantiations()]
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
         done = sum(pool.map(compile_kernels, [backend_name] * jobs, [kernels[i::jobs] for i in range(jobs)]))
@@ -109,13 +109,13 @@ def main() -> int:
     for dtype in TOLERANCE:
         for trans_a in (False, True):
             for trans_b in (False, True):
-                for config in (name for name in SHAPES if dtype in plan.CONFIGS_BY_NAME[name].dtypes):
+                for config in (name for name in SHAPES if dtype in tiles.CONFIGS_BY_NAME[name].dtypes):
                     for vector in (False, True):
                         for splits in args.splits:
                             names, err = check_gemm(backend, dtype, trans_a, trans_b, config, vector, splits, rng)
                             failures += report(names, err, dtype, launched)
         failures += report(*check_colsum(backend, dtype, rng), dtype, launched)
-    missing = {kernel.name for kernel in plan.instantiations()} - launched
+    missing = {kernel.name for kernel in tiles.instantiations()} - launched
     if 1 in args.splits and 3 in args.splits and missing:
         print(f"NOT LAUNCHED: {sorted(missing)}")
         failures += 1

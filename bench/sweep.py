@@ -3,13 +3,13 @@
     python -m bench.sweep                               # on a GPU: about 4 minutes, TF32 off
     python -m bench.sweep --budget-s 120 --out DIR      # stops starting cases after 120 s
     python -m bench.sweep --backend emulate --tiny      # the plumbing on the CPU (what CI runs)
-    python -m bench.sweep --winners DIR/sweep.json      # the winners and what plan.py should change
+    python -m bench.sweep --winners DIR/sweep.json      # the winners and what the plan should change
 
 Cases, float32 only, for each layer shape (B, F, D) and the GEMM each product runs:
     NN   Y  = X·W + b     M, N, K = B, D, F   (our bias epilogue; cuBLAS does the product only)
     NT   dX = dY·Wᵀ       M, N, K = B, F, D
     TN   dW = Xᵀ·dY       M, N, K = F, D, B
-each with every tile configuration of linear/backends/plan.py (candidates included) and with the
+each with every tile configuration of linear/backends/tiles.py (candidates included) and with the
 plan's own choice ("heuristic"); and with split-K (each count in SPLITS that leaves slices of at least
 MIN_K_PER_SLICE) wherever the configuration's tiles do not fill the card twice: that is at
 (256, 1024, 1024) and (32, 784, 256), where K allows; at the large shapes every configuration has
@@ -43,7 +43,7 @@ import numpy as np
 from . import timers
 from .machine import machine_info
 from linear import testing
-from linear.backends import plan
+from linear.backends import cost, plan, tiles
 from linear.testing import relative_error
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
@@ -57,7 +57,7 @@ MIN_K_PER_SLICE = 128
 TINY_MIN_K_PER_SLICE = 8
 COPY_BYTES = 2**30  # the device-to-device copy that measures the memory ceiling
 TINY_COPY_BYTES = 2**23
-HEURISTIC = "heuristic"  # the pseudo-config: whatever plan.py chooses
+HEURISTIC = "heuristic"  # the pseudo-config: whatever the plan chooses
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ PRODUCTS = {p.name: p for p in [Product("NN", False, False, True), Product("NT",
 class Case:
     product: str
     shape: tuple[int, int, int]  # (B, F, D)
-    config: str  # a plan.TILE_CONFIGS name or HEURISTIC
+    config: str  # a tiles.TILE_CONFIGS name or HEURISTIC
     splits: int | None  # None: the plan's choice
 
     @property
@@ -102,7 +102,7 @@ def sweep_cases(shapes: list[tuple[int, int, int]], configs: list[str], min_k_pe
             group = [Case(product.name, shape, config, None if config == HEURISTIC else 1) for config in configs]
             group += [Case(product.name, shape, config, splits) for splits in SPLITS if k // splits >= min_k_per_slice
                       for config in configs if config != HEURISTIC and
-                      plan.CONFIGS_BY_NAME[config].tiles(m, n) < 2 * plan.H100.sms]
+                      tiles.CONFIGS_BY_NAME[config].tiles(m, n) < 2 * cost.H100.sms]
             groups.append(group)
     return groups
 
@@ -199,7 +199,7 @@ def run_case(backend_for: Callable[[Tuning], Any], case: Case, ops: Operands, ti
 def _config_of(kernel_name: str) -> str:
     """The TILE_CONFIGS name of a linear_gemm instantiation."""
     numbers = [int(v) for v in kernel_name.split(",")[4:11]]
-    for config in plan.TILE_CONFIGS:
+    for config in tiles.TILE_CONFIGS:
         if numbers == [config.bm, config.bn, config.bk, config.wm, config.wn, config.tm, config.tn]:
             return config.name
     raise ValueError(f"no tile config matches {kernel_name}")
@@ -311,13 +311,13 @@ def _write(out: Path, result: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Winners: what the measurements say plan.py should choose
+# Winners: what the measurements say the plan should choose
 # ----------------------------------------------------------------------------------------------------
 
 
 def shape_class(m: int, n: int, k: int) -> str:
     """The shapes the plan treats alike: its config, and whether it splits K."""
-    best = plan.choose(m, n, k)
+    best = cost.choose(m, n, k)
     return best.config.name + ("+split-K" if best.splits > 1 else "")
 
 
@@ -352,12 +352,12 @@ def winners(result: dict) -> list[dict]:
 
 
 def recommend(result: dict) -> str:
-    """A readable account of the winners and the change to plan.py each one argues for."""
+    """A readable account of the winners and the change to the plan (tiles.py, cost.py) each one argues for."""
     backend = result.get("backend")
     lines = [f"Sweep of {result.get('date')} on {_card(result)} (backend {backend}); ratio = our time / "
              f"{result.get('baseline')} time, geometric mean over the class's shapes; below 1 is faster."]
     if backend != "cuda":
-        lines.append("NOT A GPU MEASUREMENT: the timings are the CPU emulator's; do not tune plan.py from them.")
+        lines.append("NOT A GPU MEASUREMENT: the timings are the CPU emulator's; do not tune the plan from them.")
     found = winners(result)
     if not found:
         lines.append("No complete class: nothing was timed on every shape of any class.")
@@ -382,7 +382,7 @@ def recommend(result: dict) -> str:
 def _advice(w: dict) -> str:
     chosen = {name for name, _ in w["heuristic"]}
     heuristic_splits = {splits for _, splits in w["heuristic"]}
-    best = plan.CONFIGS_BY_NAME[w["best"]]
+    best = tiles.CONFIGS_BY_NAME[w["best"]]
     advice = []
     if w["best"] in chosen:
         advice.append(f"keep {w['best']} for this class")
@@ -390,11 +390,11 @@ def _advice(w: dict) -> str:
         advice.append(f"promote candidate {best.name}: candidate=False, and put it where the heuristic's "
                       f"{'/'.join(sorted(chosen)) or 'choice'} is in TILE_CONFIGS for these shapes")
     else:
-        advice.append(f"the cost model (plan.efficiency, WARPS_TO_HIDE_LATENCY) picks {'/'.join(sorted(chosen))}, "
+        advice.append(f"the cost model (cost.efficiency, WARPS_TO_HIDE_LATENCY) picks {'/'.join(sorted(chosen))}, "
                       f"but {best.name} is faster here")
     if w["best_splits"] not in heuristic_splits:
         advice.append(f"split K into {w['best_splits']} (the heuristic uses {sorted(heuristic_splits)}): "
-                      "revisit MIN_K_PER_SPLIT / the split-K cost in plan.estimate")
+                      "revisit MIN_K_PER_SPLIT / the split-K cost in cost.estimate")
     if w["best_ratio"] > 1.05:
         advice.append(f"no variant is within 5% of the baseline (best {w['best_ratio']:.3f})")
     return "suggest: " + "; ".join(advice)
@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     except BackendUnavailable as e:
         print(f"sweep: the {args.backend} backend is unavailable: {e}", file=sys.stderr)
         return 2
-    float32_configs = [c.name for c in plan.TILE_CONFIGS if "float32" in c.dtypes]
+    float32_configs = [c.name for c in tiles.TILE_CONFIGS if "float32" in c.dtypes]
     default = [HEURISTIC] + (TINY_CONFIGS if args.tiny else float32_configs)
     configs = args.configs.split(",") if args.configs else default
     unknown = set(configs) - set(float32_configs) - {HEURISTIC}
@@ -457,8 +457,8 @@ def main(argv: list[str] | None = None) -> int:
               *(argv if argv is not None else sys.argv[1:])]), "backend": args.backend, "tiny": args.tiny,
               "dtype": "float32", "tf32": False, "tolerance": TOLERANCE, "budget_s": args.budget_s,
               "baseline": "cupy.matmul (cuBLAS)" if gpu else "numpy.matmul", "timer": timer.description,
-              "machine": dict(machine_info(None), cupy_tf32=os.environ["CUPY_TF32"]), "configs": {c.name: asdict(c) for c in plan.TILE_CONFIGS},
-              "num_sms_assumed": plan.H100.sms}
+              "machine": dict(machine_info(None), cupy_tf32=os.environ["CUPY_TF32"]), "configs": {c.name: asdict(c) for c in tiles.TILE_CONFIGS},
+              "num_sms_assumed": cost.H100.sms}
     result = run_sweep(lambda tuning: KernelBackend(runtime, tuning), runtime.xp, groups, timer,
                        budget_s=max(0.0, args.budget_s - (time.monotonic() - start)), out=out, header=header,
                        copy_bytes=COPY_BYTES if gpu else TINY_COPY_BYTES)

@@ -91,12 +91,12 @@
 //   VEC      A and B allow 16-byte global loads (16-byte aligned pointers and leading dimensions);
 //            partial chunks at the matrix edges still load element by element
 //
-// Which configuration, split-K and vector path run is the launch plan's choice (linear/backends/plan.py:
-// TILE_CONFIGS, and the cost model that picks among them); nothing here depends on it.
+// Which configuration, split-K and vector path run is the launch plan's choice (linear/backends/: tiles.py's
+// TILE_CONFIGS, cost.py's model that picks among them, plan.py's launches); nothing here depends on it.
 #include "common.cuh"
 
 // Shared-memory rows are padded by this many accumulators: the transposing stores of a tile then
-// spread over all 32 banks, and rows stay 16-byte aligned. plan.py mirrors it (SHARED_PAD).
+// spread over all 32 banks, and rows stay 16-byte aligned. tiles.py mirrors it (SHARED_PAD).
 constexpr int SMEM_PAD = 4;
 
 // Four accumulators read from shared memory as one 16-byte access (two for double).

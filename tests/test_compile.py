@@ -8,8 +8,8 @@ import concurrent.futures
 from pathlib import Path
 
 from conftest import require, require_tool
-from linear.backends import compile_check, plan
-from linear.backends.plan import instantiations
+from linear.backends import compile_check, cost, tiles
+from linear.backends.tiles import instantiations
 
 KERNELS = instantiations()
 # In the source tree, also when the tests run against an installed package (which leaves it out).
@@ -27,11 +27,11 @@ def test_nvcc_builds_every_instantiation_without_spills_and_registers_md_is_curr
             shared = kernel.shared_mem + used.static_shared
             assert shared <= compile_check.MAX_SHARED_PER_BLOCK[arch], (arch, kernel.name, shared)
     registers = compile_check.plan_registers(resources)
-    assert registers == plan.REGISTERS, "plan.REGISTERS is stale; it should be:\n" + "\n".join(
+    assert registers == cost.REGISTERS, "cost.REGISTERS is stale; it should be:\n" + "\n".join(
         f"    {key!r}: {value}," for key, value in registers.items())
     # The float32 16-byte-load kernels of 128 x 128 tiles hold 2 blocks (16 warps) per SM.
     for name in ("large", "warp"):
-        assert plan.blocks_per_sm(plan.CONFIGS_BY_NAME[name], "float32", True) == 2, name
+        assert cost.blocks_per_sm(tiles.CONFIGS_BY_NAME[name], "float32", True) == 2, name
     recorded = REGISTERS_MD.read_text()
     assert recorded == compile_check.registers_table(KERNELS, resources), (
         "kernels/REGISTERS.md is stale: run python -m linear.backends.compile_check")

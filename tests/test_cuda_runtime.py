@@ -121,10 +121,10 @@ def test_cupy_runtime_caches_modules(fake_cupy):
 
 
 def test_cupy_runtime_reads_the_device_limits_from_its_attributes(fake_cupy):
-    from linear.backends import plan
+    from linear.backends import cost
     limits = CupyRuntime().device_limits()
     assert limits.sms == 132 and limits.shared_per_sm == 228 * 1024 and limits.clock_hz == 1.98e9
-    assert abs(limits.bandwidth - plan.H100.bandwidth) < 0.01 * plan.H100.bandwidth
+    assert abs(limits.bandwidth - cost.H100.bandwidth) < 0.01 * cost.H100.bandwidth
 
 
 def test_cuda_include_dir_has_the_half_headers():

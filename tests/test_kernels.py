@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import require
-from linear.backends import BackendUnavailable, get_backend, plan
+from linear.backends import BackendUnavailable, cost, get_backend, plan, tiles
 from linear.backends.emulate import EmulationError
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
@@ -31,7 +31,7 @@ TRANS = [(False, False), (False, True), (True, False), (True, True)]
 SHAPES = {"large": (129, 131, 65), "medium": (70, 66, 33), "small": (70, 50, 33), "warp": (129, 131, 65),
           "warp_deep": (129, 131, 65), "warp_wide": (129, 259, 33), "warp_medium": (70, 66, 33)}
 # Every (dtype, config) pair that is instantiated.
-DTYPE_CONFIGS = [(dtype, config.name) for dtype in DTYPES for config in plan.TILE_CONFIGS if dtype in config.dtypes]
+DTYPE_CONFIGS = [(dtype, config.name) for dtype in DTYPES for config in tiles.TILE_CONFIGS if dtype in config.dtypes]
 
 
 def emulator(**options):
@@ -118,9 +118,9 @@ def test_vector_path_needs_aligned_pointer_and_leading_dimension():
 def old_heuristic(m, n, k, batch=1):
     """The thresholds the cost model replaced: the largest tile whose tiles fill 132 SMs, else the
     smallest; split-K into up to ⌈132 / tiles⌉ slices of >= 512 when K >= 1024, single matrices only."""
-    config = next((c for c in plan.HEURISTIC_CONFIGS if c.tiles(m, n) >= 132), plan.HEURISTIC_CONFIGS[-1])
-    tiles = config.tiles(m, n)
-    splits = 1 if batch > 1 or tiles >= 132 or k < 1024 else min(-(-132 // tiles), k // 512, 32)
+    config = next((c for c in tiles.HEURISTIC_CONFIGS if c.tiles(m, n) >= 132), tiles.HEURISTIC_CONFIGS[-1])
+    count = config.tiles(m, n)
+    splits = 1 if batch > 1 or count >= 132 or k < 1024 else min(-(-132 // count), k // 512, 32)
     return config, splits
 
 
@@ -133,57 +133,57 @@ def test_the_cost_model_is_no_worse_than_the_thresholds_and_keeps_the_card_busy(
     for b, f, d in LAYERS:
         for product, mnk in PRODUCTS.items():
             m, n, k = mnk(b, f, d)
-            best = plan.choose(m, n, k)
-            old = plan.estimate(*old_heuristic(m, n, k), m, n, k, 1, "float32", True)
-            assert best.seconds <= (1 + plan.TIE) * old.seconds, (b, f, d, product, best, old)
+            best = cost.choose(m, n, k)
+            old = cost.estimate(*old_heuristic(m, n, k), m, n, k, 1, "float32", True)
+            assert best.seconds <= (1 + cost.TIE) * old.seconds, (b, f, d, product, best, old)
             # >= 8 warps per SM where the problem has that much work (its outputs at 4 x 4 a thread,
             # times the K slices it may be split into); a K loop of >= 4096 with the card less than
             # half full is split.
-            work = m * n / 16 / plan.WARP_SIZE * len(plan.split_counts(k, 1)) / plan.H100.sms
+            work = m * n / 16 / tiles.WARP_SIZE * len(cost.split_counts(k, 1)) / cost.H100.sms
             assert best.warps_per_sm >= 8 or work < 8, (b, f, d, product, best, work)
-            if k >= 4096 and best.config.tiles(m, n) < plan.H100.sms // 2:
+            if k >= 4096 and best.config.tiles(m, n) < cost.H100.sms // 2:
                 assert best.splits > 1, (b, f, d, product, best)
 
 
 def test_the_cost_model_fixes_the_cases_of_issue_10():
     # (256, 4096, 1024) forward: no longer 32 x 32 tiles over a 4096-long K loop without split-K.
-    best = plan.choose(256, 1024, 4096)
+    best = cost.choose(256, 1024, 4096)
     assert (best.config.name, best.splits) != ("small", 1) and best.warps_per_sm >= 8
     # Long-batch dW (B = 8192, F = 784, D = 256): K = 8192 is split.
-    assert plan.choose(784, 256, 8192).splits > 1
+    assert cost.choose(784, 256, 8192).splits > 1
     # 132-263 tiles of 128 x 128: the busiest SM carries no more than 4/3 of the average load.
     for size in (1536, 1664, 2048):  # 144, 169, 256 large tiles
-        best = plan.choose(size, size, 4096)
+        best = cost.choose(size, size, 4096)
         blocks = best.config.tiles(size, size) * best.splits
-        assert blocks / (-(-blocks // plan.H100.sms) * plan.H100.sms) >= 0.75, (size, best)
+        assert blocks / (-(-blocks // cost.H100.sms) * cost.H100.sms) >= 0.75, (size, best)
 
 
 def test_blocks_per_sm_follow_registers_shared_memory_and_threads():
-    large, small = plan.CONFIGS_BY_NAME["large"], plan.CONFIGS_BY_NAME["small"]
-    assert plan.blocks_per_sm(large, "float32", True) == 2  # <= 128 registers: 2 x 256 threads
-    assert plan.blocks_per_sm(large, "float64", True) == 1  # > 128 registers
-    few_registers = plan.DeviceLimits(sms=132, registers_per_sm=32768)
-    assert plan.blocks_per_sm(large, "float32", True, few_registers) == 1
-    little_shared = plan.DeviceLimits(sms=132, shared_per_sm=3 * (small.shared_bytes(4) + 1024))
-    assert plan.blocks_per_sm(small, "float32", True, little_shared) == 3
-    few_threads = plan.DeviceLimits(sms=132, registers_per_sm=2**20, threads_per_sm=1024)
-    assert plan.blocks_per_sm(small, "float32", True, few_threads) == 1024 // small.threads
+    large, small = tiles.CONFIGS_BY_NAME["large"], tiles.CONFIGS_BY_NAME["small"]
+    assert cost.blocks_per_sm(large, "float32", True) == 2  # <= 128 registers: 2 x 256 threads
+    assert cost.blocks_per_sm(large, "float64", True) == 1  # > 128 registers
+    few_registers = cost.DeviceLimits(sms=132, registers_per_sm=32768)
+    assert cost.blocks_per_sm(large, "float32", True, few_registers) == 1
+    little_shared = cost.DeviceLimits(sms=132, shared_per_sm=3 * (small.shared_bytes(4) + 1024))
+    assert cost.blocks_per_sm(small, "float32", True, little_shared) == 3
+    few_threads = cost.DeviceLimits(sms=132, registers_per_sm=2**20, threads_per_sm=1024)
+    assert cost.blocks_per_sm(small, "float32", True, few_threads) == 1024 // small.threads
 
 
 def test_the_plan_follows_the_device():
     """Fewer SMs, fewer splits: the same product on a card with a quarter of the SMs."""
-    big, quarter = plan.H100, plan.DeviceLimits(sms=33)
-    assert plan.choose(784, 256, 8192, device=quarter).splits < plan.choose(784, 256, 8192, device=big).splits
+    big, quarter = cost.H100, cost.DeviceLimits(sms=33)
+    assert cost.choose(784, 256, 8192, device=quarter).splits < cost.choose(784, 256, 8192, device=big).splits
     [first, *_] = gemm_launches(784, 256, 8192, trans_a=True, device=quarter)
-    assert first.grid[2] == plan.choose(784, 256, 8192, device=quarter).splits
+    assert first.grid[2] == cost.choose(784, 256, 8192, device=quarter).splits
 
 
 def test_candidates_are_never_chosen_and_refuse_other_dtypes():
-    candidates = [config for config in plan.TILE_CONFIGS if config.candidate]
-    assert candidates and all(config not in plan.HEURISTIC_CONFIGS for config in candidates)
+    candidates = [config for config in tiles.TILE_CONFIGS if config.candidate]
+    assert candidates and all(config not in tiles.HEURISTIC_CONFIGS for config in candidates)
     sizes = [1, 64, 100, 256, 1000, 4096, 8192, 11008, 65536]
-    assert all(not plan.choose(m, n, 1024).config.candidate for m in sizes for n in sizes)
-    assert all(set(config.dtypes) == set(DTYPES) for config in plan.HEURISTIC_CONFIGS)
+    assert all(not cost.choose(m, n, 1024).config.candidate for m in sizes for n in sizes)
+    assert all(set(config.dtypes) == set(DTYPES) for config in tiles.HEURISTIC_CONFIGS)
     [launch] = gemm_launches(300, 300, 64, tuning=Tuning(config="warp"))  # chosen by name, it runs
     assert ", 128, 128, 8, 32, 64, 8, 8, " in launch.name and launch.block == (256, 1, 1)
     with pytest.raises(ValueError, match="'warp' is instantiated for float32 only, got dtype float64"):
@@ -192,23 +192,23 @@ def test_candidates_are_never_chosen_and_refuse_other_dtypes():
 
 def test_tile_configs_must_tile_with_whole_blocks_or_warps():
     with pytest.raises(ValueError, match="does not tile"):
-        plan.TileConfig("x", bm=128, bn=128, bk=8, wm=48, wn=64, tm=8, tn=8)
+        tiles.TileConfig("x", bm=128, bn=128, bk=8, wm=48, wn=64, tm=8, tn=8)
     with pytest.raises(ValueError, match="neither the block"):
-        plan.TileConfig("x", bm=128, bn=128, bk=8, wm=64, wn=64, tm=8, tn=8)  # groups of 64 threads
+        tiles.TileConfig("x", bm=128, bn=128, bk=8, wm=64, wn=64, tm=8, tn=8)  # groups of 64 threads
 
 
 def test_split_k_only_for_single_matrices_and_long_enough_slices():
-    assert plan.choose(4096, 4096, 65536).splits == 1  # the card is full
-    assert plan.choose(64, 64, 1000).splits == 1  # K too short to split
-    assert plan.choose(64, 64, 65536).splits > 1
-    assert plan.choose(64, 64, 65536, batch=4).splits == 1  # a stack fills the card with its batch
-    assert all(plan.split_k(4096, s, 8)[0] >= plan.MIN_K_PER_SPLIT for s in plan.split_counts(4096, 1))
+    assert cost.choose(4096, 4096, 65536).splits == 1  # the card is full
+    assert cost.choose(64, 64, 1000).splits == 1  # K too short to split
+    assert cost.choose(64, 64, 65536).splits > 1
+    assert cost.choose(64, 64, 65536, batch=4).splits == 1  # a stack fills the card with its batch
+    assert all(cost.split_k(4096, s, 8)[0] >= cost.MIN_K_PER_SPLIT for s in cost.split_counts(4096, 1))
 
 
 def test_split_k_slices_are_whole_steps_that_cover_k():
     for k in (0, 1, 7, 8, 33, 65, 1000, 4097):
         for requested in (1, 2, 3, 5, 64):
-            k_per_split, splits = plan.split_k(k, requested, 8)
+            k_per_split, splits = cost.split_k(k, requested, 8)
             assert k_per_split % 8 == 0 and k_per_split > 0 and 1 <= splits <= max(requested, 1)
             assert (splits - 1) * k_per_split < max(k, 1) <= splits * k_per_split or k == 0 and splits == 1
 
@@ -310,7 +310,7 @@ def test_sizes_near_int32_are_refused_before_any_copy():
 
 
 def test_plans_launch_exactly_the_listed_instantiations():
-    """The compile checks build plan.instantiations(); it must be what the plans can launch."""
+    """The compile checks build tiles.instantiations(); it must be what the plans can launch."""
     launched = {}
     for dtype, config in DTYPE_CONFIGS:
         for trans_a, trans_b in TRANS:
@@ -319,7 +319,7 @@ def test_plans_launch_exactly_the_listed_instantiations():
                     tuning = Tuning(config=config, vector=vector, splits=splits)
                     for launch in gemm_launches(16, 16, 40, dtype, trans_a, trans_b, tuning):
                         launched[launch.name] = launch.shared_mem
-    for dtype, config in [(dtype, config.name) for config in plan.TC_CONFIGS for dtype in config.dtypes]:
+    for dtype, config in [(dtype, config.name) for config in tiles.TC_CONFIGS for dtype in config.dtypes]:
         for trans_a, trans_b in TRANS:
             for splits in (1, 2):
                 tuning = Tuning(config=config, splits=splits)
@@ -328,7 +328,7 @@ def test_plans_launch_exactly_the_listed_instantiations():
     for dtype in DTYPES:
         a, out = np.zeros((100, 3), DTYPES[dtype]), np.zeros(3, DTYPES[dtype])
         launched.update((launch.name, launch.shared_mem) for launch in plan.plan_colsum(np, a, out, beta=0.0))
-    assert launched == {kernel.name: kernel.shared_mem for kernel in plan.instantiations()}
+    assert launched == {kernel.name: kernel.shared_mem for kernel in tiles.instantiations()}
 
 
 def test_colsum_chunks_cover_the_rows():
@@ -364,7 +364,7 @@ def test_gemm_instantiation(runtime, dtype, trans_a, trans_b, config, vector):
     a = stored(rng, a_shape, DTYPES[dtype], ld(a_shape[1]))
     b = stored(rng, b_shape, DTYPES[dtype], ld(b_shape[1]))
     bias = rng.standard_normal(n).astype(DTYPES[dtype])
-    t = plan.ELEMENT_TYPES[dtype]
+    t = tiles.ELEMENT_TYPES[dtype]
     for splits, alpha, beta, with_bias in EPILOGUES:
         c = output(rng, (m, n), DTYPES[dtype], beta)
         expected = reference(a, b, trans_a, trans_b, alpha, beta, c, bias if with_bias else None)
@@ -372,7 +372,7 @@ def test_gemm_instantiation(runtime, dtype, trans_a, trans_b, config, vector):
                                   bias=bias if with_bias else None,
                                   tuning=Tuning(config=config, splits=splits, vector=vector))
         c_cpp = t.cpp if splits == 1 else t.acc_cpp
-        assert launches[0].name == plan.gemm_name(t, c_cpp, trans_a, trans_b, plan.CONFIGS_BY_NAME[config], vector)
+        assert launches[0].name == tiles.gemm_name(t, c_cpp, trans_a, trans_b, tiles.CONFIGS_BY_NAME[config], vector)
         assert len(launches) == (1 if splits == 1 else 2) and launches[0].grid[2] == splits
         KernelBackend(runtime).launch(launches)
         assert_close(c, expected, dtype)
@@ -416,7 +416,7 @@ def test_every_fragment_read_returns_in_two_cycles(tmp_path):
     for path in kernels_dir().iterdir():
         if path.suffix in (".cu", ".cuh"):
             shutil.copy(path, tmp_path / path.name)
-    configs = plan.TILE_CONFIGS
+    configs = tiles.TILE_CONFIGS
     (tmp_path / "probe.cu").write_text(lane_map_probe(configs))
     out = np.full((len(configs), 256, 8), -1, np.int32)
     emulator(kernel_dir=tmp_path).function("probe.cu", "lane_maps")((1, 1, 1), (256, 1, 1), (out,))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import require
-from linear.backends import BackendUnavailable, plan
+from linear.backends import BackendUnavailable, plan, tiles
 from linear.backends.emulate import EmulationError, EmulatorRuntime
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
@@ -145,7 +145,7 @@ class Case:
 
     @property
     def tensor_cores(self) -> bool:
-        return isinstance(plan.CONFIGS_BY_NAME[self.config], plan.TensorCoreConfig)
+        return isinstance(tiles.CONFIGS_BY_NAME[self.config], tiles.TensorCoreConfig)
 
     def __str__(self) -> str:
         trans = "NT"[self.trans_a] + "NT"[self.trans_b]
@@ -188,10 +188,10 @@ def check(runtime: EmulatorRuntime, case: Case) -> None:
 
 
 def every_case() -> list[Case]:
-    """The whole set: every instantiation plan.instantiations() lists is launched by one of these."""
-    simt = [Case(d, c.name, ta, tb, v, s) for d in DTYPES for c in plan.TILE_CONFIGS if d in c.dtypes
+    """The whole set: every instantiation tiles.instantiations() lists is launched by one of these."""
+    simt = [Case(d, c.name, ta, tb, v, s) for d in DTYPES for c in tiles.TILE_CONFIGS if d in c.dtypes
             for ta, tb in TRANS for v in (False, True) for s in (1, 2)]
-    tensor = [Case(d, c.name, ta, tb, True, s) for c in plan.TC_CONFIGS for d in c.dtypes
+    tensor = [Case(d, c.name, ta, tb, True, s) for c in tiles.TC_CONFIGS for d in c.dtypes
               for ta, tb in TRANS for s in (1, 2)]
     return simt + tensor
 
@@ -202,7 +202,7 @@ def ci_cases() -> list[Case]:
     to case so that each dtype runs both output types (C and the split-K workspace) and both load paths;
     the tensor-core kernel once per dtype, both tile configs between them; reduce.cu in every SIMT case."""
     simt = [Case(d, c.name, *TRANS[i % 4], i % 2 == 0, 1 if i % 3 == 1 else 2)
-            for d in DTYPES for i, c in enumerate(c for c in plan.TILE_CONFIGS if d in c.dtypes)]
+            for d in DTYPES for i, c in enumerate(c for c in tiles.TILE_CONFIGS if d in c.dtypes)]
     tensor = [Case("bfloat16", "tc_small", False, False, True, 3), Case("float32", "tc_small", True, False, True, 1),
               Case("float16", "tc_large", False, True, True, 1)]
     return simt + tensor
@@ -213,7 +213,7 @@ def launched_names(cases: list[Case]) -> set[str]:
 
 
 def test_the_whole_set_launches_every_instantiation_and_ci_every_family_and_dtype():
-    instantiations = plan.instantiations()
+    instantiations = tiles.instantiations()
     assert launched_names(every_case()) == {kernel.name for kernel in instantiations}
     ci = launched_names(ci_cases())
     for kernel in instantiations:  # each kernel template x element type (its first template argument)

@@ -36,27 +36,27 @@ from pathlib import Path
 import pytest
 
 from conftest import require, require_tool
-from linear.backends import compile_check, plan
+from linear.backends import compile_check, tiles
 from linear.backends.sources import kernels_dir
 
 ARCH = "sm_90"
 HOT_CONFIGS = ["large", "warp", "warp_deep", "warp_wide"]
 PRODUCTS = {"NN": (False, False), "NT": (False, True), "TN": (True, False)}
-FLOAT = plan.ELEMENT_TYPES["float32"]
+FLOAT = tiles.ELEMENT_TYPES["float32"]
 MIN_FFMA_SHARE = 0.88  # of the main loop's instructions (the fastest public SIMT SGEMMs: 88-91 %)
 
 
 def hot_name(config: str, product: str, vector: bool = True) -> str:
-    return plan.gemm_name(FLOAT, FLOAT.cpp, *PRODUCTS[product], plan.CONFIGS_BY_NAME[config], vector)
+    return tiles.gemm_name(FLOAT, FLOAT.cpp, *PRODUCTS[product], tiles.CONFIGS_BY_NAME[config], vector)
 
 
 HOT = {(config, product): hot_name(config, product) for config in HOT_CONFIGS for product in PRODUCTS}
 SCALAR = hot_name("large", "NN", vector=False)
 
 TC_DTYPES = ("bfloat16", "float16", "float32")  # float32 runs as TF32
-TC = {(config.name, dtype, product): plan.tc_gemm_name(plan.ELEMENT_TYPES[dtype], plan.ELEMENT_TYPES[dtype].cpp,
+TC = {(config.name, dtype, product): tiles.tc_gemm_name(tiles.ELEMENT_TYPES[dtype], tiles.ELEMENT_TYPES[dtype].cpp,
                                                      *PRODUCTS[product], config)
-      for config in plan.TC_CONFIGS for dtype in TC_DTYPES for product in PRODUCTS}
+      for config in tiles.TC_CONFIGS for dtype in TC_DTYPES for product in PRODUCTS}
 # The SASS of each mma.sync shape on sm_90 (read from cuobjdump: one HMMA per mma.sync).
 HMMA_OPCODES = {"bfloat16": "HMMA.16816.F32.BF16", "float16": "HMMA.16816.F32", "float32": "HMMA.1688.F32.TF32"}
 LDSM, LDSM_TRANS = "LDSM.16.M88.4", "LDSM.16.MT88.4"  # ldmatrix .x4, without and with .trans
@@ -170,7 +170,7 @@ def figures(instructions: list[Instruction], loop: list[Instruction] | None = No
                        count["LDS_narrow"], count["BAR"], how_many(body[bar:], "LDS"), local)
 
 
-def expected_per_step(config: plan.TileConfig, product: str) -> tuple[int, int, int]:
+def expected_per_step(config: tiles.TileConfig, product: str) -> tuple[int, int, int]:
     """(FFMA, 128-bit LDS, 16-byte chunks a thread loads) per K step of one thread, from the source."""
     chunks = sum(-(-config.bk * tile // 4 // config.threads) for tile in (config.bm, config.bn))
     return config.bk * config.tm * config.tn, config.bk * (config.tm + config.tn) // 4, chunks
@@ -190,14 +190,14 @@ def tc_mix(instructions: list[Instruction]) -> Counter:
     return count
 
 
-def tc_expected_per_step(config: plan.TensorCoreConfig, dtype: str, product: str) -> Counter:
+def tc_expected_per_step(config: tiles.TensorCoreConfig, dtype: str, product: str) -> Counter:
     """What one K step of a warp issues, read from tc_gemm.cu: per k-step of the mma, an ldmatrix.x4
     per mma row (A) and per two mma columns (B), except TF32's k-major operands: Aᵀ read with one
     8-byte LDS per two fragment registers (2 per mma row), B with one LDS per register (2 per mma
     column)."""
     trans_a, trans_b = PRODUCTS[product]
     tf32 = dtype == "float32"
-    itemsize = plan.ELEMENT_TYPES[dtype].itemsize
+    itemsize = tiles.ELEMENT_TYPES[dtype].itemsize
     m_tiles, n_tiles, k_steps = config.wm // 16, config.wn // 8, config.bk(itemsize) // (8 if tf32 else 16)
     # LDGSTS: one per 16-byte chunk a thread copies, on each of the loader's two paths (tiles inside
     # the matrices, without bounds checks, and edge tiles, with them).
@@ -260,7 +260,7 @@ def sass() -> dict[str, list[Instruction]]:
 def test_main_loop_is_vector_loads_and_dense_ffma(sass, config, product):
     name = HOT[config, product]
     loop = figures(sass[name])
-    ffma, lds, chunks = expected_per_step(plan.CONFIGS_BY_NAME[config], product)
+    ffma, lds, chunks = expected_per_step(tiles.CONFIGS_BY_NAME[config], product)
     unrolled = loop.ffma // ffma  # steps the compiler unrolled into one loop body
     mix = Counter(i.base for i in main_loop(sass[name]) if i.base not in ("NOP", "FFMA", "LDS", "LDG", "BAR"))
     edge = edge_loop(sass[name])
@@ -276,7 +276,7 @@ def test_main_loop_is_vector_loads_and_dense_ffma(sass, config, product):
     assert edge_figures and edge_figures.ffma == loop.ffma and edge_figures.ldg_narrow > 0, (name, edge_figures)
     assert loop.barriers == unrolled, (name, loop)
     # Fragments double-buffered in registers: the next stage's first ones load right after the barrier.
-    assert loop.lds_after_barrier == lds // plan.CONFIGS_BY_NAME[config].bk, (name, loop)
+    assert loop.lds_after_barrier == lds // tiles.CONFIGS_BY_NAME[config].bk, (name, loop)
     assert loop.local == 0, (name, loop)
     assert loop.ffma_share >= MIN_FFMA_SHARE, (name, loop)
 
@@ -291,7 +291,7 @@ def test_the_checks_catch_scalar_loads_and_local_memory(sass):
 def test_tensor_core_main_loop(sass, config, dtype, product):
     name = TC[config, dtype, product]
     mix = tc_mix(sass[name])
-    expected = tc_expected_per_step(plan.CONFIGS_BY_NAME[config], dtype, product)
+    expected = tc_expected_per_step(tiles.CONFIGS_BY_NAME[config], dtype, product)
     hmma = HMMA_OPCODES[dtype]
     unrolled = mix[hmma] // expected[hmma]  # steps the compiler unrolled into one loop body
     total = sum(mix[c] for c in (*TC_MIX, "other"))

@@ -1,5 +1,5 @@
 """bench/sweep.py on the emulator: every tiny case planned, checked and recorded; a wrong result caught;
-the budget respected; the winners read the way plan.py would have to change. No speed is asserted.
+the budget respected; the winners read the way the plan would have to change. No speed is asserted.
 
 bench/ is not part of the installed package: it is imported from the repository root.
 """
@@ -125,7 +125,7 @@ def test_the_gpu_timer_path_with_a_stand_in_for_cupyx(sweep, runtime, tmp_path, 
 
 
 def test_full_sweep_covers_every_product_shape_and_float32_config(sweep):
-    configs = [sweep.HEURISTIC] + [c.name for c in sweep.plan.TILE_CONFIGS if "float32" in c.dtypes]
+    configs = [sweep.HEURISTIC] + [c.name for c in sweep.tiles.TILE_CONFIGS if "float32" in c.dtypes]
     cases = [case for group in sweep.sweep_cases(sweep.SHAPES, configs, sweep.MIN_K_PER_SLICE) for case in group]
     assert {(c.product, c.shape, c.config) for c in cases if c.splits in (None, 1)} == {
         (p, s, c) for p in sweep.PRODUCTS for s in sweep.SHAPES for c in configs}
@@ -133,7 +133,7 @@ def test_full_sweep_covers_every_product_shape_and_float32_config(sweep):
     assert {c.product for c in split} == {"NN", "NT", "TN"}
     for c in split:  # only where the tiles leave the card short, with slices of at least MIN_K_PER_SLICE
         m, n, k = sweep.PRODUCTS[c.product].mnk(c.shape)
-        assert sweep.plan.CONFIGS_BY_NAME[c.config].tiles(m, n) < 2 * sweep.plan.H100.sms
+        assert sweep.tiles.CONFIGS_BY_NAME[c.config].tiles(m, n) < 2 * sweep.cost.H100.sms
         assert k // c.splits >= sweep.MIN_K_PER_SLICE
     assert {c.shape for c in split} == {(256, 1024, 1024), (32, 784, 256)}
     assert sweep.PRODUCTS["NN"].mnk((8192, 4096, 11008)) == (8192, 11008, 4096)  # M, N, K = B, D, F
@@ -141,7 +141,7 @@ def test_full_sweep_covers_every_product_shape_and_float32_config(sweep):
     kernels = sweep.kernels_launched(cases)
     assert ("reduce.cu", "linear_sum_splits<float>") in kernels
     assert {name for source, name in kernels if source == "gemm.cu"} == {
-        sweep.plan.gemm_name(sweep.plan.ELEMENT_TYPES["float32"], "float", *flags, sweep.plan.CONFIGS_BY_NAME[c], True)
+        sweep.tiles.gemm_name(sweep.tiles.ELEMENT_TYPES["float32"], "float", *flags, sweep.tiles.CONFIGS_BY_NAME[c], True)
         for c in configs[1:] for flags in [(False, False), (False, True), (True, False)]}
 
 

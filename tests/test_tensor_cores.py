@@ -9,7 +9,6 @@ cp.async wait must fail.
 """
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import linear
-from linear.backends import available_backends, get_backend, plan
+from linear.backends import available_backends, get_backend, plan, tiles
 from linear.backends.emulate import EmulationError
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
@@ -89,7 +88,7 @@ def test_mma_fragments_follow_the_isa(probe_runtime, dtype):
     b = rng.integers(-4, 5, (k, 8)).astype(TC_DTYPES[dtype])
     c = rng.integers(-16, 17, (16, 8)).astype(np.float32)
     d = poisoned(np, (16, 8), np.float32)
-    name = "probe_mma_m16n8k8_tf32" if dtype == "float32" else f"probe_mma_m16n8k16<{plan.ELEMENT_TYPES[dtype].cpp}>"
+    name = "probe_mma_m16n8k8_tf32" if dtype == "float32" else f"probe_mma_m16n8k16<{tiles.ELEMENT_TYPES[dtype].cpp}>"
     *_, got = run_probe(probe_runtime, name, a, b, c, d)
     np.testing.assert_array_equal(got, a.astype(np.float64) @ b.astype(np.float64) + c)
 

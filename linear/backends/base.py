@@ -23,7 +23,7 @@ kernel source from kernels/ and launches a named template instantiation of it:
 
     runtime.function(source, name)(grid, block, args, shared_mem=0)
     runtime.compute_capability()    e.g. 90: tensor-core kernels run from 80 on
-    runtime.device_limits()         plan.DeviceLimits: SMs, registers, shared memory (the cost model)
+    runtime.device_limits()         cost.DeviceLimits: SMs, registers, shared memory (the cost model)
 
 where source is a file name in kernels/ ("gemm.cu"), name an instantiation ("gemm<float, ...>"),
 grid and block 3-tuples, and args a tuple of `runtime.xp` arrays (passed as pointers) and numpy
@@ -66,6 +66,6 @@ class Runtime(Protocol):
         ...
 
     def device_limits(self) -> Any:
-        """The current device's plan.DeviceLimits (SM count, registers, shared memory, threads, clock,
+        """The current device's cost.DeviceLimits (SM count, registers, shared memory, threads, clock,
         bandwidth): what the launch plan's cost model plans for."""
         ...

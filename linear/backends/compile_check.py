@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cuda import cuda_include_dirs
-from . import plan
-from .plan import Instantiation, instantiations
+from . import tiles
+from .tiles import Instantiation, instantiations
 from .sources import kernels_dir
 
 # The dynamic shared memory one block may opt into (cudaFuncAttributeMaxDynamicSharedMemorySize, which the
@@ -72,7 +72,7 @@ def parse_ptxas(log: str) -> dict[str, Resources]:
 
 
 def demangle(mangled: list[str]) -> dict[str, str]:
-    """{mangled: the instantiation name as plan.py writes it} (c++filt prints the same spelling)."""
+    """{mangled: the instantiation name as tiles.py writes it} (c++filt prints the same spelling)."""
     out = subprocess.run(["c++filt"], input="\n".join(mangled), capture_output=True, text=True, check=True)
     names = [line.removeprefix("void ").split("(")[0] for line in out.stdout.splitlines()]
     return dict(zip(mangled, names))
@@ -178,20 +178,20 @@ def registers_table(kernels: list[Instantiation], resources: dict[tuple[str, str
 
 
 def plan_registers(resources: dict[tuple[str, str], Resources], arch: str = "sm_90") -> dict:
-    """plan.REGISTERS as ptxas reports it: per (config, dtype, 16-byte loads), the most registers over
+    """cost.REGISTERS as ptxas reports it: per (config, dtype, 16-byte loads), the most registers over
     the products and C types."""
     table = {}
-    for dtype, t in plan.ELEMENT_TYPES.items():
+    for dtype, t in tiles.ELEMENT_TYPES.items():
         c_types = dict.fromkeys((t.cpp, t.acc_cpp))
         flags = [(trans_a, trans_b) for trans_a in (False, True) for trans_b in (False, True)]
-        for config in plan.TILE_CONFIGS:
+        for config in tiles.TILE_CONFIGS:
             for vector in (False, True):
                 if dtype in config.dtypes:
-                    names = [plan.gemm_name(t, c, *f, config, vector) for c in c_types for f in flags]
+                    names = [tiles.gemm_name(t, c, *f, config, vector) for c in c_types for f in flags]
                     table[config.name, dtype, vector] = max(resources[arch, name].registers for name in names)
-        for config in plan.TC_CONFIGS:
+        for config in tiles.TC_CONFIGS:
             if dtype in config.dtypes:
-                names = [plan.tc_gemm_name(t, c, *f, config) for c in c_types for f in flags]
+                names = [tiles.tc_gemm_name(t, c, *f, config) for c in c_types for f in flags]
                 table[config.name, dtype, True] = max(resources[arch, name].registers for name in names)
     return table
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import BackendUnavailable
-from .plan import H100, DeviceLimits
+from .cost import H100, DeviceLimits
 from .sources import kernels_dir
 
 
