@@ -254,6 +254,12 @@ def test_unaligned_operands_are_copied_to_aligned_rows_for_the_tensor_cores():
                                trans_a=False, trans_b=False, alpha=1.0, beta=0.0, arch=90)
     assert stacked.source == "tc_gemm.cu" and stacked.grid[2] == 3
     assert stacked.args[6] == 64 and stacked.args[7] == 0 and np.array_equal(stacked.args[5][0], a)
+    # Where the cost model says the copy costs more than the tensor cores save (a device with a slow
+    # memory), the SIMT kernel on the arrays as they are.
+    slow = cost.DeviceLimits(sms=132, bandwidth=1e6)
+    assert not cost.aligned_copies_pay(64, 64, 63, 1, "float16", [a.nbytes], slow)
+    [simt] = plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, arch=90, device=slow)
+    assert simt.source == "gemm.cu" and simt.args[5] is a
     # The SIMT kernel asked for, or a dtype without tensor cores: the arrays as they are.
     named = plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, arch=90,
                            tuning=Tuning(config="medium"))
