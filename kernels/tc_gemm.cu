@@ -72,8 +72,13 @@ template <> struct Mma<float> {  // TF32: one element per register, each rounded
 };
 
 // A ROWS x COLS tile of a row-major matrix in shared memory, its 16-byte chunks swizzled per row.
-template <typename T, int ROWS, int COLS>
+// SPREAD = 2 for the tiles that TF32 reads one or two floats at a time from 4 consecutive rows (its
+// k-major operands, which ldmatrix cannot read): each of those rows then moves by a different pair of
+// chunks, so that such a read of a warp (8 floats of each row) touches every bank once. ldmatrix,
+// which reads 8 consecutive rows of a chunk, wants SPREAD = 1.
+template <typename T, int ROWS, int COLS, int SPREAD = 1>
 struct SwizzledTile {
+    using Element = T;
     static constexpr int V = 16 / int(sizeof(T));  // elements per chunk
     static constexpr int CHUNKS = COLS / V;        // chunks per row
     static constexpr int ROWS_PER_LINE = CHUNKS >= 8 ? 1 : 8 / CHUNKS;
@@ -83,7 +88,7 @@ struct SwizzledTile {
     static_assert(COLS % V == 0 && CHUNKS >= 2 && (CHUNKS & (CHUNKS - 1)) == 0, "rows of 2^n chunks, n >= 1");
 
     static __device__ __forceinline__ int offset(int row, int col) {
-        return row * COLS + ((col / V) ^ (row / ROWS_PER_LINE % PATTERN)) * V + col % V;
+        return row * COLS + ((col / V) ^ (row / ROWS_PER_LINE % (PATTERN / SPREAD) * SPREAD)) * V + col % V;
     }
 
 };
@@ -93,12 +98,12 @@ struct SwizzledTile {
 // Pointers and coordinates are set once and advanced, so a step costs an add per chunk, not an index
 // computation. Elements at rows >= row_end or columns >= col_end arrive as zeros: a chunk across the
 // edge reads only its bytes inside the matrix.
-template <typename T, int ROWS, int COLS, int THREADS, bool K_ROWS>
+template <typename Tile, int THREADS, bool K_ROWS>
 struct TileCopier {
-    using Tile = SwizzledTile<T, ROWS, COLS>;
-    static constexpr int V = Tile::V, PER_THREAD = ROWS * Tile::CHUNKS / THREADS;
-    static constexpr int K_DEPTH = K_ROWS ? ROWS : COLS;  // k per stage
-    static_assert(ROWS * Tile::CHUNKS % THREADS == 0, "every thread copies the same number of chunks");
+    using T = typename Tile::Element;
+    static constexpr int V = Tile::V, PER_THREAD = Tile::ROWS_ * Tile::CHUNKS / THREADS;
+    static constexpr int K_DEPTH = K_ROWS ? Tile::ROWS_ : Tile::COLS_;  // k per stage
+    static_assert(Tile::ROWS_ * Tile::CHUNKS % THREADS == 0, "every thread copies the same number of chunks");
 
     const T* src[PER_THREAD];  // a chunk's first element in the matrix at the current step
     int row[PER_THREAD], col[PER_THREAD];  // and its coordinates there
@@ -166,8 +171,8 @@ linear_tc_gemm(int M, int N, int K, int k_per_split, int splits,
     // the rows gives the same products; the epilogue follows it.
     constexpr bool PAIRED_M = Op::ROUNDS && TRANS_A;
     // Stored layouts: A is M x K (rows of k) unless TRANS_A; B is K x N (rows of n) unless TRANS_B.
-    using TileA = SwizzledTile<T, TRANS_A ? BK : BM, TRANS_A ? BM : BK>;
-    using TileB = SwizzledTile<T, TRANS_B ? BN : BK, TRANS_B ? BK : BN>;
+    using TileA = SwizzledTile<T, TRANS_A ? BK : BM, TRANS_A ? BM : BK, Op::ROUNDS && TRANS_A ? 2 : 1>;
+    using TileB = SwizzledTile<T, TRANS_B ? BN : BK, TRANS_B ? BK : BN, Op::ROUNDS && !TRANS_B ? 2 : 1>;
     constexpr int V = TileA::V;
 
     extern __shared__ __align__(16) unsigned char tc_shared[];
@@ -184,10 +189,8 @@ linear_tc_gemm(int M, int N, int K, int k_per_split, int splits,
     const int wm0 = warp / WARPS_N * WM, wn0 = warp % WARPS_N * WN;
 
     // The stages' tiles, k_begin first: rows and columns as stored, with their ends.
-    TileCopier<T, TileA::ROWS_, TileA::COLS_, THREADS, TRANS_A> copy_a(A, lda, TRANS_A ? k_begin : m0,
-                                                                         TRANS_A ? m0 : k_begin);
-    TileCopier<T, TileB::ROWS_, TileB::COLS_, THREADS, !TRANS_B> copy_b(B, ldb, TRANS_B ? n0 : k_begin,
-                                                                          TRANS_B ? k_begin : n0);
+    TileCopier<TileA, THREADS, TRANS_A> copy_a(A, lda, TRANS_A ? k_begin : m0, TRANS_A ? m0 : k_begin);
+    TileCopier<TileB, THREADS, !TRANS_B> copy_b(B, ldb, TRANS_B ? n0 : k_begin, TRANS_B ? k_begin : n0);
     // Tiles inside the matrices in every direction (all but the edge blocks' and the last k step's)
     // skip the bounds checks.
     const bool inside_mn = m0 + BM <= M && n0 + BN <= N;

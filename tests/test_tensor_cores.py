@@ -204,6 +204,54 @@ def test_a_missing_cp_async_wait_is_caught(tmp_path):
     assert error > 1e-2
 
 
+def wavefronts(addresses: list[int], width: int) -> int:
+    """Shared-memory wavefronts of one warp's load of `width` (4 or 8) bytes a lane, by the usual bank
+    model: 32 banks of 4 bytes, one word per bank per wavefront, 8-byte loads a half-warp at a time."""
+    group = 32 if width == 4 else 16
+    total = 0
+    for first in range(0, 32, group):
+        words = {a // 4 + w for a in set(addresses[first:first + group]) for w in range(width // 4)}
+        total += max(sum(word % 32 == bank for word in words) for bank in range(32))
+    return total
+
+
+TF32_READS_PROBE = """#include "tc_gemm.cu"
+// Byte offsets of TF32's k-major fragment reads in a tc_large stage (16 rows of k, 128 floats), by the
+// kernel's own SwizzledTile: per k-step kk, warp column base c and register: Aᵀ's 8-byte loads at
+// (kk + t + 4h, c + 2g), B's 4-byte loads at (kk + t + 4(q % 2), c + 8(q / 2) + g).
+template <int SPREAD> __device__ void reads(int* out, int lane) {
+    using Tile = SwizzledTile<float, 16, 128, SPREAD>;
+    const int g = lane / 4, t = lane % 4;
+    for (int kk = 0; kk < 16; kk += 8)
+        for (int c = 0; c < 128; c += 16) {
+            int* const at = out + ((kk / 8) * 8 + c / 16) * 6 * 32;
+            for (int h = 0; h < 2; ++h) at[h * 32 + lane] = 4 * Tile::offset(kk + t + 4 * h, c + 2 * g);
+            for (int q = 0; q < 4; ++q) at[(2 + q) * 32 + lane] = 4 * Tile::offset(kk + t + 4 * (q % 2), c + 8 * (q / 2) + g);
+        }
+}
+__global__ void tf32_reads(int* out) {
+    reads<1>(out, threadIdx.x);
+    reads<2>(out + 2 * 8 * 6 * 32, threadIdx.x);
+}
+"""
+
+
+def test_tf32_k_major_reads_touch_every_bank_once(tmp_path):
+    """With the TF32 k-major tiles' SPREAD = 2 swizzle, every fragment read of a warp takes the fewest
+    wavefronts (1 for 4-byte loads, 2 for 8-byte ones); the plain swizzle, which ldmatrix wants, takes
+    2 and 4 there (the control that the model sees the difference)."""
+    for path in kernels_dir().iterdir():
+        if path.suffix in (".cu", ".cuh"):
+            shutil.copy(path, tmp_path / path.name)
+    (tmp_path / "probe.cu").write_text(TF32_READS_PROBE)
+    out = np.full((2, 16, 6, 32), -1, np.int32)
+    emulator(kernel_dir=tmp_path).function("probe.cu", "tf32_reads")((1, 1, 1), (32, 1, 1), (out,))
+    for spread, (a_best, b_best) in ((1, (4, 2)), (2, (2, 1))):
+        reads = out[spread - 1]
+        assert max(wavefronts(list(r), 8) for r in reads[:, :2].reshape(-1, 32)) == a_best, spread
+        assert max(wavefronts(list(r), 4) for r in reads[:, 2:].reshape(-1, 32)) == b_best, spread
+
+
 # tc_gemm runs clean under every sanitize mode in tests/test_sanitize.py (each dtype); here, the reports.
 
 def test_memcheck_reports_a_chunk_read_past_the_matrix(tmp_path):
