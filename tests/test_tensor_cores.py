@@ -9,7 +9,11 @@ cp.async wait must fail.
 """
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import ml_dtypes
@@ -33,7 +37,7 @@ TC_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfl
              "float32": np.dtype(np.float32)}  # float32: TF32
 # No tile multiples in M, N or K; K = 75 also ends inside a 16-byte chunk. Block (0, 0) has interior
 # tiles (the loader's unchecked path) before its edge ones.
-SHAPES = {"tc_small": (70, 72, 75), "tc_large": (136, 130, 45)}
+SHAPES = {"tc_small": (70, 72, 75), "tc_large": (136, 130, 45), "tc_wide": (136, 260, 45)}
 
 
 @pytest.fixture(scope="module", params=["emulate", pytest.param("cuda", marks=pytest.mark.gpu)])
@@ -154,7 +158,7 @@ def check_tc_gemm(runtime, dtype, trans_a, trans_b, config, splits, kernel=None,
 
 @pytest.mark.parametrize("dtype", TC_DTYPES)
 @pytest.mark.parametrize("trans_a,trans_b", TRANS)
-@pytest.mark.parametrize("config,splits", [("tc_small", 1), ("tc_small", 3), ("tc_large", 1)])
+@pytest.mark.parametrize("config,splits", [("tc_small", 1), ("tc_small", 3), ("tc_large", 1), ("tc_wide", 1)])
 def test_tc_gemm(dtype, trans_a, trans_b, config, splits):
     error = check_tc_gemm(emulator(), dtype, trans_a, trans_b, config, splits)
     # float32: against a reference on the TF32-rounded inputs, which the kernel must match to float32's
@@ -362,3 +366,19 @@ def test_unaligned_half_operands_are_copied_to_aligned_rows_for_the_tensor_cores
     assert_close(linear.matmul(x, weights, backend="emulate"), exact[0] @ weights.astype(np.float64), dtype)
     assert len(launched) == 5 and all(name.startswith("linear_tc_gemm<") for name in launched)
     assert np.array_equal(x, x_before) and np.array_equal(w, w_before)
+
+
+def test_the_gpu_sessions_tile_comparison_checks_and_times_every_configuration(tmp_path):
+    """bench/gpu_check.py tc_tiles (a phase of the GPU session) on the emulator at 1 % of its shapes:
+    every tensor-core configuration, the tc_wide candidate included, right on all three products."""
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "tc_tiles.json"
+    run = subprocess.run([sys.executable, "bench/gpu_check.py", "tc_tiles", str(out), "--backend", "emulate",
+                          "--scale", "0.01"], cwd=root, env=dict(os.environ, PYTHONPATH=str(root)),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 3 * 3 * len(tiles.TC_CONFIGS)
+    assert {row["config"] for row in rows} == {config.name for config in tiles.TC_CONFIGS} >= {"tc_wide"}
+    assert all(row["rel_err"] <= 1e-2 and row["median_ms"] > 0 for row in rows), rows
+

@@ -63,6 +63,7 @@ REGISTERS = {
     ('warp_medium', 'float32', True): 91,
     ('tc_large', 'float32', True): 154,
     ('tc_small', 'float32', True): 96,
+    ('tc_wide', 'float32', True): 241,
     ('large', 'float64', False): 240,
     ('large', 'float64', True): 240,
     ('medium', 'float64', False): 128,
@@ -77,6 +78,7 @@ REGISTERS = {
     ('small', 'float16', True): 115,
     ('tc_large', 'float16', True): 128,
     ('tc_small', 'float16', True): 96,
+    ('tc_wide', 'float16', True): 242,
     ('large', 'bfloat16', False): 165,
     ('large', 'bfloat16', True): 159,
     ('medium', 'bfloat16', False): 81,
@@ -85,6 +87,7 @@ REGISTERS = {
     ('small', 'bfloat16', True): 115,
     ('tc_large', 'bfloat16', True): 128,
     ('tc_small', 'bfloat16', True): 96,
+    ('tc_wide', 'bfloat16', True): 242,
 }
 REGISTER_UNIT = 256  # registers are allocated per warp in units of 256
 SHARED_PER_BLOCK_RESERVED = 1024  # bytes the CUDA runtime keeps per resident block (sm_80 and later)

@@ -126,6 +126,10 @@ TC_CONFIGS = (
     TensorCoreConfig("tc_large", bm=128, bn=128, wm=64, wn=32, stages=4),
     # 4 warps of 32 x 32; 3 stages of 8 KiB, for the shapes with few tiles.
     TensorCoreConfig("tc_small", bm=64, bn=64, wm=32, wn=32, stages=3),
+    # tc_large with 64 x 64 warp tiles in a 128 x 256 block: half the shared-memory reads per mma (the
+    # bound of 64 x 32 tiles, bench/NOTES.md); 4 stages of 24 KiB, one block of 8 warps per SM
+    # (about 240 registers). A candidate until a GPU measures it (python bench/gpu_check.py tc_tiles).
+    TensorCoreConfig("tc_wide", bm=128, bn=256, wm=64, wn=64, stages=4, candidate=True),
 )
 TC_HEURISTIC_CONFIGS = tuple(config for config in TC_CONFIGS if not config.candidate)
 CONFIGS_BY_NAME = {config.name: config for config in TILE_CONFIGS + TC_CONFIGS}
