@@ -87,24 +87,16 @@ TC_TILE_SHAPES = [(4096, 4096, 4096), (8192, 4096, 11008), (2048, 768, 50257)]  
 TC_TILE_REPEATS = 10
 
 
-def _median_ms(call, on_gpu: bool) -> float:
-    import time
-    if on_gpu:
-        from cupyx.profiler import benchmark
-        return float(np.median(benchmark(call, n_repeat=TC_TILE_REPEATS, n_warmup=2).gpu_times[0])) * 1e3
-    start = time.perf_counter()
-    call()
-    return (time.perf_counter() - start) * 1e3
-
-
 def tc_tiles(out: Path, backend_name: str, scale: float) -> bool:
     import ml_dtypes
     from linear.backends import get_backend, tiles
     from linear.backends.kernel import KernelBackend
     from linear.backends.plan import Tuning
     from linear.testing import TOLERANCE, relative_error
+    from bench.timers import cpu_ms, gpu_ms
     runtime = get_backend(backend_name).runtime
     xp, on_gpu = runtime.xp, backend_name == "cuda"
+    clock, repeats = (gpu_ms, TC_TILE_REPEATS) if on_gpu else (cpu_ms, 1)
     rng = np.random.default_rng(0)
     rows, results = 64, []
     for shape in TC_TILE_SHAPES:
@@ -137,7 +129,7 @@ def tc_tiles(out: Path, backend_name: str, scale: float) -> bool:
                     if not row["rel_err"] <= TOLERANCE["bfloat16"]:
                         row["error"] = "wrong result: not timed"
                     else:
-                        row["median_ms"] = _median_ms(call, on_gpu)
+                        row["median_ms"] = float(np.median([clock(call) for _ in range(repeats)]))
                         row["tflops"] = 2 * m * n * a.shape[1] / row["median_ms"] * 1e-9
                 except Exception as e:  # one configuration failing must not lose the others
                     row["error"] = f"{type(e).__name__}: {e}"[:300]
