@@ -105,8 +105,7 @@ def _stored(x: Any) -> Any:
 def as_operand(xp: ModuleType, x: Any, trans: bool) -> Operand:
     """x (a matrix, or a stack of them) as the kernels see it: row-major as is, column-major as the
     transpose with the flag flipped, anything else (negative or non-unit inner strides, batch strides
-    that are not whole elements) as a contiguous copy, which keeps a broadcast (stride 0) dimension
-    broadcast."""
+    that are not whole elements) as an aligned copy (aligned_copy)."""
     cols = max(x.shape[-1], 1)
     if x.size == 0:  # never read
         return Operand(x, cols, trans)
@@ -118,7 +117,7 @@ def as_operand(xp: ModuleType, x: Any, trans: bool) -> Operand:
         ld = _row_major_ld(shape[::-1], strides[::-1], x.itemsize)
         if ld is not None:
             return Operand(xp.swapaxes(x, -1, -2), ld, not trans)
-    return Operand(xp.broadcast_to(xp.ascontiguousarray(_stored(x)), x.shape), cols, trans)
+    return aligned_copy(xp, x, trans)
 
 
 def address(x: Any) -> int:
@@ -126,16 +125,15 @@ def address(x: Any) -> int:
     return x.ctypes.data if isinstance(x, np.ndarray) else x.data.ptr
 
 
-def aligned_copy(xp: ModuleType, operand: Operand) -> Operand:
-    """The operand copied into a buffer whose rows start every VECTOR_BYTES (its leading dimension
-    rounded up to the vector width); the kernel never reads the padding at the end of each row. A
-    broadcast dimension stays broadcast: only the matrices stored are copied."""
-    x = operand.array
+def aligned_copy(xp: ModuleType, x: Any, trans: bool) -> Operand:
+    """x copied into a buffer whose rows start every VECTOR_BYTES (its leading dimension rounded up to
+    the vector width); the kernel never reads the padding at the end of each row. A broadcast
+    dimension stays broadcast: only the matrices stored are copied."""
     stored, cols = _stored(x), x.shape[-1]
     ld = round_up(max(cols, 1), VECTOR_BYTES // x.itemsize)
     buffer = xp.empty(stored.shape[:-1] + (ld,), x.dtype)
     buffer[..., :cols] = stored
-    return Operand(xp.broadcast_to(buffer[..., :cols], x.shape), ld, operand.trans)
+    return Operand(xp.broadcast_to(buffer[..., :cols], x.shape), ld, trans)
 
 
 def vector_aligned(operand: Operand) -> bool:
@@ -268,7 +266,7 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b:
             and (chosen is not None or aligned_copies_pay(
                 m, n, k, batch, dtype, [_stored(op.array).nbytes for op, copy in zip((op_a, op_b), to_copy) if copy],
                 device))):
-        op_a, op_b = (aligned_copy(xp, op) if copy else op for op, copy in zip((op_a, op_b), to_copy))
+        op_a, op_b = (aligned_copy(xp, op.array, op.trans) if copy else op for op, copy in zip((op_a, op_b), to_copy))
         aligned = vector_aligned(op_a) and vector_aligned(op_b)
     if tuning.vector and not aligned:
         raise ValueError("Tuning(vector=True) needs 16-byte aligned operands, leading dimensions and batch strides")
