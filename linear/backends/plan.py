@@ -259,15 +259,15 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b:
     op_a, op_b = as_operand(xp, a, trans_a), as_operand(xp, b, trans_b)
     if bias is not None:
         bias = _contiguous_vector(xp, bias)
-    aligned = vector_aligned(op_a) and vector_aligned(op_b)
-    to_copy = [not vector_aligned(op) for op in (op_a, op_b)]
-    if (any(to_copy) and tuning.vector is None and not isinstance(chosen, TileConfig)
+    unaligned = [not vector_aligned(op) for op in (op_a, op_b)]
+    if (any(unaligned) and tuning.vector is None and not isinstance(chosen, TileConfig)
             and tensor_cores_take(dtype, arch=arch, tf32=tf32)
             and (chosen is not None or aligned_copies_pay(
-                m, n, k, batch, dtype, [_stored(op.array).nbytes for op, copy in zip((op_a, op_b), to_copy) if copy],
+                m, n, k, batch, dtype, [_stored(op.array).nbytes for op, u in zip((op_a, op_b), unaligned) if u],
                 device))):
-        op_a, op_b = (aligned_copy(xp, op.array, op.trans) if copy else op for op, copy in zip((op_a, op_b), to_copy))
-        aligned = vector_aligned(op_a) and vector_aligned(op_b)
+        op_a, op_b = (aligned_copy(xp, op.array, op.trans) if u else op for op, u in zip((op_a, op_b), unaligned))
+        unaligned = [not vector_aligned(op) for op in (op_a, op_b)]
+    aligned = not any(unaligned)
     if tuning.vector and not aligned:
         raise ValueError("Tuning(vector=True) needs 16-byte aligned operands, leading dimensions and batch strides")
     vector = aligned if tuning.vector is None else tuning.vector
