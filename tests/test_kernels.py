@@ -158,6 +158,27 @@ def test_the_cost_model_fixes_the_cases_of_issue_10():
         assert blocks / (-(-blocks // cost.H100.sms) * cost.H100.sms) >= 0.75, (size, best)
 
 
+def test_tensor_core_tiles_are_bounded_by_shared_memory_bandwidth():
+    """The counts of bench/NOTES.md: 64 x 32 warp tiles move 2 wavefronts per HMMA.16816 (half the peak),
+    64 x 64 tiles 1.4; TF32's rounding pass adds a third to its traffic."""
+    bound = {(name, dtype): cost.tensor_core_shared_bound(tiles.CONFIGS_BY_NAME[name], dtype)
+             for name in ("tc_large", "tc_small", "tc_wide") for dtype in ("bfloat16", "float32")}
+    assert bound["tc_large", "bfloat16"] == 0.5 and bound["tc_large", "float32"] == pytest.approx(1 / 3)
+    assert bound["tc_small", "bfloat16"] == pytest.approx(1 / 3)
+    assert bound["tc_wide", "bfloat16"] == pytest.approx(64 / 88)  # 88 wavefronts per 64 HMMA
+    assert cost.efficiency(tiles.CONFIGS_BY_NAME["tc_large"], "float16") == 0.5
+    # Tensor-core plans keep the card busy as the SIMT ones do, and big products take the big tile.
+    for b, f, d in LAYERS:
+        for product, mnk in PRODUCTS.items():
+            m, n, k = mnk(b, f, d)
+            for dtype in ("bfloat16", "float32"):
+                best = cost.choose(m, n, k, 1, dtype, True, tiles.TC_HEURISTIC_CONFIGS)
+                work = m * n / (64 * 32) / tiles.WARP_SIZE * len(cost.split_counts(k, 1)) / cost.H100.sms
+                assert best.warps_per_sm >= 8 or work < 8, (b, f, d, product, dtype, best)
+                if min(m, n) >= 2048 and k >= 1024:
+                    assert best.config.name == "tc_large", (b, f, d, product, dtype, best)
+
+
 def test_blocks_per_sm_follow_registers_shared_memory_and_threads():
     large, small = tiles.CONFIGS_BY_NAME["large"], tiles.CONFIGS_BY_NAME["small"]
     assert cost.blocks_per_sm(large, "float32", True) == 2  # <= 128 registers: 2 x 256 threads

@@ -7,7 +7,8 @@ SM; the runtime's device_limits(), an H100 for the emulator) and picks the faste
    in units of 256), shared memory (plus 1 KiB a block) and threads allow.
 2. The busiest SM runs ⌈blocks / SMs⌉ blocks (waves and uneven loads alike), up to blocks-per-SM at a
    time. Its FMA rate is the peak times the lesser of the tile's efficiency (SIMT: the FFMA share of
-   its instruction stream; tensor cores: its FLOPs per staged byte next to the 128 x 128 tile's) and
+   its instruction stream; tensor cores: its FLOPs per staged byte next to the 128 x 128 tile's, or the
+   share of the peak that shared memory's bandwidth allows its warp tiles, if less) and
    the warps it holds over WARPS_TO_HIDE_LATENCY (fewer warps hide proportionally less latency).
 3. Split-K (a single matrix only: a stack fills the card with its batch) adds the workspace's
    traffic at the device's bandwidth and a reduction launch; slices of at least MIN_K_PER_SPLIT.
@@ -100,6 +101,7 @@ TIE = 0.03  # estimates this close count as equal
 # 494 TF32, over 132 SMs at 1.83 GHz).
 FMA_PER_CLOCK = {"gemm.cu": {"float64": 64}, "tc_gemm.cu": {"float32": 1024}}
 FMA_PER_CLOCK_DEFAULT = {"gemm.cu": 128, "tc_gemm.cu": 2048}
+SHARED_BYTES_PER_CLOCK = 128  # an SM's shared memory returns one 128-byte wavefront per clock
 
 
 def blocks_per_sm(config: TileConfig | TensorCoreConfig, dtype: str, vector: bool,
@@ -114,14 +116,28 @@ def blocks_per_sm(config: TileConfig | TensorCoreConfig, dtype: str, vector: boo
                       device.threads_per_sm // config.threads, device.blocks_per_sm))
 
 
-def efficiency(config: TileConfig | TensorCoreConfig) -> float:
+def efficiency(config: TileConfig | TensorCoreConfig, dtype: str) -> float:
     """The share of the peak a tile can reach with latency hidden (estimate). SIMT: FFMA over all the
     instructions a thread issues per k (TM·TN FFMA, (TM+TN)/4 LDS.128, OVERHEAD_PER_K others; large
-    0.89, test_sass counts 0.886-0.892). Tensor cores: FLOPs per staged byte over the 128 x 128 tile's."""
+    0.89, test_sass counts 0.886-0.892). Tensor cores: the lesser of FLOPs per staged byte over the
+    128 x 128 tile's and the shared-memory bound (tensor_core_shared_bound)."""
     if isinstance(config, TensorCoreConfig):
-        return min(1.0, config.bm * config.bn / (config.bm + config.bn) / 64)
+        staged = config.bm * config.bn / (config.bm + config.bn) / 64
+        return min(1.0, staged, tensor_core_shared_bound(config, dtype))
     ffma = config.tm * config.tn
     return ffma / (ffma + (config.tm + config.tn) / 4 + OVERHEAD_PER_K)
+
+
+def tensor_core_shared_bound(config: TensorCoreConfig, dtype: str) -> float:
+    """The share of the tensor-core peak that shared memory's bandwidth allows (bench/NOTES.md). Per k, a
+    warp reads its fragments ((WM + WN) elements: ldmatrix or loads), its share of the block's cp.async
+    chunks is written, and for TF32 the rounding pass reads and writes those once more; the mma work is
+    WM · WN. tc_large: 0.5 in bf16/f16, 1/3 in TF32; tc_wide 0.73; tc_small 1/3."""
+    itemsize = element_type(dtype).itemsize
+    staged = (config.bm + config.bn) * itemsize / (config.threads // WARP_SIZE) * (3 if dtype == "float32" else 1)
+    bytes_per_k = (config.wm + config.wn) * itemsize + staged
+    fma_per_clock = FMA_PER_CLOCK["tc_gemm.cu"].get(dtype, FMA_PER_CLOCK_DEFAULT["tc_gemm.cu"])
+    return SHARED_BYTES_PER_CLOCK * config.wm * config.wn / bytes_per_k / fma_per_clock
 
 
 @dataclass(frozen=True)
@@ -144,7 +160,7 @@ def estimate(config: TileConfig | TensorCoreConfig, splits: int, m: int, n: int,
     busiest = ceil_div(blocks, device.sms)
     warps = min(resident, busiest) * config.threads / WARP_SIZE
     peak = FMA_PER_CLOCK[source].get(dtype, FMA_PER_CLOCK_DEFAULT[source]) * device.clock_hz
-    rate = peak * min(efficiency(config), warps / WARPS_TO_HIDE_LATENCY)
+    rate = peak * min(efficiency(config, dtype), warps / WARPS_TO_HIDE_LATENCY)
     seconds = busiest * config.bm * config.bn * (round_up(k_per_split, bk) + BLOCK_OVERHEAD_K * bk) / rate
     if splits > 1:  # the workspace written and read, C written, one more launch
         acc = np.dtype(element_type(dtype).acc).itemsize
