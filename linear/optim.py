@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .backends.base import accumulator_dtype
-from .layer import Parameter, array_module
+from .layer import array_module
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
 
