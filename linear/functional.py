@@ -35,7 +35,8 @@ class Gradients(NamedTuple):
 # Checks and dispatch
 # ----------------------------------------------------------------------------------------------------
 
-def _describe(a: Array) -> str:
+def describe(a: Array) -> str:
+    """An array's shape and dtype, as the error messages name them."""
     return f"shape {tuple(a.shape)} and dtype {a.dtype}"
 
 
@@ -90,7 +91,7 @@ def _is_kernel_dtype(dtype: np.dtype) -> bool:
 
 def _check_dtype(name: str, a: Array) -> None:
     if not _is_kernel_dtype(a.dtype):
-        raise TypeError(f"{name} has {_describe(a)}; supported dtypes are {', '.join(SUPPORTED_DTYPES)}")
+        raise TypeError(f"{name} has {describe(a)}; supported dtypes are {', '.join(SUPPORTED_DTYPES)}")
 
 
 # numpy hands out the native float dtypes as singletons, so `is` finds them at once.
@@ -129,7 +130,7 @@ def _result_dtype(arrays: dict[str, Array]) -> np.dtype:
 
 def _check_ndim(name: str, a: Array, ndim: int) -> None:
     if a.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D; got {_describe(a)}")
+        raise ValueError(f"{name} must be {ndim}-D; got {describe(a)}")
 
 
 def _check_flag(name: str, value: Any) -> bool:
@@ -178,13 +179,13 @@ class _Output:
         if not isinstance(out, xp.ndarray):
             raise TypeError(f"{name} must be a {xp.__name__} array like the inputs; got {type(out).__name__}")
         if tuple(out.shape) != tuple(shape):
-            raise ValueError(f"{name} has {_describe(out)}; expected shape {tuple(shape)}")
+            raise ValueError(f"{name} has {describe(out)}; expected shape {tuple(shape)}")
         if out.dtype != dtype and not (cast and not keep and np.can_cast(dtype, out.dtype, "same_kind")):
             rule = (f". Cannot cast ufunc 'matmul' output from {dtype} to {out.dtype} with casting rule "
                     "'same_kind'") if cast else ""
-            raise TypeError(f"{name} has {_describe(out)}; expected dtype {dtype}{rule}")
+            raise TypeError(f"{name} has {describe(out)}; expected dtype {dtype}{rule}")
         if xp is np and not out.flags.writeable:
-            raise ValueError(f"{name} is read-only ({_describe(out)})")
+            raise ValueError(f"{name} is read-only ({describe(out)})")
         self.result = out
         if out.dtype == dtype and out.flags.c_contiguous and not any(xp.may_share_memory(out, a) for a in inputs):
             self.work = out.reshape(work_shape)
@@ -235,10 +236,10 @@ def matmul(a: Array, b: Array, /, out: Array | tuple[Array] | None = None, *, tr
     xp = be.xp
     for name, x, trans in (("a", a, trans_a), ("b", b, trans_b)):
         if x.ndim == 0:
-            raise ValueError(f"matmul: {name} has {_describe(x)}; a scalar (0-D) operand is not allowed, "
+            raise ValueError(f"matmul: {name} has {describe(x)}; a scalar (0-D) operand is not allowed, "
                              "use multiply")
         if trans and x.ndim == 1:
-            raise ValueError(f"matmul: {name} has {_describe(x)}; trans_{name} needs a matrix (2-D or more)")
+            raise ValueError(f"matmul: {name} has {describe(x)}; trans_{name} needs a matrix (2-D or more)")
     vector_a, vector_b = a.ndim == 1, b.ndim == 1
     given_out, out_axes = out, None
     if axes is not None:  # the named matrix axes moved last; out as a view, so writing it writes out
@@ -260,7 +261,7 @@ def matmul(a: Array, b: Array, /, out: Array | tuple[Array] | None = None, *, tr
                          f"inner dimensions {k} and {k_b} differ")
     shape = batch + (() if vector_a else (m,)) + (() if vector_b else (n,))
     if out is not None and tuple(out.shape) != shape:
-        raise ValueError(f"matmul: out has {_describe(out)}; the result has shape {shape} "
+        raise ValueError(f"matmul: out has {describe(out)}; the result has shape {shape} "
                          "(non-broadcastable output operand: out is never broadcast)")
     if beta != 0 and out is None:
         raise ValueError("matmul: beta != 0 needs out= holding C")
@@ -268,12 +269,12 @@ def matmul(a: Array, b: Array, /, out: Array | tuple[Array] | None = None, *, tr
 
     if not _is_kernel_dtype(dtype):
         if alpha != 1 or beta != 0:
-            raise TypeError(f"matmul: alpha and beta need a float result; a has {_describe(a)}, b has {_describe(b)}")
+            raise TypeError(f"matmul: alpha and beta need a float result; a has {describe(a)}, b has {describe(b)}")
         product = xp.matmul(op_a, op_b).reshape(shape)
         if out is None:
             return _finish(xp, product, out_axes)
         if not np.can_cast(product.dtype, out.dtype, "same_kind"):
-            raise TypeError(f"matmul: out has {_describe(out)}. Cannot cast ufunc 'matmul' output from "
+            raise TypeError(f"matmul: out has {describe(out)}. Cannot cast ufunc 'matmul' output from "
                             f"{product.dtype} to {out.dtype} with casting rule 'same_kind'")
         out[...] = product
         return given_out
@@ -339,7 +340,7 @@ def forward(x: Array, w: Array, b: Array | None = None, *, out: Array | None = N
     x, w, b, out = arr["x"], arr["w"], arr["b"], arr["out"]
     _check_ndim("w", w, 2)
     if x.ndim < 1:
-        raise ValueError(f"x must have at least 1 dimension (..., F); got {_describe(x)}")
+        raise ValueError(f"x must have at least 1 dimension (..., F); got {describe(x)}")
     features, d = w.shape
     if x.shape[-1] != features:
         raise ValueError(f"x has shape {tuple(x.shape)} and w has shape {tuple(w.shape)}: x's last dimension "

@@ -15,7 +15,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 
 from . import functional
-from .functional import SUPPORTED_DTYPES, _describe
+from .functional import SUPPORTED_DTYPES, describe
 from .backends import default_backend_name, get_backend
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
@@ -56,7 +56,7 @@ class Parameter:
         self.grad = array_module(data).zeros_like(data)
 
     def __repr__(self) -> str:
-        return f"Parameter({_describe(self.data)})"
+        return f"Parameter({describe(self.data)})"
 
 
 class Linear:
@@ -104,10 +104,10 @@ class Linear:
             raise TypeError(f"{name} must be a {self.xp.__name__} array (this layer's backend is "
                             f"{self.backend!r}); got {type(a).__name__}")
         if a.dtype != self.dtype:
-            raise TypeError(f"{name} has {_describe(a)}; this layer's dtype is {self.dtype} "
+            raise TypeError(f"{name} has {describe(a)}; this layer's dtype is {self.dtype} "
                             f"(convert with {name}.astype(...))")
         if shape is not None and tuple(a.shape) != shape:
-            raise ValueError(f"{name} has {_describe(a)}; expected shape {shape} (the shape of the output "
+            raise ValueError(f"{name} has {describe(a)}; expected shape {shape} (the shape of the output "
                              "of the last forward)")
 
     def forward(self, x: Array) -> Array:
