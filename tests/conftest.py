@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import linear
-from linear.backends import available_backends
+from linear.backends import BackendUnavailable, available_backends, get_backend
 
 CI = os.environ.get("LINEAR_CI") == "1"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -49,9 +49,10 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     if not CI:
         return
-    if "emulate" not in available_backends():
-        from linear.backends import _load
-        raise pytest.UsageError(f"LINEAR_CI=1 but the emulate backend is unavailable: {_load('emulate')}")
+    try:
+        get_backend("emulate")
+    except BackendUnavailable as reason:
+        raise pytest.UsageError(f"LINEAR_CI=1 but the emulate backend is unavailable: {reason}") from None
     try:  # the bfloat16 tests skip (or drop the dtype) without it
         import ml_dtypes  # noqa: F401
     except ImportError:
