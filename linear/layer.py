@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import os
 import secrets
-import sys
 import zipfile
 from typing import Any, Iterator, NamedTuple
 
@@ -16,36 +15,10 @@ import numpy as np
 
 from . import functional
 from .functional import SUPPORTED_DTYPES, describe
+from .arrays import array_module, dtype_named, to_host
 from .backends import default_backend_name, get_backend
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
-
-
-def _dtype(name: Any) -> np.dtype:
-    """The numpy dtype for a supported dtype name (bfloat16 comes from ml_dtypes when installed)."""
-    if str(name) == "bfloat16":
-        try:
-            import ml_dtypes
-        except ImportError as e:
-            raise TypeError("dtype 'bfloat16' needs the ml_dtypes package (pip install ml_dtypes)") from e
-        return np.dtype(ml_dtypes.bfloat16)
-    try:
-        dtype = np.dtype(name)
-    except TypeError:
-        dtype = None
-    if dtype is None or dtype.name not in functional.SUPPORTED_DTYPES:
-        raise TypeError(f"dtype must be one of {', '.join(functional.SUPPORTED_DTYPES)}; got {name!r}")
-    return dtype
-
-
-def array_module(a: Array):
-    """numpy or cupy, whichever `a` belongs to (a CuPy array exists only once cupy is imported)."""
-    cupy = sys.modules.get("cupy")
-    return np if cupy is None else cupy.get_array_module(a)
-
-
-def _to_host(a: Array) -> np.ndarray:
-    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 class Parameter:
@@ -76,7 +49,7 @@ class Linear:
             if value < 0:
                 raise ValueError(f"{name} must be >= 0; got {value}")
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.dtype = _dtype(dtype)
+        self.dtype = dtype_named(dtype)
         self.backend = backend or default_backend_name()
         get_backend(self.backend)  # fails now, with the reason, when the backend cannot run here
         # torch.nn.Linear's default: weight and bias uniform in ±1/sqrt(in_features) (0 when it is 0).
@@ -190,7 +163,7 @@ class Linear:
         renamed over `path`, so a crash at any moment leaves the previous file at `path` whole.
         """
         path = os.fspath(path)
-        arrays = {name: _to_host(value) for name, value in self.state_dict().items()}
+        arrays = {name: to_host(value) for name, value in self.state_dict().items()}
         directory = os.path.dirname(os.path.abspath(path))
         temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
         try:
@@ -281,7 +254,7 @@ def _read_checkpoint(path: str) -> _Checkpoint:
             has_bias = bool(config["has_bias"])
             if config["dtype"].dtype.kind != "U" or str(config["dtype"]) not in SUPPORTED_DTYPES:
                 raise bad(f"dtype must be one of {', '.join(SUPPORTED_DTYPES)}; got {config['dtype']!r}")
-            dtype = _dtype(str(config["dtype"]))
+            dtype = dtype_named(str(config["dtype"]))
             expected = {"weight": (in_features, out_features), **({"bias": (out_features,)} if has_bias else {})}
             unexpected = sorted(members.keys() - expected.keys() - set(_CONFIG_KEYS))
             missing = sorted(expected.keys() - members.keys())
