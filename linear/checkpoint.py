@@ -137,10 +137,11 @@ def _npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, bad) -> tuple[t
             raise bad(f"{info.filename!r} has no valid .npy header ({e})") from None
         if dtype.hasobject:
             raise bad(f"{info.filename!r} holds Python objects (dtype {dtype}); they are never unpickled")
-        data_bytes = math.prod(shape) * dtype.itemsize
-        if info.file_size != member.tell() + data_bytes:
+        data_bytes, held = math.prod(shape) * dtype.itemsize, info.file_size - member.tell()
+        if held != data_bytes:
+            problem = "truncated" if held < data_bytes else f"{held - data_bytes} trailing bytes"
             raise bad(f"{info.filename!r} declares shape {shape} and dtype {dtype} ({data_bytes} bytes) but holds "
-                      f"{info.file_size - member.tell()} bytes")
+                      f"{held} bytes ({problem})")
     return shape, dtype, fortran_order
 
 
