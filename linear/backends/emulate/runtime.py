@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import BackendUnavailable
+from ..base import BackendUnavailable
 from ..cost import H100, DeviceLimits
 from ..sources import kernels_dir
 from . import sanitizers
