@@ -23,7 +23,7 @@ from .functional import SUPPORTED_DTYPES
 
 
 class Checkpoint(NamedTuple):
-    """A layer's configuration and its parameters (host arrays, by name: "weight", and "bias" when it has one)."""
+    """A layer's configuration and its parameters: host arrays by name ("weight", and "bias" when it has one)."""
     in_features: int
     out_features: int
     has_bias: bool

@@ -123,7 +123,7 @@ def test_blocks_run_in_the_schedules_order():
 
 def test_modes_from_the_environment(monkeypatch):
     monkeypatch.setenv("LINEAR_EMU_SANITIZE", "racecheck, initcheck")
-    assert runtime().sanitize == {"racecheck", "initcheck"}
+    assert runtime().settings.sanitize == {"racecheck", "initcheck"}
     monkeypatch.setenv("LINEAR_EMU_SANITIZE", "racecheck,leakcheck")
     with pytest.raises(ValueError, match=r"\$LINEAR_EMU_SANITIZE: unknown sanitize mode\(s\) \['leakcheck'\]"):
         runtime()
