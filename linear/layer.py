@@ -7,45 +7,16 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
-import sys
-import zipfile
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator
 
 import numpy as np
 
-from . import functional
-from .functional import SUPPORTED_DTYPES, describe
+from . import checkpoint, functional
+from .arrays import array_module, dtype_named, to_host
 from .backends import default_backend_name, get_backend
+from .functional import describe
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
-
-
-def _dtype(name: Any) -> np.dtype:
-    """The numpy dtype for a supported dtype name (bfloat16 comes from ml_dtypes when installed)."""
-    if str(name) == "bfloat16":
-        try:
-            import ml_dtypes
-        except ImportError as e:
-            raise TypeError("dtype 'bfloat16' needs the ml_dtypes package (pip install ml_dtypes)") from e
-        return np.dtype(ml_dtypes.bfloat16)
-    try:
-        dtype = np.dtype(name)
-    except TypeError:
-        dtype = None
-    if dtype is None or dtype.name not in functional.SUPPORTED_DTYPES:
-        raise TypeError(f"dtype must be one of {', '.join(functional.SUPPORTED_DTYPES)}; got {name!r}")
-    return dtype
-
-
-def array_module(a: Array):
-    """numpy or cupy, whichever `a` belongs to (a CuPy array exists only once cupy is imported)."""
-    cupy = sys.modules.get("cupy")
-    return np if cupy is None else cupy.get_array_module(a)
-
-
-def _to_host(a: Array) -> np.ndarray:
-    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 class Parameter:
@@ -76,7 +47,7 @@ class Linear:
             if value < 0:
                 raise ValueError(f"{name} must be >= 0; got {value}")
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.dtype = _dtype(dtype)
+        self.dtype = dtype_named(dtype)
         self.backend = backend or default_backend_name()
         get_backend(self.backend)  # fails now, with the reason, when the backend cannot run here
         # torch.nn.Linear's default: weight and bias uniform in ±1/sqrt(in_features) (0 when it is 0).
@@ -189,23 +160,9 @@ class Linear:
         Atomic: the file is written under a temporary name in the same directory, flushed to disk, then
         renamed over `path`, so a crash at any moment leaves the previous file at `path` whole.
         """
-        path = os.fspath(path)
-        arrays = {name: _to_host(value) for name, value in self.state_dict().items()}
-        directory = os.path.dirname(os.path.abspath(path))
-        temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-        try:
-            # os.open with O_EXCL: a fresh file with the umask's permissions, as open(path, "wb") makes.
-            with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
-                np.savez(file, in_features=self.in_features, out_features=self.out_features,
-                         has_bias=self.bias is not None, dtype=self.dtype.name, **arrays)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-            raise
-        _fsync_directory(directory)  # the rename itself survives a power cut
+        arrays = {name: to_host(value) for name, value in self.state_dict().items()}
+        checkpoint.save(path, checkpoint.Checkpoint(self.in_features, self.out_features, self.bias is not None,
+                                                    self.dtype.name, arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, backend: str | None = None) -> "Linear":
@@ -215,7 +172,7 @@ class Linear:
         ranges, each array's shape and dtype against the configuration, and that the file holds every
         byte it declares); anything else is a ValueError naming the file and what is wrong. Never unpickles.
         """
-        stored = _read_checkpoint(os.fspath(path))
+        stored = checkpoint.load(path)
         layer = cls(stored.in_features, stored.out_features, stored.has_bias, dtype=stored.dtype, backend=backend)
         layer.load_state_dict(stored.arrays)
         return layer
@@ -231,113 +188,3 @@ def _check_layout(layout: str) -> str:
         raise ValueError(f"layout must be 'linear' (weight (in_features, out_features)) or 'torch' "
                          f"(weight (out_features, in_features)); got {layout!r}")
     return layout
-
-
-def _fsync_directory(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # a platform without directory handles (Windows): the rename is what it offers
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _Checkpoint(NamedTuple):
-    """What Linear.load reads from a file, after _read_checkpoint has checked it."""
-    in_features: int
-    out_features: int
-    has_bias: bool
-    dtype: str
-    arrays: dict[str, np.ndarray]
-
-
-_CONFIG_KEYS = ("in_features", "out_features", "has_bias", "dtype")
-_MAX_FEATURES = 2**31 - 1  # the kernels' int sizes
-_MAX_CONFIG_BYTES = 4096  # a configuration entry is a scalar; anything bigger is not ours
-
-
-def _read_checkpoint(path: str) -> _Checkpoint:
-    """Read and check a file written by Linear.save; ValueError naming the file and the problem."""
-    def bad(problem: str) -> ValueError:
-        return ValueError(f"{path!r} is not a saved Linear: {problem}")
-
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, EOFError, ValueError) as e:
-        raise bad(f"not an .npz (zip) file ({e})") from None
-    with archive:
-        try:
-            members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
-            missing = [key for key in _CONFIG_KEYS if key not in members]
-            if missing:
-                raise bad(f"missing keys {missing}")
-            headers = {key: _npy_header(archive, info, bad) for key, info in members.items()}
-            config = {key: _read_small(archive, members[key], headers[key], key, bad) for key in _CONFIG_KEYS}
-            in_features, out_features = (_int_in_range(config[key], key, bad) for key in ("in_features", "out_features"))
-            if config["has_bias"].dtype != np.bool_:
-                raise bad(f"has_bias must be a boolean; got dtype {config['has_bias'].dtype}")
-            has_bias = bool(config["has_bias"])
-            if config["dtype"].dtype.kind != "U" or str(config["dtype"]) not in SUPPORTED_DTYPES:
-                raise bad(f"dtype must be one of {', '.join(SUPPORTED_DTYPES)}; got {config['dtype']!r}")
-            dtype = _dtype(str(config["dtype"]))
-            expected = {"weight": (in_features, out_features), **({"bias": (out_features,)} if has_bias else {})}
-            unexpected = sorted(members.keys() - expected.keys() - set(_CONFIG_KEYS))
-            missing = sorted(expected.keys() - members.keys())
-            if missing or unexpected:
-                raise bad(f"missing keys {missing}, unexpected keys {unexpected} (has_bias={has_bias})")
-            for key, shape in expected.items():
-                stored_shape, stored_dtype, _ = headers[key]
-                # bfloat16, which numpy does not know, is stored as raw bytes ("V2")
-                if stored_shape != shape or stored_dtype not in (dtype, np.dtype(f"V{dtype.itemsize}")):
-                    raise bad(f"{key!r} has shape {stored_shape} and dtype {stored_dtype}; the configuration "
-                              f"(in_features={in_features}, out_features={out_features}, dtype={dtype.name}) "
-                              f"needs shape {shape} and dtype {dtype.name}")
-            arrays = {key: _read_array(archive, members[key]).view(dtype) for key in expected}
-        except (zipfile.BadZipFile, OSError, EOFError) as e:  # a CRC mismatch, a truncated member, ...
-            raise bad(f"corrupt ({type(e).__name__}: {e})") from None
-    return _Checkpoint(in_features, out_features, has_bias, dtype.name, arrays)
-
-
-def _npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, bad) -> tuple[tuple[int, ...], np.dtype, bool]:
-    """(shape, dtype, fortran_order) of one .npy member, after checking that the member holds exactly
-    the bytes its header declares, uncompressed (as save writes it): so nothing read later is larger
-    than the file."""
-    if info.compress_type != zipfile.ZIP_STORED:
-        raise bad(f"{info.filename!r} is compressed; Linear.save writes uncompressed members")
-    with archive.open(info) as member:
-        try:
-            version = np.lib.format.read_magic(member)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read_header is None:
-                raise ValueError(f"unsupported .npy version {version}")
-            shape, fortran_order, dtype = read_header(member)
-        except ValueError as e:
-            raise bad(f"{info.filename!r} has no valid .npy header ({e})") from None
-        if dtype.hasobject:
-            raise bad(f"{info.filename!r} holds Python objects (dtype {dtype}); they are never unpickled")
-        data_bytes = math.prod(shape) * dtype.itemsize
-        if info.file_size != member.tell() + data_bytes:
-            raise bad(f"{info.filename!r} declares shape {shape} and dtype {dtype} ({data_bytes} bytes) but holds "
-                      f"{info.file_size - member.tell()} bytes")
-    return shape, dtype, fortran_order
-
-
-def _read_small(archive: zipfile.ZipFile, info: zipfile.ZipInfo, header, key: str, bad) -> np.ndarray:
-    shape, dtype, _ = header
-    if shape != () or info.file_size > _MAX_CONFIG_BYTES:
-        raise bad(f"{key!r} must be a scalar; got shape {shape} and dtype {dtype}")
-    return _read_array(archive, info)
-
-
-def _read_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
-    with archive.open(info) as member:
-        return np.lib.format.read_array(member, allow_pickle=False)
-
-
-def _int_in_range(value: np.ndarray, key: str, bad) -> int:
-    if value.dtype.kind not in "iu" or not 0 <= int(value) <= _MAX_FEATURES:
-        raise bad(f"{key} must be an integer in [0, {_MAX_FEATURES}]; got {value!r}")
-    return int(value)

@@ -17,8 +17,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .arrays import array_module
 from .backends.base import accumulator_dtype
-from .layer import array_module
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .layer import array_module
+from .arrays import array_module
 
 # The largest relative error accepted per dtype name: float16/bfloat16 inputs and outputs round at
 # ~1e-3 even though they accumulate in float32.

@@ -1,5 +1,6 @@
-"""Checkpoints of a Linear: pickle and deepcopy, atomic save (a save killed with SIGKILL leaves the
-previous file loadable), load that checks a file before it allocates, torch's weight layout."""
+"""Checkpoints of a Linear (linear/checkpoint.py and the layer's state): save and load round trips, pickle
+and deepcopy, atomic save (a save killed with SIGKILL leaves the previous file loadable), load that checks
+a file before it allocates, torch's weight layout."""
 from __future__ import annotations
 
 import copy
@@ -59,6 +60,49 @@ def test_torch_layout_round_trip_and_transposed_weight_error():
 
 
 # ----------------------------------------------------------------------------------------------------
+# Save and load
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_save_load_round_trip(backend, dtype, bias, tmp_path):
+    if dtype == "bfloat16":
+        pytest.importorskip("ml_dtypes")
+    layer = Linear(5, 3, bias=bias, dtype=dtype, backend=backend, seed=7)
+    layer.save(tmp_path / "layer.npz")
+    loaded = Linear.load(tmp_path / "layer.npz", backend=backend)
+    assert repr(loaded) == repr(layer) and loaded.dtype == layer.dtype and loaded.backend == backend
+    for mine, theirs in zip(layer.parameters(), loaded.parameters(), strict=True):
+        assert theirs.data.dtype == mine.data.dtype
+        np.testing.assert_array_equal(to_numpy(theirs.data), to_numpy(mine.data))
+    x = layer.xp.asarray(np.random.default_rng(8).standard_normal((2, 5)).astype(layer.dtype))
+    np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(layer(x)))
+
+
+def test_save_keeps_the_name_it_is_given(tmp_path):
+    layer = Linear(3, 2, seed=4)
+    layer.save(tmp_path / "layer")  # no ".npz" added behind the caller's back
+    np.testing.assert_array_equal(Linear.load(tmp_path / "layer").weight.data, layer.weight.data)
+
+
+def test_load_rejects_files_that_are_not_a_saved_linear(tmp_path):
+    np.savez(tmp_path / "weights.npz", weight=np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"not a saved Linear: missing keys \['in_features'"):
+        Linear.load(tmp_path / "weights.npz")
+    # pickled objects are refused (allow_pickle=False), never executed
+    np.savez(tmp_path / "pickled.npz", in_features=2, out_features=2, has_bias=False, dtype="float32",
+             weight=np.array([object()] * 4).reshape(2, 2))
+    with pytest.raises(ValueError, match="holds Python objects"):
+        Linear.load(tmp_path / "pickled.npz")
+    # a file whose arrays disagree with its configuration
+    Linear(3, 2).save(tmp_path / "layer.npz")
+    stored = dict(np.load(tmp_path / "layer.npz"))
+    np.savez(tmp_path / "edited.npz", **{**stored, "in_features": 4})
+    with pytest.raises(ValueError, match=r"'weight'.*\(3, 2\).*\(4, 2\)"):
+        Linear.load(tmp_path / "edited.npz")
+
+
+# ----------------------------------------------------------------------------------------------------
 # Validated load
 # ----------------------------------------------------------------------------------------------------
 
@@ -105,6 +149,11 @@ BAD_FILES = {
     "truncated": (npz_bytes(**valid_arrays())[:300], "not an .npz"),
     "flipped byte": (flipped(npz_bytes(**valid_arrays())), "corrupt"),
     "huge claimed weight": (with_member("weight", (60000, 60000)), r"declares shape \(60000, 60000\).*holds 0 bytes"),
+    "short member": (with_member("weight", (3, 2), bytes(20)),
+                     r"'weight.npy' declares shape \(3, 2\) and dtype float32 \(24 bytes\) but holds 20 bytes \(truncated\)"),
+    "member with trailing bytes": (with_member("bias", (2,), bytes(8 + 3)),
+                                   r"'bias.npy' declares shape \(2,\) and dtype float32 \(8 bytes\) but holds 11 bytes "
+                                   r"\(3 trailing bytes\)"),
     "configuration disagrees": (npz_bytes(**valid_arrays(in_features=60000, out_features=60000)),
                                 r"'weight' has shape \(3, 2\).*needs shape \(60000, 60000\)"),
     "features out of range": (npz_bytes(**valid_arrays(in_features=-1)), r"in_features must be an integer in \[0"),
@@ -138,7 +187,7 @@ def test_load_refuses_compressed_members(tmp_path):
         Linear.load(tmp_path / "layer.npz")
 
 
-def test_a_valid_file_still_loads(tmp_path):
+def test_a_valid_file_built_the_same_way_loads(tmp_path):
     """Control for the bad files above: the same construction, unchanged, loads."""
     (tmp_path / "layer.npz").write_bytes(npz_bytes(**valid_arrays()))
     np.testing.assert_array_equal(Linear.load(tmp_path / "layer.npz").weight.data, valid_arrays()["weight"])
@@ -158,7 +207,7 @@ print("ready", flush=True)
 while True:
     if sys.argv[2] == "atomic":
         layer.save(sys.argv[1])
-    else:  # how save wrote before it was atomic: the target opened for writing, then filled
+    else:  # a save that is not atomic: the target opened for writing, then filled
         with open(sys.argv[1], "wb") as file:
             np.savez(file, in_features=layer.in_features, out_features=layer.out_features, has_bias=True,
                      dtype="float32", weight=layer.weight.data, bias=layer.bias.data)
@@ -195,7 +244,7 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
 
 
 def test_a_non_atomic_save_killed_midway_is_caught(tmp_path):
-    """Negative control: killing the old way of saving (writing the target in place) leaves a file
+    """Negative control: killing a save that writes the target in place leaves a file
     that load refuses, so the test above would see a save that is not atomic."""
     path = tmp_path / "layer.npz"
     Linear(FEATURES, FEATURES, seed=0).save(path)

@@ -267,7 +267,7 @@ def test_the_portable_context_switch_gives_the_same_results(monkeypatch, tmp_pat
 
 def test_schedule_from_the_environment(monkeypatch):
     monkeypatch.setenv("LINEAR_EMU_SCHEDULE", "reverse")
-    assert runtime().schedule == "reverse"
+    assert runtime().settings.schedule == "reverse"
     monkeypatch.setenv("LINEAR_EMU_SCHEDULE", "sideways")
     with pytest.raises(ValueError, match="sideways"):
         runtime()

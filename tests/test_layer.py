@@ -1,5 +1,6 @@
 """linear.Linear: initialisation, forward/backward against a float64 reference, gradient accumulation,
-state_dict and save/load, and every error it raises. Runs on every backend (the `backend` fixture)."""
+state_dict, and every error it raises (its files, save and load: test_checkpoint.py). Runs on every
+backend (the `backend` fixture)."""
 from __future__ import annotations
 
 import numpy as np
@@ -120,7 +121,7 @@ def test_forward_backward_match_float64_reference(backend, dtype, bias):
         assert_close(layer.bias.grad, ref_db, layer.dtype)
 
 
-def test_backward_without_dx_still_accumulates(backend):
+def test_backward_without_dx_accumulates_the_weight_and_bias_gradients(backend):
     layer = Linear(5, 4, backend=backend, seed=1)
     x, dy = random_array(backend, (6, 5), "float32", 2), random_array(backend, (6, 4), "float32", 3)
     layer(x)
@@ -184,7 +185,7 @@ def test_bad_inputs_name_the_argument(backend):
 
 
 # ---------------------------------------------------------------------------------------------------
-# state_dict, save and load
+# state_dict and load_state_dict (save and load: test_checkpoint.py)
 # ---------------------------------------------------------------------------------------------------
 
 def test_state_dict_round_trip_copies(backend):
@@ -203,26 +204,6 @@ def test_state_dict_round_trip_copies(backend):
         np.testing.assert_array_equal(to_numpy(getattr(target, name).data), to_numpy(state[name]))
     state["bias"][...] = 0  # ... and copied: the layer does not alias the dict
     assert to_numpy(target.bias.data).any()
-
-
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_save_load_round_trip(backend, dtype, bias, tmp_path):
-    layer = Linear(5, 3, bias=bias, dtype=dtype, backend=backend, seed=7)
-    layer.save(tmp_path / "layer.npz")
-    loaded = Linear.load(tmp_path / "layer.npz", backend=backend)
-    assert repr(loaded) == repr(layer) and loaded.dtype == layer.dtype and loaded.backend == backend
-    for mine, theirs in zip(layer.parameters(), loaded.parameters(), strict=True):
-        assert theirs.data.dtype == mine.data.dtype
-        np.testing.assert_array_equal(to_numpy(theirs.data), to_numpy(mine.data))
-    x = random_array(backend, (2, 5), dtype, seed=8)
-    np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(layer(x)))
-
-
-def test_save_keeps_the_name_it_is_given(tmp_path):
-    layer = Linear(3, 2, seed=4)
-    layer.save(tmp_path / "layer")  # no ".npz" added behind the caller's back
-    np.testing.assert_array_equal(Linear.load(tmp_path / "layer").weight.data, layer.weight.data)
 
 
 @pytest.mark.parametrize("change, words", [
@@ -249,20 +230,3 @@ def test_load_state_dict_rejects_non_arrays():
     layer = Linear(2, 2)
     with pytest.raises(TypeError, match=r"state_dict\['weight'\] must be an array; got list"):
         layer.load_state_dict({"weight": [[0.0, 0.0], [0.0, 0.0]], "bias": layer.bias.data})
-
-
-def test_load_rejects_files_that_are_not_a_saved_linear(tmp_path):
-    np.savez(tmp_path / "weights.npz", weight=np.zeros((2, 2), np.float32))
-    with pytest.raises(ValueError, match=r"not a saved Linear: missing keys \['in_features'"):
-        Linear.load(tmp_path / "weights.npz")
-    # pickled objects are refused (allow_pickle=False), never executed
-    np.savez(tmp_path / "pickled.npz", in_features=2, out_features=2, has_bias=False, dtype="float32",
-             weight=np.array([object()] * 4).reshape(2, 2))
-    with pytest.raises(ValueError, match="holds Python objects"):
-        Linear.load(tmp_path / "pickled.npz")
-    # a file whose arrays disagree with its configuration
-    Linear(3, 2).save(tmp_path / "layer.npz")
-    stored = dict(np.load(tmp_path / "layer.npz"))
-    np.savez(tmp_path / "edited.npz", **{**stored, "in_features": 4})
-    with pytest.raises(ValueError, match=r"'weight'.*\(3, 2\).*\(4, 2\)"):
-        Linear.load(tmp_path / "edited.npz")

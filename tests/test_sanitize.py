@@ -64,9 +64,13 @@ CATALOGUE = {
                             ["of block (", "byte 0 of argument 0"]),
     "warp_exchange": ("racecheck", lambda k: k((1,), (32,), (np.zeros(32, f32),)), ["::slot"]),
     "tile_exchange": ("racecheck", lambda k: k((1,), (32,), (np.zeros(32, f32),)), ["::slot"]),
+    "warps_exchange": ("racecheck", lambda k: k((1,), (64,), (np.zeros(32, f32),)),
+                       ["::slot", "read by thread (32, 0, 0) and write by thread (0, 0, 0)"]),
     "count": ("racecheck", lambda k: k((2,), (64,), (np.zeros(1, np.int32),)), ["argument 0"]),
     "uninitialized_shared": ("initcheck", lambda k: k((1,), (32,), (np.zeros(32, f32),)),
                              ["::values", "byte 124", "thread (0, 0, 0)"]),
+    "partial_word": ("initcheck", lambda k: k((1,), (32,), (np.zeros(32, np.uint32),)),
+                     ["::words", "read of 4 bytes at byte 0", "byte 1 is uninitialized", "thread (0, 0, 0)"]),
     "divergent_barrier": ("synccheck", lambda k: k((1,), (32,), (np.zeros(32, f32),)),
                           ["thread (16, 0, 0)", "thread (0, 0, 0)"]),
     "divergent_group_sync": ("synccheck", lambda k: k((1,), (32,), (np.zeros(32, f32),)),
@@ -123,7 +127,7 @@ def test_blocks_run_in_the_schedules_order():
 
 def test_modes_from_the_environment(monkeypatch):
     monkeypatch.setenv("LINEAR_EMU_SANITIZE", "racecheck, initcheck")
-    assert runtime().sanitize == {"racecheck", "initcheck"}
+    assert runtime().settings.sanitize == {"racecheck", "initcheck"}
     monkeypatch.setenv("LINEAR_EMU_SANITIZE", "racecheck,leakcheck")
     with pytest.raises(ValueError, match=r"\$LINEAR_EMU_SANITIZE: unknown sanitize mode\(s\) \['leakcheck'\]"):
         runtime()

@@ -10,11 +10,7 @@ import functools
 import os
 from typing import Callable
 
-from .base import Backend, Runtime
-
-
-class BackendUnavailable(RuntimeError):
-    """The named backend cannot run on this machine (the message says why)."""
+from .base import Backend, BackendUnavailable, Runtime
 
 
 def _numpy() -> Backend:

@@ -69,3 +69,8 @@ class Runtime(Protocol):
         """The current device's cost.DeviceLimits (SM count, registers, shared memory, threads, clock,
         bandwidth): what the launch plan's cost model plans for."""
         ...
+
+
+class BackendUnavailable(RuntimeError):
+    """The named backend cannot run on this machine (the message says why): raised by a runtime that
+    finds what it needs missing, and by the registry's get_backend."""

@@ -6,7 +6,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any, Callable
 
-from . import BackendUnavailable
+from .base import BackendUnavailable
 from .cost import H100, DeviceLimits
 from .sources import kernels_dir
 

@@ -97,6 +97,21 @@ __global__ void warp_exchange(float* out) {
     out[lane] = slot[31 - lane];  // BUG: reads another lane's slot with no __syncwarp between
 }
 
+// racecheck: warp 0 fills shared memory for warp 1; __syncwarp orders the lanes of one warp only, so
+// warp 1 may read before warp 0 has written: the block needs __syncthreads.
+template <bool BUG>
+__global__ void warps_exchange(float* out) {
+    __shared__ float slot[32];
+    const int t = threadIdx.x;
+    if (t < 32) slot[t] = float(t);
+    if (BUG) {
+        __syncwarp();
+    } else {
+        __syncthreads();
+    }
+    if (t >= 32) out[t - 32] = slot[t - 32];  // BUG: warp 1 reads what warp 0 wrote, across a __syncwarp
+}
+
 // racecheck: lanes of a tile of 8 exchange values through shared memory with no tile.sync() between
 // the write and the read (cooperative groups).
 template <bool BUG>
@@ -127,6 +142,17 @@ __global__ void uninitialized_shared(float* out) {
     if (t < 32 - BUG) values[t] = float(t);
     __syncthreads();
     out[t] = values[31 - t];  // BUG: values[31] by thread 0
+}
+
+// initcheck: each thread writes only byte 0 of its 4-byte word, then reads the whole word.
+template <bool BUG>
+__global__ void partial_word(unsigned* out) {
+    __shared__ unsigned words[32];
+    const int t = threadIdx.x;
+    unsigned char* bytes = reinterpret_cast<unsigned char*>(&words[t]);
+    for (int i = 0; i < (BUG ? 1 : 4); ++i) bytes[i] = static_cast<unsigned char>(t + i);
+    __syncthreads();
+    out[t] = words[t];  // BUG: bytes 1 to 3 of the word were never written
 }
 
 // synccheck: the two halves of the block wait at different __syncthreads.

@@ -25,7 +25,8 @@ One job per module:
     memory.py     guarded copies of array arguments (out-of-bounds global accesses)
     arguments.py  a launch's arguments checked against the kernel's signature, in C form
     sanitizers.py the sanitize modes: the memory they watch, source lines of their reports
-    kernel.py     one loaded kernel: launch, and errors turned into EmulationError
+    settings.py   the knobs above, resolved once into a frozen EmulatorSettings
+    kernel.py     one loaded kernel: launch (with the runtime's settings), and errors turned into EmulationError
     runtime.py    the settings and the kernels compiled so far
 """
 from .compiler import rewrite_source

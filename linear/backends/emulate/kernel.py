@@ -5,7 +5,7 @@ import ctypes
 import signal
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -13,11 +13,8 @@ from . import sanitizers
 from .arguments import Arguments
 from .elf import elf_symbols
 from .errors import EmulationError
+from .settings import SCHEDULES, EmulatorSettings
 
-if TYPE_CHECKING:
-    from .runtime import EmulatorRuntime
-
-SCHEDULES = {"forward": 0, "reverse": 1, "shuffle": 2}
 MAX_SHARED_BYTES = 227 * 1024         # static + dynamic shared memory of a block (sm_90)
 MAX_STATIC_SHARED_BYTES = 48 * 1024   # what ptxas accepts for static __shared__
 MAX_THREADS_PER_BLOCK = 1024
@@ -57,9 +54,9 @@ _launch_lock = threading.Lock()  # the runtime's state is global: one launch at 
 class EmulatedKernel:
     """One template instantiation, compiled and loaded: kernel(grid, block, args, shared_mem=0)."""
 
-    def __init__(self, runtime: "EmulatorRuntime", library: Path, name: str):
+    def __init__(self, settings: EmulatorSettings, library: Path, name: str):
         self.name = name
-        self._runtime = runtime
+        self._settings = settings
         self._library = library
         try:
             self._lib = ctypes.CDLL(str(library))
@@ -95,15 +92,16 @@ class EmulatedKernel:
             raise ValueError(f"{self.name}: shared_mem={shared_mem} bytes; with "
                              f"{self.static_shared_bytes} bytes of static shared memory a block has at "
                              f"most {MAX_SHARED_BYTES - self.static_shared_bytes}")
-        rt = self._runtime
+        settings = self._settings
         # The sanitizer watches the guarded copies, so a sanitized launch always makes them.
-        arguments = Arguments(self.name, self.signature, args, guard=rt.check_bounds or bool(rt.sanitize))
-        regions = sanitizers.argument_regions(arguments) + self._static_regions if rt.sanitize else []
+        guard = settings.check_bounds or bool(settings.sanitize)
+        arguments = Arguments(self.name, self.signature, args, guard=guard)
+        regions = sanitizers.argument_regions(arguments) + self._static_regions if settings.sanitize else []
         launch = _Launch(grid=_Uint3(*grid3), block=_Uint3(*block3), dynamic_shared_bytes=shared_mem,
-                         schedule=SCHEDULES[rt.schedule], strict=int(rt.strict), seed=rt.seed,
-                         timeout_s=rt.timeout_s, args=arguments.c_args, n_args=len(self.signature),
+                         schedule=SCHEDULES[settings.schedule], strict=int(settings.strict), seed=settings.seed,
+                         timeout_s=settings.timeout_s, args=arguments.c_args, n_args=len(self.signature),
                          n_static_shared=self._n_statics, static_shared=self._statics,
-                         static_shared_bytes=self._static_sizes, sanitize=sanitizers.bits(rt.sanitize),
+                         static_shared_bytes=self._static_sizes, sanitize=sanitizers.bits(settings.sanitize),
                          n_regions=len(regions), regions=(sanitizers.Region * max(1, len(regions)))(*regions))
         try:
             with _launch_lock:
@@ -119,7 +117,7 @@ class EmulatedKernel:
     def _error(self, launch: _Launch, status: int, arguments: Arguments) -> EmulationError:
         message = launch.message.decode(errors="replace")
         if status == _EMU_TIMEOUT:
-            message = (f"still running after {self._runtime.timeout_s:g} s (a spin-wait on another "
+            message = (f"still running after {self._settings.timeout_s:g} s (a spin-wait on another "
                        f"block or thread never ends in the emulator); LINEAR_EMU_TIMEOUT sets the limit")
         elif status == _EMU_FAULT and not message:
             access = {1: "write", 0: "read"}.get(launch.fault_is_write, "access")
