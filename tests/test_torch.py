@@ -134,14 +134,41 @@ def test_gradgradcheck_with_only_some_inputs_differentiable():
 
 def test_gradcheck_catches_a_wrong_gradient(monkeypatch):
     """Negative control: gradcheck fails once the bias gradient is doubled."""
-    real = lt._linear_backward
+    real = lt._gradients
 
     def doubled_dbias(*args):
         dx, dweight, dbias = real(*args)
         return dx, dweight, 2 * dbias
-    monkeypatch.setattr(lt, "_linear_backward", doubled_dbias)
+    monkeypatch.setattr(lt, "_gradients", doubled_dbias)
     args = make((4, 5), True, False, torch.float64, seed=4)
     assert not torch.autograd.gradcheck(lambda *a: lt.linear(*a, backend="numpy"), args, raise_exception=False)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_the_weight_gradient_of_a_square_layer_is_not_transposed(backend, poisoned):
+    """dweight = dyᵀ·x has weight's (out_features, in_features) shape; with a square weight its transpose
+    xᵀ·dy has that shape too, so only the values tell them apart (the 5 -> 7 cases above fail on the shape)."""
+    g = torch.Generator().manual_seed(15)
+    x, weight, bias, dy = (torch.randn(*shape, dtype=torch.float64, generator=g) for shape in [(9, 6), (6, 6), (6,), (9, 6)])
+    weight.requires_grad_()
+    lt.linear(x, weight, bias, backend=backend).backward(dy)
+    reference = dy.t() @ x
+    assert rel(weight.grad, reference) <= 1e-12
+    assert rel(reference.t(), reference) > 0.1  # the transposed gradient would be far off
+
+
+def test_the_eager_path_calls_no_custom_op_and_converts_each_tensor_once(monkeypatch):
+    """Plain tensors take the autograd.Function: no custom-op dispatch, the backend resolved once per call
+    (forward and backward share it), each tensor viewed as an array once per product."""
+    resolved, custom, viewed = [], [], []
+    real_resolve, real_array = lt._resolve, lt._Host.array
+    monkeypatch.setattr(lt, "_resolve", lambda *a: resolved.append(a) or real_resolve(*a))
+    monkeypatch.setattr(lt, "_linear", lambda *a: custom.append(a))
+    monkeypatch.setattr(lt._Host, "array", staticmethod(lambda t: viewed.append(t.shape) or real_array(t)))
+    x, weight, bias = make((4, 5), True, False, torch.float32, seed=18)
+    lt.linear(x, weight, bias, backend="numpy").sum().backward()
+    assert len(resolved) == 1 and not custom
+    assert len(viewed) == 4 + 6  # x, weight, bias, y; then dy, weight, dx, x, dweight, dbias
 
 
 def test_opcheck_schema_fake_and_autograd_registration():
@@ -156,15 +183,41 @@ def test_opcheck_schema_fake_and_autograd_registration():
 
 def test_only_the_needed_gradients_are_computed(monkeypatch):
     calls = []
-    real = lt._linear_backward
+    real = lt._gradients
 
-    def spy(dy, x, weight, need_dx, need_dweight, need_dbias, backend):
+    def spy(run, dy, x, weight, need_dx, need_dweight, need_dbias):
         calls.append((need_dx, need_dweight, need_dbias))
-        return real(dy, x, weight, need_dx, need_dweight, need_dbias, backend)
-    monkeypatch.setattr(lt, "_linear_backward", spy)
+        return real(run, dy, x, weight, need_dx, need_dweight, need_dbias)
+    monkeypatch.setattr(lt, "_gradients", spy)
     x, weight, bias = make((4, 5), True, False, torch.float32, seed=6)
     lt.linear(x.detach(), weight, bias.detach()).sum().backward()
     assert calls == [(False, True, False)] and weight.grad is not None
+
+
+def test_numpy_blas_runs_with_torchs_thread_count_for_the_span_of_the_call(monkeypatch):
+    """torch.set_num_threads is the one knob: inside each product numpy's BLAS has torch's thread count,
+    and after the call the count it had before (3 here, set by the user through threadpoolctl)."""
+    threadpoolctl = importlib.import_module("threadpoolctl") if CI else pytest.importorskip("threadpoolctl")
+    from linear.backends.numpy import NumpyBackend
+
+    def blas_threads():
+        return {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
+    seen = []
+    real_gemm, real_colsum = NumpyBackend.gemm, NumpyBackend.colsum
+    monkeypatch.setattr(NumpyBackend, "gemm", lambda *a, **k: seen.append(blas_threads()) or real_gemm(*a, **k))
+    monkeypatch.setattr(NumpyBackend, "colsum", lambda *a, **k: seen.append(blas_threads()) or real_colsum(*a, **k))
+    x, weight, bias = make((4, 5), True, False, torch.float32, seed=19)
+    before = torch.get_num_threads()
+    try:
+        with threadpoolctl.threadpool_limits(3, user_api="blas"):
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                lt.linear(x, weight, bias, backend="numpy").sum().backward()
+                assert seen == [{threads}] * 4  # y; dx, dweight, dbias
+                assert blas_threads() == {3}
+                seen.clear()
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_meta_tensors_give_shapes_only():
@@ -221,12 +274,12 @@ def test_bad_arguments():
 
 def test_linear_backend_environment_variable_picks_the_cpu_backend(monkeypatch):
     chosen = []
-    real = lt.functional.forward
+    real = lt._forward
 
-    def spy(*args, backend, **kwargs):
-        chosen.append(backend)
-        return real(*args, backend=backend, **kwargs)
-    monkeypatch.setattr(lt.functional, "forward", spy)
+    def spy(run, *args):
+        chosen.append(run.name)
+        return real(run, *args)
+    monkeypatch.setattr(lt, "_forward", spy)
     other = "emulate" if "emulate" in HOST_BACKENDS else "numpy"
     monkeypatch.setenv("LINEAR_BACKEND", other)
     lt.linear(torch.randn(2, 5), torch.randn(3, 5))
@@ -256,21 +309,25 @@ class TestCudaDispatch:
         monkeypatch.setattr(lt, "get_backend", no_cuda)
         with pytest.raises(BackendUnavailable, match="x, weight on cuda:0 with dtype torch.float32, but backend "
                                                      "'cuda' is unavailable: no GPU here"):
-            lt._backend_name(cuda_tensors, None)
+            lt._resolve(cuda_tensors, None)
 
     def test_with_a_cuda_backend(self, cuda_tensors, monkeypatch):
-        monkeypatch.setattr(lt, "get_backend", lambda name: None)
-        assert lt._backend_name(cuda_tensors, None) == lt._backend_name(cuda_tensors, "cuda") == "cuda"
+        import types
+        cuda = types.SimpleNamespace(name="cuda", xp=None)
+        monkeypatch.setattr(lt, "get_backend", lambda name: cuda)
+        for backend in (None, "cuda"):
+            run = lt._resolve(cuda_tensors, backend)
+            assert type(run) is lt._Device and run.backend is cuda and run.device == torch.device("cuda", 0)
 
     def test_a_cpu_backend_is_refused(self, cuda_tensors):
         with pytest.raises(TypeError, match="backend 'numpy' takes CPU tensors; got x, weight on cuda:0"):
-            lt._backend_name(cuda_tensors, "numpy")
+            lt._resolve(cuda_tensors, "numpy")
         with pytest.raises(ValueError, match="backend must be one of"):
-            lt._backend_name(cuda_tensors, "cpu")
+            lt._resolve(cuda_tensors, "cpu")
 
     def test_other_devices_are_refused(self):
         with pytest.raises(TypeError, match="runs on CPU and CUDA tensors; got x on meta"):
-            lt._backend_name({"x": torch.empty(2, device="meta")}, None)
+            lt._resolve({"x": torch.empty(2, device="meta")}, None)
 
 
 # ----------------------------------------------------------------------------------------------------
