@@ -3,6 +3,7 @@ numpy and emulate backends), gradcheck, torch.compile, Linear and swap_linear, a
 messages, and the example that README.md carries. CUDA tests run under -m gpu on a GPU machine."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import importlib
@@ -12,8 +13,10 @@ import pickle
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import CI, HOST_BACKENDS, load_example
@@ -330,6 +333,132 @@ class TestCudaDispatch:
             lt._resolve({"x": torch.empty(2, device="meta")}, None)
 
 
+class DeviceFakeCupy:
+    """The CuPy that linear.torch's CUDA path meets, faked around test_cuda_runtime's FakeCupy (numpy
+    arrays, kernels run by the emulator): it records each allocation (from CuPy's pool, or through the
+    allocator hook that cupy.cuda.using_allocator installs), the streams made current, and any call that
+    would synchronise with the host. Anything else it lacks raises AttributeError, so an unforeseen CuPy
+    call fails the test too."""
+
+    SYNCHRONISING = ("synchronize", "deviceSynchronize", "streamSynchronize", "asnumpy")
+
+    def __init__(self, emulator):
+        from test_cuda_runtime import H100_ATTRIBUTES, FakeCupy
+        self.module = FakeCupy(emulator)
+        self.events: list[tuple] = []
+        self.allocator = None
+        fake, record = self, self.events.append
+
+        class Device:
+            id, compute_capability, attributes = 0, "90", H100_ATTRIBUTES
+
+            def __init__(self, index=None):
+                pass
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                pass
+
+            def synchronize(self):
+                record(("sync", "Device.synchronize"))
+
+        class Stream:
+            @classmethod
+            def from_external(cls, ptr, device_id):
+                record(("stream", ptr, device_id))
+                return cls()
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                pass
+
+            def synchronize(self):
+                record(("sync", "Stream.synchronize"))
+
+        @contextlib.contextmanager
+        def using_allocator(allocate):
+            fake.allocator = allocate
+            try:
+                yield
+            finally:
+                fake.allocator = None
+
+        cuda = self.module.cuda
+        cuda.Device, cuda.Stream, cuda.using_allocator = Device, Stream, using_allocator
+        cuda.UnownedMemory = lambda ptr, size, owner, device_id: types.SimpleNamespace(ptr=ptr, size=size, owner=owner)
+        cuda.MemoryPointer = lambda memory, offset: types.SimpleNamespace(memory=memory, offset=offset)
+        cuda.runtime.deviceSynchronize = lambda: record(("sync", "deviceSynchronize"))
+        cuda.runtime.streamSynchronize = lambda stream: record(("sync", "streamSynchronize"))
+        module = self.module
+        module.asnumpy = lambda a, *args, **kwargs: record(("sync", "asnumpy")) or np.asarray(a)
+        for name in ("empty", "zeros", "empty_like", "ascontiguousarray", "array"):
+            setattr(module, name, self._allocating(getattr(np, name)))
+
+    def _allocating(self, make):
+        def allocate(*args, **kwargs):
+            a = make(*args, **kwargs)
+            if make is np.ascontiguousarray and a is args[0]:  # already contiguous: no copy, no allocation
+                return a
+            if self.allocator is None:
+                self.events.append(("pool", a.nbytes))
+            else:
+                self.allocator(a.nbytes)
+                self.events.append(("hook", a.nbytes))
+            return a
+        return allocate
+
+
+@pytest.mark.skipif("emulate" not in HOST_BACKENDS, reason="runs the kernels on the emulator")
+def test_the_cuda_path_allocates_from_torch_on_torchs_stream_and_never_synchronises(monkeypatch, poisoned):
+    """linear.torch's CUDA path (_Device), with CPU tensors standing in for CUDA ones and a fake CuPy: every
+    allocation CuPy makes in forward and backward (the column sum's partials at least) goes through the
+    hook to torch.empty on the tensors' device; launches run inside torch's current stream; nothing
+    synchronises. Negative control: the same product outside the call's scope allocates from the pool."""
+    from linear.backends.cuda import CupyRuntime
+    from linear.backends.emulate import EmulatorRuntime
+    from linear.backends.kernel import KernelBackend
+    fake = DeviceFakeCupy(EmulatorRuntime())
+    monkeypatch.setitem(sys.modules, "cupy", fake.module)
+    run = lt._Device(KernelBackend(CupyRuntime()), torch.device("cpu"))
+    monkeypatch.setattr(lt, "_resolve", lambda tensors, backend: run)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: types.SimpleNamespace(cuda_stream=1234))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: fake.events.append(("sync", "torch.cuda.synchronize")))
+    buffers = []
+    real_empty = torch.empty
+
+    def torch_empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        if kwargs.get("dtype") is torch.uint8:
+            buffers.append(t.numel())
+        return t
+    monkeypatch.setattr(torch, "empty", torch_empty)
+
+    x, weight, bias = make((33, 5), True, False, torch.float32, seed=22)
+    y = lt.linear(x, weight, bias)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(23))
+    grads = torch.autograd.grad(y, (x, weight, bias), dy)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, weight, bias))
+    y64 = F.linear(x64, w64, b64)
+    assert rel(y, y64) <= tol(torch.float32)
+    for grad, ref in zip(grads, torch.autograd.grad(y64, (x64, w64, b64), dy.double())):
+        assert rel(grad, ref) <= tol(torch.float32)
+
+    allocations = [e for e in fake.events if e[0] in ("pool", "hook")]
+    assert allocations and all(kind == "hook" for kind, _ in allocations), fake.events
+    assert buffers == [size for _, size in allocations]  # each one a torch tensor of its size
+    assert [e for e in fake.events if e[0] == "stream"] == [("stream", 1234, None)] * 2  # forward, backward
+    assert not [e for e in fake.events if e[0] == "sync"], fake.events
+
+    fake.events.clear()
+    a = np.ones((40, 7), np.float32)
+    run.backend.colsum(a, np.empty(7, np.float32), beta=0.0)  # outside the scope: CuPy's own pool
+    assert [e[0] for e in fake.events if e[0] in ("pool", "hook")] == ["pool"]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Linear, swap_linear
 # ----------------------------------------------------------------------------------------------------
@@ -603,3 +732,70 @@ def test_cuda_refuses_a_cpu_backend():
     needs_cuda()
     with pytest.raises(TypeError, match="backend 'numpy' takes CPU tensors; got x, weight on cuda:0"):
         lt.linear(torch.randn(2, 5, device="cuda"), torch.randn(3, 5, device="cuda"), backend="numpy")
+
+
+def graph_step_reference(layer, x, dy):
+    """y, dx, dweight, dbias of nn.functional.linear in float64 on layer's parameters."""
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, layer.weight, layer.bias))
+    y64 = F.linear(x64, w64, b64)
+    return (y64, *torch.autograd.grad(y64, (x64, w64, b64), dy.double()))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_captures_a_training_step():
+    """torch.cuda.graph captures forward and backward: every launch on the capture stream, every workspace
+    from torch's allocator (the graph's pool), no host synchronisation (any of these fails the capture).
+    Replays on new inputs give new, correct results."""
+    needs_cuda()
+    torch.manual_seed(24)
+    layer = lt.Linear(512, 256, device="cuda")
+    x = torch.randn(64, 512, device="cuda", requires_grad=True)
+    dy = torch.randn(64, 256, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture: kernels compiled and loaded
+        for _ in range(3):
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
+            layer(x).backward(dy)
+    torch.cuda.current_stream().wait_stream(side)
+    layer.zero_grad(set_to_none=True)
+    x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = layer(x)
+        y.backward(dy)
+    for seed in (25, 26):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        with torch.no_grad():
+            x.copy_(torch.randn(x.shape, device="cuda", generator=g))
+            dy.copy_(torch.randn(dy.shape, device="cuda", generator=g))
+        graph.replay()
+        torch.cuda.synchronize()
+        refs = graph_step_reference(layer, x, dy)
+        for out, ref in zip((y, x.grad, layer.weight.grad, layer.bias.grad), refs):
+            assert rel(out, ref) <= TOLERANCE["float32"]
+
+
+@pytest.mark.gpu
+def test_torch_compile_reduce_overhead_runs_in_cuda_graphs():
+    """mode="reduce-overhead": inductor's CUDA graphs take the custom ops (no cudagraph skip is counted)
+    and the replays are correct."""
+    needs_cuda()
+    from torch._dynamo.utils import counters
+    torch.manual_seed(27)
+    layer = lt.Linear(512, 256, device="cuda")
+    compiled = torch.compile(layer, mode="reduce-overhead", fullgraph=True)
+    counters.clear()
+    for seed in range(4):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        x = torch.randn(64, 512, device="cuda", generator=g, requires_grad=True)
+        dy = torch.randn(64, 256, device="cuda", generator=g)
+        layer.zero_grad(set_to_none=True)
+        y = compiled(x)
+        y.backward(dy)
+        torch.cuda.synchronize()
+        refs = graph_step_reference(layer, x, dy)
+        for out, ref in zip((y, x.grad, layer.weight.grad, layer.bias.grad), refs):
+            assert rel(out, ref) <= TOLERANCE["float32"]
+    assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])
