@@ -668,16 +668,25 @@ def test_fsdp2_in_two_processes_matches_one_process():
 
 
 def test_benchmark_script_checks_and_times_both_layers(monkeypatch, tmp_path):
-    """bench/torch_linear.py (a phase of bench/gpu_session.sh), on a tiny CPU shape."""
+    """bench/torch_linear.py (a phase of bench/gpu_session.sh), on a tiny CPU shape, with one busy process
+    beside it that is gone afterwards."""
     monkeypatch.syspath_prepend(str(ROOT))
     from bench import torch_linear
     monkeypatch.setattr(sys, "argv", ["torch_linear.py", str(tmp_path / "t.json"), "--shape", "9,16,5",
-                                      "--dtype", "bfloat16", "--repeats", "2"])
+                                      "--dtype", "bfloat16", "--repeats", "3", "--busy", "1"])
+    threads = torch.get_num_threads()
     assert torch_linear.main() == 0
-    (result,) = json.loads((tmp_path / "t.json").read_text())["results"]
+    report = json.loads((tmp_path / "t.json").read_text())
+    (result,) = report["results"]
     for name in ("nn.Linear", "linear.torch.Linear"):
         assert result[name]["ok"] and 0 < result[name]["max_relative_error"] <= 1e-2
-        assert len(result[name]["times_ms"]) == 2
+        assert len(result[name]["times_ms"]) == 3
+    low, high = result["speed_quartiles"]
+    assert result["speed"] > 0 and 0 < low <= high
+    (pid,) = report["busy_pids"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the spinning process was ended (and reaped)
+    assert report["threads"] == threads == torch.get_num_threads()
 
 
 # ----------------------------------------------------------------------------------------------------
