@@ -188,3 +188,24 @@ def test_the_cuda_extras_bring_cupy_14_1_with_its_toolkit_wheels():
         assert cupy.extras == {"ctk"}, extra
         assert cupy.specifier.contains("14.1.0") and not cupy.specifier.contains("14.0.1"), extra
     assert "threadpoolctl" in {Requirement(r).name for r in extras["torch"]}
+
+
+def test_gpu_sanitize_no_pool_turns_cupys_memory_pool_off_before_any_launch(monkeypatch, fake_cupy):
+    """compute-sanitizer sees allocations: from CuPy's pool it would see only the pool's large blocks."""
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    try:
+        from bench import gpu_sanitize
+    finally:
+        sys.path.pop(0)
+    events = []
+    fake_cupy.cuda.set_allocator = lambda allocator: events.append(("set_allocator", allocator))
+    backend = types.SimpleNamespace(name="cuda", xp=fake_cupy)
+    monkeypatch.setattr(gpu_sanitize, "get_backend", lambda name: backend)
+    monkeypatch.setattr(gpu_sanitize, "check_gemm", lambda *a: events.append("launch") or ("k", 0.0))
+    monkeypatch.setattr(gpu_sanitize, "check_colsum", lambda *a: events.append("launch") or ("k", 0.0))
+    for argv, expected in ((["--splits", "1", "--no-pool"], [("set_allocator", None)]), (["--splits", "1"], [])):
+        events.clear()
+        monkeypatch.setattr(sys, "argv", ["gpu_sanitize.py", *argv])
+        assert gpu_sanitize.main() == 0
+        assert events[:len(expected)] == expected and events[len(expected)] == "launch"
+        assert ("set_allocator", None) not in events[len(expected):]
