@@ -198,9 +198,9 @@ class _Device:
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
-        cuda, index = self.cupy.cuda, self.device.index
-        stream = cuda.Stream.from_external(torch.cuda.current_stream(self.device).cuda_stream, index)
-        with cuda.Device(index), stream, cuda.using_allocator(self.allocate):
+        cuda = self.cupy.cuda
+        stream = cuda.Stream.from_external(torch.cuda.current_stream(self.device))  # its __cuda_stream__
+        with cuda.Device(self.device.index), stream, cuda.using_allocator(self.allocate):
             yield
 
     def allocate(self, size: int) -> Any:

@@ -366,8 +366,9 @@ class DeviceFakeCupy:
 
         class Stream:
             @classmethod
-            def from_external(cls, ptr, device_id):
-                record(("stream", ptr, device_id))
+            def from_external(cls, stream):  # CuPy 14: any object with the CUDA stream protocol
+                version, handle = stream.__cuda_stream__()
+                record(("stream", version, handle))
                 return cls()
 
             def __enter__(self):
@@ -425,7 +426,9 @@ def test_the_cuda_path_allocates_from_torch_on_torchs_stream_and_never_synchroni
     monkeypatch.setitem(sys.modules, "cupy", fake.module)
     run = lt._Device(KernelBackend(CupyRuntime()), torch.device("cpu"))
     monkeypatch.setattr(lt, "_resolve", lambda tensors, backend: run)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: types.SimpleNamespace(cuda_stream=1234))
+    assert hasattr(torch.cuda.Stream, "__cuda_stream__")  # what CuPy's Stream.from_external reads
+    torch_stream = types.SimpleNamespace(__cuda_stream__=lambda: (0, 1234))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: torch_stream)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: fake.events.append(("sync", "torch.cuda.synchronize")))
     buffers = []
     real_empty = torch.empty
@@ -450,7 +453,7 @@ def test_the_cuda_path_allocates_from_torch_on_torchs_stream_and_never_synchroni
     allocations = [e for e in fake.events if e[0] in ("pool", "hook")]
     assert allocations and all(kind == "hook" for kind, _ in allocations), fake.events
     assert buffers == [size for _, size in allocations]  # each one a torch tensor of its size
-    assert [e for e in fake.events if e[0] == "stream"] == [("stream", 1234, None)] * 2  # forward, backward
+    assert [e for e in fake.events if e[0] == "stream"] == [("stream", 0, 1234)] * 2  # forward, backward
     assert not [e for e in fake.events if e[0] == "sync"], fake.events
 
     fake.events.clear()
