@@ -98,10 +98,6 @@ def _resolve(tensors: dict[str, Optional[torch.Tensor]], backend: Optional[str])
     """Where a call on `tensors` (of one device, named for the messages) runs: the cuda backend for CUDA
     tensors, else `backend` or the default. Resolved once per call of linear(); its backward uses the same."""
     device = next(t for t in tensors.values() if t is not None).device
-    if device.type == "cpu":
-        host = _HOSTS.get(backend or default_backend_name())
-        if host is not None:
-            return host
     if device.type == "cuda":
         if backend not in (None, "cuda"):
             try:
