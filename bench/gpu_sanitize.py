@@ -1,11 +1,12 @@
 """Launch every kernel instantiation once, on small shapes with partial tiles, and check each result.
 
-    PYTHONPATH=. python bench/gpu_sanitize.py [--backend cuda|emulate] [--splits 1 3]
+    PYTHONPATH=. python bench/gpu_sanitize.py [--backend cuda|emulate] [--splits 1 3] [--no-pool]
     PYTHONPATH=. python bench/gpu_sanitize.py --compile-only --jobs 8
 
 bench/gpu_session.sh first compiles every instantiation into CuPy's kernel cache in parallel
 processes (--compile-only), then runs the launches plainly and under compute-sanitizer memcheck and
-racecheck. Prints one line per launch; exits 1 if a result is wrong or an instantiation of
+racecheck, there with --no-pool: CuPy's memory pool off, so that each array is its own cudaMalloc
+(memcheck sees only allocations: inside a pool's large block an access past an array's end is unseen). Prints one line per launch; exits 1 if a result is wrong or an instantiation of
 linear.backends.tiles.instantiations() was never launched.
 """
 from __future__ import annotations
@@ -99,11 +100,14 @@ def main() -> int:
                         help="split-K counts to run (3 also launches the workspace and sum_splits kernels)")
     parser.add_argument("--compile-only", action="store_true", help="only compile every instantiation")
     parser.add_argument("--jobs", type=int, default=8, help="compiler processes for --compile-only")
+    parser.add_argument("--no-pool", action="store_true", help="CuPy's memory pool off (for compute-sanitizer)")
     args = parser.parse_args()
     if args.compile_only:
         compile_all(args.backend, args.jobs)
         return 0
     backend = get_backend(args.backend)
+    if args.no_pool and backend.name == "cuda":
+        backend.xp.cuda.set_allocator(None)
     rng = np.random.default_rng(0)
     launched, failures = set(), 0
     for dtype in TOLERANCE:

@@ -22,7 +22,19 @@ set -u -o pipefail
 PHASES=(preflight:60 compile:60 tests:90 bench:100 bench_half:80 bench_tf32:50 tc_tiles:45 sweep:100
         determinism:30 counters:60 launch_all:30 memcheck:50 racecheck:45 torch_linear:40)
 
-phase_preflight()   { "$PY" bench/gpu_check.py preflight "$R"; }   # versions, GPU, driver, include dirs, one kernel
+phase_preflight() {   # the tests' own dependencies (one missing is a collection error, and pytest then runs
+    # no test at all), then versions, GPU, driver, include dirs, one kernel
+    "$PY" -c 'import sys
+missing = []
+for name in ("pytest", "xdist", "hypothesis", "ml_dtypes"):
+    try:
+        __import__(name)
+    except ImportError:
+        missing.append(name)
+if missing:
+    sys.exit("preflight: STOP: the tests need " + ", ".join(missing) + ": pip install .[test]")' &&
+    "$PY" bench/gpu_check.py preflight "$R"
+}
 phase_compile()     { "$PY" bench/gpu_sanitize.py --compile-only --jobs 8; }   # every instantiation, into CuPy's cache
 phase_tests()       { "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$R/pytest.xml" tests; }
 phase_bench()       { "$PY" -m bench --quick --backends linear-cuda,cublas,torch-gpu --out "$R/bench"; }
@@ -32,18 +44,20 @@ phase_bench_tf32()  { "$PY" -m bench --quick --tf32 --backends linear-cuda,cubla
 phase_tc_tiles()    { "$PY" bench/gpu_check.py tc_tiles "$R/tc_tiles.json"; }   # tc_wide (candidate) beside tc_large
 phase_sweep()       { "$PY" -m bench.sweep --budget-s $((LIMIT - 20)) --out "$R/sweep"; }
 phase_determinism() { "$PY" bench/gpu_check.py determinism "$R/determinism.json"; }
-phase_counters() {   # Nsight Compute: the main kernels at 4096³ and cuBLAS's, the sections that explain speed
-    ncu --target-processes all --kernel-name regex:'linear_|gemm|cutlass' --launch-count 12 --section SpeedOfLight \
+phase_counters() {   # Nsight Compute: the main kernels at 4096³ and cuBLAS's (nvjet_* on Hopper), the sections that explain speed
+    ncu --target-processes all --kernel-name regex:'linear_|gemm|cutlass|nvjet' --launch-count 12 --section SpeedOfLight \
         --section Occupancy --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
         --section WarpStateStats --export "$R/counters" --force-overwrite "$PY" bench/gpu_check.py profile &&
     ncu --import "$R/counters.ncu-rep" --csv --page raw >"$R/counters.csv" && "$PY" bench/gpu_check.py counters "$R"
 }
 phase_launch_all()  { "$PY" bench/gpu_sanitize.py; }   # every instantiation once, results checked
-phase_memcheck()    { compute-sanitizer --tool memcheck --leak-check no --error-exitcode 1 "$PY" bench/gpu_sanitize.py; }
-phase_racecheck()   { compute-sanitizer --tool racecheck --error-exitcode 1 "$PY" bench/gpu_sanitize.py --splits 1; }
+# Under compute-sanitizer gpu_sanitize.py turns CuPy's memory pool off (--no-pool), so each array is its own allocation.
+phase_memcheck()    { compute-sanitizer --tool memcheck --leak-check no --error-exitcode 1 "$PY" bench/gpu_sanitize.py --no-pool; }
+phase_racecheck()   { compute-sanitizer --tool racecheck --error-exitcode 1 "$PY" bench/gpu_sanitize.py --splits 1 --no-pool; }
 phase_torch_linear() {   # nn.Linear vs linear.torch.Linear; needs a CUDA build of torch, which the machine may lack
     "$PY" -c "import torch; assert torch.cuda.is_available()" || { echo "no CUDA build of torch"; return 0; }
-    "$PY" bench/torch_linear.py "$R/torch_linear.json"
+    "$PY" bench/torch_linear.py "$R/torch_linear.json" --shape 8,16,16 --shape 32,784,256 --shape 256,1024,1024 \
+        --shape 4096,4096,4096   # small layers show the host cost per step
 }
 REFUSED='Device not supported|not supported on this (device|GPU|platform)|ERR_NVGPUCTRPERM|permission to access'
 

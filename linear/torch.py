@@ -6,31 +6,36 @@
     swap_linear(module, *, backend=None)            every torch.nn.Linear in a model -> Linear, in place
 
 Layout: torch stores weight as (out_features, in_features) = (D, F), the transpose of our W (F, D), so
-y = x·weightᵀ + b is functional.forward(x, weight.T, b) with the transpose passed as a flag, never copied.
-The gradients come from functional.backward: dx = dy·weight (NN), dweight = dyᵀ·x (TN, our dW = xᵀ·dy
-returned as its transposed view), dbias = Σ_rows dy.
+y = x·weightᵀ + b is one GEMM with weight's transpose as a flag, never a copy. The gradients: dx = dy·weight
+(NN), dweight = dyᵀ·x (TN, written in weight's own layout, as autograd wants it for weight.grad),
+dbias = Σ_rows dy. Each product is one call of the backend's gemm or colsum on tensors checked once by
+linear(), with the backend resolved once per call (the backward reuses the forward's).
 
-linear() is the custom op "linear::linear" (torch.library), with autograd and a fake implementation,
-so torch.compile(fullgraph=True) traces it without a graph break. Its backward is the custom op
-"linear::linear_backward", whose own backward is written with linear() again: gradients of gradients
-(double backward, gradient penalties) work to any order.
+Two paths, one set of products:
+- eager (plain CPU or CUDA tensors, nothing tracing): torch.autograd.Functions, whose backward is itself
+  differentiable (double backward, gradient penalties), written with linear() again;
+- traced (torch.compiler.is_compiling(), tensor subclasses such as fake tensors, meta tensors): the custom
+  op "linear::linear" (torch.library) with autograd and a fake implementation, so torch.compile(fullgraph=True)
+  traces it without a graph break; its backward is the custom op "linear::linear_backward".
 
 Where it runs (the tensors are never copied on the way in):
 - CPU tensors share their memory with numpy arrays (through DLPack); the backend is `backend`, else
-  $LINEAR_BACKEND, else "numpy" ("emulate" runs our CUDA source on the CPU).
-- CUDA tensors go to the "cuda" backend through DLPack, on torch's current stream, with no extra sync.
+  $LINEAR_BACKEND, else "numpy" ("emulate" runs our CUDA source on the CPU). The numpy backend's BLAS runs
+  with torch.get_num_threads() threads for the span of the call.
+- CUDA tensors go to the "cuda" backend through DLPack, on torch's current stream, with no host sync; what
+  CuPy allocates during the call comes from torch's caching allocator (so CUDA graphs capture it).
 - meta tensors (and torch.compile's fake tensors) only get the result's shape, dtype and device.
 float32, float64, float16 and bfloat16; x, weight and bias must share one dtype and one device, as in
 torch.nn.functional.linear. This module is the only one that imports torch: `import linear` does not.
 """
 import contextlib
-from typing import Any, Callable, Iterator, Optional
+import math
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import functional
 from .backends import BackendUnavailable, default_backend_name, get_backend
 
 __all__ = ["linear", "Linear", "swap_linear"]
@@ -49,7 +54,15 @@ def _describe(t: torch.Tensor) -> str:
 
 
 def _check(x: Any, weight: Any, bias: Any) -> None:
-    """What torch.nn.functional.linear requires; every message names the argument, its device and dtype."""
+    """What torch.nn.functional.linear requires; every message names the argument, its device and dtype.
+    The common case (tensors of one supported dtype and device, matching shapes) in one expression: a
+    small layer feels each microsecond."""
+    if (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and x.dtype in _SUPPORTED
+            and weight.dtype is x.dtype and weight.device == x.device and weight.dim() == 2 and x.dim() >= 1
+            and x.shape[-1] == weight.shape[1]
+            and (bias is None or isinstance(bias, torch.Tensor) and bias.dtype is x.dtype
+                 and bias.device == x.device and bias.dim() == 1 and bias.shape[0] == weight.shape[0])):
+        return
     given = {"x": x, "weight": weight, "bias": bias}
     tensors = {name: t for name, t in given.items() if t is not None or name != "bias"}
     for name, t in tensors.items():
@@ -75,31 +88,37 @@ def _check(x: Any, weight: Any, bias: Any) -> None:
                          f"bias must be ({weight.shape[0]},)")
 
 
-def _backend_name(tensors: dict[str, Optional[torch.Tensor]], backend: Optional[str]) -> str:
-    """The backend for tensors on one device: "cuda" for CUDA tensors, else `backend` or the default."""
+def _where(tensors: dict[str, Optional[torch.Tensor]]) -> str:
     present = {name: t for name, t in tensors.items() if t is not None}
     first = next(iter(present.values()))
-    where = f"{', '.join(present)} on {first.device} with dtype {first.dtype}"
-    if first.device.type == "cuda":
+    return f"{', '.join(present)} on {first.device} with dtype {first.dtype}"
+
+
+def _resolve(tensors: dict[str, Optional[torch.Tensor]], backend: Optional[str]) -> "_Host | _Device":
+    """Where a call on `tensors` (of one device, named for the messages) runs: the cuda backend for CUDA
+    tensors, else `backend` or the default. Resolved once per call of linear(); its backward uses the same."""
+    device = next(t for t in tensors.values() if t is not None).device
+    if device.type == "cuda":
         if backend not in (None, "cuda"):
             try:
                 get_backend(backend)  # ValueError for a name that is no backend at all
             except BackendUnavailable:
                 pass
-            raise TypeError(f"backend {backend!r} takes CPU tensors; got {where}: use backend='cuda' or None, "
-                            "or move the tensors with .cpu()")
+            raise TypeError(f"backend {backend!r} takes CPU tensors; got {_where(tensors)}: use backend='cuda' or "
+                            "None, or move the tensors with .cpu()")
         try:
-            get_backend("cuda")
+            return _Device(get_backend("cuda"), device)
         except BackendUnavailable as e:
-            raise BackendUnavailable(f"got {where}, but {e}") from e
-        return "cuda"
-    if first.device.type != "cpu":
-        raise TypeError(f"linear.torch runs on CPU and CUDA tensors; got {where}")
+            raise BackendUnavailable(f"got {_where(tensors)}, but {e}") from e
+    if device.type != "cpu":
+        raise TypeError(f"linear.torch runs on CPU and CUDA tensors; got {_where(tensors)}")
     name = backend or default_backend_name()
-    if name == "cuda":
-        raise TypeError(f"backend 'cuda' takes CUDA tensors; got {where}: move them with .cuda()")
-    get_backend(name)  # BackendUnavailable with the reason, e.g. emulate without a C++ compiler
-    return name
+    host = _HOSTS.get(name)
+    if host is None:
+        if name == "cuda":
+            raise TypeError(f"backend 'cuda' takes CUDA tensors; got {_where(tensors)}: move them with .cuda()")
+        host = _HOSTS[name] = _Host(get_backend(name))  # BackendUnavailable with the reason, e.g. no C++ compiler
+    return host
 
 
 def _bfloat16() -> np.dtype:
@@ -110,53 +129,206 @@ def _bfloat16() -> np.dtype:
     return np.dtype(ml_dtypes.bfloat16)
 
 
-def _as_array(t: Optional[torch.Tensor], convert: Callable[[torch.Tensor], Any]) -> Any:
-    """A numpy or CuPy array sharing t's memory (neither numpy nor DLPack consumers know torch.bfloat16:
-    it crosses as int16 bits and is viewed back as bfloat16)."""
-    if t is None:
-        return None
-    t = t.detach()
-    if t.dtype == torch.bfloat16:
-        return convert(t.view(torch.int16)).view(_bfloat16())
-    return convert(t)
+# torch's own DLPack export, without Tensor.__dlpack__'s checks in Python (~1.5 µs a tensor); a versioned
+# capsule, which numpy imports as writable. Tensor.numpy() would be as cheap, but it makes the storage
+# non-resizable for good, and FSDP frees its gathered weights by resizing their storage to 0.
+_TO_DLPACK = getattr(torch._C, "_to_dlpack_versioned", None)
 
 
-@contextlib.contextmanager
-def _arrays(backend: Optional[str], inputs: dict[str, Optional[torch.Tensor]],
-            outputs: dict[str, torch.Tensor]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(backend name, arrays sharing the memory of the inputs and outputs); for CUDA tensors the body runs
-    on torch's current stream, which CuPy (and so our kernel launches) then uses as its own."""
-    name = _backend_name(inputs, backend)
-    tensors = {**inputs, **outputs}
-    if name != "cuda":
-        # DLPack rather than Tensor.numpy(), which makes the storage non-resizable for good, and FSDP frees
-        # its gathered weights by resizing their storage to 0 after the forward.
-        yield name, {k: _as_array(t, np.from_dlpack) for k, t in tensors.items()}
-        return
-    import cupy
-    device = next(iter(outputs.values())).device
-    stream = torch.cuda.current_stream(device)
-    with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream.cuda_stream, device.index):
-        # from_dlpack inside the stream context: producer and consumer stream are one, so no sync.
-        yield name, {k: _as_array(t, cupy.from_dlpack) for k, t in tensors.items()}
+class _Capsule:
+    """DLPack's producer protocol around a capsule torch has made, for numpy.from_dlpack."""
+    __slots__ = ("capsule",)
+
+    def __init__(self, capsule: Any) -> None:
+        self.capsule = capsule
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        return self.capsule
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU
+
+
+def _host_array(t: torch.Tensor) -> np.ndarray:
+    """A numpy array sharing the memory of CPU tensor t (and keeping it alive). DLPack does not know
+    torch.bfloat16: it crosses as int16 bits, viewed back as bfloat16."""
+    if t.dtype is torch.bfloat16:
+        return _host_array(t.view(torch.int16)).view(_bfloat16())
+    if _TO_DLPACK is None:  # a torch without it
+        return np.from_dlpack(t.detach())
+    return np.from_dlpack(_Capsule(_TO_DLPACK(t)))
+
+
+class _Host:
+    """CPU tensors: numpy arrays sharing their memory; the numpy backend's BLAS runs with torch's thread
+    count (torch.get_num_threads()) for the span of the call, not with its own pool."""
+    __slots__ = ("backend", "name", "_threads")
+    array = staticmethod(_host_array)
+
+    def __init__(self, backend: Any) -> None:
+        self.backend, self.name = backend, backend.name
+        self._threads = getattr(backend, "blas_threads", None)  # the numpy backend's
+
+    def scope(self) -> Any:
+        return contextlib.nullcontext() if self._threads is None else self._threads(torch.get_num_threads())
+
+
+_HOSTS: dict[str, _Host] = {}
+
+
+class _Device:
+    """CUDA tensors: CuPy arrays sharing their memory (DLPack on torch's current stream, so no event and no
+    wait); the launches go to torch's current stream, and what CuPy allocates inside the call (the plan's
+    workspaces) comes from torch's caching allocator rather than from CuPy's pool, so memory is not held
+    twice and a CUDA graph captures the allocations. Nothing here synchronises with the host."""
+    __slots__ = ("backend", "name", "device", "cupy")
+
+    def __init__(self, backend: Any, device: torch.device) -> None:
+        self.backend, self.name, self.device = backend, backend.name, device
+        self.cupy = backend.xp
+
+    def array(self, t: torch.Tensor) -> Any:
+        if t.dtype is torch.bfloat16:
+            return self.cupy.from_dlpack(t.detach().view(torch.int16)).view(_bfloat16())
+        return self.cupy.from_dlpack(t.detach())
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        cuda = self.cupy.cuda
+        stream = cuda.Stream.from_external(torch.cuda.current_stream(self.device))  # its __cuda_stream__
+        with cuda.Device(self.device.index), stream, cuda.using_allocator(self.allocate):
+            yield
+
+    def allocate(self, size: int) -> Any:
+        """CuPy's allocator hook: `size` bytes of a torch tensor on the current stream, held by the
+        MemoryPointer (torch's allocator reuses the block once CuPy drops it; the stream orders the reuse)."""
+        buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
+        memory = self.cupy.cuda.UnownedMemory(buffer.data_ptr(), size, buffer, self.device.index)
+        return self.cupy.cuda.MemoryPointer(memory, 0)
 
 
 def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """A new contiguous result tensor (the tests replace it with one full of NaN)."""
-    return torch.empty(shape, dtype=like.dtype, device=like.device)
+    """A new contiguous result tensor of like's dtype and device (the tests replace it with one full of NaN)."""
+    return like.new_empty(shape)
 
 
 # ----------------------------------------------------------------------------------------------------
-# The custom ops
+# The products: one backend call per GEMM, on tensors _check has checked
+# ----------------------------------------------------------------------------------------------------
+
+def _forward(run: "_Host | _Device", x: torch.Tensor, weight: torch.Tensor,
+             bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """y = x·weightᵀ + bias: one GEMM (NT, weight's transpose a flag)."""
+    out_features, in_features = weight.shape
+    y = _empty((*x.shape[:-1], out_features), x)
+    rows = math.prod(x.shape[:-1])
+    with run.scope():
+        array = run.array
+        run.backend.gemm(array(x).reshape(rows, in_features), array(weight), array(y).reshape(rows, out_features),
+                         trans_a=False, trans_b=True, alpha=1.0, beta=0.0,
+                         bias=None if bias is None else array(bias))
+    return y
+
+
+def _gradients(run: "_Host | _Device", dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_dx: bool,
+               need_dweight: bool, need_dbias: bool
+               ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(dx, dweight, dbias), None where not needed: dx = dy·weight (NN), dweight = dyᵀ·x (TN, written in
+    weight's own (out_features, in_features) layout, as autograd wants it for weight.grad),
+    dbias = Σ_rows dy."""
+    out_features, in_features = weight.shape
+    rows = math.prod(x.shape[:-1])
+    dx = _empty(tuple(x.shape), x) if need_dx else None
+    dweight = _empty((out_features, in_features), x) if need_dweight else None
+    dbias = _empty((out_features,), x) if need_dbias else None
+    if need_dx or need_dweight or need_dbias:
+        with run.scope():
+            array, backend = run.array, run.backend
+            dy2 = array(dy).reshape(rows, out_features)
+            if need_dx:
+                backend.gemm(dy2, array(weight), array(dx).reshape(rows, in_features), trans_a=False, trans_b=False,
+                             alpha=1.0, beta=0.0)
+            if need_dweight:
+                backend.gemm(dy2, array(x).reshape(rows, in_features), array(dweight), trans_a=True, trans_b=False,
+                             alpha=1.0, beta=0.0)
+            if need_dbias:
+                backend.colsum(dy2, array(dbias), beta=0.0)
+    return dx, dweight, dbias
+
+
+def _double_backward(ctx: Any, g_dx: Optional[torch.Tensor], g_dweight: Optional[torch.Tensor],
+                     g_dbias: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], ...]:
+    """The backward of dx = dy·weight, dweight = dyᵀ·x, dbias = Σ_rows dy, written with linear() (which
+    computes a·bᵀ) so that it is differentiable in turn. ctx holds (dy, x, weight), the gradients that
+    were computed and the backend's name."""
+    dy, x, weight = ctx.saved_tensors
+    # the gradient of a placeholder for an output that was not computed is dropped
+    g_dx, g_dweight, g_dbias = (g if computed else None for g, computed in zip((g_dx, g_dweight, g_dbias),
+                                                                                 ctx.computed))
+    d_dy = d_x = d_weight = None
+    if ctx.needs_input_grad[0]:
+        terms = []
+        if g_dx is not None:
+            terms.append(linear(g_dx, weight, backend=ctx.backend))  # g_dx·weightᵀ
+        if g_dweight is not None:
+            terms.append(linear(x, g_dweight, g_dbias, backend=ctx.backend))  # x·g_dweightᵀ + g_dbias
+        elif g_dbias is not None:
+            terms.append(g_dbias.expand(dy.shape))
+        d_dy = sum(terms[1:], terms[0]) if terms else None
+    if ctx.needs_input_grad[1] and g_dweight is not None:
+        d_x = linear(dy, g_dweight.t(), backend=ctx.backend)  # dy·g_dweight
+    if ctx.needs_input_grad[2] and g_dx is not None:
+        rows = dy.reshape(-1, dy.shape[-1]).t()
+        d_weight = linear(rows, g_dx.reshape(-1, g_dx.shape[-1]).t(), backend=ctx.backend)  # dyᵀ·g_dx
+    return d_dy, d_x, d_weight, None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Eager: autograd.Functions, when nothing traces
+# ----------------------------------------------------------------------------------------------------
+
+class _Linear(torch.autograd.Function):
+    """linear() in eager mode: the products called directly, with the call's backend resolved once.
+    (forward takes ctx: an autograd.Function with a separate setup_context costs ~10 µs more a call.)"""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, run):
+        ctx.save_for_backward(x, weight)
+        ctx.run = run
+        return _forward(run, x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        need_dx, need_dweight, need_dbias = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph=True: the gradients are differentiable in turn
+            grads = _Gradients.apply(dy, x, weight, need_dx, need_dweight, need_dbias, ctx.run)
+        else:
+            grads = _gradients(ctx.run, dy, x, weight, need_dx, need_dweight, need_dbias)
+        return (*grads, None)
+
+
+class _Gradients(torch.autograd.Function):
+    """The backward of _Linear, differentiable (double backward) through _double_backward."""
+
+    @staticmethod
+    def forward(ctx, dy, x, weight, need_dx, need_dweight, need_dbias, run):
+        ctx.save_for_backward(dy, x, weight)
+        ctx.computed = (need_dx, need_dweight, need_dbias)
+        ctx.backend = run.name
+        return _gradients(run, dy, x, weight, need_dx, need_dweight, need_dbias)
+
+    backward = staticmethod(_double_backward)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Traced: the custom ops, for torch.compile (and meta or fake tensors)
 # ----------------------------------------------------------------------------------------------------
 
 @torch.library.custom_op("linear::linear", mutates_args=())
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
             backend: Optional[str]) -> torch.Tensor:
-    y = _empty((*x.shape[:-1], weight.shape[0]), x)
-    with _arrays(backend, {"x": x, "weight": weight, "bias": bias}, {"y": y}) as (name, a):
-        functional.forward(a["x"], a["weight"].T, a["bias"], out=a["y"], backend=name)
-    return y
+    return _forward(_resolve({"x": x, "weight": weight, "bias": bias}, backend), x, weight, bias)
 
 
 @_linear.register_fake
@@ -167,27 +339,17 @@ def _(x, weight, bias, backend):
 @torch.library.custom_op("linear::linear_backward", mutates_args=())
 def _linear_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_dx: bool, need_dweight: bool,
                      need_dbias: bool, backend: Optional[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dweight, dbias); a gradient not asked for is an empty tensor. dweight is the transposed view
-    of our (in_features, out_features) dW, the layout our TN GEMM writes."""
-    out_features, in_features = weight.shape
-    dx = _empty(tuple(x.shape), x) if need_dx else x.new_empty(0)
-    dw = _empty((in_features, out_features), x) if need_dweight else x.new_empty(0)
-    db = _empty((out_features,), x) if need_dbias else x.new_empty(0)
-    if need_dx or need_dweight or need_dbias:
-        with _arrays(backend, {"dy": dy, "x": x, "weight": weight}, {"dx": dx, "dw": dw, "db": db}) as (name, a):
-            functional.backward(a["dy"], a["x"], a["weight"].T, need_dx=need_dx, need_dw=need_dweight,
-                                need_db=need_dbias, dx_out=a["dx"] if need_dx else None,
-                                dw_out=a["dw"] if need_dweight else None, db_out=a["db"] if need_dbias else None,
-                                backend=name)
-    return dx, (dw.t() if need_dweight else dw), db
+    """(dx, dweight, dbias); a gradient not asked for is an empty tensor (a custom op returns tensors)."""
+    run = _resolve({"dy": dy, "x": x, "weight": weight}, backend)
+    grads = _gradients(run, dy, x, weight, need_dx, need_dweight, need_dbias)
+    return tuple(x.new_empty(0) if g is None else g for g in grads)
 
 
 @_linear_backward.register_fake
 def _(dy, x, weight, need_dx, need_dweight, need_dbias, backend):
-    out_features, in_features = weight.shape
     return (x.new_empty(x.shape) if need_dx else x.new_empty(0),
-            x.new_empty((in_features, out_features)).t() if need_dweight else x.new_empty(0),
-            x.new_empty((out_features,)) if need_dbias else x.new_empty(0))
+            weight.new_empty(weight.shape) if need_dweight else x.new_empty(0),
+            x.new_empty((weight.shape[0],)) if need_dbias else x.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
@@ -211,31 +373,6 @@ def _setup_backward_context(ctx, inputs, output):
     ctx.save_for_backward(dy, x, weight)
     ctx.computed = (need_dx, need_dweight, need_dbias)
     ctx.backend = backend
-
-
-def _double_backward(ctx, g_dx, g_dweight, g_dbias):
-    """The backward of dx = dy·weight, dweight = dyᵀ·x, dbias = Σ_rows dy, written with linear() (which
-    computes a·bᵀ) so that it is differentiable in turn."""
-    dy, x, weight = ctx.saved_tensors
-    # the gradient of a placeholder for an output that was not computed is dropped
-    g_dx, g_dweight, g_dbias = (g if computed else None for g, computed in zip((g_dx, g_dweight, g_dbias),
-                                                                                 ctx.computed))
-    d_dy = d_x = d_weight = None
-    if ctx.needs_input_grad[0]:
-        terms = []
-        if g_dx is not None:
-            terms.append(linear(g_dx, weight, backend=ctx.backend))  # g_dx·weightᵀ
-        if g_dweight is not None:
-            terms.append(linear(x, g_dweight, g_dbias, backend=ctx.backend))  # x·g_dweightᵀ + g_dbias
-        elif g_dbias is not None:
-            terms.append(g_dbias.expand(dy.shape))
-        d_dy = sum(terms[1:], terms[0]) if terms else None
-    if ctx.needs_input_grad[1] and g_dweight is not None:
-        d_x = linear(dy, g_dweight.t(), backend=ctx.backend)  # dy·g_dweight
-    if ctx.needs_input_grad[2] and g_dx is not None:
-        rows = dy.reshape(-1, dy.shape[-1]).t()
-        d_weight = linear(rows, g_dx.reshape(-1, g_dx.shape[-1]).t(), backend=ctx.backend)  # dyᵀ·g_dx
-    return d_dy, d_x, d_weight, None, None, None, None
 
 
 _linear_backward.register_autograd(_double_backward, setup_context=_setup_backward_context)
@@ -265,7 +402,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     _check(x, weight, bias)
     if backend is not None and not isinstance(backend, str):
         raise TypeError(f"backend must be a string or None; got {backend!r}")
-    return _linear(x, weight, bias, backend)
+    if torch.compiler.is_compiling() or not _eager(x, weight, bias):
+        return _linear(x, weight, bias, backend)
+    return _Linear.apply(x, weight, bias, _resolve({"x": x, "weight": weight, "bias": bias}, backend))
+
+
+_PLAIN = (torch.Tensor, nn.Parameter)
+
+
+def _eager(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """Plain CPU or CUDA tensors: the eager path. Tensor subclasses (fake, functional, DTensor) and meta
+    tensors take the custom op, which tracing knows."""
+    return (type(x) in _PLAIN and type(weight) in _PLAIN and (bias is None or type(bias) in _PLAIN)
+            and x.device.type in ("cpu", "cuda"))
 
 
 class Linear(nn.Linear):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linear.backends.cuda import CupyRuntime, cuda_include_dirs
+from linear.backends.cuda import CupyRuntime, cuda_include_dirs, nvrtc_include_dirs
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
 from linear.backends.sources import kernels_dir
@@ -139,3 +139,73 @@ def test_without_cupy_the_backend_is_unavailable(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
     with pytest.raises(BackendUnavailable, match=r"GPU with its driver, and CuPy.*linear\[cuda13\].*linear\[cuda12\].*\.\[cuda13\]"):
         CupyRuntime()
+
+
+@pytest.mark.parametrize("version, found, expected", [
+    ("14.1.0", "/wheels/nvidia/cu13/include", []),  # CuPy puts its own after ours: we add none
+    ("14.2.0rc1", "/opt/cuda/include", []),
+    ("13.6.0", None, "ours"),  # an older CuPy: as before
+])
+def test_our_cuda_headers_never_shadow_the_ones_cupy_finds(monkeypatch, version, found, expected):
+    pathfinder = types.ModuleType("cuda.pathfinder")
+    pathfinder.find_nvidia_header_directory = lambda name: found if name == "cudart" else None
+    monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
+    monkeypatch.setitem(sys.modules, "cuda.pathfinder", pathfinder)
+    cupy = types.SimpleNamespace(__version__=version)
+    assert nvrtc_include_dirs(cupy) == (cuda_include_dirs() if expected == "ours" else expected)
+
+
+def test_cupy_14_1_without_cuda_headers_is_unavailable_with_the_install_hint(monkeypatch):
+    from linear.backends import BackendUnavailable
+    pathfinder = types.ModuleType("cuda.pathfinder")
+    pathfinder.find_nvidia_header_directory = lambda name: None
+    monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
+    monkeypatch.setitem(sys.modules, "cuda.pathfinder", pathfinder)
+    with pytest.raises(BackendUnavailable, match=r"CuPy 14.1.1 finds no CUDA headers.*linear\[cuda13\].*\[ctk\]"):
+        nvrtc_include_dirs(types.SimpleNamespace(__version__="14.1.1"))
+
+
+def test_the_runtime_compiles_without_our_cuda_headers_on_cupy_14_1(fake_cupy, monkeypatch):
+    pathfinder = types.ModuleType("cuda.pathfinder")
+    pathfinder.find_nvidia_header_directory = lambda name: "/wheels/nvidia/cu13/include"
+    monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
+    monkeypatch.setitem(sys.modules, "cuda.pathfinder", pathfinder)
+    fake_cupy.__version__ = "14.1.0"
+    CupyRuntime().function("reduce.cu", "linear_colsum_partial<float>")
+    (module,) = fake_cupy.modules
+    assert [o for o in module["options"] if o.startswith("-I")] == [f"-I{kernels_dir()}"]
+
+
+def test_the_cuda_extras_bring_cupy_14_1_with_its_toolkit_wheels():
+    """cupy-cudaXXx[ctk]: the plain CuPy 14 wheel has no CUDA headers or NVRTC; 14.0's compile cache
+    ignored kernels compiled with name_expressions (all of ours). linear.torch needs threadpoolctl."""
+    import tomllib
+    from packaging.requirements import Requirement
+    extras = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    for extra, package in (("cuda12", "cupy-cuda12x"), ("cuda13", "cupy-cuda13x")):
+        (cupy,) = [r for r in map(Requirement, extras[extra]) if r.name == package]
+        assert cupy.extras == {"ctk"}, extra
+        assert cupy.specifier.contains("14.1.0") and not cupy.specifier.contains("14.0.1"), extra
+    assert "threadpoolctl" in {Requirement(r).name for r in extras["torch"]}
+
+
+def test_gpu_sanitize_no_pool_turns_cupys_memory_pool_off_before_any_launch(monkeypatch, fake_cupy):
+    """compute-sanitizer sees allocations: from CuPy's pool it would see only the pool's large blocks."""
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    try:
+        from bench import gpu_sanitize
+    finally:
+        sys.path.pop(0)
+    events = []
+    fake_cupy.cuda.set_allocator = lambda allocator: events.append(("set_allocator", allocator))
+    backend = types.SimpleNamespace(name="cuda", xp=fake_cupy)
+    monkeypatch.setattr(gpu_sanitize, "get_backend", lambda name: backend)
+    monkeypatch.setattr(gpu_sanitize, "check_gemm", lambda *a: events.append("launch") or ("k", 0.0))
+    monkeypatch.setattr(gpu_sanitize, "check_colsum", lambda *a: events.append("launch") or ("k", 0.0))
+    for argv, expected in ((["--splits", "1", "--no-pool"], [("set_allocator", None)]), (["--splits", "1"], [])):
+        events.clear()
+        monkeypatch.setattr(sys, "argv", ["gpu_sanitize.py", *argv])
+        assert gpu_sanitize.main() == 0
+        assert events[:len(expected)] == expected and events[len(expected)] == "launch"
+        assert ("set_allocator", None) not in events[len(expected):]

@@ -3,6 +3,7 @@ numpy and emulate backends), gradcheck, torch.compile, Linear and swap_linear, a
 messages, and the example that README.md carries. CUDA tests run under -m gpu on a GPU machine."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import importlib
@@ -12,8 +13,10 @@ import pickle
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import CI, HOST_BACKENDS, load_example
@@ -134,14 +137,41 @@ def test_gradgradcheck_with_only_some_inputs_differentiable():
 
 def test_gradcheck_catches_a_wrong_gradient(monkeypatch):
     """Negative control: gradcheck fails once the bias gradient is doubled."""
-    real = lt._linear_backward
+    real = lt._gradients
 
     def doubled_dbias(*args):
         dx, dweight, dbias = real(*args)
         return dx, dweight, 2 * dbias
-    monkeypatch.setattr(lt, "_linear_backward", doubled_dbias)
+    monkeypatch.setattr(lt, "_gradients", doubled_dbias)
     args = make((4, 5), True, False, torch.float64, seed=4)
     assert not torch.autograd.gradcheck(lambda *a: lt.linear(*a, backend="numpy"), args, raise_exception=False)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_the_weight_gradient_of_a_square_layer_is_not_transposed(backend, poisoned):
+    """dweight = dyᵀ·x has weight's (out_features, in_features) shape; with a square weight its transpose
+    xᵀ·dy has that shape too, so only the values tell them apart (the 5 -> 7 cases above fail on the shape)."""
+    g = torch.Generator().manual_seed(15)
+    x, weight, bias, dy = (torch.randn(*shape, dtype=torch.float64, generator=g) for shape in [(9, 6), (6, 6), (6,), (9, 6)])
+    weight.requires_grad_()
+    lt.linear(x, weight, bias, backend=backend).backward(dy)
+    reference = dy.t() @ x
+    assert rel(weight.grad, reference) <= 1e-12
+    assert rel(reference.t(), reference) > 0.1  # the transposed gradient would be far off
+
+
+def test_the_eager_path_calls_no_custom_op_and_converts_each_tensor_once(monkeypatch):
+    """Plain tensors take the autograd.Function: no custom-op dispatch, the backend resolved once per call
+    (forward and backward share it), each tensor viewed as an array once per product."""
+    resolved, custom, viewed = [], [], []
+    real_resolve, real_array = lt._resolve, lt._Host.array
+    monkeypatch.setattr(lt, "_resolve", lambda *a: resolved.append(a) or real_resolve(*a))
+    monkeypatch.setattr(lt, "_linear", lambda *a: custom.append(a))
+    monkeypatch.setattr(lt._Host, "array", staticmethod(lambda t: viewed.append(t.shape) or real_array(t)))
+    x, weight, bias = make((4, 5), True, False, torch.float32, seed=18)
+    lt.linear(x, weight, bias, backend="numpy").sum().backward()
+    assert len(resolved) == 1 and not custom
+    assert len(viewed) == 4 + 6  # x, weight, bias, y; then dy, weight, dx, x, dweight, dbias
 
 
 def test_opcheck_schema_fake_and_autograd_registration():
@@ -156,15 +186,41 @@ def test_opcheck_schema_fake_and_autograd_registration():
 
 def test_only_the_needed_gradients_are_computed(monkeypatch):
     calls = []
-    real = lt._linear_backward
+    real = lt._gradients
 
-    def spy(dy, x, weight, need_dx, need_dweight, need_dbias, backend):
+    def spy(run, dy, x, weight, need_dx, need_dweight, need_dbias):
         calls.append((need_dx, need_dweight, need_dbias))
-        return real(dy, x, weight, need_dx, need_dweight, need_dbias, backend)
-    monkeypatch.setattr(lt, "_linear_backward", spy)
+        return real(run, dy, x, weight, need_dx, need_dweight, need_dbias)
+    monkeypatch.setattr(lt, "_gradients", spy)
     x, weight, bias = make((4, 5), True, False, torch.float32, seed=6)
     lt.linear(x.detach(), weight, bias.detach()).sum().backward()
     assert calls == [(False, True, False)] and weight.grad is not None
+
+
+def test_numpy_blas_runs_with_torchs_thread_count_for_the_span_of_the_call(monkeypatch):
+    """torch.set_num_threads is the one knob: inside each product numpy's BLAS has torch's thread count,
+    and after the call the count it had before (3 here, set by the user through threadpoolctl)."""
+    threadpoolctl = importlib.import_module("threadpoolctl") if CI else pytest.importorskip("threadpoolctl")
+    from linear.backends.numpy import NumpyBackend
+
+    def blas_threads():
+        return {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
+    seen = []
+    real_gemm, real_colsum = NumpyBackend.gemm, NumpyBackend.colsum
+    monkeypatch.setattr(NumpyBackend, "gemm", lambda *a, **k: seen.append(blas_threads()) or real_gemm(*a, **k))
+    monkeypatch.setattr(NumpyBackend, "colsum", lambda *a, **k: seen.append(blas_threads()) or real_colsum(*a, **k))
+    x, weight, bias = make((4, 5), True, False, torch.float32, seed=19)
+    before = torch.get_num_threads()
+    try:
+        with threadpoolctl.threadpool_limits(3, user_api="blas"):
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                lt.linear(x, weight, bias, backend="numpy").sum().backward()
+                assert seen == [{threads}] * 4  # y; dx, dweight, dbias
+                assert blas_threads() == {3}
+                seen.clear()
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_meta_tensors_give_shapes_only():
@@ -221,12 +277,12 @@ def test_bad_arguments():
 
 def test_linear_backend_environment_variable_picks_the_cpu_backend(monkeypatch):
     chosen = []
-    real = lt.functional.forward
+    real = lt._forward
 
-    def spy(*args, backend, **kwargs):
-        chosen.append(backend)
-        return real(*args, backend=backend, **kwargs)
-    monkeypatch.setattr(lt.functional, "forward", spy)
+    def spy(run, *args):
+        chosen.append(run.name)
+        return real(run, *args)
+    monkeypatch.setattr(lt, "_forward", spy)
     other = "emulate" if "emulate" in HOST_BACKENDS else "numpy"
     monkeypatch.setenv("LINEAR_BACKEND", other)
     lt.linear(torch.randn(2, 5), torch.randn(3, 5))
@@ -256,21 +312,154 @@ class TestCudaDispatch:
         monkeypatch.setattr(lt, "get_backend", no_cuda)
         with pytest.raises(BackendUnavailable, match="x, weight on cuda:0 with dtype torch.float32, but backend "
                                                      "'cuda' is unavailable: no GPU here"):
-            lt._backend_name(cuda_tensors, None)
+            lt._resolve(cuda_tensors, None)
 
     def test_with_a_cuda_backend(self, cuda_tensors, monkeypatch):
-        monkeypatch.setattr(lt, "get_backend", lambda name: None)
-        assert lt._backend_name(cuda_tensors, None) == lt._backend_name(cuda_tensors, "cuda") == "cuda"
+        import types
+        cuda = types.SimpleNamespace(name="cuda", xp=None)
+        monkeypatch.setattr(lt, "get_backend", lambda name: cuda)
+        for backend in (None, "cuda"):
+            run = lt._resolve(cuda_tensors, backend)
+            assert type(run) is lt._Device and run.backend is cuda and run.device == torch.device("cuda", 0)
 
     def test_a_cpu_backend_is_refused(self, cuda_tensors):
         with pytest.raises(TypeError, match="backend 'numpy' takes CPU tensors; got x, weight on cuda:0"):
-            lt._backend_name(cuda_tensors, "numpy")
+            lt._resolve(cuda_tensors, "numpy")
         with pytest.raises(ValueError, match="backend must be one of"):
-            lt._backend_name(cuda_tensors, "cpu")
+            lt._resolve(cuda_tensors, "cpu")
 
     def test_other_devices_are_refused(self):
         with pytest.raises(TypeError, match="runs on CPU and CUDA tensors; got x on meta"):
-            lt._backend_name({"x": torch.empty(2, device="meta")}, None)
+            lt._resolve({"x": torch.empty(2, device="meta")}, None)
+
+
+class DeviceFakeCupy:
+    """The CuPy that linear.torch's CUDA path meets, faked around test_cuda_runtime's FakeCupy (numpy
+    arrays, kernels run by the emulator): it records each allocation (from CuPy's pool, or through the
+    allocator hook that cupy.cuda.using_allocator installs), the streams made current, and any call that
+    would synchronise with the host. Anything else it lacks raises AttributeError, so an unforeseen CuPy
+    call fails the test too."""
+
+    SYNCHRONISING = ("synchronize", "deviceSynchronize", "streamSynchronize", "asnumpy")
+
+    def __init__(self, emulator):
+        from test_cuda_runtime import H100_ATTRIBUTES, FakeCupy
+        self.module = FakeCupy(emulator)
+        self.events: list[tuple] = []
+        self.allocator = None
+        fake, record = self, self.events.append
+
+        class Device:
+            id, compute_capability, attributes = 0, "90", H100_ATTRIBUTES
+
+            def __init__(self, index=None):
+                pass
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                pass
+
+            def synchronize(self):
+                record(("sync", "Device.synchronize"))
+
+        class Stream:
+            @classmethod
+            def from_external(cls, stream):  # CuPy 14: any object with the CUDA stream protocol
+                version, handle = stream.__cuda_stream__()
+                record(("stream", version, handle))
+                return cls()
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                pass
+
+            def synchronize(self):
+                record(("sync", "Stream.synchronize"))
+
+        @contextlib.contextmanager
+        def using_allocator(allocate):
+            fake.allocator = allocate
+            try:
+                yield
+            finally:
+                fake.allocator = None
+
+        cuda = self.module.cuda
+        cuda.Device, cuda.Stream, cuda.using_allocator = Device, Stream, using_allocator
+        cuda.UnownedMemory = lambda ptr, size, owner, device_id: types.SimpleNamespace(ptr=ptr, size=size, owner=owner)
+        cuda.MemoryPointer = lambda memory, offset: types.SimpleNamespace(memory=memory, offset=offset)
+        cuda.runtime.deviceSynchronize = lambda: record(("sync", "deviceSynchronize"))
+        cuda.runtime.streamSynchronize = lambda stream: record(("sync", "streamSynchronize"))
+        module = self.module
+        module.asnumpy = lambda a, *args, **kwargs: record(("sync", "asnumpy")) or np.asarray(a)
+        for name in ("empty", "zeros", "empty_like", "ascontiguousarray", "array"):
+            setattr(module, name, self._allocating(getattr(np, name)))
+
+    def _allocating(self, make):
+        def allocate(*args, **kwargs):
+            a = make(*args, **kwargs)
+            if make is np.ascontiguousarray and a is args[0]:  # already contiguous: no copy, no allocation
+                return a
+            if self.allocator is None:
+                self.events.append(("pool", a.nbytes))
+            else:
+                self.allocator(a.nbytes)
+                self.events.append(("hook", a.nbytes))
+            return a
+        return allocate
+
+
+@pytest.mark.skipif("emulate" not in HOST_BACKENDS, reason="runs the kernels on the emulator")
+def test_the_cuda_path_allocates_from_torch_on_torchs_stream_and_never_synchronises(monkeypatch, poisoned):
+    """linear.torch's CUDA path (_Device), with CPU tensors standing in for CUDA ones and a fake CuPy: every
+    allocation CuPy makes in forward and backward (the column sum's partials at least) goes through the
+    hook to torch.empty on the tensors' device; launches run inside torch's current stream; nothing
+    synchronises. Negative control: the same product outside the call's scope allocates from the pool."""
+    from linear.backends.cuda import CupyRuntime
+    from linear.backends.emulate import EmulatorRuntime
+    from linear.backends.kernel import KernelBackend
+    fake = DeviceFakeCupy(EmulatorRuntime())
+    monkeypatch.setitem(sys.modules, "cupy", fake.module)
+    run = lt._Device(KernelBackend(CupyRuntime()), torch.device("cpu"))
+    monkeypatch.setattr(lt, "_resolve", lambda tensors, backend: run)
+    assert hasattr(torch.cuda.Stream, "__cuda_stream__")  # what CuPy's Stream.from_external reads
+    torch_stream = types.SimpleNamespace(__cuda_stream__=lambda: (0, 1234))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: torch_stream)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: fake.events.append(("sync", "torch.cuda.synchronize")))
+    buffers = []
+    real_empty = torch.empty
+
+    def torch_empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        if kwargs.get("dtype") is torch.uint8:
+            buffers.append(t.numel())
+        return t
+    monkeypatch.setattr(torch, "empty", torch_empty)
+
+    x, weight, bias = make((33, 5), True, False, torch.float32, seed=22)
+    y = lt.linear(x, weight, bias)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(23))
+    grads = torch.autograd.grad(y, (x, weight, bias), dy)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, weight, bias))
+    y64 = F.linear(x64, w64, b64)
+    assert rel(y, y64) <= tol(torch.float32)
+    for grad, ref in zip(grads, torch.autograd.grad(y64, (x64, w64, b64), dy.double())):
+        assert rel(grad, ref) <= tol(torch.float32)
+
+    allocations = [e for e in fake.events if e[0] in ("pool", "hook")]
+    assert allocations and all(kind == "hook" for kind, _ in allocations), fake.events
+    assert buffers == [size for _, size in allocations]  # each one a torch tensor of its size
+    assert [e for e in fake.events if e[0] == "stream"] == [("stream", 0, 1234)] * 2  # forward, backward
+    assert not [e for e in fake.events if e[0] == "sync"], fake.events
+
+    fake.events.clear()
+    a = np.ones((40, 7), np.float32)
+    run.backend.colsum(a, np.empty(7, np.float32), beta=0.0)  # outside the scope: CuPy's own pool
+    assert [e[0] for e in fake.events if e[0] in ("pool", "hook")] == ["pool"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -482,16 +671,25 @@ def test_fsdp2_in_two_processes_matches_one_process():
 
 
 def test_benchmark_script_checks_and_times_both_layers(monkeypatch, tmp_path):
-    """bench/torch_linear.py (a phase of bench/gpu_session.sh), on a tiny CPU shape."""
+    """bench/torch_linear.py (a phase of bench/gpu_session.sh), on a tiny CPU shape, with one busy process
+    beside it that is gone afterwards."""
     monkeypatch.syspath_prepend(str(ROOT))
     from bench import torch_linear
     monkeypatch.setattr(sys, "argv", ["torch_linear.py", str(tmp_path / "t.json"), "--shape", "9,16,5",
-                                      "--dtype", "bfloat16", "--repeats", "2"])
+                                      "--dtype", "bfloat16", "--repeats", "3", "--busy", "1"])
+    threads = torch.get_num_threads()
     assert torch_linear.main() == 0
-    (result,) = json.loads((tmp_path / "t.json").read_text())["results"]
+    report = json.loads((tmp_path / "t.json").read_text())
+    (result,) = report["results"]
     for name in ("nn.Linear", "linear.torch.Linear"):
         assert result[name]["ok"] and 0 < result[name]["max_relative_error"] <= 1e-2
-        assert len(result[name]["times_ms"]) == 2
+        assert len(result[name]["times_ms"]) == 3
+    low, high = result["speed_quartiles"]
+    assert result["speed"] > 0 and 0 < low <= high
+    (pid,) = report["busy_pids"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the spinning process was ended (and reaped)
+    assert report["threads"] == threads == torch.get_num_threads()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -546,3 +744,70 @@ def test_cuda_refuses_a_cpu_backend():
     needs_cuda()
     with pytest.raises(TypeError, match="backend 'numpy' takes CPU tensors; got x, weight on cuda:0"):
         lt.linear(torch.randn(2, 5, device="cuda"), torch.randn(3, 5, device="cuda"), backend="numpy")
+
+
+def graph_step_reference(layer, x, dy):
+    """y, dx, dweight, dbias of nn.functional.linear in float64 on layer's parameters."""
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, layer.weight, layer.bias))
+    y64 = F.linear(x64, w64, b64)
+    return (y64, *torch.autograd.grad(y64, (x64, w64, b64), dy.double()))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_captures_a_training_step():
+    """torch.cuda.graph captures forward and backward: every launch on the capture stream, every workspace
+    from torch's allocator (the graph's pool), no host synchronisation (any of these fails the capture).
+    Replays on new inputs give new, correct results."""
+    needs_cuda()
+    torch.manual_seed(24)
+    layer = lt.Linear(512, 256, device="cuda")
+    x = torch.randn(64, 512, device="cuda", requires_grad=True)
+    dy = torch.randn(64, 256, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture: kernels compiled and loaded
+        for _ in range(3):
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
+            layer(x).backward(dy)
+    torch.cuda.current_stream().wait_stream(side)
+    layer.zero_grad(set_to_none=True)
+    x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = layer(x)
+        y.backward(dy)
+    for seed in (25, 26):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        with torch.no_grad():
+            x.copy_(torch.randn(x.shape, device="cuda", generator=g))
+            dy.copy_(torch.randn(dy.shape, device="cuda", generator=g))
+        graph.replay()
+        torch.cuda.synchronize()
+        refs = graph_step_reference(layer, x, dy)
+        for out, ref in zip((y, x.grad, layer.weight.grad, layer.bias.grad), refs):
+            assert rel(out, ref) <= TOLERANCE["float32"]
+
+
+@pytest.mark.gpu
+def test_torch_compile_reduce_overhead_runs_in_cuda_graphs():
+    """mode="reduce-overhead": inductor's CUDA graphs take the custom ops (no cudagraph skip is counted)
+    and the replays are correct."""
+    needs_cuda()
+    from torch._dynamo.utils import counters
+    torch.manual_seed(27)
+    layer = lt.Linear(512, 256, device="cuda")
+    compiled = torch.compile(layer, mode="reduce-overhead", fullgraph=True)
+    counters.clear()
+    for seed in range(4):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        x = torch.randn(64, 512, device="cuda", generator=g, requires_grad=True)
+        dy = torch.randn(64, 256, device="cuda", generator=g)
+        layer.zero_grad(set_to_none=True)
+        y = compiled(x)
+        y.backward(dy)
+        torch.cuda.synchronize()
+        refs = graph_step_reference(layer, x, dy)
+        for out, ref in zip((y, x.grad, layer.weight.grad, layer.bias.grad), refs):
+            assert rel(out, ref) <= TOLERANCE["float32"]
+    assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sysconfig
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +19,23 @@ def cuda_include_dirs() -> list[str]:
     candidates = [site / "cu13" / "include", site / "cuda_runtime" / "include"]
     candidates += [Path(root) / "include" for root in toolkits if root]
     return [str(path) for path in candidates if (path / "cuda_bf16.h").exists()][:1]
+
+
+def nvrtc_include_dirs(cupy: Any) -> list[str]:
+    """The directories of CUDA headers that CupyRuntime puts on NVRTC's include path: none with CuPy >= 14.1,
+    which finds the headers that match its NVRTC itself (cuda.pathfinder) and puts them after the options it
+    is given, where an -I of ours would come first and shadow them; cuda_include_dirs() with an older CuPy
+    (as before; the cuda12/cuda13 extras ask for 14.1). BackendUnavailable when CuPy >= 14.1 finds none,
+    whose every compile would fail."""
+    if tuple(int(n) for n in re.findall(r"\d+", cupy.__version__)[:2]) < (14, 1):
+        return cuda_include_dirs()
+    from cuda.pathfinder import find_nvidia_header_directory  # a dependency of CuPy 14
+    if find_nvidia_header_directory("cudart") is None:
+        raise BackendUnavailable(
+            f"CuPy {cupy.__version__} finds no CUDA headers, which NVRTC needs to compile our kernels: "
+            "pip install 'linear[cuda13]' (or 'linear[cuda12]'), which brings them as wheels (cupy-cuda13x[ctk]), "
+            "or point CUDA_PATH at a CUDA toolkit")
+    return []
 
 
 class CupyRuntime:
@@ -40,7 +58,7 @@ class CupyRuntime:
             raise BackendUnavailable("the cuda backend found no GPU")
         self.xp = cupy
         self.kernel_dir = Path(kernel_dir) if kernel_dir is not None else kernels_dir()
-        self._options = ("-std=c++17", f"-I{kernels_dir()}", *(f"-I{d}" for d in cuda_include_dirs()))
+        self._options = ("-std=c++17", f"-I{kernels_dir()}", *(f"-I{d}" for d in nvrtc_include_dirs(cupy)))
         self._kernels: dict[tuple[int, str, str], Any] = {}
         self._limits: dict[int, DeviceLimits] = {}
 
