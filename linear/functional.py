@@ -18,10 +18,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .backends import Backend, default_backend_name, get_backend
+from .dtypes import SUPPORTED_DTYPES
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
-
-SUPPORTED_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 class Gradients(NamedTuple):

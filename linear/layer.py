@@ -15,27 +15,12 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 
 from . import functional
-from .functional import SUPPORTED_DTYPES, describe
 from .backends import default_backend_name, get_backend
+from .backends.tiles import MAX_SIZE
+from .dtypes import SUPPORTED_DTYPES, dtype_of
+from .functional import describe
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
-
-
-def _dtype(name: Any) -> np.dtype:
-    """The numpy dtype for a supported dtype name (bfloat16 comes from ml_dtypes when installed)."""
-    if str(name) == "bfloat16":
-        try:
-            import ml_dtypes
-        except ImportError as e:
-            raise TypeError("dtype 'bfloat16' needs the ml_dtypes package (pip install ml_dtypes)") from e
-        return np.dtype(ml_dtypes.bfloat16)
-    try:
-        dtype = np.dtype(name)
-    except TypeError:
-        dtype = None
-    if dtype is None or dtype.name not in functional.SUPPORTED_DTYPES:
-        raise TypeError(f"dtype must be one of {', '.join(functional.SUPPORTED_DTYPES)}; got {name!r}")
-    return dtype
 
 
 def array_module(a: Array):
@@ -76,7 +61,7 @@ class Linear:
             if value < 0:
                 raise ValueError(f"{name} must be >= 0; got {value}")
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.dtype = _dtype(dtype)
+        self.dtype = dtype_of(dtype)
         self.backend = backend or default_backend_name()
         get_backend(self.backend)  # fails now, with the reason, when the backend cannot run here
         # torch.nn.Linear's default: weight and bias uniform in ±1/sqrt(in_features) (0 when it is 0).
@@ -254,7 +239,6 @@ class _Checkpoint(NamedTuple):
 
 
 _CONFIG_KEYS = ("in_features", "out_features", "has_bias", "dtype")
-_MAX_FEATURES = 2**31 - 1  # the kernels' int sizes
 _MAX_CONFIG_BYTES = 4096  # a configuration entry is a scalar; anything bigger is not ours
 
 
@@ -281,7 +265,7 @@ def _read_checkpoint(path: str) -> _Checkpoint:
             has_bias = bool(config["has_bias"])
             if config["dtype"].dtype.kind != "U" or str(config["dtype"]) not in SUPPORTED_DTYPES:
                 raise bad(f"dtype must be one of {', '.join(SUPPORTED_DTYPES)}; got {config['dtype']!r}")
-            dtype = _dtype(str(config["dtype"]))
+            dtype = dtype_of(str(config["dtype"]))
             expected = {"weight": (in_features, out_features), **({"bias": (out_features,)} if has_bias else {})}
             unexpected = sorted(members.keys() - expected.keys() - set(_CONFIG_KEYS))
             missing = sorted(expected.keys() - members.keys())
@@ -338,6 +322,6 @@ def _read_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
 
 
 def _int_in_range(value: np.ndarray, key: str, bad) -> int:
-    if value.dtype.kind not in "iu" or not 0 <= int(value) <= _MAX_FEATURES:
-        raise bad(f"{key} must be an integer in [0, {_MAX_FEATURES}]; got {value!r}")
+    if value.dtype.kind not in "iu" or not 0 <= int(value) <= MAX_SIZE:
+        raise bad(f"{key} must be an integer in [0, {MAX_SIZE}]; got {value!r}")
     return int(value)

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .backends.base import accumulator_dtype
+from .dtypes import accumulator_dtype
 from .layer import array_module
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray

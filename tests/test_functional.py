@@ -12,19 +12,12 @@ from hypothesis import strategies as st
 
 import linear
 from linear.backends import get_backend
+from linear.dtypes import SUPPORTED_DTYPES, dtype_of
 from reference import assert_close, poisoned, rel_err, to_numpy
 
-try:
-    import ml_dtypes
-    DTYPES = ["float32", "float64", "float16", "bfloat16"]
-except ImportError:  # bfloat16 needs ml_dtypes
-    DTYPES = ["float32", "float64", "float16"]
+DTYPES = list(SUPPORTED_DTYPES)  # bfloat16 needs ml_dtypes, which the test extra installs
 
 LAYOUTS = ["C", "F", "reversed", "strided", "sliced"]
-
-
-def dtype_of(name: str) -> np.dtype:
-    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
 
 
 def make(rng, backend: str, shape: tuple[int, ...], dtype: str, layout: str = "C"):

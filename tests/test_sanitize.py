@@ -17,7 +17,7 @@ from linear.backends.emulate import EmulationError, EmulatorRuntime
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
 from reference import TOLERANCE, rel_err
-from test_kernels import DTYPES, TRANS, output, reference, stored
+from reference import DTYPES, TRANS, output, stored, gemm_reference as reference
 from test_tensor_cores import SHAPES as TC_SHAPES
 from test_tensor_cores import operands as tc_operands
 from test_tensor_cores import tf32_values

@@ -30,7 +30,7 @@ from linear.backends.plan import Tuning
 from linear.backends.sources import kernels_dir
 from linear.testing import TF32_TOLERANCE
 from reference import assert_close, poisoned, rel_err, to_numpy
-from test_kernels import TRANS, emulator, reference, stored
+from reference import TRANS, emulator, stored, gemm_reference as reference
 
 PROBE = Path(__file__).resolve().parent / "kernels" / "tc_probe.cu"
 TC_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16),

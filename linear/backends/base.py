@@ -23,7 +23,7 @@ kernel source from kernels/ and launches a named template instantiation of it:
 
     runtime.function(source, name)(grid, block, args, shared_mem=0)
     runtime.compute_capability()    e.g. 90: tensor-core kernels run from 80 on
-    runtime.device_limits()         cost.DeviceLimits: SMs, registers, shared memory (the cost model)
+    runtime.device_limits()         device.DeviceLimits: SMs, registers, shared memory, grid (the plan)
 
 where source is a file name in kernels/ ("gemm.cu"), name an instantiation ("gemm<float, ...>"),
 grid and block 3-tuples, and args a tuple of `runtime.xp` arrays (passed as pointers) and numpy
@@ -34,8 +34,6 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Callable, Protocol
 
-import numpy as np
-
 
 class Backend(Protocol):
     name: str
@@ -45,11 +43,6 @@ class Backend(Protocol):
              alpha: float, beta: float, bias: Any = None) -> None: ...
 
     def colsum(self, a: Any, out: Any, *, beta: float) -> None: ...
-
-
-def accumulator_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype sums are carried in: float32 for the half types (float16, bfloat16), else the dtype."""
-    return np.dtype(np.float32) if dtype.itemsize == 2 else np.dtype(dtype)
 
 
 KernelFunction = Callable[..., None]
@@ -66,6 +59,6 @@ class Runtime(Protocol):
         ...
 
     def device_limits(self) -> Any:
-        """The current device's cost.DeviceLimits (SM count, registers, shared memory, threads, clock,
-        bandwidth): what the launch plan's cost model plans for."""
+        """The current device's device.DeviceLimits (SM count, registers, shared memory, threads, grid,
+        clock, bandwidth): what the launch plan and its cost model plan for."""
         ...

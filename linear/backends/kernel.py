@@ -26,7 +26,7 @@ class KernelBackend:
                               tf32=get_tf32(), device=self.runtime.device_limits()))
 
     def colsum(self, a: Any, out: Any, *, beta: float) -> None:
-        self.launch(plan_colsum(self.xp, a, out, beta=beta))
+        self.launch(plan_colsum(self.xp, a, out, beta=beta, device=self.runtime.device_limits()))
 
     def launch(self, launches: list[Launch]) -> None:
         for launch in launches:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import accumulator_dtype
+from ..dtypes import accumulator_dtype
 
 
 class NumpyBackend:

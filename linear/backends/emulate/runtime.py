@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import BackendUnavailable
-from ..cost import H100, DeviceLimits
+from ..device import H100, DeviceLimits
 from ..sources import kernels_dir
 from . import sanitizers
 from .compiler import Compiler, default_cache_dir
