@@ -57,7 +57,7 @@ def check_gemm(backend, dtype: str, trans_a: bool, trans_b: bool, config: str, v
     c0 = rng.standard_normal((m, n)).astype(t)
     c = xp.array(c0)  # a copy, also for numpy
     tuned = KernelBackend(backend.runtime, Tuning(config=config, vector=vector, splits=splits))
-    launches = plan.plan_gemm(xp, a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=0.5, beta=0.25, bias=bias,
+    launches = plan.plan_gemm(xp, a.T if trans_a else a, b.T if trans_b else b, c, alpha=0.5, beta=0.25, bias=bias,
                               tuning=tuned.tuning)
     tuned.launch(launches)
     a64, b64 = host(a).astype(np.float64), host(b).astype(np.float64)

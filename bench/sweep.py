@@ -174,15 +174,14 @@ def run_case(backend_for: Callable[[Tuning], Any], case: Case, ops: Operands, ti
         backend = backend_for(case.tuning)
         xp = backend.xp
         c = xp.full((ops.m, ops.n), np.nan, np.float32)
-        launches = plan.plan_gemm(xp, ops.a, ops.b, c, trans_a=product.trans_a, trans_b=product.trans_b,
-                                  alpha=1.0, beta=0.0, bias=ops.bias, tuning=case.tuning)
+        op_a, op_b = ops.a.T if product.trans_a else ops.a, ops.b.T if product.trans_b else ops.b
+        launches = plan.plan_gemm(xp, op_a, op_b, c, alpha=1.0, beta=0.0, bias=ops.bias, tuning=case.tuning)
         gemm = launches[0]
         row.update(chosen=_config_of(gemm.name), splits=gemm.grid[2], kernels=[launch.name for launch in launches],
                    grid=list(gemm.grid), threads=gemm.block[0], shared_bytes=gemm.shared_mem)
 
         def call() -> None:
-            backend.gemm(ops.a, ops.b, c, trans_a=product.trans_a, trans_b=product.trans_b, alpha=1.0, beta=0.0,
-                         bias=ops.bias)
+            backend.gemm(op_a, op_b, c, alpha=1.0, beta=0.0, bias=ops.bias)
 
         call()
         row["rel_err"] = relative_error(c, ops.reference)
@@ -244,8 +243,8 @@ def kernels_launched(cases: list[Case]) -> list[tuple[str, str]]:
         a = np.zeros((k, m) if product.trans_a else (m, k), np.float32)
         b = np.zeros((n, k) if product.trans_b else (k, n), np.float32)
         bias = np.zeros(n, np.float32) if product.bias else None
-        launches = plan.plan_gemm(np, a, b, np.zeros((m, n), np.float32), trans_a=product.trans_a,
-                                  trans_b=product.trans_b, alpha=1.0, beta=0.0, bias=bias, tuning=case.tuning)
+        launches = plan.plan_gemm(np, a.T if product.trans_a else a, b.T if product.trans_b else b,
+                                  np.zeros((m, n), np.float32), alpha=1.0, beta=0.0, bias=bias, tuning=case.tuning)
         found.update((launch.source, launch.name) for launch in launches)
     return sorted(found)
 

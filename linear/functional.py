@@ -7,8 +7,8 @@
     No 1/B in dW: when the loss is a batch mean, the 1/B is already inside dY.
 
 Leading dimensions of X and dY are flattened into B (as torch's Linear does) and restored on the
-results. This module validates, picks a backend, allocates outputs, and hands the backend 2-D views;
-transposes travel as flags, never as copies.
+results. This module validates, picks a backend, allocates outputs, and hands the backend 2-D views (or
+stacks of them); a transpose travels as a transposed view (Wᵀ is w.T), never as a copy.
 """
 from __future__ import annotations
 
@@ -279,9 +279,9 @@ def matmul(a: Array, b: Array, /, out: Array | tuple[Array] | None = None, *, tr
         return given_out
 
     c = _Output(xp, "out", out, shape, batch + (m, n), dtype, [a, b], keep=beta != 0, cast=True)
-    # op(a), op(b) as views (a swapped view is a transpose flag to the plan), the stacks broadcast.
+    # op(a), op(b) as views (a swapped view is how a transpose reaches the backend), the stacks broadcast.
     be.gemm(_as_stack(xp, op_a, dtype, batch + (m, k)), _as_stack(xp, op_b, dtype, batch + (k, n)), c.work,
-            trans_a=False, trans_b=False, alpha=alpha, beta=beta)
+            alpha=alpha, beta=beta)
     c.finish()
     return given_out if given_out is not None else _finish(xp, c.result, out_axes)
 
@@ -332,8 +332,7 @@ def forward(x: Array, w: Array, b: Array | None = None, *, out: Array | None = N
                 and (b is None or b.dtype is dtype and b.shape == w.shape[1:])):
             y = np.empty(x.shape[:-1] + w.shape[1:], dtype)
             rows = math.prod(x.shape[:-1])
-            be.gemm(x.reshape(rows, x.shape[-1]), w, y.reshape(rows, w.shape[1]), trans_a=False, trans_b=False,
-                    alpha=1.0, beta=0.0, bias=b)
+            be.gemm(x.reshape(rows, x.shape[-1]), w, y.reshape(rows, w.shape[1]), alpha=1.0, beta=0.0, bias=b)
             return y
     be, arr = _resolve({"x": x, "w": w, "b": b, "out": out}, backend, optional=("b",))
     x, w, b, out = arr["x"], arr["w"], arr["b"], arr["out"]
@@ -354,8 +353,7 @@ def forward(x: Array, w: Array, b: Array | None = None, *, out: Array | None = N
     y = _Output(be.xp, "out", out, lead + (d,), (rows, d), dtype, [x, w] + ([b] if b is not None else []),
                 keep=False)
     be.gemm(x.reshape(rows, features).astype(dtype, copy=False), w.astype(dtype, copy=False), y.work,
-            trans_a=False, trans_b=False, alpha=1.0, beta=0.0,
-            bias=None if b is None else b.astype(dtype, copy=False))
+            alpha=1.0, beta=0.0, bias=None if b is None else b.astype(dtype, copy=False))
     return y.finish()
 
 
@@ -396,10 +394,10 @@ def backward(dy: Array, x: Array, w: Array, *, need_dx: bool = True, need_dw: bo
     dx = dw = db = None
     if need_dx:
         dx = _Output(be.xp, "dx_out", arr["dx_out"], tuple(x.shape), (rows, features), dtype, inputs, keep=False)
-        be.gemm(dy2, w, dx.work, trans_a=False, trans_b=True, alpha=1.0, beta=0.0)
+        be.gemm(dy2, w.T, dx.work, alpha=1.0, beta=0.0)
     if need_dw:
         dw = _Output(be.xp, "dw_out", arr["dw_out"], (features, d), (features, d), dtype, inputs, keep=accumulate)
-        be.gemm(x2, dy2, dw.work, trans_a=True, trans_b=False, alpha=1.0, beta=beta)
+        be.gemm(x2.T, dy2, dw.work, alpha=1.0, beta=beta)
     if need_db:
         db = _Output(be.xp, "db_out", arr["db_out"], (d,), (d,), dtype, inputs, keep=accumulate)
         be.colsum(dy2, db.work, beta=beta)

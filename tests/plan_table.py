@@ -68,7 +68,7 @@ def _operand(stored_shape: tuple[int, ...], dtype: np.dtype, trans: bool, aligne
 
 def _plan(a: np.ndarray, b: np.ndarray, c: np.ndarray, tf32: bool) -> list[plan.Launch]:
     """The plan for c = op(a)·op(b): a and b are the operands as views (a transpose is a swapped view)."""
-    return plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, arch=90, tf32=tf32)
+    return plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90, tf32=tf32)
 
 
 def _config_name(launch: plan.Launch) -> str:

@@ -51,6 +51,11 @@ def stored(rng, shape, dtype, ld=None) -> np.ndarray:
     return storage[:, :cols]
 
 
+def op(x: np.ndarray, trans: bool) -> np.ndarray:
+    """op(x): x with its last two axes swapped when trans (a view: how a transpose reaches a backend)."""
+    return np.swapaxes(x, -1, -2) if trans else x
+
+
 def gemm_reference(a, b, trans_a, trans_b, alpha, beta, c, bias) -> np.ndarray:
     """alpha·op(a)·op(b) + beta·c + bias in float64."""
     a64, b64 = a.astype(np.float64), b.astype(np.float64)

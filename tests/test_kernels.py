@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
+import linear
 from linear.backends import plan, tiles
 from linear.backends.emulate import EmulationError
 from linear.backends.kernel import KernelBackend
@@ -20,7 +21,7 @@ from linear.backends.plan import Tuning
 from linear.backends.sources import kernels_dir
 from linear.dtypes import ELEMENT_TYPES
 from reference import (DTYPE_CONFIGS, DTYPES, LAYOUTS, TOLERANCE, TRANS, assert_close, batched, emulate_backend, emulator,
-                       gemm_reference, layout, output, poisoned, rel_err, stored)
+                       gemm_reference, layout, op, output, poisoned, rel_err, stored)
 
 # Sizes that are no tile multiple in any direction, with several K steps and split-K slices: block
 # (0, 0) is an interior tile (gemm.cu's unchecked loop) in the splits of whole K steps, every other
@@ -54,7 +55,7 @@ def test_gemm_instantiation(runtime, dtype, trans_a, trans_b, config, vector):
     for splits, alpha, beta, with_bias in EPILOGUES:
         c = output(rng, (m, n), DTYPES[dtype], beta)
         expected = gemm_reference(a, b, trans_a, trans_b, alpha, beta, c, bias if with_bias else None)
-        launches = plan.plan_gemm(np, a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta,
+        launches = plan.plan_gemm(np, op(a, trans_a), op(b, trans_b), c, alpha=alpha, beta=beta,
                                   bias=bias if with_bias else None,
                                   tuning=Tuning(config=config, splits=splits, vector=vector))
         c_cpp = t.cpp if splits == 1 else t.acc_cpp
@@ -124,7 +125,7 @@ def test_gemm_on_views(name, operand):
     else:
         b = layout(b, name)
     c = poisoned(np, (m, n), np.float32)
-    backend.gemm(a, b, c, trans_a=False, trans_b=True, alpha=1.0, beta=0.0)
+    backend.gemm(a, b.T, c, alpha=1.0, beta=0.0)
     assert_close(c, gemm_reference(a, b, False, True, 1.0, 0.0, c, None), "float32")
 
 
@@ -134,21 +135,21 @@ def test_gemm_degenerate_sizes(dtype):
     rng = np.random.default_rng(3)
     one = stored(rng, (1, 1), DTYPES[dtype])
     c = poisoned(np, (1, 1), DTYPES[dtype])
-    backend.gemm(one, one, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+    backend.gemm(one, one, c, alpha=1.0, beta=0.0)
     assert_close(c, one.astype(np.float64) ** 2, dtype)
     # K = 0: C = beta·C + bias; with beta = 0 the poisoned C is never read.
     bias = stored(rng, (1, 9), DTYPES[dtype])[0]
     empty_a, empty_b = np.empty((5, 0), DTYPES[dtype]), np.empty((0, 9), DTYPES[dtype])
     c = poisoned(np, (5, 9), DTYPES[dtype])
-    backend.gemm(empty_a, empty_b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, bias=bias)
+    backend.gemm(empty_a, empty_b, c, alpha=1.0, beta=0.0, bias=bias)
     assert np.array_equal(c, np.broadcast_to(bias, (5, 9)))
     before = stored(rng, (5, 9), DTYPES[dtype]).copy()
     c = before.copy()
-    backend.gemm(empty_a, empty_b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.5)
+    backend.gemm(empty_a, empty_b, c, alpha=1.0, beta=0.5)
     assert_close(c, 0.5 * before.astype(np.float64), dtype)
     # M = 0 or N = 0: nothing to do, nothing launched.
     backend.gemm(np.empty((0, 4), DTYPES[dtype]), np.ones((4, 3), DTYPES[dtype]), np.empty((0, 3), DTYPES[dtype]),
-                 trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+                 alpha=1.0, beta=0.0)
 
 
 def test_gemm_offsets_beyond_2_to_the_31_elements():
@@ -161,7 +162,7 @@ def test_gemm_offsets_beyond_2_to_the_31_elements():
     storage = np.zeros((3, 2**30 + 64), np.float16)  # calloc: only the touched pages are backed
     a, b, c = storage[:, :k], storage[:, 8:8 + n], storage[:, 64:64 + n]
     a[...], b[...], c[...] = rng.standard_normal((m, k)), rng.standard_normal((k, n)), np.nan
-    KernelBackend(runtime).gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+    KernelBackend(runtime).gemm(a, b, c, alpha=1.0, beta=0.0)
     assert_close(c, gemm_reference(a, b, False, False, 1.0, 0.0, c, None), "float16")
     del a, b, c, storage
 
@@ -177,7 +178,7 @@ def test_gemm_is_bitwise_equal_across_thread_schedules(dtype, config):
         for splits in (1, 3):
             backend = KernelBackend(emulator(schedule=schedule, seed=1), Tuning(config=config, splits=splits))
             c = c0.copy()
-            backend.gemm(a, b, c, trans_a=True, trans_b=False, alpha=1.0, beta=1.0)
+            backend.gemm(a.T, b, c, alpha=1.0, beta=1.0)
             results.append((splits, c.tobytes()))
     for splits in (1, 3):
         assert len({r for s, r in results if s == splits}) == 1
@@ -206,12 +207,12 @@ def test_a_broken_k_loop_is_caught(tmp_path, pattern):
     expected = gemm_reference(a, b, False, False, 1.0, 0.0, None, None)
     tuning = Tuning(config="medium", splits=1)
     intact = poisoned(np, (64, 64), np.float32)
-    KernelBackend(emulator(), tuning).gemm(a, b, intact, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+    KernelBackend(emulator(), tuning).gemm(a, b, intact, alpha=1.0, beta=0.0)
     assert_close(intact, expected, "float32")
     broken_backend = KernelBackend(emulator(kernel_dir=broken_dir), tuning)
     broken = poisoned(np, (64, 64), np.float32)
     try:
-        broken_backend.gemm(a, b, broken, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+        broken_backend.gemm(a, b, broken, alpha=1.0, beta=0.0)
     except EmulationError:
         return
     assert rel_err(broken, expected) > TOLERANCE["float32"]
@@ -225,7 +226,7 @@ def test_a_missing_bounds_check_is_reported(tmp_path):
     c = poisoned(np, (70, 50), np.float32)
     broken_backend = KernelBackend(emulator(kernel_dir=broken_dir), Tuning(config="medium", splits=1))
     with pytest.raises(EmulationError, match="out-of-bounds write"):
-        broken_backend.gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+        broken_backend.gemm(a, b, c, alpha=1.0, beta=0.0)
 
 
 @pytest.mark.parametrize("pattern,replacement", [(r"row < row_end && col \+ V <= col_end", "true"),
@@ -239,7 +240,7 @@ def test_a_missing_load_bounds_check_is_reported(tmp_path, pattern, replacement)
     c = poisoned(np, (70, 64), np.float32)
     broken_backend = KernelBackend(emulator(kernel_dir=broken_dir), Tuning(config="medium", splits=1))
     with pytest.raises(EmulationError, match="out-of-bounds read"):
-        broken_backend.gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+        broken_backend.gemm(a, b, c, alpha=1.0, beta=0.0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -293,8 +294,7 @@ def test_batched_gemm(runtime, dtype, config, trans_a, trans_b):
             a = a[::-1]
         a_full, b_full = np.broadcast_to(a, batch + a.shape[-2:]), np.broadcast_to(b, batch + b.shape[-2:])
         c = poisoned(np, batch + (m, n), DTYPES[dtype])
-        backend.gemm(a_full, b_full, c, trans_a=trans_a, trans_b=trans_b, alpha=1.0, beta=0.0)
-        op = lambda x, t: np.swapaxes(x, -1, -2) if t else x
+        backend.gemm(op(a_full, trans_a), op(b_full, trans_b), c, alpha=1.0, beta=0.0)
         assert_close(c, np.matmul(op(a_full.astype(np.float64), trans_a), op(b_full.astype(np.float64), trans_b)),
                      dtype)
 
@@ -306,12 +306,11 @@ def test_an_ignored_batch_stride_is_caught(tmp_path, offset):
     rng = np.random.default_rng(22)
     a, b = batched(rng, (3,), (9, 8), np.float32), batched(rng, (3,), (8, 10), np.float32)
     c = poisoned(np, (3, 9, 10), np.float32)
-    broken.gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+    broken.gemm(a, b, c, alpha=1.0, beta=0.0)
     assert rel_err(c, np.matmul(a.astype(np.float64), b)) > TOLERANCE["float32"]
 
 
 def test_linear_matmul_on_a_stack_is_one_launch_without_copies(monkeypatch):
-    import linear
     backend = emulate_backend()
     launched = []
     original = backend.launch
@@ -323,3 +322,28 @@ def test_linear_matmul_on_a_stack_is_one_launch_without_copies(monkeypatch):
     [launch] = launched
     assert launch.grid[2] == 6 and launch.args[8].ctypes.data == b.ctypes.data and launch.args[10] == 0
     assert launch.args[5].ctypes.data == a.ctypes.data
+
+
+def test_a_stack_whose_broadcast_operand_does_not_merge_matches_float64():
+    """a (2, 3, 5, 4) is contiguous, so its batch dimensions merge into one stride; b (1, 3, 4, 6),
+    broadcast along the first, does not (strides 0 and 96 bytes): the merge must check every operand's
+    strides, or the launch walks b's 3 matrices as if they were 6."""
+    emulate_backend()
+    rng = np.random.default_rng(31)
+    a, b = rng.standard_normal((2, 3, 5, 4)).astype(np.float32), rng.standard_normal((1, 3, 4, 6)).astype(np.float32)
+    out = linear.matmul(a, b, backend="emulate")
+    assert_close(out, np.matmul(a.astype(np.float64), b.astype(np.float64)), "float32")
+
+
+def test_a_reversed_half_stack_with_unaligned_rows_is_copied_whole():
+    """a[::-1] walks the stack backwards (a negative batch stride) and its rows of 21 halves (42 bytes)
+    are not 16-byte aligned: the tensor-core plan copies it into aligned rows, every matrix of it (a
+    negative stride is no broadcast)."""
+    emulate_backend()
+    rng = np.random.default_rng(37)
+    a, w = rng.standard_normal((3, 30, 21)).astype(np.float16), rng.standard_normal((21, 16)).astype(np.float16)
+    out = linear.matmul(a[::-1], w, backend="emulate")
+    assert_close(out, np.matmul(a[::-1].astype(np.float64), w.astype(np.float64)), "float16")
+    [launch] = plan.plan_gemm(np, a[::-1], np.broadcast_to(w, (3, 21, 16)), np.empty((3, 30, 16), np.float16),
+                              alpha=1.0, beta=0.0, arch=90)
+    assert launch.source == "tc_gemm.cu" and launch.args[7] == 30 * 24  # the copy: 3 matrices of 30 rows of 24

@@ -9,7 +9,7 @@ import plan_table
 from linear.backends import cost, plan, tiles
 from linear.backends.device import H100, DeviceLimits
 from linear.backends.plan import Tuning
-from reference import DTYPE_CONFIGS, DTYPES, TRANS, batched
+from reference import DTYPE_CONFIGS, DTYPES, TRANS, batched, op
 
 
 
@@ -22,18 +22,18 @@ def test_the_plan_chooses_as_the_recorded_table():
     assert not moved, f"{len(moved)} plans differ from the table, e.g. {next(iter(moved.items()))}"
 
 
-def test_row_major_views_keep_their_flag_and_leading_dimension():
+def test_row_major_views_go_as_they_are_with_their_leading_dimension():
     x = np.zeros((6, 10), np.float32)
-    assert plan.as_operand(np, x, False) == plan.Operand(x, 10, False)
+    assert plan.as_operand(np, x) == plan.Operand(x, 10, False)
     sliced = x[:, :7]
-    operand = plan.as_operand(np, sliced, True)
-    assert operand.array is sliced and (operand.ld, operand.trans) == (10, True)
+    operand = plan.as_operand(np, sliced)
+    assert operand.array is sliced and (operand.ld, operand.trans) == (10, False)
 
 
-def test_column_major_views_flip_the_flag_without_a_copy():
+def test_transposed_and_column_major_views_set_the_flag_without_a_copy():
     x = np.zeros((6, 10), np.float32)
     for view in (x.T, np.asfortranarray(x[:, :4]), x[:, :4].T):
-        operand = plan.as_operand(np, view, False)
+        operand = plan.as_operand(np, view)
         assert operand.trans and np.shares_memory(operand.array, x if view.base is x else view)
         assert operand.array.flags.c_contiguous or operand.array.strides[1] == 4
         assert operand.ld == operand.array.strides[0] // 4
@@ -42,36 +42,36 @@ def test_column_major_views_flip_the_flag_without_a_copy():
 def test_views_without_a_leading_dimension_are_copied_into_aligned_rows():
     x = np.arange(60, dtype=np.float32).reshape(6, 10)
     for view in (x[::-1], x[:, ::-1], x[:, ::2], x[::2, ::2].T):
-        operand = plan.as_operand(np, view, False)
+        operand = plan.as_operand(np, view)
         assert not np.shares_memory(operand.array, x) and operand.array.strides == (operand.ld * 4, 4)
         assert not operand.trans and np.array_equal(operand.array, view) and plan.vector_aligned(operand)
-    every_other_row = plan.as_operand(np, x[::2], False)  # a larger row stride is a leading dimension
+    every_other_row = plan.as_operand(np, x[::2])  # a larger row stride is a leading dimension
     assert np.shares_memory(every_other_row.array, x) and every_other_row.ld == 20
 
 
 def test_single_rows_columns_and_empty_matrices_map_without_copies():
     x = np.zeros((5, 9), np.float64)
     row, column, empty = x[2:3, ::1], x[:, 3:4], x[:, :0]
-    assert plan.as_operand(np, row, False) == plan.Operand(row, 9, False)
-    assert plan.as_operand(np, column, False).array is column
-    assert plan.as_operand(np, empty, True).array is empty
+    assert plan.as_operand(np, row) == plan.Operand(row, 9, False)
+    assert plan.as_operand(np, column).array is column
+    assert plan.as_operand(np, empty).array is empty
 
 
 def test_vector_path_needs_aligned_pointer_and_leading_dimension():
     base = np.zeros((8, 16), np.float32)
     assert plan.address(base) % 16 == 0
-    assert plan.vector_aligned(plan.as_operand(np, base, False))
-    assert plan.vector_aligned(plan.as_operand(np, base[:, :5], False))  # ld 16 floats = 64 bytes
-    assert not plan.vector_aligned(plan.as_operand(np, base[:, 1:], False))  # pointer off by 4 bytes
-    assert not plan.vector_aligned(plan.as_operand(np, np.zeros((8, 15), np.float32), False))  # ld 60 bytes
-    assert plan.vector_aligned(plan.as_operand(np, np.zeros((1, 15), np.float32), False))  # one row: no ld
+    assert plan.vector_aligned(plan.as_operand(np, base))
+    assert plan.vector_aligned(plan.as_operand(np, base[:, :5]))  # ld 16 floats = 64 bytes
+    assert not plan.vector_aligned(plan.as_operand(np, base[:, 1:]))  # pointer off by 4 bytes
+    assert not plan.vector_aligned(plan.as_operand(np, np.zeros((8, 15), np.float32)))  # ld 60 bytes
+    assert plan.vector_aligned(plan.as_operand(np, np.zeros((1, 15), np.float32)))  # one row: no ld
 
 
 def gemm_launches(m, n, k, dtype="float32", trans_a=False, trans_b=False, tuning=Tuning(), bias=False, **device):
     a = np.zeros((k, m) if trans_a else (m, k), DTYPES[dtype])
     b = np.zeros((n, k) if trans_b else (k, n), DTYPES[dtype])
     c = np.zeros((m, n), DTYPES[dtype])
-    return plan.plan_gemm(np, a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=1.0, beta=0.0,
+    return plan.plan_gemm(np, op(a, trans_a), op(b, trans_b), c, alpha=1.0, beta=0.0,
                           bias=np.zeros(n, DTYPES[dtype]) if bias else None, tuning=tuning, **device)
 
 
@@ -118,14 +118,14 @@ def test_unaligned_operands_are_copied_to_aligned_rows_for_the_tensor_cores():
     a, b = rng.standard_normal((64, 63)).astype(np.float16), rng.standard_normal((63, 64)).astype(np.float16)
     a_before = a.copy()
     c = np.zeros((64, 64), np.float16)
-    [launch] = plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, arch=90)
+    [launch] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90)
     assert launch.source == "tc_gemm.cu"
     copied, lda = launch.args[5], launch.args[6]
     assert lda == 64 and copied.shape == (64, 63) and copied.strides == (128, 2) and np.array_equal(copied, a)
     assert launch.args[8] is b and np.array_equal(a, a_before)
     # A stack: its broadcast operand is copied once and stays broadcast (batch stride 0).
     [stacked] = plan.plan_gemm(np, np.broadcast_to(a, (3, 64, 63)), b, np.zeros((3, 64, 64), np.float16),
-                               trans_a=False, trans_b=False, alpha=1.0, beta=0.0, arch=90)
+                               alpha=1.0, beta=0.0, arch=90)
     assert stacked.source == "tc_gemm.cu" and stacked.grid[2] == 3
     assert stacked.args[6] == 64 and stacked.args[7] == 0 and np.array_equal(stacked.args[5][0], a)
     # Where the cost model says the copy costs more than the tensor cores save (a device with a slow
@@ -133,15 +133,14 @@ def test_unaligned_operands_are_copied_to_aligned_rows_for_the_tensor_cores():
     slow = DeviceLimits(sms=132, bandwidth=1e6)
     assert not cost.aligned_copies_pay(64, 64, 63, 1, "float16", [a.nbytes], aligned=tiles.TC_HEURISTIC_CONFIGS,
                                        as_they_are=tiles.HEURISTIC_CONFIGS, device=slow)
-    [simt] = plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, arch=90, device=slow)
+    [simt] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90, device=slow)
     assert simt.source == "gemm.cu" and simt.args[5] is a
     # The SIMT kernel asked for, or a dtype without tensor cores: the arrays as they are.
-    named = plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, arch=90,
+    named = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90,
                            tuning=Tuning(config="medium"))
     assert named[0].source == "gemm.cu" and named[0].args[5] is a
     a64 = a.astype(np.float64)
-    assert plan.plan_gemm(np, a64, b.astype(np.float64), c.astype(np.float64), trans_a=False, trans_b=False,
-                          alpha=1.0, beta=0.0, arch=90)[0].args[5] is a64
+    assert plan.plan_gemm(np, a64, b.astype(np.float64), c.astype(np.float64), alpha=1.0, beta=0.0, arch=90)[0].args[5] is a64
 
 
 def test_gemm_launch_arguments_have_exact_types():
@@ -178,16 +177,14 @@ def test_overrides_are_checked():
         Tuning(splits=0)
     a = np.zeros((8, 15), np.float32)  # ld of 60 bytes
     with pytest.raises(ValueError, match="16-byte"):
-        plan.plan_gemm(np, a, a.T.copy(), np.zeros((8, 8), np.float32), trans_a=False, trans_b=False,
-                       alpha=1.0, beta=0.0, tuning=Tuning(vector=True))
+        plan.plan_gemm(np, a, a.T.copy(), np.zeros((8, 8), np.float32), alpha=1.0, beta=0.0, tuning=Tuning(vector=True))
 
 
 def test_sizes_near_int32_are_refused_before_any_copy():
     """2**31 - 1 fits an int, but a tile starting near it would wrap: the plan refuses it."""
     huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (2**31 - 1, 2), (0, 0))
     with pytest.raises(ValueError, match="K = 2147483647"):
-        plan.plan_gemm(np, huge.T, huge, np.zeros((2, 2), np.float32), trans_a=False, trans_b=False,
-                       alpha=1.0, beta=0.0)
+        plan.plan_gemm(np, huge.T, huge, np.zeros((2, 2), np.float32), alpha=1.0, beta=0.0)
 
 
 def test_plans_launch_exactly_the_listed_instantiations():
@@ -224,14 +221,14 @@ def test_a_stack_is_one_launch_reading_a_broadcast_operand_in_place():
     rng = np.random.default_rng(20)
     a, b = batched(rng, (4,), (20, 30), np.float32), batched(rng, (4,), (30, 17), np.float32, broadcast=True)
     c = np.empty((4, 20, 17), np.float32)
-    [launch] = plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+    [launch] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0)
     assert launch.grid[2] == 4 and launch.args[4] == 1  # batch 4, no split-K
     (arg_a, stride_a), (arg_b, stride_b), (arg_c, stride_c) = (launch.args[i:i + 3:2] for i in (5, 8, 11))
     assert (stride_a, stride_b, stride_c) == (20 * 30, 0, 20 * 17)
     assert arg_b.ctypes.data == b.ctypes.data and np.shares_memory(arg_b, b)  # not a copy
     assert arg_a.ctypes.data == a.ctypes.data and arg_c.ctypes.data == c.ctypes.data
     # Split-K is for single matrices: a stack's grid z is its batch, whatever the tuning asks.
-    [launch] = plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0,
+    [launch] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0,
                               tuning=Tuning(splits=3))
     assert launch.grid[2] == 4 and launch.args[4] == 1
 
@@ -241,7 +238,7 @@ def test_batch_dimensions_that_do_not_merge_get_a_launch_each():
     a = np.broadcast_to(batched(rng, (2, 1), (5, 6), np.float32), (2, 3, 5, 6))  # broadcast along dim 1
     b = np.broadcast_to(batched(rng, (1, 3), (6, 7), np.float32), (2, 3, 6, 7))  # and along dim 0
     c = np.empty((2, 3, 5, 7), np.float32)
-    launches = plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+    launches = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0)
     assert [launch.grid[2] for launch in launches] == [3, 3]
     assert [launch.args[7] for launch in launches] == [0, 0] and [launch.args[10] for launch in launches] == [42, 42]
     assert launches[1].args[5].ctypes.data == a.ctypes.data + a.strides[0]
@@ -251,7 +248,7 @@ def test_a_batch_beyond_grid_z_is_cut_into_launches():
     batch = H100.max_grid[2] + 7
     a = np.broadcast_to(np.ones((1, 1), np.float32), (batch, 1, 1))
     b, c = np.ones((batch, 1, 1), np.float32), np.empty((batch, 1, 1), np.float32)
-    first, second = plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+    first, second = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0)
     assert (first.grid[2], second.grid[2]) == (H100.max_grid[2], 7)
     assert second.args[11].ctypes.data == c.ctypes.data + H100.max_grid[2] * 4
     assert second.args[8].ctypes.data == b.ctypes.data + H100.max_grid[2] * 4

@@ -30,7 +30,7 @@ from linear.backends.plan import Tuning
 from linear.backends.sources import kernels_dir
 from linear.testing import TF32_TOLERANCE
 from reference import assert_close, poisoned, rel_err, to_numpy
-from reference import TRANS, emulator, stored, gemm_reference as reference
+from reference import TRANS, emulator, op, stored, gemm_reference as reference
 
 PROBE = Path(__file__).resolve().parent / "kernels" / "tc_probe.cu"
 TC_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16),
@@ -149,7 +149,7 @@ def check_tc_gemm(runtime, dtype, trans_a, trans_b, config, splits, kernel=None,
     c = stored(rng, (m, n), TC_DTYPES[dtype]).copy() if beta else poisoned(np, (m, n), TC_DTYPES[dtype])
     expected_inputs = (tf32_values(a), tf32_values(b)) if dtype == "float32" else (a, b)
     expected = reference(*expected_inputs, trans_a, trans_b, 0.5, beta, c, bias)
-    launches = plan.plan_gemm(np, a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=0.5, beta=beta, bias=bias,
+    launches = plan.plan_gemm(np, op(a, trans_a), op(b, trans_b), c, alpha=0.5, beta=beta, bias=bias,
                               tuning=Tuning(config=config, splits=splits), arch=90, tf32=True)
     assert launches[0].source == "tc_gemm.cu" and len(launches) == (1 if splits == 1 else 2)
     KernelBackend(runtime).launch(launches)
@@ -173,7 +173,7 @@ def test_tc_gemm_is_bitwise_equal_across_thread_schedules():
         rng = np.random.default_rng(6)
         a, b = operands(rng, "bfloat16", 70, 50, 75, True, False)
         c = poisoned(np, (70, 50), TC_DTYPES["bfloat16"])
-        KernelBackend(runtime).launch(plan.plan_gemm(np, a, b, c, trans_a=True, trans_b=False, alpha=1.0, beta=0.0,
+        KernelBackend(runtime).launch(plan.plan_gemm(np, a.T, b, c, alpha=1.0, beta=0.0,
                                                      tuning=Tuning(config="tc_small", splits=3), arch=90))
         results.add(c.tobytes())
     assert len(results) == 1

@@ -1,4 +1,5 @@
-"""The numpy backend: GEMM through numpy's matmul (BLAS) on transposed views, never copies of them."""
+"""The numpy backend: GEMM through numpy's matmul (BLAS) on the views it is given (a transposed operand
+is a transposed view: BLAS takes it as a flag, never a copy)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,12 +11,9 @@ class NumpyBackend:
     name = "numpy"
     xp = np
 
-    def gemm(self, a, b, c, *, trans_a, trans_b, alpha, beta, bias=None):
+    def gemm(self, a, b, c, *, alpha, beta, bias=None):
         work = accumulator_dtype(c.dtype)  # as the kernels do; numpy's float16 matmul is slower and less precise
-        op_a = a.swapaxes(-1, -2) if trans_a else a  # the method: np.swapaxes adds ~1 µs of dispatch
-        op_b = b.swapaxes(-1, -2) if trans_b else b
-        if work != c.dtype:
-            op_a, op_b = op_a.astype(work), op_b.astype(work)
+        op_a, op_b = (a.astype(work), b.astype(work)) if work != c.dtype else (a, b)
         # BLAS writes straight into c unless c is an addend or needs a cast. Fresh temporaries are kept
         # to one: each large one costs page faults that can exceed the product itself on small layers.
         direct = beta == 0 and work == c.dtype

@@ -103,22 +103,23 @@ def _stored(x: Any) -> Any:
     return x[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in x.strides[:-2])]
 
 
-def as_operand(xp: ModuleType, x: Any, trans: bool) -> Operand:
-    """x (a matrix, or a stack of them) as the kernels see it: row-major as is, column-major as the
-    transpose with the flag flipped, anything else (negative or non-unit inner strides, batch strides
-    that are not whole elements) as an aligned copy (aligned_copy)."""
+def as_operand(xp: ModuleType, x: Any) -> Operand:
+    """x (a matrix, or a stack of them) as the kernels see it. The one place a transpose flag comes
+    from: a row-major x as it is (trans False), a column-major one (a transposed view, a Fortran-ordered
+    array) as its row-major storage with trans True, anything else (negative or non-unit inner strides,
+    batch strides that are not whole elements) as an aligned copy (aligned_copy)."""
     cols = max(x.shape[-1], 1)
     if x.size == 0:  # never read
-        return Operand(x, cols, trans)
+        return Operand(x, cols, False)
     if all(stride % x.itemsize == 0 for stride in x.strides[:-2]):
         shape, strides = x.shape[-2:], x.strides[-2:]
         ld = _row_major_ld(shape, strides, x.itemsize)
         if ld is not None:
-            return Operand(x, ld, trans)
+            return Operand(x, ld, False)
         ld = _row_major_ld(shape[::-1], strides[::-1], x.itemsize)
         if ld is not None:
-            return Operand(xp.swapaxes(x, -1, -2), ld, not trans)
-    return aligned_copy(xp, x, trans)
+            return Operand(xp.swapaxes(x, -1, -2), ld, True)
+    return aligned_copy(xp, x, False)
 
 
 def address(x: Any) -> int:
@@ -247,10 +248,10 @@ class Choice:
     k_per_split: int
 
 
-def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b: bool, alpha: float,
-              beta: float, bias: Any = None, tuning: Tuning = Tuning(), arch: int | None = None,
+def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, alpha: float, beta: float, bias: Any = None, tuning: Tuning = Tuning(), arch: int | None = None,
               tf32: bool = False, device: DeviceLimits = H100) -> list[Launch]:
-    """The launches for c[...] = alpha·op(a)·op(b) + beta·c (+ bias), as in base.Backend.gemm.
+    """The launches for c[...] = alpha·a·b + beta·c (+ bias), as in base.Backend.gemm: a (M x K) and b
+    (K x N) are views, a transposed operand a transposed view (its flag is derived here, by as_operand).
 
     a, b and c may carry the same leading batch dimensions (a stack of matrices); a's and b's may be
     broadcast views (stride 0) of them. 2-D arrays are one matrix. arch is the device's compute
@@ -259,7 +260,7 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b:
 
     Three steps: the operands (strides, aligned copies), the choice (family, tile, split-K), the launches.
     """
-    k = a.shape[-2] if trans_a else a.shape[-1]
+    k = a.shape[-1]
     product = Product(*c.shape[-2:], k, math.prod(c.shape[:-2]), np.dtype(c.dtype).name, element_type(c.dtype))
     _check_size(M=product.m, N=product.n, K=k)
     named = CONFIGS_BY_NAME[tuning.config] if tuning.config else None
@@ -271,7 +272,7 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b:
     ldc = _output_ld(c)
     families = [(named,)] if named else [heuristic_configs(configs) for configs in reversed(FAMILIES)]
     families = [configs for configs in families if configs[0].runs(product.dtype, arch, tf32)]
-    op_a, op_b, aligned = _operands(xp, as_operand(xp, a, trans_a), as_operand(xp, b, trans_b), product,
+    op_a, op_b, aligned = _operands(xp, as_operand(xp, a), as_operand(xp, b), product,
                                     families, tuning, device)
     choice = _choose(product, families, aligned, named, tuning, device,
                      f"compute capability {arch}, TF32 {'on' if tf32 else 'off'}")
