@@ -278,7 +278,7 @@ def _read_checkpoint(path: str) -> _Checkpoint:
                     raise bad(f"{key!r} has shape {stored_shape} and dtype {stored_dtype}; the configuration "
                               f"(in_features={in_features}, out_features={out_features}, dtype={dtype.name}) "
                               f"needs shape {shape} and dtype {dtype.name}")
-            arrays = {key: _read_array(archive, members[key]).view(dtype) for key in expected}
+            arrays = {key: _read_array(archive, members[key], bad).view(dtype) for key in expected}
         except (zipfile.BadZipFile, OSError, EOFError) as e:  # a CRC mismatch, a truncated member, ...
             raise bad(f"corrupt ({type(e).__name__}: {e})") from None
     return _Checkpoint(in_features, out_features, has_bias, dtype.name, arrays)
@@ -313,12 +313,16 @@ def _read_small(archive: zipfile.ZipFile, info: zipfile.ZipInfo, header, key: st
     shape, dtype, _ = header
     if shape != () or info.file_size > _MAX_CONFIG_BYTES:
         raise bad(f"{key!r} must be a scalar; got shape {shape} and dtype {dtype}")
-    return _read_array(archive, info)
+    return _read_array(archive, info, bad)
 
 
-def _read_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+def _read_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo, bad) -> np.ndarray:
+    """One member's array; numpy's own errors (a member shorter than its header says) name the file too."""
     with archive.open(info) as member:
-        return np.lib.format.read_array(member, allow_pickle=False)
+        try:
+            return np.lib.format.read_array(member, allow_pickle=False)
+        except ValueError as e:
+            raise bad(f"{info.filename!r} cannot be read ({e})") from None
 
 
 def _int_in_range(value: np.ndarray, key: str, bad) -> int:

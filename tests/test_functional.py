@@ -145,6 +145,19 @@ def test_matmul_axes_and_out_casting(backend):
     assert (type(scalar) is np.float64) if xp is np else scalar.shape == ()
 
 
+def test_matmul_out_of_a_narrower_float_dtype_takes_the_cast_result(backend):
+    """numpy.matmul writes a float64 product into a float32 out= (casting="same_kind", which "safe" would
+    refuse), and a float32 one into float16: so does linear.matmul, computing in the wider dtype."""
+    rng = np.random.default_rng(29)
+    xp = get_backend(backend).xp
+    for wide, narrow in (("float64", "float32"), ("float32", "float16")):
+        a, b = make(rng, backend, (2, 7, 9), wide), make(rng, backend, (9, 6), wide)
+        out = xp.full((2, 7, 6), np.nan, narrow)
+        assert linear.matmul(a, b, out, backend=backend) is out
+        assert out.dtype == np.dtype(narrow)
+        assert_close(out, np.matmul(to_numpy(a).astype(np.float64), to_numpy(b).astype(np.float64)), narrow)
+
+
 def test_forward_matches_float64(backend):
     @fixed_settings(backend)
     @given(lead=st.lists(st.integers(0, 5), max_size=3), f=st.integers(0, 70), d=small, bias=st.booleans(),
