@@ -71,27 +71,16 @@ def _plan(a: np.ndarray, b: np.ndarray, c: np.ndarray, tf32: bool) -> list[plan.
     return plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90, tf32=tf32)
 
 
-def _config_name(launch: plan.Launch) -> str:
-    """The tile configuration whose template the launch names."""
-    if launch.source == "reduce.cu":
-        return "-"
-    for config in tiles.CONFIGS_BY_NAME.values():
-        if launch.source == "gemm.cu" and isinstance(config, tiles.TileConfig):
-            tile = (config.bm, config.bn, config.bk, config.wm, config.wn, config.tm, config.tn)
-        elif launch.source == "tc_gemm.cu" and isinstance(config, tiles.TensorCoreConfig):
-            tile = (config.bm, config.bn, tiles.TC_STAGE_BYTES_PER_ROW // launch.args[5].itemsize, config.wm,
-                    config.wn, config.stages)
-        else:
-            continue
-        if f"{', '.join(map(str, tile))}" in launch.name:
-            return config.name
-    raise AssertionError(f"no configuration launches {launch.name}")
+# The configuration each GEMM template instantiation belongs to.
+_CONFIG_OF = {kernel.name: config.name for configs in tiles.FAMILIES
+              for config, *_, kernel in tiles.gemm_instantiations(configs)}
 
 
 def describe(launches: list[plan.Launch]) -> list[str]:
     """One line per launch: file, configuration, template, grid, block, dynamic shared memory, K splits."""
-    return [f"{launch.source} {_config_name(launch)} {launch.name} grid={launch.grid} block={launch.block[0]} "
-            f"smem={launch.shared_mem}" + (f" splits={int(launch.args[4])}" if launch.source != "reduce.cu" else "")
+    return [f"{launch.source} {_CONFIG_OF.get(launch.name, '-')} {launch.name} grid={launch.grid} "
+            f"block={launch.block[0]} smem={launch.shared_mem}"
+            + (f" splits={int(launch.args[4])}" if launch.source != "reduce.cu" else "")
             for launch in launches]
 
 

@@ -39,7 +39,7 @@ def test_the_cost_model_is_no_worse_than_the_thresholds_and_keeps_the_card_busy(
                 assert best.splits > 1, (b, f, d, product, best)
 
 
-def test_the_cost_model_fixes_the_cases_of_issue_10():
+def test_long_k_is_split_and_the_busiest_sm_carries_at_most_four_thirds_of_the_average():
     # (256, 4096, 1024) forward: no longer 32 x 32 tiles over a 4096-long K loop without split-K.
     best = cost.choose(256, 1024, 4096)
     assert (best.config.name, best.splits) != ("small", 1) and best.warps_per_sm >= 8

@@ -30,6 +30,10 @@ SHAPES = {"large": (129, 131, 65), "medium": (70, 66, 33), "small": (70, 50, 33)
           "warp_deep": (129, 131, 65), "warp_wide": (129, 259, 33), "warp_medium": (70, 66, 33)}
 
 
+# ----------------------------------------------------------------------------------------------------
+# Every SIMT GEMM instantiation on the emulator
+# ----------------------------------------------------------------------------------------------------
+
 @pytest.fixture(scope="module")
 def runtime():
     return emulator()
@@ -42,7 +46,7 @@ EPILOGUES = [(1, 1.0, 0.0, True), (1, -0.5, 0.75, False), (3, 2.0, 0.5, True)]
 @pytest.mark.parametrize("vector", [False, True], ids=["scalar", "vector"])
 @pytest.mark.parametrize("trans_a,trans_b", TRANS, ids=["NN", "NT", "TN", "TT"])
 @pytest.mark.parametrize("dtype,config", DTYPE_CONFIGS)
-def test_gemm_instantiation(runtime, dtype, trans_a, trans_b, config, vector):
+def test_every_simt_instantiation_matches_float64(runtime, dtype, trans_a, trans_b, config, vector):
     m, n, k = SHAPES[config]
     rng = np.random.default_rng([m, n, k, trans_a, trans_b, vector])
     # Vector: leading dimensions of 8 elements (16 bytes or more); scalar: odd leading dimensions.
@@ -113,9 +117,13 @@ def test_every_fragment_read_returns_in_two_cycles(tmp_path):
     assert lds128_cycles(old_b) == 4 and lds128_cycles([4 * 4 * (lane // 2 % 16) for lane in range(32)]) == 2
 
 
+# ----------------------------------------------------------------------------------------------------
+# Through the backend objects: views, degenerate sizes, 64-bit offsets, determinism, negative controls
+# ----------------------------------------------------------------------------------------------------
+
 @pytest.mark.parametrize("operand", ["a", "b"])
 @pytest.mark.parametrize("name", LAYOUTS)
-def test_gemm_on_views(name, operand):
+def test_gemm_on_any_operand_layout_matches_float64(name, operand):
     backend = emulate_backend()
     rng = np.random.default_rng(7)
     m, n, k = 37, 45, 70
@@ -130,7 +138,7 @@ def test_gemm_on_views(name, operand):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gemm_degenerate_sizes(dtype):
+def test_degenerate_sizes_write_beta_c_plus_bias_or_nothing(dtype):
     backend = emulate_backend()
     rng = np.random.default_rng(3)
     one = stored(rng, (1, 1), DTYPES[dtype])
@@ -243,8 +251,12 @@ def test_a_missing_load_bounds_check_is_reported(tmp_path, pattern, replacement)
         broken_backend.gemm(a, b, c, alpha=1.0, beta=0.0)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Column sums (the bias gradient)
+# ----------------------------------------------------------------------------------------------------
+
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_colsum(dtype):
+def test_colsum_matches_float64_with_and_without_beta(dtype):
     backend = emulate_backend()
     rng = np.random.default_rng(13)
     for rows, cols in [(0, 5), (1, 1), (1000, 37), (70, 300)]:
@@ -257,7 +269,7 @@ def test_colsum(dtype):
 
 
 @pytest.mark.parametrize("name", ["fortran", "reversed", "strided"])
-def test_colsum_on_views(name):
+def test_colsum_on_any_layout_matches_float64(name):
     rng = np.random.default_rng(17)
     a = layout(stored(rng, (300, 21), np.float32), name)
     out = poisoned(np, 21, np.float32)
@@ -281,9 +293,13 @@ def test_colsum_is_bitwise_repeatable():
 BATCHES = [((3,), (3,), (3,)), ((3,), (), (3,)), ((), (2,), (2,)), ((2, 1), (1, 3), (2, 3))]
 
 
+# ----------------------------------------------------------------------------------------------------
+# Stacks of matrices: one strided-batched launch, stride 0 for a broadcast operand
+# ----------------------------------------------------------------------------------------------------
+
 @pytest.mark.parametrize("dtype,config", [("float32", "small"), ("float16", "medium"), ("float64", "small")])
 @pytest.mark.parametrize("trans_a,trans_b", TRANS, ids=["NN", "NT", "TN", "TT"])
-def test_batched_gemm(runtime, dtype, config, trans_a, trans_b):
+def test_stacks_and_broadcast_operands_match_float64(runtime, dtype, config, trans_a, trans_b):
     rng = np.random.default_rng([21, trans_a, trans_b])
     m, n, k = 37, 21, 19
     backend = KernelBackend(runtime, Tuning(config=config))
