@@ -43,7 +43,15 @@ def _is_cupy(a: Any) -> bool:
     return type(a).__module__.split(".")[0] == "cupy"
 
 
-def _resolve(arrays: dict[str, Any], backend: str | None, optional: tuple[str, ...] = ()
+def _backend(backend: str | Backend | None, on_gpu: bool = False) -> Backend:
+    """The backend named, or given (a Linear passes the one it resolved once), else the default for the
+    inputs: cuda for CuPy arrays, $LINEAR_BACKEND or numpy for the rest."""
+    if backend is None or isinstance(backend, str):
+        return get_backend(backend or ("cuda" if on_gpu else default_backend_name()))
+    return backend
+
+
+def _resolve(arrays: dict[str, Any], backend: str | Backend | None, optional: tuple[str, ...] = ()
              ) -> tuple[Backend, dict[str, Array]]:
     """Pick the backend from the inputs and check that every array belongs to its array module.
     Only outputs (names ending in "out") and the `optional` names may be None. Returns `arrays`,
@@ -68,8 +76,8 @@ def _resolve(arrays: dict[str, Any], backend: str | None, optional: tuple[str, .
         on_host = [name for name in present() if name not in on_gpu]
         raise TypeError(f"cannot mix CuPy and numpy arrays: {', '.join(on_gpu)} on the GPU (CuPy), "
                         f"{', '.join(on_host)} on the host (numpy)")
-    name = backend or ("cuda" if on_gpu else default_backend_name())
-    chosen = get_backend(name)
+    chosen = _backend(backend, bool(on_gpu))
+    name = chosen.name
     if not on_gpu:
         if chosen.xp is not np:
             raise TypeError(f"backend {name!r} takes {chosen.xp.__name__} arrays; "
@@ -320,13 +328,14 @@ def _finish(xp, result: Array, out_axes: tuple[int, ...] | None) -> Array:
 
 
 def forward(x: Array, w: Array, b: Array | None = None, *, out: Array | None = None,
-            backend: str | None = None) -> Array:
-    """Y = X·W + b. x is (..., F), w is (F, D), b is (D,) or None; Y is (..., D)."""
+            backend: str | Backend | None = None) -> Array:
+    """Y = X·W + b. x is (..., F), w is (F, D), b is (D,) or None; Y is (..., D). backend: a name, or a
+    Backend from get_backend (resolved once by its caller)."""
     # The common case in few steps (a small layer in a training loop feels each µs of checks): plain
     # numpy arrays of one native float dtype and matching shapes, no out=, a backend that takes numpy
     # arrays. Whatever fails a test here takes the general path, which checks it all and names the fault.
     if out is None and type(x) is np.ndarray and type(w) is np.ndarray and (b is None or type(b) is np.ndarray):
-        dtype, be = x.dtype, get_backend(backend or default_backend_name())
+        dtype, be = x.dtype, _backend(backend)
         if (be.xp is np and (dtype is _FLOAT32 or dtype is _FLOAT64 or dtype is _FLOAT16) and w.dtype is dtype
                 and w.ndim == 2 and x.ndim >= 1 and x.shape[-1] == w.shape[0]
                 and (b is None or b.dtype is dtype and b.shape == w.shape[1:])):
@@ -359,7 +368,8 @@ def forward(x: Array, w: Array, b: Array | None = None, *, out: Array | None = N
 
 def backward(dy: Array, x: Array, w: Array, *, need_dx: bool = True, need_dw: bool = True,
              need_db: bool = True, dx_out: Array | None = None, dw_out: Array | None = None,
-             db_out: Array | None = None, accumulate: bool = False, backend: str | None = None) -> Gradients:
+             db_out: Array | None = None, accumulate: bool = False,
+             backend: str | Backend | None = None) -> Gradients:
     """The gradients of Y = X·W + b given dY = ∂L/∂Y: dX = dY·Wᵀ, dW = Xᵀ·dY, db = Σ_rows dY.
 
     accumulate=True adds dW and db into dw_out and db_out (gradient accumulation over micro-batches);

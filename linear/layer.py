@@ -63,7 +63,7 @@ class Linear:
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.dtype = dtype_of(dtype)
         self.backend = backend or default_backend_name()
-        get_backend(self.backend)  # fails now, with the reason, when the backend cannot run here
+        self._backend = get_backend(self.backend)  # fails now, with the reason, when it cannot run here
         # torch.nn.Linear's default: weight and bias uniform in ±1/sqrt(in_features) (0 when it is 0).
         rng = np.random.default_rng(seed)
         bound = 1 / math.sqrt(self.in_features) if self.in_features else 0.0
@@ -74,12 +74,18 @@ class Linear:
     @property
     def xp(self):
         """The array module of the layer's arrays: numpy, or cupy for backend "cuda"."""
-        return get_backend(self.backend).xp
+        return self._backend.xp
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickle and deepcopy take the configuration and parameters (with their gradients), not the
-        # input the last forward kept for backward.
-        return {**self.__dict__, "_x": None}
+        # input the last forward kept for backward, nor the backend object (resolved again by name).
+        state = {**self.__dict__, "_x": None}
+        del state["_backend"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._backend = get_backend(self.backend)
 
     def _new_parameter(self, host_values: np.ndarray) -> Parameter:
         return Parameter(self.xp.asarray(host_values.astype(self.dtype)))
@@ -99,7 +105,7 @@ class Linear:
         """Y = X·W + b; x has shape (..., in_features), Y has shape (..., out_features)."""
         self._check("x", x)
         y = functional.forward(x, self.weight.data, None if self.bias is None else self.bias.data,
-                               backend=self.backend)
+                               backend=self._backend)
         self._x = x
         return y
 
@@ -116,7 +122,7 @@ class Linear:
         grads = functional.backward(
             dy, self._x, self.weight.data, need_dx=need_dx, need_db=self.bias is not None,
             dw_out=self.weight.grad, db_out=None if self.bias is None else self.bias.grad,
-            accumulate=True, backend=self.backend)
+            accumulate=True, backend=self._backend)
         return grads.dx
 
     def zero_grad(self) -> None:
