@@ -20,18 +20,12 @@ import numpy as np
 from linear.backends import get_backend, plan, tiles
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
+from linear.dtypes import dtype_of
 from linear.testing import TOLERANCE, relative_error
 
 # Partial tiles in M and N, three K steps (the last one partial), so edges and the pipeline run.
 SHAPES = {"large": (130, 70, 20), "medium": (70, 40, 20), "small": (40, 36, 20), "warp": (130, 70, 20),
           "warp_deep": (130, 70, 40), "warp_wide": (130, 260, 20), "warp_medium": (70, 40, 20)}
-
-
-def dtype_of(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
 
 
 def host(x) -> np.ndarray:

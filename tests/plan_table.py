@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from linear.backends import plan, tiles
+from linear.dtypes import SUPPORTED_DTYPES, dtype_of
 
 TABLE = Path(__file__).resolve().parent / "data" / "plan_choices.json"
-DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16")
+DTYPE_NAMES = SUPPORTED_DTYPES
 # Training shapes (B, F, D) of the cost-model tests, and their three products as (M, N, K, trans_a, trans_b).
 LAYERS = [(b, f, d) for b in (32, 256, 2048, 8192) for f in (256, 784, 4096, 11008) for d in (256, 1024, 4096, 11008)]
 PRODUCTS = {"NN": lambda b, f, d: (b, d, f, False, False), "NT": lambda b, f, d: (b, f, d, False, True),
@@ -33,13 +34,6 @@ PRODUCTS = {"NN": lambda b, f, d: (b, d, f, False, False), "NT": lambda b, f, d:
 KERNEL_SHAPES = [(129, 131, 65), (70, 66, 33), (70, 50, 33), (129, 259, 33), (37, 21, 19), (64, 64, 63)]
 BATCHES = [((3,), (3,), (3,)), ((3,), (), (3,)), ((), (2,), (2,)), ((2, 1), (1, 3), (2, 3))]
 UNALIGNED_MAX_ELEMENTS = 2**22  # the unaligned A is a real array (the plan may copy it): keep it small
-
-
-def dtype_of(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
 
 
 def _free_view(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

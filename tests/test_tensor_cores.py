@@ -16,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,12 +27,13 @@ from linear.backends.emulate import EmulationError
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
 from linear.backends.sources import kernels_dir
+from linear.dtypes import dtype_of
 from linear.testing import TF32_TOLERANCE
 from reference import assert_close, poisoned, rel_err, to_numpy
 from reference import TRANS, emulator, op, stored, gemm_reference as reference
 
 PROBE = Path(__file__).resolve().parent / "kernels" / "tc_probe.cu"
-TC_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16),
+TC_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": dtype_of("bfloat16"),
              "float32": np.dtype(np.float32)}  # float32: TF32
 # No tile multiples in M, N or K; K = 75 also ends inside a 16-byte chunk. Block (0, 0) has interior
 # tiles (the loader's unchecked path) before its edge ones.
@@ -313,8 +313,8 @@ def test_layer_on_tensor_cores(launched, batch, f, d, dtype, seed):
 
 def test_a_stack_is_one_batched_tensor_core_launch(launched):
     rng = np.random.default_rng(10)
-    a = rng.standard_normal((2, 3, 40, 24)).astype(ml_dtypes.bfloat16)
-    b = rng.standard_normal((24, 32)).astype(ml_dtypes.bfloat16)  # broadcast over the stack: stride 0
+    a = rng.standard_normal((2, 3, 40, 24)).astype(dtype_of("bfloat16"))
+    b = rng.standard_normal((24, 32)).astype(dtype_of("bfloat16"))  # broadcast over the stack: stride 0
     out = linear.matmul(a, b, backend="emulate")
     assert len(launched) == 1 and launched[0].startswith("linear_tc_gemm<__nv_bfloat16,")
     assert_close(out, a.astype(np.float64) @ b.astype(np.float64), "bfloat16")
