@@ -35,7 +35,10 @@ class FakeKernel:
 H100_ATTRIBUTES = {"MultiProcessorCount": 132, "MaxRegistersPerMultiprocessor": 65536,
                    "MaxSharedMemoryPerMultiprocessor": 233472, "MaxThreadsPerMultiProcessor": 2048,
                    "MaxBlocksPerMultiprocessor": 32, "ClockRate": 1980000, "MemoryClockRate": 2619000,
-                   "GlobalMemoryBusWidth": 5120}
+                   "GlobalMemoryBusWidth": 5120, "MaxSharedMemoryPerBlockOptin": 232448,
+                   "MaxSharedMemoryPerBlock": 49152, "MaxThreadsPerBlock": 1024, "MaxBlockDimX": 1024,
+                   "MaxBlockDimY": 1024, "MaxBlockDimZ": 64, "MaxGridDimX": 2147483647, "MaxGridDimY": 65535,
+                   "MaxGridDimZ": 65535}
 
 
 class FakeCupy(types.ModuleType):
@@ -121,10 +124,13 @@ def test_cupy_runtime_caches_modules(fake_cupy):
 
 
 def test_cupy_runtime_reads_the_device_limits_from_its_attributes(fake_cupy):
-    from linear.backends import cost
+    from dataclasses import replace
+
+    from linear.backends.device import H100
     limits = CupyRuntime().device_limits()
     assert limits.sms == 132 and limits.shared_per_sm == 228 * 1024 and limits.clock_hz == 1.98e9
-    assert abs(limits.bandwidth - cost.H100.bandwidth) < 0.01 * cost.H100.bandwidth
+    assert abs(limits.bandwidth - H100.bandwidth) < 0.01 * H100.bandwidth
+    assert replace(limits, bandwidth=H100.bandwidth) == H100  # the opt-in shared memory and the grid too
 
 
 def test_cuda_include_dir_has_the_half_headers():
