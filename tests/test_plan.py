@@ -252,3 +252,23 @@ def test_a_batch_beyond_grid_z_is_cut_into_launches():
     assert (first.grid[2], second.grid[2]) == (H100.max_grid[2], 7)
     assert second.args[11].ctypes.data == c.ctypes.data + H100.max_grid[2] * 4
     assert second.args[8].ctypes.data == b.ctypes.data + H100.max_grid[2] * 4
+
+
+def test_a_new_family_is_its_configurations_alone(monkeypatch):
+    """A third family (here a stand-in for the Hopper kernel: sm_90 only, aligned operands only) needs no
+    change to plan.py or cost.py: listed last in FAMILIES, with its registers, it runs what it can run,
+    and every other call goes to the families before it."""
+    class HopperLike(tiles.TensorCoreConfig):
+        source = "hopper.cu"
+        min_arch = 90
+        arch_flags = ("-arch=sm_90a",)
+
+    config = HopperLike("hopper", bm=128, bn=128, wm=64, wn=32, stages=4)
+    monkeypatch.setattr(plan, "FAMILIES", tiles.FAMILIES + ((config,),))
+    for dtype in config.dtypes:
+        monkeypatch.setitem(cost.REGISTERS, (config.name, dtype, True), 128)
+    assert gemm_launches(4096, 4096, 64, "bfloat16", arch=90)[0].source == "hopper.cu"
+    assert gemm_launches(4096, 4096, 64, "bfloat16", arch=80)[0].source == "tc_gemm.cu"  # before sm_90
+    assert gemm_launches(4096, 4096, 64, "float32", arch=90)[0].source == "gemm.cu"  # TF32 off
+    assert gemm_launches(4096, 4096, 64, "float64", arch=90)[0].source == "gemm.cu"
+    assert gemm_launches(64, 64, 64, "float16", arch=90, tuning=Tuning(vector=False))[0].source == "gemm.cu"
