@@ -20,8 +20,8 @@ from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
 from linear.backends.sources import kernels_dir
 from linear.dtypes import ELEMENT_TYPES
-from reference import (DTYPE_CONFIGS, DTYPES, LAYOUTS, TOLERANCE, TRANS, assert_close, batched, emulate_backend, emulator,
-                       gemm_reference, layout, op, output, poisoned, rel_err, stored)
+from reference import (DTYPE_CONFIGS, DTYPES, LAYOUTS, TOLERANCE, TRANS, assert_close, batched, emulate_backend,
+                       emulator, gemm_reference, layout, op, output, poisoned, rel_err, stored)
 
 # Sizes that are no tile multiple in any direction, with several K steps and split-K slices: block
 # (0, 0) is an interior tile (gemm.cu's unchecked loop) in the splits of whole K steps, every other

@@ -140,7 +140,8 @@ def test_unaligned_operands_are_copied_to_aligned_rows_for_the_tensor_cores():
                            tuning=Tuning(config="medium"))
     assert named[0].source == "gemm.cu" and named[0].args[5] is a
     a64 = a.astype(np.float64)
-    assert plan.plan_gemm(np, a64, b.astype(np.float64), c.astype(np.float64), alpha=1.0, beta=0.0, arch=90)[0].args[5] is a64
+    [launch] = plan.plan_gemm(np, a64, b.astype(np.float64), c.astype(np.float64), alpha=1.0, beta=0.0, arch=90)
+    assert launch.args[5] is a64
 
 
 def test_gemm_launch_arguments_have_exact_types():
@@ -177,7 +178,8 @@ def test_overrides_are_checked():
         Tuning(splits=0)
     a = np.zeros((8, 15), np.float32)  # ld of 60 bytes
     with pytest.raises(ValueError, match="16-byte"):
-        plan.plan_gemm(np, a, a.T.copy(), np.zeros((8, 8), np.float32), alpha=1.0, beta=0.0, tuning=Tuning(vector=True))
+        plan.plan_gemm(np, a, a.T.copy(), np.zeros((8, 8), np.float32), alpha=1.0, beta=0.0,
+                       tuning=Tuning(vector=True))
 
 
 def test_sizes_near_int32_are_refused_before_any_copy():

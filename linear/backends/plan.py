@@ -43,8 +43,8 @@ import numpy as np
 from ..dtypes import ElementType, element_type
 from .cost import aligned_copies_pay, choose, estimate, split_k
 from .device import H100, DeviceLimits
-from .tiles import (CONFIGS_BY_NAME, FAMILIES, MAX_SIZE, GemmConfig, ceil_div, colsum_partial_name, heuristic_configs,
-                    round_up, sum_splits_name)
+from .tiles import (CONFIGS_BY_NAME, FAMILIES, MAX_SIZE, GemmConfig, ceil_div, colsum_partial_name,
+                    heuristic_configs, round_up, sum_splits_name)
 
 VECTOR_BYTES = 16
 REDUCE_THREADS = 256  # block size of the reduce.cu kernels
@@ -248,8 +248,9 @@ class Choice:
     k_per_split: int
 
 
-def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, alpha: float, beta: float, bias: Any = None, tuning: Tuning = Tuning(), arch: int | None = None,
-              tf32: bool = False, device: DeviceLimits = H100) -> list[Launch]:
+def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, alpha: float, beta: float, bias: Any = None,
+              tuning: Tuning = Tuning(), arch: int | None = None, tf32: bool = False,
+              device: DeviceLimits = H100) -> list[Launch]:
     """The launches for c[...] = alpha·a·b + beta·c (+ bias), as in base.Backend.gemm: a (M x K) and b
     (K x N) are views, a transposed operand a transposed view (its flag is derived here, by as_operand).
 
@@ -279,8 +280,9 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, alpha: float, beta: flo
     return _launches(xp, product, choice, op_a, op_b, c, ldc, alpha, beta, bias, device)
 
 
-def _operands(xp: ModuleType, op_a: Operand, op_b: Operand, product: Product, families: list[tuple[GemmConfig, ...]],
-              tuning: Tuning, device: DeviceLimits) -> tuple[Operand, Operand, bool]:
+def _operands(xp: ModuleType, op_a: Operand, op_b: Operand, product: Product,
+              families: list[tuple[GemmConfig, ...]], tuning: Tuning, device: DeviceLimits
+              ) -> tuple[Operand, Operand, bool]:
     """Step 1: (op_a, op_b, aligned). Where the preferred family needs 16-byte aligned operands (the
     vector path) and an operand is not, it is copied into aligned rows: when its configuration was
     named, or when the cost model says the copies and that family beat the best family on the operands

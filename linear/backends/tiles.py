@@ -4,17 +4,18 @@ every instantiation a launch plan can ask for (what kernels/REGISTERS.md and the
 A kernel family is a kernel file and its tile configurations, each a GemmConfig. GemmConfig is the one
 interface the plan (plan.py) and the cost model (cost.py) ask a configuration through, so that neither
 asks which family it holds: adding a family is adding its kernel, a GemmConfig subclass and its tiles
-(in FAMILIES). Today: tensor-core tiles (kernels/tc_gemm.cu,
-TC_CONFIGS) for float16, bfloat16 and float32 as TF32; SIMT tiles (kernels/gemm.cu, TILE_CONFIGS) for
-every dtype.
+(in FAMILIES, and their registers in registers.py). Today: SIMT tiles (kernels/gemm.cu, TILE_CONFIGS)
+for every dtype; tensor-core tiles (kernels/tc_gemm.cu, TC_CONFIGS) for float16, bfloat16 and float32
+as TF32.
 """
 from __future__ import annotations
 
 import itertools
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..dtypes import ELEMENT_TYPES, ElementType, element_type
+from ..dtypes import ELEMENT_TYPES, ElementType
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -35,7 +36,7 @@ def _cpp_bool(flag: bool) -> str:
     return "true" if flag else "false"
 
 
-class GemmConfig:
+class GemmConfig(ABC):
     """One tile configuration of a GEMM kernel family. Every family answers the same questions:
 
     source, hardware                 its kernel file in kernels/; what it runs on (for messages)
@@ -64,20 +65,20 @@ class GemmConfig:
     candidate: bool
 
     @property
-    def threads(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def threads(self) -> int: ...
 
-    def template_name(self, t: ElementType, c_cpp: str, trans_a: bool, trans_b: bool, vector: bool) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def template_name(self, t: ElementType, c_cpp: str, trans_a: bool, trans_b: bool, vector: bool) -> str: ...
 
-    def k_depth(self, itemsize: int) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def k_depth(self, itemsize: int) -> int: ...
 
-    def shared_bytes(self, dtype: str) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def shared_bytes(self, dtype: str) -> int: ...
 
-    def efficiency(self, dtype: str) -> float:
-        raise NotImplementedError
+    @abstractmethod
+    def efficiency(self, dtype: str) -> float: ...
 
     def fma_per_clock(self, dtype: str) -> int:
         return self.FMA_PER_CLOCK[dtype]
