@@ -27,7 +27,7 @@ from linear.backends.emulate import EmulationError
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
 from linear.backends.sources import kernels_dir
-from linear.dtypes import dtype_of
+from linear.dtypes import ELEMENT_TYPES, dtype_of
 from linear.testing import TF32_TOLERANCE
 from reference import assert_close, poisoned, rel_err, to_numpy
 from reference import TRANS, emulator, op, stored, gemm_reference as reference
@@ -92,7 +92,7 @@ def test_mma_fragments_follow_the_isa(probe_runtime, dtype):
     b = rng.integers(-4, 5, (k, 8)).astype(TC_DTYPES[dtype])
     c = rng.integers(-16, 17, (16, 8)).astype(np.float32)
     d = poisoned(np, (16, 8), np.float32)
-    name = "probe_mma_m16n8k8_tf32" if dtype == "float32" else f"probe_mma_m16n8k16<{tiles.ELEMENT_TYPES[dtype].cpp}>"
+    name = "probe_mma_m16n8k8_tf32" if dtype == "float32" else f"probe_mma_m16n8k16<{ELEMENT_TYPES[dtype].cpp}>"
     *_, got = run_probe(probe_runtime, name, a, b, c, d)
     np.testing.assert_array_equal(got, a.astype(np.float64) @ b.astype(np.float64) + c)
 
