@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 
 @dataclass(frozen=True)
 class Op:
@@ -84,14 +82,3 @@ PRESETS = {p.name: p for p in (
 )}
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
-
-# Largest accepted ||out - ref|| / ||ref|| against the float64 reference: the project's standard
-# (the same limits as tests/reference.py).
-
-
-def numpy_dtype(name: str) -> np.dtype:
-    """The numpy dtype called `name`; bfloat16 comes from ml_dtypes (ImportError when it is missing)."""
-    if name == "bfloat16":
-        import ml_dtypes
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)

@@ -49,15 +49,15 @@ def layer_step(backend, x, w, b, dy, x_long, dy_long) -> dict[str, str]:
     """The digests of one layer step's outputs, each computed into fresh NaN-filled arrays."""
     xp = backend.xp
     y = xp.full((x.shape[0], w.shape[1]), np.nan, np.float32)
-    backend.gemm(x, w, y, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, bias=b)
+    backend.gemm(x, w, y, alpha=1.0, beta=0.0, bias=b)
     dx = xp.full(x.shape, np.nan, np.float32)
-    backend.gemm(dy, w, dx, trans_a=False, trans_b=True, alpha=1.0, beta=0.0)
+    backend.gemm(dy, w.T, dx, alpha=1.0, beta=0.0)
     dw = xp.ones(w.shape, np.float32)  # accumulate onto an existing gradient
-    backend.gemm(x, dy, dw, trans_a=True, trans_b=False, alpha=1.0, beta=1.0)
+    backend.gemm(x.T, dy, dw, alpha=1.0, beta=1.0)
     db = xp.ones(w.shape[1], np.float32)
     backend.colsum(dy, db, beta=1.0)
     dw_split = xp.full((x_long.shape[1], dy_long.shape[1]), np.nan, np.float32)  # K >> M·N: split-K
-    backend.gemm(x_long, dy_long, dw_split, trans_a=True, trans_b=False, alpha=1.0, beta=0.0)
+    backend.gemm(x_long.T, dy_long, dw_split, alpha=1.0, beta=0.0)
     return {name: digest(value) for name, value in
             [("y", y), ("dx", dx), ("dw", dw), ("db", db), ("dw_split_k", dw_split)]}
 
@@ -122,7 +122,7 @@ def tc_tiles(out: Path, backend_name: str, scale: float) -> bool:
                         call = lambda: xp.matmul(op_a, op_b, out=c)
                     else:
                         backend = KernelBackend(runtime, Tuning(config=name, splits=1))
-                        call = lambda: backend.gemm(op_a, op_b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+                        call = lambda: backend.gemm(op_a, op_b, c, alpha=1.0, beta=0.0)
                     call()
                     got = (c.get() if on_gpu else c)[picked].astype(np.float64)
                     row["rel_err"] = float(relative_error(got, expected))

@@ -21,18 +21,12 @@ import numpy as np
 from linear.backends import get_backend, plan, tiles
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
+from linear.dtypes import dtype_of
 from linear.testing import TOLERANCE, relative_error
 
 # Partial tiles in M and N, three K steps (the last one partial), so edges and the pipeline run.
 SHAPES = {"large": (130, 70, 20), "medium": (70, 40, 20), "small": (40, 36, 20), "warp": (130, 70, 20),
           "warp_deep": (130, 70, 40), "warp_wide": (130, 260, 20), "warp_medium": (70, 40, 20)}
-
-
-def dtype_of(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
 
 
 def host(x) -> np.ndarray:
@@ -58,7 +52,7 @@ def check_gemm(backend, dtype: str, trans_a: bool, trans_b: bool, config: str, v
     c0 = rng.standard_normal((m, n)).astype(t)
     c = xp.array(c0)  # a copy, also for numpy
     tuned = KernelBackend(backend.runtime, Tuning(config=config, vector=vector, splits=splits))
-    launches = plan.plan_gemm(xp, a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=0.5, beta=0.25, bias=bias,
+    launches = plan.plan_gemm(xp, a.T if trans_a else a, b.T if trans_b else b, c, alpha=0.5, beta=0.25, bias=bias,
                               tuning=tuned.tuning)
     tuned.launch(launches)
     a64, b64 = host(a).astype(np.float64), host(b).astype(np.float64)

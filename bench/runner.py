@@ -18,9 +18,10 @@ from typing import Any, Callable
 import numpy as np
 
 from linear import get_tf32
+from linear.dtypes import dtype_of
 from linear.testing import TF32_TOLERANCE, TOLERANCE, relative_error
 
-from .cases import OPS, Shape, numpy_dtype
+from .cases import OPS, Shape
 from .contenders import BASELINE, INPUT_NAMES, Contender
 from .timers import (Entry, Interrupted, cpu_cache_bytes, cpu_ms, gpu_cache_bytes, gpu_ms, rotation_sets, stop_point,
                      time_interleaved)
@@ -107,7 +108,7 @@ class HostInputs:
                  "dw0": (shape.f, shape.d), "db0": (shape.d,)}
         self.arrays: dict[str, np.ndarray] = {}
         for name in INPUT_NAMES:
-            a = (rng.random(sizes[name], dtype=source) * 2 - 1).astype(numpy_dtype(dtype))
+            a = (rng.random(sizes[name], dtype=source) * 2 - 1).astype(dtype_of(dtype))
             a.flags.writeable = False   # a contender that writes into its inputs fails loudly
             self.arrays[name] = a
         self.rows_b = self._sample(rng, shape.b)

@@ -44,6 +44,7 @@ from . import timers
 from .machine import machine_info
 from linear import testing
 from linear.backends import cost, plan, tiles
+from linear.backends.device import H100
 from linear.testing import relative_error
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
@@ -102,7 +103,7 @@ def sweep_cases(shapes: list[tuple[int, int, int]], configs: list[str], min_k_pe
             group = [Case(product.name, shape, config, None if config == HEURISTIC else 1) for config in configs]
             group += [Case(product.name, shape, config, splits) for splits in SPLITS if k // splits >= min_k_per_slice
                       for config in configs if config != HEURISTIC and
-                      tiles.CONFIGS_BY_NAME[config].tiles(m, n) < 2 * cost.H100.sms]
+                      tiles.CONFIGS_BY_NAME[config].tiles(m, n) < 2 * H100.sms]
             groups.append(group)
     return groups
 
@@ -173,15 +174,14 @@ def run_case(backend_for: Callable[[Tuning], Any], case: Case, ops: Operands, ti
         backend = backend_for(case.tuning)
         xp = backend.xp
         c = xp.full((ops.m, ops.n), np.nan, np.float32)
-        launches = plan.plan_gemm(xp, ops.a, ops.b, c, trans_a=product.trans_a, trans_b=product.trans_b,
-                                  alpha=1.0, beta=0.0, bias=ops.bias, tuning=case.tuning)
+        op_a, op_b = ops.a.T if product.trans_a else ops.a, ops.b.T if product.trans_b else ops.b
+        launches = plan.plan_gemm(xp, op_a, op_b, c, alpha=1.0, beta=0.0, bias=ops.bias, tuning=case.tuning)
         gemm = launches[0]
         row.update(chosen=_config_of(gemm.name), splits=gemm.grid[2], kernels=[launch.name for launch in launches],
                    grid=list(gemm.grid), threads=gemm.block[0], shared_bytes=gemm.shared_mem)
 
         def call() -> None:
-            backend.gemm(ops.a, ops.b, c, trans_a=product.trans_a, trans_b=product.trans_b, alpha=1.0, beta=0.0,
-                         bias=ops.bias)
+            backend.gemm(op_a, op_b, c, alpha=1.0, beta=0.0, bias=ops.bias)
 
         call()
         row["rel_err"] = relative_error(c, ops.reference)
@@ -243,8 +243,8 @@ def kernels_launched(cases: list[Case]) -> list[tuple[str, str]]:
         a = np.zeros((k, m) if product.trans_a else (m, k), np.float32)
         b = np.zeros((n, k) if product.trans_b else (k, n), np.float32)
         bias = np.zeros(n, np.float32) if product.bias else None
-        launches = plan.plan_gemm(np, a, b, np.zeros((m, n), np.float32), trans_a=product.trans_a,
-                                  trans_b=product.trans_b, alpha=1.0, beta=0.0, bias=bias, tuning=case.tuning)
+        launches = plan.plan_gemm(np, a.T if product.trans_a else a, b.T if product.trans_b else b,
+                                  np.zeros((m, n), np.float32), alpha=1.0, beta=0.0, bias=bias, tuning=case.tuning)
         found.update((launch.source, launch.name) for launch in launches)
     return sorted(found)
 
@@ -390,7 +390,7 @@ def _advice(w: dict) -> str:
         advice.append(f"promote candidate {best.name}: candidate=False, and put it where the heuristic's "
                       f"{'/'.join(sorted(chosen)) or 'choice'} is in TILE_CONFIGS for these shapes")
     else:
-        advice.append(f"the cost model (cost.efficiency, WARPS_TO_HIDE_LATENCY) picks {'/'.join(sorted(chosen))}, "
+        advice.append(f"the cost model (GemmConfig.efficiency, WARPS_TO_HIDE_LATENCY) picks {'/'.join(sorted(chosen))}, "
                       f"but {best.name} is faster here")
     if w["best_splits"] not in heuristic_splits:
         advice.append(f"split K into {w['best_splits']} (the heuristic uses {sorted(heuristic_splits)}): "
@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
               "dtype": "float32", "tf32": False, "tolerance": TOLERANCE, "budget_s": args.budget_s,
               "baseline": "cupy.matmul (cuBLAS)" if gpu else "numpy.matmul", "timer": timer.description,
               "machine": dict(machine_info(None), cupy_tf32=os.environ["CUPY_TF32"]), "configs": {c.name: asdict(c) for c in tiles.TILE_CONFIGS},
-              "num_sms_assumed": cost.H100.sms}
+              "num_sms_assumed": H100.sms}
     result = run_sweep(lambda tuning: KernelBackend(runtime, tuning), runtime.xp, groups, timer,
                        budget_s=max(0.0, args.budget_s - (time.monotonic() - start)), out=out, header=header,
                        copy_bytes=COPY_BYTES if gpu else TINY_COPY_BYTES)

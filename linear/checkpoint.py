@@ -18,8 +18,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .arrays import dtype_named
-from .functional import SUPPORTED_DTYPES
+from .backends.tiles import MAX_SIZE
+from .dtypes import SUPPORTED_DTYPES, dtype_of
 
 
 class Checkpoint(NamedTuple):
@@ -32,7 +32,6 @@ class Checkpoint(NamedTuple):
 
 
 _CONFIG_KEYS = ("in_features", "out_features", "has_bias", "dtype")
-_MAX_FEATURES = 2**31 - 1  # the kernels' int sizes
 _MAX_CONFIG_BYTES = 4096  # a configuration entry is a scalar; anything bigger is not ours
 
 
@@ -100,7 +99,7 @@ def load(path: str | os.PathLike) -> Checkpoint:
             has_bias = bool(config["has_bias"])
             if config["dtype"].dtype.kind != "U" or str(config["dtype"]) not in SUPPORTED_DTYPES:
                 raise bad(f"dtype must be one of {', '.join(SUPPORTED_DTYPES)}; got {config['dtype']!r}")
-            dtype = dtype_named(str(config["dtype"]))
+            dtype = dtype_of(str(config["dtype"]))
             expected = {"weight": (in_features, out_features), **({"bias": (out_features,)} if has_bias else {})}
             unexpected = sorted(members.keys() - expected.keys() - set(_CONFIG_KEYS))
             missing = sorted(expected.keys() - members.keys())
@@ -158,6 +157,6 @@ def _read_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
 
 
 def _int_in_range(value: np.ndarray, key: str, bad) -> int:
-    if value.dtype.kind not in "iu" or not 0 <= int(value) <= _MAX_FEATURES:
-        raise bad(f"{key} must be an integer in [0, {_MAX_FEATURES}]; got {value!r}")
+    if value.dtype.kind not in "iu" or not 0 <= int(value) <= MAX_SIZE:
+        raise bad(f"{key} must be an integer in [0, {MAX_SIZE}]; got {value!r}")
     return int(value)

@@ -7,8 +7,8 @@
     No 1/B in dW: when the loss is a batch mean, the 1/B is already inside dY.
 
 Leading dimensions of X and dY are flattened into B (as torch's Linear does) and restored on the
-results. This module validates, picks a backend, allocates outputs, and hands the backend 2-D views;
-transposes travel as flags, never as copies.
+results. This module validates, picks a backend, allocates outputs, and hands the backend 2-D views (or
+stacks of them); a transpose travels as a transposed view (Wᵀ is w.T), never as a copy.
 """
 from __future__ import annotations
 
@@ -18,10 +18,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .backends import Backend, default_backend_name, get_backend
+from .dtypes import SUPPORTED_DTYPES
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
-
-SUPPORTED_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 class Gradients(NamedTuple):
@@ -44,7 +43,15 @@ def _is_cupy(a: Any) -> bool:
     return type(a).__module__.split(".")[0] == "cupy"
 
 
-def _resolve(arrays: dict[str, Any], backend: str | None, optional: tuple[str, ...] = ()
+def _backend(backend: str | Backend | None, on_gpu: bool = False) -> Backend:
+    """The backend named, or given (a Linear passes the one it resolved once), else the default for the
+    inputs: cuda for CuPy arrays, $LINEAR_BACKEND or numpy for the rest."""
+    if backend is None or isinstance(backend, str):
+        return get_backend(backend or ("cuda" if on_gpu else default_backend_name()))
+    return backend
+
+
+def _resolve(arrays: dict[str, Any], backend: str | Backend | None, optional: tuple[str, ...] = ()
              ) -> tuple[Backend, dict[str, Array]]:
     """Pick the backend from the inputs and check that every array belongs to its array module.
     Only outputs (names ending in "out") and the `optional` names may be None. Returns `arrays`,
@@ -69,8 +76,8 @@ def _resolve(arrays: dict[str, Any], backend: str | None, optional: tuple[str, .
         on_host = [name for name in present() if name not in on_gpu]
         raise TypeError(f"cannot mix CuPy and numpy arrays: {', '.join(on_gpu)} on the GPU (CuPy), "
                         f"{', '.join(on_host)} on the host (numpy)")
-    name = backend or ("cuda" if on_gpu else default_backend_name())
-    chosen = get_backend(name)
+    chosen = _backend(backend, bool(on_gpu))
+    name = chosen.name
     if not on_gpu:
         if chosen.xp is not np:
             raise TypeError(f"backend {name!r} takes {chosen.xp.__name__} arrays; "
@@ -280,9 +287,9 @@ def matmul(a: Array, b: Array, /, out: Array | tuple[Array] | None = None, *, tr
         return given_out
 
     c = _Output(xp, "out", out, shape, batch + (m, n), dtype, [a, b], keep=beta != 0, cast=True)
-    # op(a), op(b) as views (a swapped view is a transpose flag to the plan), the stacks broadcast.
+    # op(a), op(b) as views (a swapped view is how a transpose reaches the backend), the stacks broadcast.
     be.gemm(_as_stack(xp, op_a, dtype, batch + (m, k)), _as_stack(xp, op_b, dtype, batch + (k, n)), c.work,
-            trans_a=False, trans_b=False, alpha=alpha, beta=beta)
+            alpha=alpha, beta=beta)
     c.finish()
     return given_out if given_out is not None else _finish(xp, c.result, out_axes)
 
@@ -321,20 +328,20 @@ def _finish(xp, result: Array, out_axes: tuple[int, ...] | None) -> Array:
 
 
 def forward(x: Array, w: Array, b: Array | None = None, *, out: Array | None = None,
-            backend: str | None = None) -> Array:
-    """Y = X·W + b. x is (..., F), w is (F, D), b is (D,) or None; Y is (..., D)."""
+            backend: str | Backend | None = None) -> Array:
+    """Y = X·W + b. x is (..., F), w is (F, D), b is (D,) or None; Y is (..., D). backend: a name, or a
+    Backend from get_backend (resolved once by its caller)."""
     # The common case in few steps (a small layer in a training loop feels each µs of checks): plain
     # numpy arrays of one native float dtype and matching shapes, no out=, a backend that takes numpy
     # arrays. Whatever fails a test here takes the general path, which checks it all and names the fault.
     if out is None and type(x) is np.ndarray and type(w) is np.ndarray and (b is None or type(b) is np.ndarray):
-        dtype, be = x.dtype, get_backend(backend or default_backend_name())
+        dtype, be = x.dtype, _backend(backend)
         if (be.xp is np and (dtype is _FLOAT32 or dtype is _FLOAT64 or dtype is _FLOAT16) and w.dtype is dtype
                 and w.ndim == 2 and x.ndim >= 1 and x.shape[-1] == w.shape[0]
                 and (b is None or b.dtype is dtype and b.shape == w.shape[1:])):
             y = np.empty(x.shape[:-1] + w.shape[1:], dtype)
             rows = math.prod(x.shape[:-1])
-            be.gemm(x.reshape(rows, x.shape[-1]), w, y.reshape(rows, w.shape[1]), trans_a=False, trans_b=False,
-                    alpha=1.0, beta=0.0, bias=b)
+            be.gemm(x.reshape(rows, x.shape[-1]), w, y.reshape(rows, w.shape[1]), alpha=1.0, beta=0.0, bias=b)
             return y
     be, arr = _resolve({"x": x, "w": w, "b": b, "out": out}, backend, optional=("b",))
     x, w, b, out = arr["x"], arr["w"], arr["b"], arr["out"]
@@ -355,14 +362,14 @@ def forward(x: Array, w: Array, b: Array | None = None, *, out: Array | None = N
     y = _Output(be.xp, "out", out, lead + (d,), (rows, d), dtype, [x, w] + ([b] if b is not None else []),
                 keep=False)
     be.gemm(x.reshape(rows, features).astype(dtype, copy=False), w.astype(dtype, copy=False), y.work,
-            trans_a=False, trans_b=False, alpha=1.0, beta=0.0,
-            bias=None if b is None else b.astype(dtype, copy=False))
+            alpha=1.0, beta=0.0, bias=None if b is None else b.astype(dtype, copy=False))
     return y.finish()
 
 
 def backward(dy: Array, x: Array, w: Array, *, need_dx: bool = True, need_dw: bool = True,
              need_db: bool = True, dx_out: Array | None = None, dw_out: Array | None = None,
-             db_out: Array | None = None, accumulate: bool = False, backend: str | None = None) -> Gradients:
+             db_out: Array | None = None, accumulate: bool = False,
+             backend: str | Backend | None = None) -> Gradients:
     """The gradients of Y = X·W + b given dY = ∂L/∂Y: dX = dY·Wᵀ, dW = Xᵀ·dY, db = Σ_rows dY.
 
     accumulate=True adds dW and db into dw_out and db_out (gradient accumulation over micro-batches);
@@ -397,10 +404,10 @@ def backward(dy: Array, x: Array, w: Array, *, need_dx: bool = True, need_dw: bo
     dx = dw = db = None
     if need_dx:
         dx = _Output(be.xp, "dx_out", arr["dx_out"], tuple(x.shape), (rows, features), dtype, inputs, keep=False)
-        be.gemm(dy2, w, dx.work, trans_a=False, trans_b=True, alpha=1.0, beta=0.0)
+        be.gemm(dy2, w.T, dx.work, alpha=1.0, beta=0.0)
     if need_dw:
         dw = _Output(be.xp, "dw_out", arr["dw_out"], (features, d), (features, d), dtype, inputs, keep=accumulate)
-        be.gemm(x2, dy2, dw.work, trans_a=True, trans_b=False, alpha=1.0, beta=beta)
+        be.gemm(x2.T, dy2, dw.work, alpha=1.0, beta=beta)
     if need_db:
         db = _Output(be.xp, "db_out", arr["db_out"], (d,), (d,), dtype, inputs, keep=accumulate)
         be.colsum(dy2, db.work, beta=beta)

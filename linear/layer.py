@@ -12,8 +12,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import checkpoint, functional
-from .arrays import array_module, dtype_named, to_host
+from .arrays import array_module, to_host
 from .backends import default_backend_name, get_backend
+from .dtypes import dtype_of
 from .functional import describe
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
@@ -47,9 +48,9 @@ class Linear:
             if value < 0:
                 raise ValueError(f"{name} must be >= 0; got {value}")
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.dtype = dtype_named(dtype)
+        self.dtype = dtype_of(dtype)
         self.backend = backend or default_backend_name()
-        get_backend(self.backend)  # fails now, with the reason, when the backend cannot run here
+        self._backend = get_backend(self.backend)  # fails now, with the reason, when it cannot run here
         # torch.nn.Linear's default: weight and bias uniform in ±1/sqrt(in_features) (0 when it is 0).
         rng = np.random.default_rng(seed)
         bound = 1 / math.sqrt(self.in_features) if self.in_features else 0.0
@@ -60,12 +61,18 @@ class Linear:
     @property
     def xp(self):
         """The array module of the layer's arrays: numpy, or cupy for backend "cuda"."""
-        return get_backend(self.backend).xp
+        return self._backend.xp
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickle and deepcopy take the configuration and parameters (with their gradients), not the
-        # input the last forward kept for backward.
-        return {**self.__dict__, "_x": None}
+        # input the last forward kept for backward, nor the backend object (resolved again by name).
+        state = {**self.__dict__, "_x": None}
+        del state["_backend"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._backend = get_backend(self.backend)
 
     def _new_parameter(self, host_values: np.ndarray) -> Parameter:
         return Parameter(self.xp.asarray(host_values.astype(self.dtype)))
@@ -85,7 +92,7 @@ class Linear:
         """Y = X·W + b; x has shape (..., in_features), Y has shape (..., out_features)."""
         self._check("x", x)
         y = functional.forward(x, self.weight.data, None if self.bias is None else self.bias.data,
-                               backend=self.backend)
+                               backend=self._backend)
         self._x = x
         return y
 
@@ -102,7 +109,7 @@ class Linear:
         grads = functional.backward(
             dy, self._x, self.weight.data, need_dx=need_dx, need_db=self.bias is not None,
             dw_out=self.weight.grad, db_out=None if self.bias is None else self.bias.grad,
-            accumulate=True, backend=self.backend)
+            accumulate=True, backend=self._backend)
         return grads.dx
 
     def zero_grad(self) -> None:

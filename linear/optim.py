@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .arrays import array_module
-from .backends.base import accumulator_dtype
+from .dtypes import accumulator_dtype
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
 

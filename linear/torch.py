@@ -218,14 +218,14 @@ def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
 
 def _forward(run: "_Host | _Device", x: torch.Tensor, weight: torch.Tensor,
              bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """y = x·weightᵀ + bias: one GEMM (NT, weight's transpose a flag)."""
+    """y = x·weightᵀ + bias: one GEMM (NT: weight's transpose a view, which the kernels take as a flag)."""
     out_features, in_features = weight.shape
     y = _empty((*x.shape[:-1], out_features), x)
     rows = math.prod(x.shape[:-1])
     with run.scope():
         array = run.array
-        run.backend.gemm(array(x).reshape(rows, in_features), array(weight), array(y).reshape(rows, out_features),
-                         trans_a=False, trans_b=True, alpha=1.0, beta=0.0,
+        run.backend.gemm(array(x).reshape(rows, in_features), array(weight).T, array(y).reshape(rows, out_features),
+                         alpha=1.0, beta=0.0,
                          bias=None if bias is None else array(bias))
     return y
 
@@ -246,11 +246,9 @@ def _gradients(run: "_Host | _Device", dy: torch.Tensor, x: torch.Tensor, weight
             array, backend = run.array, run.backend
             dy2 = array(dy).reshape(rows, out_features)
             if need_dx:
-                backend.gemm(dy2, array(weight), array(dx).reshape(rows, in_features), trans_a=False, trans_b=False,
-                             alpha=1.0, beta=0.0)
+                backend.gemm(dy2, array(weight), array(dx).reshape(rows, in_features), alpha=1.0, beta=0.0)
             if need_dweight:
-                backend.gemm(dy2, array(x).reshape(rows, in_features), array(dweight), trans_a=True, trans_b=False,
-                             alpha=1.0, beta=0.0)
+                backend.gemm(dy2.T, array(x).reshape(rows, in_features), array(dweight), alpha=1.0, beta=0.0)
             if need_dbias:
                 backend.colsum(dy2, array(dbias), beta=0.0)
     return dx, dweight, dbias

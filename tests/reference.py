@@ -1,9 +1,14 @@
-"""Helpers for checking results against a float64 reference."""
+"""Shared test helpers: the dtypes, random operands in any memory layout, float64 references and the
+comparison against them, the emulator."""
 from __future__ import annotations
 
 import numpy as np
 
+from conftest import require
 from linear import get_tf32
+from linear.backends import BackendUnavailable, get_backend
+from linear.backends.tiles import TILE_CONFIGS
+from linear.dtypes import ELEMENT_TYPES, dtype_of
 from linear.testing import TF32_TOLERANCE, TOLERANCE, relative_error
 
 
@@ -27,3 +32,87 @@ def assert_close(out, ref, dtype) -> None:
 def poisoned(xp, shape, dtype):
     """An output array filled with NaN so that unwritten elements show."""
     return xp.full(shape, np.nan, dtype=dtype)
+
+
+# Every dtype the kernels run, by name (bfloat16 needs ml_dtypes, which the test extra installs).
+DTYPES = {name: dtype_of(name) for name in ELEMENT_TYPES}
+
+
+# Every (dtype, SIMT tile configuration) pair that is instantiated.
+DTYPE_CONFIGS = [(dtype, config.name) for dtype in DTYPES for config in TILE_CONFIGS if dtype in config.dtypes]
+TRANS = [(False, False), (False, True), (True, False), (True, True)]
+
+
+def stored(rng, shape, dtype, ld=None) -> np.ndarray:
+    """Random normal values as a row-major view with leading dimension ld; the rest of each row is NaN."""
+    rows, cols = shape
+    storage = np.full((rows, cols if ld is None else ld), np.nan, dtype=dtype)
+    storage[:, :cols] = rng.standard_normal((rows, cols))
+    return storage[:, :cols]
+
+
+def op(x: np.ndarray, trans: bool) -> np.ndarray:
+    """op(x): x with its last two axes swapped when trans (a view: how a transpose reaches a backend)."""
+    return np.swapaxes(x, -1, -2) if trans else x
+
+
+def gemm_reference(a, b, trans_a, trans_b, alpha, beta, c, bias) -> np.ndarray:
+    """alpha·op(a)·op(b) + beta·c + bias in float64."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    out = alpha * ((a64.T if trans_a else a64) @ (b64.T if trans_b else b64))
+    if beta != 0:
+        out += beta * c.astype(np.float64)
+    if bias is not None:
+        out += bias.astype(np.float64)
+    return out
+
+
+def output(rng, shape, dtype, beta) -> np.ndarray:
+    """C before the call: NaN where it must not be read (beta = 0), random values otherwise."""
+    return poisoned(np, shape, dtype) if beta == 0 else stored(rng, shape, dtype).copy()
+
+
+def layout(x: np.ndarray, name: str) -> np.ndarray:
+    """The same values as x in another memory layout."""
+    if name == "fortran":
+        return np.asfortranarray(x)
+    if name == "transposed":  # a transposed view of a C array
+        return np.ascontiguousarray(x.T).T
+    if name == "reversed":  # negative strides
+        return np.ascontiguousarray(x[::-1, ::-1])[::-1, ::-1]
+    if name == "strided":  # a non-unit inner stride
+        wide = np.empty((x.shape[0], 2 * x.shape[1]), x.dtype)
+        wide[:, ::2] = x
+        return wide[:, ::2]
+    if name == "sliced":  # ld > cols
+        wide = np.full((x.shape[0], x.shape[1] + 5), np.nan, x.dtype)
+        wide[:, :x.shape[1]] = x
+        return wide[:, :x.shape[1]]
+    return x
+
+
+LAYOUTS = ["c", "fortran", "transposed", "reversed", "strided", "sliced"]
+
+
+def batched(rng, batch, shape, dtype, broadcast=False):
+    """A stack of random matrices; with broadcast, one matrix seen batch times (stride 0)."""
+    if broadcast:
+        return np.broadcast_to(rng.standard_normal(shape).astype(dtype), batch + shape)
+    return rng.standard_normal(batch + shape).astype(dtype)
+
+
+def emulator(**options):
+    """An EmulatorRuntime (skipped locally, failed in CI, without a C++ compiler)."""
+    try:
+        from linear.backends.emulate import EmulatorRuntime
+        return EmulatorRuntime(**options)
+    except BackendUnavailable as e:
+        require(False, f"the emulate backend ({e})")
+
+
+def emulate_backend():
+    """The emulate backend (skipped locally, failed in CI, without a C++ compiler)."""
+    try:
+        return get_backend("emulate")
+    except BackendUnavailable as e:
+        require(False, f"the emulate backend ({e})")

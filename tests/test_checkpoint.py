@@ -165,6 +165,8 @@ BAD_FILES = {
     "missing bias": (npz_bytes(**{k: v for k, v in valid_arrays().items() if k != "bias"}), r"missing keys \['bias'\]"),
     "extra key": (npz_bytes(**valid_arrays(extra=np.zeros(2))), r"unexpected keys \['extra'\]"),
     "objects": (npz_bytes(**valid_arrays(weight=np.array([object()] * 6).reshape(3, 2))), "holds Python objects"),
+    "trailing bytes": (with_member("weight", (3, 2), bytes(28)), r"declares shape \(3, 2\).* \(24 bytes\) but holds 28 bytes"),
+    "short member": (with_member("weight", (3, 2), bytes(20)), r"declares shape \(3, 2\).* \(24 bytes\) but holds 20 bytes"),
 }
 
 

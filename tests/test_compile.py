@@ -9,6 +9,7 @@ from pathlib import Path
 
 from conftest import require, require_tool
 from linear.backends import compile_check, cost, tiles
+from linear.backends.registers import REGISTERS
 from linear.backends.tiles import instantiations
 
 KERNELS = instantiations()
@@ -27,7 +28,7 @@ def test_nvcc_builds_every_instantiation_without_spills_and_registers_md_is_curr
             shared = kernel.shared_mem + used.static_shared
             assert shared <= compile_check.MAX_SHARED_PER_BLOCK[arch], (arch, kernel.name, shared)
     registers = compile_check.plan_registers(resources)
-    assert registers == cost.REGISTERS, "cost.REGISTERS is stale; it should be:\n" + "\n".join(
+    assert registers == REGISTERS, "registers.REGISTERS is stale; it should be:\n" + "\n".join(
         f"    {key!r}: {value}," for key, value in registers.items())
     # The float32 16-byte-load kernels of 128 x 128 tiles hold 2 blocks (16 warps) per SM.
     for name in ("large", "warp"):

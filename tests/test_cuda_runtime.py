@@ -35,7 +35,10 @@ class FakeKernel:
 H100_ATTRIBUTES = {"MultiProcessorCount": 132, "MaxRegistersPerMultiprocessor": 65536,
                    "MaxSharedMemoryPerMultiprocessor": 233472, "MaxThreadsPerMultiProcessor": 2048,
                    "MaxBlocksPerMultiprocessor": 32, "ClockRate": 1980000, "MemoryClockRate": 2619000,
-                   "GlobalMemoryBusWidth": 5120}
+                   "GlobalMemoryBusWidth": 5120, "MaxSharedMemoryPerBlockOptin": 232448,
+                   "MaxSharedMemoryPerBlock": 49152, "MaxThreadsPerBlock": 1024, "MaxBlockDimX": 1024,
+                   "MaxBlockDimY": 1024, "MaxBlockDimZ": 64, "MaxGridDimX": 2147483647, "MaxGridDimY": 65535,
+                   "MaxGridDimZ": 65535}
 
 
 class FakeCupy(types.ModuleType):
@@ -83,11 +86,11 @@ def test_cupy_runtime_compiles_and_launches_every_product(fake_cupy):
     x, w, b = rng.standard_normal((33, 20)), rng.standard_normal((20, 17)), rng.standard_normal(17)
     x, w, b = (a.astype(np.float32) for a in (x, w, b))
     y = np.full((33, 17), np.nan, np.float32)
-    backend.gemm(x, w, y, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, bias=b)
+    backend.gemm(x, w, y, alpha=1.0, beta=0.0, bias=b)
     assert_close(y, x.astype(np.float64) @ w + b, np.float32)
 
     dw = np.full((20, 17), np.nan, np.float32)
-    backend.gemm(x, y, dw, trans_a=True, trans_b=False, alpha=1.0, beta=0.0)
+    backend.gemm(x.T, y, dw, alpha=1.0, beta=0.0)
     assert_close(dw, x.T.astype(np.float64) @ y, np.float32)
 
     db = np.full(17, np.nan, np.float32)
@@ -106,7 +109,7 @@ def test_cupy_runtime_runs_the_tensor_core_kernel_with_its_shared_memory(fake_cu
     rng = np.random.default_rng(1)
     x, w = (rng.standard_normal(shape).astype(ml_dtypes.bfloat16) for shape in [(40, 24), (24, 32)])
     y = np.full((40, 32), np.nan, ml_dtypes.bfloat16)
-    backend.gemm(x, w, y, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+    backend.gemm(x, w, y, alpha=1.0, beta=0.0)
     assert_close(y, x.astype(np.float64) @ w.astype(np.float64), "bfloat16")
     assert [module["names"] for module in fake_cupy.modules] == [
         ("linear_tc_gemm<__nv_bfloat16, __nv_bfloat16, false, false, 128, 128, 32, 64, 32, 4>",)]
@@ -121,10 +124,13 @@ def test_cupy_runtime_caches_modules(fake_cupy):
 
 
 def test_cupy_runtime_reads_the_device_limits_from_its_attributes(fake_cupy):
-    from linear.backends import cost
+    from dataclasses import replace
+
+    from linear.backends.device import H100
     limits = CupyRuntime().device_limits()
     assert limits.sms == 132 and limits.shared_per_sm == 228 * 1024 and limits.clock_hz == 1.98e9
-    assert abs(limits.bandwidth - cost.H100.bandwidth) < 0.01 * cost.H100.bandwidth
+    assert abs(limits.bandwidth - H100.bandwidth) < 0.01 * H100.bandwidth
+    assert replace(limits, bandwidth=H100.bandwidth) == H100  # the opt-in shared memory and the grid too
 
 
 def test_cuda_include_dir_has_the_half_headers():

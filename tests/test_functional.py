@@ -12,19 +12,12 @@ from hypothesis import strategies as st
 
 import linear
 from linear.backends import get_backend
+from linear.dtypes import SUPPORTED_DTYPES, dtype_of
 from reference import assert_close, poisoned, rel_err, to_numpy
 
-try:
-    import ml_dtypes
-    DTYPES = ["float32", "float64", "float16", "bfloat16"]
-except ImportError:  # bfloat16 needs ml_dtypes
-    DTYPES = ["float32", "float64", "float16"]
+DTYPES = list(SUPPORTED_DTYPES)  # bfloat16 needs ml_dtypes, which the test extra installs
 
 LAYOUTS = ["C", "F", "reversed", "strided", "sliced"]
-
-
-def dtype_of(name: str) -> np.dtype:
-    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
 
 
 def make(rng, backend: str, shape: tuple[int, ...], dtype: str, layout: str = "C"):
@@ -150,6 +143,19 @@ def test_matmul_axes_and_out_casting(backend):
     v = make(rng, backend, (4,), "float64")
     scalar = linear.matmul(v, v, backend=backend)
     assert (type(scalar) is np.float64) if xp is np else scalar.shape == ()
+
+
+def test_matmul_out_of_a_narrower_float_dtype_takes_the_cast_result(backend):
+    """numpy.matmul writes a float64 product into a float32 out= (casting="same_kind", which "safe" would
+    refuse), and a float32 one into float16: so does linear.matmul, computing in the wider dtype."""
+    rng = np.random.default_rng(29)
+    xp = get_backend(backend).xp
+    for wide, narrow in (("float64", "float32"), ("float32", "float16")):
+        a, b = make(rng, backend, (2, 7, 9), wide), make(rng, backend, (9, 6), wide)
+        out = xp.full((2, 7, 6), np.nan, narrow)
+        assert linear.matmul(a, b, out, backend=backend) is out
+        assert out.dtype == np.dtype(narrow)
+        assert_close(out, np.matmul(to_numpy(a).astype(np.float64), to_numpy(b).astype(np.float64)), narrow)
 
 
 def test_forward_matches_float64(backend):

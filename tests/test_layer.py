@@ -8,20 +8,15 @@ import pytest
 
 from linear import Linear
 from linear.backends import get_backend
+from linear.dtypes import SUPPORTED_DTYPES, dtype_of
 from reference import assert_close, to_numpy
 
-DTYPES = ["float32", "float64", "float16", "bfloat16"]
-
-
-def numpy_dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        return np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
-    return np.dtype(name)
+DTYPES = list(SUPPORTED_DTYPES)
 
 
 def random_array(backend: str, shape, dtype, seed: int):
     """Fresh standard-normal values (never zeros) in `dtype`, on the backend's array module."""
-    values = np.random.default_rng(seed).standard_normal(shape).astype(numpy_dtype(dtype))
+    values = np.random.default_rng(seed).standard_normal(shape).astype(dtype_of(dtype))
     return get_backend(backend).xp.asarray(values)
 
 

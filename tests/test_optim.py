@@ -7,16 +7,11 @@ import pytest
 
 from linear import Parameter, optim
 from linear.backends import get_backend
+from linear.dtypes import SUPPORTED_DTYPES, dtype_of
 from reference import TOLERANCE, rel_err, to_numpy
 
 STEPS = 5
-DTYPES = ["float32", "float64", "float16", "bfloat16"]
-
-
-def numpy_dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        return np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
-    return np.dtype(name)
+DTYPES = list(SUPPORTED_DTYPES)
 
 
 def rounded(p, dtype):
@@ -68,7 +63,7 @@ def run(backend, dtype, make_optimizer):
     xp = get_backend(backend).xp
     rng = np.random.default_rng(0)
     shapes = [(3, 4), (4,)]
-    params = [Parameter(xp.asarray(rng.standard_normal(s).astype(numpy_dtype(dtype)))) for s in shapes]
+    params = [Parameter(xp.asarray(rng.standard_normal(s).astype(dtype_of(dtype)))) for s in shapes]
     initial = [to_numpy(p.data).astype(np.float64) for p in params]
     data_arrays = [p.data for p in params]
     optimizer = make_optimizer(params)
@@ -82,7 +77,7 @@ def run(backend, dtype, make_optimizer):
         for p, history in zip(params, grads):  # step never writes into grad (weight decay included)
             np.testing.assert_array_equal(to_numpy(p.grad).astype(np.float64), history[-1])
     for p, data in zip(params, data_arrays):  # updated in place, dtype kept
-        assert p.data is data and p.data.dtype == numpy_dtype(dtype)
+        assert p.data is data and p.data.dtype == dtype_of(dtype)
     return initial, grads, [to_numpy(p.data).astype(np.float64) for p in params]
 
 
@@ -97,10 +92,10 @@ def test_sgd_matches_torch_rule(backend, dtype, momentum, weight_decay):
     lr = 0.1
     initial, grads, final = run(backend, dtype, lambda params: optim.SGD(params, lr=lr, momentum=momentum,
                                                                           weight_decay=weight_decay))
-    expected = [sgd_reference(p, g, numpy_dtype(dtype), lr, momentum=momentum, weight_decay=weight_decay) for p, g in zip(initial, grads)]
+    expected = [sgd_reference(p, g, dtype_of(dtype), lr, momentum=momentum, weight_decay=weight_decay) for p, g in zip(initial, grads)]
     assert displacement_error(initial, final, expected) <= TOLERANCE[dtype]
     if momentum:  # negative control: the momentum buffer changes the path
-        plain = [sgd_reference(p, g, numpy_dtype(dtype), lr, weight_decay=weight_decay) for p, g in zip(initial, grads)]
+        plain = [sgd_reference(p, g, dtype_of(dtype), lr, weight_decay=weight_decay) for p, g in zip(initial, grads)]
         assert displacement_error(initial, final, plain) > 0.1
 
 
@@ -109,10 +104,10 @@ def test_sgd_matches_torch_rule(backend, dtype, momentum, weight_decay):
 def test_adam_matches_torch_rule(backend, dtype, weight_decay):
     hyper = dict(lr=0.1, betas=(0.8, 0.9), eps=1e-3, weight_decay=weight_decay)
     initial, grads, final = run(backend, dtype, lambda params: optim.Adam(params, **hyper))
-    expected = [adam_reference(p, g, numpy_dtype(dtype), **hyper) for p, g in zip(initial, grads)]
+    expected = [adam_reference(p, g, dtype_of(dtype), **hyper) for p, g in zip(initial, grads)]
     assert displacement_error(initial, final, expected) <= TOLERANCE[dtype]
     # negative control: without bias correction the first steps are much shorter
-    uncorrected = [adam_reference(p, g, numpy_dtype(dtype), **hyper, bias_correction=False) for p, g in zip(initial, grads)]
+    uncorrected = [adam_reference(p, g, dtype_of(dtype), **hyper, bias_correction=False) for p, g in zip(initial, grads)]
     assert displacement_error(initial, final, uncorrected) > 0.1
 
 
@@ -190,9 +185,9 @@ SGD_OPTIONS = [dict(momentum=0.9, dampening=0.3), dict(momentum=0.9, nesterov=Tr
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_sgd_options_match_torch_rule(backend, dtype, options):
     initial, grads, final = run(backend, dtype, lambda params: optim.SGD(params, lr=0.05, **options))
-    expected = [sgd_reference(p, g, numpy_dtype(dtype), 0.05, **options) for p, g in zip(initial, grads)]
+    expected = [sgd_reference(p, g, dtype_of(dtype), 0.05, **options) for p, g in zip(initial, grads)]
     assert displacement_error(initial, final, expected) <= TOLERANCE[dtype]
-    plain = [sgd_reference(p, g, numpy_dtype(dtype), 0.05) for p, g in zip(initial, grads)]
+    plain = [sgd_reference(p, g, dtype_of(dtype), 0.05) for p, g in zip(initial, grads)]
     assert displacement_error(initial, final, plain) > 0.01  # negative control: each option matters
 
 
@@ -207,10 +202,10 @@ def test_adam_options_match_torch_rule(backend, dtype, kind, options):
     # amsgrad shows when v shrinks: gradients that fall after the first step
     initial, grads, final = run(backend, dtype, lambda params: kind(params, **hyper, **options))
     decoupled = kind is optim.AdamW
-    expected = [adam_reference(p, g, numpy_dtype(dtype), **hyper, **options, decoupled=decoupled)
+    expected = [adam_reference(p, g, dtype_of(dtype), **hyper, **options, decoupled=decoupled)
                 for p, g in zip(initial, grads)]
     assert displacement_error(initial, final, expected) <= TOLERANCE[dtype]
-    coupled = [adam_reference(p, g, numpy_dtype(dtype), **hyper, **options, decoupled=not decoupled)
+    coupled = [adam_reference(p, g, dtype_of(dtype), **hyper, **options, decoupled=not decoupled)
                for p, g in zip(initial, grads)]
     if options.get("weight_decay"):  # negative control: L2 and decoupled decay differ
         assert displacement_error(initial, final, coupled) > 0.01

@@ -17,7 +17,7 @@ from linear.backends.emulate import EmulationError, EmulatorRuntime
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
 from reference import TOLERANCE, rel_err
-from test_kernels import DTYPES, TRANS, output, reference, stored
+from reference import DTYPES, TRANS, op, output, stored, gemm_reference as reference
 from test_tensor_cores import SHAPES as TC_SHAPES
 from test_tensor_cores import operands as tc_operands
 from test_tensor_cores import tf32_values
@@ -175,7 +175,7 @@ def planned(case: Case) -> list[tuple[list[plan.Launch], np.ndarray, np.ndarray]
     c = output(rng, (m, n), dtype, beta)
     bias = rng.standard_normal(n).astype(dtype)
     expected = reference(*inputs, case.trans_a, case.trans_b, 1.0, beta, c, bias)
-    gemm = plan.plan_gemm(np, a, b, c, trans_a=case.trans_a, trans_b=case.trans_b, alpha=1.0, beta=beta, bias=bias,
+    gemm = plan.plan_gemm(np, op(a, case.trans_a), op(b, case.trans_b), c, alpha=1.0, beta=beta, bias=bias,
                           tuning=Tuning(config=case.config, splits=case.splits,
                                         vector=None if case.tensor_cores else case.vector),
                           arch=90 if case.tensor_cores else None, tf32=case.tensor_cores)

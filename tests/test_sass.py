@@ -38,24 +38,25 @@ import pytest
 from conftest import require, require_tool
 from linear.backends import compile_check, tiles
 from linear.backends.sources import kernels_dir
+from linear.dtypes import ELEMENT_TYPES
 
 ARCH = "sm_90"
 HOT_CONFIGS = ["large", "warp", "warp_deep", "warp_wide"]
 PRODUCTS = {"NN": (False, False), "NT": (False, True), "TN": (True, False)}
-FLOAT = tiles.ELEMENT_TYPES["float32"]
+FLOAT = ELEMENT_TYPES["float32"]
 MIN_FFMA_SHARE = 0.88  # of the main loop's instructions (the fastest public SIMT SGEMMs: 88-91 %)
 
 
 def hot_name(config: str, product: str, vector: bool = True) -> str:
-    return tiles.gemm_name(FLOAT, FLOAT.cpp, *PRODUCTS[product], tiles.CONFIGS_BY_NAME[config], vector)
+    return tiles.CONFIGS_BY_NAME[config].template_name(FLOAT, FLOAT.cpp, *PRODUCTS[product], vector)
 
 
 HOT = {(config, product): hot_name(config, product) for config in HOT_CONFIGS for product in PRODUCTS}
 SCALAR = hot_name("large", "NN", vector=False)
 
 TC_DTYPES = ("bfloat16", "float16", "float32")  # float32 runs as TF32
-TC = {(config.name, dtype, product): tiles.tc_gemm_name(tiles.ELEMENT_TYPES[dtype], tiles.ELEMENT_TYPES[dtype].cpp,
-                                                     *PRODUCTS[product], config)
+TC = {(config.name, dtype, product): config.template_name(ELEMENT_TYPES[dtype], ELEMENT_TYPES[dtype].cpp,
+                                                          *PRODUCTS[product], True)
       for config in tiles.TC_CONFIGS for dtype in TC_DTYPES for product in PRODUCTS}
 # The SASS of each mma.sync shape on sm_90 (read from cuobjdump: one HMMA per mma.sync).
 HMMA_OPCODES = {"bfloat16": "HMMA.16816.F32.BF16", "float16": "HMMA.16816.F32", "float32": "HMMA.1688.F32.TF32"}
@@ -197,11 +198,11 @@ def tc_expected_per_step(config: tiles.TensorCoreConfig, dtype: str, product: st
     column)."""
     trans_a, trans_b = PRODUCTS[product]
     tf32 = dtype == "float32"
-    itemsize = tiles.ELEMENT_TYPES[dtype].itemsize
-    m_tiles, n_tiles, k_steps = config.wm // 16, config.wn // 8, config.bk(itemsize) // (8 if tf32 else 16)
+    itemsize = ELEMENT_TYPES[dtype].itemsize
+    m_tiles, n_tiles, k_steps = config.wm // 16, config.wn // 8, config.k_depth(itemsize) // (8 if tf32 else 16)
     # LDGSTS: one per 16-byte chunk a thread copies, on each of the loader's two paths (tiles inside
     # the matrices, without bounds checks, and edge tiles, with them).
-    chunks = (config.bm + config.bn) * config.bk(itemsize) * itemsize // 16 // config.threads
+    chunks = (config.bm + config.bn) * config.k_depth(itemsize) * itemsize // 16 // config.threads
     count = Counter({HMMA_OPCODES[dtype]: m_tiles * n_tiles * k_steps, "BAR": 1, "LDGSTS": 2 * chunks})
     if tf32:  # each chunk a thread copied, read back once to round it to TF32 in place
         count["LDS"] += chunks

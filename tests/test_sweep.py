@@ -15,6 +15,8 @@ import pytest
 
 from conftest import require
 from linear.backends import BackendUnavailable, get_backend
+from linear.backends.device import H100
+from linear.dtypes import ELEMENT_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,7 +135,7 @@ def test_full_sweep_covers_every_product_shape_and_float32_config(sweep):
     assert {c.product for c in split} == {"NN", "NT", "TN"}
     for c in split:  # only where the tiles leave the card short, with slices of at least MIN_K_PER_SLICE
         m, n, k = sweep.PRODUCTS[c.product].mnk(c.shape)
-        assert sweep.tiles.CONFIGS_BY_NAME[c.config].tiles(m, n) < 2 * sweep.cost.H100.sms
+        assert sweep.tiles.CONFIGS_BY_NAME[c.config].tiles(m, n) < 2 * H100.sms
         assert k // c.splits >= sweep.MIN_K_PER_SLICE
     assert {c.shape for c in split} == {(256, 1024, 1024), (32, 784, 256)}
     assert sweep.PRODUCTS["NN"].mnk((8192, 4096, 11008)) == (8192, 11008, 4096)  # M, N, K = B, D, F
@@ -141,7 +143,7 @@ def test_full_sweep_covers_every_product_shape_and_float32_config(sweep):
     kernels = sweep.kernels_launched(cases)
     assert ("reduce.cu", "linear_sum_splits<float>") in kernels
     assert {name for source, name in kernels if source == "gemm.cu"} == {
-        sweep.tiles.gemm_name(sweep.tiles.ELEMENT_TYPES["float32"], "float", *flags, sweep.tiles.CONFIGS_BY_NAME[c], True)
+        sweep.tiles.CONFIGS_BY_NAME[c].template_name(ELEMENT_TYPES["float32"], "float", *flags, True)
         for c in configs[1:] for flags in [(False, False), (False, True), (True, False)]}
 
 

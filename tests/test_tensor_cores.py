@@ -16,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,12 +27,13 @@ from linear.backends.emulate import EmulationError
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
 from linear.backends.sources import kernels_dir
+from linear.dtypes import ELEMENT_TYPES, dtype_of
 from linear.testing import TF32_TOLERANCE
 from reference import assert_close, poisoned, rel_err, to_numpy
-from test_kernels import TRANS, emulator, reference, stored
+from reference import TRANS, emulator, op, stored, gemm_reference as reference
 
 PROBE = Path(__file__).resolve().parent / "kernels" / "tc_probe.cu"
-TC_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16),
+TC_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": dtype_of("bfloat16"),
              "float32": np.dtype(np.float32)}  # float32: TF32
 # No tile multiples in M, N or K; K = 75 also ends inside a 16-byte chunk. Block (0, 0) has interior
 # tiles (the loader's unchecked path) before its edge ones.
@@ -92,7 +92,7 @@ def test_mma_fragments_follow_the_isa(probe_runtime, dtype):
     b = rng.integers(-4, 5, (k, 8)).astype(TC_DTYPES[dtype])
     c = rng.integers(-16, 17, (16, 8)).astype(np.float32)
     d = poisoned(np, (16, 8), np.float32)
-    name = "probe_mma_m16n8k8_tf32" if dtype == "float32" else f"probe_mma_m16n8k16<{tiles.ELEMENT_TYPES[dtype].cpp}>"
+    name = "probe_mma_m16n8k8_tf32" if dtype == "float32" else f"probe_mma_m16n8k16<{ELEMENT_TYPES[dtype].cpp}>"
     *_, got = run_probe(probe_runtime, name, a, b, c, d)
     np.testing.assert_array_equal(got, a.astype(np.float64) @ b.astype(np.float64) + c)
 
@@ -149,7 +149,7 @@ def check_tc_gemm(runtime, dtype, trans_a, trans_b, config, splits, kernel=None,
     c = stored(rng, (m, n), TC_DTYPES[dtype]).copy() if beta else poisoned(np, (m, n), TC_DTYPES[dtype])
     expected_inputs = (tf32_values(a), tf32_values(b)) if dtype == "float32" else (a, b)
     expected = reference(*expected_inputs, trans_a, trans_b, 0.5, beta, c, bias)
-    launches = plan.plan_gemm(np, a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=0.5, beta=beta, bias=bias,
+    launches = plan.plan_gemm(np, op(a, trans_a), op(b, trans_b), c, alpha=0.5, beta=beta, bias=bias,
                               tuning=Tuning(config=config, splits=splits), arch=90, tf32=True)
     assert launches[0].source == "tc_gemm.cu" and len(launches) == (1 if splits == 1 else 2)
     KernelBackend(runtime).launch(launches)
@@ -173,7 +173,7 @@ def test_tc_gemm_is_bitwise_equal_across_thread_schedules():
         rng = np.random.default_rng(6)
         a, b = operands(rng, "bfloat16", 70, 50, 75, True, False)
         c = poisoned(np, (70, 50), TC_DTYPES["bfloat16"])
-        KernelBackend(runtime).launch(plan.plan_gemm(np, a, b, c, trans_a=True, trans_b=False, alpha=1.0, beta=0.0,
+        KernelBackend(runtime).launch(plan.plan_gemm(np, a.T, b, c, alpha=1.0, beta=0.0,
                                                      tuning=Tuning(config="tc_small", splits=3), arch=90))
         results.add(c.tobytes())
     assert len(results) == 1
@@ -313,8 +313,8 @@ def test_layer_on_tensor_cores(launched, batch, f, d, dtype, seed):
 
 def test_a_stack_is_one_batched_tensor_core_launch(launched):
     rng = np.random.default_rng(10)
-    a = rng.standard_normal((2, 3, 40, 24)).astype(ml_dtypes.bfloat16)
-    b = rng.standard_normal((24, 32)).astype(ml_dtypes.bfloat16)  # broadcast over the stack: stride 0
+    a = rng.standard_normal((2, 3, 40, 24)).astype(dtype_of("bfloat16"))
+    b = rng.standard_normal((24, 32)).astype(dtype_of("bfloat16"))  # broadcast over the stack: stride 0
     out = linear.matmul(a, b, backend="emulate")
     assert len(launched) == 1 and launched[0].startswith("linear_tc_gemm<__nv_bfloat16,")
     assert_close(out, a.astype(np.float64) @ b.astype(np.float64), "bfloat16")

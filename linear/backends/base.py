@@ -2,10 +2,12 @@
 
 A backend only multiplies and reduces; the equations of the layer live in linear.functional.
 
-    Backend.gemm(a, b, c, trans_a=, trans_b=, alpha=, beta=, bias=)
-        c[...] = alpha * op(a) @ op(b) + beta * c (+ bias[None, :] when bias is given)
-        op(x) = x.T when the flag is set. op(a) is (M, K), op(b) is (K, N), c is (M, N); or stacks of
-        them: a, b and c with the same leading (batch) dimensions, c's matrices computed independently.
+    Backend.gemm(a, b, c, alpha=, beta=, bias=)
+        c[...] = alpha * a @ b + beta * c (+ bias[None, :] when bias is given)
+        a is (M, K), b is (K, N), c is (M, N); or stacks of them: a, b and c with the same leading
+        (batch) dimensions, c's matrices computed independently. A transpose reaches the backend one
+        way: as a transposed view (x.T, swapaxes), never a flag; a kernel backend's plan derives the
+        kernel's transpose flags from the strides (plan.as_operand).
     Backend.colsum(a, out, beta=)
         out[...] = a.sum(axis=0) + beta * out, in a fixed (deterministic) order.
 
@@ -15,7 +17,8 @@ What linear.functional guarantees to a backend (so backends never re-check it):
 - all arrays share one dtype (float16, bfloat16, float32 or float64); half types accumulate in float32;
 - c and out are C-contiguous, writable and overlap no input;
 - a and b may be any strided view (transposed, Fortran-ordered, negative strides); the backend maps
-  views to leading dimensions and transpose flags and copies only when no such mapping exists;
+  views to leading dimensions (and, for the kernels, transpose flags) and copies only when no such
+  mapping exists;
 - when beta == 0 the contents of c / out are ignored (they may be NaN); M, N, K may be zero.
 
 A kernel backend (cuda, emulate) is the same class with a different Runtime: the runtime compiles a
@@ -23,7 +26,7 @@ kernel source from kernels/ and launches a named template instantiation of it:
 
     runtime.function(source, name)(grid, block, args, shared_mem=0)
     runtime.compute_capability()    e.g. 90: tensor-core kernels run from 80 on
-    runtime.device_limits()         cost.DeviceLimits: SMs, registers, shared memory (the cost model)
+    runtime.device_limits()         device.DeviceLimits: SMs, registers, shared memory, grid (the plan)
 
 where source is a file name in kernels/ ("gemm.cu"), name an instantiation ("gemm<float, ...>"),
 grid and block 3-tuples, and args a tuple of `runtime.xp` arrays (passed as pointers) and numpy
@@ -34,22 +37,14 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Callable, Protocol
 
-import numpy as np
-
 
 class Backend(Protocol):
     name: str
     xp: ModuleType
 
-    def gemm(self, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b: bool,
-             alpha: float, beta: float, bias: Any = None) -> None: ...
+    def gemm(self, a: Any, b: Any, c: Any, *, alpha: float, beta: float, bias: Any = None) -> None: ...
 
     def colsum(self, a: Any, out: Any, *, beta: float) -> None: ...
-
-
-def accumulator_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype sums are carried in: float32 for the half types (float16, bfloat16), else the dtype."""
-    return np.dtype(np.float32) if dtype.itemsize == 2 else np.dtype(dtype)
 
 
 KernelFunction = Callable[..., None]
@@ -66,8 +61,8 @@ class Runtime(Protocol):
         ...
 
     def device_limits(self) -> Any:
-        """The current device's cost.DeviceLimits (SM count, registers, shared memory, threads, clock,
-        bandwidth): what the launch plan's cost model plans for."""
+        """The current device's device.DeviceLimits (SM count, registers, shared memory, threads, grid,
+        clock, bandwidth): what the launch plan and its cost model plan for."""
         ...
 
 

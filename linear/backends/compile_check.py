@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cuda import cuda_include_dirs
+from .device import A100, H100
 from . import tiles
 from .tiles import Instantiation, instantiations
 from .sources import kernels_dir
 
 # The dynamic shared memory one block may opt into (cudaFuncAttributeMaxDynamicSharedMemorySize, which the
-# cuda runtime sets above 48 KiB), per architecture: A100 163 KiB, H100 227 KiB (CUDA programming guide).
-MAX_SHARED_PER_BLOCK = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}
+# cuda runtime sets above the default), per architecture: DeviceLimits.shared_per_block.
+MAX_SHARED_PER_BLOCK = {"sm_80": A100.shared_per_block, "sm_90": H100.shared_per_block}
 ARCHES = tuple(MAX_SHARED_PER_BLOCK)
 NVCC_FLAGS = ("-std=c++17", "-O3", "-Xptxas", "-v", "-diag-suppress", "177")
 
@@ -178,21 +179,13 @@ def registers_table(kernels: list[Instantiation], resources: dict[tuple[str, str
 
 
 def plan_registers(resources: dict[tuple[str, str], Resources], arch: str = "sm_90") -> dict:
-    """cost.REGISTERS as ptxas reports it: per (config, dtype, 16-byte loads), the most registers over
-    the products and C types."""
+    """registers.REGISTERS as ptxas reports it: per (config, dtype, 16-byte loads), the most registers
+    over the products and C types."""
     table = {}
-    for dtype, t in tiles.ELEMENT_TYPES.items():
-        c_types = dict.fromkeys((t.cpp, t.acc_cpp))
-        flags = [(trans_a, trans_b) for trans_a in (False, True) for trans_b in (False, True)]
-        for config in tiles.TILE_CONFIGS:
-            for vector in (False, True):
-                if dtype in config.dtypes:
-                    names = [tiles.gemm_name(t, c, *f, config, vector) for c in c_types for f in flags]
-                    table[config.name, dtype, vector] = max(resources[arch, name].registers for name in names)
-        for config in tiles.TC_CONFIGS:
-            if dtype in config.dtypes:
-                names = [tiles.tc_gemm_name(t, c, *f, config) for c in c_types for f in flags]
-                table[config.name, dtype, True] = max(resources[arch, name].registers for name in names)
+    for configs in tiles.FAMILIES:
+        for config, dtype, vector, kernel in tiles.gemm_instantiations(configs):
+            key = (config.name, dtype, vector)
+            table[key] = max(table.get(key, 0), resources[arch, kernel.name].registers)
     return table
 
 

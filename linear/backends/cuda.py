@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .base import BackendUnavailable
-from .cost import H100, DeviceLimits
+from .device import H100, DeviceLimits
 from .sources import kernels_dir
 
 
@@ -74,6 +74,10 @@ class CupyRuntime:
                 sms=a["MultiProcessorCount"], registers_per_sm=a["MaxRegistersPerMultiprocessor"],
                 shared_per_sm=a["MaxSharedMemoryPerMultiprocessor"],
                 threads_per_sm=a["MaxThreadsPerMultiProcessor"],
+                shared_per_block=a["MaxSharedMemoryPerBlockOptin"],
+                shared_per_block_default=a["MaxSharedMemoryPerBlock"], threads_per_block=a["MaxThreadsPerBlock"],
+                max_block=tuple(a[f"MaxBlockDim{axis}"] for axis in "XYZ"),
+                max_grid=tuple(a[f"MaxGridDim{axis}"] for axis in "XYZ"),
                 blocks_per_sm=a.get("MaxBlocksPerMultiprocessor", H100.blocks_per_sm),
                 clock_hz=a["ClockRate"] * 1e3,
                 bandwidth=2 * a["MemoryClockRate"] * 1e3 * a["GlobalMemoryBusWidth"] / 8)
@@ -88,8 +92,10 @@ class CupyRuntime:
                                        name_expressions=(name,))
             kernel = self._kernels[key] = module.get_function(name)
 
+        opt_in_above = self.device_limits().shared_per_block_default
+
         def launch(grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
-            if shared_mem > 48 * 1024:  # above the default, dynamic shared memory must be opted into
+            if shared_mem > opt_in_above:  # above the default, dynamic shared memory must be opted into
                 kernel.max_dynamic_shared_size_bytes = shared_mem
             kernel(grid, block, args, shared_mem=shared_mem)
 

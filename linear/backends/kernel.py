@@ -19,14 +19,13 @@ class KernelBackend:
         self.xp = runtime.xp
         self.tuning = tuning
 
-    def gemm(self, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b: bool, alpha: float, beta: float,
-             bias: Any = None) -> None:
-        self.launch(plan_gemm(self.xp, a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta,
-                              bias=bias, tuning=self.tuning, arch=self.runtime.compute_capability(),
-                              tf32=get_tf32(), device=self.runtime.device_limits()))
+    def gemm(self, a: Any, b: Any, c: Any, *, alpha: float, beta: float, bias: Any = None) -> None:
+        self.launch(plan_gemm(self.xp, a, b, c, alpha=alpha, beta=beta, bias=bias, tuning=self.tuning,
+                              arch=self.runtime.compute_capability(), tf32=get_tf32(),
+                              device=self.runtime.device_limits()))
 
     def colsum(self, a: Any, out: Any, *, beta: float) -> None:
-        self.launch(plan_colsum(self.xp, a, out, beta=beta))
+        self.launch(plan_colsum(self.xp, a, out, beta=beta, device=self.runtime.device_limits()))
 
     def launch(self, launches: list[Launch]) -> None:
         for launch in launches:

@@ -1,4 +1,5 @@
-"""The numpy backend: GEMM through numpy's matmul (BLAS) on transposed views, never copies of them.
+"""The numpy backend: GEMM through numpy's matmul (BLAS) on the views it is given (a transposed operand
+is a transposed view: BLAS takes it as a flag, never a copy).
 
 Its BLAS runs with its own thread pool; blas_threads(n) runs it with n threads for the span of a with block
 (linear.torch passes torch.get_num_threads(), so that torch's one knob governs both libraries).
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import accumulator_dtype
+from ..dtypes import accumulator_dtype
 
 
 @functools.cache
@@ -58,12 +59,9 @@ class NumpyBackend:
         found once): ~0.6 µs a block, ~2.5 µs when the count differs (threadpool_limits: ~300 µs)."""
         return _BlasThreads(_blas_libraries(), count)
 
-    def gemm(self, a, b, c, *, trans_a, trans_b, alpha, beta, bias=None):
+    def gemm(self, a, b, c, *, alpha, beta, bias=None):
         work = accumulator_dtype(c.dtype)  # as the kernels do; numpy's float16 matmul is slower and less precise
-        op_a = a.swapaxes(-1, -2) if trans_a else a  # the method: np.swapaxes adds ~1 µs of dispatch
-        op_b = b.swapaxes(-1, -2) if trans_b else b
-        if work != c.dtype:
-            op_a, op_b = op_a.astype(work), op_b.astype(work)
+        op_a, op_b = (a.astype(work), b.astype(work)) if work != c.dtype else (a, b)
         # BLAS writes straight into c unless c is an addend or needs a cast. Fresh temporaries are kept
         # to one: each large one costs page faults that can exceed the product itself on small layers.
         direct = beta == 0 and work == c.dtype

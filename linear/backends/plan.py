@@ -6,18 +6,23 @@ the vector path, the template instantiation, grid, block, dynamic shared memory 
 tuple. The two backends differ only in the runtime that compiles and launches the result, so the
 emulator exercises all of it in CI.
 
-Kernel family: tensor cores (kernels/tc_gemm.cu, TC_CONFIGS) for float16 and bfloat16, and for float32
-when TF32 is allowed, on compute capability >= 8.0 (the emulator counts as 9.0), when both operands'
-pointers and leading dimensions are 16-byte aligned (cp.async moves 16-byte chunks). A product whose
-operands are not aligned (a vocabulary of 50257 in bfloat16, attention over 77 tokens) copies each
-unaligned operand into a buffer with aligned rows first, when the cost model says the copies and the
-tensor cores beat the SIMT kernel (the user's arrays are only read; a broadcast matrix is copied once);
-every other call runs the SIMT kernel (kernels/gemm.cu, TILE_CONFIGS), float64 and older cards included.
-
-The tile configuration and split-K come from the cost model (cost.choose), among the kernels of
-tiles.py. Vector loads: only when both operands' pointers, leading dimensions and batch strides are
-16-byte aligned. Tuning() overrides the configuration, split-K and the vector path (for tests and tile
-sweeps).
+plan_gemm works in three steps, each computed once per call:
+1. Operands (_operands): each view's strides as a leading dimension and a transpose flag (as_operand),
+   and copies into aligned rows where needed (below).
+2. Choice (_choose): the kernel family is the newest one (tiles.FAMILIES) whose requirements the call
+   meets (GemmConfig.runs: dtype, compute capability, TF32; vector_only: 16-byte aligned operands); the
+   tile and split-K among that family's configurations come from the cost model (cost.choose). Today:
+   tensor cores (kernels/tc_gemm.cu) for float16 and bfloat16, and for float32 when TF32 is allowed,
+   on compute capability >= 8.0 (the emulator counts as 9.0) with aligned operands (cp.async moves
+   16-byte chunks); the SIMT kernel (kernels/gemm.cu) for every other call, float64 and older cards
+   included. Where the preferred family needs aligned operands and an operand is not (a vocabulary of
+   50257 in bfloat16, attention over 77 tokens), that operand is first copied into a buffer with
+   aligned rows, when the cost model says the copies and that family beat the next one on the operands
+   as they are (the user's arrays are only read; a broadcast matrix is copied once).
+3. Launches (_launches): the template instantiation, grid, block, shared memory and arguments of each
+   launch, and the split-K reduction.
+Vector loads: only when both operands' pointers, leading dimensions and batch strides are 16-byte
+aligned. Tuning() overrides the configuration, split-K and the vector path (for tests and tile sweeps).
 
 Stacks of matrices (numpy.matmul's batch) are one strided-batched launch: grid z = batch · splits, each
 operand with its own batch stride, 0 for a broadcast one. Batch dimensions whose strides merge into one
@@ -35,20 +40,16 @@ from typing import Any
 
 import numpy as np
 
-from .cost import H100, DeviceLimits, aligned_copies_pay, choose, estimate, split_k
-from .tiles import (CONFIGS_BY_NAME, HEURISTIC_CONFIGS, TC_HEURISTIC_CONFIGS, TENSOR_CORE_DTYPES,
-                    TENSOR_CORE_MIN_ARCH, ElementType, TensorCoreConfig, TileConfig, ceil_div, colsum_partial_name,
-                    element_type, gemm_name, round_up, sum_splits_name, tc_gemm_name)
+from ..dtypes import ElementType, element_type
+from .cost import aligned_copies_pay, choose, estimate, split_k
+from .device import H100, DeviceLimits
+from .tiles import (CONFIGS_BY_NAME, FAMILIES, MAX_SIZE, GemmConfig, ceil_div, colsum_partial_name,
+                    heuristic_configs, round_up, sum_splits_name)
 
-NUM_SMS = 132  # an H100 SXM: the reductions' grid needs only the order of magnitude of the card
 VECTOR_BYTES = 16
 REDUCE_THREADS = 256  # block size of the reduce.cu kernels
-REDUCE_MAX_BLOCKS = 8 * NUM_SMS  # linear_sum_splits loops over the rest
+REDUCE_BLOCKS_PER_SM = 8  # linear_sum_splits's grid: enough to fill the card; it loops over the rest
 COLSUM_MIN_ROWS_PER_CHUNK = 64
-MAX_GRID_YZ = 65535  # CUDA's limit on gridDim.y and gridDim.z
-# Sizes are int in the kernels, and a tile's start plus its extent (m0 + BM, k0 + BK, ...) must not wrap:
-# keep every size one largest tile (and one K step) below 2**31.
-MAX_SIZE = 2**31 - 1 - 1024
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ class Tuning:
     def __post_init__(self):
         if self.config is not None and self.config not in CONFIGS_BY_NAME:
             raise ValueError(f"config must be one of {sorted(CONFIGS_BY_NAME)}, got {self.config!r}")
-        if self.splits is not None and not 1 <= self.splits <= MAX_GRID_YZ:
-            raise ValueError(f"splits must be in [1, {MAX_GRID_YZ}], got {self.splits}")
+        if self.splits is not None and not 1 <= self.splits <= H100.max_grid[2]:
+            raise ValueError(f"splits must be in [1, {H100.max_grid[2]}], got {self.splits}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -102,22 +103,23 @@ def _stored(x: Any) -> Any:
     return x[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in x.strides[:-2])]
 
 
-def as_operand(xp: ModuleType, x: Any, trans: bool) -> Operand:
-    """x (a matrix, or a stack of them) as the kernels see it: row-major as is, column-major as the
-    transpose with the flag flipped, anything else (negative or non-unit inner strides, batch strides
-    that are not whole elements) as an aligned copy (aligned_copy)."""
+def as_operand(xp: ModuleType, x: Any) -> Operand:
+    """x (a matrix, or a stack of them) as the kernels see it. The one place a transpose flag comes
+    from: a row-major x as it is (trans False), a column-major one (a transposed view, a Fortran-ordered
+    array) as its row-major storage with trans True, anything else (negative or non-unit inner strides,
+    batch strides that are not whole elements) as an aligned copy (aligned_copy)."""
     cols = max(x.shape[-1], 1)
     if x.size == 0:  # never read
-        return Operand(x, cols, trans)
+        return Operand(x, cols, False)
     if all(stride % x.itemsize == 0 for stride in x.strides[:-2]):
         shape, strides = x.shape[-2:], x.strides[-2:]
         ld = _row_major_ld(shape, strides, x.itemsize)
         if ld is not None:
-            return Operand(x, ld, trans)
+            return Operand(x, ld, False)
         ld = _row_major_ld(shape[::-1], strides[::-1], x.itemsize)
         if ld is not None:
-            return Operand(xp.swapaxes(x, -1, -2), ld, not trans)
-    return aligned_copy(xp, x, trans)
+            return Operand(xp.swapaxes(x, -1, -2), ld, True)
+    return aligned_copy(xp, x, False)
 
 
 def address(x: Any) -> int:
@@ -163,12 +165,12 @@ class Launch:
 def _check_size(**sizes: int) -> None:
     for what, size in sizes.items():
         if size > MAX_SIZE:
-            raise ValueError(f"{what} = {size} exceeds the kernels' limit of 2**31 - 1025")
+            raise ValueError(f"{what} = {size} exceeds the kernels' limit of {MAX_SIZE} (2**31 - 1025)")
 
 
 def _sum_splits_launch(t: ElementType, m: int, n: int, splits: int, partials: Any, c: Any, ldc: int,
-                       alpha: float, beta: float, bias: Any) -> Launch:
-    blocks = max(1, min(ceil_div(m * n, REDUCE_THREADS), REDUCE_MAX_BLOCKS))
+                       alpha: float, beta: float, bias: Any, device: DeviceLimits) -> Launch:
+    blocks = max(1, min(ceil_div(m * n, REDUCE_THREADS), REDUCE_BLOCKS_PER_SM * device.sms))
     args = (np.int32(m), np.int32(n), np.int32(splits), partials, c, np.int64(ldc),
             t.acc(alpha), t.acc(beta), c if bias is None else bias, np.int32(bias is not None))
     return Launch("reduce.cu", sum_splits_name(t), (blocks, 1, 1), (REDUCE_THREADS, 1, 1), args)
@@ -183,14 +185,6 @@ def _output_ld(c: Any) -> int:
     if ld is None or any(stride % c.itemsize for stride in c.strides[:-2]):
         raise ValueError(f"the output must be row-major, got shape {c.shape} and strides {c.strides}")
     return ld
-
-
-def tensor_cores_take(dtype: str, *, arch: int | None, tf32: bool) -> bool:
-    """Whether linear_tc_gemm is instantiated for dtype on this device; it also needs the operands that
-    16-byte loads need (the vector path), which plan_gemm has checked already."""
-    if arch is None or arch < TENSOR_CORE_MIN_ARCH or dtype not in TENSOR_CORE_DTYPES:
-        return False
-    return dtype != "float32" or tf32
 
 
 @dataclass(frozen=True)
@@ -233,105 +227,147 @@ def batch_launches(xp: ModuleType, arrays: list[Any], max_count: int) -> list[Ba
     return launches
 
 
-def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b: bool, alpha: float,
-              beta: float, bias: Any = None, tuning: Tuning = Tuning(), arch: int | None = None,
-              tf32: bool = False, device: DeviceLimits = H100) -> list[Launch]:
-    """The launches for c[...] = alpha·op(a)·op(b) + beta·c (+ bias), as in base.Backend.gemm.
+@dataclass(frozen=True)
+class Product:
+    """What one plan_gemm call multiplies: op(a) (M x K) by op(b) (K x N), `batch` times, in `dtype`."""
+    m: int
+    n: int
+    k: int
+    batch: int
+    dtype: str
+    t: ElementType
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The kernel, tile and split-K that run a product: `config` on the vector path or not, K cut into
+    `splits` slices of `k_per_split`."""
+    config: GemmConfig
+    vector: bool
+    splits: int
+    k_per_split: int
+
+
+def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, alpha: float, beta: float, bias: Any = None,
+              tuning: Tuning = Tuning(), arch: int | None = None, tf32: bool = False,
+              device: DeviceLimits = H100) -> list[Launch]:
+    """The launches for c[...] = alpha·a·b + beta·c (+ bias), as in base.Backend.gemm: a (M x K) and b
+    (K x N) are views, a transposed operand a transposed view (its flag is derived here, by as_operand).
 
     a, b and c may carry the same leading batch dimensions (a stack of matrices); a's and b's may be
     broadcast views (stride 0) of them. 2-D arrays are one matrix. arch is the device's compute
     capability as an int (90 for 9.0), None for no tensor cores; tf32 allows float32 products to run
     on them with TF32 operands; device: the limits the cost model plans for.
+
+    Three steps: the operands (strides, aligned copies), the choice (family, tile, split-K), the launches.
     """
-    t = element_type(c.dtype)
-    dtype = np.dtype(c.dtype).name
-    m, n = c.shape[-2:]
-    k = a.shape[-2] if trans_a else a.shape[-1]
-    batch = math.prod(c.shape[:-2])
-    _check_size(M=m, N=n, K=k)
-    chosen = CONFIGS_BY_NAME[tuning.config] if tuning.config else None
-    if chosen is not None and dtype not in chosen.dtypes:
-        raise ValueError(f"tile config {chosen.name!r} is instantiated for {', '.join(chosen.dtypes)} only, "
-                         f"got dtype {dtype}")
-    if m == 0 or n == 0 or batch == 0:
+    k = a.shape[-1]
+    product = Product(*c.shape[-2:], k, math.prod(c.shape[:-2]), np.dtype(c.dtype).name, element_type(c.dtype))
+    _check_size(M=product.m, N=product.n, K=k)
+    named = CONFIGS_BY_NAME[tuning.config] if tuning.config else None
+    if named is not None and product.dtype not in named.dtypes:
+        raise ValueError(f"tile config {named.name!r} is instantiated for {', '.join(named.dtypes)} only, "
+                         f"got dtype {product.dtype}")
+    if product.m == 0 or product.n == 0 or product.batch == 0:
         return []
     ldc = _output_ld(c)
-    op_a, op_b = as_operand(xp, a, trans_a), as_operand(xp, b, trans_b)
-    if bias is not None:
-        bias = _contiguous_vector(xp, bias)
-    unaligned = [not vector_aligned(op) for op in (op_a, op_b)]
-    if (any(unaligned) and tuning.vector is None and not isinstance(chosen, TileConfig)
-            and tensor_cores_take(dtype, arch=arch, tf32=tf32)
-            and (chosen is not None or aligned_copies_pay(
-                m, n, k, batch, dtype, [_stored(op.array).nbytes for op, u in zip((op_a, op_b), unaligned) if u],
-                device))):
-        op_a, op_b = (aligned_copy(xp, op.array, op.trans) if u else op for op, u in zip((op_a, op_b), unaligned))
-        unaligned = [not vector_aligned(op) for op in (op_a, op_b)]
-    aligned = not any(unaligned)
+    families = [(named,)] if named else [heuristic_configs(configs) for configs in reversed(FAMILIES)]
+    families = [configs for configs in families if configs[0].runs(product.dtype, arch, tf32)]
+    op_a, op_b, aligned = _operands(xp, as_operand(xp, a), as_operand(xp, b), product,
+                                    families, tuning, device)
+    choice = _choose(product, families, aligned, named, tuning, device,
+                     f"compute capability {arch}, TF32 {'on' if tf32 else 'off'}")
+    return _launches(xp, product, choice, op_a, op_b, c, ldc, alpha, beta, bias, device)
+
+
+def _operands(xp: ModuleType, op_a: Operand, op_b: Operand, product: Product,
+              families: list[tuple[GemmConfig, ...]], tuning: Tuning, device: DeviceLimits
+              ) -> tuple[Operand, Operand, bool]:
+    """Step 1: (op_a, op_b, aligned). Where the preferred family needs 16-byte aligned operands (the
+    vector path) and an operand is not, it is copied into aligned rows: when its configuration was
+    named, or when the cost model says the copies and that family beat the best family on the operands
+    as they are. aligned: whether both operands, as returned, take 16-byte loads."""
+    operands = [op_a, op_b]
+    unaligned = [not vector_aligned(op) for op in operands]
+    if any(unaligned) and tuning.vector is None and families and families[0][0].vector_only:
+        as_they_are = next((configs for configs in families if not configs[0].vector_only), None)
+        copied = [_stored(op.array).nbytes for op, u in zip(operands, unaligned) if u]
+        if tuning.config or as_they_are is None or aligned_copies_pay(
+                product.m, product.n, product.k, product.batch, product.dtype, copied, aligned=families[0],
+                as_they_are=as_they_are, device=device):
+            operands = [aligned_copy(xp, op.array, op.trans) if u else op for op, u in zip(operands, unaligned)]
+            unaligned = [u and not vector_aligned(op) for op, u in zip(operands, unaligned)]
+    return operands[0], operands[1], not any(unaligned)
+
+
+def _choose(product: Product, families: list[tuple[GemmConfig, ...]], aligned: bool, named: GemmConfig | None,
+            tuning: Tuning, device: DeviceLimits, device_text: str) -> Choice:
+    """Step 2: the vector path where the operands allow it (or as tuned), the newest family that can
+    run the call, and its tile and split-K by the cost model (or as tuned)."""
     if tuning.vector and not aligned:
         raise ValueError("Tuning(vector=True) needs 16-byte aligned operands, leading dimensions and batch strides")
     vector = aligned if tuning.vector is None else tuning.vector
-
-    tensor_cores = vector and tensor_cores_take(dtype, arch=arch, tf32=tf32)
-    if isinstance(chosen, TensorCoreConfig) and not tensor_cores:
-        raise ValueError(f"tile config {chosen.name!r} runs on tensor cores, which this call cannot use "
-                         f"(dtype {dtype}, compute capability {arch}, TF32 {'on' if tf32 else 'off'}, "
-                         f"operands {'' if aligned else 'not '}16-byte aligned)")
-    if tensor_cores and not isinstance(chosen, TileConfig):
-        source, configs = "tc_gemm.cu", TC_HEURISTIC_CONFIGS
-    else:
-        source, configs = "gemm.cu", HEURISTIC_CONFIGS
-    configs = (chosen,) if chosen else configs
+    configs = next((configs for configs in families if vector or not configs[0].vector_only), None)
+    if configs is None:  # only a named configuration can be refused: some family runs every call
+        raise ValueError(f"tile config {named.name!r} runs on {named.hardware}, which this call cannot use "
+                         f"(dtype {product.dtype}, {device_text}, operands {'' if aligned else 'not '}16-byte "
+                         "aligned)")
+    m, n, k, batch, dtype = product.m, product.n, product.k, product.batch, product.dtype
     if tuning.splits is not None:
         splits = tuning.splits if batch == 1 else 1
-        best = min((estimate(c, splits, m, n, k, batch, dtype, vector, device) for c in configs),
+        best = min((estimate(config, splits, m, n, k, batch, dtype, vector, device) for config in configs),
                    key=lambda e: e.seconds)
     else:
         best = choose(m, n, k, batch, dtype, vector, configs, device)
-    config = best.config
-    if source == "tc_gemm.cu":
-        bk, shared = config.bk(t.itemsize), config.shared_bytes()
-    else:
-        bk, shared = config.bk, config.shared_bytes(np.dtype(t.acc).itemsize)
-    k_per_split, splits = split_k(k, best.splits, bk)
-    grid_xy = (ceil_div(m, config.bm), ceil_div(n, config.bn))
-    if grid_xy[1] > MAX_GRID_YZ:
-        raise ValueError(f"N = {n} needs {grid_xy[1]} column tiles, more than one launch allows ({MAX_GRID_YZ})")
+    k_per_split, splits = split_k(k, best.splits, best.config.k_depth(product.t.itemsize))
+    return Choice(best.config, vector, splits, k_per_split)
 
+
+def _launches(xp: ModuleType, product: Product, choice: Choice, op_a: Operand, op_b: Operand, c: Any, ldc: int,
+              alpha: float, beta: float, bias: Any, device: DeviceLimits) -> list[Launch]:
+    """Step 3: the GEMM launches (a stack cut where its batch dimensions do not merge or grid z ends),
+    then, for split-K, the reduction of the workspace that applies the epilogue."""
+    t, m, n, k, config, splits = product.t, product.m, product.n, product.k, choice.config, choice.splits
+    grid_xy = (ceil_div(m, config.bm), ceil_div(n, config.bn))
+    if grid_xy[1] > device.max_grid[1]:
+        raise ValueError(f"N = {n} needs {grid_xy[1]} column tiles, more than one launch allows "
+                         f"({device.max_grid[1]})")
+    if bias is not None:
+        bias = _contiguous_vector(xp, bias)
     if splits == 1:
         c_cpp, target, target_ld, split_stride = t.cpp, c, ldc, 0
         epilogue = (t.acc(alpha), t.acc(beta), c if bias is None else bias, np.int32(bias is not None))
     else:  # partial products into the workspace; linear_sum_splits applies the epilogue
         c_cpp, target, target_ld, split_stride = t.acc_cpp, xp.empty((splits, m, n), t.acc), n, m * n
         epilogue = (t.acc(1), t.acc(0), c, np.int32(0))  # c: an unused stand-in for the bias
-    name = (tc_gemm_name(t, c_cpp, op_a.trans, op_b.trans, config) if source == "tc_gemm.cu" else
-            gemm_name(t, c_cpp, op_a.trans, op_b.trans, config, vector))
+    name = config.template_name(t, c_cpp, op_a.trans, op_b.trans, choice.vector)
+    shared = config.shared_bytes(product.dtype)
     operands = [op_a.array, op_b.array] + ([c] if splits == 1 else [])
     launches = []
-    for part in batch_launches(xp, operands, MAX_GRID_YZ // splits):
+    for part in batch_launches(xp, operands, device.max_grid[2] // splits):
         part_a, part_b, part_c = part.arrays if splits == 1 else (*part.arrays, target)
         stride_a, stride_b, stride_c = part.strides if splits == 1 else (*part.strides, 0)
         launches.append(Launch(
-            source, name, grid_xy + (part.count * splits,), (config.threads, 1, 1),
-            (np.int32(m), np.int32(n), np.int32(k), np.int32(k_per_split), np.int32(splits),
+            config.source, name, grid_xy + (part.count * splits,), (config.threads, 1, 1),
+            (np.int32(m), np.int32(n), np.int32(k), np.int32(choice.k_per_split), np.int32(splits),
              part_a, np.int64(op_a.ld), np.int64(stride_a), part_b, np.int64(op_b.ld), np.int64(stride_b),
              part_c, np.int64(target_ld), np.int64(stride_c), np.int64(split_stride)) + epilogue,
             shared))
     if splits == 1:
         return launches
-    return launches + [_sum_splits_launch(t, m, n, splits, target, c, ldc, alpha, beta, bias)]
+    return launches + [_sum_splits_launch(t, m, n, splits, target, c, ldc, alpha, beta, bias, device)]
 
 
-def colsum_chunks(rows: int, cols: int) -> tuple[int, int]:
-    """(rows_per_chunk, chunks) for the first pass: enough blocks to fill the card, each chunk at
-    least COLSUM_MIN_ROWS_PER_CHUNK rows, at least one chunk (an empty one writes zeros)."""
+def colsum_chunks(rows: int, cols: int, device: DeviceLimits = H100) -> tuple[int, int]:
+    """(rows_per_chunk, chunks) for the first pass: enough blocks to fill the card (4 per SM), each
+    chunk at least COLSUM_MIN_ROWS_PER_CHUNK rows, at least one chunk (an empty one writes zeros)."""
     column_blocks = ceil_div(cols, REDUCE_THREADS)
-    wanted = max(1, min(ceil_div(4 * NUM_SMS, column_blocks), rows // COLSUM_MIN_ROWS_PER_CHUNK))
+    wanted = max(1, min(ceil_div(4 * device.sms, column_blocks), rows // COLSUM_MIN_ROWS_PER_CHUNK))
     rows_per_chunk = max(1, ceil_div(rows, wanted))
     return rows_per_chunk, max(1, ceil_div(rows, rows_per_chunk))
 
 
-def plan_colsum(xp: ModuleType, a: Any, out: Any, *, beta: float) -> list[Launch]:
+def plan_colsum(xp: ModuleType, a: Any, out: Any, *, beta: float, device: DeviceLimits = H100) -> list[Launch]:
     """The launches for out[...] = a.sum(axis=0) + beta·out in a fixed order, as in base.Backend.colsum."""
     t = element_type(out.dtype)
     rows, cols = a.shape
@@ -341,9 +377,9 @@ def plan_colsum(xp: ModuleType, a: Any, out: Any, *, beta: float) -> list[Launch
     lda = _row_major_ld(a.shape, a.strides, a.itemsize)
     if lda is None:  # the kernel reads rows; any other layout is copied
         a, lda = xp.ascontiguousarray(a), cols
-    rows_per_chunk, chunks = colsum_chunks(rows, cols)
+    rows_per_chunk, chunks = colsum_chunks(rows, cols, device)
     partials = xp.empty((chunks, cols), t.acc)
     first = Launch("reduce.cu", colsum_partial_name(t), (ceil_div(cols, REDUCE_THREADS), chunks, 1),
                    (REDUCE_THREADS, 1, 1),
                    (np.int32(rows), np.int32(cols), np.int32(rows_per_chunk), a, np.int64(lda), partials))
-    return [first, _sum_splits_launch(t, 1, cols, chunks, partials, out, cols, 1.0, beta, None)]
+    return [first, _sum_splits_launch(t, 1, cols, chunks, partials, out, cols, 1.0, beta, None, device)]

@@ -1,17 +1,21 @@
-"""The kernels that exist: tile configurations, element types, template names, and every instantiation a
-launch plan can ask for (what kernels/REGISTERS.md and the compile checks cover).
+"""The kernels that exist: the kernel families and their tile configurations, their template names, and
+every instantiation a launch plan can ask for (what kernels/REGISTERS.md and the compile checks cover).
 
-SIMT tiles (kernels/gemm.cu, TILE_CONFIGS) for every dtype; tensor-core tiles (kernels/tc_gemm.cu,
-TC_CONFIGS) for float16, bfloat16 and float32 as TF32. The cost model (cost.py) chooses among them; the
-plan (plan.py) launches the choice.
+A kernel family is a kernel file and its tile configurations, each a GemmConfig. GemmConfig is the one
+interface the plan (plan.py) and the cost model (cost.py) ask a configuration through, so that neither
+asks which family it holds: adding a family is adding its kernel, a GemmConfig subclass and its tiles
+(in FAMILIES, and their registers in registers.py). Today: SIMT tiles (kernels/gemm.cu, TILE_CONFIGS)
+for every dtype; tensor-core tiles (kernels/tc_gemm.cu, TC_CONFIGS) for float16, bfloat16 and float32
+as TF32.
 """
 from __future__ import annotations
 
 import itertools
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
-import numpy as np
+from ..dtypes import ELEMENT_TYPES, ElementType
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -22,15 +26,90 @@ def round_up(a: int, b: int) -> int:
     return ceil_div(a, b) * b
 
 
-ALL_DTYPES = ("float32", "float64", "float16", "bfloat16")
-TENSOR_CORE_DTYPES = ("float16", "bfloat16", "float32")  # float32 as TF32, only when allowed
-TENSOR_CORE_MIN_ARCH = 80  # mma.sync for bf16 and TF32, ldmatrix and cp.async: sm_80 and later
-TC_STAGE_BYTES_PER_ROW = 64  # the k depth of a tensor-core stage: 32 halves or 16 TF32 values per row
+WARP_SIZE = 32
+# Sizes are int in the kernels, and a tile's start plus its extent (m0 + BM, k0 + BK, ...) must not wrap:
+# keep every size one largest tile (and one K step) below 2**31.
+MAX_SIZE = 2**31 - 1 - 1024
+
+
+def _cpp_bool(flag: bool) -> str:
+    return "true" if flag else "false"
+
+
+class GemmConfig(ABC):
+    """One tile configuration of a GEMM kernel family. Every family answers the same questions:
+
+    source, hardware                 its kernel file in kernels/; what it runs on (for messages)
+    name, bm, bn, threads            its name; the C tile of one block; threads per block
+    template_name(t, c_cpp, trans_a, trans_b, vector)   the instantiation a launch names
+    k_depth(itemsize)                K per shared-memory stage for elements of that size
+    shared_bytes(dtype)              dynamic shared memory per block
+    fma_per_clock(dtype)             peak FMA per SM per clock (the cost model's numerator)
+    efficiency(dtype)                the share of that peak the tile can reach with latency hidden
+    min_arch, dtypes, tf32_dtypes    what it requires: compute capability, dtypes it is instantiated for,
+    vector_only, arch_flags          those that run only with TF32 allowed, 16-byte aligned operands
+                                     (the vector path) or not, extra compiler flags (e.g. sm_90a)
+    candidate                        only Tuning(config=...) launches it; the cost model never chooses it
+    """
+    source: ClassVar[str]
+    hardware: ClassVar[str]
+    min_arch: ClassVar[int] = 0
+    tf32_dtypes: ClassVar[tuple[str, ...]] = ()
+    vector_only: ClassVar[bool] = False
+    arch_flags: ClassVar[tuple[str, ...]] = ()
+    FMA_PER_CLOCK: ClassVar[dict[str, int]]  # by dtype
+    name: str
+    bm: int
+    bn: int
+    dtypes: tuple[str, ...]
+    candidate: bool
+
+    @property
+    @abstractmethod
+    def threads(self) -> int: ...
+
+    @abstractmethod
+    def template_name(self, t: ElementType, c_cpp: str, trans_a: bool, trans_b: bool, vector: bool) -> str: ...
+
+    @abstractmethod
+    def k_depth(self, itemsize: int) -> int: ...
+
+    @abstractmethod
+    def shared_bytes(self, dtype: str) -> int: ...
+
+    @abstractmethod
+    def efficiency(self, dtype: str) -> float: ...
+
+    def fma_per_clock(self, dtype: str) -> int:
+        return self.FMA_PER_CLOCK[dtype]
+
+    def tiles(self, m: int, n: int) -> int:
+        return ceil_div(m, self.bm) * ceil_div(n, self.bn)
+
+    def runs(self, dtype: str, arch: int | None, tf32: bool) -> bool:
+        """Whether it runs dtype on a device of compute capability arch (None: no device named, the
+        kernels every device runs), with TF32 allowed or not; alignment aside (vector_only)."""
+        return dtype in self.dtypes and (arch or 0) >= self.min_arch and (tf32 or dtype not in self.tf32_dtypes)
+
+    def vectors(self) -> tuple[bool, ...]:
+        """The load paths it is instantiated for: 16-byte loads, and scalar ones unless vector_only."""
+        return (True,) if self.vector_only else (False, True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# SIMT: kernels/gemm.cu
+# ----------------------------------------------------------------------------------------------------
+
+SHARED_PAD = 4  # kernels/gemm.cu: SMEM_PAD
+OVERHEAD_PER_K = 4  # a SIMT thread's address, store and barrier instructions per k (test_sass's loops: 3.7-4.3)
 
 
 @dataclass(frozen=True)
-class TileConfig:
+class TileConfig(GemmConfig):
     """One tile shape of linear_gemm (see the pictures at the top of kernels/gemm.cu)."""
+    source: ClassVar[str] = "gemm.cu"
+    hardware: ClassVar[str] = "the SIMT cores"
+    FMA_PER_CLOCK: ClassVar[dict[str, int]] = {"float32": 128, "float64": 64, "float16": 128, "bfloat16": 128}
     name: str
     bm: int  # C tile rows per block
     bn: int  # C tile columns per block
@@ -39,8 +118,8 @@ class TileConfig:
     wn: int  # C columns of that sub-tile: bn (one group) or a warp tile's columns
     tm: int  # C rows per thread (a multiple of 4)
     tn: int  # C columns per thread (a multiple of 4)
-    dtypes: tuple[str, ...] = ALL_DTYPES  # the element types it is instantiated for
-    candidate: bool = False  # only Tuning(config=...) launches it; the cost model never chooses it
+    dtypes: tuple[str, ...] = tuple(ELEMENT_TYPES)  # the element types it is instantiated for
+    candidate: bool = False
 
     def __post_init__(self):
         group = (self.wm // self.tm) * (self.wn // self.tn)
@@ -55,16 +134,24 @@ class TileConfig:
     def threads(self) -> int:
         return (self.bm // self.tm) * (self.bn // self.tn)
 
-    def tiles(self, m: int, n: int) -> int:
-        return ceil_div(m, self.bm) * ceil_div(n, self.bn)
+    def template_name(self, t: ElementType, c_cpp: str, trans_a: bool, trans_b: bool, vector: bool) -> str:
+        flags = ", ".join(map(_cpp_bool, (trans_a, trans_b)))
+        tile = ", ".join(str(v) for v in (self.bm, self.bn, self.bk, self.wm, self.wn, self.tm, self.tn))
+        return f"linear_gemm<{t.cpp}, {c_cpp}, {flags}, {tile}, {_cpp_bool(vector)}>"
 
-    def shared_bytes(self, acc_itemsize: int) -> int:
+    def k_depth(self, itemsize: int) -> int:
+        return self.bk
+
+    def shared_bytes(self, dtype: str) -> int:
         # Two stages of As [BK][BM + pad] and Bs [BK][BN + pad] accumulators (gemm.cu, SMEM_PAD).
-        return 2 * self.bk * (self.bm + SHARED_PAD + self.bn + SHARED_PAD) * acc_itemsize
+        return 2 * self.bk * (self.bm + SHARED_PAD + self.bn + SHARED_PAD) * ELEMENT_TYPES[dtype].acc_itemsize
 
+    def efficiency(self, dtype: str) -> float:
+        """FFMA over all the instructions a thread issues per k: TM·TN FFMA, (TM+TN)/4 LDS.128 and
+        OVERHEAD_PER_K others (large 0.89; test_sass counts 0.886-0.892)."""
+        ffma = self.tm * self.tn
+        return ffma / (ffma + (self.tm + self.tn) / 4 + OVERHEAD_PER_K)
 
-SHARED_PAD = 4  # kernels/gemm.cu: SMEM_PAD
-WARP_SIZE = 32
 
 # The cost model's configurations, largest first (ties go to the first), then the
 # candidates that bench/sweep.py measures against them, each one idea away from its parent. They are
@@ -89,17 +176,33 @@ TILE_CONFIGS = (
 HEURISTIC_CONFIGS = tuple(config for config in TILE_CONFIGS if not config.candidate)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Tensor cores (mma.sync): kernels/tc_gemm.cu
+# ----------------------------------------------------------------------------------------------------
+
+TC_STAGE_BYTES_PER_ROW = 64  # the k depth of a tensor-core stage: 32 halves or 16 TF32 values per row
+SHARED_BYTES_PER_CLOCK = 128  # an SM's shared memory returns one 128-byte wavefront per clock
+
+
 @dataclass(frozen=True)
-class TensorCoreConfig:
-    """One tile shape of linear_tc_gemm (see the top of kernels/tc_gemm.cu)."""
+class TensorCoreConfig(GemmConfig):
+    """One tile shape of linear_tc_gemm (see the top of kernels/tc_gemm.cu): mma.sync for bf16 and TF32,
+    ldmatrix and cp.async (16-byte chunks: aligned operands only) from sm_80 on."""
+    source: ClassVar[str] = "tc_gemm.cu"
+    hardware: ClassVar[str] = "tensor cores"
+    min_arch: ClassVar[int] = 80
+    tf32_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
+    vector_only: ClassVar[bool] = True
+    # Dense tensor-core FMA per SM per clock (H100: 989 TFLOP/s half, 494 TF32, over 132 SMs at 1.83 GHz).
+    FMA_PER_CLOCK: ClassVar[dict[str, int]] = {"float16": 2048, "bfloat16": 2048, "float32": 1024}
     name: str
     bm: int  # C tile rows per block
     bn: int  # C tile columns per block
     wm: int  # C rows of one warp's sub-tile (a multiple of 16)
     wn: int  # C columns of one warp's sub-tile (a multiple of 16)
     stages: int  # depth of the cp.async pipeline
-    candidate: bool = False  # only Tuning(config=...) launches it
-    dtypes: tuple[str, ...] = TENSOR_CORE_DTYPES
+    candidate: bool = False
+    dtypes: tuple[str, ...] = ("float16", "bfloat16", "float32")  # float32 as TF32, only when allowed
 
     def __post_init__(self):
         if self.bm % self.wm or self.bn % self.wn or self.wm % 16 or self.wn % 16 or self.stages < 2:
@@ -109,15 +212,33 @@ class TensorCoreConfig:
     def threads(self) -> int:
         return (self.bm // self.wm) * (self.bn // self.wn) * WARP_SIZE
 
-    def bk(self, itemsize: int) -> int:
+    def template_name(self, t: ElementType, c_cpp: str, trans_a: bool, trans_b: bool, vector: bool) -> str:
+        flags = ", ".join(map(_cpp_bool, (trans_a, trans_b)))  # always the vector path: no parameter
+        tile = ", ".join(str(v) for v in (self.bm, self.bn, self.k_depth(t.itemsize), self.wm, self.wn, self.stages))
+        return f"linear_tc_gemm<{t.cpp}, {c_cpp}, {flags}, {tile}>"
+
+    def k_depth(self, itemsize: int) -> int:
         return TC_STAGE_BYTES_PER_ROW // itemsize
 
-    def tiles(self, m: int, n: int) -> int:
-        return ceil_div(m, self.bm) * ceil_div(n, self.bn)
-
-    def shared_bytes(self) -> int:
+    def shared_bytes(self, dtype: str) -> int:
         # STAGES stages of the A and B tiles, elements as stored (tc_gemm.cu).
         return self.stages * (self.bm + self.bn) * TC_STAGE_BYTES_PER_ROW
+
+    def efficiency(self, dtype: str) -> float:
+        """The lesser of its FLOPs per staged byte over the 128 x 128 tile's and shared_bound."""
+        staged = self.bm * self.bn / (self.bm + self.bn) / 64
+        return min(1.0, staged, self.shared_bound(dtype))
+
+    def shared_bound(self, dtype: str) -> float:
+        """The share of the tensor-core peak that shared memory's bandwidth allows (bench/NOTES.md). Per
+        k, a warp reads its fragments ((WM + WN) elements: ldmatrix or loads), its share of the block's
+        cp.async chunks is written, and for TF32 the rounding pass reads and writes those once more; the
+        mma work is WM · WN. tc_large: 0.5 in bf16/f16, 1/3 in TF32; tc_wide 0.73; tc_small 1/3."""
+        itemsize = ELEMENT_TYPES[dtype].itemsize
+        rounding = 3 if dtype in self.tf32_dtypes else 1
+        staged = (self.bm + self.bn) * itemsize / (self.threads // WARP_SIZE) * rounding
+        bytes_per_k = (self.wm + self.wn) * itemsize + staged
+        return SHARED_BYTES_PER_CLOCK * self.wm * self.wn / bytes_per_k / self.fma_per_clock(dtype)
 
 
 # The cost model weighs these as it does TILE_CONFIGS (ties go to the first).
@@ -132,49 +253,21 @@ TC_CONFIGS = (
     TensorCoreConfig("tc_wide", bm=128, bn=256, wm=64, wn=64, stages=4, candidate=True),
 )
 TC_HEURISTIC_CONFIGS = tuple(config for config in TC_CONFIGS if not config.candidate)
-CONFIGS_BY_NAME = {config.name: config for config in TILE_CONFIGS + TC_CONFIGS}
-
-@dataclass(frozen=True)
-class ElementType:
-    cpp: str  # the C++ type in the kernels
-    acc: type  # numpy type of the accumulator: alpha, beta and workspaces have it
-    itemsize: int  # bytes per element
-
-    @property
-    def acc_cpp(self) -> str:
-        return ELEMENT_TYPES[np.dtype(self.acc).name].cpp
 
 
-ELEMENT_TYPES = {
-    "float32": ElementType("float", np.float32, 4),
-    "float64": ElementType("double", np.float64, 8),
-    "float16": ElementType("__half", np.float32, 2),
-    "bfloat16": ElementType("__nv_bfloat16", np.float32, 2),  # ml_dtypes.bfloat16
-}
+# ----------------------------------------------------------------------------------------------------
+# Every family
+# ----------------------------------------------------------------------------------------------------
+
+# Each family's configurations, oldest first (as kernels/REGISTERS.md lists them): the plan runs a call on
+# the newest family that can run it.
+FAMILIES: tuple[tuple[GemmConfig, ...], ...] = (TILE_CONFIGS, TC_CONFIGS)
+CONFIGS_BY_NAME: dict[str, GemmConfig] = {config.name: config for configs in FAMILIES for config in configs}
 
 
-def element_type(dtype: Any) -> ElementType:
-    try:
-        return ELEMENT_TYPES[np.dtype(dtype).name]
-    except KeyError:
-        raise TypeError(f"the kernels support {sorted(ELEMENT_TYPES)}, got dtype {np.dtype(dtype).name}") from None
-
-
-def _cpp_bool(flag: bool) -> str:
-    return "true" if flag else "false"
-
-
-def gemm_name(t: ElementType, c_cpp: str, trans_a: bool, trans_b: bool, config: TileConfig,
-              vector: bool) -> str:
-    flags = ", ".join(map(_cpp_bool, (trans_a, trans_b)))
-    tile = ", ".join(str(v) for v in (config.bm, config.bn, config.bk, config.wm, config.wn, config.tm, config.tn))
-    return f"linear_gemm<{t.cpp}, {c_cpp}, {flags}, {tile}, {_cpp_bool(vector)}>"
-
-
-def tc_gemm_name(t: ElementType, c_cpp: str, trans_a: bool, trans_b: bool, config: TensorCoreConfig) -> str:
-    flags = ", ".join(map(_cpp_bool, (trans_a, trans_b)))
-    tile = ", ".join(str(v) for v in (config.bm, config.bn, config.bk(t.itemsize), config.wm, config.wn, config.stages))
-    return f"linear_tc_gemm<{t.cpp}, {c_cpp}, {flags}, {tile}>"
+def heuristic_configs(configs: tuple[GemmConfig, ...]) -> tuple[GemmConfig, ...]:
+    """The configurations of a family the cost model chooses among (its candidates left out)."""
+    return tuple(config for config in configs if not config.candidate)
 
 
 def sum_splits_name(t: ElementType) -> str:
@@ -192,24 +285,26 @@ class Instantiation:
     shared_mem: int  # the dynamic shared memory its launches ask for
 
 
-def instantiations() -> list[Instantiation]:
-    """Every template instantiation a plan can launch."""
+def gemm_instantiations(configs: tuple[GemmConfig, ...]) -> list[tuple[GemmConfig, str, bool, Instantiation]]:
+    """(config, dtype, vector, instantiation) for every template instantiation of these configurations: per
+    dtype, C itself or a split-K workspace, each transpose, each load path."""
     found = []
-    for dtype, t in ELEMENT_TYPES.items():
-        configs = [config for config in TILE_CONFIGS if dtype in config.dtypes]
-        shared = {config: config.shared_bytes(np.dtype(t.acc).itemsize) for config in configs}
-        for c_cpp in dict.fromkeys((t.cpp, t.acc_cpp)):  # C itself, or a split-K workspace
-            for trans_a, trans_b, config, vector in itertools.product(
-                    (False, True), (False, True), configs, (False, True)):
-                name = gemm_name(t, c_cpp, trans_a, trans_b, config, vector)
-                found.append(Instantiation("gemm.cu", name, shared[config]))
-    for dtype in TENSOR_CORE_DTYPES:
+    for dtype in dict.fromkeys(dtype for config in configs for dtype in config.dtypes):
         t = ELEMENT_TYPES[dtype]
         for c_cpp in dict.fromkeys((t.cpp, t.acc_cpp)):
-            for trans_a, trans_b, config in itertools.product((False, True), (False, True), TC_CONFIGS):
-                name = tc_gemm_name(t, c_cpp, trans_a, trans_b, config)
-                found.append(Instantiation("tc_gemm.cu", name, config.shared_bytes()))
+            for trans_a, trans_b, config in itertools.product((False, True), (False, True), configs):
+                if dtype in config.dtypes:
+                    for vector in config.vectors():
+                        name = config.template_name(t, c_cpp, trans_a, trans_b, vector)
+                        kernel = Instantiation(config.source, name, config.shared_bytes(dtype))
+                        found.append((config, dtype, vector, kernel))
+    return found
+
+
+def instantiations() -> list[Instantiation]:
+    """Every template instantiation a plan can launch."""
+    found = [kernel for configs in FAMILIES for *_, kernel in gemm_instantiations(configs)]
     for t in ELEMENT_TYPES.values():
         found += [Instantiation("reduce.cu", colsum_partial_name(t), 0),
                   Instantiation("reduce.cu", sum_splits_name(t), 0)]
-    return found
+    return list(dict.fromkeys(found))

@@ -5,7 +5,7 @@ import ctypes
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -15,11 +15,9 @@ from .elf import elf_symbols
 from .errors import EmulationError
 from .settings import SCHEDULES, EmulatorSettings
 
-MAX_SHARED_BYTES = 227 * 1024         # static + dynamic shared memory of a block (sm_90)
-MAX_STATIC_SHARED_BYTES = 48 * 1024   # what ptxas accepts for static __shared__
-MAX_THREADS_PER_BLOCK = 1024
-BLOCK_LIMITS = (1024, 1024, 64)
-GRID_LIMITS = (2**31 - 1, 65535, 65535)
+if TYPE_CHECKING:
+    from ..device import DeviceLimits
+
 
 
 class _Uint3(ctypes.Structure):
@@ -54,9 +52,10 @@ _launch_lock = threading.Lock()  # the runtime's state is global: one launch at 
 class EmulatedKernel:
     """One template instantiation, compiled and loaded: kernel(grid, block, args, shared_mem=0)."""
 
-    def __init__(self, settings: EmulatorSettings, library: Path, name: str):
+    def __init__(self, settings: EmulatorSettings, limits: "DeviceLimits", library: Path, name: str):
         self.name = name
         self._settings = settings
+        self._limits = limits
         self._library = library
         try:
             self._lib = ctypes.CDLL(str(library))
@@ -76,22 +75,24 @@ class EmulatedKernel:
         # Only a sanitize build has redzones, and only it is watched.
         self._static_regions = sanitizers.static_regions(statics, load_base) if redzones else []
         self.static_shared_bytes = sum(size for _, _, size in statics)
-        if self.static_shared_bytes > MAX_STATIC_SHARED_BYTES:
+        limits = self._limits
+        if self.static_shared_bytes > limits.shared_per_block_default:  # what ptxas accepts for static __shared__
             raise EmulationError(f"{self.static_shared_bytes} bytes of static __shared__ memory exceed "
-                                 f"CUDA's {MAX_STATIC_SHARED_BYTES}", kernel=name)
+                                 f"CUDA's {limits.shared_per_block_default}", kernel=name)
         self._statics = (ctypes.c_void_p * max(1, len(statics)))(*[load_base + a for _, a, _ in statics])
         self._static_sizes = (ctypes.c_uint64 * max(1, len(statics)))(*[s for _, _, s in statics])
         self._n_statics = len(statics)
 
     def __call__(self, grid, block, args: Sequence[Any], shared_mem: int = 0) -> None:
-        grid3, block3 = _dim3("grid", grid, GRID_LIMITS), _dim3("block", block, BLOCK_LIMITS)
-        if np.prod(block3) > MAX_THREADS_PER_BLOCK:
-            raise ValueError(f"{self.name}: block {block3} has more than {MAX_THREADS_PER_BLOCK} threads")
+        limits = self._limits
+        grid3, block3 = _dim3("grid", grid, limits.max_grid), _dim3("block", block, limits.max_block)
+        if np.prod(block3) > limits.threads_per_block:
+            raise ValueError(f"{self.name}: block {block3} has more than {limits.threads_per_block} threads")
         shared_mem = int(shared_mem)
-        if not 0 <= shared_mem <= MAX_SHARED_BYTES - self.static_shared_bytes:
+        if not 0 <= shared_mem <= limits.shared_per_block - self.static_shared_bytes:  # static + dynamic
             raise ValueError(f"{self.name}: shared_mem={shared_mem} bytes; with "
                              f"{self.static_shared_bytes} bytes of static shared memory a block has at "
-                             f"most {MAX_SHARED_BYTES - self.static_shared_bytes}")
+                             f"most {limits.shared_per_block - self.static_shared_bytes}")
         settings = self._settings
         # The sanitizer watches the guarded copies, so a sanitized launch always makes them.
         guard = settings.check_bounds or bool(settings.sanitize)

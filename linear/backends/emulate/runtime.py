@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base import BackendUnavailable
-from ..cost import H100, DeviceLimits
+from ..device import H100, DeviceLimits
 from ..sources import kernels_dir
 from . import sanitizers
 from .compiler import Compiler, default_cache_dir
@@ -56,5 +56,5 @@ class EmulatorRuntime:
                     raise FileNotFoundError(f"no kernel source {source!r} in {self.kernel_dir}")
                 instrumented = any(m in self.settings.sanitize for m in sanitizers.INSTRUMENTED)
                 library = self._compiler.kernel_library(self.kernel_dir, source, name, sanitize=instrumented)
-                kernel = self._kernels[(source, name)] = EmulatedKernel(self.settings, library, name)
+                kernel = self._kernels[(source, name)] = EmulatedKernel(self.settings, self.device_limits(), library, name)
             return kernel
