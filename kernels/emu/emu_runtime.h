@@ -84,6 +84,13 @@ uint64_t emu_warp_collective(int op, unsigned mask, uint64_t value, int lane_par
 unsigned emu_active_mask(void);
 unsigned emu_lane_id(void);
 
+// Blocks the calling thread until ready(object) returns nonzero: at once if it already does, else the
+// scheduler asks again between passes (mbarrier waits, wgmma retirement: emu_mbarrier.h, emu_wgmma.h).
+// describe(object, out, n) says what the thread waits for, for the deadlock report when nothing can
+// make it ready; object must stay valid while the thread waits (a local of the waiting thread is).
+void emu_wait_until(int (*ready)(void* object), void (*describe)(void* object, char* out, size_t n),
+                    void* object);
+
 // An atomic read-modify-write of n bytes at p (sanitize builds: atomics never race each other).
 void emu_sanitize_atomic(void* p, size_t n);
 
