@@ -80,6 +80,21 @@ inline std::vector<PendingBulkLoad>& bulk_loads() {
     return pending_bulk_loads.loads;
 }
 
+// Sanitize builds: the shim's own accesses to barriers and to the data of asynchronous copies are
+// uninstrumented (no_sanitize_thread); what they mean for the sanitizer is said explicitly: an arrive
+// releases, a successful wait acquires (racecheck orders accesses through them), and a copy's data
+// accesses are made by the thread that issues or retires it (see emu_tma.h, emu_wgmma.h).
+#ifdef EMU_SANITIZE
+inline void sanitize_access(const void* p, size_t n, bool write) { emu_sanitize_access(p, n, write); }
+inline void sanitize_release(const void* object) { emu_sanitize_release(object); }
+inline void sanitize_acquire(const void* object) { emu_sanitize_acquire(object); }
+#else
+inline void sanitize_access(const void*, size_t, bool) {}
+inline void sanitize_release(const void*) {}
+inline void sanitize_acquire(const void*) {}
+#endif
+#define EMU_SHIM_ACCESS __attribute__((no_sanitize_thread))
+
 // The shared address of a barrier, for messages (emu_hopper.h defines it).
 inline uint32_t shared_address(const void* p);
 
@@ -92,7 +107,7 @@ inline uint32_t shared_address(const void* p);
     emu_fail(message);
 }
 
-inline mbar::State mbarrier_state(const uint64_t* barrier, const char* what, const char* file, int line) {
+EMU_SHIM_ACCESS inline mbar::State mbarrier_state(const uint64_t* barrier, const char* what, const char* file, int line) {
     if (reinterpret_cast<uintptr_t>(barrier) % 8)
         hopper_fail("%s: the mbarrier address %p is not 8-byte aligned (%s:%d)", what,
                     static_cast<const void*>(barrier), file, line);
@@ -105,7 +120,7 @@ inline mbar::State mbarrier_state(const uint64_t* barrier, const char* what, con
 }
 
 // Completes the phase when nothing is pending; stores the barrier.
-inline void mbarrier_store(uint64_t* barrier, mbar::State s) {
+EMU_SHIM_ACCESS inline void mbarrier_store(uint64_t* barrier, mbar::State s) {
     if (s.pending == 0 && s.tx == 0) {
         s.phase ^= 1;
         s.pending = s.expected;
@@ -158,14 +173,14 @@ struct MbarrierWait {
     int line;
 };
 
-inline int mbarrier_phase_done(void* object) {
+EMU_SHIM_ACCESS inline int mbarrier_phase_done(void* object) {
     auto* w = static_cast<MbarrierWait*>(object);
     land_bulk_loads(w->barrier);
     if (!mbar::valid(*w->barrier)) return 1;  // invalidated while waited on: the wait returns to report it
     return mbar::decode(*w->barrier).phase != w->parity;
 }
 
-inline void describe_mbarrier_wait(void* object, char* out, size_t n) {
+EMU_SHIM_ACCESS inline void describe_mbarrier_wait(void* object, char* out, size_t n) {
     auto* w = static_cast<MbarrierWait*>(object);
     const mbar::State s = mbar::decode(*w->barrier);
     snprintf(out, n, "the phase of parity %u of the mbarrier at shared address 0x%x (its current phase has "
@@ -181,11 +196,13 @@ inline bool mbarrier_wait(uint64_t* barrier, uint32_t parity, bool block, const 
     MbarrierWait w{barrier, parity & 1, file, line};
     if (mbarrier_phase_done(&w)) {
         mbarrier_state(barrier, what, file, line);
+        sanitize_acquire(barrier);
         return true;
     }
     if (!block) return false;
     emu_wait_until(mbarrier_phase_done, describe_mbarrier_wait, &w);
     mbarrier_state(barrier, what, file, line);
+    sanitize_acquire(barrier);
     return true;
 }
 
@@ -195,7 +212,7 @@ inline bool mbarrier_wait(uint64_t* barrier, uint32_t parity, bool block, const 
 #define EMU_HOPPER_SITE const char* file = __builtin_FILE(), int line = __builtin_LINE()
 
 // mbarrier.init.shared.b64 [bar], count
-__device__ inline void mbarrier_init(uint64_t* barrier, uint32_t count, EMU_HOPPER_SITE) {
+EMU_SHIM_ACCESS __device__ inline void mbarrier_init(uint64_t* barrier, uint32_t count, EMU_HOPPER_SITE) {
     if (reinterpret_cast<uintptr_t>(barrier) % 8)
         emu::hopper_fail("mbarrier.init: the address %p is not 8-byte aligned (%s:%d)", static_cast<void*>(barrier),
                          file, line);
@@ -205,7 +222,7 @@ __device__ inline void mbarrier_init(uint64_t* barrier, uint32_t count, EMU_HOPP
 }
 
 // mbarrier.inval.shared.b64 [bar]
-__device__ inline void mbarrier_inval(uint64_t* barrier, EMU_HOPPER_SITE) {
+EMU_SHIM_ACCESS __device__ inline void mbarrier_inval(uint64_t* barrier, EMU_HOPPER_SITE) {
     emu::mbarrier_state(barrier, "mbarrier.inval", file, line);
     if (emu::pending_loads_on(barrier))
         emu::hopper_fail("mbarrier.inval on the mbarrier at shared address 0x%x while %u bulk copies still complete "
@@ -223,6 +240,7 @@ __device__ inline uint64_t mbarrier_arrive(uint64_t* barrier, uint32_t count = 1
                          "(parity %u) has only %u of %u arrivals pending: more threads arrive than it expects "
                          "(%s:%d)", count, emu::shared_address(barrier), s.phase, s.pending, s.expected, file, line);
     const uint64_t token = uint64_t(s.phase) << emu::mbar::kPhaseShift | emu::mbar::kTag << emu::mbar::kTagShift;
+    emu::sanitize_release(barrier);
     s.pending -= count;
     emu::mbarrier_store(barrier, s);
     return token;
@@ -235,6 +253,7 @@ __device__ inline void mbarrier_expect_tx(uint64_t* barrier, uint32_t bytes, EMU
 
 // mbarrier.complete_tx.shared.b64 [bar], bytes
 __device__ inline void mbarrier_complete_tx(uint64_t* barrier, uint32_t bytes, EMU_HOPPER_SITE) {
+    emu::sanitize_release(barrier);
     emu::mbarrier_add_tx(barrier, -int64_t(bytes), "mbarrier.complete_tx", file, line);
 }
 

@@ -134,6 +134,10 @@ __attribute__((no_sanitize_thread)) inline void tensor_load(int dims, void* dst,
             for (int b = 0; b < v.element_bytes; ++b) out[b] = 0;
         }
     });
+    // For the sanitizer the shared memory is written now, by the issuing thread, and released to the barrier.
+    for (uint32_t offset = 0; offset < load.bytes; offset += 16)
+        sanitize_access(swizzled(load.destination + offset, load.swizzle_chunks), 16, true);
+    sanitize_release(barrier);
     bulk_loads().push_back(std::move(load));
 }
 
@@ -143,11 +147,14 @@ __attribute__((no_sanitize_thread)) inline void tensor_store_now(const PendingBu
     for_each_box_element(v, s.coords, [&](uint32_t offset, unsigned char* element) {
         if (!element) return;
         const unsigned char* from = swizzled(const_cast<unsigned char*>(s.source) + offset - offset % 16, unsigned(v.swizzle_chunks)) + offset % 16;
+        sanitize_access(from, size_t(v.element_bytes), false);
         for (int b = 0; b < v.element_bytes; ++b) element[b] = from[b];
     });
 }
 
 __attribute__((no_sanitize_thread)) inline void bulk_store_now(const PendingBulkStore& s) {
+    sanitize_access(s.source, s.bytes, false);
+    sanitize_access(s.destination, s.bytes, true);
     for (uint32_t b = 0; b < s.bytes; ++b) s.destination[b] = s.source[b];
 }
 
@@ -174,7 +181,10 @@ __attribute__((no_sanitize_thread)) __device__ inline void bulk_load(void* dst, 
     emu::PendingBulkLoad load{barrier, static_cast<unsigned char*>(dst), 1, bytes, {}};
     load.data.resize(bytes);
     const auto* from = static_cast<const unsigned char*>(src);
+    emu::sanitize_access(src, bytes, false);
     for (uint32_t b = 0; b < bytes; ++b) load.data[b] = from[b];
+    emu::sanitize_access(dst, bytes, true);
+    emu::sanitize_release(barrier);
     emu::bulk_loads().push_back(std::move(load));
 }
 

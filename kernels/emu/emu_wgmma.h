@@ -142,7 +142,9 @@ __attribute__((no_sanitize_thread)) inline void load_operands(WgmmaOp& op) {
     auto element = [&](uint64_t desc, bool mn_major, int mn, int k) {
         const uint32_t address = descriptor_address(decode_descriptor(desc), mn_major, size, mn, k);
         uint32_t bits = 0;
-        __builtin_memcpy(&bits, shared_pointer(address, size, "wgmma.mma_async: a descriptor's element"), size);
+        const void* p = shared_pointer(address, size, "wgmma.mma_async: a descriptor's element");
+        sanitize_access(p, size_t(size), false);
+        __builtin_memcpy(&bits, p, size);
         return tensor_core_value(op.type, bits);
     };
     for (int m = 0; m < 64; ++m)
@@ -164,6 +166,7 @@ __attribute__((no_sanitize_thread)) inline void load_operands(WgmmaOp& op) {
     for (int k = 0; k < op.k; ++k)
         for (int n = 0; n < op.n; ++n) op.b[k * op.n + n] = op.scale_b * element(op.desc_b, op.trans_b, n, k);
     op.loaded = true;
+    sanitize_release(&op);  // the reads happen before every thread's retirement of the operation
 }
 
 struct WgmmaRetire {
@@ -254,6 +257,7 @@ inline void wgmma_retire(int keep) {
         WgmmaRetire wait{&op, block_thread() / 128};
         emu_wait_until(wgmma_issued_by_all, describe_wgmma_retire, &wait);
         if (!op.loaded) load_operands(op);
+        sanitize_acquire(&op);
         float result[128];
         for (int i = 0; i < e.n_registers; ++i) {
             const int row = 16 * w + g + 8 * (i / 2 % 2), col = 8 * (i / 4) + 2 * q + i % 2;

@@ -15,14 +15,15 @@
 // full[s] (count 1: the producer's arrive.expect_tx, then the TMA bytes) and empty[s] (count 2: one
 // arrival per consumer warpgroup once its wgmma of the slot have retired) guard each slot; round r of
 // slot s waits on parity r % 2 (full) and r % 2 ^ 1 (empty: its first wait passes at once).
-// WAIT_FULL = false: the consumers skip the full-barrier wait (negative control).
+// SKIP (negative controls): 1 the consumers skip the full-barrier wait, 2 the producer skips the
+// empty-barrier wait (it overwrites slots the consumers may still read).
 #include "hopper_common.cuh"
 
 namespace {
 constexpr int BM = 128, BK = 64, STAGES = 4, THREADS = 384;
 }
 
-template <int BN, bool B_MN_MAJOR, bool WAIT_FULL>
+template <int BN, bool B_MN_MAJOR, int SKIP>
 __global__ void __launch_bounds__(THREADS) hopper_gemm(const __grid_constant__ CUtensorMap map_a,
                                                        const __grid_constant__ CUtensorMap map_b, float* c, int m,
                                                        int n, int k) {
@@ -45,8 +46,9 @@ __global__ void __launch_bounds__(THREADS) hopper_gemm(const __grid_constant__ C
         if (threadIdx.x != 0) return;
         for (int kt = 0; kt < k_tiles; ++kt) {
             const int s = kt % STAGES;
-            while (!mbarrier_try_wait_parity(&empty[s], uint32_t(kt / STAGES % 2) ^ 1)) {
-            }
+            if (SKIP != 2)
+                while (!mbarrier_try_wait_parity(&empty[s], uint32_t(kt / STAGES % 2) ^ 1)) {
+                }
             unsigned char* a = tiles + s * SLOT;
             unsigned char* b = a + A_BYTES;
             mbarrier_arrive_expect_tx(&full[s], SLOT);
@@ -66,7 +68,7 @@ __global__ void __launch_bounds__(THREADS) hopper_gemm(const __grid_constant__ C
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
     for (int kt = 0; kt < k_tiles; ++kt) {
         const int s = kt % STAGES;
-        if (WAIT_FULL)
+        if (SKIP != 1)
             while (!mbarrier_try_wait_parity(&full[s], uint32_t(kt / STAGES % 2))) {
             }
         const unsigned char* a = tiles + s * SLOT + consumer * 64 * BK * 2;
