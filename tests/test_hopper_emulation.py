@@ -477,6 +477,20 @@ def test_sanitizers_pass_the_hopper_gemm(mode):
     np.testing.assert_array_equal(out, 1000 * np.arange(6)[:, None] + np.arange(32))
 
 
+def test_racecheck_reports_a_missing_proxy_fence():
+    """Negative control: threads write wgmma's operands and sync, but never fence.proxy.async."""
+    emu = EmulatorRuntime(kernel_dir=KERNELS, timeout_s=120, sanitize="racecheck")
+    image = np.random.default_rng(7).integers(0, 255, 16384).astype(np.uint8)
+    args = (image, np.int32(len(image)), np.int32(0), np.int32(8192), descriptor(16, 1024, 128),
+            descriptor(16, 1024, 128), np.zeros(512, np.uint32), np.int32(0), np.int32(1), np.int32(1), np.int32(0),
+            np.int32(0), np.zeros((128, 32), np.float32), np.zeros((128, 32), np.float32))
+    emu.function("hopper.cu", "wgmma_tile<64, __nv_bfloat16, false, true, true>")((1,), (128,), args,
+                                                                                 shared_mem=len(image) + 1024)
+    with pytest.raises(EmulationError, match="no fence.proxy.async after the write"):
+        emu.function("hopper.cu", "wgmma_tile<64, __nv_bfloat16, false, true, false>")((1,), (128,), args,
+                                                                                      shared_mem=len(image) + 1024)
+
+
 def test_racecheck_reports_a_skipped_full_barrier_wait():
     """Negative control: TMA writes and wgmma reads of a slot that no mbarrier orders are a race."""
     emu = EmulatorRuntime(kernel_dir=KERNELS, timeout_s=120, sanitize="racecheck")

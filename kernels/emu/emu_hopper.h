@@ -2,10 +2,10 @@
 // inline-PTX translator) calls: mbarriers (emu_mbarrier.h), TMA bulk copies (emu_tma.h), wgmma
 // (emu_wgmma.h), and here the fences, setmaxnreg and the shared-address conversions they share.
 //
-//   fence_proxy_async()        fence.proxy.async(.shared::cta): orders generic-proxy writes to shared
-//                              memory before async-proxy (TMA, wgmma) reads; the emulator's async
-//                              operations read at their wait, so it has nothing to do (a missing
-//                              fence is not reported yet)
+//   fence_proxy_async()        fence.proxy.async(.shared::cta): orders the thread's generic-proxy
+//                              writes before async-proxy (TMA, wgmma) reads; the data needs nothing
+//                              (async operations read at their wait), but under racecheck an async
+//                              read of a byte whose generic write its writer never fenced is reported
 //   fence_mbarrier_init()      fence.mbarrier_init.release.cluster: nothing to do (no clusters)
 //   setmaxnreg<INC, N>()       setmaxnreg.{inc,dec}.sync.aligned.u32 N: checked (N a multiple of 8
 //                              in 24 .. 256, the same N from every thread of the warpgroup at this
@@ -44,7 +44,11 @@ inline SetMaxNreg setmaxnreg_calls[8];
 
 }  // namespace emu
 
-__device__ inline void fence_proxy_async() {}
+__device__ inline void fence_proxy_async() {
+#ifdef EMU_SANITIZE
+    emu_sanitize_proxy_fence();
+#endif
+}
 __device__ inline void fence_mbarrier_init() {}
 
 template <bool INCREASE, unsigned N>

@@ -25,8 +25,10 @@ struct Access {
     const void* pc;
     uint32_t block, epoch, warp_syncs;  // warp_syncs: the thread's count of __syncwarp at the access
     uint32_t clock;                     // the thread's own entry of its vector clock (mbarrier-style sync)
+    uint32_t proxy_fences;              // the thread's count of fence.proxy.async at the access
     uint16_t thread;
     bool valid, write, atomic;
+    bool async;                         // by the async proxy (TMA, wgmma) on the thread's behalf
 };
 
 struct Cell {
@@ -54,6 +56,7 @@ struct State {
     unsigned n_threads = 0;
     std::vector<uint32_t> clocks;
     std::unordered_map<const void*, std::vector<uint32_t>> released;
+    std::vector<uint32_t> proxy_fences;  // per thread: fence.proxy.async executed
 };
 State S;
 
@@ -126,7 +129,18 @@ Region* find(const char* p) {
     return nullptr;
 }
 
-void access(const void* address, size_t bytes, bool write, bool atomic, const void* pc) {
+// An async-proxy read (TMA store, wgmma operand) of a byte whose last write was a generic one that its
+// writer has not followed with fence.proxy.async: the PTX memory model leaves what it reads undefined.
+void check_proxy_fence(const Region& r, size_t offset, const void* pc) {
+    const Access& w = r.cells[offset].write;
+    if (!w.valid || w.async || w.atomic || w.block != S.block || S.proxy_fences[w.thread] != w.proxy_fences) return;
+    const emu_uint3 t = thread_idx(w.thread), n = thread_idx(S.thread);
+    fail_at(pc, w.pc, "racecheck: the async proxy (TMA or wgmma) reads byte %zu of %s for thread (%u, %u, %u), "
+            "written through the generic proxy by thread (%u, %u, %u) with no fence.proxy.async after the write",
+            offset, r.name.c_str(), n.x, n.y, n.z, t.x, t.y, t.z);
+}
+
+void access(const void* address, size_t bytes, bool write, bool atomic, const void* pc, bool async_proxy = false) {
     if (!S.modes) return;
     const char* p = static_cast<const char*>(address);
     Region* r = find(p);
@@ -146,8 +160,10 @@ void access(const void* address, size_t bytes, bool write, bool atomic, const vo
                         bytes, offset, r->name.c_str(), offset + i);
             }
     const uint32_t clock = S.clocks.empty() ? 1 : S.clocks[size_t(S.thread) * S.n_threads + S.thread];
-    const Access now{pc, S.block, S.epoch, S.warp_syncs[S.thread], clock, uint16_t(S.thread), true, write, atomic};
+    const Access now{pc, S.block, S.epoch, S.warp_syncs[S.thread], clock, S.proxy_fences[S.thread],
+                     uint16_t(S.thread), true, write, atomic, async_proxy};
     for (size_t i = 0; i < bytes; ++i) {
+        if ((S.modes & EMU_RACECHECK) && async_proxy && !write) check_proxy_fence(*r, offset + i, pc);
         if (S.modes & EMU_RACECHECK) check_race(*r, offset + i, now);
         if (write) r->cells[offset + i].written = true;
     }
@@ -180,6 +196,7 @@ void launch_begin(emu_launch* L, const char* dynamic, const char* buffer, const 
     S.warp_syncs.assign(threads, 0);
     S.synced_with.assign(threads * 32u, 0);
     S.n_threads = threads;
+    S.proxy_fences.assign(threads, 0);
 }
 
 void launch_end() {
@@ -198,6 +215,7 @@ void block_begin(unsigned block) {
     std::fill(S.synced_with.begin(), S.synced_with.end(), 0);
     S.clocks.clear();
     S.released.clear();
+    std::fill(S.proxy_fences.begin(), S.proxy_fences.end(), 0);
 }
 
 // Vector clocks start at the first release of a block: a thread's own entry 1, the others 0.
@@ -292,7 +310,10 @@ extern "C" void emu_sanitize_atomic(void* p, size_t n) {
 }
 
 extern "C" void emu_sanitize_access(const void* p, size_t n, int write) {
-    emu_san::access(p, n, write != 0, false, __builtin_return_address(0));
+    emu_san::access(p, n, write != 0, false, __builtin_return_address(0), true);
+}
+extern "C" void emu_sanitize_proxy_fence(void) {
+    if (emu_san::S.modes) ++emu_san::S.proxy_fences[emu_san::S.thread];
 }
 extern "C" void emu_sanitize_release(const void* object) { emu_san::release(object); }
 extern "C" void emu_sanitize_acquire(const void* object) { emu_san::acquire(object); }

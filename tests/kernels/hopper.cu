@@ -7,14 +7,16 @@
 // dynamic shared memory (launch with image_bytes + 1024 bytes); A's matrix starts at a_offset, B's at
 // b_offset in it, with the descriptors' other fields given (desc_*: start address 0). Thread t's
 // accumulators start as d_in[t·N/2 ..] and end in d_out[t·N/2 ..]. With a_registers (A_FROM_REGS),
-// thread t's a[4] are a_registers[4t ..]. WAIT = false leaves out wgmma.wait_group (negative control).
-template <int N, class T, bool A_FROM_REGS, bool WAIT>
+// thread t's a[4] are a_registers[4t ..]. WAIT = false leaves out wgmma.wait_group, FENCE = false the
+// fence.proxy.async between the threads' writes of the operands and wgmma's reads (negative controls).
+template <int N, class T, bool A_FROM_REGS, bool WAIT, bool FENCE = true>
 __global__ void wgmma_tile(const unsigned char* image, int image_bytes, int a_offset, int b_offset,
                            uint64_t desc_a, uint64_t desc_b, const unsigned* a_registers, int scale_d,
                            int scale_a, int scale_b, int trans_a, int trans_b, const float* d_in, float* d_out) {
     extern __shared__ unsigned char shared_bytes[];
     unsigned char* base = aligned_1024(shared_bytes);
     for (int i = threadIdx.x; i < image_bytes; i += blockDim.x) base[i] = image[i];
+    if (FENCE) fence_proxy_async();
     __syncthreads();
     const int t = threadIdx.x;
     float d[N / 2];
@@ -41,6 +43,7 @@ __global__ void wgmma_chain(const unsigned char* image, int image_bytes, uint64_
     extern __shared__ unsigned char shared_bytes[];
     unsigned char* base = aligned_1024(shared_bytes);
     for (int i = threadIdx.x; i < image_bytes; i += blockDim.x) base[i] = image[i];
+    fence_proxy_async();
     __syncthreads();
     float d[N / 2];
     for (int i = 0; i < N / 2; ++i) d[i] = 0.0f;
