@@ -217,6 +217,30 @@ def test_wgmma_a_from_registers(emu, kind):
     assert rel(out, expected) < 1e-6
 
 
+def test_wgmma_f16_accumulators(emu):
+    """.f16.f16.f16: value i of the CLayout is half i % 2 of register i / 2; the result rounded to f16."""
+    rng = np.random.default_rng(8)
+    n = 64
+    a = rng.standard_normal((64, 16)).astype(np.float16)
+    b = rng.standard_normal((16, n)).astype(np.float16)
+    c = rng.standard_normal((64, n)).astype(np.float16)
+    image = np.zeros(65536, np.uint8)
+    place(a, "MN", 64, 1024, 512, 0, image)
+    place(np.ascontiguousarray(b.T), "K", 32, 16, 512, 32768, image)
+    values = np.zeros((128, n // 2), np.float16)
+    for t in range(128):
+        for i in range(n // 2):
+            values[t, i] = c[accumulator_position(t, i)]
+    d_out = np.full((128, n // 4), 0x7E007E00, np.uint32)
+    emu.function("hopper.cu", f"wgmma_tile_f16_accumulator<{n}>")(
+        (1,), (128,), (image, np.int32(len(image)), descriptor(1024, 512, 64), descriptor(16, 512, 32),
+                       values.view(np.uint32), d_out), shared_mem=len(image) + 1024)
+    out = registers_to_matrix(d_out.view(np.float16).astype(np.float64), n)
+    expected = a.astype(np.float64) @ b.astype(np.float64) + c
+    assert rel(out, expected) < 1e-3
+    np.testing.assert_array_equal(out, out.astype(np.float16).astype(np.float64))  # f16 values
+
+
 def test_wgmma_accumulator_layout_is_clayout_64xn(emu):
     """D = A·B with A = e_0 column (A[m, 0] = m) and B[0, n] = 1, then B[0, n] = n, A[m, 0] = 1: each
     register's value names its row, then its column."""

@@ -33,7 +33,9 @@
 // Products of f16, bf16 and tf32 values are exact in float; each thread adds them to its D in k order
 // with fmaf (the hardware's order and rounding are its own: the last bits may differ). A tf32 operand
 // is the top 19 bits of its 32 (the tensor core ignores the rest).
-// Not modelled: f16 accumulators (.f16 D), the 8-bit and integer types, sparse wgmma, wgmma.fence's
+// f16 accumulators (.f16.f16.f16): value i of the D layout is half i % 2 of register i / 2; each
+// operation adds in float as above and rounds its result to f16 (to nearest even).
+// Not modelled: the 8-bit and integer types, sparse wgmma, wgmma.fence's
 // checks (it is accepted and does nothing), the .satfinite qualifier.
 #pragma once
 
@@ -77,7 +79,7 @@ struct WgmmaOp {
     uint64_t desc_a, desc_b;
     int n, k, scale_a, scale_b, trans_a, trans_b;
     WgmmaType type;
-    bool a_in_registers;
+    bool a_in_registers, f16_accumulator;
     unsigned issued, retired;          // threads that have issued it, and retired it
     bool loaded;                       // A and B read (at the first retirement)
     uint32_t a_registers[128][4];
@@ -96,10 +98,11 @@ inline std::vector<Warpgroup> warpgroups(8);
 struct WgmmaEntry {
     uint64_t sequence;
     unsigned group;          // the thread's count of commit_group calls at issue
-    int scale_d, n_registers;
+    int scale_d, n_values;   // N / 2 accumulator values, in N / 2 f32 registers or N / 4 f16x2 ones
     bool chained;            // D is the result of an earlier operation still in flight
-    float* registers[128];
-    float input[128];        // D at issue (when not chained)
+    bool f16_accumulator;
+    void* registers[128];
+    float input[128];        // D at issue (when not chained), value by value
 };
 struct WgmmaThread {
     unsigned long long owner;
@@ -188,7 +191,24 @@ inline void check_issue(bool ok, const char* what, const WgmmaOp& op, const char
                     static_cast<unsigned long long>(op.sequence), what, block_thread() / 128, file, line, op.file, op.line);
 }
 
-inline void wgmma_issue(WgmmaType type, int n, float* const* d, int scale_d, uint64_t desc_a, const uint32_t* a_registers,
+// Accumulator value i of a thread: f32 register i, or half i % 2 of f16x2 register i / 2.
+inline float accumulator_value(void* const* registers, bool f16, int i) {
+    if (!f16) return *static_cast<const float*>(registers[i]);
+    const uint32_t bits = *static_cast<const uint32_t*>(registers[i / 2]);
+    return __half2float(from_bits<__half>(bits >> (16 * (i % 2)) & 0xFFFF));
+}
+inline void set_accumulators(void* const* registers, bool f16, int n_values, const float* values) {
+    for (int i = 0; i < n_values; i += f16 ? 2 : 1) {
+        if (!f16) {
+            *static_cast<float*>(registers[i]) = values[i];
+        } else {  // rounded to f16, to nearest even
+            const uint32_t low = to_bits(__float2half(values[i])), high = to_bits(__float2half(values[i + 1]));
+            *static_cast<uint32_t*>(registers[i / 2]) = uint32_t(low & 0xFFFF) | uint32_t(high & 0xFFFF) << 16;
+        }
+    }
+}
+
+inline void wgmma_issue(WgmmaType type, int n, void* const* d, bool f16_accumulator, int scale_d, uint64_t desc_a, const uint32_t* a_registers,
                         uint64_t desc_b, int scale_a, int scale_b, int trans_a, int trans_b, const char* file, int line) {
     if (blockDim.x * blockDim.y * blockDim.z % 128)
         hopper_fail("wgmma.mma_async in a block of %u threads, not a whole number of warpgroups (%s:%d)",
@@ -197,6 +217,8 @@ inline void wgmma_issue(WgmmaType type, int n, float* const* d, int scale_d, uin
     if ((scale_a != 1 && scale_a != -1) || (scale_b != 1 && scale_b != -1))
         hopper_fail("wgmma.mma_async: imm-scale-a/b must be 1 or -1, not %d and %d (%s:%d)", scale_a, scale_b, file, line);
     if ((trans_a | trans_b) & ~1) hopper_fail("wgmma.mma_async: imm-trans-a/b must be 0 or 1 (%s:%d)", file, line);
+    if (f16_accumulator && type != WgmmaType::f16)
+        hopper_fail("wgmma.mma_async: f16 accumulators take f16 operands only (%s:%d)", file, line);
     if (type == WgmmaType::tf32 && (trans_a || trans_b))
         hopper_fail("wgmma.mma_async: tf32 operands must be K-major (imm-trans is for 16-bit types only) (%s:%d)", file, line);
     if (a_registers && trans_a) hopper_fail("wgmma.mma_async: A from registers takes no imm-trans-a (%s:%d)", file, line);
@@ -217,11 +239,13 @@ inline void wgmma_issue(WgmmaType type, int n, float* const* d, int scale_d, uin
         op.desc_b = desc_b;
         op.n = n, op.k = type == WgmmaType::tf32 ? 8 : 16, op.scale_a = scale_a, op.scale_b = scale_b;
         op.trans_a = trans_a, op.trans_b = trans_b, op.type = type, op.a_in_registers = a_registers != nullptr;
+        op.f16_accumulator = f16_accumulator;
         op.issued = op.retired = 0;
         op.loaded = false;
         op.file = file, op.line = line;
     } else {
-        check_issue(op.type == type && op.n == n && op.a_in_registers == (a_registers != nullptr), "the shape or types",
+        check_issue(op.type == type && op.n == n && op.a_in_registers == (a_registers != nullptr) &&
+                    op.f16_accumulator == f16_accumulator, "the shape or types",
                     op, file, line);
         check_issue((a_registers || op.desc_a == desc_a) && op.desc_b == desc_b, "a descriptor", op, file, line);
         check_issue(op.scale_a == scale_a && op.scale_b == scale_b && op.trans_a == trans_a && op.trans_b == trans_b,
@@ -233,15 +257,18 @@ inline void wgmma_issue(WgmmaType type, int n, float* const* d, int scale_d, uin
         hopper_fail("wgmma.mma_async: more than %d operations in flight (a missing wgmma.wait_group?) (%s:%d)",
                     kWgmmaRing, file, line);
     WgmmaEntry& e = thread.entries.emplace_back();
-    e.sequence = sequence, e.group = thread.committed, e.scale_d = scale_d != 0, e.n_registers = n / 2;
+    e.sequence = sequence, e.group = thread.committed, e.scale_d = scale_d != 0, e.n_values = n / 2;
     e.chained = false;
+    e.f16_accumulator = f16_accumulator;
     for (const WgmmaEntry& earlier : thread.entries)
         if (&earlier != &e && earlier.registers[0] == d[0]) e.chained = true;
-    for (int i = 0; i < e.n_registers; ++i) {
-        e.registers[i] = d[i];
-        if (!e.chained) e.input[i] = *d[i];
-        *d[i] = std::numeric_limits<float>::quiet_NaN();  // what reading the accumulators before the wait sees
+    float poison[128];
+    for (int i = 0; i < e.n_values; ++i) {
+        if (i < (f16_accumulator ? n / 4 : n / 2)) e.registers[i] = d[i];
+        if (!e.chained) e.input[i] = accumulator_value(d, f16_accumulator, i);
+        poison[i] = std::numeric_limits<float>::quiet_NaN();  // what reading the accumulators before the wait sees
     }
+    set_accumulators(d, f16_accumulator, e.n_values, poison);
 }
 
 // Retires the thread's operations of groups older than the newest `keep`.
@@ -259,21 +286,21 @@ inline void wgmma_retire(int keep) {
         if (!op.loaded) load_operands(op);
         sanitize_acquire(&op);
         float result[128];
-        for (int i = 0; i < e.n_registers; ++i) {
+        for (int i = 0; i < e.n_values; ++i) {
             const int row = 16 * w + g + 8 * (i / 2 % 2), col = 8 * (i / 4) + 2 * q + i % 2;
             float sum = e.scale_d ? e.input[i] : 0.0f;
             for (int k = 0; k < op.k; ++k) sum = fmaf(op.a[row * op.k + k], op.b[k * op.n + col], sum);
-            result[i] = sum;
+            result[i] = e.f16_accumulator ? __half2float(__float2half(sum)) : sum;
         }
         ++op.retired;
         WgmmaEntry* next = nullptr;  // the next operation on the same registers, which takes this result
         for (size_t j = done + 1; j < thread.entries.size() && !next; ++j)
             if (thread.entries[j].registers[0] == e.registers[0]) next = &thread.entries[j];
         if (next && next->chained) {
-            __builtin_memcpy(next->input, result, sizeof(float) * e.n_registers);
+            __builtin_memcpy(next->input, result, sizeof(float) * e.n_values);
             next->chained = false;
         } else {
-            for (int i = 0; i < e.n_registers; ++i) *e.registers[i] = result[i];
+            set_accumulators(e.registers, e.f16_accumulator, e.n_values, result);
         }
     }
     thread.entries.erase(thread.entries.begin(), thread.entries.begin() + long(done));
@@ -304,18 +331,29 @@ template <> struct emu_wgmma_type<float> { static constexpr emu::WgmmaType value
 template <int N, class T>
 __device__ inline void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, int scale_d, int scale_a = 1,
                                 int scale_b = 1, int trans_a = 0, int trans_b = 0, EMU_HOPPER_SITE) {
-    float* registers[N / 2];
+    void* registers[N / 2];
     for (int i = 0; i < N / 2; ++i) registers[i] = &d[i];
-    emu::wgmma_issue(emu_wgmma_type<T>::value, N, registers, scale_d, desc_a, nullptr, desc_b, scale_a, scale_b, trans_a,
-                     trans_b, file, line);
+    emu::wgmma_issue(emu_wgmma_type<T>::value, N, registers, false, scale_d, desc_a, nullptr, desc_b, scale_a, scale_b,
+                     trans_a, trans_b, file, line);
 }
 
 // The same with A from registers: a[4] (f16/bf16: 2 elements each; tf32: 1 each).
 template <int N, class T>
 __device__ inline void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b, int scale_d, int scale_a = 1,
                                 int scale_b = 1, int trans_b = 0, EMU_HOPPER_SITE) {
-    float* registers[N / 2];
+    void* registers[N / 2];
     for (int i = 0; i < N / 2; ++i) registers[i] = &d[i];
-    emu::wgmma_issue(emu_wgmma_type<T>::value, N, registers, scale_d, 0, a, desc_b, scale_a, scale_b, 0, trans_b, file,
-                     line);
+    emu::wgmma_issue(emu_wgmma_type<T>::value, N, registers, false, scale_d, 0, a, desc_b, scale_a, scale_b, 0, trans_b,
+                     file, line);
+}
+
+// wgmma.mma_async.sync.aligned.m64nNk16.f16.f16.f16: f16 accumulators, two per register (the lower
+// value, even i, in the low half), rounded to f16 at the end of each operation.
+template <int N>
+__device__ inline void wgmma_ss_f16(uint32_t (&d)[N / 4], uint64_t desc_a, uint64_t desc_b, int scale_d, int scale_a = 1,
+                                    int scale_b = 1, int trans_a = 0, int trans_b = 0, EMU_HOPPER_SITE) {
+    void* registers[N / 4];
+    for (int i = 0; i < N / 4; ++i) registers[i] = &d[i];
+    emu::wgmma_issue(emu::WgmmaType::f16, N, registers, true, scale_d, desc_a, nullptr, desc_b, scale_a, scale_b, trans_a,
+                     trans_b, file, line);
 }

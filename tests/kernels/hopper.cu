@@ -35,6 +35,27 @@ __global__ void wgmma_tile(const unsigned char* image, int image_bytes, int a_of
     for (int i = 0; i < N / 2; ++i) d_out[t * (N / 2) + i] = d[i];
 }
 
+// The same with f16 accumulators (f16 operands; d_in, d_out: N / 4 registers of two halves per thread),
+// A (M-major) at image byte 0 and B (K-major) at 32768.
+template <int N>
+__global__ void wgmma_tile_f16_accumulator(const unsigned char* image, int image_bytes, uint64_t desc_a, uint64_t desc_b,
+                                           const unsigned* d_in, unsigned* d_out) {
+    extern __shared__ unsigned char shared_bytes[];
+    unsigned char* base = aligned_1024(shared_bytes);
+    for (int i = threadIdx.x; i < image_bytes; i += blockDim.x) base[i] = image[i];
+    fence_proxy_async();
+    __syncthreads();
+    uint32_t d[N / 4];
+    for (int i = 0; i < N / 4; ++i) d[i] = d_in[threadIdx.x * (N / 4) + i];
+    desc_a |= make_descriptor(base, 0, 0, 0);
+    desc_b |= make_descriptor(base + 32768, 0, 0, 0);
+    wgmma_fence();
+    wgmma_ss_f16<N>(d, desc_a, desc_b, 1, 1, 1, 1, 0);
+    wgmma_commit_group();
+    wgmma_wait_group<0>();
+    for (int i = 0; i < N / 4; ++i) d_out[threadIdx.x * (N / 4) + i] = d[i];
+}
+
 // Two wgmma on the same accumulators, the second issued before the first retires (they chain), then
 // the shared operands overwritten before the wait when OVERWRITE (the result must change: inputs are
 // read at the wait).
