@@ -346,11 +346,14 @@ def test_tma_box_placement_is_by_shared_address(emu):
     np.testing.assert_array_equal(out, expected_box(array, (0, 0), (8, 64), (1, 1), 128, base_offset=512))
 
 
-def test_tma_3d_and_5d_boxes_with_element_strides(emu):
+def test_tma_1d_3d_and_5d_boxes_with_element_strides(emu):
     rng = np.random.default_rng(3)
     array = rng.standard_normal((5, 9, 16)).astype(np.float32)
     out = run_tma_box(emu, array, (1, -2, 4), (4, 6, 8), 0, strides=(2, 3, 1))
     np.testing.assert_array_equal(out, expected_box(array, (1, -2, 4), (4, 6, 8), (2, 3, 1), 0))
+    array1 = rng.standard_normal(100).astype(np.float64)
+    out = run_tma_box(emu, array1, (90,), (16,), 0)
+    np.testing.assert_array_equal(out, expected_box(array1, (90,), (16,), (1,), 0))
     array5 = rng.integers(0, 2**31, (3, 2, 4, 5, 8)).astype(np.int32)
     out = run_tma_box(emu, array5, (1, 0, 2, -1, 4), (2, 2, 2, 3, 4), 0)
     np.testing.assert_array_equal(out, expected_box(array5, (1, 0, 2, -1, 4), (2, 2, 2, 3, 4), (1,) * 5, 0))
@@ -442,6 +445,20 @@ def test_mbarrier_wrong_parity_is_a_deadlock_report(emu):
 def test_hopper_misuse_is_an_error(emu, what, message):
     with pytest.raises(EmulationError, match=message):
         emu.function("hopper.cu", "hopper_misuse")((1,), (128,), (np.int32(what),))
+
+
+@pytest.mark.parametrize("what,message", [
+    (0, "shared memory address 0x[0-9a-f]+ is not 128-byte aligned"), (1, "a 3-d copy with a tensor map of rank 2"),
+    (2, "was not made by cuTensorMapEncodeTiled"), (3, "a descriptor differs between threads of warpgroup 0"),
+    (4, r"deadlock: .*threads \(0, 0, 0\)\.\.\(95, 0, 0\) wait for the rest of warpgroup 0 to issue its "
+        r"wgmma.mma_async #0 \(issued by 96 of its 128 threads"),
+    (5, "N = 12 is not one of 8, 16, .. 256")])
+def test_tma_and_wgmma_misuse_is_an_error(emu, what, message):
+    from linear.backends.tensor_map import TensorMap
+    array = np.zeros((64, 64), BF16)
+    tmap = TensorMap(bytes(128), array, (64, 64), 0) if what == 2 else tensor_map(emu, array, (64, 64))
+    with pytest.raises(EmulationError, match=message):
+        emu.function("hopper.cu", "async_misuse")((1,), (128,), (tmap, np.int32(what)), shared_mem=4096 + 1024)
 
 
 # ---- End to end: TMA + mbarrier ring + wgmma -----------------------------------------------------

@@ -218,3 +218,33 @@ __global__ void hopper_misuse(int what) {
         else setmaxnreg<false, 48>();
     }
 }
+
+// Misuses of TMA and wgmma that are errors: 0 a TMA destination not 128-byte aligned, 1 a 3-d copy with
+// a 2-d map, 2 a map that cuTensorMapEncodeTiled did not make, 3 descriptors that differ across the
+// warpgroup, 4 a warp of the warpgroup that never issues the wgmma the others wait for (a deadlock),
+// 5 N = 12. Launch 128 threads with 4096 + 1024 bytes of dynamic shared memory.
+__global__ void async_misuse(const __grid_constant__ CUtensorMap map, int what) {
+    extern __shared__ unsigned char shared_bytes[];
+    unsigned char* base = aligned_1024(shared_bytes);
+    __shared__ __align__(8) uint64_t bar;
+    if (threadIdx.x == 0) mbarrier_init(&bar, 1);
+    __syncthreads();
+    if (what <= 2 && threadIdx.x == 0) {
+        if (what == 0) tensor_load<2>(base + 64, &map, {0, 0}, &bar);
+        if (what == 1) tensor_load<3>(base, &map, {0, 0, 0}, &bar);
+        if (what == 2) tensor_load<2>(base, &map, {0, 0}, &bar);
+    }
+    if (what >= 3) {
+        float d[8];
+        for (int i = 0; i < 8; ++i) d[i] = 0.0f;
+        const uint64_t desc = make_descriptor(base, 16, 1024, 1) + (what == 3 && threadIdx.x == 77 ? 2 : 0);
+        if (what == 5) {
+            float d12[6];
+            wgmma_ss<12, __nv_bfloat16>(d12, desc, desc, 1);
+        } else if (what == 3 || threadIdx.x < 96) {
+            wgmma_ss<16, __nv_bfloat16>(d, desc, desc, 1);
+        }
+        wgmma_commit_group();
+        wgmma_wait_group<0>();
+    }
+}
