@@ -51,14 +51,23 @@ __device__ inline void fence_proxy_async() {
 }
 __device__ inline void fence_mbarrier_init() {}
 
+namespace emu {
+inline void setmaxnreg_check(bool increase, unsigned n, const char* file, int line) {
+    if (n % 8 || n < 24 || n > 256)
+        hopper_fail("setmaxnreg.%s %u at %s:%d: the count must be a multiple of 8 in 24 .. 256", increase ? "inc" : "dec",
+                    n, file, line);
+    SetMaxNreg& s = setmaxnreg_calls[block_thread() / 128];
+    if (s.owner != block_owner() || s.count == 128) s = {block_owner(), 0, n, increase};
+    if (s.value != n || s.increase != increase)
+        hopper_fail("setmaxnreg.%s %u at %s:%d while other threads of warpgroup %u asked for .%s %u: it must be "
+                    "warpgroup-uniform", increase ? "inc" : "dec", n, file, line, block_thread() / 128,
+                    s.increase ? "inc" : "dec", s.value);
+    ++s.count;
+}
+}  // namespace emu
+
 template <bool INCREASE, unsigned N>
 __device__ inline void setmaxnreg(EMU_HOPPER_SITE) {
     static_assert(N % 8 == 0 && N >= 24 && N <= 256, "setmaxnreg takes a multiple of 8 in 24 .. 256");
-    emu::SetMaxNreg& s = emu::setmaxnreg_calls[emu::block_thread() / 128];
-    if (s.owner != emu::block_owner() || s.count == 128) s = {emu::block_owner(), 0, N, INCREASE};
-    if (s.value != N || s.increase != INCREASE)
-        emu::hopper_fail("setmaxnreg.%s %u at %s:%d while other threads of warpgroup %u asked for .%s %u: it must be "
-                         "warpgroup-uniform", INCREASE ? "inc" : "dec", N, file, line, emu::block_thread() / 128,
-                         s.increase ? "inc" : "dec", s.value);
-    ++s.count;
+    emu::setmaxnreg_check(INCREASE, N, file, line);
 }

@@ -215,19 +215,26 @@ __device__ inline void bulk_store(void* dst, const void* src, uint32_t bytes, EM
 // cp.async.bulk.commit_group
 __device__ inline void bulk_commit_group() { ++emu::bulk_store_queue().committed; }
 
-// cp.async.bulk.wait_group(.read) N: the stores of all but the newest N committed groups happen now.
-template <int N>
-__device__ inline void bulk_wait_group() {
-    emu::BulkStoreQueue& q = emu::bulk_store_queue();
+namespace emu {
+// cp.async.bulk.wait_group(.read) keep: the stores of all but the newest `keep` committed groups happen now.
+inline void bulk_wait(int keep) {
+    BulkStoreQueue& q = bulk_store_queue();
     size_t kept = 0;
     for (size_t i = 0; i < q.stores.size(); ++i) {
-        const emu::PendingBulkStore& s = q.stores[i];
-        if (s.group + N < q.committed) {
-            if (s.dims) emu::tensor_store_now(s);
-            else emu::bulk_store_now(s);
+        const PendingBulkStore& s = q.stores[i];
+        if (s.group + unsigned(keep) < q.committed) {
+            if (s.dims) tensor_store_now(s);
+            else bulk_store_now(s);
         } else {
             q.stores[kept++] = s;
         }
     }
     q.stores.resize(kept);
+}
+}  // namespace emu
+
+template <int N>
+__device__ inline void bulk_wait_group() {
+    static_assert(N >= 0, "cp.async.bulk.wait_group takes N >= 0");
+    emu::bulk_wait(N);
 }

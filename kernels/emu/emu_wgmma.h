@@ -92,7 +92,7 @@ struct Warpgroup {
     unsigned long long owner;
     WgmmaOp ops[kWgmmaRing];
 };
-inline std::vector<Warpgroup> warpgroups(8);
+inline std::vector<Warpgroup> warpgroups;  // 8 (a block's most), made at the first wgmma: ~5 MiB
 
 // One issued operation, as a thread of the warpgroup sees it.
 struct WgmmaEntry {
@@ -121,6 +121,7 @@ inline WgmmaThread& wgmma_thread() {
 }
 
 inline Warpgroup& warpgroup() {
+    if (warpgroups.empty()) warpgroups.resize(8);
     Warpgroup& g = warpgroups[block_thread() / 128];
     if (g.owner != block_owner()) {
         g.owner = block_owner();
