@@ -243,3 +243,26 @@ def test_the_translator_keeps_line_numbers_and_leaves_system_and_shim_code_alone
     assert out.splitlines()[4] == "  return v;"
     assert 'asm volatile("pause")' in out and "emu::ptx::put" in out and '__asm__("h_symbol")' in out
     assert all(callable(emit) for _, emit in INSTRUCTIONS)
+
+
+def test_mma_with_f16_accumulators(runtime):
+    # Small integers: exact in f16, so D must equal A·B + C bit for bit.
+    rng = np.random.default_rng(4)
+    a = rng.integers(-4, 5, (16, 16)).astype(np.float16)
+    b = rng.integers(-4, 5, (16, 8)).astype(np.float16)
+    c = rng.integers(-16, 17, (16, 8)).astype(np.float16)
+    *_, d = run(runtime, "probe_mma_f16_accumulators", 1, 32, a, b, c, np.full((16, 8), np.nan, np.float16))
+    np.testing.assert_array_equal(d, a.astype(np.float64) @ b.astype(np.float64) + c)
+
+
+def test_extern_shared_rows_and_declared_alignment(tmp_path):
+    """`extern __shared__ T name[][N]` (rows of N, as hand-written GEMMs declare their stages) is the
+    dynamic buffer too, starting at its declared alignment in the shared window."""
+    (tmp_path / "rows.cu").write_text(
+        "__global__ void rows(unsigned* out) {\n"
+        "    extern __shared__ __align__(256) float tile[][8];\n"
+        "    tile[threadIdx.x][1] = threadIdx.x;\n    __syncthreads();\n"
+        "    out[threadIdx.x] = unsigned(tile[31 - threadIdx.x][1]) | unsigned(__cvta_generic_to_shared(tile) % 256) << 8;\n}\n")
+    out = np.zeros(32, np.uint32)
+    emulator(kernel_dir=tmp_path).function("rows.cu", "rows")(1, 32, (out,), shared_mem=32 * 8 * 4)
+    np.testing.assert_array_equal(out, 31 - np.arange(32))

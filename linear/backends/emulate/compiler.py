@@ -64,7 +64,8 @@ def _cpu_flags() -> tuple[str, ...]:
 # declaration becomes a reference to the runtime's pointer to it, read at each use, which is right at
 # file scope too (on the same line, so compiler messages keep their lines).
 _EXTERN_SHARED = re.compile(
-    r"\bextern\s+__shared__\s+(?P<type>[^;\[\]]*?)\s*\b(?P<name>[A-Za-z_]\w*)\s*\[\s*\]\s*;")
+    r"\bextern\s+__shared__\s+(?P<type>[^;\[\]]*?)\s*\b(?P<name>[A-Za-z_]\w*)\s*\[\s*\]"
+    r"(?P<dims>(?:\s*\[[^\[\];]*\])*)\s*;")
 _ALIGN = re.compile(r"__align__\s*\(\s*\w+\s*\)")
 _SHARED = re.compile(r"\b__shared__\b[^;{}]*;")
 REDZONE = "emu_redzone"          # the name of the padding after each static __shared__ variable
@@ -99,8 +100,10 @@ def rewrite_source(text: str, path: Path, redzones: bool = False) -> str:
     """The kernel source as g++ compiles it: `extern __shared__` arrays point at the dynamic buffer;
     with redzones, each static __shared__ declaration is followed by an unused padding variable, so
     that an overrun of one lands in padding (g++ lays a function's statics out next to each other)."""
-    def pointer(m: re.Match) -> str:
-        element = _ALIGN.sub("", m["type"]).strip()
+    def pointer(m: re.Match) -> str:  # T name[][N] (rows of N) becomes a pointer to arrays of N
+        element, dims = _ALIGN.sub("", m["type"]).strip(), re.sub(r"\s+", "", m["dims"])
+        if dims:
+            return f"{element} (*&{m['name']}){dims} = reinterpret_cast<{element} (*&){dims}>(emu_dynamic_shared);"
         return f"{element}*& {m['name']} = reinterpret_cast<{element}*&>(emu_dynamic_shared);"
     text = re.sub(r"\bstatic\s+__shared__\b", "__shared__", text)
     text = _EXTERN_SHARED.sub(pointer, text)

@@ -27,8 +27,8 @@ not model with block.unsupported(ins, why). ins.parts is the opcode split at dot
 one part, "shared::cta"); ins.operands the parsed operands (Operand, Register, Immediate, Vector,
 Address, Not, Pair). Special registers are SPECIAL_REGISTERS: name -> C++ expression.
 
-The subset (see README, "Inline PTX"): mma.sync m16n8k16 f16/bf16 and m16n8k8 tf32 with f32
-accumulators; ldmatrix and stmatrix m8n8 x1/x2/x4 (.trans); cp.async ca/cg with copy and source sizes
+The subset (see README, "Inline PTX"): mma.sync m16n8k16 f16/bf16 with f32 or f16 accumulators
+and m16n8k8 tf32 with f32; ldmatrix and stmatrix m8n8 x1/x2/x4 (.trans); cp.async ca/cg with copy and source sizes
 or an ignore-src predicate, commit_group, wait_group, wait_all; cvt (integer widths, float <-> f16/bf16,
 f16x2/bf16x2 pairs, float <-> integer with rounding, rna.tf32); cvta to and from .shared, .global,
 .local; mov (special registers, vector pack and unpack); setp (with .and/.or/.xor), selp; integer
@@ -530,17 +530,29 @@ def _space(ins: Instruction, b: Block, default: str = "generic") -> str:
 
 def emit_mma(ins: Instruction, b: Block) -> str:
     parts = ins.parts
-    if len(parts) != 10 or parts[4:6] != ["row", "col"] or parts[6] != "f32" or parts[9] != "f32" or parts[7] != parts[8]:
-        b.unsupported(ins, "row.col with f32 accumulators and equal A and B types")
-    shape, element = parts[3], parts[7]
-    if shape == "m16n8k16" and element in ("f16", "bf16"):
+    if len(parts) != 10 or parts[4:6] != ["row", "col"] or parts[6] != parts[9] or parts[7] != parts[8]:
+        b.unsupported(ins, "row.col with equal A and B types and equal C and D types")
+    shape, element, accumulator = parts[3], parts[7], parts[6]
+    if shape == "m16n8k16" and element in ("f16", "bf16") and accumulator in ("f32", element):
         call = f"emu::ptx::mma_m16n8k16<{'__half' if element == 'f16' else '__nv_bfloat16'}>"
-    elif shape == "m16n8k8" and element == "tf32":
+    elif shape == "m16n8k8" and element == "tf32" and accumulator == "f32":
         call = "emu::ptx::mma_m16n8k8_tf32"
     else:
-        b.unsupported(ins, "m16n8k16 f16/bf16 and m16n8k8 tf32")
+        b.unsupported(ins, "m16n8k16 f16/bf16 with f32 or f16 accumulators, m16n8k8 tf32")
     if len(ins.operands) != 4:
         b.fail(f"{ins.opcode} takes 4 operands")
+    if accumulator == "f16":
+        # D and C: two f16x2 registers, (row g, columns 2t and 2t+1) and (row g + 8, the same); the sums
+        # run in float and are rounded to f16 once.
+        d, a, bb, c = (b.vector(op, n) for op, n in zip(ins.operands, (2, 4, 2, 2)))
+        return ("{ uint32_t ptx_c[2] = {" + ", ".join(b.read(r, "b32") for r in c) + "}; "
+                "float ptx_d[4] = {emu::ptx::from_f16_bits(ptx_c[0]), emu::ptx::from_f16_bits(ptx_c[0] >> 16), "
+                "emu::ptx::from_f16_bits(ptx_c[1]), emu::ptx::from_f16_bits(ptx_c[1] >> 16)}; "
+                "unsigned ptx_a[4] = {" + ", ".join(b.read(r, "b32") for r in a) + "}; "
+                "unsigned ptx_b[2] = {" + ", ".join(b.read(r, "b32") for r in bb) + "}; "
+                f"{call}(ptx_d, ptx_a, ptx_b); "
+                + " ".join(b.write(r, "b32", f"uint32_t(emu::ptx::f16_bits(ptx_d[{2 * i + 1}])) << 16 | "
+                                             f"emu::ptx::f16_bits(ptx_d[{2 * i}])") for i, r in enumerate(d)) + " }")
     d, a, bb, c = (b.vector(op, n) for op, n in zip(ins.operands, (4, 4, 2, 4)))
     return ("{ float ptx_d[4] = {" + ", ".join(b.read(r, "f32") for r in c) + "}; "
             "unsigned ptx_a[4] = {" + ", ".join(b.read(r, "b32") for r in a) + "}; "
