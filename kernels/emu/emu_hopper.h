@@ -1,5 +1,5 @@
-// emu_hopper.h: the sm_90 additions to the shim, as plain functions that kernel code (and the
-// inline-PTX translator) calls: mbarriers (emu_mbarrier.h), TMA bulk copies (emu_tma.h), wgmma
+// emu_hopper.h: the sm_90 additions to the shim, as plain functions in namespace emu::hopper that
+// the inline-PTX translator's code (emulate/ptx_hopper.py) and test kernels call: mbarriers (emu_mbarrier.h), TMA bulk copies (emu_tma.h), wgmma
 // (emu_wgmma.h), and here the fences, setmaxnreg and the shared-address conversions they share.
 //
 //   fence_proxy_async()        fence.proxy.async(.shared::cta): orders the thread's generic-proxy
@@ -23,16 +23,12 @@
 
 namespace emu {
 
-// Shared addresses: the emulator's shared window (see emu_runtime.h) keeps generic and shared
-// addresses congruent modulo 1024, so that swizzles computed from either agree.
-inline uintptr_t shared_window_base() { return (reinterpret_cast<uintptr_t>(emu_dynamic_shared) & ~uintptr_t(1023)) - 1024; }
-inline uint32_t shared_address(const void* p) { return uint32_t(reinterpret_cast<uintptr_t>(p) - shared_window_base()); }
-inline void* shared_pointer(uint32_t address, uint32_t bytes, const char* what) {
-    const uintptr_t dynamic = reinterpret_cast<uintptr_t>(emu_dynamic_shared);
-    const uintptr_t p = shared_window_base() + address;
+// Shared addresses: the runtime's shared window (emu_runtime.h), where generic and shared addresses
+// are congruent modulo 1024, so that swizzles computed from either agree.
+inline uint32_t shared_address(const void* p) { return emu_generic_to_shared(p); }
+inline void* shared_pointer(uint32_t address, uint32_t bytes, const char*) {
     (void)bytes;
-    if (p < dynamic) hopper_fail("%s: shared address 0x%x is outside the dynamic shared memory", what, address);
-    return reinterpret_cast<void*>(p);
+    return emu_shared_to_generic(address);
 }
 
 struct SetMaxNreg {
@@ -44,6 +40,8 @@ inline SetMaxNreg setmaxnreg_calls[8];
 
 }  // namespace emu
 
+namespace emu::hopper {
+
 __device__ inline void fence_proxy_async() {
 #ifdef EMU_SANITIZE
     emu_sanitize_proxy_fence();
@@ -51,23 +49,23 @@ __device__ inline void fence_proxy_async() {
 }
 __device__ inline void fence_mbarrier_init() {}
 
-namespace emu {
 inline void setmaxnreg_check(bool increase, unsigned n, const char* file, int line) {
     if (n % 8 || n < 24 || n > 256)
-        hopper_fail("setmaxnreg.%s %u at %s:%d: the count must be a multiple of 8 in 24 .. 256", increase ? "inc" : "dec",
+        emu::hopper_fail("setmaxnreg.%s %u at %s:%d: the count must be a multiple of 8 in 24 .. 256", increase ? "inc" : "dec",
                     n, file, line);
-    SetMaxNreg& s = setmaxnreg_calls[block_thread() / 128];
-    if (s.owner != block_owner() || s.count == 128) s = {block_owner(), 0, n, increase};
+    emu::SetMaxNreg& s = emu::setmaxnreg_calls[emu::block_thread() / 128];
+    if (s.owner != emu::block_owner() || s.count == 128) s = {emu::block_owner(), 0, n, increase};
     if (s.value != n || s.increase != increase)
-        hopper_fail("setmaxnreg.%s %u at %s:%d while other threads of warpgroup %u asked for .%s %u: it must be "
-                    "warpgroup-uniform", increase ? "inc" : "dec", n, file, line, block_thread() / 128,
+        emu::hopper_fail("setmaxnreg.%s %u at %s:%d while other threads of warpgroup %u asked for .%s %u: it must be "
+                    "warpgroup-uniform", increase ? "inc" : "dec", n, file, line, emu::block_thread() / 128,
                     s.increase ? "inc" : "dec", s.value);
     ++s.count;
 }
-}  // namespace emu
 
 template <bool INCREASE, unsigned N>
 __device__ inline void setmaxnreg(EMU_HOPPER_SITE) {
     static_assert(N % 8 == 0 && N >= 24 && N <= 256, "setmaxnreg takes a multiple of 8 in 24 .. 256");
-    emu::setmaxnreg_check(INCREASE, N, file, line);
+    setmaxnreg_check(INCREASE, N, file, line);
 }
+
+}  // namespace emu::hopper

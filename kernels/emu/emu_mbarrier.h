@@ -209,6 +209,8 @@ inline bool mbarrier_wait(uint64_t* barrier, uint32_t parity, bool block, const 
 }  // namespace emu
 
 // ---- The instructions, as plain functions: the mbarrier operand is its generic address ----------
+namespace emu::hopper {
+
 #define EMU_HOPPER_SITE const char* file = __builtin_FILE(), int line = __builtin_LINE()
 
 // mbarrier.init.shared.b64 [bar], count
@@ -285,3 +287,5 @@ __device__ inline bool mbarrier_try_wait_parity(uint64_t* barrier, uint32_t pari
 __device__ inline bool mbarrier_phase_complete(uint64_t* barrier, uint32_t parity, EMU_HOPPER_SITE) {
     return emu::mbarrier_wait(barrier, parity, false, "mbarrier_phase_complete", file, line);
 }
+
+}  // namespace emu::hopper

@@ -161,6 +161,8 @@ __attribute__((no_sanitize_thread)) inline void bulk_store_now(const PendingBulk
 }  // namespace emu
 
 // ---- The instructions ---------------------------------------------------------------------------
+namespace emu::hopper {
+
 // cp.async.bulk.tensor.Nd.shared::cluster.global.tile.mbarrier::complete_tx::bytes [dst], [map, {c...}], [bar]
 template <int N>
 __device__ inline void tensor_load(void* dst, const CUtensorMap* map, const int32_t (&coords)[N], uint64_t* barrier,
@@ -215,26 +217,26 @@ __device__ inline void bulk_store(void* dst, const void* src, uint32_t bytes, EM
 // cp.async.bulk.commit_group
 __device__ inline void bulk_commit_group() { ++emu::bulk_store_queue().committed; }
 
-namespace emu {
 // cp.async.bulk.wait_group(.read) keep: the stores of all but the newest `keep` committed groups happen now.
 inline void bulk_wait(int keep) {
-    BulkStoreQueue& q = bulk_store_queue();
+    emu::BulkStoreQueue& q = emu::bulk_store_queue();
     size_t kept = 0;
     for (size_t i = 0; i < q.stores.size(); ++i) {
-        const PendingBulkStore& s = q.stores[i];
+        const emu::PendingBulkStore& s = q.stores[i];
         if (s.group + unsigned(keep) < q.committed) {
-            if (s.dims) tensor_store_now(s);
-            else bulk_store_now(s);
+            if (s.dims) emu::tensor_store_now(s);
+            else emu::bulk_store_now(s);
         } else {
             q.stores[kept++] = s;
         }
     }
     q.stores.resize(kept);
 }
-}  // namespace emu
 
 template <int N>
 __device__ inline void bulk_wait_group() {
     static_assert(N >= 0, "cp.async.bulk.wait_group takes N >= 0");
-    emu::bulk_wait(N);
+    bulk_wait(N);
 }
+
+}  // namespace emu::hopper

@@ -310,6 +310,8 @@ inline void wgmma_retire(int keep) {
 }  // namespace emu
 
 // ---- The instructions ---------------------------------------------------------------------------
+namespace emu::hopper {
+
 // wgmma.fence.sync.aligned: orders register and shared accesses before the next wgmma; nothing to do
 // here, since operations read their operands at their retirement.
 __device__ inline void wgmma_fence() {}
@@ -358,3 +360,5 @@ __device__ inline void wgmma_ss_f16(uint32_t (&d)[N / 4], uint64_t desc_a, uint6
     emu::wgmma_issue(emu::WgmmaType::f16, N, registers, true, scale_d, desc_a, nullptr, desc_b, scale_a, scale_b, trans_a,
                      trans_b, file, line);
 }
+
+}  // namespace emu::hopper

@@ -10,6 +10,8 @@
 
 #include "emu_hopper.h"
 
+using namespace emu::hopper;
+
 // The 32-bit shared address of a shared-memory pointer (what descriptors and PTX operands hold).
 __device__ inline uint32_t smem_u32(const void* p) { return emu::shared_address(p); }
 
