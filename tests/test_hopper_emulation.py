@@ -463,7 +463,7 @@ def test_tma_and_wgmma_misuse_is_an_error(emu, what, message):
 
 # ---- End to end: TMA + mbarrier ring + wgmma -----------------------------------------------------
 
-def run_gemm(emu, m, n, k, bn, b_mn_major, skip=0, seed=0):
+def run_gemm(emu, m, n, k, bn, b_mn_major, skip=0, seed=0, source="hopper_gemm.cu"):
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((m, k)).astype(BF16)
     b = rng.standard_normal((k, n)).astype(BF16)
@@ -471,7 +471,7 @@ def run_gemm(emu, m, n, k, bn, b_mn_major, skip=0, seed=0):
     map_a = tensor_map(emu, a, (128, 64), swizzle=128)
     map_b = (tensor_map(emu, b, (64, 64), swizzle=128) if b_mn_major
              else tensor_map(emu, np.ascontiguousarray(b.T), (bn, 64), swizzle=128))
-    kernel = emu.function("hopper_gemm.cu", f"hopper_gemm<{bn}, {str(b_mn_major).lower()}, {skip}>")
+    kernel = emu.function(source, f"hopper_gemm<{bn}, {str(b_mn_major).lower()}, {skip}>")
     shared = 4 * (128 * 64 * 2 + bn * 64 * 2) + 1024 + 64
     start = time.perf_counter()
     kernel((-(-n // bn), -(-m // 128)), (384,), (map_a, map_b, c, np.int32(m), np.int32(n), np.int32(k)),
@@ -489,6 +489,14 @@ def test_hopper_gemm_256_cubed(emu, bn, b_mn_major):
     _, _, seconds = run_gemm(emu, 256, 256, 256, bn, b_mn_major, seed=1)
     print(f"hopper_gemm<{bn}, {b_mn_major}> 256^3: {seconds:.3f} s")
     assert seconds < 2.0
+
+
+def test_hopper_gemm_through_inline_ptx(emu):
+    """The same kernel with its mbarrier, TMA, setmaxnreg, fence and wgmma instructions written as inline PTX
+    (hopper_gemm_ptx.cu), translated by the emulator: the asm strings a GPU would run."""
+    c, expected, seconds = run_gemm(emu, 256, 256, 256, 128, True, source="hopper_gemm_ptx.cu")
+    assert rel(c, expected) < 1e-5
+    print(f"hopper_gemm_ptx<128, true> 256^3: {seconds:.3f} s")
 
 
 def test_hopper_gemm_edges(emu):

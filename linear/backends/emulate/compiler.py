@@ -252,7 +252,9 @@ class Compiler:
             raise EmulationError(f"{self.cxx} failed to compile {what}:\n{result.stderr.strip()}")
 
 
-_TRANSLATOR_DIGEST = hashlib.sha256(Path(ptx.__file__).read_bytes()).digest()
+# The translator's modules (ptx.py and the instruction sets beside it, ptx_*.py) are part of every key.
+_TRANSLATOR_DIGEST = hashlib.sha256(b"".join(path.read_bytes() for path in
+                                             sorted(Path(ptx.__file__).parent.glob("ptx*.py")))).digest()
 _RECORD = ".sha256"  # beside each library: "size sha256" of the library as built
 
 

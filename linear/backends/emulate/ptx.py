@@ -127,6 +127,12 @@ class Address:      # [base], [base+offset], [offset]
 
 
 @dataclass(frozen=True)
+class TensorAddress:  # [tensor-map, {c0, c1, ...}]: a TMA copy's tensor and coordinates
+    base: object
+    coordinates: Vector
+
+
+@dataclass(frozen=True)
 class Not:          # !p
     operand: object
 
@@ -137,7 +143,7 @@ class Pair:         # p|q
     second: object
 
 
-Node = Union[Operand, Register, Immediate, Vector, Address, Not, Pair]
+Node = Union[Operand, Register, Immediate, Vector, Address, TensorAddress, Not, Pair]
 
 
 @dataclass
@@ -328,6 +334,13 @@ class _Parser:
                     self.take()
                     sign = -1
                 offset = sign * _integer(self.take()[1], self.fail)
+            if self.peek()[1] == "," and base is not None and not offset:  # [tensor-map, {coordinates}]
+                self.take()
+                coordinates = self.operand_atom()
+                self.take("]")
+                if not isinstance(coordinates, Vector):
+                    self.fail("expected [tensor-map, {coordinates}]")
+                return TensorAddress(base, coordinates)
             self.take("]")
             return Address(base, offset)
         if value == "!":
@@ -1027,6 +1040,10 @@ INSTRUCTIONS: list[tuple[str, Callable[[Instruction, Block], str]]] = [
     (r"trap|brkpt", emit_trap),
     (r"bra(?:\.uni)?", emit_bra),
 ]
+# The sm_90 set (mbarrier, cp.async.bulk, wgmma, fence.proxy.async, setmaxnreg): ptx_hopper.py.
+from .ptx_hopper import INSTRUCTIONS as _HOPPER_INSTRUCTIONS  # noqa: E402 (it uses the names above)
+
+INSTRUCTIONS += _HOPPER_INSTRUCTIONS
 _COMPILED: list[tuple[re.Pattern, Callable]] = []
 
 
