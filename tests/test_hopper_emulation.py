@@ -554,3 +554,23 @@ def test_a_skipped_empty_barrier_wait_over_arrives(schedule):
     emu = EmulatorRuntime(kernel_dir=KERNELS, timeout_s=120, schedule=schedule)
     with pytest.raises(EmulationError, match="more threads arrive than it expects"):
         run_gemm(emu, 128, 128, 512, 128, True, skip=2)
+
+
+# ---- Thread-block clusters: not modelled, and a clear error -------------------------------------
+
+@pytest.mark.parametrize("source,message", [
+    ("__global__ void __cluster_dims__(2, 1, 1) k(float* x) { x[0] = 1; }",
+     r"k\.cu:1:.*thread-block clusters \(__cluster_dims__\) are not modelled"),
+    ('__global__ void k(float* x) { asm volatile("barrier.cluster.arrive;"); x[0] = 1; }',
+     r"k\.cu:1: inline PTX: the PTX instruction `barrier.cluster.arrive` is not in the emulator's subset"),
+    ('__global__ void k(float* x) { unsigned a = 0, r; asm volatile("mapa.shared::cluster.u32 %0, %1, 1;" '
+     ': "=r"(r) : "r"(a)); x[0] = r; }', r"`mapa.shared::cluster.u32` is not in the emulator's subset"),
+    ('__global__ void k(unsigned long long m, float* x) { asm volatile("cp.async.bulk.tensor.2d.shared::cluster.'
+     'global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%0, %0}], [%0], %2;" :: "r"(0u), '
+     '"l"(m), "h"((unsigned short)3)); x[0] = 1; }', r"multicast, cta_group\) are not modelled"),
+])
+def test_cluster_use_is_a_clear_error(tmp_path, source, message):
+    (tmp_path / "k.cu").write_text(source + "\n")
+    runtime = EmulatorRuntime(kernel_dir=tmp_path, timeout_s=60)
+    with pytest.raises(EmulationError, match=message):
+        runtime.function("k.cu", "k")
