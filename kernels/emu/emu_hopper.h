@@ -25,8 +25,8 @@ namespace emu {
 
 // Shared addresses: the runtime's shared window (emu_runtime.h), where generic and shared addresses
 // are congruent modulo 1024, so that swizzles computed from either agree.
-inline uint32_t shared_address(const void* p) { return emu_generic_to_shared(p); }
-inline void* shared_pointer(uint32_t address, uint32_t bytes, const char*) {
+EMU_SHIM_ACCESS inline uint32_t shared_address(const void* p) { return emu_generic_to_shared(p); }
+EMU_SHIM_ACCESS inline void* shared_pointer(uint32_t address, uint32_t bytes, const char*) {
     (void)bytes;
     return emu_shared_to_generic(address);
 }
@@ -42,14 +42,14 @@ inline SetMaxNreg setmaxnreg_calls[8];
 
 namespace emu::hopper {
 
-__device__ inline void fence_proxy_async() {
+EMU_SHIM_ACCESS __device__ inline void fence_proxy_async() {
 #ifdef EMU_SANITIZE
     emu_sanitize_proxy_fence();
 #endif
 }
-__device__ inline void fence_mbarrier_init() {}
+EMU_SHIM_ACCESS __device__ inline void fence_mbarrier_init() {}
 
-inline void setmaxnreg_check(bool increase, unsigned n, const char* file, int line) {
+EMU_SHIM_ACCESS inline void setmaxnreg_check(bool increase, unsigned n, const char* file, int line) {
     if (n % 8 || n < 24 || n > 256)
         emu::hopper_fail("setmaxnreg.%s %u at %s:%d: the count must be a multiple of 8 in 24 .. 256", increase ? "inc" : "dec",
                     n, file, line);
@@ -63,7 +63,7 @@ inline void setmaxnreg_check(bool increase, unsigned n, const char* file, int li
 }
 
 template <bool INCREASE, unsigned N>
-__device__ inline void setmaxnreg(EMU_HOPPER_SITE) {
+EMU_SHIM_ACCESS __device__ inline void setmaxnreg(EMU_HOPPER_SITE) {
     static_assert(N % 8 == 0 && N >= 24 && N <= 256, "setmaxnreg takes a multiple of 8 in 24 .. 256");
     setmaxnreg_check(INCREASE, N, file, line);
 }

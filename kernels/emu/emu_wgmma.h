@@ -53,14 +53,14 @@ struct WgmmaDescriptor {
     uint32_t start, lbo, sbo, base_offset, swizzle_chunks;
 };
 
-inline WgmmaDescriptor decode_descriptor(uint64_t d) {
+EMU_SHIM_ACCESS inline WgmmaDescriptor decode_descriptor(uint64_t d) {
     static const uint32_t chunks[4] = {1, 8, 4, 2};
     return {uint32_t(d & 0x3FFF) << 4, uint32_t(d >> 16 & 0x3FFF) << 4, uint32_t(d >> 32 & 0x3FFF) << 4,
             uint32_t(d >> 49 & 7), chunks[d >> 62]};
 }
 
 // The shared address of element (mn, k) of a descriptor's matrix (see the top of this file).
-inline uint32_t descriptor_address(const WgmmaDescriptor& d, bool mn_major, int element_bytes, int mn, int k) {
+EMU_SHIM_ACCESS inline uint32_t descriptor_address(const WgmmaDescriptor& d, bool mn_major, int element_bytes, int mn, int k) {
     const uint32_t T = 16 / element_bytes, W = d.swizzle_chunks;
     uint32_t offset;
     if (!mn_major) {
@@ -112,15 +112,15 @@ struct WgmmaThread {
 };
 inline WgmmaThread wgmma_threads[1024];
 
-inline unsigned block_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
+EMU_SHIM_ACCESS inline unsigned block_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
 
-inline WgmmaThread& wgmma_thread() {
+EMU_SHIM_ACCESS inline WgmmaThread& wgmma_thread() {
     WgmmaThread& t = wgmma_threads[block_thread()];
     if (t.owner != block_owner()) t.owner = block_owner(), t.issued = 0, t.committed = 0, t.entries.clear();
     return t;
 }
 
-inline Warpgroup& warpgroup() {
+EMU_SHIM_ACCESS inline Warpgroup& warpgroup() {
     if (warpgroups.empty()) warpgroups.resize(8);
     Warpgroup& g = warpgroups[block_thread() / 128];
     if (g.owner != block_owner()) {
@@ -130,7 +130,7 @@ inline Warpgroup& warpgroup() {
     return g;
 }
 
-inline float tensor_core_value(WgmmaType type, uint32_t bits) {
+EMU_SHIM_ACCESS inline float tensor_core_value(WgmmaType type, uint32_t bits) {
     switch (type) {
     case WgmmaType::f16: return __half2float(from_bits<__half>(bits & 0xFFFF));
     case WgmmaType::bf16: return __bfloat162float(from_bits<__nv_bfloat16>(bits & 0xFFFF));
@@ -138,12 +138,12 @@ inline float tensor_core_value(WgmmaType type, uint32_t bits) {
     }
 }
 
-inline void* shared_pointer(uint32_t address, uint32_t bytes, const char* what);
+EMU_SHIM_ACCESS inline void* shared_pointer(uint32_t address, uint32_t bytes, const char* what);
 
 // Reads A and B as the tensor core sees them: from shared memory now (or A's registers).
-__attribute__((no_sanitize_thread)) inline void load_operands(WgmmaOp& op) {
+EMU_SHIM_ACCESS inline void load_operands(WgmmaOp& op) {
     const int size = op.type == WgmmaType::tf32 ? 4 : 2;
-    auto element = [&](uint64_t desc, bool mn_major, int mn, int k) {
+    auto element = [&](uint64_t desc, bool mn_major, int mn, int k) EMU_SHIM_ACCESS {
         const uint32_t address = descriptor_address(decode_descriptor(desc), mn_major, size, mn, k);
         uint32_t bits = 0;
         const void* p = shared_pointer(address, size, "wgmma.mma_async: a descriptor's element");
@@ -177,15 +177,15 @@ struct WgmmaRetire {
     const WgmmaOp* op;
     unsigned warpgroup;
 };
-inline int wgmma_issued_by_all(void* object) { return static_cast<WgmmaRetire*>(object)->op->issued == 128; }
-inline void describe_wgmma_retire(void* object, char* out, size_t n) {
+EMU_SHIM_ACCESS inline int wgmma_issued_by_all(void* object) { return static_cast<WgmmaRetire*>(object)->op->issued == 128; }
+EMU_SHIM_ACCESS inline void describe_wgmma_retire(void* object, char* out, size_t n) {
     auto* r = static_cast<WgmmaRetire*>(object);
     snprintf(out, n, "the rest of warpgroup %u to issue its wgmma.mma_async #%llu (issued by %u of its 128 threads, "
              "first at %s:%d) before wgmma.wait_group can retire it", r->warpgroup,
              static_cast<unsigned long long>(r->op->sequence), r->op->issued, r->op->file, r->op->line);
 }
 
-inline void check_issue(bool ok, const char* what, const WgmmaOp& op, const char* file, int line) {
+EMU_SHIM_ACCESS inline void check_issue(bool ok, const char* what, const WgmmaOp& op, const char* file, int line) {
     if (!ok)
         hopper_fail("wgmma.mma_async #%llu: %s differs between threads of warpgroup %u (here at %s:%d, first issued at "
                     "%s:%d); the instruction is .aligned: every thread must issue the same one",
@@ -193,12 +193,12 @@ inline void check_issue(bool ok, const char* what, const WgmmaOp& op, const char
 }
 
 // Accumulator value i of a thread: f32 register i, or half i % 2 of f16x2 register i / 2.
-inline float accumulator_value(void* const* registers, bool f16, int i) {
+EMU_SHIM_ACCESS inline float accumulator_value(void* const* registers, bool f16, int i) {
     if (!f16) return *static_cast<const float*>(registers[i]);
     const uint32_t bits = *static_cast<const uint32_t*>(registers[i / 2]);
     return __half2float(from_bits<__half>(bits >> (16 * (i % 2)) & 0xFFFF));
 }
-inline void set_accumulators(void* const* registers, bool f16, int n_values, const float* values) {
+EMU_SHIM_ACCESS inline void set_accumulators(void* const* registers, bool f16, int n_values, const float* values) {
     for (int i = 0; i < n_values; i += f16 ? 2 : 1) {
         if (!f16) {
             *static_cast<float*>(registers[i]) = values[i];
@@ -209,7 +209,7 @@ inline void set_accumulators(void* const* registers, bool f16, int n_values, con
     }
 }
 
-inline void wgmma_issue(WgmmaType type, int n, void* const* d, bool f16_accumulator, int scale_d, uint64_t desc_a, const uint32_t* a_registers,
+EMU_SHIM_ACCESS inline void wgmma_issue(WgmmaType type, int n, void* const* d, bool f16_accumulator, int scale_d, uint64_t desc_a, const uint32_t* a_registers,
                         uint64_t desc_b, int scale_a, int scale_b, int trans_a, int trans_b, const char* file, int line) {
     if (blockDim.x * blockDim.y * blockDim.z % 128)
         hopper_fail("wgmma.mma_async in a block of %u threads, not a whole number of warpgroups (%s:%d)",
@@ -273,7 +273,7 @@ inline void wgmma_issue(WgmmaType type, int n, void* const* d, bool f16_accumula
 }
 
 // Retires the thread's operations of groups older than the newest `keep`.
-inline void wgmma_retire(int keep) {
+EMU_SHIM_ACCESS inline void wgmma_retire(int keep) {
     WgmmaThread& thread = wgmma_thread();
     Warpgroup& group = warpgroup();
     const unsigned t = block_thread() % 128, w = t / 32, lane = t % 32, g = lane / 4, q = lane % 4;
@@ -314,12 +314,12 @@ namespace emu::hopper {
 
 // wgmma.fence.sync.aligned: orders register and shared accesses before the next wgmma; nothing to do
 // here, since operations read their operands at their retirement.
-__device__ inline void wgmma_fence() {}
+EMU_SHIM_ACCESS __device__ inline void wgmma_fence() {}
 // wgmma.commit_group.sync.aligned
-__device__ inline void wgmma_commit_group() { ++emu::wgmma_thread().committed; }
+EMU_SHIM_ACCESS __device__ inline void wgmma_commit_group() { ++emu::wgmma_thread().committed; }
 // wgmma.wait_group.sync.aligned N
 template <int N>
-__device__ inline void wgmma_wait_group() {
+EMU_SHIM_ACCESS __device__ inline void wgmma_wait_group() {
     static_assert(N >= 0 && N <= 7, "wgmma.wait_group takes 0 .. 7");
     emu::wgmma_retire(N);
 }
@@ -332,7 +332,7 @@ template <> struct emu_wgmma_type<float> { static constexpr emu::WgmmaType value
 // wgmma.mma_async.sync.aligned.m64nNk16.f32.T.T d, desc-a, desc-b, scale-d, imm-scale-a, imm-scale-b,
 // imm-trans-a, imm-trans-b (T = __half, __nv_bfloat16; float means tf32 with k8)
 template <int N, class T>
-__device__ inline void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, int scale_d, int scale_a = 1,
+EMU_SHIM_ACCESS __device__ inline void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, int scale_d, int scale_a = 1,
                                 int scale_b = 1, int trans_a = 0, int trans_b = 0, EMU_HOPPER_SITE) {
     void* registers[N / 2];
     for (int i = 0; i < N / 2; ++i) registers[i] = &d[i];
@@ -342,7 +342,7 @@ __device__ inline void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t des
 
 // The same with A from registers: a[4] (f16/bf16: 2 elements each; tf32: 1 each).
 template <int N, class T>
-__device__ inline void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b, int scale_d, int scale_a = 1,
+EMU_SHIM_ACCESS __device__ inline void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b, int scale_d, int scale_a = 1,
                                 int scale_b = 1, int trans_b = 0, EMU_HOPPER_SITE) {
     void* registers[N / 2];
     for (int i = 0; i < N / 2; ++i) registers[i] = &d[i];
@@ -353,7 +353,7 @@ __device__ inline void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint6
 // wgmma.mma_async.sync.aligned.m64nNk16.f16.f16.f16: f16 accumulators, two per register (the lower
 // value, even i, in the low half), rounded to f16 at the end of each operation.
 template <int N>
-__device__ inline void wgmma_ss_f16(uint32_t (&d)[N / 4], uint64_t desc_a, uint64_t desc_b, int scale_d, int scale_a = 1,
+EMU_SHIM_ACCESS __device__ inline void wgmma_ss_f16(uint32_t (&d)[N / 4], uint64_t desc_a, uint64_t desc_b, int scale_d, int scale_a = 1,
                                     int scale_b = 1, int trans_a = 0, int trans_b = 0, EMU_HOPPER_SITE) {
     void* registers[N / 4];
     for (int i = 0; i < N / 4; ++i) registers[i] = &d[i];
