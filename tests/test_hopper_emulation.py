@@ -138,7 +138,7 @@ LAYOUTS = {  # (major, swizzle span, LBO, SBO) for a 64- or N-row operand of 32 
 
 
 def run_wgmma(emu, kind, n, layout_a, layout_b, *, scale_d=1, scale_a=1, scale_b=1, a_from_registers=False,
-              wait=True, wrong_swizzle_b=None, seed=0):
+              wait=True, wrong_swizzle_b=None, seed=0, kernel=None):
     """One m64nNk wgmma: A and B random, placed by the CuTe layouts; returns (D as 64 x N, expected)."""
     rng = np.random.default_rng(seed)
     ctype, dtype = TYPES[kind]
@@ -169,7 +169,7 @@ def run_wgmma(emu, kind, n, layout_a, layout_b, *, scale_d=1, scale_a=1, scale_b
             d_in[t, i] = c[accumulator_position(t, i)]
     d_out = np.full((128, n // 2), np.nan, np.float32)
     name = f"wgmma_tile<{n}, {ctype}, {str(a_from_registers).lower()}, {str(wait).lower()}>"
-    emu.function("hopper.cu", name)(
+    emu.function(*(kernel or ("hopper.cu", name)))(
         (1,), (128,), (image, np.int32(len(image)), np.int32(a_offset), np.int32(b_offset),
                        descriptor(lbo_a, sbo_a, span_a), descriptor(lbo_b, sbo_b, span_b), registers.reshape(-1),
                        np.int32(scale_d), np.int32(scale_a), np.int32(scale_b), np.int32(major_a == "MN"),
@@ -239,6 +239,32 @@ def test_wgmma_f16_accumulators(emu):
     expected = a.astype(np.float64) @ b.astype(np.float64) + c
     assert rel(out, expected) < 1e-3
     np.testing.assert_array_equal(out, out.astype(np.float16).astype(np.float64))  # f16 values
+
+
+def test_wgmma_through_inline_ptx(emu):
+    """The translator's wgmma forms: tf32 with A from registers (m64n8k8, imm-scale-b -1, a predicate
+    scale-d), f16 from descriptors with imm-trans-a 1 and imm-scale-a -1 (m64n16k16)."""
+    out, expected = run_wgmma(emu, "tf32", 8, "K-128B", "K-64B", a_from_registers=True, scale_b=-1,
+                              kernel=("hopper_ptx_probe.cu", "wgmma_ptx_tf32_rs"))
+    assert rel(out, expected) < 1e-6
+    out, expected = run_wgmma(emu, "float16", 16, "MN-64B", "K-32B", scale_a=-1,
+                              kernel=("hopper_ptx_probe.cu", "wgmma_ptx_f16_ss"))
+    assert rel(out, expected) < 1e-6
+
+
+def test_mbarrier_and_bulk_copies_through_inline_ptx(emu):
+    out = np.full(3, -1, np.int32)
+    emu.function("hopper_ptx_probe.cu", "mbarrier_ptx_phases")((1,), (1,), (out,))
+    np.testing.assert_array_equal(out, [1, 1, 7])
+    rng = np.random.default_rng(9)
+    data = rng.standard_normal(8 * 32).astype(np.float32)   # as shared memory will hold the box
+    array = np.full((16, 40), np.nan, np.float32)
+    tmap = tensor_map(emu, array, (8, 32))
+    emu.function("hopper_ptx_probe.cu", "bulk_ptx")((1,), (1,), (tmap, data.view(np.uint8), np.int32(data.nbytes)),
+                                                    shared_mem=data.nbytes + 1024)
+    expected = np.full_like(array, np.nan)
+    expected[:8, :32] = data.reshape(8, 32)
+    np.testing.assert_array_equal(array, expected)
 
 
 def test_wgmma_accumulator_layout_is_clayout_64xn(emu):
