@@ -561,7 +561,8 @@ def test_racecheck_reports_a_missing_proxy_fence():
             np.int32(0), np.zeros((128, 32), np.float32), np.zeros((128, 32), np.float32))
     emu.function("hopper.cu", "wgmma_tile<64, __nv_bfloat16, false, true, true>")((1,), (128,), args,
                                                                                  shared_mem=len(image) + 1024)
-    with pytest.raises(EmulationError, match="no fence.proxy.async after the write"):
+    with pytest.raises(EmulationError, match=r"no fence.proxy.async after the write \(at \S*hopper\.cu:\d+; the other at "
+                                             r"\S*hopper\.cu:\d+\)"):
         emu.function("hopper.cu", "wgmma_tile<64, __nv_bfloat16, false, true, false>")((1,), (128,), args,
                                                                                       shared_mem=len(image) + 1024)
 
@@ -569,7 +570,9 @@ def test_racecheck_reports_a_missing_proxy_fence():
 def test_racecheck_reports_a_skipped_full_barrier_wait():
     """Negative control: TMA writes and wgmma reads of a slot that no mbarrier orders are a race."""
     emu = EmulatorRuntime(kernel_dir=KERNELS, timeout_s=120, sanitize="racecheck")
-    with pytest.raises(EmulationError, match="racecheck: .* of the dynamic shared memory"):
+    # Both lines are the kernel's: the wgmma's wait that reads the slot, the TMA load that writes it.
+    with pytest.raises(EmulationError, match=r"racecheck: .* of the dynamic shared memory .*\(at \S*hopper_gemm\.cu:\d+; "
+                                             r"the other at \S*hopper_gemm\.cu:\d+\)"):
         run_gemm(emu, 128, 128, 512, 128, True, skip=1)
 
 

@@ -87,13 +87,17 @@ EMU_SHIM_ACCESS inline std::vector<PendingBulkLoad>& bulk_loads() {
 // Sanitize builds: the shim's own accesses to barriers and to the data of asynchronous copies are
 // uninstrumented (no_sanitize_thread); what they mean for the sanitizer is said explicitly: an arrive
 // releases, a successful wait acquires (racecheck orders accesses through them), and a copy's data
-// accesses are made by the thread that issues or retires it (see emu_tma.h, emu_wgmma.h).
+// accesses are made by the thread that issues or retires it (see emu_tma.h, emu_wgmma.h), at the kernel's
+// call: the shim's entry points pass their return address (in a sanitize build they are real calls, never
+// inlined into the instrumented kernel code), which reports turn into the kernel's source line.
 #ifdef EMU_SANITIZE
-EMU_SHIM_ACCESS inline void sanitize_access(const void* p, size_t n, bool write) { emu_sanitize_access(p, n, write); }
+EMU_SHIM_ACCESS inline void sanitize_access(const void* p, size_t n, bool write, const void* pc) {
+    emu_sanitize_access(p, n, write, pc);
+}
 EMU_SHIM_ACCESS inline void sanitize_release(const void* object) { emu_sanitize_release(object); }
 EMU_SHIM_ACCESS inline void sanitize_acquire(const void* object) { emu_sanitize_acquire(object); }
 #else
-EMU_SHIM_ACCESS inline void sanitize_access(const void*, size_t, bool) {}
+EMU_SHIM_ACCESS inline void sanitize_access(const void*, size_t, bool, const void*) {}
 EMU_SHIM_ACCESS inline void sanitize_release(const void*) {}
 EMU_SHIM_ACCESS inline void sanitize_acquire(const void*) {}
 #endif

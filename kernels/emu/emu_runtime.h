@@ -111,11 +111,12 @@ void emu_named_barrier(int id, int count, int wait, const char* file, int line);
 // An atomic read-modify-write of n bytes at p (sanitize builds: atomics never race each other).
 void emu_sanitize_atomic(void* p, size_t n);
 // For the shim's asynchronous operations (emu_mbarrier.h, emu_tma.h, emu_wgmma.h), in sanitize builds:
-// an access of n bytes at p by the async proxy for the running thread, fence.proxy.async (the thread's
+// an access of n bytes at p by the async proxy for the running thread (pc: a return address in the
+// kernel's code, which reports turn into its source line), fence.proxy.async (the thread's
 // generic writes so far become visible to the async proxy: an async read of a byte whose generic write
 // was not fenced is a racecheck report), and release/acquire through a sync object (the releasing
 // thread's accesses so far happen before the acquiring thread's later ones).
-void emu_sanitize_access(const void* p, size_t n, int write);
+void emu_sanitize_access(const void* p, size_t n, int write, const void* pc);
 void emu_sanitize_proxy_fence(void);
 void emu_sanitize_release(const void* object);
 void emu_sanitize_acquire(const void* object);

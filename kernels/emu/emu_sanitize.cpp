@@ -309,8 +309,8 @@ extern "C" void emu_sanitize_atomic(void* p, size_t n) {
     emu_san::access(p, n, true, true, __builtin_return_address(0));
 }
 
-extern "C" void emu_sanitize_access(const void* p, size_t n, int write) {
-    emu_san::access(p, n, write != 0, false, __builtin_return_address(0), true);
+extern "C" void emu_sanitize_access(const void* p, size_t n, int write, const void* pc) {
+    emu_san::access(p, n, write != 0, false, pc, true);
 }
 extern "C" void emu_sanitize_proxy_fence(void) {
     if (emu_san::S.modes) ++emu_san::S.proxy_fences[emu_san::S.thread];

@@ -112,7 +112,7 @@ EMU_SHIM_ACCESS inline void check_shared_destination(const void* dst, uintptr_t 
 
 EMU_SHIM_ACCESS inline void tensor_load(int dims, void* dst, const CUtensorMap* map,
                                                             const int32_t* coords, uint64_t* barrier,
-                                                            const char* file, int line) {
+                                                            const char* file, int line, const void* pc) {
     const char* what = "cp.async.bulk.tensor (load)";
     const TensorMapView v = tensor_map_for(map, dims, what, file, line);
     check_shared_destination(dst, 128, what, file, line);
@@ -136,25 +136,25 @@ EMU_SHIM_ACCESS inline void tensor_load(int dims, void* dst, const CUtensorMap* 
     });
     // For the sanitizer the shared memory is written now, by the issuing thread, and released to the barrier.
     for (uint32_t offset = 0; offset < load.bytes; offset += 16)
-        sanitize_access(swizzled(load.destination + offset, load.swizzle_chunks), 16, true);
+        sanitize_access(swizzled(load.destination + offset, load.swizzle_chunks), 16, true, pc);
     sanitize_release(barrier);
     bulk_loads().push_back(std::move(load));
 }
 
-EMU_SHIM_ACCESS inline void tensor_store_now(const PendingBulkStore& s) {
+EMU_SHIM_ACCESS inline void tensor_store_now(const PendingBulkStore& s, const void* pc) {
     TensorMapView v;
     decode_tensor_map(&s.map, &v);
     for_each_box_element(v, s.coords, [&](uint32_t offset, unsigned char* element) EMU_SHIM_ACCESS {
         if (!element) return;
         const unsigned char* from = swizzled(const_cast<unsigned char*>(s.source) + offset - offset % 16, unsigned(v.swizzle_chunks)) + offset % 16;
-        sanitize_access(from, size_t(v.element_bytes), false);
+        sanitize_access(from, size_t(v.element_bytes), false, pc);
         for (int b = 0; b < v.element_bytes; ++b) element[b] = from[b];
     });
 }
 
-EMU_SHIM_ACCESS inline void bulk_store_now(const PendingBulkStore& s) {
-    sanitize_access(s.source, s.bytes, false);
-    sanitize_access(s.destination, s.bytes, true);
+EMU_SHIM_ACCESS inline void bulk_store_now(const PendingBulkStore& s, const void* pc) {
+    sanitize_access(s.source, s.bytes, false, pc);
+    sanitize_access(s.destination, s.bytes, true, pc);
     for (uint32_t b = 0; b < s.bytes; ++b) s.destination[b] = s.source[b];
 }
 
@@ -168,7 +168,7 @@ template <int N>
 EMU_SHIM_ACCESS __device__ inline void tensor_load(void* dst, const CUtensorMap* map, const int32_t (&coords)[N], uint64_t* barrier,
                                    EMU_HOPPER_SITE) {
     static_assert(N >= 1 && N <= 5, "cp.async.bulk.tensor copies 1-d to 5-d boxes");
-    emu::tensor_load(N, dst, map, coords, barrier, file, line);
+    emu::tensor_load(N, dst, map, coords, barrier, file, line, __builtin_return_address(0));
 }
 
 // cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [dst], [src], bytes, [bar]
@@ -183,9 +183,9 @@ EMU_SHIM_ACCESS __device__ inline void bulk_load(void* dst, const void* src, uin
     emu::PendingBulkLoad load{barrier, static_cast<unsigned char*>(dst), 1, bytes, {}};
     load.data.resize(bytes);
     const auto* from = static_cast<const unsigned char*>(src);
-    emu::sanitize_access(src, bytes, false);
+    emu::sanitize_access(src, bytes, false, __builtin_return_address(0));
     for (uint32_t b = 0; b < bytes; ++b) load.data[b] = from[b];
-    emu::sanitize_access(dst, bytes, true);
+    emu::sanitize_access(dst, bytes, true, __builtin_return_address(0));
     emu::sanitize_release(barrier);
     emu::bulk_loads().push_back(std::move(load));
 }
@@ -218,14 +218,14 @@ EMU_SHIM_ACCESS __device__ inline void bulk_store(void* dst, const void* src, ui
 EMU_SHIM_ACCESS __device__ inline void bulk_commit_group() { ++emu::bulk_store_queue().committed; }
 
 // cp.async.bulk.wait_group(.read) keep: the stores of all but the newest `keep` committed groups happen now.
-EMU_SHIM_ACCESS inline void bulk_wait(int keep) {
+EMU_SHIM_ACCESS inline void bulk_wait_at(int keep, const void* pc) {
     emu::BulkStoreQueue& q = emu::bulk_store_queue();
     size_t kept = 0;
     for (size_t i = 0; i < q.stores.size(); ++i) {
         const emu::PendingBulkStore& s = q.stores[i];
         if (s.group + unsigned(keep) < q.committed) {
-            if (s.dims) emu::tensor_store_now(s);
-            else emu::bulk_store_now(s);
+            if (s.dims) emu::tensor_store_now(s, pc);
+            else emu::bulk_store_now(s, pc);
         } else {
             q.stores[kept++] = s;
         }
@@ -236,7 +236,10 @@ EMU_SHIM_ACCESS inline void bulk_wait(int keep) {
 template <int N>
 EMU_SHIM_ACCESS __device__ inline void bulk_wait_group() {
     static_assert(N >= 0, "cp.async.bulk.wait_group takes N >= 0");
-    bulk_wait(N);
+    bulk_wait_at(N, __builtin_return_address(0));
 }
+
+// The same with a count known at run time (what translated PTX calls).
+EMU_SHIM_ACCESS inline void bulk_wait(int keep) { bulk_wait_at(keep, __builtin_return_address(0)); }
 
 }  // namespace emu::hopper

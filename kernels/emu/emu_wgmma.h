@@ -141,13 +141,13 @@ EMU_SHIM_ACCESS inline float tensor_core_value(WgmmaType type, uint32_t bits) {
 EMU_SHIM_ACCESS inline void* shared_pointer(uint32_t address, uint32_t bytes, const char* what);
 
 // Reads A and B as the tensor core sees them: from shared memory now (or A's registers).
-EMU_SHIM_ACCESS inline void load_operands(WgmmaOp& op) {
+EMU_SHIM_ACCESS inline void load_operands(WgmmaOp& op, const void* pc) {
     const int size = op.type == WgmmaType::tf32 ? 4 : 2;
     auto element = [&](uint64_t desc, bool mn_major, int mn, int k) EMU_SHIM_ACCESS {
         const uint32_t address = descriptor_address(decode_descriptor(desc), mn_major, size, mn, k);
         uint32_t bits = 0;
         const void* p = shared_pointer(address, size, "wgmma.mma_async: a descriptor's element");
-        sanitize_access(p, size_t(size), false);
+        sanitize_access(p, size_t(size), false, pc);
         __builtin_memcpy(&bits, p, size);
         return tensor_core_value(op.type, bits);
     };
@@ -273,7 +273,7 @@ EMU_SHIM_ACCESS inline void wgmma_issue(WgmmaType type, int n, void* const* d, b
 }
 
 // Retires the thread's operations of groups older than the newest `keep`.
-EMU_SHIM_ACCESS inline void wgmma_retire(int keep) {
+EMU_SHIM_ACCESS inline void wgmma_retire_at(int keep, const void* pc) {
     WgmmaThread& thread = wgmma_thread();
     Warpgroup& group = warpgroup();
     const unsigned t = block_thread() % 128, w = t / 32, lane = t % 32, g = lane / 4, q = lane % 4;
@@ -284,7 +284,7 @@ EMU_SHIM_ACCESS inline void wgmma_retire(int keep) {
         WgmmaOp& op = group.ops[e.sequence % kWgmmaRing];
         WgmmaRetire wait{&op, block_thread() / 128};
         emu_wait_until(wgmma_issued_by_all, describe_wgmma_retire, &wait);
-        if (!op.loaded) load_operands(op);
+        if (!op.loaded) load_operands(op, pc);
         sanitize_acquire(&op);
         float result[128];
         for (int i = 0; i < e.n_values; ++i) {
@@ -307,6 +307,9 @@ EMU_SHIM_ACCESS inline void wgmma_retire(int keep) {
     thread.entries.erase(thread.entries.begin(), thread.entries.begin() + long(done));
 }
 
+// wgmma.wait_group with a count known at run time (what translated PTX calls).
+EMU_SHIM_ACCESS inline void wgmma_retire(int keep) { wgmma_retire_at(keep, __builtin_return_address(0)); }
+
 }  // namespace emu
 
 // ---- The instructions ---------------------------------------------------------------------------
@@ -321,7 +324,7 @@ EMU_SHIM_ACCESS __device__ inline void wgmma_commit_group() { ++emu::wgmma_threa
 template <int N>
 EMU_SHIM_ACCESS __device__ inline void wgmma_wait_group() {
     static_assert(N >= 0 && N <= 7, "wgmma.wait_group takes 0 .. 7");
-    emu::wgmma_retire(N);
+    emu::wgmma_retire_at(N, __builtin_return_address(0));
 }
 
 template <class T> struct emu_wgmma_type;
