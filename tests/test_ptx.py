@@ -214,8 +214,8 @@ def test_an_instruction_outside_the_subset_is_a_build_error_naming_file_and_line
 
 
 def test_an_unsupported_modifier_is_a_build_error(tmp_path):
-    (tmp_path / "ftz.cu").write_text('__global__ void ftz(float* x) {\n\n  asm("add.ftz.f32 %0, %0, %0;" : "+f"(x[0]));\n}\n')
-    with pytest.raises(EmulationError, match=r"ftz\.cu:3: .*`add\.ftz\.f32` is not in the emulator's subset"):
+    (tmp_path / "ftz.cu").write_text('__global__ void ftz(float* x) {\n\n  asm("add.sat.f32 %0, %0, %0;" : "+f"(x[0]));\n}\n')
+    with pytest.raises(EmulationError, match=r"ftz\.cu:3: .*`add\.sat\.f32` is not in the emulator's subset"):
         emulator(kernel_dir=tmp_path).function("ftz.cu", "ftz")
 
 
@@ -266,3 +266,19 @@ def test_extern_shared_rows_and_declared_alignment(tmp_path):
     out = np.zeros(32, np.uint32)
     emulator(kernel_dir=tmp_path).function("rows.cu", "rows")(1, 32, (out,), shared_mem=32 * 8 * 4)
     np.testing.assert_array_equal(out, 31 - np.arange(32))
+
+
+def test_racecheck_sees_what_a_named_barrier_orders(tmp_path):
+    """Producers that write and bar.arrive, consumers that bar.sync and read: clean under racecheck (and
+    the other modes); without the consumers' bar.sync, the race is reported with both lines."""
+    shutil.copy(PROBE, tmp_path / PROBE.name)
+    x = np.random.default_rng(5).standard_normal(64).astype(np.float32)
+    out = np.zeros(64, np.float32)
+    checked = emulator(kernel_dir=tmp_path, sanitize="memcheck,racecheck,initcheck,synccheck")
+    checked.function(PROBE.name, "probe_named_barrier<128>")(1, 128, (x, out))
+    np.testing.assert_array_equal(out, 2 * x)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / PROBE.name).write_text(PROBE.read_text().replace('asm volatile("bar.sync 1, %0;" :: "n"(COUNT) : "memory");', ""))
+    with pytest.raises(EmulationError, match=r"racecheck: read by thread \(\d+, 0, 0\) and write by thread .*staged"):
+        emulator(kernel_dir=broken, sanitize="racecheck").function(PROBE.name, "probe_named_barrier<128>")(1, 128, (x, out))

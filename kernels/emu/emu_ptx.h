@@ -105,6 +105,15 @@ template <class T> inline T atomic_cas(void* p, T compare, T v) {
 }
 
 // ---- Arithmetic -------------------------------------------------------------------------------
+// A float instruction written in PTX flushes subnormals exactly when it says .ftz, whatever the
+// launch's mode (CuPy's -ftz=true changes only the code the compiler generates).
+template <class F> inline auto with_flush(bool flush, F f) {
+    const uint64_t mode = emu_set_flush(flush);
+    const auto result = f();
+    emu_restore_flush(mode);
+    return result;
+}
+
 // shl / shr: shift amounts past the width clamp (to 0, or to the sign for shr.s).
 template <class T> inline T shift_left(T a, uint32_t n) { return n >= 8 * sizeof(T) ? T(0) : T(a << n); }
 template <class T> inline T shift_right(T a, uint32_t n) {

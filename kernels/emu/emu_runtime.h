@@ -44,6 +44,8 @@ typedef struct {
     uint64_t dynamic_shared_alignment; // the largest __align__ of the kernel's extern __shared__ (>= 16)
     int32_t schedule;              // enum emu_schedule: order in which a block's threads run
     int32_t strict;                // a barrier that completes only because threads exited is an error
+    int32_t flush_subnormals;      // float32 as compiled with -ftz=true (as CuPy compiles): subnormal
+                                   // inputs and results of float arithmetic are zeros (emu_fp_mode)
     uint64_t seed;                 // for EMU_SHUFFLE
     double timeout_s;              // 0: no watchdog
     void** args;                   // args[i] points at the value of kernel parameter i
@@ -62,6 +64,12 @@ typedef struct {
     uint64_t error_pc[2];          // sanitize errors: the code addresses of the access and the other one
     char message[1024];
 } emu_launch;
+
+// The CPU's floating-point mode: whether subnormal inputs and results of float arithmetic are flushed
+// to zero (x86-64 MXCSR DAZ and FTZ, AArch64 FPCR.FZ; both cover double too). emu_set_flush returns
+// the mode before, for emu_restore_flush.
+uint64_t emu_set_flush(int flush);
+void emu_restore_flush(uint64_t mode);
 
 // Runs every thread of every block of the launch; returns an emu_status.
 int emu_run(emu_launch* launch, void (*run_thread)(void* closure), void* closure);
@@ -101,8 +109,10 @@ uint32_t emu_dynamic_shared_bytes(void);
 // Barrier 0 with the whole block is __syncthreads (emu_syncthreads).
 void emu_named_barrier(int id, int count, int wait, const char* file, int line);
 
-// An atomic read-modify-write of n bytes at p (sanitize builds: atomics never race each other).
-void emu_sanitize_atomic(void* p, size_t n);
+// An atomic read-modify-write of n bytes at p (sanitize builds: atomics never race each other);
+// reads_old: it combines the old value (initcheck reports it on shared memory no thread wrote); pc:
+// the code address that reports name (the atomic's caller).
+void emu_sanitize_atomic(void* p, size_t n, int reads_old, const void* pc);
 
 // Ends the launch with EMU_ERROR and the message (assert, __trap); never returns.
 void emu_fail(const char* message) __attribute__((noreturn));

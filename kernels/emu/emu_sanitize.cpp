@@ -4,7 +4,9 @@
 // two reads by different threads; an access conflicts with a recorded one when one of them writes,
 // not both are atomics, and nothing orders them: they come from different blocks (nothing orders
 // blocks), or from different threads of one block with no __syncthreads released in between (the
-// block's barrier epoch is the same) and no __syncwarp that both lanes took part in since.
+// block's barrier epoch is the same), no __syncwarp that both lanes took part in since, and no named
+// barrier (bar.sync / bar.arrive of part of the block) where the earlier thread arrived after its access
+// and the later one waited before its own.
 #include "emu_sanitize.h"
 
 #include <cxxabi.h>
@@ -23,6 +25,7 @@ namespace {
 struct Access {
     const void* pc;
     uint32_t block, epoch, warp_syncs;  // warp_syncs: the thread's count of __syncwarp at the access
+    uint32_t named_syncs;               // the thread's count of named-barrier arrivals at the access
     uint16_t thread;
     bool valid, write, atomic;
 };
@@ -47,6 +50,11 @@ struct State {
     unsigned block = 0, thread = 0, epoch = 0;
     std::vector<uint32_t> warp_syncs;   // per thread: __syncwarp calls completed
     std::vector<uint32_t> synced_with;  // [thread * 32 + lane]: that lane's count at their last common __syncwarp
+    unsigned threads = 0;
+    std::vector<uint32_t> named_syncs;  // per thread: named-barrier arrivals
+    // [thread * threads + other]: other's count of arrivals at the last named barrier `thread` waited
+    // at and `other` arrived at (allocated at a launch's first partial named barrier)
+    std::vector<uint32_t> named_with;
 };
 State S;
 
@@ -81,6 +89,8 @@ bool ordered(const Access& before, const Access& now) {
     if (before.atomic && now.atomic) return true;
     if (before.block != now.block) return false;
     if (before.thread == now.thread || before.epoch != now.epoch) return true;
+    if (!S.named_with.empty() && S.named_with[size_t(now.thread) * S.threads + before.thread] > before.named_syncs)
+        return true;
     return before.thread / 32 == now.thread / 32 &&
            S.synced_with[now.thread * 32u + before.thread % 32] > before.warp_syncs;
 }
@@ -118,7 +128,7 @@ Region* find(const char* p) {
     return nullptr;
 }
 
-void access(const void* address, size_t bytes, bool write, bool atomic, const void* pc) {
+void access(const void* address, size_t bytes, bool write, bool atomic, const void* pc, bool reads_old = false) {
     if (!S.modes) return;
     const char* p = static_cast<const char*>(address);
     Region* r = find(p);
@@ -130,14 +140,15 @@ void access(const void* address, size_t bytes, bool write, bool atomic, const vo
     }
     if (r->cells.empty()) return;
     const size_t offset = size_t(p - r->start);
-    if (r->shared && !write && (S.modes & EMU_INITCHECK))
+    if (r->shared && (!write || reads_old) && (S.modes & EMU_INITCHECK))
         for (size_t i = 0; i < bytes; ++i)
             if (!r->cells[offset + i].written) {
-                fail_at(pc, nullptr, "initcheck: read of %zu bytes at byte %zu of %s, "
+                fail_at(pc, nullptr, "initcheck: %s of %zu bytes at byte %zu of %s, "
                          "which no thread of the block has written (byte %zu is uninitialized)",
-                        bytes, offset, r->name.c_str(), offset + i);
+                        reads_old ? "atomic read-modify-write" : "read", bytes, offset, r->name.c_str(), offset + i);
             }
-    const Access now{pc, S.block, S.epoch, S.warp_syncs[S.thread], uint16_t(S.thread), true, write, atomic};
+    const Access now{pc, S.block, S.epoch, S.warp_syncs[S.thread], S.named_syncs[S.thread], uint16_t(S.thread),
+                     true, write, atomic};
     for (size_t i = 0; i < bytes; ++i) {
         if (S.modes & EMU_RACECHECK) check_race(*r, offset + i, now);
         if (write) r->cells[offset + i].written = true;
@@ -170,6 +181,9 @@ void launch_begin(emu_launch* L, const char* dynamic, const char* buffer, const 
     const unsigned threads = L->block.x * L->block.y * L->block.z;
     S.warp_syncs.assign(threads, 0);
     S.synced_with.assign(threads * 32u, 0);
+    S.threads = threads;
+    S.named_syncs.assign(threads, 0);
+    S.named_with.clear();
 }
 
 void launch_end() {
@@ -186,6 +200,8 @@ void block_begin(unsigned block) {
         if (r.shared) r.cells.assign(r.cells.size(), Cell{});  // a block starts with fresh shared memory
     std::fill(S.warp_syncs.begin(), S.warp_syncs.end(), 0);
     std::fill(S.synced_with.begin(), S.synced_with.end(), 0);
+    std::fill(S.named_syncs.begin(), S.named_syncs.end(), 0);
+    std::fill(S.named_with.begin(), S.named_with.end(), 0);
 }
 
 void thread_switch(unsigned thread) { S.thread = thread; }
@@ -200,6 +216,17 @@ void warp_synced(unsigned warp, unsigned group) {
         for (unsigned o = group; o; o &= o - 1)
             S.synced_with[(base + __builtin_ctz(m)) * 32 + __builtin_ctz(o)] =
                 S.warp_syncs[base + __builtin_ctz(o)];
+}
+
+void named_barrier_completed(const unsigned* threads, const bool* waited, unsigned count) {
+    if (!(S.modes & EMU_RACECHECK)) return;
+    if (S.named_with.empty()) S.named_with.assign(size_t(S.threads) * S.threads, 0);
+    for (unsigned i = 0; i < count; ++i) ++S.named_syncs[threads[i]];
+    for (unsigned i = 0; i < count; ++i) {
+        if (!waited[i]) continue;  // bar.arrive: it goes on without seeing the others' accesses
+        uint32_t* row = &S.named_with[size_t(threads[i]) * S.threads];
+        for (unsigned j = 0; j < count; ++j) row[threads[j]] = S.named_syncs[threads[j]];
+    }
 }
 
 emu_uint3 thread_idx(unsigned index) {
@@ -249,6 +276,6 @@ extern "C" void* __wrap_memset(void* to, int value, size_t n) {
     return memset(to, value, n);
 }
 
-extern "C" void emu_sanitize_atomic(void* p, size_t n) {
-    emu_san::access(p, n, true, true, __builtin_return_address(0));
+extern "C" void emu_sanitize_atomic(void* p, size_t n, int reads_old, const void* pc) {
+    emu_san::access(p, n, true, true, pc, reads_old != 0);
 }

@@ -70,6 +70,9 @@ _ALIGN = re.compile(r"__align__\s*\(\s*\w+\s*\)")
 _SHARED = re.compile(r"\b__shared__\b[^;{}]*;")
 REDZONE = "emu_redzone"          # the name of the padding after each static __shared__ variable
 REDZONE_BYTES = 64
+# Kernel code only: registers and local arrays start as 0xFE bytes (-1.7e38 as a float), so reading
+# one before writing it (an accumulator never zeroed) gives a wrong result, not a lucky one.
+KERNEL_FLAGS = ("-ftrivial-auto-var-init=pattern",)
 # Sanitize builds: g++'s ThreadSanitizer instrumentation, whose calls emu_sanitize.cpp answers; DWARF 4,
 # whose file numbers binutils 2.40's addr2line reads right (with DWARF 5 it names the wrong file)
 # (the kernel library is linked without libtsan; -z defs names a hook it lacks at build time).
@@ -178,7 +181,7 @@ class Compiler:
                                    f'#define EMU_KERNEL emu_kernel\n#include "emu_entry.h"\n'
                                    f'extern "C" __attribute__((visibility("default"))) const unsigned long long '
                                    f"emu_dynamic_shared_alignment = {alignment};\n")
-                includes = ["-I", str(emu_dir()), "-I", str(sources), "-fvisibility=hidden"]
+                includes = ["-I", str(emu_dir()), "-I", str(sources), "-fvisibility=hidden", *KERNEL_FLAGS]
                 link = [str(runtime), "-Wl,-rpath,$ORIGIN", "-o", out]
                 instrument = list(SANITIZE_FLAGS) if sanitize else []
                 if inline_ptx:

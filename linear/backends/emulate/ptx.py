@@ -237,7 +237,7 @@ class _Parser:
                 statements.append(Scope(self.block(closing=True)))
             elif value == ".reg":
                 statements.append(self.declaration())
-            elif kind == "word" and value.startswith(".") :
+            elif kind == "word" and value.startswith("."):
                 self.fail(f"the PTX directive {value} is not modelled (only .reg declarations are)")
             elif kind == "word" and self.peek(1)[1] == ":":
                 self.take()
@@ -316,7 +316,7 @@ class _Parser:
             base, offset = None, 0
             if self.peek()[0] in ("operand", "word"):
                 base = self.operand_atom()
-                if self.peek()[1] in "+-" and self.peek()[1]:
+                if self.peek()[1] in ("+", "-"):
                     sign = -1 if self.take()[1] == "-" else 1
                     if self.peek()[1] == "-":
                         self.take()
@@ -591,7 +591,7 @@ def emit_cp_async(ins: Instruction, b: Block) -> str:
     rest = _strip(ins.parts[1:], {"async", "ca", "cg", "shared", "shared::cta", "global"})
     hint = [p for p in rest if p.startswith("L2::")]
     if [p for p in rest if p not in hint] or len([p for p in ins.parts if p in ("ca", "cg")]) != 1 \
-            or "global" not in ins.parts or _space_shared(ins) is False:
+            or "global" not in ins.parts or not _space_shared(ins):
         b.unsupported(ins, "cp.async.{ca,cg}.shared.global with L2 hints")
     operands = list(ins.operands)
     if "L2::cache_hint" in hint:
@@ -707,8 +707,10 @@ _COMPARE = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="
 
 def emit_setp(ins: Instruction, b: Block) -> str:
     parts = ins.parts[1:]
-    if parts[-2:-1] == ["ftz"] or len(parts) not in (2, 3):
-        b.unsupported(ins, "no .ftz")
+    flush = "ftz" in parts
+    parts = [p for p in parts if p != "ftz"]
+    if len(parts) not in (2, 3) or flush and parts[-1] != "f32":
+        b.unsupported(ins)
     compare, t = parts[0], parts[-1]
     combine = parts[1] if len(parts) == 3 else None
     if t not in CTYPES or t == "pred" or combine not in (None, "and", "or", "xor"):
@@ -737,6 +739,8 @@ def emit_setp(ins: Instruction, b: Block) -> str:
     operator = {"and": "&&", "or": "||", "xor": "!="}.get(combine)
     c = b.read(ins.operands[3], "pred") if combine else None
     temp = b.temporary("compare")
+    if t in FLOAT_TYPES:  # compared with subnormals flushed exactly when the instruction says .ftz
+        value = f"emu::ptx::with_flush({str(flush).lower()}, [&] {{ return bool({value}); }})"
     code = f"{{ const bool {temp} = {value}; "
     code += b.write(first, "pred", f"({temp} {operator} {c})" if combine else temp)
     if second is not None:
@@ -763,8 +767,12 @@ def emit_arithmetic(ins: Instruction, b: Block) -> str:
     if t not in CTYPES:
         b.unsupported(ins)
     is_float = t in FLOAT_TYPES
-    if is_float and set(modifiers) - {"rn"}:
-        b.unsupported(ins, "floats in round-to-nearest, without .ftz or .sat")
+    flush = "ftz" in modifiers
+    modifiers = [m for m in modifiers if m != "ftz"]
+    if is_float and (set(modifiers) - {"rn"} or flush and t != "f32"):
+        b.unsupported(ins, "floats in round-to-nearest (.ftz on f32), without .sat")
+    if flush and not is_float:
+        b.unsupported(ins)
     if not is_float and op not in ("mul", "mad") and modifiers:
         b.unsupported(ins)
     if t == "pred" and op not in ("and", "or", "xor", "not"):
@@ -775,6 +783,10 @@ def emit_arithmetic(ins: Instruction, b: Block) -> str:
 
     def r(i: int, ptx_type: str = t) -> str:
         return b.read(ops[i], ptx_type)
+
+    if is_float:  # evaluated with the CPU flushing subnormals exactly when the instruction says .ftz
+        write = b.write
+        b = _FloatBlock(b, write, t, flush)
 
     arity = {"not": 2, "neg": 2, "abs": 2, "mad": 4, "fma": 4}.get(op, 3)
     if len(ops) != arity:
@@ -828,6 +840,20 @@ def emit_arithmetic(ins: Instruction, b: Block) -> str:
             b.unsupported(ins, "fma.rn on f32/f64")
         return b.write(ops[0], t, f"std::fma({r(1)}, {r(2)}, {r(3)})")
     b.unsupported(ins)
+
+
+class _FloatBlock:
+    """A Block whose write() of a float result evaluates it under the instruction's flush mode."""
+
+    def __init__(self, block: Block, write, ptx_type: str, flush: bool):
+        self._block, self._write, self._type, self._flush = block, write, ptx_type, flush
+
+    def __getattr__(self, name):
+        return getattr(self._block, name)
+
+    def write(self, op: Node, ptx_type: str, expression: str) -> str:
+        flush = "true" if self._flush else "false"
+        return self._write(op, ptx_type, f"emu::ptx::with_flush({flush}, [&] {{ return {CTYPES[ptx_type]}({expression}); }})")
 
 
 def emit_prmt(ins: Instruction, b: Block) -> str:
