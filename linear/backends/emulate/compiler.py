@@ -88,6 +88,23 @@ _ASM = re.compile(r"\b(?:asm|__asm__|__asm)\b")
 _ALIGNMENT = re.compile(r"(?:__align__|alignas|aligned)\s*\(\s*(\d+|0[xX][0-9a-fA-F]+)\s*\)")
 
 
+_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
+
+
+def _included(source: str, files: dict[str, str]) -> tuple[set[str], set[str]]:
+    """(`source` and the files of `files` it includes, directly or not, by #include "..."; the included
+    names that are not in `files`)."""
+    found, unresolved, pending = set(), set(), [source]
+    while pending:
+        name = pending.pop()
+        if name not in files:
+            unresolved.add(name)
+        elif name not in found:
+            found.add(name)
+            pending += _INCLUDE.findall(files[name])
+    return found, unresolved
+
+
 def dynamic_shared_alignment(texts) -> int:
     """The largest alignment an `extern __shared__` declaration of the sources asks for (at least 16,
     what the GPU gives every launch), written as a number in __align__(n), alignas(n) or aligned(n)."""
@@ -166,7 +183,11 @@ class Compiler:
             h.update(file_name.encode() + b"\0" + text.encode() + b"\0")
         stem = re.sub(r"\W+", "_", f"{Path(source).stem}_{name}")[:60].strip("_") + "-sanitize" * sanitize
         what = f"{name} from {source}"
-        inline_ptx = any(_ASM.search(text) for text in rewritten.values())
+        # Preprocessed and translated where the kernel's own files (or, when it includes a file this
+        # cannot follow, any file of the directory) contain asm: the others build as they did.
+        included, unresolved = _included(source, rewritten)
+        shim = {path.name for path in emu_dir().iterdir()}
+        inline_ptx = any(_ASM.search(rewritten[f]) for f in (rewritten if unresolved - shim else included))
         alignment = dynamic_shared_alignment(path.read_text() for path in sorted(kernel_dir.iterdir())
                                              if path.suffix in _SOURCE_SUFFIXES and path.is_file())
 
