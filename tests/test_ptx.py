@@ -282,3 +282,28 @@ def test_racecheck_sees_what_a_named_barrier_orders(tmp_path):
     (broken / PROBE.name).write_text(PROBE.read_text().replace('asm volatile("bar.sync 1, %0;" :: "n"(COUNT) : "memory");', ""))
     with pytest.raises(EmulationError, match=r"racecheck: read by thread \(\d+, 0, 0\) and write by thread .*staged"):
         emulator(kernel_dir=broken, sanitize="racecheck").function(PROBE.name, "probe_named_barrier<128>")(1, 128, (x, out))
+
+
+BAD_ADDRESSES = """__global__ void outside(unsigned* out) {
+    __shared__ __align__(16) unsigned short tile[64];
+    unsigned r;
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(tile)) + 4096;
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];" : "=r"(r) : "r"(s));
+    out[threadIdx.x] = r;
+}
+__global__ void misaligned(unsigned* out) {
+    unsigned v;
+    asm volatile("ld.global.v2.u32 {%0, %0}, [%1];" : "=r"(v) : "l"(out + 1));
+    out[0] = v;
+}
+"""
+
+
+def test_a_bad_address_in_ptx_is_reported_with_its_instruction_and_line(tmp_path):
+    (tmp_path / "bad.cu").write_text(BAD_ADDRESSES)
+    rt = emulator(kernel_dir=tmp_path)
+    with pytest.raises(EmulationError, match=r"thread \(0, 0, 0\): .*bad\.cu:5: ldmatrix\.sync\.aligned\.m8n8\.x1\.shared\.b16: "
+                                             r"shared address 0x[0-9a-f]+ is outside the block's shared memory"):
+        rt.function("bad.cu", "outside")(1, 32, (np.zeros(32, np.uint32),))
+    with pytest.raises(EmulationError, match=r"bad\.cu:10: ld\.global\.v2\.u32: misaligned address"):
+        rt.function("bad.cu", "misaligned")(1, 1, (np.zeros(4, np.uint32),))

@@ -707,10 +707,15 @@ extern "C" uint32_t emu_generic_to_shared(const void* p) {
     emu_fail(message);
 }
 
-extern "C" void* emu_shared_to_generic(uint64_t address) {
+extern "C" void* emu_shared_lookup(uint64_t address) {
     for (const SharedWindow& w : rt.windows)
         if (address >= w.shared && address <= w.shared + w.bytes)
             return const_cast<char*>(w.generic) + (address - w.shared);
+    return nullptr;
+}
+
+extern "C" void* emu_shared_to_generic(uint64_t address) {
+    if (void* p = emu_shared_lookup(address)) return p;
     char message[200];
     snprintf(message, sizeof message, "shared address 0x%llx is outside the block's shared memory (static "
              "__shared__ variables and %llu bytes of dynamic shared memory: %u bytes of shared window)",

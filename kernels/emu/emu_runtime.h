@@ -99,6 +99,7 @@ unsigned emu_lane_id(void);
 // to 1024 hold in both). Both fail the launch for an address outside shared memory.
 uint32_t emu_generic_to_shared(const void* p);
 void* emu_shared_to_generic(uint64_t address);
+void* emu_shared_lookup(uint64_t address);  // null where emu_shared_to_generic fails
 int emu_is_shared(const void* p);
 // The shared window's size in bytes (%total_smem_size) and the dynamic part's (%dynamic_smem_size).
 uint32_t emu_shared_window_bytes(void);

@@ -22,8 +22,9 @@ naming the instruction, the file and the line: never a wrong result.
 Adding an instruction is one entry in INSTRUCTIONS: a regular expression that the whole opcode must
 match (e.g. r"wgmma\\.fence\\.sync\\.aligned") and an emitter, emit(ins, block) -> C++ statements, which
 reads operands with block.read(op, "u32"), writes them with block.write(op, "f32", expression), takes
-addresses with block.pointer(op, space), vectors with block.vector(op, n), and rejects a variant it does
-not model with block.unsupported(ins, why). ins.parts is the opcode split at dots (".shared::cta" stays
+addresses with block.pointer(op, space, ins), vectors with block.vector(op, n), passes block.site(ins)
+("file:line: opcode") to the semantics so that their reports name it, and rejects a variant it does not
+model with block.unsupported(ins, why). ins.parts is the opcode split at dots (".shared::cta" stays
 one part, "shared::cta"); ins.operands the parsed operands (Operand, Register, Immediate, Vector,
 Address, Not, Pair). Special registers are SPECIAL_REGISTERS: name -> C++ expression.
 
@@ -398,6 +399,10 @@ class Block:
         """file, line as C++ arguments (for barriers' reports)."""
         return f"{_cxx_string(self.file)}, {self.line}"
 
+    def site(self, ins: Instruction) -> str:
+        """A C++ string literal "file:line: opcode" for the reports of the semantics' checks."""
+        return _cxx_string(f"{self.file}:{self.line}: {ins.opcode}")
+
     def temporary(self, stem: str) -> str:
         self.temporaries += 1
         return f"ptx_{stem}{self.temporaries}"
@@ -501,11 +506,11 @@ class Block:
         base = self.read(op.base, "u64")
         return f"({base} + uint64_t({op.offset}ll))" if op.offset else base
 
-    def pointer(self, op: Node, space: str) -> str:
-        """C++ void*: the memory an [address] operand names in state space `space`."""
+    def pointer(self, op: Node, space: str, ins: Instruction) -> str:
+        """C++ void*: the memory an [address] operand of `ins` names in state space `space`."""
         address = self.address(op)
         if space == "shared":
-            return f"emu::ptx::shared_pointer({address})"
+            return f"emu::ptx::shared_pointer({address}, {self.site(ins)})"
         if space in ("global", "local", "const", "generic"):
             return f"emu::ptx::generic_pointer({address})"
         self.fail(f"the .{space} state space is not modelled")
@@ -574,7 +579,7 @@ def emit_ldmatrix(ins: Instruction, b: Block) -> str:
         b.fail(f"{ins.opcode} takes 2 operands")
     registers = b.vector(ins.operands[0], count)
     return (f"{{ unsigned ptx_r[{count}]; emu::ptx::ldmatrix<{count}, {str(trans).lower()}>(ptx_r, "
-            f"{b.pointer(ins.operands[1], space)}); "
+            f"{b.pointer(ins.operands[1], space, ins)}, {b.site(ins)}); "
             + " ".join(b.write(r, "b32", f"ptx_r[{i}]") for i, r in enumerate(registers)) + " }")
 
 
@@ -584,7 +589,8 @@ def emit_stmatrix(ins: Instruction, b: Block) -> str:
         b.fail(f"{ins.opcode} takes 2 operands")
     registers = b.vector(ins.operands[1], count)
     return (f"{{ unsigned ptx_r[{count}] = {{" + ", ".join(b.read(r, "b32") for r in registers) + "}; "
-            f"emu::ptx::stmatrix<{count}, {str(trans).lower()}>({b.pointer(ins.operands[0], space)}, ptx_r); }}")
+            f"emu::ptx::stmatrix<{count}, {str(trans).lower()}>({b.pointer(ins.operands[0], space, ins)}, ptx_r, "
+            f"{b.site(ins)}); }}")
 
 
 def emit_cp_async(ins: Instruction, b: Block) -> str:
@@ -605,8 +611,8 @@ def emit_cp_async(ins: Instruction, b: Block) -> str:
             src_size = f"({b.read(operands[3], 'pred')} ? 0u : {cp_size})"
         else:
             src_size = b.read(operands[3], "u32")
-    return (f"emu::ptx::cp_async({b.pointer(operands[0], 'shared')}, {b.pointer(operands[1], 'global')}, "
-            f"{cp_size}, {src_size}, {str('cg' in ins.parts).lower()});")
+    return (f"emu::ptx::cp_async({b.pointer(operands[0], 'shared', ins)}, {b.pointer(operands[1], 'global', ins)}, "
+            f"{cp_size}, {src_size}, {str('cg' in ins.parts).lower()}, {b.site(ins)});")
 
 
 def _space_shared(ins: Instruction) -> bool:
@@ -677,7 +683,7 @@ def emit_cvta(ins: Instruction, b: Block) -> str:
     value = b.read(a, "u64")
     if parts[0].startswith("shared"):
         value = (f"uint64_t(emu_generic_to_shared(emu::ptx::generic_pointer({value})))" if to
-                 else f"uint64_t(reinterpret_cast<uintptr_t>(emu::ptx::shared_pointer({value})))")
+                 else f"uint64_t(reinterpret_cast<uintptr_t>(emu::ptx::shared_pointer({value}, {b.site(ins)})))")
     return b.write(d, parts[1], value)
 
 
@@ -893,8 +899,8 @@ def emit_ld_st(ins: Instruction, b: Block) -> str:
     value, address = (ins.operands[1], ins.operands[0]) if store else ins.operands
     items = b.vector(value, count) if count > 1 else [value]
     ctype, size = CTYPES[t], width(t) // 8
-    pointer = b.pointer(address, space)
-    what = _cxx_string(ins.opcode)
+    pointer = b.pointer(address, space, ins)
+    what = b.site(ins)
     p = b.temporary("address")
     code = (f"{{ char* {p} = static_cast<char*>(emu::ptx::vector_address({pointer}, {count * size}, {what})); ")
     for i, item in enumerate(items):
@@ -924,13 +930,13 @@ def emit_atom(ins: Instruction, b: Block) -> str:
     if op == "cas":
         if reduce or len(ops) != 4:
             b.unsupported(ins)
-        return b.write(ops[0], t, f"emu::ptx::atomic_cas<{ctype}>({b.pointer(ops[1], space)}, "
-                                  f"{b.read(ops[2], t)}, {b.read(ops[3], t)})")
+        return b.write(ops[0], t, f"emu::ptx::atomic_cas<{ctype}>({b.pointer(ops[1], space, ins)}, "
+                                  f"{b.read(ops[2], t)}, {b.read(ops[3], t)}, {b.site(ins)})")
     if op not in _ATOMIC_OPS or len(ops) != (2 if reduce else 3):
         b.unsupported(ins)
     target, operands = (None, ops) if reduce else (ops[0], ops[1:])
-    call = (f"emu::ptx::atomic<{ctype}>(emu::ptx::Atomic::{_ATOMIC_OPS[op]}, {b.pointer(operands[0], space)}, "
-            f"{b.read(operands[1], t)})")
+    call = (f"emu::ptx::atomic<{ctype}>(emu::ptx::Atomic::{_ATOMIC_OPS[op]}, {b.pointer(operands[0], space, ins)}, "
+            f"{b.read(operands[1], t)}, {b.site(ins)})")
     return f"(void){call};" if reduce else b.write(target, t, call)
 
 
