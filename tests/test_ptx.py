@@ -307,3 +307,21 @@ def test_a_bad_address_in_ptx_is_reported_with_its_instruction_and_line(tmp_path
         rt.function("bad.cu", "outside")(1, 32, (np.zeros(32, np.uint32),))
     with pytest.raises(EmulationError, match=r"bad\.cu:10: ld\.global\.v2\.u32: misaligned address"):
         rt.function("bad.cu", "misaligned")(1, 1, (np.zeros(4, np.uint32),))
+
+
+def test_file_scope_shared_memory_is_in_the_window_and_poisoned(tmp_path):
+    (tmp_path / "filescope.cu").write_text(
+        "__shared__ float staged[32];\n"
+        "__global__ void fs(float* out, unsigned* addresses) {\n"
+        "    out[threadIdx.x] = staged[threadIdx.x];  // before any write: poison\n"
+        "    __syncthreads();\n"
+        "    float v;\n"
+        '    asm volatile("st.shared.f32 [%0], %1;" :: "r"(unsigned(__cvta_generic_to_shared(staged + threadIdx.x))), '
+        '"f"(2.0f * threadIdx.x) : "memory");\n'
+        "    __syncthreads();\n"
+        "    v = staged[31 - threadIdx.x];\n"
+        "    out[32 + threadIdx.x] = v;\n}\n")
+    out = np.zeros(64, np.float32)
+    emulator(kernel_dir=tmp_path).function("filescope.cu", "fs")(1, 32, (out, np.zeros(1, np.uint32)))
+    assert np.isnan(out[:32]).all()
+    np.testing.assert_array_equal(out[32:], 2.0 * (31 - np.arange(32)))
