@@ -24,6 +24,13 @@
 
 namespace emu::ptx {
 
+// Ends the launch with the message, after `site`: "file:line: opcode" of the asm statement (ptx.py).
+[[noreturn]] inline void fail(const char* site, const char* message) {
+    char text[512];
+    snprintf(text, sizeof text, "%s: %s", site, message);
+    emu_fail(text);
+}
+
 constexpr int MAX_WARPS = 32;
 constexpr int MAX_PENDING_COPIES = 64;  // per thread; tc_gemm.cu keeps at most 16 in flight
 
@@ -92,9 +99,9 @@ inline void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsign
 }
 
 template <int N, bool TRANS>
-inline void ldmatrix(unsigned (&r)[N], const void* row) {
+inline void ldmatrix(unsigned (&r)[N], const void* row, const char* site) {
     static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
-    if (reinterpret_cast<uintptr_t>(row) % 16) emu_fail("ldmatrix: a row address is not 16-byte aligned");
+    if (reinterpret_cast<uintptr_t>(row) % 16) fail(site, "a row address is not 16-byte aligned");
     const unsigned lane = emu_lane_id();
     const unsigned char*(&rows)[32] = ldmatrix_slots[warp_index()];
     rows[lane] = static_cast<const unsigned char*>(row);
@@ -121,9 +128,9 @@ struct StmatrixOperands {
 inline StmatrixOperands stmatrix_slots[MAX_WARPS][32];
 
 template <int N, bool TRANS>
-inline void stmatrix(void* row, const unsigned (&r)[N]) {
+inline void stmatrix(void* row, const unsigned (&r)[N], const char* site) {
     static_assert(N == 1 || N == 2 || N == 4, "stmatrix stores 1, 2 or 4 matrices");
-    if (reinterpret_cast<uintptr_t>(row) % 16) emu_fail("stmatrix: a row address is not 16-byte aligned");
+    if (reinterpret_cast<uintptr_t>(row) % 16) fail(site, "a row address is not 16-byte aligned");
     const unsigned lane = emu_lane_id();
     StmatrixOperands(&slots)[32] = stmatrix_slots[warp_index()];
     slots[lane].row = static_cast<unsigned char*>(row);
@@ -165,14 +172,15 @@ inline CopyQueue& copy_queue() {
 
 // cp.async.{ca,cg}.shared.global [dst], [src], cp_size, src_size: reads src_size bytes now, lands
 // cp_size bytes (the rest zeros) at the wait that retires the group.
-inline void cp_async(void* dst, const void* src, unsigned cp_size, unsigned src_size, bool cache_global) {
-    if (cp_size != 4 && cp_size != 8 && cp_size != 16) emu_fail("cp.async: the copy size must be 4, 8 or 16 bytes");
-    if (cache_global && cp_size != 16) emu_fail("cp.async.cg: the copy size must be 16 bytes");
-    if (src_size > cp_size) emu_fail("cp.async: the source size exceeds the copy size");
+inline void cp_async(void* dst, const void* src, unsigned cp_size, unsigned src_size, bool cache_global,
+                     const char* site) {
+    if (cp_size != 4 && cp_size != 8 && cp_size != 16) fail(site, "the copy size must be 4, 8 or 16 bytes");
+    if (cache_global && cp_size != 16) fail(site, "the copy size of .cg must be 16 bytes");
+    if (src_size > cp_size) fail(site, "the source size exceeds the copy size");
     if (reinterpret_cast<uintptr_t>(dst) % cp_size || reinterpret_cast<uintptr_t>(src) % cp_size)
-        emu_fail("cp.async: the addresses must be aligned to the copy size");
+        fail(site, "the addresses must be aligned to the copy size");
     CopyQueue& q = copy_queue();
-    if (q.count == MAX_PENDING_COPIES) emu_fail("cp.async: too many copies in flight (missing wait?)");
+    if (q.count == MAX_PENDING_COPIES) fail(site, "too many copies in flight (a missing wait_group?)");
     PendingCopy& copy = q.pending[q.count++];
     copy.dst = static_cast<unsigned char*>(dst);
     copy.group = q.committed;
