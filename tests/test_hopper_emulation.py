@@ -168,12 +168,12 @@ def run_wgmma(emu, kind, n, layout_a, layout_b, *, scale_d=1, scale_a=1, scale_b
         for i in range(n // 2):
             d_in[t, i] = c[accumulator_position(t, i)]
     d_out = np.full((128, n // 2), np.nan, np.float32)
-    name = f"wgmma_tile<{n}, {ctype}, {str(a_from_registers).lower()}, {str(wait).lower()}>"
+    name = f"wgmma_tile<{n}, {ctype}, {str(a_from_registers).lower()}>"
     emu.function(*(kernel or ("hopper.cu", name)))(
         (1,), (128,), (image, np.int32(len(image)), np.int32(a_offset), np.int32(b_offset),
                        descriptor(lbo_a, sbo_a, span_a), descriptor(lbo_b, sbo_b, span_b), registers.reshape(-1),
                        np.int32(scale_d), np.int32(scale_a), np.int32(scale_b), np.int32(major_a == "MN"),
-                       np.int32(major_b == "MN"), d_in, d_out),
+                       np.int32(major_b == "MN"), d_in, d_out) + ((np.int32(wait), np.int32(1)) if kernel is None else ()),
         shared_mem=len(image) + 1024)
     expected = (scale_a * tensor_core_values(a, kind)) @ (scale_b * tensor_core_values(b, kind)) + scale_d * c
     return registers_to_matrix(d_out, n), expected
@@ -280,10 +280,11 @@ def test_wgmma_accumulator_layout_is_clayout_64xn(emu):
         place(a, "K", 128, 16, 1024, 0, image)
         place(np.ascontiguousarray(b.T), "K", 128, 16, 1024, 32768, image)
         d_out = np.full((128, n // 2), np.nan, np.float32)
-        emu.function("hopper.cu", f"wgmma_tile<{n}, __nv_bfloat16, false, true>")(
+        emu.function("hopper.cu", f"wgmma_tile<{n}, __nv_bfloat16, false>")(
             (1,), (128,), (image, np.int32(len(image)), np.int32(0), np.int32(32768), descriptor(16, 1024, 128),
                            descriptor(16, 1024, 128), np.zeros(512, np.uint32), np.int32(0), np.int32(1),
-                           np.int32(1), np.int32(0), np.int32(0), np.zeros((128, n // 2), np.float32), d_out),
+                           np.int32(1), np.int32(0), np.int32(0), np.zeros((128, n // 2), np.float32), d_out,
+                           np.int32(1), np.int32(1)),
             shared_mem=len(image) + 1024)
         for t in range(128):
             for i in range(n // 2):
@@ -349,8 +350,9 @@ def run_tma_box(emu, array, coords, box, span, strides=None, wait=True, dst_offs
     counts = [-(-b // s) for b, s in zip(box, list(strides[:-1]) + [1])]
     nbytes = int(np.prod(counts)) * array.itemsize
     out = np.zeros(nbytes, np.uint8)
-    emu.function("hopper.cu", f"tma_box<{array.ndim}, {str(wait).lower()}>")(
-        (1,), (64,), (tmap, np.array(coords[::-1], np.int32), np.int32(nbytes), np.int32(dst_offset), out),
+    emu.function("hopper.cu", f"tma_box<{array.ndim}>")(
+        (1,), (64,), (tmap, np.array(coords[::-1], np.int32), np.int32(nbytes), np.int32(dst_offset), out,
+                      np.int32(wait)),
         shared_mem=nbytes + dst_offset + 1024 + 64)
     return out
 
@@ -363,6 +365,20 @@ def test_tma_2d_box_with_swizzle_and_out_of_bounds(emu, span):
     for coords in [(0, 0), (40, 64), (-3, -5)]:         # interior, past both ends, before both starts
         out = run_tma_box(emu, array, coords, (16, inner), span)
         np.testing.assert_array_equal(out, expected_box(array, coords, (16, inner), (1, 1), span), err_msg=str(coords))
+
+
+def test_tma_out_of_bounds_nan_fill(emu):
+    """FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA: out-of-bounds elements load as NaN (the emulator's canonical
+    NaN; the hardware's bit pattern is not documented), in-bounds ones as they are."""
+    array = np.random.default_rng(11).standard_normal((10, 40)).astype(np.float32)
+    tmap = tensor_map(emu, array, (4, 16), oob_nan=True)
+    out = np.zeros(4 * 16 * 4, np.uint8)
+    emu.function("hopper.cu", "tma_box<2>")(
+        (1,), (64,), (tmap, np.array([32, 8], np.int32), np.int32(out.size), np.int32(0), out, np.int32(1)),
+        shared_mem=out.size + 1024 + 64)
+    box = out.view(np.float32).reshape(4, 16)
+    np.testing.assert_array_equal(box[:2, :8], array[8:10, 32:40])
+    assert np.isnan(box[2:, :]).all() and np.isnan(box[:, 8:]).all()
 
 
 def test_tma_box_placement_is_by_shared_address(emu):
@@ -497,10 +513,10 @@ def run_gemm(emu, m, n, k, bn, b_mn_major, skip=0, seed=0, source="hopper_gemm.c
     map_a = tensor_map(emu, a, (128, 64), swizzle=128)
     map_b = (tensor_map(emu, b, (64, 64), swizzle=128) if b_mn_major
              else tensor_map(emu, np.ascontiguousarray(b.T), (bn, 64), swizzle=128))
-    kernel = emu.function(source, f"hopper_gemm<{bn}, {str(b_mn_major).lower()}, {skip}>")
+    kernel = emu.function(source, f"hopper_gemm<{bn}, {str(b_mn_major).lower()}>")
     shared = 4 * (128 * 64 * 2 + bn * 64 * 2) + 1024 + 64
     start = time.perf_counter()
-    kernel((-(-n // bn), -(-m // 128)), (384,), (map_a, map_b, c, np.int32(m), np.int32(n), np.int32(k)),
+    kernel((-(-n // bn), -(-m // 128)), (384,), (map_a, map_b, c, np.int32(m), np.int32(n), np.int32(k), np.int32(skip)),
            shared_mem=shared)
     seconds = time.perf_counter() - start
     return c, a.astype(np.float64) @ b.astype(np.float64), seconds
@@ -558,13 +574,12 @@ def test_racecheck_reports_a_missing_proxy_fence():
     image = np.random.default_rng(7).integers(0, 255, 16384).astype(np.uint8)
     args = (image, np.int32(len(image)), np.int32(0), np.int32(8192), descriptor(16, 1024, 128),
             descriptor(16, 1024, 128), np.zeros(512, np.uint32), np.int32(0), np.int32(1), np.int32(1), np.int32(0),
-            np.int32(0), np.zeros((128, 32), np.float32), np.zeros((128, 32), np.float32))
-    emu.function("hopper.cu", "wgmma_tile<64, __nv_bfloat16, false, true, true>")((1,), (128,), args,
-                                                                                 shared_mem=len(image) + 1024)
+            np.int32(0), np.zeros((128, 32), np.float32), np.zeros((128, 32), np.float32), np.int32(1))
+    kernel = emu.function("hopper.cu", "wgmma_tile<64, __nv_bfloat16, false>")
+    kernel((1,), (128,), args + (np.int32(1),), shared_mem=len(image) + 1024)
     with pytest.raises(EmulationError, match=r"no fence.proxy.async after the write \(at \S*hopper\.cu:\d+; the other at "
                                              r"\S*hopper\.cu:\d+\)"):
-        emu.function("hopper.cu", "wgmma_tile<64, __nv_bfloat16, false, true, false>")((1,), (128,), args,
-                                                                                      shared_mem=len(image) + 1024)
+        kernel((1,), (128,), args + (np.int32(0),), shared_mem=len(image) + 1024)
 
 
 def test_racecheck_reports_a_skipped_full_barrier_wait():

@@ -7,16 +7,17 @@
 // dynamic shared memory (launch with image_bytes + 1024 bytes); A's matrix starts at a_offset, B's at
 // b_offset in it, with the descriptors' other fields given (desc_*: start address 0). Thread t's
 // accumulators start as d_in[t·N/2 ..] and end in d_out[t·N/2 ..]. With a_registers (A_FROM_REGS),
-// thread t's a[4] are a_registers[4t ..]. WAIT = false leaves out wgmma.wait_group, FENCE = false the
-// fence.proxy.async between the threads' writes of the operands and wgmma's reads (negative controls).
-template <int N, class T, bool A_FROM_REGS, bool WAIT, bool FENCE = true>
+// thread t's a[4] are a_registers[4t ..]. Negative controls: wait = 0 leaves out wgmma.wait_group,
+// fence = 0 the fence.proxy.async between the threads' writes of the operands and wgmma's reads.
+template <int N, class T, bool A_FROM_REGS>
 __global__ void wgmma_tile(const unsigned char* image, int image_bytes, int a_offset, int b_offset,
                            uint64_t desc_a, uint64_t desc_b, const unsigned* a_registers, int scale_d,
-                           int scale_a, int scale_b, int trans_a, int trans_b, const float* d_in, float* d_out) {
+                           int scale_a, int scale_b, int trans_a, int trans_b, const float* d_in, float* d_out,
+                           int wait, int fence) {
     extern __shared__ unsigned char shared_bytes[];
     unsigned char* base = aligned_1024(shared_bytes);
     for (int i = threadIdx.x; i < image_bytes; i += blockDim.x) base[i] = image[i];
-    if (FENCE) fence_proxy_async();
+    if (fence) fence_proxy_async();
     __syncthreads();
     const int t = threadIdx.x;
     float d[N / 2];
@@ -31,7 +32,7 @@ __global__ void wgmma_tile(const unsigned char* image, int image_bytes, int a_of
         wgmma_ss<N, T>(d, desc_a, desc_b, scale_d, scale_a, scale_b, trans_a, trans_b);
     }
     wgmma_commit_group();
-    if constexpr (WAIT) wgmma_wait_group<0>();
+    if (wait) wgmma_wait_group<0>();
     for (int i = 0; i < N / 2; ++i) d_out[t * (N / 2) + i] = d[i];
 }
 
@@ -84,11 +85,11 @@ __global__ void wgmma_chain(const unsigned char* image, int image_bytes, uint64_
 }
 
 // One TMA tile load of the box at coords into 1024-byte aligned shared memory (+ dst_offset), completing
-// on an mbarrier; the `bytes` of shared memory from there copied to out. WAIT = false: the threads read
+// on an mbarrier; the `bytes` of shared memory from there copied to out. wait = 0: the threads read
 // without waiting on the barrier (negative control). Launch 64 threads with bytes + dst_offset + 1024 + 64.
-template <int DIMS, bool WAIT>
+template <int DIMS>
 __global__ void tma_box(const __grid_constant__ CUtensorMap map, const int* coords, int bytes, int dst_offset,
-                        unsigned char* out) {
+                        unsigned char* out, int wait) {
     extern __shared__ unsigned char shared_bytes[];
     unsigned char* base = aligned_1024(shared_bytes);
     uint64_t* full = reinterpret_cast<uint64_t*>(base + ((bytes + dst_offset + 63) & ~63));
@@ -103,7 +104,7 @@ __global__ void tma_box(const __grid_constant__ CUtensorMap map, const int* coor
         mbarrier_arrive_expect_tx(full, uint32_t(bytes));
         tensor_load<DIMS>(base + dst_offset, &map, c, full);
     }
-    if (WAIT)
+    if (wait)
         while (!mbarrier_try_wait_parity(full, 0)) {
         }
     for (int i = threadIdx.x; i < bytes; i += blockDim.x) out[i] = base[dst_offset + i];

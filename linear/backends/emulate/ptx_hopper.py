@@ -31,8 +31,8 @@ _ORDERING = {"release", "acquire", "relaxed", "cta", "cluster", "gpu", "sys", "s
              "shared::cluster", "b64", "sync", "aligned"}
 
 
-def _barrier(b: Block, op) -> str:
-    return f"static_cast<uint64_t*>({b.pointer(op, 'shared')})"
+def _barrier(b: Block, op, ins: Instruction) -> str:
+    return f"static_cast<uint64_t*>({b.pointer(op, 'shared', ins)})"
 
 
 def emit_mbarrier(ins: Instruction, b: Block) -> str:
@@ -41,17 +41,17 @@ def emit_mbarrier(ins: Instruction, b: Block) -> str:
     ops = ins.operands
     where = b.location()
     if rest == ["init"] and len(ops) == 2:
-        return f"emu::hopper::mbarrier_init({_barrier(b, ops[0])}, {b.read(ops[1], 'u32')}, {where});"
+        return f"emu::hopper::mbarrier_init({_barrier(b, ops[0], ins)}, {b.read(ops[1], 'u32')}, {where});"
     if rest == ["inval"] and len(ops) == 1:
-        return f"emu::hopper::mbarrier_inval({_barrier(b, ops[0])}, {where});"
+        return f"emu::hopper::mbarrier_inval({_barrier(b, ops[0], ins)}, {where});"
     if rest == ["arrive"] and len(ops) in (2, 3):
         count = b.read(ops[2], "u32") if len(ops) == 3 else "1u"
-        return b.write(ops[0], "b64", f"emu::hopper::mbarrier_arrive({_barrier(b, ops[1])}, {count}, {where})")
+        return b.write(ops[0], "b64", f"emu::hopper::mbarrier_arrive({_barrier(b, ops[1], ins)}, {count}, {where})")
     if rest == ["arrive", "expect_tx"] and len(ops) == 3:
-        return b.write(ops[0], "b64", f"emu::hopper::mbarrier_arrive_expect_tx({_barrier(b, ops[1])}, "
+        return b.write(ops[0], "b64", f"emu::hopper::mbarrier_arrive_expect_tx({_barrier(b, ops[1], ins)}, "
                                       f"{b.read(ops[2], 'u32')}, {where})")
     if rest in (["expect_tx"], ["complete_tx"]) and len(ops) == 2:
-        return f"emu::hopper::mbarrier_{rest[0]}({_barrier(b, ops[0])}, {b.read(ops[1], 'u32')}, {where});"
+        return f"emu::hopper::mbarrier_{rest[0]}({_barrier(b, ops[0], ins)}, {b.read(ops[1], 'u32')}, {where});"
     if rest and rest[0] in ("test_wait", "try_wait") and rest[1:] in ([], ["parity"]) and len(ops) in (3, 4):
         # ops[3], try_wait's suspendTimeHint, bounds how long one try waits: the emulator's try waits until done.
         if rest[1:]:
@@ -60,7 +60,7 @@ def emit_mbarrier(ins: Instruction, b: Block) -> str:
         else:
             value = b.read(ops[2], "b64")
             call = f"emu::hopper::mbarrier_{rest[0]}"
-        return b.write(ops[0], "pred", f"{call}({_barrier(b, ops[1])}, {value}, {where})")
+        return b.write(ops[0], "pred", f"{call}({_barrier(b, ops[1], ins)}, {value}, {where})")
     b.unsupported(ins, "mbarrier init, inval, arrive (with a count), arrive.expect_tx, expect_tx, complete_tx, "
                        "test_wait and try_wait (.parity) on the block's own shared memory; no .noComplete")
 
@@ -104,13 +104,13 @@ def emit_bulk(ins: Instruction, b: Block) -> str:
             dst, tensor, bar = ops
             coords = _coordinates(b, tensor, n)
             return (f"{{ const int32_t ptx_c[{n}] = {{{coords}}}; emu::hopper::tensor_load<{n}>("
-                    f"{b.pointer(dst, 'shared')}, static_cast<const CUtensorMap*>({_map(b, tensor)}), ptx_c, "
-                    f"{_barrier(b, bar)}, {where}); }}")
+                    f"{b.pointer(dst, 'shared', ins)}, static_cast<const CUtensorMap*>({_map(b, tensor, ins)}), ptx_c, "
+                    f"{_barrier(b, bar, ins)}, {where}); }}")
         if not load and "bulk_group" in parts and len(ops) == 2:
             tensor, src = ops
             coords = _coordinates(b, tensor, n)
             return (f"{{ const int32_t ptx_c[{n}] = {{{coords}}}; emu::hopper::tensor_store<{n}>("
-                    f"static_cast<const CUtensorMap*>({_map(b, tensor)}), ptx_c, {b.pointer(src, 'shared')}, "
+                    f"static_cast<const CUtensorMap*>({_map(b, tensor, ins)}), ptx_c, {b.pointer(src, 'shared', ins)}, "
                     f"{where}); }}")
         b.unsupported(ins)
     rest = _bulk_qualifiers(ins, b, {"shared::cluster", "shared::cta", "global", "mbarrier::complete_tx::bytes",
@@ -119,11 +119,11 @@ def emit_bulk(ins: Instruction, b: Block) -> str:
         b.unsupported(ins, f"the qualifiers {'.'.join(rest)}")
     if "mbarrier::complete_tx::bytes" in parts and len(ops) == 4:
         dst, src, size, bar = ops
-        return (f"emu::hopper::bulk_load({b.pointer(dst, 'shared')}, {b.pointer(src, 'global')}, "
-                f"{b.read(size, 'u32')}, {_barrier(b, bar)}, {where});")
+        return (f"emu::hopper::bulk_load({b.pointer(dst, 'shared', ins)}, {b.pointer(src, 'global', ins)}, "
+                f"{b.read(size, 'u32')}, {_barrier(b, bar, ins)}, {where});")
     if "bulk_group" in parts and len(ops) == 3:
         dst, src, size = ops
-        return (f"emu::hopper::bulk_store({b.pointer(dst, 'global')}, {b.pointer(src, 'shared')}, "
+        return (f"emu::hopper::bulk_store({b.pointer(dst, 'global', ins)}, {b.pointer(src, 'shared', ins)}, "
                 f"{b.read(size, 'u32')}, {where});")
     b.unsupported(ins)
 
@@ -134,8 +134,8 @@ def _coordinates(b: Block, tensor, n: int) -> str:
     return ", ".join(b.read(c, "s32") for c in b.vector(tensor.coordinates, n))
 
 
-def _map(b: Block, tensor: TensorAddress) -> str:
-    return b.pointer(Address(tensor.base, 0), "generic")
+def _map(b: Block, tensor: TensorAddress, ins: Instruction) -> str:
+    return b.pointer(Address(tensor.base, 0), "generic", ins)
 
 
 def emit_prefetch_tensormap(ins: Instruction, b: Block) -> str:
