@@ -409,10 +409,12 @@ int deadlock() {
     if (waiting && !example && !named) return deadlock_in_waits(waiting);
     if (named) {
         const NamedBarrier& b = rt.named[named->named_barrier];
+        char others[64] = "";  // threads in emu_wait_until (mbarriers, wgmma), when there are any
+        if (waiting) snprintf(others, sizeof others, ", %u wait for mbarriers or wgmma", waiting);
         return fail(named, "deadlock: %u threads wait at named barriers (e.g. barrier %d of %s:%d, which has %u of "
-                    "the %u threads it expects), %u at __syncthreads, %u in warp collectives, %u wait for other "
-                    "conditions, %u have exited", rt.at_named, named->named_barrier, named->barrier_file,
-                    named->barrier_line, b.arrived, b.expected, rt.at_barrier, at_warp, waiting, rt.n_threads - rt.live);
+                    "the %u threads it expects), %u at __syncthreads, %u in warp collectives%s, %u have exited",
+                    rt.at_named, named->named_barrier, named->barrier_file, named->barrier_line, b.arrived,
+                    b.expected, rt.at_barrier, at_warp, others, rt.n_threads - rt.live);
     }
     if (example)
         return fail(example, "deadlock: %u threads wait at __syncthreads, %u in warp collectives "
