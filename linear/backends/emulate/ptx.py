@@ -28,18 +28,21 @@ model with block.unsupported(ins, why). ins.parts is the opcode split at dots ("
 one part, "shared::cta"); ins.operands the parsed operands (Operand, Register, Immediate, Vector,
 Address, Not, Pair). Special registers are SPECIAL_REGISTERS: name -> C++ expression.
 
-The subset (see README, "Inline PTX"): mma.sync m16n8k16 f16/bf16 with f32 or f16 accumulators
-and m16n8k8 tf32 with f32; ldmatrix and stmatrix m8n8 x1/x2/x4 (.trans); cp.async ca/cg with copy and source sizes
-or an ignore-src predicate, commit_group, wait_group, wait_all; cvt (integer widths, float <-> f16/bf16,
-f16x2/bf16x2 pairs, float <-> integer with rounding, rna.tf32); cvta to and from .shared, .global,
-.local; mov (special registers, vector pack and unpack); setp (with .and/.or/.xor), selp; integer
-add, sub, mul.lo/hi/wide, mad.lo, div, rem, min, max, neg, abs, and, or, xor, not, shl, shr;
-f32/f64 add, sub, mul, fma, min, max, neg, abs in round-to-nearest; prmt (default mode), lop3, popc,
-clz, brev, bfe, bfi;
-ld/st with .global/.shared/.local/.const or generic addresses, .v2/.v4, cache and ordering hints;
-atom and red (add, min, max, and, or, xor, exch, inc, dec, cas); bar.sync/barrier.sync/bar.arrive
-with an id and a thread count, bar.warp.sync; elect.sync; shfl.sync; vote.sync; redux.sync; activemask;
-membar/fence.sc/fence.acq_rel; nanosleep; trap; bra.
+Emitted C++ is compiled after preprocessing: it may call functions and name the runtime's variables
+(emu_thread_idx, emu_block_idx, ...), but not the shim's macros (threadIdx, blockIdx, __shared__).
+
+The subset (README, "Inline PTX", has it as a table): mma.sync m16n8k16 f16/bf16 with f32 or f16
+accumulators and m16n8k8 tf32 with f32; ldmatrix and stmatrix m8n8 x1/x2/x4 (.trans); cp.async ca/cg
+with copy and source sizes or an ignore-src predicate, commit_group, wait_group, wait_all; cvt (integer
+widths, float <-> f16/bf16, f16x2/bf16x2 pairs, float <-> integer with rounding, rna.tf32); cvta to and
+from .shared, .global, .local; mov (special registers, vector pack and unpack); setp (with
+.and/.or/.xor), selp; integer add, sub, mul.lo/hi/wide, mad.lo, div, rem, min, max, neg, abs, and, or,
+xor, not, shl, shr, popc, clz, brev, bfe, bfi; f32/f64 add, sub, mul, fma, min, max, neg, abs in
+round-to-nearest (.ftz on f32); prmt (default mode), lop3; ld/st with .global/.shared/.local/.const or
+generic addresses, .v2/.v4, cache and ordering hints; atom and red (add, min, max, and, or, xor, exch,
+inc, dec, cas); bar.sync/barrier.sync/bar.arrive with an id and a thread count, bar.warp.sync;
+elect.sync; shfl.sync; vote.sync; redux.sync; activemask; membar/fence.sc/fence.acq_rel; nanosleep;
+trap; bra.
 """
 from __future__ import annotations
 
