@@ -325,3 +325,20 @@ def test_file_scope_shared_memory_is_in_the_window_and_poisoned(tmp_path):
     emulator(kernel_dir=tmp_path).function("filescope.cu", "fs")(1, 32, (out, np.zeros(1, np.uint32)))
     assert np.isnan(out[:32]).all()
     np.testing.assert_array_equal(out[32:], 2.0 * (31 - np.arange(32)))
+
+
+def test_bit_instructions_and_redux(runtime):
+    x = np.random.default_rng(6).integers(0, 2**32, 32, dtype=np.uint64).astype(np.uint32)
+    x[:2] = [0, 0xFFFFFFFF]
+    *_, out = run(runtime, "probe_bits", 1, 32, x, np.zeros((32, 9), np.uint32))
+    s = x.view(np.int32)
+    lane = np.arange(32)
+    shifted = x >> (lane % 8).astype(np.uint32)
+    clz = np.array([32 - int(v).bit_length() for v in shifted])
+    brev = np.array([int(f"{int(v):032b}"[::-1], 2) for v in x])
+    field = np.uint32(((1 << 12) - 1) << 8)
+    expected = np.stack([
+        [bin(int(v)).count("1") for v in x], clz, brev, (x >> 4) & 0x1FF, (s >> 28).view(np.uint32),
+        ((s << 24) >> 27).view(np.uint32), (x & ~field) | ((x[::-1] << 8) & field),
+        np.full(32, int(x.astype(np.uint64).sum()) % 2**32), np.full(32, s.max()).view(np.uint32)], axis=1)
+    np.testing.assert_array_equal(out, expected.astype(np.uint32))

@@ -158,6 +158,35 @@ inline uint32_t lop3(uint32_t a, uint32_t b, uint32_t c, uint32_t lut) {
     return d;
 }
 
+// bfe: bits pos .. pos + len - 1 of a (pos and len their low bytes), sign-extended for signed types.
+template <class T> inline T bit_field_extract(T a, uint32_t pos, uint32_t len) {
+    using U = unsigned_of<T>;
+    constexpr unsigned msb = 8 * sizeof(T) - 1;
+    pos &= 0xFF, len &= 0xFF;
+    const U bits = U(a);
+    const unsigned top = pos + len - 1 < msb ? pos + len - 1 : msb;
+    const bool sign = std::is_signed<T>::value && len != 0 && (bits >> top & 1);
+    U d = 0;
+    for (unsigned i = 0; i <= msb; ++i) {
+        const bool bit = i < len && pos + i <= msb ? (bits >> (pos + i) & 1) : sign;
+        d |= U(bit) << i;
+    }
+    return T(d);
+}
+// bfi: b with bits pos .. pos + len - 1 replaced by the low bits of a.
+template <class T> inline T bit_field_insert(T a, T b, uint32_t pos, uint32_t len) {
+    constexpr unsigned msb = 8 * sizeof(T) - 1;
+    pos &= 0xFF, len &= 0xFF;
+    T f = b;
+    for (unsigned i = 0; i < len && pos + i <= msb; ++i) f = T((f & ~(T(1) << (pos + i))) | ((a >> i & 1) << (pos + i)));
+    return f;
+}
+template <class T> inline T bit_reverse(T a) {
+    T r = 0;
+    for (unsigned i = 0; i < 8 * sizeof(T); ++i) r |= T(a >> i & 1) << (8 * sizeof(T) - 1 - i);
+    return r;
+}
+
 // cvt from a float type to an integer one: the rounding modifier (.rni .rzi .rmi .rpi), saturating,
 // NaN to 0.
 enum class Round { nearest, zero, down, up };

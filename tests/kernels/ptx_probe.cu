@@ -243,3 +243,18 @@ __global__ void probe_mma_f16_accumulators(const __half* a, const __half* b, con
         d[(g + 8 * i) * 8 + 2 * t + 1] = __ushort_as_half(fd[i] >> 16);
     }
 }
+
+// Bit instructions and redux.sync, one x per lane: out[lane][0..8].
+__global__ void probe_bits(const unsigned* x, unsigned* out) {
+    const unsigned lane = threadIdx.x, v = x[lane], w = x[31 - lane];
+    unsigned* o = out + 9 * lane;
+    asm("popc.b32 %0, %1;" : "=r"(o[0]) : "r"(v));
+    asm("clz.b32 %0, %1;" : "=r"(o[1]) : "r"(v >> (lane % 8)));
+    asm("brev.b32 %0, %1;" : "=r"(o[2]) : "r"(v));
+    asm("bfe.u32 %0, %1, 4, 9;" : "=r"(o[3]) : "r"(v));
+    asm("bfe.s32 %0, %1, 28, 8;" : "=r"(o[4]) : "r"(v));
+    asm("bfe.s32 %0, %1, 3, 5;" : "=r"(o[5]) : "r"(v));
+    asm("bfi.b32 %0, %1, %2, 8, 12;" : "=r"(o[6]) : "r"(w), "r"(v));
+    asm volatile("redux.sync.add.u32 %0, %1, 0xffffffff;" : "=r"(o[7]) : "r"(v));
+    asm volatile("redux.sync.max.s32 %0, %1, 0xffffffff;" : "=r"(o[8]) : "r"(v));
+}

@@ -28,17 +28,21 @@ model with block.unsupported(ins, why). ins.parts is the opcode split at dots ("
 one part, "shared::cta"); ins.operands the parsed operands (Operand, Register, Immediate, Vector,
 Address, Not, Pair). Special registers are SPECIAL_REGISTERS: name -> C++ expression.
 
-The subset (see README, "Inline PTX"): mma.sync m16n8k16 f16/bf16 with f32 or f16 accumulators
-and m16n8k8 tf32 with f32; ldmatrix and stmatrix m8n8 x1/x2/x4 (.trans); cp.async ca/cg with copy and source sizes
-or an ignore-src predicate, commit_group, wait_group, wait_all; cvt (integer widths, float <-> f16/bf16,
-f16x2/bf16x2 pairs, float <-> integer with rounding, rna.tf32); cvta to and from .shared, .global,
-.local; mov (special registers, vector pack and unpack); setp (with .and/.or/.xor), selp; integer
-add, sub, mul.lo/hi/wide, mad.lo, div, rem, min, max, neg, abs, and, or, xor, not, shl, shr;
-f32/f64 add, sub, mul, fma, min, max, neg, abs in round-to-nearest; prmt (default mode), lop3;
-ld/st with .global/.shared/.local/.const or generic addresses, .v2/.v4, cache and ordering hints;
-atom and red (add, min, max, and, or, xor, exch, inc, dec, cas); bar.sync/barrier.sync/bar.arrive
-with an id and a thread count, bar.warp.sync; elect.sync; shfl.sync; vote.sync; activemask;
-membar/fence.sc/fence.acq_rel; nanosleep; trap; bra.
+Emitted C++ is compiled after preprocessing: it may call functions and name the runtime's variables
+(emu_thread_idx, emu_block_idx, ...), but not the shim's macros (threadIdx, blockIdx, __shared__).
+
+The subset (README, "Inline PTX", has it as a table): mma.sync m16n8k16 f16/bf16 with f32 or f16
+accumulators and m16n8k8 tf32 with f32; ldmatrix and stmatrix m8n8 x1/x2/x4 (.trans); cp.async ca/cg
+with copy and source sizes or an ignore-src predicate, commit_group, wait_group, wait_all; cvt (integer
+widths, float <-> f16/bf16, f16x2/bf16x2 pairs, float <-> integer with rounding, rna.tf32); cvta to and
+from .shared, .global, .local; mov (special registers, vector pack and unpack); setp (with
+.and/.or/.xor), selp; integer add, sub, mul.lo/hi/wide, mad.lo, div, rem, min, max, neg, abs, and, or,
+xor, not, shl, shr, popc, clz, brev, bfe, bfi; f32/f64 add, sub, mul, fma, min, max, neg, abs in
+round-to-nearest (.ftz on f32); prmt (default mode), lop3; ld/st with .global/.shared/.local/.const or
+generic addresses, .v2/.v4, cache and ordering hints; atom and red (add, min, max, and, or, xor, exch,
+inc, dec, cas); bar.sync/barrier.sync/bar.arrive with an id and a thread count, bar.warp.sync;
+elect.sync; shfl.sync; vote.sync; redux.sync; activemask; membar/fence.sc/fence.acq_rel; nanosleep;
+trap; bra.
 """
 from __future__ import annotations
 
@@ -882,6 +886,41 @@ def emit_prmt(ins: Instruction, b: Block) -> str:
     return b.write(d, "b32", f"emu::ptx::permute({b.read(x, 'b32')}, {b.read(y, 'b32')}, {b.read(c, 'b32')})")
 
 
+def emit_bits(ins: Instruction, b: Block) -> str:
+    op, t = ins.parts[0], ins.parts[-1] if len(ins.parts) == 2 else ""
+    ops = ins.operands
+    if op in ("popc", "clz") and t in ("b32", "b64") and len(ops) == 2:
+        builtin = {"popc": "__builtin_popcount", "clz": "__builtin_clz"}[op] + ("ll" if t == "b64" else "")
+        value = b.read(ops[1], t)
+        if op == "clz":
+            return b.write(ops[0], "u32", f"({value} ? uint32_t({builtin}({value})) : {width(t)}u)")
+        return b.write(ops[0], "u32", f"uint32_t({builtin}({value}))")
+    if op == "brev" and t in ("b32", "b64") and len(ops) == 2:
+        return b.write(ops[0], t, f"emu::ptx::bit_reverse({b.read(ops[1], t)})")
+    if op == "bfe" and t in ("u32", "s32", "u64", "s64") and len(ops) == 4:
+        return b.write(ops[0], t, f"emu::ptx::bit_field_extract({b.read(ops[1], t)}, {b.read(ops[2], 'u32')}, "
+                                  f"{b.read(ops[3], 'u32')})")
+    if op == "bfi" and t in ("b32", "b64") and len(ops) == 5:
+        return b.write(ops[0], t, f"emu::ptx::bit_field_insert({b.read(ops[1], t)}, {b.read(ops[2], t)}, "
+                                  f"{b.read(ops[3], 'u32')}, {b.read(ops[4], 'u32')})")
+    b.unsupported(ins)
+
+
+_REDUX = {("add", "u32"): "add", ("add", "s32"): "add", ("min", "u32"): "min", ("min", "s32"): "min",
+          ("max", "u32"): "max", ("max", "s32"): "max", ("and", "b32"): "and", ("or", "b32"): "or",
+          ("xor", "b32"): "xor"}
+
+
+def emit_redux(ins: Instruction, b: Block) -> str:
+    parts = ins.parts
+    if len(parts) != 4 or parts[1] != "sync" or (parts[2], parts[3]) not in _REDUX or len(ins.operands) != 3:
+        b.unsupported(ins, "redux.sync.{add,min,max}.{u32,s32}, redux.sync.{and,or,xor}.b32")
+    t = parts[3]
+    ctype = "int" if t == "s32" else "unsigned"
+    d, a, mask = ins.operands
+    return b.write(d, t, f"__reduce_{_REDUX[(parts[2], t)]}_sync({b.read(mask, 'b32')}, {ctype}({b.read(a, t)}))")
+
+
 def emit_lop3(ins: Instruction, b: Block) -> str:
     if ins.opcode != "lop3.b32" or len(ins.operands) != 5:
         b.unsupported(ins)
@@ -1059,6 +1098,8 @@ INSTRUCTIONS: list[tuple[str, Callable[[Instruction, Block], str]]] = [
     (r"(?:add|sub|mul|mad|fma|div|rem|min|max|neg|abs|and|or|xor|not|shl|shr)(?:\.\w+)+", emit_arithmetic),
     (r"prmt\.\S+", emit_prmt),
     (r"lop3\.\S+", emit_lop3),
+    (r"(?:popc|clz|brev|bfe|bfi)\.\w+", emit_bits),
+    (r"redux\.sync\.\w+\.\w+", emit_redux),
     (r"(?:ld|st)\.\S+", emit_ld_st),
     (r"(?:atom|red)\.\S+", emit_atom),
     (r"(?:bar|barrier)(?:\.cta)?\.(?:sync|arrive)(?:\.aligned)?", emit_barrier),
