@@ -3,10 +3,11 @@
 // Blocks run one after another. Inside a block every CUDA thread is a fiber (a stackful coroutine
 // with its own 64 KiB stack and a guard page below it). The scheduler makes passes over the block:
 // in a pass every runnable fiber runs, in the order the schedule gives (forward, reverse or a
-// seeded shuffle), until it waits at __syncthreads, waits in a warp collective, or exits. Between
-// passes the scheduler completes the warp collectives whose lanes have all arrived; when there are
-// none and every live thread waits at __syncthreads it releases the barrier; otherwise no thread
-// can ever move again and the block is deadlocked. Since fibers never preempt each other, every
+// seeded shuffle), until it waits at __syncthreads, waits in a warp collective, waits for a
+// condition (emu_wait_until: an mbarrier phase, a wgmma's warpgroup), or exits. Between passes the
+// scheduler completes the warp collectives whose lanes have all arrived and wakes the threads whose
+// condition holds; when there are none and every live thread waits at __syncthreads it releases the
+// barrier; otherwise no thread can ever move again and the block is deadlocked. Since fibers never preempt each other, every
 // read-modify-write between two waits is atomic, so atomics are plain code (see cuda_emu.h).
 //
 // Faults in kernel code (SIGSEGV on a guard page, SIGFPE, ...) and the watchdog's SIGALRM jump
@@ -14,6 +15,8 @@
 // Built once per machine (linear/backends/emulate caches it) and shared by every kernel library.
 #include "emu_runtime.h"
 #include "emu_sanitize.h"
+#define EMU_TENSOR_MAP_DEFINE  // cuTensorMapEncodeTiled lives here, for kernel libraries and Python alike
+#include "emu_tensor_map.h"
 
 #include <pthread.h>
 #include <setjmp.h>
@@ -26,8 +29,13 @@
 #include <cstdio>
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 
 #if defined(__x86_64__) && defined(__ELF__) && !defined(EMU_UCONTEXT)
 #define EMU_ASM_SWITCH 1
@@ -109,7 +117,7 @@ void context_make(Context& c, char* stack_low, size_t bytes, void (*entry)()) {
 #endif
 
 // ---- Threads of the running block --------------------------------------------------------------
-enum class State : unsigned char { runnable, at_barrier, at_warp, exited };
+enum class State : unsigned char { runnable, at_barrier, at_named_barrier, at_warp, waiting, exited };
 
 struct Fiber {
     Context context;
@@ -120,8 +128,30 @@ struct Fiber {
     int op, lane_param, width;
     unsigned mask;
     uint64_t value, result;
-    const char* barrier_file;  // where it called __syncthreads (synccheck)
+    const char* barrier_file;  // where it called __syncthreads (synccheck) or a named barrier
     int barrier_line;
+    // emu_wait_until: the condition the thread waits for.
+    int (*ready)(void*);
+    void (*describe)(void*, char*, size_t);
+    void* wait_object;
+    int named_barrier;         // the named barrier it waits at (State::at_named_barrier)
+};
+
+// A named barrier of the running block (bar.sync / bar.arrive with an id): the threads that have
+// arrived since it last completed, and the count it completes at (fixed by its first arrival).
+struct NamedBarrier {
+    unsigned arrived, expected;
+    std::vector<unsigned> threads;  // those that arrived (racecheck: emu_san::named_barrier_completed)
+    std::vector<bool> waited;
+};
+constexpr int kNamedBarriers = 16;
+
+// A piece of the shared window: `bytes` bytes at generic address `generic` and at shared address
+// `shared` (see emu_runtime.h).
+struct SharedWindow {
+    const char* generic;
+    uint64_t bytes;
+    uint32_t shared;
 };
 
 const char* const kWarpOpNames[] = {
@@ -141,6 +171,11 @@ struct Runtime {
     unsigned n_threads = 0, live = 0;  // threads in the block; those not exited
     unsigned at_barrier = 0, barrier_true = 0;  // waiting at __syncthreads; with a true predicate
     unsigned released_arrived = 0, released_true = 0;  // the same, at the last release
+    NamedBarrier named[kNamedBarriers] = {};
+    unsigned at_named = 0;             // threads waiting at named barriers
+    bool named_released = false;       // a named barrier completed during this pass
+    std::vector<SharedWindow> windows; // static __shared__ variables in address order, then dynamic
+    uint32_t window_bytes = 0;
     uint64_t rng = 0;
     char* stacks = nullptr;            // kMaxThreadsPerBlock slots of [guard page][stack]
     size_t stack_slot = 0;
@@ -318,11 +353,69 @@ void poison_shared() {
     memset(emu_dynamic_shared, 0xFF, L->dynamic_shared_bytes);
 }
 
+// Makes runnable every thread of emu_wait_until whose condition now holds; returns whether one did.
+bool release_waits() {
+    bool released = false;
+    for (unsigned i = 0; i < rt.n_threads; ++i) {
+        Fiber& f = rt.fibers[i];
+        if (f.state == State::waiting && f.ready(f.wait_object)) {
+            f.state = State::runnable;
+            released = true;
+        }
+    }
+    return released;
+}
+
+// The threads of emu_wait_until, in runs of consecutive threads that wait for the same thing.
+int deadlock_in_waits(unsigned n_waiting) {
+    char text[sizeof rt.launch->message] = "", what[320], previous[320] = "";
+    size_t used = 0;
+    unsigned first = kNone, last = kNone;
+    auto flush = [&]() {
+        if (first == kNone || used >= sizeof text) return;
+        const emu_uint3 a = rt.fibers[first].thread_idx, b = rt.fibers[last].thread_idx;
+        used += size_t(snprintf(text + used, sizeof text - used, "%sthreads (%u, %u, %u)..(%u, %u, %u) wait for %s",
+                                used ? "; " : "", a.x, a.y, a.z, b.x, b.y, b.z, previous));
+    };
+    for (unsigned i = 0; i < rt.n_threads; ++i) {
+        Fiber& f = rt.fibers[i];
+        if (f.state != State::waiting) continue;
+        f.describe(f.wait_object, what, sizeof what);
+        if (first != kNone && last + 1 == i && !strcmp(what, previous)) {
+            last = i;
+            continue;
+        }
+        flush();
+        first = last = i;
+        memcpy(previous, what, sizeof what);
+    }
+    flush();
+    const Fiber* example = nullptr;
+    for (unsigned i = 0; i < rt.n_threads && !example; ++i)
+        if (rt.fibers[i].state == State::waiting) example = &rt.fibers[i];
+    return fail(example, "deadlock: %u threads wait on conditions no thread can bring about (%s); %u wait at "
+                "__syncthreads, %u have exited", n_waiting, text, rt.at_barrier, rt.n_threads - rt.live);
+}
+
 int deadlock() {
-    unsigned at_warp = 0;
+    unsigned at_warp = 0, waiting = 0;
     const Fiber* example = nullptr;  // the first thread waiting in a warp collective
-    for (unsigned i = 0; i < rt.n_threads; ++i)
+    const Fiber* named = nullptr;    // the first thread waiting at a named barrier
+    for (unsigned i = 0; i < rt.n_threads; ++i) {
         if (rt.fibers[i].state == State::at_warp && at_warp++ == 0) example = &rt.fibers[i];
+        if (rt.fibers[i].state == State::at_named_barrier && !named) named = &rt.fibers[i];
+        waiting += rt.fibers[i].state == State::waiting;
+    }
+    if (waiting && !example && !named) return deadlock_in_waits(waiting);
+    if (named) {
+        const NamedBarrier& b = rt.named[named->named_barrier];
+        char others[64] = "";  // threads in emu_wait_until (mbarriers, wgmma), when there are any
+        if (waiting) snprintf(others, sizeof others, ", %u wait for mbarriers or wgmma", waiting);
+        return fail(named, "deadlock: %u threads wait at named barriers (e.g. barrier %d of %s:%d, which has %u of "
+                    "the %u threads it expects), %u at __syncthreads, %u in warp collectives%s, %u have exited",
+                    rt.at_named, named->named_barrier, named->barrier_file, named->barrier_line, b.arrived,
+                    b.expected, rt.at_barrier, at_warp, others, rt.n_threads - rt.live);
+    }
     if (example)
         return fail(example, "deadlock: %u threads wait at __syncthreads, %u in warp collectives "
                     "(e.g. %s with mask 0x%08x), %u have exited", rt.at_barrier, at_warp,
@@ -366,16 +459,19 @@ int run_block() {
             }
     rt.live = rt.n_threads;
     rt.at_barrier = rt.barrier_true = 0;
+    rt.at_named = 0;
+    for (NamedBarrier& b : rt.named) b.arrived = 0, b.threads.clear(), b.waited.clear();
     // A pass runs every runnable thread until it waits or exits. After it, complete what can be
     // completed: warp collectives first, then the block barrier once every live thread is at it.
     for (;;) {
         plan_pass();
+        rt.named_released = false;
         for (unsigned t : rt.order)
             if (rt.fibers[t].state == State::runnable) resume(rt.fibers[t]);
         if (rt.live == 0) return EMU_OK;
         bool completed;
         if (int status = complete_warp_collectives(&completed)) return status;
-        if (completed) continue;
+        if (release_waits() || completed || rt.named_released) continue;  // threads a named barrier released run next pass
         if (rt.at_barrier != rt.live) return deadlock();
         if (rt.live < rt.n_threads && rt.launch->strict)
             return fail(nullptr, "__syncthreads completed only because %u of %u threads exited "
@@ -518,6 +614,22 @@ void describe_fault(emu_launch* L) {
                  "emulator's %zu KiB stack (large local arrays or recursion)", kStackBytes / 1024);
 }
 
+void map_shared_window(const emu_launch* L) {
+    rt.windows.clear();
+    for (int i = 0; i < L->n_static_shared; ++i)
+        rt.windows.push_back({static_cast<const char*>(L->static_shared[i]), L->static_shared_bytes[i], 0});
+    std::sort(rt.windows.begin(), rt.windows.end(),
+              [](const SharedWindow& a, const SharedWindow& b) { return a.generic < b.generic; });
+    rt.windows.push_back({static_cast<const char*>(emu_dynamic_shared), L->dynamic_shared_bytes, 0});
+    uint64_t next = 0;
+    for (SharedWindow& w : rt.windows) {
+        next += (reinterpret_cast<uintptr_t>(w.generic) - next) & 1023;  // congruent modulo 1024
+        w.shared = uint32_t(next);
+        next += w.bytes;
+    }
+    rt.window_bytes = uint32_t(next);
+}
+
 int check_launch(emu_launch* L) {
     const emu_uint3 b = L->block, g = L->grid;
     uint64_t threads = uint64_t(b.x) * b.y * b.z;
@@ -549,8 +661,15 @@ extern "C" int emu_run(emu_launch* L, void (*run_thread)(void*), void* closure) 
     rt.order.resize(rt.n_threads);
     std::iota(rt.order.begin(), rt.order.end(), 0u);
     if (L->schedule == EMU_REVERSE) std::reverse(rt.order.begin(), rt.order.end());
-    // The dynamic buffer ends at the guard page, so reading past its end faults.
-    emu_dynamic_shared = rt.shared + kMaxDynamicShared - ((L->dynamic_shared_bytes + 15) & ~uint64_t(15));
+    // The dynamic buffer ends at the guard page (when its size is a multiple of its alignment), so
+    // reading past its end faults.
+    const uint64_t alignment = L->dynamic_shared_alignment > 16 ? L->dynamic_shared_alignment : 16;
+    if (alignment & (alignment - 1) || alignment > 4096)
+        return fail(nullptr, "extern __shared__ alignment %llu is not a power of 2 up to 4096",
+                    static_cast<unsigned long long>(alignment));
+    emu_dynamic_shared = reinterpret_cast<char*>(
+        reinterpret_cast<uintptr_t>(rt.shared + kMaxDynamicShared - L->dynamic_shared_bytes) & ~(alignment - 1));
+    map_shared_window(L);
     emu_san::launch_begin(L, static_cast<char*>(emu_dynamic_shared), rt.shared,
                           rt.shared + kMaxDynamicShared + rt.page);
     // Nothing orders the blocks of a launch: they run in the schedule's order too.
@@ -562,6 +681,7 @@ extern "C" int emu_run(emu_launch* L, void (*run_thread)(void*), void* closure) 
         for (uint64_t i = n_blocks; i > 1; --i) std::swap(block_order[i - 1], block_order[next_random() % i]);
     }
 
+    const uint64_t fp_mode = emu_set_flush(L->flush_subnormals);
     rt.launch_thread = pthread_self();
     rt.jump_status = EMU_OK;
     install_handlers(L->timeout_s);
@@ -581,6 +701,7 @@ extern "C" int emu_run(emu_launch* L, void (*run_thread)(void*), void* closure) 
         if (status == EMU_FAULT) describe_fault(L);
     }
     rt.in_launch = 0;
+    emu_restore_flush(fp_mode);
     restore_handlers(L->timeout_s);
     emu_san::launch_end();
     rt.current = nullptr;
@@ -616,6 +737,16 @@ extern "C" uint64_t emu_warp_collective(int op, unsigned mask, uint64_t value, i
     return f->result;
 }
 
+extern "C" void emu_wait_until(int (*ready)(void*), void (*describe)(void*, char*, size_t), void* object) {
+    if (ready(object)) return;
+    Fiber* f = rt.current;
+    f->ready = ready;
+    f->describe = describe;
+    f->wait_object = object;
+    f->state = State::waiting;
+    yield_to_scheduler();
+}
+
 extern "C" unsigned emu_active_mask() {
     const Fiber* lanes = &rt.fibers[rt.current->warp * 32];
     unsigned n = rt.n_threads - rt.current->warp * 32, mask = 0;
@@ -629,4 +760,123 @@ extern "C" void emu_fail(const char* message) {
     fail(rt.current, "%s", message);
     rt.jump_status = EMU_ERROR;
     siglongjmp(rt.jump, 1);
+}
+
+extern "C" uint32_t emu_generic_to_shared(const void* p) {
+    const char* c = static_cast<const char*>(p);
+    for (const SharedWindow& w : rt.windows)
+        if (c >= w.generic && c <= w.generic + w.bytes) return w.shared + uint32_t(c - w.generic);
+    char message[160];
+    snprintf(message, sizeof message, "__cvta_generic_to_shared (cvta.to.shared): %p is not an address in "
+             "shared memory", p);
+    emu_fail(message);
+}
+
+extern "C" void* emu_shared_lookup(uint64_t address) {
+    for (const SharedWindow& w : rt.windows)
+        if (address >= w.shared && address <= w.shared + w.bytes)
+            return const_cast<char*>(w.generic) + (address - w.shared);
+    return nullptr;
+}
+
+extern "C" void* emu_shared_to_generic(uint64_t address) {
+    if (void* p = emu_shared_lookup(address)) return p;
+    char message[200];
+    snprintf(message, sizeof message, "shared address 0x%llx is outside the block's shared memory (static "
+             "__shared__ variables and %llu bytes of dynamic shared memory: %u bytes of shared window)",
+             static_cast<unsigned long long>(address), static_cast<unsigned long long>(rt.launch->dynamic_shared_bytes),
+             rt.window_bytes);
+    emu_fail(message);
+}
+
+extern "C" int emu_is_shared(const void* p) {
+    const char* c = static_cast<const char*>(p);
+    for (const SharedWindow& w : rt.windows)
+        if (c >= w.generic && c < w.generic + w.bytes) return 1;
+    return 0;
+}
+
+extern "C" uint32_t emu_shared_window_bytes() { return rt.window_bytes; }
+extern "C" uint32_t emu_dynamic_shared_bytes() { return uint32_t(rt.launch->dynamic_shared_bytes); }
+
+extern "C" void emu_named_barrier(int id, int count, int wait, const char* file, int line) {
+    Fiber* f = rt.current;
+    if (id < 0 || id >= kNamedBarriers)
+        emu_fail("bar.sync / bar.arrive: the barrier id must be 0..15");
+    if (count < 0 || count % 32 || unsigned(count) > rt.n_threads) {
+        char message[160];
+        snprintf(message, sizeof message, "barrier %d: a thread count of %d (it must be a multiple of 32, at most "
+                 "the block's %u threads)", id, count, rt.n_threads);
+        emu_fail(message);
+    }
+    const unsigned expected = count ? unsigned(count) : rt.n_threads;
+    if (id == 0 && expected == rt.n_threads && wait) {  // the block's barrier: __syncthreads
+        emu_syncthreads(EMU_SYNC, 0, file, line);
+        return;
+    }
+    NamedBarrier& b = rt.named[id];
+    if (b.arrived == 0) b.expected = expected;
+    if (b.expected != expected) {
+        char message[200];
+        snprintf(message, sizeof message, "barrier %d: a thread arrives expecting %u threads (%s:%d) while the "
+                 "barrier's first arrival expects %u", id, expected, file, line, b.expected);
+        emu_fail(message);
+    }
+    b.threads.push_back(unsigned(f - rt.fibers.data()));
+    b.waited.push_back(wait != 0);
+    if (++b.arrived == b.expected) {
+        b.arrived = 0;
+        rt.named_released = true;
+        if (expected == rt.n_threads) {
+            emu_san::barrier_released();
+        } else {
+            std::unique_ptr<bool[]> waited(new bool[b.waited.size()]);
+            std::copy(b.waited.begin(), b.waited.end(), waited.get());
+            emu_san::named_barrier_completed(b.threads.data(), waited.get(), unsigned(b.threads.size()));
+        }
+        b.threads.clear();
+        b.waited.clear();
+        for (unsigned t = 0; t < rt.n_threads; ++t) {
+            Fiber& other = rt.fibers[t];
+            if (other.state == State::at_named_barrier && other.named_barrier == id) {
+                other.state = State::runnable;
+                --rt.at_named;
+            }
+        }
+        return;
+    }
+    if (!wait) return;
+    f->state = State::at_named_barrier;
+    f->named_barrier = id;
+    f->barrier_file = file;
+    f->barrier_line = line;
+    ++rt.at_named;
+    yield_to_scheduler();
+}
+
+extern "C" uint64_t emu_set_flush(int flush) {
+#if defined(__x86_64__)
+    const unsigned mode = _mm_getcsr();
+    _mm_setcsr(flush ? mode | 0x8040u : mode & ~0x8040u);  // FTZ (bit 15), DAZ (bit 6)
+    return mode;
+#elif defined(__aarch64__)
+    uint64_t mode;
+    asm volatile("mrs %0, fpcr" : "=r"(mode));
+    const uint64_t next = flush ? mode | (1ull << 24) : mode & ~(1ull << 24);  // FZ
+    asm volatile("msr fpcr, %0" ::"r"(next));
+    return mode;
+#else
+    if (flush) emu_fail("flushing float32 subnormals to zero is not modelled on this CPU");
+    return 0;
+#endif
+}
+
+extern "C" void emu_restore_flush(uint64_t mode) {
+#if defined(__x86_64__)
+    _mm_setcsr(unsigned(mode));
+#elif defined(__aarch64__)
+    asm volatile("msr fpcr, %0" ::"r"(mode));
+#else
+    (void)mode;
+#endif
 }

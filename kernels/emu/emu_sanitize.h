@@ -24,6 +24,13 @@ void thread_switch(unsigned thread);
 // after; a __syncwarp orders the accesses of the lanes of `group` (a mask of warp `warp`).
 void barrier_released();
 void warp_synced(unsigned warp, unsigned group);
+// Release/acquire through a sync object (an mbarrier, a wgmma operation): the running thread's accesses
+// so far happen before those of a thread that acquires the object afterwards (racecheck).
+void release(const void* object);
+void acquire(const void* object);
+// A named barrier of part of the block completed: the threads[0..count) that arrived there, of which
+// those with waited[i] waited (bar.sync) and so see everything every arrival did before arriving.
+void named_barrier_completed(const unsigned* threads, const bool* waited, unsigned count);
 // Where thread `index` of the running block is, for messages.
 emu_uint3 thread_idx(unsigned index);
 

@@ -21,6 +21,7 @@ Knobs (constructor arguments override the environment):
 One job per module:
     compiler.py   g++, the source rewrite for the shim, sanitize builds, the disk cache (entries verified
                   against a size and hash record; a directory others can write is refused)
+    ptx.py        inline PTX: each asm statement of a kernel translated into C++ at build time
     elf.py        the static __shared__ variables of a library (and their redzones), from its symbols
     memory.py     guarded copies of array arguments (out-of-bounds global accesses)
     arguments.py  a launch's arguments checked against the kernel's signature, in C form

@@ -8,7 +8,9 @@ A kernel library is a small wrapper
                                    parameter types and runs every thread as a fiber
 
 compiled into a shared library named by a hash of everything that goes into it, and linked against
-the runtime library (kernels/emu/emu_runtime.cpp) that every kernel shares.
+the runtime library (kernels/emu/emu_runtime.cpp) that every kernel shares. Where the kernel's files
+contain inline PTX, the wrapper is first preprocessed (g++ -E) and each asm statement of the kernel's
+files translated into C++ (ptx.py); g++ then compiles the translated unit.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..sources import kernels_dir
+from . import ptx
 from .errors import EmulationError
 
 _SOURCE_SUFFIXES = (".cu", ".cuh", ".h")
@@ -61,11 +64,15 @@ def _cpu_flags() -> tuple[str, ...]:
 # declaration becomes a reference to the runtime's pointer to it, read at each use, which is right at
 # file scope too (on the same line, so compiler messages keep their lines).
 _EXTERN_SHARED = re.compile(
-    r"\bextern\s+__shared__\s+(?P<type>[^;\[\]]*?)\s*\b(?P<name>[A-Za-z_]\w*)\s*\[\s*\]\s*;")
+    r"\bextern\s+__shared__\s+(?P<type>[^;\[\]]*?)\s*\b(?P<name>[A-Za-z_]\w*)\s*\[\s*\]"
+    r"(?P<dims>(?:\s*\[[^\[\];]*\])*)\s*;")
 _ALIGN = re.compile(r"__align__\s*\(\s*\w+\s*\)")
 _SHARED = re.compile(r"\b__shared__\b[^;{}]*;")
 REDZONE = "emu_redzone"          # the name of the padding after each static __shared__ variable
 REDZONE_BYTES = 64
+# Kernel code only: registers and local arrays start as 0xFE bytes (-1.7e38 as a float), so reading
+# one before writing it (an accumulator never zeroed) gives a wrong result, not a lucky one.
+KERNEL_FLAGS = ("-ftrivial-auto-var-init=pattern",)
 # Sanitize builds: g++'s ThreadSanitizer instrumentation, whose calls emu_sanitize.cpp answers; DWARF 4,
 # whose file numbers binutils 2.40's addr2line reads right (with DWARF 5 it names the wrong file)
 # (the kernel library is linked without libtsan; -z defs names a hook it lacks at build time).
@@ -77,12 +84,46 @@ SANITIZE_FLAGS = ("-DEMU_SANITIZE", "-gdwarf-4", "-fsanitize=thread", "--param=t
 SANITIZE_LINK_FLAGS = ("-Wl,-z,defs", *(f"-Wl,--wrap={f}" for f in _MEMORY_FUNCTIONS))
 
 
+_ASM = re.compile(r"\b(?:asm|__asm__|__asm)\b")
+_ALIGNMENT = re.compile(r"(?:__align__|alignas|aligned)\s*\(\s*(\d+|0[xX][0-9a-fA-F]+)\s*\)")
+
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
+
+
+def _included(source: str, files: dict[str, str]) -> tuple[set[str], set[str]]:
+    """(`source` and the files of `files` it includes, directly or not, by #include "..."; the included
+    names that are not in `files`)."""
+    found, unresolved, pending = set(), set(), [source]
+    while pending:
+        name = pending.pop()
+        if name not in files:
+            unresolved.add(name)
+        elif name not in found:
+            found.add(name)
+            pending += _INCLUDE.findall(files[name])
+    return found, unresolved
+
+
+def dynamic_shared_alignment(texts) -> int:
+    """The largest alignment an `extern __shared__` declaration of the sources asks for (at least 16,
+    what the GPU gives every launch), written as a number in __align__(n), alignas(n) or aligned(n)."""
+    alignment = 16
+    for text in texts:
+        for m in _EXTERN_SHARED.finditer(text):
+            for value in _ALIGNMENT.findall(m["type"]):
+                alignment = max(alignment, int(value, 0))
+    return alignment
+
+
 def rewrite_source(text: str, path: Path, redzones: bool = False) -> str:
     """The kernel source as g++ compiles it: `extern __shared__` arrays point at the dynamic buffer;
     with redzones, each static __shared__ declaration is followed by an unused padding variable, so
     that an overrun of one lands in padding (g++ lays a function's statics out next to each other)."""
-    def pointer(m: re.Match) -> str:
-        element = _ALIGN.sub("", m["type"]).strip()
+    def pointer(m: re.Match) -> str:  # T name[][N] (rows of N) becomes a pointer to arrays of N
+        element, dims = _ALIGN.sub("", m["type"]).strip(), re.sub(r"\s+", "", m["dims"])
+        if dims:
+            return f"{element} (*&{m['name']}){dims} = reinterpret_cast<{element} (*&){dims}>(emu_dynamic_shared);"
         return f"{element}*& {m['name']} = reinterpret_cast<{element}*&>(emu_dynamic_shared);"
     text = re.sub(r"\bstatic\s+__shared__\b", "__shared__", text)
     text = _EXTERN_SHARED.sub(pointer, text)
@@ -137,11 +178,18 @@ class Compiler:
         rewritten = {path.name: rewrite_source(path.read_text(), path, redzones=sanitize)
                      for path in sorted(kernel_dir.iterdir()) if path.suffix in _SOURCE_SUFFIXES and path.is_file()}
         h = hashlib.sha256(runtime.name.encode() + b"\0" + source.encode() + b"\0" + name.encode()
-                           + b"\0" + b"sanitize" * sanitize)
+                           + b"\0" + b"sanitize" * sanitize + b"\0" + _TRANSLATOR_DIGEST)
         for file_name, text in rewritten.items():
             h.update(file_name.encode() + b"\0" + text.encode() + b"\0")
         stem = re.sub(r"\W+", "_", f"{Path(source).stem}_{name}")[:60].strip("_") + "-sanitize" * sanitize
         what = f"{name} from {source}"
+        # Preprocessed and translated where the kernel's own files (or, when it includes a file this
+        # cannot follow, any file of the directory) contain asm: the others build as they did.
+        included, unresolved = _included(source, rewritten)
+        shim = {path.name for path in emu_dir().iterdir()}
+        inline_ptx = any(_ASM.search(rewritten[f]) for f in (rewritten if unresolved - shim else included))
+        alignment = dynamic_shared_alignment(path.read_text() for path in sorted(kernel_dir.iterdir())
+                                             if path.suffix in _SOURCE_SUFFIXES and path.is_file())
 
         def build(out: str) -> None:
             with tempfile.TemporaryDirectory(prefix="src-") as tmp:
@@ -151,9 +199,14 @@ class Compiler:
                 wrapper = sources / "emu_wrapper.cpp"
                 wrapper.write_text(f'#include "cuda_emu.h"\n#include "{source}"\n'
                                    f"static constexpr auto emu_kernel = &{name};\n"
-                                   f'#define EMU_KERNEL emu_kernel\n#include "emu_entry.h"\n')
-                includes = ["-I", str(emu_dir()), "-I", str(sources), "-fvisibility=hidden"]
+                                   f'#define EMU_KERNEL emu_kernel\n#include "emu_entry.h"\n'
+                                   f'extern "C" __attribute__((visibility("default"))) const unsigned long long '
+                                   f"emu_dynamic_shared_alignment = {alignment};\n")
+                includes = ["-I", str(emu_dir()), "-I", str(sources), "-fvisibility=hidden", *KERNEL_FLAGS]
                 link = [str(runtime), "-Wl,-rpath,$ORIGIN", "-o", out]
+                instrument = list(SANITIZE_FLAGS) if sanitize else []
+                if inline_ptx:
+                    wrapper = self._translate_inline_ptx(wrapper, [*instrument, *includes], what)
                 if not sanitize:
                     self._compile([*includes, str(wrapper), *link], what)
                     return
@@ -162,6 +215,18 @@ class Compiler:
                 self._compile([str(instrumented), *link, *SANITIZE_LINK_FLAGS], what)
 
         return self._cached(f"{stem}-{h.hexdigest()[:24]}.so", build)
+
+    def _translate_inline_ptx(self, wrapper: Path, flags: list[str], what: str) -> Path:
+        """The wrapper preprocessed, with the asm statements of the kernel's files (not the shim's, not
+        system headers') translated into C++ by ptx.py: a .ii file g++ compiles as it is."""
+        preprocessed = wrapper.with_suffix(".i")
+        self._compile([*flags, "-E", str(wrapper), "-o", str(preprocessed)], what)
+        shim = str(emu_dir()) + os.sep
+        translated = ptx.translate_unit(preprocessed.read_text(),
+                                        lambda path, system: not system and not path.startswith(shim))
+        out = wrapper.with_suffix(".ii")
+        out.write_text(translated)
+        return out
 
     # ---- The cache: a private directory; each library beside a record of its size and SHA-256 ----
 
@@ -211,6 +276,9 @@ class Compiler:
             raise EmulationError(f"{self.cxx} failed to compile {what}:\n{result.stderr.strip()}")
 
 
+# The translator's modules (ptx.py and the instruction sets beside it, ptx_*.py) are part of every key.
+_TRANSLATOR_DIGEST = hashlib.sha256(b"".join(path.read_bytes() for path in
+                                             sorted(Path(ptx.__file__).parent.glob("ptx*.py")))).digest()
 _RECORD = ".sha256"  # beside each library: "size sha256" of the library as built
 
 
