@@ -47,10 +47,17 @@
 // 2q + i % 2), i < N / 2: per 8 columns the four values of mma.sync's m16n8 tile.
 #pragma once
 
-#include <cuda.h>  // CUtensorMap
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <stdint.h>
+#ifdef __CUDACC_RTC__
+// NVRTC has no C library headers, which cuda.h includes: the tensor map as the driver declares it (an
+// opaque 128 bytes, 64-byte aligned; the same type name, so the kernels' mangled names are the same).
+typedef struct alignas(64) CUtensorMap_st {
+    unsigned long long opaque[16];
+} CUtensorMap;
+#else
+#include <cuda.h>  // CUtensorMap
+#endif
 
 namespace sm90 {
 
@@ -60,9 +67,11 @@ __device__ __forceinline__ unsigned shared_address(const void* p) {
     return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
 
-__device__ __forceinline__ uint64_t make_descriptor(unsigned address, unsigned lbo, unsigned sbo, unsigned swizzle) {
-    return uint64_t((address >> 4) & 0x3FFF) | uint64_t((lbo >> 4) & 0x3FFF) << 16 |
-           uint64_t((sbo >> 4) & 0x3FFF) << 32 | uint64_t(swizzle) << 62;
+using Descriptor = unsigned long long;  // a wgmma matrix descriptor
+
+__device__ __forceinline__ Descriptor make_descriptor(unsigned address, unsigned lbo, unsigned sbo, unsigned swizzle) {
+    return Descriptor((address >> 4) & 0x3FFF) | Descriptor((lbo >> 4) & 0x3FFF) << 16 |
+           Descriptor((sbo >> 4) & 0x3FFF) << 32 | Descriptor(swizzle) << 62;
 }
 
 __device__ __forceinline__ void mbarrier_init(unsigned bar, unsigned count) {
@@ -101,12 +110,12 @@ __device__ __forceinline__ void tma_load_3d(unsigned dst, const CUtensorMap* map
     asm volatile(
         "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
         "[%5];\n" ::"r"(dst),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(z), "r"(bar)
+        "l"(reinterpret_cast<unsigned long long>(map)), "r"(x), "r"(y), "r"(z), "r"(bar)
         : "memory");
 }
 
 __device__ __forceinline__ void prefetch_tensormap(const CUtensorMap* map) {
-    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<unsigned long long>(map)) : "memory");
 }
 
 template <unsigned N>
@@ -145,7 +154,7 @@ template <> struct IsBf16<__half> { static constexpr bool value = false, half = 
 // The accumulators are "+f" operands: the compiler keeps them in registers across the asynchronous
 // operation, and wgmma_wait_group's "memory" clobber plus the fences order the rest.
 template <typename T, int N, bool TRANS_A, bool TRANS_B>
-__device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+__device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], Descriptor desc_a, Descriptor desc_b, int scale_d) {
     static_assert(N == 128 || N == 256, "the wrappers exist for N = 128 and 256");
     static_assert(IsBf16<T>::half, "f16 or bf16 operands");
     if constexpr (N == 128 && IsBf16<T>::value) {

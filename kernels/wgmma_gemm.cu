@@ -106,7 +106,7 @@ struct OperandTile {
     }
 
     // The descriptor of that operand in the tile at shared address `tile`.
-    static __device__ __forceinline__ uint64_t descriptor(unsigned tile, int row, int step) {
+    static __device__ __forceinline__ sm90::Descriptor descriptor(unsigned tile, int row, int step) {
         return sm90::make_descriptor(tile + offset(row, step), LBO, SBO, sm90::SWIZZLE_128B);
     }
 
@@ -161,7 +161,7 @@ linear_wgmma_gemm(int M, int N, int K, int k_per_split, int splits, int batches,
     constexpr int STAGE_BYTES = TileA::BYTES + TileB::BYTES;
     constexpr int K_STEPS = WGMMA_BK / WGMMA_K;
 
-    __shared__ __align__(8) uint64_t full[STAGES], empty[STAGES];
+    __shared__ __align__(8) unsigned long long full[STAGES], empty[STAGES];
     // The stages start on the first 1024-byte boundary of the dynamic shared memory (the plan asks for
     // STAGES · STAGE_BYTES + 1024 bytes).
     extern __shared__ __align__(128) unsigned char wgmma_shared[];
