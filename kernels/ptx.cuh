@@ -1,7 +1,6 @@
-// ptx.cuh: the tensor-core primitives of tc_gemm.cu, one wrapper each, so that the kernel source is the
-// same on the GPU and in the emulator. On the GPU each wrapper is one inline PTX instruction; with
-// LINEAR_EMULATE (g++ against kernels/emu) the same names come from emu_tensor.h, which implements the
-// PTX ISA's per-lane fragment layouts on the CPU.
+// ptx.cuh: the tensor-core primitives of tc_gemm.cu, one inline PTX instruction each. The emulator runs
+// these asm strings as written (linear/backends/emulate/ptx.py translates them onto kernels/emu's
+// semantics of the PTX ISA, per-lane fragment layouts included), so the tests run what the GPU runs.
 //
 //   mma_m16n8k16<T>(d, a, b)   d += A·B, A 16x16 (4 registers), B 16x8 (2), d 16x8 float (4);
 //                              T = __half or __nv_bfloat16, float accumulation
@@ -17,10 +16,6 @@
 
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
-
-#ifdef LINEAR_EMULATE
-#include "emu_tensor.h"
-#else
 
 template <typename T>
 __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]);
@@ -89,5 +84,3 @@ __device__ __forceinline__ unsigned to_tf32(float x) {
     asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
     return r;
 }
-
-#endif  // LINEAR_EMULATE

@@ -2,7 +2,9 @@
 
 The primitive tests run tests/kernels/tc_probe.cu, whose fragment placement is written from the PTX
 ISA's tables, on the emulator and (under -m gpu) on a GPU, against expectations computed here from the
-same tables: so the first GPU run proves the emulator's layouts. The GEMM tests run every transpose x
+same tables: so the first GPU run proves the emulator's layouts. The emulator runs kernels/ptx.cuh's
+inline PTX as written (linear/backends/emulate/ptx.py), so these tests run the asm strings the GPU
+compiles; a wrong operand order in one of them must fail (a negative control below). The GEMM tests run every transpose x
 element type of linear_tc_gemm on the emulator, with edge tiles in M, N and K (partial 16-byte chunks
 included), split-K, alpha, beta and bias, and negative controls: a wrong fragment index and a missing
 cp.async wait must fail.
@@ -104,6 +106,25 @@ def test_cp_async_lands_at_its_wait_and_zero_fills(probe_runtime):
     np.testing.assert_array_equal(out[8:], [1, 2, 3, 4, 5, 6, 0, 0])  # both; 8 bytes then zeros
     if probe_runtime.name == "emulate":  # a GPU may have landed group 1 early; the emulator never does
         assert np.isnan(out[4:8]).all()
+
+
+def test_a_wrong_operand_order_in_a_ptx_cuh_asm_string_is_caught(tmp_path):
+    """Negative control: the emulator runs ptx.cuh's asm strings, so swapping two A registers in the
+    bf16 mma string (a[0] <-> a[1]) must break the mma probe."""
+    for path in [*kernels_dir().glob("*.cuh"), PROBE]:
+        shutil.copy(path, tmp_path / path.name)
+    header = (tmp_path / "ptx.cuh").read_text()
+    bf16 = header.index("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32")
+    swapped = header[:bf16] + header[bf16:].replace("{%4,%5,%6,%7}", "{%5,%4,%6,%7}", 1)
+    assert swapped != header
+    (tmp_path / "ptx.cuh").write_text(swapped)
+    rng = np.random.default_rng(3)
+    a = rng.integers(-4, 5, (16, 16)).astype(TC_DTYPES["bfloat16"])
+    b = rng.integers(-4, 5, (16, 8)).astype(TC_DTYPES["bfloat16"])
+    c = np.zeros((16, 8), np.float32)
+    *_, got = run_probe(emulator(kernel_dir=tmp_path), "probe_mma_m16n8k16<__nv_bfloat16>", a, b, c,
+                        poisoned(np, (16, 8), np.float32))
+    assert not np.array_equal(got, a.astype(np.float64) @ b.astype(np.float64))
 
 
 def tf32_bits(x: np.ndarray) -> np.ndarray:

@@ -19,9 +19,12 @@
 //                 (emu_float16.h) with round-to-nearest-even conversions.
 //   math          CUDA's intrinsics on top of <cmath>; the library is built with -mfma (where the
 //                 CPU has it) so fmaf is one instruction, and -ffp-contract=fast like nvcc.
-// Kernels see LINEAR_EMULATE defined and __CUDA_ARCH__ undefined: keep inline PTX behind
-// `#ifndef LINEAR_EMULATE` with a portable twin, as kernels/ptx.cuh does with emu_tensor.h (mma.sync,
-// ldmatrix, cp.async). Beside this file: <cooperative_groups.h> (the block and its tiles up to a warp)
+//   inline PTX    asm statements are translated into C++ when the library is built
+//                 (linear/backends/emulate/ptx.py, onto emu_ptx.h and emu_tensor.h): the asm strings
+//                 the GPU compiles run here as written, within the PTX subset ptx.py lists.
+//   shared window __cvta_generic_to_shared gives 32-bit .shared addresses as the GPU has them
+//                 (emu_runtime.h), __cvta_shared_to_generic turns them back.
+// Kernels see LINEAR_EMULATE defined and __CUDA_ARCH__ undefined. Beside this file: <cooperative_groups.h> (the block and its tiles up to a warp)
 // and stubs for host-only headers kernel files include (<cuda.h>, <cuda_runtime.h>,
 // <cuda_runtime_api.h>, <device_launch_parameters.h>, <cublas_v2.h>, <cuda_profiler_api.h>). Not
 // provided: grid groups, <cuda/std/...>, WMMA, textures, dynamic parallelism.
@@ -225,6 +228,13 @@ template <class T> __device__ EMU_ATOMIC_INLINE T atomicCAS(T* address, emu::sam
     return old;
 }
 
+// ---- Address spaces: shared memory has 32-bit addresses of its own (emu_runtime.h's window) ------
+__device__ inline size_t __cvta_generic_to_shared(const void* p) { return emu_generic_to_shared(p); }
+__device__ inline void* __cvta_shared_to_generic(size_t address) { return emu_shared_to_generic(address); }
+__device__ inline size_t __cvta_generic_to_global(const void* p) { return reinterpret_cast<uintptr_t>(p); }
+__device__ inline void* __cvta_global_to_generic(size_t address) { return reinterpret_cast<void*>(address); }
+__device__ inline unsigned __isShared(const void* p) { return emu_is_shared(p) != 0; }
+
 // ---- Loads and stores with cache hints: plain accesses here ------------------------------------
 template <class T> __device__ inline T __ldg(const T* p) { return *p; }
 template <class T> __device__ inline T __ldcg(const T* p) { return *p; }
@@ -351,3 +361,5 @@ namespace emu {
 #endif
 __device__ inline void __trap() { emu_fail("__trap() called"); }
 __device__ inline void __brkpt() { emu_fail("__brkpt() called"); }
+
+#include "emu_ptx.h"

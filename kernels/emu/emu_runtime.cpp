@@ -109,7 +109,7 @@ void context_make(Context& c, char* stack_low, size_t bytes, void (*entry)()) {
 #endif
 
 // ---- Threads of the running block --------------------------------------------------------------
-enum class State : unsigned char { runnable, at_barrier, at_warp, exited };
+enum class State : unsigned char { runnable, at_barrier, at_named_barrier, at_warp, exited };
 
 struct Fiber {
     Context context;
@@ -120,8 +120,24 @@ struct Fiber {
     int op, lane_param, width;
     unsigned mask;
     uint64_t value, result;
-    const char* barrier_file;  // where it called __syncthreads (synccheck)
+    const char* barrier_file;  // where it called __syncthreads (synccheck) or a named barrier
     int barrier_line;
+    int named_barrier;         // the named barrier it waits at (State::at_named_barrier)
+};
+
+// A named barrier of the running block (bar.sync / bar.arrive with an id): the threads that have
+// arrived since it last completed, and the count it completes at (fixed by its first arrival).
+struct NamedBarrier {
+    unsigned arrived, expected;
+};
+constexpr int kNamedBarriers = 16;
+
+// A piece of the shared window: `bytes` bytes at generic address `generic` and at shared address
+// `shared` (see emu_runtime.h).
+struct SharedWindow {
+    const char* generic;
+    uint64_t bytes;
+    uint32_t shared;
 };
 
 const char* const kWarpOpNames[] = {
@@ -141,6 +157,11 @@ struct Runtime {
     unsigned n_threads = 0, live = 0;  // threads in the block; those not exited
     unsigned at_barrier = 0, barrier_true = 0;  // waiting at __syncthreads; with a true predicate
     unsigned released_arrived = 0, released_true = 0;  // the same, at the last release
+    NamedBarrier named[kNamedBarriers] = {};
+    unsigned at_named = 0;             // threads waiting at named barriers
+    bool named_released = false;       // a named barrier completed during this pass
+    std::vector<SharedWindow> windows; // static __shared__ variables in address order, then dynamic
+    uint32_t window_bytes = 0;
     uint64_t rng = 0;
     char* stacks = nullptr;            // kMaxThreadsPerBlock slots of [guard page][stack]
     size_t stack_slot = 0;
@@ -321,8 +342,18 @@ void poison_shared() {
 int deadlock() {
     unsigned at_warp = 0;
     const Fiber* example = nullptr;  // the first thread waiting in a warp collective
-    for (unsigned i = 0; i < rt.n_threads; ++i)
+    const Fiber* named = nullptr;    // the first thread waiting at a named barrier
+    for (unsigned i = 0; i < rt.n_threads; ++i) {
         if (rt.fibers[i].state == State::at_warp && at_warp++ == 0) example = &rt.fibers[i];
+        if (rt.fibers[i].state == State::at_named_barrier && !named) named = &rt.fibers[i];
+    }
+    if (named) {
+        const NamedBarrier& b = rt.named[named->named_barrier];
+        return fail(named, "deadlock: %u threads wait at named barriers (e.g. barrier %d of %s:%d, which has %u of "
+                    "the %u threads it expects), %u at __syncthreads, %u in warp collectives, %u have exited",
+                    rt.at_named, named->named_barrier, named->barrier_file, named->barrier_line, b.arrived,
+                    b.expected, rt.at_barrier, at_warp, rt.n_threads - rt.live);
+    }
     if (example)
         return fail(example, "deadlock: %u threads wait at __syncthreads, %u in warp collectives "
                     "(e.g. %s with mask 0x%08x), %u have exited", rt.at_barrier, at_warp,
@@ -366,16 +397,19 @@ int run_block() {
             }
     rt.live = rt.n_threads;
     rt.at_barrier = rt.barrier_true = 0;
+    rt.at_named = 0;
+    for (NamedBarrier& b : rt.named) b = {};
     // A pass runs every runnable thread until it waits or exits. After it, complete what can be
     // completed: warp collectives first, then the block barrier once every live thread is at it.
     for (;;) {
         plan_pass();
+        rt.named_released = false;
         for (unsigned t : rt.order)
             if (rt.fibers[t].state == State::runnable) resume(rt.fibers[t]);
         if (rt.live == 0) return EMU_OK;
         bool completed;
         if (int status = complete_warp_collectives(&completed)) return status;
-        if (completed) continue;
+        if (completed || rt.named_released) continue;  // threads a named barrier released run next pass
         if (rt.at_barrier != rt.live) return deadlock();
         if (rt.live < rt.n_threads && rt.launch->strict)
             return fail(nullptr, "__syncthreads completed only because %u of %u threads exited "
@@ -518,6 +552,22 @@ void describe_fault(emu_launch* L) {
                  "emulator's %zu KiB stack (large local arrays or recursion)", kStackBytes / 1024);
 }
 
+void map_shared_window(const emu_launch* L) {
+    rt.windows.clear();
+    for (int i = 0; i < L->n_static_shared; ++i)
+        rt.windows.push_back({static_cast<const char*>(L->static_shared[i]), L->static_shared_bytes[i], 0});
+    std::sort(rt.windows.begin(), rt.windows.end(),
+              [](const SharedWindow& a, const SharedWindow& b) { return a.generic < b.generic; });
+    rt.windows.push_back({static_cast<const char*>(emu_dynamic_shared), L->dynamic_shared_bytes, 0});
+    uint64_t next = 0;
+    for (SharedWindow& w : rt.windows) {
+        next += (reinterpret_cast<uintptr_t>(w.generic) - next) & 1023;  // congruent modulo 1024
+        w.shared = uint32_t(next);
+        next += w.bytes;
+    }
+    rt.window_bytes = uint32_t(next);
+}
+
 int check_launch(emu_launch* L) {
     const emu_uint3 b = L->block, g = L->grid;
     uint64_t threads = uint64_t(b.x) * b.y * b.z;
@@ -549,8 +599,15 @@ extern "C" int emu_run(emu_launch* L, void (*run_thread)(void*), void* closure) 
     rt.order.resize(rt.n_threads);
     std::iota(rt.order.begin(), rt.order.end(), 0u);
     if (L->schedule == EMU_REVERSE) std::reverse(rt.order.begin(), rt.order.end());
-    // The dynamic buffer ends at the guard page, so reading past its end faults.
-    emu_dynamic_shared = rt.shared + kMaxDynamicShared - ((L->dynamic_shared_bytes + 15) & ~uint64_t(15));
+    // The dynamic buffer ends at the guard page (when its size is a multiple of its alignment), so
+    // reading past its end faults.
+    const uint64_t alignment = L->dynamic_shared_alignment > 16 ? L->dynamic_shared_alignment : 16;
+    if (alignment & (alignment - 1) || alignment > 4096)
+        return fail(nullptr, "extern __shared__ alignment %llu is not a power of 2 up to 4096",
+                    static_cast<unsigned long long>(alignment));
+    emu_dynamic_shared = reinterpret_cast<char*>(
+        reinterpret_cast<uintptr_t>(rt.shared + kMaxDynamicShared - L->dynamic_shared_bytes) & ~(alignment - 1));
+    map_shared_window(L);
     emu_san::launch_begin(L, static_cast<char*>(emu_dynamic_shared), rt.shared,
                           rt.shared + kMaxDynamicShared + rt.page);
     // Nothing orders the blocks of a launch: they run in the schedule's order too.
@@ -629,4 +686,81 @@ extern "C" void emu_fail(const char* message) {
     fail(rt.current, "%s", message);
     rt.jump_status = EMU_ERROR;
     siglongjmp(rt.jump, 1);
+}
+
+extern "C" uint32_t emu_generic_to_shared(const void* p) {
+    const char* c = static_cast<const char*>(p);
+    for (const SharedWindow& w : rt.windows)
+        if (c >= w.generic && c <= w.generic + w.bytes) return w.shared + uint32_t(c - w.generic);
+    char message[160];
+    snprintf(message, sizeof message, "__cvta_generic_to_shared (cvta.to.shared): %p is not an address in "
+             "shared memory", p);
+    emu_fail(message);
+}
+
+extern "C" void* emu_shared_to_generic(uint64_t address) {
+    for (const SharedWindow& w : rt.windows)
+        if (address >= w.shared && address <= w.shared + w.bytes)
+            return const_cast<char*>(w.generic) + (address - w.shared);
+    char message[200];
+    snprintf(message, sizeof message, "shared address 0x%llx is outside the block's shared memory (static "
+             "__shared__ variables and %llu bytes of dynamic shared memory: %u bytes of shared window)",
+             static_cast<unsigned long long>(address), static_cast<unsigned long long>(rt.launch->dynamic_shared_bytes),
+             rt.window_bytes);
+    emu_fail(message);
+}
+
+extern "C" int emu_is_shared(const void* p) {
+    const char* c = static_cast<const char*>(p);
+    for (const SharedWindow& w : rt.windows)
+        if (c >= w.generic && c < w.generic + w.bytes) return 1;
+    return 0;
+}
+
+extern "C" uint32_t emu_shared_window_bytes() { return rt.window_bytes; }
+extern "C" uint32_t emu_dynamic_shared_bytes() { return uint32_t(rt.launch->dynamic_shared_bytes); }
+
+extern "C" void emu_named_barrier(int id, int count, int wait, const char* file, int line) {
+    Fiber* f = rt.current;
+    if (id < 0 || id >= kNamedBarriers)
+        emu_fail("bar.sync / bar.arrive: the barrier id must be 0..15");
+    if (count < 0 || count % 32 || unsigned(count) > rt.n_threads) {
+        char message[160];
+        snprintf(message, sizeof message, "barrier %d: a thread count of %d (it must be a multiple of 32, at most "
+                 "the block's %u threads)", id, count, rt.n_threads);
+        emu_fail(message);
+    }
+    const unsigned expected = count ? unsigned(count) : rt.n_threads;
+    if (id == 0 && expected == rt.n_threads && wait) {  // the block's barrier: __syncthreads
+        emu_syncthreads(EMU_SYNC, 0, file, line);
+        return;
+    }
+    NamedBarrier& b = rt.named[id];
+    if (b.arrived == 0) b.expected = expected;
+    if (b.expected != expected) {
+        char message[200];
+        snprintf(message, sizeof message, "barrier %d: a thread arrives expecting %u threads (%s:%d) while the "
+                 "barrier's first arrival expects %u", id, expected, file, line, b.expected);
+        emu_fail(message);
+    }
+    if (++b.arrived == b.expected) {
+        b.arrived = 0;
+        rt.named_released = true;
+        for (unsigned t = 0; t < rt.n_threads; ++t) {
+            Fiber& other = rt.fibers[t];
+            if (other.state == State::at_named_barrier && other.named_barrier == id) {
+                other.state = State::runnable;
+                --rt.at_named;
+            }
+        }
+        if (expected == rt.n_threads) emu_san::barrier_released();
+        return;
+    }
+    if (!wait) return;
+    f->state = State::at_named_barrier;
+    f->named_barrier = id;
+    f->barrier_file = file;
+    f->barrier_line = line;
+    ++rt.at_named;
+    yield_to_scheduler();
 }

@@ -41,6 +41,7 @@ typedef struct {
     // Filled by the caller.
     emu_uint3 grid, block;
     uint64_t dynamic_shared_bytes;
+    uint64_t dynamic_shared_alignment; // the largest __align__ of the kernel's extern __shared__ (>= 16)
     int32_t schedule;              // enum emu_schedule: order in which a block's threads run
     int32_t strict;                // a barrier that completes only because threads exited is an error
     uint64_t seed;                 // for EMU_SHUFFLE
@@ -83,6 +84,22 @@ enum emu_warp_op {
 uint64_t emu_warp_collective(int op, unsigned mask, uint64_t value, int lane_param, int width);
 unsigned emu_active_mask(void);
 unsigned emu_lane_id(void);
+
+// The shared window: 32-bit .shared addresses as the GPU has them. Static __shared__ variables, in
+// address order, then the dynamic shared memory, each at the lowest shared address not below the
+// previous one's end that is congruent to its generic address modulo 1024 (so declared alignments up
+// to 1024 hold in both). Both fail the launch for an address outside shared memory.
+uint32_t emu_generic_to_shared(const void* p);
+void* emu_shared_to_generic(uint64_t address);
+int emu_is_shared(const void* p);
+// The shared window's size in bytes (%total_smem_size) and the dynamic part's (%dynamic_smem_size).
+uint32_t emu_shared_window_bytes(void);
+uint32_t emu_dynamic_shared_bytes(void);
+
+// Named barriers (bar.sync / bar.arrive a, b): the thread arrives at barrier `id` (0..15) whose
+// expected count is `count` threads (0: the whole block); wait = 0 arrives without waiting.
+// Barrier 0 with the whole block is __syncthreads (emu_syncthreads).
+void emu_named_barrier(int id, int count, int wait, const char* file, int line);
 
 // An atomic read-modify-write of n bytes at p (sanitize builds: atomics never race each other).
 void emu_sanitize_atomic(void* p, size_t n);

@@ -1,12 +1,13 @@
-// emu_tensor.h: the tensor-core primitives of kernels/ptx.cuh on the CPU, with the per-lane fragment
-// layouts of the PTX ISA (groupID g = lane / 4, threadID_in_group t = lane % 4):
+// emu_tensor.h: the semantics of the tensor-core PTX instructions (mma.sync, ldmatrix, stmatrix, cp.async,
+// cvt.rna.tf32) on the CPU, called by the C++ that emulate/ptx.py translates inline PTX into, with the
+// per-lane fragment layouts of the PTX ISA (groupID g = lane / 4, threadID_in_group t = lane % 4):
 //
 //   mma.m16n8k16 (f16, bf16)   A 16x16: a[i] holds rows g + 8·(i%2), columns 2t + 8·(i/2) + {0, 1}
 //                              B 16x8:  b[i] holds rows 2t + 8·i + {0, 1}, column g
 //                              C 16x8:  d[i] holds row g + 8·(i/2), column 2t + i%2
 //   mma.m16n8k8 (tf32)         A 16x8:  a[i] holds row g + 8·(i%2), column t + 4·(i/2)
 //                              B 8x8:   b[i] holds row t + 4·i, column g
-//   ldmatrix .xN               lane i gives the address of row i%8 of matrix i/8; r[j] of a lane holds
+//   ldmatrix, stmatrix .xN     lane i gives the address of row i%8 of matrix i/8; r[j] of a lane holds
 //                              row lane/4, columns 2·(lane%4) + {0, 1} of matrix j (.trans: rows
 //                              2·(lane%4) + {0, 1} of column lane/4)
 //
@@ -16,12 +17,12 @@
 // emulator adds them to C in k order with fmaf, where the hardware's internal order and rounding are
 // its own, so GPU results may differ from the emulator's in the last bits.
 //
-// cp.async copies are read at issue and written to shared memory only at the cp_async_wait that
-// retires their group: data read before the wait is the old (poisoned) contents, as a missing or
-// early wait deserves.
+// cp.async copies are read at issue and written to shared memory only at the wait_group that retires
+// their group: data read before the wait is the old (poisoned) contents, as a missing or early wait
+// deserves.
 #pragma once
 
-namespace emu {
+namespace emu::ptx {
 
 constexpr int MAX_WARPS = 32;
 constexpr int MAX_PENDING_COPIES = 64;  // per thread; tc_gemm.cu keeps at most 16 in flight
@@ -59,34 +60,32 @@ inline void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2], E
     __syncwarp();
 }
 
-}  // namespace emu
-
 template <typename T>
-__device__ inline void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+inline void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
     static_assert(std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value, "f16 or bf16");
     // A(r, k): lane (r%8)·4 + (k%8)/2, register r/8 + 2·(k/8); B(k, n): lane n·4 + (k%8)/2, register
     // k/8; the low half of a register holds the even k.
-    emu::mma<16>(d, a, b, [](const emu::MmaOperands (&s)[32], int r, int c, bool is_a) {
+    mma<16>(d, a, b, [](const MmaOperands (&s)[32], int r, int c, bool is_a) {
         const int k = is_a ? c : r;
         const unsigned reg = is_a ? s[(r % 8) * 4 + (k % 8) / 2].a[r / 8 + 2 * (k / 8)]
                                   : s[c * 4 + (k % 8) / 2].b[k / 8];
-        return emu::half_bits_to_float(k % 2 ? reg >> 16 : reg, T());
+        return half_bits_to_float(k % 2 ? reg >> 16 : reg, T());
     });
 }
 
-__device__ inline void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+inline void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
     // A(r, k): lane (r%8)·4 + k%4, register r/8 + 2·(k/4); B(k, n): lane n·4 + k%4, register k/4.
-    emu::mma<8>(d, a, b, [](const emu::MmaOperands (&s)[32], int r, int c, bool is_a) {
-        return emu::tf32_value(is_a ? s[(r % 8) * 4 + c % 4].a[r / 8 + 2 * (c / 4)] : s[c * 4 + r % 4].b[r / 4]);
+    mma<8>(d, a, b, [](const MmaOperands (&s)[32], int r, int c, bool is_a) {
+        return tf32_value(is_a ? s[(r % 8) * 4 + c % 4].a[r / 8 + 2 * (c / 4)] : s[c * 4 + r % 4].b[r / 4]);
     });
 }
 
 template <int N, bool TRANS>
-__device__ inline void ldmatrix(unsigned (&r)[N], const void* row) {
+inline void ldmatrix(unsigned (&r)[N], const void* row) {
     static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
     if (reinterpret_cast<uintptr_t>(row) % 16) emu_fail("ldmatrix: a row address is not 16-byte aligned");
     const unsigned lane = emu_lane_id();
-    const unsigned char*(&rows)[32] = emu::ldmatrix_slots[emu::warp_index()];
+    const unsigned char*(&rows)[32] = ldmatrix_slots[warp_index()];
     rows[lane] = static_cast<const unsigned char*>(row);
     __syncwarp();
     for (int j = 0; j < N; ++j) {
@@ -102,12 +101,39 @@ __device__ inline void ldmatrix(unsigned (&r)[N], const void* row) {
     __syncwarp();
 }
 
-namespace emu {
+// stmatrix: the inverse of ldmatrix. Lane l < 8N writes row l % 8 of matrix j = l / 8 at its address,
+// gathering the row's eight 16-bit elements from the registers j of the lanes that hold them.
+struct StmatrixOperands {
+    unsigned char* row;
+    unsigned r[4];
+};
+inline StmatrixOperands stmatrix_slots[MAX_WARPS][32];
+
+template <int N, bool TRANS>
+inline void stmatrix(void* row, const unsigned (&r)[N]) {
+    static_assert(N == 1 || N == 2 || N == 4, "stmatrix stores 1, 2 or 4 matrices");
+    if (reinterpret_cast<uintptr_t>(row) % 16) emu_fail("stmatrix: a row address is not 16-byte aligned");
+    const unsigned lane = emu_lane_id();
+    StmatrixOperands(&slots)[32] = stmatrix_slots[warp_index()];
+    slots[lane].row = static_cast<unsigned char*>(row);
+    __builtin_memcpy(slots[lane].r, r, sizeof r);
+    __syncwarp();
+    if (lane < 8 * N) {
+        const unsigned j = lane / 8, i = lane % 8;
+        uint16_t out[8];
+        for (unsigned c = 0; c < 8; ++c) {  // element (i, c) of the stored row; M(i, c) or, .trans, M(c, i)
+            const unsigned reg = TRANS ? slots[4 * c + i / 2].r[j] : slots[4 * i + c / 2].r[j];
+            out[c] = uint16_t((TRANS ? i : c) % 2 ? reg >> 16 : reg);
+        }
+        __builtin_memcpy(slots[lane].row, out, sizeof out);
+    }
+    __syncwarp();
+}
 
 struct PendingCopy {
     unsigned char* dst;
     unsigned char data[16];
-    unsigned group;
+    unsigned group, bytes;
 };
 // One queue per thread of the running block; `owner` tells a queue left over from another block or
 // launch (its copies were never waited for and are dropped, as they would be at the kernel's end).
@@ -126,37 +152,49 @@ inline CopyQueue& copy_queue() {
     return q;
 }
 
-}  // namespace emu
-
-__device__ inline void cp_async_16(void* dst, const void* src, int bytes) {
-    if (bytes < 0 || bytes > 16) emu_fail("cp.async: the source size must be 0..16 bytes");
-    if (reinterpret_cast<uintptr_t>(dst) % 16 || reinterpret_cast<uintptr_t>(src) % 16)
-        emu_fail("cp.async: a 16-byte copy needs 16-byte aligned addresses");
-    emu::CopyQueue& q = emu::copy_queue();
-    if (q.count == emu::MAX_PENDING_COPIES) emu_fail("cp.async: too many copies in flight (missing wait?)");
-    emu::PendingCopy& copy = q.pending[q.count++];
+// cp.async.{ca,cg}.shared.global [dst], [src], cp_size, src_size: reads src_size bytes now, lands
+// cp_size bytes (the rest zeros) at the wait that retires the group.
+inline void cp_async(void* dst, const void* src, unsigned cp_size, unsigned src_size, bool cache_global) {
+    if (cp_size != 4 && cp_size != 8 && cp_size != 16) emu_fail("cp.async: the copy size must be 4, 8 or 16 bytes");
+    if (cache_global && cp_size != 16) emu_fail("cp.async.cg: the copy size must be 16 bytes");
+    if (src_size > cp_size) emu_fail("cp.async: the source size exceeds the copy size");
+    if (reinterpret_cast<uintptr_t>(dst) % cp_size || reinterpret_cast<uintptr_t>(src) % cp_size)
+        emu_fail("cp.async: the addresses must be aligned to the copy size");
+    CopyQueue& q = copy_queue();
+    if (q.count == MAX_PENDING_COPIES) emu_fail("cp.async: too many copies in flight (missing wait?)");
+    PendingCopy& copy = q.pending[q.count++];
     copy.dst = static_cast<unsigned char*>(dst);
     copy.group = q.committed;
+    copy.bytes = cp_size;
     __builtin_memset(copy.data, 0, sizeof copy.data);
-    memcpy(copy.data, src, bytes);  // exactly the bytes the copy reads (memcheck sees them: emu_sanitize.cpp)
+    memcpy(copy.data, src, src_size);  // exactly the bytes the copy reads (memcheck sees them: emu_sanitize.cpp)
 }
 
-__device__ inline void cp_async_commit() { ++emu::copy_queue().committed; }
+inline void cp_async_commit() { ++copy_queue().committed; }
 
-template <int N>
-__device__ inline void cp_async_wait() {
-    emu::CopyQueue& q = emu::copy_queue();
+// cp.async.wait_group n: lands every copy of all but the n most recent committed groups.
+inline void cp_async_wait(unsigned n) {
+    CopyQueue& q = copy_queue();
     unsigned kept = 0;
     for (unsigned i = 0; i < q.count; ++i) {
-        emu::PendingCopy& copy = q.pending[i];
-        if (copy.group + N < q.committed) __builtin_memcpy(copy.dst, copy.data, sizeof copy.data);
+        PendingCopy& copy = q.pending[i];
+        if (copy.group + n < q.committed) __builtin_memcpy(copy.dst, copy.data, copy.bytes);
         else q.pending[kept++] = copy;
     }
     q.count = kept;
 }
 
-__device__ inline unsigned to_tf32(float x) {
-    const unsigned bits = emu::from_bits<unsigned>(emu::to_bits(x));
-    if ((bits & 0x7F800000u) == 0x7F800000u) return bits;  // inf and NaN pass through
+// cp.async.wait_all: commit_group then wait_group 0 (copies not yet committed land too).
+inline void cp_async_wait_all() {
+    cp_async_commit();
+    cp_async_wait(0);
+}
+
+// cvt.rna.tf32.f32: round to TF32 (nearest, ties away from zero); inf and NaN pass through.
+inline unsigned to_tf32(float x) {
+    const unsigned bits = from_bits<unsigned>(to_bits(x));
+    if ((bits & 0x7F800000u) == 0x7F800000u) return bits;
     return (bits + 0x1000u) & 0xFFFFE000u;  // round the magnitude half up: ties away from zero
 }
+
+}  // namespace emu::ptx

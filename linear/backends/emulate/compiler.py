@@ -8,7 +8,9 @@ A kernel library is a small wrapper
                                    parameter types and runs every thread as a fiber
 
 compiled into a shared library named by a hash of everything that goes into it, and linked against
-the runtime library (kernels/emu/emu_runtime.cpp) that every kernel shares.
+the runtime library (kernels/emu/emu_runtime.cpp) that every kernel shares. Where the kernel's files
+contain inline PTX, the wrapper is first preprocessed (g++ -E) and each asm statement of the kernel's
+files translated into C++ (ptx.py); g++ then compiles the translated unit.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..sources import kernels_dir
+from . import ptx
 from .errors import EmulationError
 
 _SOURCE_SUFFIXES = (".cu", ".cuh", ".h")
@@ -75,6 +78,21 @@ _MEMORY_FUNCTIONS = ("memcpy", "memset", "memmove")
 SANITIZE_FLAGS = ("-DEMU_SANITIZE", "-gdwarf-4", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0",
                   *(f"-fno-builtin-{f}" for f in _MEMORY_FUNCTIONS))
 SANITIZE_LINK_FLAGS = ("-Wl,-z,defs", *(f"-Wl,--wrap={f}" for f in _MEMORY_FUNCTIONS))
+
+
+_ASM = re.compile(r"\b(?:asm|__asm__|__asm)\b")
+_ALIGNMENT = re.compile(r"(?:__align__|alignas|aligned)\s*\(\s*(\d+|0[xX][0-9a-fA-F]+)\s*\)")
+
+
+def dynamic_shared_alignment(texts) -> int:
+    """The largest alignment an `extern __shared__` declaration of the sources asks for (at least 16,
+    what the GPU gives every launch), written as a number in __align__(n), alignas(n) or aligned(n)."""
+    alignment = 16
+    for text in texts:
+        for m in _EXTERN_SHARED.finditer(text):
+            for value in _ALIGNMENT.findall(m["type"]):
+                alignment = max(alignment, int(value, 0))
+    return alignment
 
 
 def rewrite_source(text: str, path: Path, redzones: bool = False) -> str:
@@ -137,11 +155,14 @@ class Compiler:
         rewritten = {path.name: rewrite_source(path.read_text(), path, redzones=sanitize)
                      for path in sorted(kernel_dir.iterdir()) if path.suffix in _SOURCE_SUFFIXES and path.is_file()}
         h = hashlib.sha256(runtime.name.encode() + b"\0" + source.encode() + b"\0" + name.encode()
-                           + b"\0" + b"sanitize" * sanitize)
+                           + b"\0" + b"sanitize" * sanitize + b"\0" + _TRANSLATOR_DIGEST)
         for file_name, text in rewritten.items():
             h.update(file_name.encode() + b"\0" + text.encode() + b"\0")
         stem = re.sub(r"\W+", "_", f"{Path(source).stem}_{name}")[:60].strip("_") + "-sanitize" * sanitize
         what = f"{name} from {source}"
+        inline_ptx = any(_ASM.search(text) for text in rewritten.values())
+        alignment = dynamic_shared_alignment(path.read_text() for path in sorted(kernel_dir.iterdir())
+                                             if path.suffix in _SOURCE_SUFFIXES and path.is_file())
 
         def build(out: str) -> None:
             with tempfile.TemporaryDirectory(prefix="src-") as tmp:
@@ -151,9 +172,14 @@ class Compiler:
                 wrapper = sources / "emu_wrapper.cpp"
                 wrapper.write_text(f'#include "cuda_emu.h"\n#include "{source}"\n'
                                    f"static constexpr auto emu_kernel = &{name};\n"
-                                   f'#define EMU_KERNEL emu_kernel\n#include "emu_entry.h"\n')
+                                   f'#define EMU_KERNEL emu_kernel\n#include "emu_entry.h"\n'
+                                   f'extern "C" __attribute__((visibility("default"))) const unsigned long long '
+                                   f"emu_dynamic_shared_alignment = {alignment};\n")
                 includes = ["-I", str(emu_dir()), "-I", str(sources), "-fvisibility=hidden"]
                 link = [str(runtime), "-Wl,-rpath,$ORIGIN", "-o", out]
+                instrument = list(SANITIZE_FLAGS) if sanitize else []
+                if inline_ptx:
+                    wrapper = self._translate_inline_ptx(wrapper, [*instrument, *includes], what)
                 if not sanitize:
                     self._compile([*includes, str(wrapper), *link], what)
                     return
@@ -162,6 +188,18 @@ class Compiler:
                 self._compile([str(instrumented), *link, *SANITIZE_LINK_FLAGS], what)
 
         return self._cached(f"{stem}-{h.hexdigest()[:24]}.so", build)
+
+    def _translate_inline_ptx(self, wrapper: Path, flags: list[str], what: str) -> Path:
+        """The wrapper preprocessed, with the asm statements of the kernel's files (not the shim's, not
+        system headers') translated into C++ by ptx.py: a .ii file g++ compiles as it is."""
+        preprocessed = wrapper.with_suffix(".i")
+        self._compile([*flags, "-E", str(wrapper), "-o", str(preprocessed)], what)
+        shim = str(emu_dir()) + os.sep
+        translated = ptx.translate_unit(preprocessed.read_text(),
+                                        lambda path, system: not system and not path.startswith(shim))
+        out = wrapper.with_suffix(".ii")
+        out.write_text(translated)
+        return out
 
     # ---- The cache: a private directory; each library beside a record of its size and SHA-256 ----
 
@@ -211,6 +249,7 @@ class Compiler:
             raise EmulationError(f"{self.cxx} failed to compile {what}:\n{result.stderr.strip()}")
 
 
+_TRANSLATOR_DIGEST = hashlib.sha256(Path(ptx.__file__).read_bytes()).digest()
 _RECORD = ".sha256"  # beside each library: "size sha256" of the library as built
 
 

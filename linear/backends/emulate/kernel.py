@@ -33,6 +33,7 @@ class _Launch(ctypes.Structure):
     """Mirror of emu_launch in kernels/emu/emu_runtime.h."""
     _fields_ = [
         ("grid", _Uint3), ("block", _Uint3), ("dynamic_shared_bytes", ctypes.c_uint64),
+        ("dynamic_shared_alignment", ctypes.c_uint64),
         ("schedule", ctypes.c_int32), ("strict", ctypes.c_int32), ("seed", ctypes.c_uint64),
         ("timeout_s", ctypes.c_double), ("args", ctypes.POINTER(ctypes.c_void_p)),
         ("n_args", ctypes.c_int32), ("n_static_shared", ctypes.c_int32),
@@ -68,6 +69,7 @@ class EmulatedKernel:
         text = ctypes.create_string_buffer(4096)
         self._lib.emu_signature(text, ctypes.c_size_t(len(text)))
         self.signature = text.value.decode().split(",") if text.value else []
+        self._dynamic_shared_alignment = ctypes.c_uint64.in_dll(self._lib, "emu_dynamic_shared_alignment").value
         statics, addresses = elf_symbols(library)
         if "emu_entry" not in addresses:  # no ELF symbol table: static __shared__ stays unpoisoned
             statics, addresses = [], {"emu_entry": 0}
@@ -98,6 +100,7 @@ class EmulatedKernel:
         arguments = Arguments(self.name, self.signature, args, guard=guard)
         regions = sanitizers.argument_regions(arguments) + self._static_regions if settings.sanitize else []
         launch = _Launch(grid=_Uint3(*grid3), block=_Uint3(*block3), dynamic_shared_bytes=shared_mem,
+                         dynamic_shared_alignment=self._dynamic_shared_alignment,
                          schedule=SCHEDULES[settings.schedule], strict=int(settings.strict), seed=settings.seed,
                          timeout_s=settings.timeout_s, args=arguments.c_args, n_args=len(self.signature),
                          n_static_shared=self._n_statics, static_shared=self._statics,
