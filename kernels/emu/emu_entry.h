@@ -4,16 +4,22 @@
 //   int emu_entry(emu_launch*)               unpacks launch->args by the kernel's parameter types
 //                                            and runs the launch (emu_runtime.cpp)
 //   void emu_signature(char* out, size_t n)  the parameter types, comma separated: numpy dtype
-//                                            names, "*dtype" for pointers, "?" for anything else
+//                                            names, "*dtype" for pointers, "CUtensorMap", "?" for
+//                                            anything else
 #pragma once
 
 #include <utility>
 
 namespace emu {
 
+// A CUtensorMap (emu_tensor_map.h) passed by value: "CUtensorMap" (emulate/arguments.py).
+template <class T, class = void> struct is_tensor_map : std::false_type {};
+template <class T> struct is_tensor_map<T, std::enable_if_t<T::emu_is_tensor_map>> : std::true_type {};
+
 template <class T> constexpr const char* dtype_name() {
     using U = std::remove_cv_t<T>;
-    if constexpr (std::is_same<U, float>::value) return "float32";
+    if constexpr (is_tensor_map<U>::value) return "CUtensorMap";
+    else if constexpr (std::is_same<U, float>::value) return "float32";
     else if constexpr (std::is_same<U, double>::value) return "float64";
     else if constexpr (std::is_same<U, __half>::value) return "float16";
     else if constexpr (std::is_same<U, __nv_bfloat16>::value) return "bfloat16";

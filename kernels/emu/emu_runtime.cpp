@@ -3,10 +3,11 @@
 // Blocks run one after another. Inside a block every CUDA thread is a fiber (a stackful coroutine
 // with its own 64 KiB stack and a guard page below it). The scheduler makes passes over the block:
 // in a pass every runnable fiber runs, in the order the schedule gives (forward, reverse or a
-// seeded shuffle), until it waits at __syncthreads, waits in a warp collective, or exits. Between
-// passes the scheduler completes the warp collectives whose lanes have all arrived; when there are
-// none and every live thread waits at __syncthreads it releases the barrier; otherwise no thread
-// can ever move again and the block is deadlocked. Since fibers never preempt each other, every
+// seeded shuffle), until it waits at __syncthreads, waits in a warp collective, waits for a
+// condition (emu_wait_until: an mbarrier phase, a wgmma's warpgroup), or exits. Between passes the
+// scheduler completes the warp collectives whose lanes have all arrived and wakes the threads whose
+// condition holds; when there are none and every live thread waits at __syncthreads it releases the
+// barrier; otherwise no thread can ever move again and the block is deadlocked. Since fibers never preempt each other, every
 // read-modify-write between two waits is atomic, so atomics are plain code (see cuda_emu.h).
 //
 // Faults in kernel code (SIGSEGV on a guard page, SIGFPE, ...) and the watchdog's SIGALRM jump
@@ -14,6 +15,8 @@
 // Built once per machine (linear/backends/emulate caches it) and shared by every kernel library.
 #include "emu_runtime.h"
 #include "emu_sanitize.h"
+#define EMU_TENSOR_MAP_DEFINE  // cuTensorMapEncodeTiled lives here, for kernel libraries and Python alike
+#include "emu_tensor_map.h"
 
 #include <pthread.h>
 #include <setjmp.h>
@@ -109,7 +112,7 @@ void context_make(Context& c, char* stack_low, size_t bytes, void (*entry)()) {
 #endif
 
 // ---- Threads of the running block --------------------------------------------------------------
-enum class State : unsigned char { runnable, at_barrier, at_named_barrier, at_warp, exited };
+enum class State : unsigned char { runnable, at_barrier, at_named_barrier, at_warp, waiting, exited };
 
 struct Fiber {
     Context context;
@@ -123,6 +126,10 @@ struct Fiber {
     const char* barrier_file;  // where it called __syncthreads (synccheck) or a named barrier
     int barrier_line;
     int named_barrier;         // the named barrier it waits at (State::at_named_barrier)
+    // emu_wait_until: the condition the thread waits for.
+    int (*ready)(void*);
+    void (*describe)(void*, char*, size_t);
+    void* wait_object;
 };
 
 // A named barrier of the running block (bar.sync / bar.arrive with an id): the threads that have
@@ -339,13 +346,58 @@ void poison_shared() {
     memset(emu_dynamic_shared, 0xFF, L->dynamic_shared_bytes);
 }
 
+// Makes runnable every thread of emu_wait_until whose condition now holds; returns whether one did.
+bool release_waits() {
+    bool released = false;
+    for (unsigned i = 0; i < rt.n_threads; ++i) {
+        Fiber& f = rt.fibers[i];
+        if (f.state == State::waiting && f.ready(f.wait_object)) {
+            f.state = State::runnable;
+            released = true;
+        }
+    }
+    return released;
+}
+
+// The threads of emu_wait_until, in runs of consecutive threads that wait for the same thing.
+int deadlock_in_waits(unsigned n_waiting) {
+    char text[sizeof rt.launch->message] = "", what[320], previous[320] = "";
+    size_t used = 0;
+    unsigned first = kNone, last = kNone;
+    auto flush = [&]() {
+        if (first == kNone || used >= sizeof text) return;
+        const emu_uint3 a = rt.fibers[first].thread_idx, b = rt.fibers[last].thread_idx;
+        used += size_t(snprintf(text + used, sizeof text - used, "%sthreads (%u, %u, %u)..(%u, %u, %u) wait for %s",
+                                used ? "; " : "", a.x, a.y, a.z, b.x, b.y, b.z, previous));
+    };
+    for (unsigned i = 0; i < rt.n_threads; ++i) {
+        Fiber& f = rt.fibers[i];
+        if (f.state != State::waiting) continue;
+        f.describe(f.wait_object, what, sizeof what);
+        if (first != kNone && last + 1 == i && !strcmp(what, previous)) {
+            last = i;
+            continue;
+        }
+        flush();
+        first = last = i;
+        memcpy(previous, what, sizeof what);
+    }
+    flush();
+    const Fiber* example = nullptr;
+    for (unsigned i = 0; i < rt.n_threads && !example; ++i)
+        if (rt.fibers[i].state == State::waiting) example = &rt.fibers[i];
+    return fail(example, "deadlock: %u threads wait on conditions no thread can bring about (%s); %u wait at "
+                "__syncthreads, %u have exited", n_waiting, text, rt.at_barrier, rt.n_threads - rt.live);
+}
+
 int deadlock() {
-    unsigned at_warp = 0;
+    unsigned at_warp = 0, waiting = 0;
     const Fiber* example = nullptr;  // the first thread waiting in a warp collective
     const Fiber* named = nullptr;    // the first thread waiting at a named barrier
     for (unsigned i = 0; i < rt.n_threads; ++i) {
         if (rt.fibers[i].state == State::at_warp && at_warp++ == 0) example = &rt.fibers[i];
         if (rt.fibers[i].state == State::at_named_barrier && !named) named = &rt.fibers[i];
+        waiting += rt.fibers[i].state == State::waiting;
     }
     if (named) {
         const NamedBarrier& b = rt.named[named->named_barrier];
@@ -354,6 +406,7 @@ int deadlock() {
                     rt.at_named, named->named_barrier, named->barrier_file, named->barrier_line, b.arrived,
                     b.expected, rt.at_barrier, at_warp, rt.n_threads - rt.live);
     }
+    if (waiting && !example) return deadlock_in_waits(waiting);
     if (example)
         return fail(example, "deadlock: %u threads wait at __syncthreads, %u in warp collectives "
                     "(e.g. %s with mask 0x%08x), %u have exited", rt.at_barrier, at_warp,
@@ -409,7 +462,7 @@ int run_block() {
         if (rt.live == 0) return EMU_OK;
         bool completed;
         if (int status = complete_warp_collectives(&completed)) return status;
-        if (completed || rt.named_released) continue;  // threads a named barrier released run next pass
+        if (release_waits() || completed || rt.named_released) continue;  // threads a named barrier released run next pass
         if (rt.at_barrier != rt.live) return deadlock();
         if (rt.live < rt.n_threads && rt.launch->strict)
             return fail(nullptr, "__syncthreads completed only because %u of %u threads exited "
@@ -671,6 +724,16 @@ extern "C" uint64_t emu_warp_collective(int op, unsigned mask, uint64_t value, i
     f->state = State::at_warp;
     yield_to_scheduler();
     return f->result;
+}
+
+extern "C" void emu_wait_until(int (*ready)(void*), void (*describe)(void*, char*, size_t), void* object) {
+    if (ready(object)) return;
+    Fiber* f = rt.current;
+    f->ready = ready;
+    f->describe = describe;
+    f->wait_object = object;
+    f->state = State::waiting;
+    yield_to_scheduler();
 }
 
 extern "C" unsigned emu_active_mask() {

@@ -100,9 +100,21 @@ uint32_t emu_dynamic_shared_bytes(void);
 // expected count is `count` threads (0: the whole block); wait = 0 arrives without waiting.
 // Barrier 0 with the whole block is __syncthreads (emu_syncthreads).
 void emu_named_barrier(int id, int count, int wait, const char* file, int line);
+// Blocks the calling thread until ready(object) returns nonzero: at once if it already does, else the
+// scheduler asks again between passes (mbarrier waits, wgmma retirement: emu_mbarrier.h, emu_wgmma.h).
+// describe(object, out, n) says what the thread waits for, for the deadlock report when nothing can
+// make it ready; object must stay valid while the thread waits (a local of the waiting thread is).
+void emu_wait_until(int (*ready)(void* object), void (*describe)(void* object, char* out, size_t n),
+                    void* object);
 
 // An atomic read-modify-write of n bytes at p (sanitize builds: atomics never race each other).
 void emu_sanitize_atomic(void* p, size_t n);
+// For the shim's asynchronous operations (emu_mbarrier.h, emu_tma.h, emu_wgmma.h), in sanitize builds:
+// an access of n bytes at p by the running thread, and release/acquire through a sync object (the
+// releasing thread's accesses so far happen before the acquiring thread's later ones).
+void emu_sanitize_access(const void* p, size_t n, int write);
+void emu_sanitize_release(const void* object);
+void emu_sanitize_acquire(const void* object);
 
 // Ends the launch with EMU_ERROR and the message (assert, __trap); never returns.
 void emu_fail(const char* message) __attribute__((noreturn));

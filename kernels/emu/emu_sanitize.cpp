@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace emu_san {
@@ -23,6 +24,7 @@ namespace {
 struct Access {
     const void* pc;
     uint32_t block, epoch, warp_syncs;  // warp_syncs: the thread's count of __syncwarp at the access
+    uint32_t clock;                     // the thread's own entry of its vector clock (mbarrier-style sync)
     uint16_t thread;
     bool valid, write, atomic;
 };
@@ -47,6 +49,11 @@ struct State {
     unsigned block = 0, thread = 0, epoch = 0;
     std::vector<uint32_t> warp_syncs;   // per thread: __syncwarp calls completed
     std::vector<uint32_t> synced_with;  // [thread * 32 + lane]: that lane's count at their last common __syncwarp
+    // Release/acquire synchronization (mbarriers, wgmma retirement): vector clocks, [thread * n + other],
+    // made at the block's first release; a sync object's clock is the join of what was released into it.
+    unsigned n_threads = 0;
+    std::vector<uint32_t> clocks;
+    std::unordered_map<const void*, std::vector<uint32_t>> released;
 };
 State S;
 
@@ -81,6 +88,7 @@ bool ordered(const Access& before, const Access& now) {
     if (before.atomic && now.atomic) return true;
     if (before.block != now.block) return false;
     if (before.thread == now.thread || before.epoch != now.epoch) return true;
+    if (!S.clocks.empty() && S.clocks[size_t(now.thread) * S.n_threads + before.thread] >= before.clock) return true;
     return before.thread / 32 == now.thread / 32 &&
            S.synced_with[now.thread * 32u + before.thread % 32] > before.warp_syncs;
 }
@@ -137,7 +145,8 @@ void access(const void* address, size_t bytes, bool write, bool atomic, const vo
                          "which no thread of the block has written (byte %zu is uninitialized)",
                         bytes, offset, r->name.c_str(), offset + i);
             }
-    const Access now{pc, S.block, S.epoch, S.warp_syncs[S.thread], uint16_t(S.thread), true, write, atomic};
+    const uint32_t clock = S.clocks.empty() ? 1 : S.clocks[size_t(S.thread) * S.n_threads + S.thread];
+    const Access now{pc, S.block, S.epoch, S.warp_syncs[S.thread], clock, uint16_t(S.thread), true, write, atomic};
     for (size_t i = 0; i < bytes; ++i) {
         if (S.modes & EMU_RACECHECK) check_race(*r, offset + i, now);
         if (write) r->cells[offset + i].written = true;
@@ -170,6 +179,7 @@ void launch_begin(emu_launch* L, const char* dynamic, const char* buffer, const 
     const unsigned threads = L->block.x * L->block.y * L->block.z;
     S.warp_syncs.assign(threads, 0);
     S.synced_with.assign(threads * 32u, 0);
+    S.n_threads = threads;
 }
 
 void launch_end() {
@@ -186,6 +196,34 @@ void block_begin(unsigned block) {
         if (r.shared) r.cells.assign(r.cells.size(), Cell{});  // a block starts with fresh shared memory
     std::fill(S.warp_syncs.begin(), S.warp_syncs.end(), 0);
     std::fill(S.synced_with.begin(), S.synced_with.end(), 0);
+    S.clocks.clear();
+    S.released.clear();
+}
+
+// Vector clocks start at the first release of a block: a thread's own entry 1, the others 0.
+static uint32_t* clock_of(unsigned thread) {
+    if (S.clocks.empty()) {
+        S.clocks.assign(size_t(S.n_threads) * S.n_threads, 0);
+        for (unsigned t = 0; t < S.n_threads; ++t) S.clocks[size_t(t) * S.n_threads + t] = 1;
+    }
+    return &S.clocks[size_t(thread) * S.n_threads];
+}
+
+void release(const void* object) {
+    if (!(S.modes & EMU_RACECHECK)) return;
+    uint32_t* mine = clock_of(S.thread);
+    std::vector<uint32_t>& into = S.released[object];
+    into.resize(S.n_threads, 0);
+    for (unsigned t = 0; t < S.n_threads; ++t) into[t] = std::max(into[t], mine[t]);
+    ++mine[S.thread];  // later accesses of this thread are not covered by this release
+}
+
+void acquire(const void* object) {
+    if (!(S.modes & EMU_RACECHECK)) return;
+    auto found = S.released.find(object);
+    if (found == S.released.end()) return;
+    uint32_t* mine = clock_of(S.thread);
+    for (unsigned t = 0; t < S.n_threads; ++t) mine[t] = std::max(mine[t], found->second[t]);
 }
 
 void thread_switch(unsigned thread) { S.thread = thread; }
@@ -252,3 +290,9 @@ extern "C" void* __wrap_memset(void* to, int value, size_t n) {
 extern "C" void emu_sanitize_atomic(void* p, size_t n) {
     emu_san::access(p, n, true, true, __builtin_return_address(0));
 }
+
+extern "C" void emu_sanitize_access(const void* p, size_t n, int write) {
+    emu_san::access(p, n, write != 0, false, __builtin_return_address(0));
+}
+extern "C" void emu_sanitize_release(const void* object) { emu_san::release(object); }
+extern "C" void emu_sanitize_acquire(const void* object) { emu_san::acquire(object); }

@@ -24,6 +24,10 @@ void thread_switch(unsigned thread);
 // after; a __syncwarp orders the accesses of the lanes of `group` (a mask of warp `warp`).
 void barrier_released();
 void warp_synced(unsigned warp, unsigned group);
+// Release/acquire through a sync object (an mbarrier, a wgmma operation): the running thread's accesses
+// so far happen before those of a thread that acquires the object afterwards (racecheck).
+void release(const void* object);
+void acquire(const void* object);
 // Where thread `index` of the running block is, for messages.
 emu_uint3 thread_idx(unsigned index);
 

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..tensor_map import TensorMap
 from .memory import GuardedRegion, byte_span
 
 
@@ -31,6 +32,11 @@ class Arguments:
                                     f"{arg.shape}; the parameter is a {parameter[1:]} pointer")
                 self.arrays[i] = arg
                 self.values.append(ctypes.c_void_p(arg.ctypes.data))
+            elif parameter == "CUtensorMap":  # `const __grid_constant__ CUtensorMap`: 128 bytes by value
+                if not isinstance(arg, TensorMap):
+                    raise TypeError(f"{kernel}: argument {i} must be a TensorMap (linear.backends.tensor_map) for "
+                                    f"the CUtensorMap parameter, got {type(arg).__name__}")
+                self.values.append(arg.bytes)  # 64-byte aligned, as the parameter's type is
             else:
                 if not isinstance(arg, np.generic) or arg.dtype.name != parameter:
                     got = f"np.{arg.dtype.name}" if isinstance(arg, np.generic) else type(arg).__name__

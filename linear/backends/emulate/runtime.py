@@ -1,6 +1,7 @@
 """The emulate runtime: its settings, and the kernels it has compiled and loaded."""
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import threading
@@ -38,12 +39,21 @@ class EmulatorRuntime:
         self._compiler = Compiler(cxx, Path(cache_dir) if cache_dir is not None else default_cache_dir())
         self._kernels: dict[tuple[str, str], EmulatedKernel] = {}  # (source, name) -> kernel
         self._lock = threading.Lock()
+        self._host: ctypes.CDLL | None = None
 
     def compute_capability(self) -> int:
         return COMPUTE_CAPABILITY
 
     def device_limits(self) -> DeviceLimits:
         return H100  # the card the plan's cost model assumes for the emulator
+
+    def host_library(self) -> ctypes.CDLL:
+        """The emulator's runtime library, built if need be: its host functions (cuTensorMapEncodeTiled) are
+        what linear/backends/tensor_map.py calls."""
+        with self._lock:
+            if self._host is None:
+                self._host = ctypes.CDLL(str(self._compiler.runtime_library()))
+            return self._host
 
     def function(self, source: str, name: str) -> EmulatedKernel:
         """The kernel `name` (one template instantiation) of kernels/`source`, compiled (or found in the

@@ -1,0 +1,118 @@
+"""TMA tensor maps for an array, on both runtimes: what a kernel's `const __grid_constant__ CUtensorMap`
+parameter takes.
+
+    tensor_map(runtime, array, box, swizzle=128)
+
+describes `array` (C-contiguous or strided, rows of whole 16-byte multiples) to the tensor memory
+accelerator: `box` is the tile one cp.async.bulk.tensor copies, in the array's axis order (outermost
+first, as numpy shapes are; the driver's arrays are innermost first, and this module reverses them).
+The emulate runtime encodes it with the emulator's cuTensorMapEncodeTiled (kernels/emu/
+emu_tensor_map.h, in the runtime library), which makes the driver's checks; the cuda runtime with the
+driver's own through cuda-python (`cuda.bindings.driver`, an optional dependency). A map keeps its
+array alive; it points at the array itself, so in the emulator TMA reads and writes the array in
+place, not the guarded copy of a pointer argument (memcheck does not watch it; TMA cannot leave the
+map's extents anyway).
+
+The cuda path has not been executed here (no GPU): it is the documented driver call, kept small.
+"""
+from __future__ import annotations
+
+import ctypes
+from typing import Any, Sequence
+
+import numpy as np
+
+TENSOR_MAP_BYTES = 128
+TENSOR_MAP_ALIGNMENT = 64
+
+# CUtensorMapDataType by numpy dtype name; float32 maps to FLOAT32, or TFLOAT32 with tf32=True.
+_DATA_TYPES = {"uint8": 0, "uint16": 1, "uint32": 2, "int32": 3, "uint64": 4, "int64": 5, "float16": 6,
+               "float32": 7, "float64": 8, "bfloat16": 9}
+_TFLOAT32 = 11
+_SWIZZLES = {0: 0, 32: 1, 64: 2, 128: 3}  # CUtensorMapSwizzle by span in bytes (0: none)
+
+
+class TensorMap:
+    """A 128-byte CUtensorMap (64-byte aligned) and the array it describes."""
+
+    def __init__(self, data: bytes, array: Any, box: tuple[int, ...], swizzle: int):
+        self._buffer = np.zeros(TENSOR_MAP_BYTES + TENSOR_MAP_ALIGNMENT, np.uint8)
+        start = -self._buffer.ctypes.data % TENSOR_MAP_ALIGNMENT
+        self.bytes = self._buffer[start:start + TENSOR_MAP_BYTES]
+        self.bytes[:] = np.frombuffer(data, np.uint8)
+        self.array, self.box, self.swizzle = array, box, swizzle
+
+    @property
+    def address(self) -> int:
+        """The host address of the 128 bytes (64-byte aligned)."""
+        return self.bytes.ctypes.data
+
+    def __repr__(self) -> str:
+        return (f"TensorMap({self.array.dtype.name} array of shape {self.array.shape}, box {self.box}, "
+                f"swizzle {self.swizzle or 'none'})")
+
+
+def tensor_map(runtime: Any, array: Any, box: Sequence[int], *, swizzle: int = 0,
+               element_strides: Sequence[int] | None = None, oob_nan: bool = False, tf32: bool = False) -> TensorMap:
+    """A tiled tensor map of `array` for `runtime` (emulate or cuda): `box` elements per axis (numpy axis
+    order), `swizzle` the span in bytes (0, 32, 64, 128), element_strides per axis (1..8; default all
+    1), oob_nan: out-of-bounds elements load as NaN instead of zero (floating-point types only)."""
+    dtype_name = array.dtype.name
+    if dtype_name not in _DATA_TYPES:
+        raise TypeError(f"tensor_map: array has dtype {dtype_name} and shape {array.shape}; TMA takes "
+                        f"{', '.join(_DATA_TYPES)}")
+    if tf32 and dtype_name != "float32":
+        raise TypeError(f"tensor_map: tf32=True needs a float32 array, not {dtype_name}")
+    if swizzle not in _SWIZZLES:
+        raise ValueError(f"tensor_map: swizzle={swizzle!r}; it must be 0 (none), 32, 64 or 128 (bytes)")
+    rank = array.ndim
+    box = tuple(int(b) for b in box)
+    strides = tuple(int(s) for s in (element_strides if element_strides is not None else (1,) * rank))
+    if len(box) != rank or len(strides) != rank:
+        raise ValueError(f"tensor_map: array of shape {array.shape} needs {rank} box dims and element strides, got "
+                         f"box {box} and element_strides {strides}")
+    if any(s <= 0 for s in array.strides) or array.strides[-1] != array.itemsize:
+        raise ValueError(f"tensor_map: array of shape {array.shape} has byte strides {array.strides}: the last axis "
+                         f"must be contiguous and the others positive")
+    data_type = _TFLOAT32 if tf32 else _DATA_TYPES[dtype_name]
+    # The driver's order: dimension 0 innermost; strides in bytes for dimensions 1 .. rank - 1.
+    dims = [int(d) for d in reversed(array.shape)]
+    byte_strides = [int(s) for s in reversed(array.strides)][1:]
+    encode = _emulate_encode if runtime.name == "emulate" else _cuda_encode
+    data = encode(runtime, array, data_type, rank, dims, byte_strides, box[::-1], strides[::-1],
+                  _SWIZZLES[swizzle], int(oob_nan))
+    return TensorMap(data, array, box, swizzle)
+
+
+def _emulate_encode(runtime, array, data_type, rank, dims, byte_strides, box, strides, swizzle, oob) -> bytes:
+    library = runtime.host_library()
+    u64, u32 = ctypes.c_uint64, ctypes.c_uint32
+    n = max(5, rank)  # the driver reads rank entries; a rank it refuses still needs its arrays
+    out = np.zeros(TENSOR_MAP_BYTES + TENSOR_MAP_ALIGNMENT, np.uint8)
+    start = -out.ctypes.data % TENSOR_MAP_ALIGNMENT
+    status = library.cuTensorMapEncodeTiled(
+        ctypes.c_void_p(out.ctypes.data + start), ctypes.c_int(data_type), u32(rank), ctypes.c_void_p(array.ctypes.data),
+        (u64 * n)(*dims), (u64 * n)(*byte_strides), (u32 * n)(*box), (u32 * n)(*strides), ctypes.c_int(0),
+        ctypes.c_int(swizzle), ctypes.c_int(0), ctypes.c_int(oob))
+    if status != 0:
+        library.emu_tensor_map_error.restype = ctypes.c_char_p
+        why = library.emu_tensor_map_error().decode()
+        raise ValueError(f"tensor_map: cuTensorMapEncodeTiled refuses the {array.dtype.name} array of shape "
+                         f"{array.shape} (byte strides {array.strides}) with box {tuple(box[::-1])}: {why}")
+    return out[start:start + TENSOR_MAP_BYTES].tobytes()
+
+
+def _cuda_encode(runtime, array, data_type, rank, dims, byte_strides, box, strides, swizzle, oob) -> bytes:
+    """The driver's cuTensorMapEncodeTiled through cuda-python (unexecuted here: no GPU)."""
+    try:
+        from cuda.bindings import driver
+    except ImportError as error:
+        raise ImportError("tensor_map on the cuda runtime needs cuda-python (pip install cuda-python)") from error
+    err, encoded = driver.cuTensorMapEncodeTiled(
+        driver.CUtensorMapDataType(data_type), rank, array.data.ptr, dims, byte_strides, box, strides,
+        driver.CUtensorMapInterleave(0), driver.CUtensorMapSwizzle(swizzle), driver.CUtensorMapL2promotion(0),
+        driver.CUtensorMapFloatOOBfill(oob))
+    if err != driver.CUresult.CUDA_SUCCESS:
+        raise ValueError(f"tensor_map: the driver's cuTensorMapEncodeTiled refuses the {array.dtype.name} array of "
+                         f"shape {array.shape} with box {tuple(box[::-1])}: {err}")
+    return ctypes.string_at(encoded.getPtr(), TENSOR_MAP_BYTES)
