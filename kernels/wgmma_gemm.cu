@@ -161,12 +161,12 @@ linear_wgmma_gemm(int M, int N, int K, int k_per_split, int splits, int batches,
     constexpr int STAGE_BYTES = TileA::BYTES + TileB::BYTES;
     constexpr int K_STEPS = WGMMA_BK / WGMMA_K;
 
-    __shared__ __align__(8) unsigned long long full[STAGES], empty[STAGES];
+    __shared__ __align__(8) unsigned long long barriers[2 * STAGES];  // full[STAGES], then empty[STAGES]
     // The stages start on the first 1024-byte boundary of the dynamic shared memory (the plan asks for
     // STAGES · STAGE_BYTES + 1024 bytes).
     extern __shared__ __align__(128) unsigned char wgmma_shared[];
     const unsigned stages = (sm90::shared_address(wgmma_shared) + WGMMA_SWIZZLE_GROUP - 1) & ~(WGMMA_SWIZZLE_GROUP - 1u);
-    const unsigned full0 = sm90::shared_address(full), empty0 = sm90::shared_address(empty);
+    const unsigned full0 = sm90::shared_address(barriers), empty0 = full0 + 8 * STAGES;
 
     if (threadIdx.x == 0) {
 #pragma unroll

@@ -216,3 +216,11 @@ def test_negative_controls_fail(tmp_path, bug):
     error = relative_error(c, expected)
     print(f"{bug}: relative error {error:.2e}")
     assert not error <= 1e-2, f"{bug}: the kernel still gives the right answer"
+
+
+@pytest.mark.parametrize("mode", ["memcheck", "racecheck", "initcheck", "synccheck"])
+def test_clean_under_every_sanitize_mode(mode):
+    # TMA's writes, wgmma's reads and the mbarriers that order them, as every sanitize mode sees them.
+    case = Case(136, 296, 200, True, False, alpha=1.5, beta=0.5, bias=True, grid=2)
+    c, expected, _ = run(emulator(sanitize=mode), case)
+    assert relative_error(c, expected) <= 1e-2

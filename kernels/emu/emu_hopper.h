@@ -44,7 +44,7 @@ __device__ inline void fence_proxy_async() {}
 __device__ inline void fence_mbarrier_init() {}
 
 template <bool INCREASE, unsigned N>
-__device__ inline void setmaxnreg(EMU_HOPPER_SITE) {
+EMU_SHIM_ACCESS __device__ inline void setmaxnreg(EMU_HOPPER_SITE) {  // the shim's own state: not watched
     static_assert(N % 8 == 0 && N >= 24 && N <= 256, "setmaxnreg takes a multiple of 8 in 24 .. 256");
     emu::SetMaxNreg& s = emu::setmaxnreg_calls[emu::block_thread() / 128];
     if (s.owner != emu::block_owner() || s.count == 128) s = {emu::block_owner(), 0, N, INCREASE};
