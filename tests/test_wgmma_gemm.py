@@ -154,6 +154,17 @@ def test_tensor_maps_are_made_once_per_operand(emu):
     assert wgmma.TENSOR_MAPS.encoded - before == 3
 
 
+def test_matrices_as_stacks_of_one(emu):
+    # x[None]: a batch stride of 0, which a tensor map cannot have; a padded row stride (an aligned copy).
+    rng = np.random.default_rng(4)
+    a = np.zeros((136, 136), DTYPES["bfloat16"])[:, :128]
+    a[...] = rng.standard_normal(a.shape)
+    b = rng.standard_normal((128, 200)).astype(DTYPES["bfloat16"])
+    c = np.full((136, 200), np.nan, b.dtype)
+    wgmma.gemm(emu, a[None], b[None], c[None], grid=2)
+    assert relative_error(c, a.astype(np.float64) @ b.astype(np.float64)) <= 1e-2
+
+
 def test_operands_tma_cannot_take_are_refused(emu):
     bf16 = DTYPES["bfloat16"]
     a, b, c = np.ones((1, 64, 72), bf16), np.ones((1, 72, 64), bf16), np.ones((1, 64, 64), bf16)

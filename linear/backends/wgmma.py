@@ -103,6 +103,14 @@ def _check_operand(name: str, x: Any) -> None:
                          f"not what TMA takes: contiguous rows, 16-byte aligned, a multiple of 16 bytes apart")
 
 
+def _positive_batch_stride(xp: Any, x: Any) -> Any:
+    """x itself, or for a stack of one matrix (x[None] has batch stride 0, which a tensor map refuses)
+    the same memory with the stride of a whole matrix: a map reads batch 0 only."""
+    if x.shape[0] > 1 or x.strides[0] > 0:
+        return x
+    return xp.lib.stride_tricks.as_strided(x, x.shape, (x.shape[1] * x.strides[1], *x.strides[1:]))
+
+
 def gemm(runtime: Any, a: Any, b: Any, c: Any, *, trans_a: bool = False, trans_b: bool = False,
          alpha: float = 1.0, beta: float = 0.0, bias: Any = None, config: WgmmaConfig = WGMMA_CONFIGS[0],
          splits: int = 1, grid: int | None = None) -> None:
@@ -127,8 +135,8 @@ def gemm(runtime: Any, a: Any, b: Any, c: Any, *, trans_a: bool = False, trans_b
     t = ELEMENT_TYPES[a.dtype.name]
     xp = runtime.xp
     k_per_split, splits = split_k(k, splits, BK) if splits > 1 else (k, 1)
-    map_a = TENSOR_MAPS.get(runtime, a, box(config, "a", trans_a))
-    map_b = TENSOR_MAPS.get(runtime, b, box(config, "b", trans_b))
+    map_a = TENSOR_MAPS.get(runtime, _positive_batch_stride(xp, a), box(config, "a", trans_a))
+    map_b = TENSOR_MAPS.get(runtime, _positive_batch_stride(xp, b), box(config, "b", trans_b))
     units = config.tiles(m, n) * batch * splits
     blocks = max(1, min(units, grid or runtime.device_limits().sms))
     bias_arg = c if bias is None else bias  # an unused stand-in when there is no bias
