@@ -174,6 +174,8 @@ def test_operands_tma_cannot_take_are_refused(emu):
         wgmma.gemm(emu, a.astype(np.float32), b, c)
     with pytest.raises(ValueError, match="do not make a product"):
         wgmma.gemm(emu, a, b[:, :64], c)
+    with pytest.raises(ValueError, match="K = 0"):
+        wgmma.gemm(emu, a[:, :, :0], b[:, :0], c)
 
 
 # ---- Negative controls: patched copies of the kernel ---------------------------------------------

@@ -130,6 +130,9 @@ def gemm(runtime: Any, a: Any, b: Any, c: Any, *, trans_a: bool = False, trans_b
     if c.dtype != a.dtype or b.dtype != a.dtype or (bias is not None and (bias.dtype != a.dtype or bias.shape != (n,))):
         raise TypeError(f"wgmma gemm: a {a.dtype.name}, b {b.dtype.name}, c {c.dtype.name} and bias "
                         f"{None if bias is None else (bias.dtype.name, bias.shape)} must share one dtype (bias: ({n},))")
+    if k == 0:
+        raise ValueError(f"wgmma gemm: K = 0 (a {a.shape} by {b.shape} product): a tensor map needs at least one "
+                         f"element per dimension; the other kernels handle an empty K")
     if splits > 1 and batch > 1:
         raise ValueError(f"wgmma gemm: split-K takes one matrix, not a stack of {batch}")
     t = ELEMENT_TYPES[a.dtype.name]
@@ -138,6 +141,9 @@ def gemm(runtime: Any, a: Any, b: Any, c: Any, *, trans_a: bool = False, trans_b
     map_a = TENSOR_MAPS.get(runtime, _positive_batch_stride(xp, a), box(config, "a", trans_a))
     map_b = TENSOR_MAPS.get(runtime, _positive_batch_stride(xp, b), box(config, "b", trans_b))
     units = config.tiles(m, n) * batch * splits
+    if units >= 2**31:  # the kernel counts units in 32 bits
+        raise ValueError(f"wgmma gemm: {units} tiles of work (M {m}, N {n}, batch {batch}, splits {splits}) "
+                         f"exceed the kernel's 2**31")
     blocks = max(1, min(units, grid or runtime.device_limits().sms))
     bias_arg = c if bias is None else bias  # an unused stand-in when there is no bias
     if splits == 1:
