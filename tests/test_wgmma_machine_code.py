@@ -170,3 +170,36 @@ def test_nvrtc_compiles_every_instantiation_for_sm_90a_only():
     # wgmma and setmaxnreg exist only in the architecture-specific sm_90a: plain sm_90 must refuse them.
     with pytest.raises(RuntimeError, match="wgmma|setmaxnreg|sm_90a"):
         compile_check.nvrtc_compile(library, "wgmma_gemm.cu", names[:1], "sm_90")
+
+
+@pytest.mark.parametrize("cupy_arch", ["-arch=sm_90", "-arch=compute_90", "--gpu-architecture=sm_90"])
+def test_nvrtc_builds_an_sm_90a_cubin_beside_cupys_own_arch_option(cupy_arch, tmp_path):
+    """CuPy passes NVRTC its own -arch for the device (sm_90 or compute_90); the cuda runtime adds
+    -arch=sm_90a for this kernel (wgmma.ARCH_OPTIONS). Either order gives an sm_90a cubin."""
+    import ctypes
+    from linear.backends import wgmma
+    library = compile_check.find_nvrtc()
+    require(library is not None, "the nvidia-cuda-nvrtc wheel")
+    cuobjdump = find_cuda_tool("cuobjdump")
+    require(cuobjdump is not None, "cuobjdump (the nvidia-cuda-cuobjdump wheel)")
+    nvrtc = ctypes.CDLL(str(library))
+    name = wgmma_name("__nv_bfloat16", "__nv_bfloat16", False, False, 128, 6).encode()
+    base = ["-std=c++17", f"-I{kernels_dir()}", *(f"-I{d}" for d in compile_check.cuda_include_dirs())]
+    for options in ([*base, cupy_arch, *wgmma.ARCH_OPTIONS], [*base, *wgmma.ARCH_OPTIONS, cupy_arch]):
+        program = ctypes.c_void_p()
+        source = (kernels_dir() / "wgmma_gemm.cu").read_bytes()
+        assert nvrtc.nvrtcCreateProgram(ctypes.byref(program), source, b"wgmma_gemm.cu", 0, None, None) == 0
+        try:
+            assert nvrtc.nvrtcAddNameExpression(program, name) == 0
+            encoded = (ctypes.c_char_p * len(options))(*(o.encode() for o in options))
+            assert nvrtc.nvrtcCompileProgram(program, len(options), encoded) == 0, options
+            size = ctypes.c_size_t()
+            assert nvrtc.nvrtcGetCUBINSize(program, ctypes.byref(size)) == 0 and size.value > 0, options
+            cubin = ctypes.create_string_buffer(size.value)
+            assert nvrtc.nvrtcGetCUBIN(program, cubin) == 0
+        finally:
+            nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
+        path = tmp_path / "kernel.cubin"
+        path.write_bytes(cubin.raw)
+        elf = subprocess.run([cuobjdump, "-elf", str(path)], capture_output=True, text=True, check=True).stdout
+        assert re.search(r"-arch sm_90a\b", elf), (options, [l for l in elf.splitlines() if "arch" in l])
