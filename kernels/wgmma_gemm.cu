@@ -124,6 +124,12 @@ struct OperandTile {
     }
 };
 
+// Two adjacent elements of C, stored at once.
+template <typename TC>
+struct alignas(2 * sizeof(TC)) Pair {
+    TC v[2];
+};
+
 // The work of one unit: its C tile, batch and K split. 32-bit arithmetic (the plan keeps the unit count
 // below 2^31): a 64-bit division is a subroutine call, across which the live accumulators would spill.
 template <int BN>
@@ -240,10 +246,12 @@ linear_wgmma_gemm(int M, int N, int K, int k_per_split, int splits, int batches,
         // An empty K range (K = 0) has the product 0 and acc holds nothing of this tile: the epilogue
         // selects 0 (setting acc = 0 here instead would make the compiler copy every accumulator).
 
-        // Epilogue: acc[i] is C(row0 + 8·(i/2 % 2), n0 + 8·(i/4) + 2q + i%2) (ptx_sm90.cuh's layout), in
-        // chunks of 64 columns: the compiler barrier between chunks keeps it from loading every C and
-        // bias value of the tile at once (which would need more registers than the consumers have).
+        // Epilogue: acc[i] is C(row0 + 8·(i/2 % 2), n0 + 8·(i/4) + 2q + i%2) (ptx_sm90.cuh's layout): a
+        // thread's two adjacent columns are stored together when C's rows and pointer allow it (one
+        // 4-byte store of two halves), in chunks of 64 columns: the compiler barrier between chunks keeps
+        // it from loading every C and bias value of the tile at once (more registers than there are).
         TC* const c_tile = C + u.batch * batch_stride_c + u.split * c_split_stride;  // 64-bit offsets
+        const bool pairs = ldc % 2 == 0 && reinterpret_cast<unsigned long long>(c_tile) % sizeof(Pair<TC>) == 0;
         const int lane = threadIdx.x % 32, q = lane % 4;
         const int row0 = u.m0 + 64 * consumer + 16 * (threadIdx.x % 128 / 32) + lane / 4;
 #pragma unroll
@@ -256,14 +264,22 @@ linear_wgmma_gemm(int M, int N, int K, int k_per_split, int splits, int batches,
 #pragma unroll
                 for (int jj = 0; jj < WGMMA_EPILOGUE_COLUMNS / 8; ++jj) {
                     const int j = chunk * WGMMA_EPILOGUE_COLUMNS / 8 + jj;
+                    const int col = u.n0 + 8 * j + 2 * q;  // and col + 1
+                    if (col >= N) continue;
+                    Pair<TC> out;
 #pragma unroll
                     for (int r = 0; r < 2; ++r) {
-                        const int col = u.n0 + 8 * j + 2 * q + r;
-                        if (col >= N) continue;
+                        const bool inside = col + r < N;
                         float value = u.steps > 0 ? alpha * acc[4 * j + 2 * half + r] : 0.0f;
-                        if (beta != 0.0f) value += beta * to_acc(c_row[col]);
-                        if (add_bias) value += to_acc(bias[col]);
-                        c_row[col] = to_element<TC>(value);
+                        if (beta != 0.0f && inside) value += beta * to_acc(c_row[col + r]);
+                        if (add_bias && inside) value += to_acc(bias[col + r]);
+                        out.v[r] = to_element<TC>(value);
+                    }
+                    if (pairs && col + 1 < N) {
+                        *reinterpret_cast<Pair<TC>*>(c_row + col) = out;
+                    } else {
+                        c_row[col] = out.v[0];
+                        if (col + 1 < N) c_row[col + 1] = out.v[1];
                     }
                 }
             }

@@ -165,6 +165,26 @@ def test_matrices_as_stacks_of_one(emu):
     assert relative_error(c, a.astype(np.float64) @ b.astype(np.float64)) <= 1e-2
 
 
+@pytest.mark.parametrize("ldc", [298, 297], ids=["pairs", "odd_ldc"])
+def test_odd_n_and_the_leading_dimension_of_c(emu, ldc):
+    # NT (B stored N x K) lets N be odd; C a view with leading dimension ldc: even ldc stores column pairs
+    # at once except the last, lone column; odd ldc stores every element alone.
+    rng = np.random.default_rng(6)
+    bf16 = DTYPES["bfloat16"]
+    a = rng.standard_normal((1, 200, 136)).astype(bf16)
+    b = rng.standard_normal((1, 297, 136)).astype(bf16)
+    c0 = rng.standard_normal((1, 200, 297)).astype(bf16)
+    bias = rng.standard_normal(297).astype(bf16)
+    storage = np.full((1, 200, ldc), np.nan, bf16)
+    c = storage[:, :, :297]
+    c[...] = c0
+    wgmma.gemm(emu, a, b, c, trans_b=True, alpha=0.5, beta=2.0, bias=bias, grid=2)
+    expected = 0.5 * a[0].astype(np.float64) @ b[0].astype(np.float64).T + 2.0 * c0[0].astype(np.float64) + \
+        bias.astype(np.float64)
+    assert relative_error(c[0], expected) <= 1e-2
+    assert np.isnan(storage[:, :, 297:]).all()  # nothing past column N
+
+
 def test_operands_tma_cannot_take_are_refused(emu):
     bf16 = DTYPES["bfloat16"]
     a, b, c = np.ones((1, 64, 72), bf16), np.ones((1, 72, 64), bf16), np.ones((1, 64, 64), bf16)

@@ -10,7 +10,7 @@ and tests/test_wgmma_gemm.py call gemm() here.
 a, b and c are stacks as stored (batch, rows, columns), row-major, rows a multiple of 16 bytes apart and
 16-byte aligned (what TMA takes): a is (batch, M, K), or (batch, K, M) with trans_a; b is (batch, K, N),
 or (batch, N, K) with trans_b; a batch of 1 in b is shared by every matrix of the stack; c is
-(batch, M, N), contiguous.
+(batch, M, N) with contiguous rows (any leading dimension).
 """
 from __future__ import annotations
 
@@ -120,8 +120,11 @@ def gemm(runtime: Any, a: Any, b: Any, c: Any, *, trans_a: bool = False, trans_b
     if runtime.compute_capability() < MIN_ARCH:
         raise ValueError(f"wgmma gemm: the kernel needs compute capability 9.0 (sm_90a), the device has "
                          f"{runtime.compute_capability() / 10}")
-    for name, x in (("a", a), ("b", b), ("c", c)):
+    for name, x in (("a", a), ("b", b)):
         _check_operand(name, x)
+    if c.ndim != 3 or c.strides[2] != c.itemsize or c.strides[1] % c.itemsize or c.strides[0] % c.itemsize:
+        raise ValueError(f"wgmma gemm: c (shape {c.shape}, byte strides {c.strides}) must be a stack of row-major "
+                         f"matrices with contiguous rows")
     batch, m, k = a.shape[0], *(a.shape[:0:-1] if trans_a else a.shape[1:])
     n = b.shape[1] if trans_b else b.shape[2]
     if (b.shape[2] if trans_b else b.shape[1]) != k or b.shape[0] not in (1, batch) or c.shape != (batch, m, n):
@@ -146,19 +149,22 @@ def gemm(runtime: Any, a: Any, b: Any, c: Any, *, trans_a: bool = False, trans_b
                          f"exceed the kernel's 2**31")
     blocks = max(1, min(units, grid or runtime.device_limits().sms))
     bias_arg = c if bias is None else bias  # an unused stand-in when there is no bias
+    ldc, batch_stride_c = c.strides[1] // c.itemsize, c.strides[0] // c.itemsize
     if splits == 1:
         target, c_cpp, epilogue = c, t.cpp, (np.float32(alpha), np.float32(beta), bias_arg, np.int32(bias is not None))
     else:  # the bare product per slice; linear_sum_splits applies alpha, beta and the bias
         target, c_cpp = xp.empty((splits, m, n), np.float32), "float"
         epilogue = (np.float32(1.0), np.float32(0.0), bias_arg, np.int32(0))
+        ldc, batch_stride_c = n, 0
     kernel = runtime.function(SOURCE, config.template_name(t.cpp, c_cpp, trans_a, trans_b), options=ARCH_OPTIONS)
     kernel((blocks, 1, 1), (THREADS, 1, 1),
            (np.int32(m), np.int32(n), np.int32(k), np.int32(k_per_split), np.int32(splits), np.int32(batch),
             map_a, np.int32(1), map_b, np.int32(b.shape[0] > 1),
-            target, np.int64(n), np.int64(m * n), np.int64(m * n)) + epilogue,
+            target, np.int64(ldc), np.int64(batch_stride_c), np.int64(m * n)) + epilogue,
            shared_mem=config.shared_bytes())
     if splits > 1:
         total = runtime.function("reduce.cu", f"linear_sum_splits<{t.cpp}>")
         total((min(-(-m * n // REDUCE_THREADS), 8 * runtime.device_limits().sms), 1, 1), (REDUCE_THREADS, 1, 1),
-              (np.int32(m), np.int32(n), np.int32(splits), target, c[0], np.int64(n), np.float32(alpha),
+              (np.int32(m), np.int32(n), np.int32(splits), target, c[0], np.int64(c.strides[1] // c.itemsize),
+               np.float32(alpha),
                np.float32(beta), bias_arg, np.int32(bias is not None)))
