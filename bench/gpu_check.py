@@ -148,6 +148,7 @@ def tc_tiles(out: Path, backend_name: str, scale: float) -> bool:
 def wgmma(out: Path, backend_name: str, scale: float) -> bool:
     import ml_dtypes
     from linear.backends import get_backend, wgmma as hopper
+    from linear.backends.cost import split_k
     from linear.backends.kernel import KernelBackend
     from linear.backends.plan import Tuning
     from linear.testing import TOLERANCE, relative_error
@@ -187,7 +188,7 @@ def wgmma(out: Path, backend_name: str, scale: float) -> bool:
                         tiles = config.tiles(m, n)
                         splits = min(16, -(-2 * sms // tiles)) if tiles < sms else 1
                         aligned = -(-k * dtype.itemsize // 16) * 16 // dtype.itemsize  # elements per row
-                        row["splits"], row["copied"] = splits, aligned != k
+                        row["splits"], row["copied"] = split_k(k, splits, hopper.BK)[1], aligned != k
 
                         def call(config=config, splits=splits, aligned=aligned):
                             stored_a = a
