@@ -42,9 +42,8 @@
 //                                        62-63 the swizzle (SWIZZLE_128B = 1); base offset 0 (the tiles
 //                                        start on 1024-byte boundaries)
 //
-// In the emulator (LINEAR_EMULATE) the same names call kernels/emu/emu_hopper.h, which models each
-// instruction per the PTX ISA (the inline-PTX translator does not model the sm_90 set yet, so the asm
-// strings below run only on a GPU; the wrappers' arguments, descriptors and addresses are the same).
+// The emulator runs these asm statements as written: its inline-PTX translator turns each into calls of
+// kernels/emu/emu_hopper.h, which models the instructions per the PTX ISA.
 //
 // wgmma accumulator layout (PTX ISA, "wgmma register fragments", m64nNk16 f32): thread t of the
 // warpgroup, w = t / 32, g = t % 32 / 4, q = t % 4, holds d[i] = D(16w + g + 8·(i / 2 % 2), 8·(i / 4) +
@@ -78,38 +77,6 @@ __device__ __forceinline__ Descriptor make_descriptor(unsigned address, unsigned
            Descriptor((sbo >> 4) & 0x3FFF) << 32 | Descriptor(swizzle) << 62;
 }
 
-#ifdef LINEAR_EMULATE
-}  // namespace sm90
-#include "emu_hopper.h"
-namespace sm90 {
-
-__device__ inline uint64_t* barrier_at(unsigned bar) { return static_cast<uint64_t*>(__cvta_shared_to_generic(bar)); }
-__device__ inline void mbarrier_init(unsigned bar, unsigned count) { ::mbarrier_init(barrier_at(bar), count); }
-__device__ inline void mbarrier_arrive(unsigned bar) { ::mbarrier_arrive(barrier_at(bar)); }
-__device__ inline void mbarrier_arrive_expect_tx(unsigned bar, unsigned bytes) {
-    ::mbarrier_arrive_expect_tx(barrier_at(bar), bytes);
-}
-__device__ inline bool mbarrier_try_wait_parity(unsigned bar, unsigned parity) {
-    return ::mbarrier_try_wait_parity(barrier_at(bar), parity);
-}
-__device__ inline void fence_mbarrier_init() { ::fence_mbarrier_init(); }
-__device__ inline void fence_proxy_async_shared() { ::fence_proxy_async(); }
-__device__ inline void tma_load_3d(unsigned dst, const CUtensorMap* map, int x, int y, int z, unsigned bar) {
-    ::tensor_load<3>(__cvta_shared_to_generic(dst), map, {x, y, z}, barrier_at(bar));
-}
-__device__ inline void prefetch_tensormap(const CUtensorMap*) {}  // a hint
-template <unsigned N> __device__ inline void setmaxnreg_inc() { ::setmaxnreg<true, N>(); }
-template <unsigned N> __device__ inline void setmaxnreg_dec() { ::setmaxnreg<false, N>(); }
-__device__ inline void wgmma_fence() { ::wgmma_fence(); }
-__device__ inline void wgmma_commit_group() { ::wgmma_commit_group(); }
-template <int N> __device__ inline void wgmma_wait_group() { ::wgmma_wait_group<N>(); }
-template <int R> __device__ inline void fence_accumulators(float (&)[R]) {}
-template <typename T, int N, bool TRANS_A, bool TRANS_B>
-__device__ inline void wgmma_m64k16(float (&d)[N / 2], Descriptor desc_a, Descriptor desc_b, int scale_d) {
-    ::wgmma_ss<N, T>(d, desc_a, desc_b, scale_d, 1, 1, TRANS_A, TRANS_B);
-}
-
-#else
 
 __device__ __forceinline__ void mbarrier_init(unsigned bar, unsigned count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
@@ -292,7 +259,5 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], Descriptor desc_
             : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A ? 1 : 0), "n"(TRANS_B ? 1 : 0));
     }
 }
-
-#endif  // LINEAR_EMULATE
 
 }  // namespace sm90

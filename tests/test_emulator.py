@@ -501,3 +501,73 @@ def test_a_cache_another_user_owns_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: tmp_path.stat().st_uid + 1)
     with pytest.raises(EmulationError, match=rf"compile cache {tmp_path} is owned by uid \d+, not by this user"):
         runtime(cache_dir=tmp_path).function("faults.cu", "last_writer")
+
+
+# ---- What the GPU would give where CUDA C++ leaves it to the machine --------------------------------
+
+UNINITIALIZED = """__global__ void sum_rows(const float* x, float* out, int n) {
+    float acc;  // never zeroed: the bug
+    float spare[4];
+    for (int i = 0; i < n; ++i) acc += x[threadIdx.x * n + i];
+    out[threadIdx.x] = acc;
+    out[32 + threadIdx.x] = spare[threadIdx.x % 4];
+}
+"""
+
+
+def test_registers_and_local_arrays_start_poisoned(tmp_path):
+    """An accumulator that is never zeroed gives a wrong result (locals start as 0xFE bytes), not the
+    right one by luck of a zeroed stack."""
+    (tmp_path / "uninit.cu").write_text(UNINITIALIZED)
+    x = np.ones((32, 8), np.float32)
+    out = np.zeros(64, np.float32)
+    EmulatorRuntime(kernel_dir=tmp_path).function("uninit.cu", "sum_rows")(1, 32, (x, out, np.int32(8)))
+    poison = np.frombuffer(b"\xfe" * 4, np.float32)[0]
+    np.testing.assert_array_equal(out[:32], poison + 8)  # -1.7e38: 8 is lost in it
+    np.testing.assert_array_equal(out[32:], poison)
+
+
+SUBNORMALS = """__global__ void scale(const float* x, float* y, float s) {
+    const int i = threadIdx.x;
+    y[i] = x[i] * s;
+    asm("mul.f32 %0, %1, %2;" : "=f"(y[32 + i]) : "f"(x[i]), "f"(s));
+    asm("mul.ftz.f32 %0, %1, %2;" : "=f"(y[64 + i]) : "f"(x[i]), "f"(s));
+}
+__global__ void scale_f64(const double* x, double* y, double s) { y[threadIdx.x] = x[threadIdx.x] * s; }
+"""
+
+
+def test_float32_subnormals_flush_to_zero_as_cupy_compiles(tmp_path):
+    """CuPy compiles every kernel with -ftz=true (NVRTC takes the last -ftz, and CuPy appends it): float32
+    arithmetic reads and writes subnormals as zeros, float64 keeps them. The emulator does the same, and
+    runs PTX written in asm as written: mul.f32 keeps subnormals, mul.ftz.f32 flushes them."""
+    (tmp_path / "sub.cu").write_text(SUBNORMALS)
+    rt = EmulatorRuntime(kernel_dir=tmp_path)
+    x = (np.arange(1, 33) * 2.0**-140).astype(np.float32)   # subnormal float32 values
+    assert np.all(x != 0) and np.all(np.abs(x) < np.finfo(np.float32).tiny)
+    y = np.full(96, np.nan, np.float32)
+    rt.function("sub.cu", "scale")(1, 32, (x, y, np.float32(2.0**100)))
+    np.testing.assert_array_equal(y[:32], 0)                       # C++: flushed, as on the GPU
+    np.testing.assert_array_equal(y[32:64], x.astype(np.float64) * 2.0**100)  # mul.f32: IEEE
+    np.testing.assert_array_equal(y[64:], 0)                       # mul.ftz.f32
+    xd = x.astype(np.float64) * 2.0**-900                           # subnormal float64 values
+    yd = np.full(32, np.nan)
+    rt.function("sub.cu", "scale_f64")(1, 32, (xd, yd, np.float64(2.0**900)))
+    np.testing.assert_array_equal(yd, x.astype(np.float64))        # float64 keeps its subnormals
+    # The negative control: numpy (IEEE) gives what the flush takes away.
+    assert np.all(x * np.float32(2.0**100) != 0)
+
+
+def test_a_gemm_flushes_float32_subnormal_inputs(monkeypatch):
+    """Through the API: rows of X that are all subnormal give zero rows on the emulator (as with -ftz on
+    a GPU), where numpy's IEEE product does not; the other rows match numpy."""
+    import linear
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 24)).astype(np.float32)
+    x[::5] = (rng.random((8, 24)) * 2.0**-130).astype(np.float32)  # subnormal rows
+    w = (rng.standard_normal((24, 16)) * 2.0**100).astype(np.float32)
+    y = linear.matmul(x, w, backend="emulate")
+    assert np.all(y[::5] == 0) and np.any(linear.matmul(x, w, backend="numpy")[::5] != 0)
+    normal = np.ones(40, bool)
+    normal[::5] = False
+    assert rel_err(y[normal], x[normal].astype(np.float64) @ w.astype(np.float64)) < 1e-5

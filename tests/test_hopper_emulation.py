@@ -138,7 +138,7 @@ LAYOUTS = {  # (major, swizzle span, LBO, SBO) for a 64- or N-row operand of 32 
 
 
 def run_wgmma(emu, kind, n, layout_a, layout_b, *, scale_d=1, scale_a=1, scale_b=1, a_from_registers=False,
-              wait=True, wrong_swizzle_b=None, seed=0):
+              wait=True, wrong_swizzle_b=None, seed=0, kernel=None):
     """One m64nNk wgmma: A and B random, placed by the CuTe layouts; returns (D as 64 x N, expected)."""
     rng = np.random.default_rng(seed)
     ctype, dtype = TYPES[kind]
@@ -168,12 +168,12 @@ def run_wgmma(emu, kind, n, layout_a, layout_b, *, scale_d=1, scale_a=1, scale_b
         for i in range(n // 2):
             d_in[t, i] = c[accumulator_position(t, i)]
     d_out = np.full((128, n // 2), np.nan, np.float32)
-    name = f"wgmma_tile<{n}, {ctype}, {str(a_from_registers).lower()}, {str(wait).lower()}>"
-    emu.function("hopper.cu", name)(
+    name = f"wgmma_tile<{n}, {ctype}, {str(a_from_registers).lower()}>"
+    emu.function(*(kernel or ("hopper.cu", name)))(
         (1,), (128,), (image, np.int32(len(image)), np.int32(a_offset), np.int32(b_offset),
                        descriptor(lbo_a, sbo_a, span_a), descriptor(lbo_b, sbo_b, span_b), registers.reshape(-1),
                        np.int32(scale_d), np.int32(scale_a), np.int32(scale_b), np.int32(major_a == "MN"),
-                       np.int32(major_b == "MN"), d_in, d_out),
+                       np.int32(major_b == "MN"), d_in, d_out) + ((np.int32(wait), np.int32(1)) if kernel is None else ()),
         shared_mem=len(image) + 1024)
     expected = (scale_a * tensor_core_values(a, kind)) @ (scale_b * tensor_core_values(b, kind)) + scale_d * c
     return registers_to_matrix(d_out, n), expected
@@ -217,6 +217,56 @@ def test_wgmma_a_from_registers(emu, kind):
     assert rel(out, expected) < 1e-6
 
 
+def test_wgmma_f16_accumulators(emu):
+    """.f16.f16.f16: value i of the CLayout is half i % 2 of register i / 2; the result rounded to f16."""
+    rng = np.random.default_rng(8)
+    n = 64
+    a = rng.standard_normal((64, 16)).astype(np.float16)
+    b = rng.standard_normal((16, n)).astype(np.float16)
+    c = rng.standard_normal((64, n)).astype(np.float16)
+    image = np.zeros(65536, np.uint8)
+    place(a, "MN", 64, 1024, 512, 0, image)
+    place(np.ascontiguousarray(b.T), "K", 32, 16, 512, 32768, image)
+    values = np.zeros((128, n // 2), np.float16)
+    for t in range(128):
+        for i in range(n // 2):
+            values[t, i] = c[accumulator_position(t, i)]
+    d_out = np.full((128, n // 4), 0x7E007E00, np.uint32)
+    emu.function("hopper.cu", f"wgmma_tile_f16_accumulator<{n}>")(
+        (1,), (128,), (image, np.int32(len(image)), descriptor(1024, 512, 64), descriptor(16, 512, 32),
+                       values.view(np.uint32), d_out), shared_mem=len(image) + 1024)
+    out = registers_to_matrix(d_out.view(np.float16).astype(np.float64), n)
+    expected = a.astype(np.float64) @ b.astype(np.float64) + c
+    assert rel(out, expected) < 1e-3
+    np.testing.assert_array_equal(out, out.astype(np.float16).astype(np.float64))  # f16 values
+
+
+def test_wgmma_through_inline_ptx(emu):
+    """The translator's wgmma forms: tf32 with A from registers (m64n8k8, imm-scale-b -1, a predicate
+    scale-d), f16 from descriptors with imm-trans-a 1 and imm-scale-a -1 (m64n16k16)."""
+    out, expected = run_wgmma(emu, "tf32", 8, "K-128B", "K-64B", a_from_registers=True, scale_b=-1,
+                              kernel=("hopper_ptx_probe.cu", "wgmma_ptx_tf32_rs"))
+    assert rel(out, expected) < 1e-6
+    out, expected = run_wgmma(emu, "float16", 16, "MN-64B", "K-32B", scale_a=-1,
+                              kernel=("hopper_ptx_probe.cu", "wgmma_ptx_f16_ss"))
+    assert rel(out, expected) < 1e-6
+
+
+def test_mbarrier_and_bulk_copies_through_inline_ptx(emu):
+    out = np.full(3, -1, np.int32)
+    emu.function("hopper_ptx_probe.cu", "mbarrier_ptx_phases")((1,), (1,), (out,))
+    np.testing.assert_array_equal(out, [1, 1, 7])
+    rng = np.random.default_rng(9)
+    data = rng.standard_normal(8 * 32).astype(np.float32)   # as shared memory will hold the box
+    array = np.full((16, 40), np.nan, np.float32)
+    tmap = tensor_map(emu, array, (8, 32))
+    emu.function("hopper_ptx_probe.cu", "bulk_ptx")((1,), (1,), (tmap, data.view(np.uint8), np.int32(data.nbytes)),
+                                                    shared_mem=data.nbytes + 1024)
+    expected = np.full_like(array, np.nan)
+    expected[:8, :32] = data.reshape(8, 32)
+    np.testing.assert_array_equal(array, expected)
+
+
 def test_wgmma_accumulator_layout_is_clayout_64xn(emu):
     """D = A·B with A = e_0 column (A[m, 0] = m) and B[0, n] = 1, then B[0, n] = n, A[m, 0] = 1: each
     register's value names its row, then its column."""
@@ -230,10 +280,11 @@ def test_wgmma_accumulator_layout_is_clayout_64xn(emu):
         place(a, "K", 128, 16, 1024, 0, image)
         place(np.ascontiguousarray(b.T), "K", 128, 16, 1024, 32768, image)
         d_out = np.full((128, n // 2), np.nan, np.float32)
-        emu.function("hopper.cu", f"wgmma_tile<{n}, __nv_bfloat16, false, true>")(
+        emu.function("hopper.cu", f"wgmma_tile<{n}, __nv_bfloat16, false>")(
             (1,), (128,), (image, np.int32(len(image)), np.int32(0), np.int32(32768), descriptor(16, 1024, 128),
                            descriptor(16, 1024, 128), np.zeros(512, np.uint32), np.int32(0), np.int32(1),
-                           np.int32(1), np.int32(0), np.int32(0), np.zeros((128, n // 2), np.float32), d_out),
+                           np.int32(1), np.int32(0), np.int32(0), np.zeros((128, n // 2), np.float32), d_out,
+                           np.int32(1), np.int32(1)),
             shared_mem=len(image) + 1024)
         for t in range(128):
             for i in range(n // 2):
@@ -299,8 +350,9 @@ def run_tma_box(emu, array, coords, box, span, strides=None, wait=True, dst_offs
     counts = [-(-b // s) for b, s in zip(box, list(strides[:-1]) + [1])]
     nbytes = int(np.prod(counts)) * array.itemsize
     out = np.zeros(nbytes, np.uint8)
-    emu.function("hopper.cu", f"tma_box<{array.ndim}, {str(wait).lower()}>")(
-        (1,), (64,), (tmap, np.array(coords[::-1], np.int32), np.int32(nbytes), np.int32(dst_offset), out),
+    emu.function("hopper.cu", f"tma_box<{array.ndim}>")(
+        (1,), (64,), (tmap, np.array(coords[::-1], np.int32), np.int32(nbytes), np.int32(dst_offset), out,
+                      np.int32(wait)),
         shared_mem=nbytes + dst_offset + 1024 + 64)
     return out
 
@@ -315,6 +367,20 @@ def test_tma_2d_box_with_swizzle_and_out_of_bounds(emu, span):
         np.testing.assert_array_equal(out, expected_box(array, coords, (16, inner), (1, 1), span), err_msg=str(coords))
 
 
+def test_tma_out_of_bounds_nan_fill(emu):
+    """FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA: out-of-bounds elements load as NaN (the emulator's canonical
+    NaN; the hardware's bit pattern is not documented), in-bounds ones as they are."""
+    array = np.random.default_rng(11).standard_normal((10, 40)).astype(np.float32)
+    tmap = tensor_map(emu, array, (4, 16), oob_nan=True)
+    out = np.zeros(4 * 16 * 4, np.uint8)
+    emu.function("hopper.cu", "tma_box<2>")(
+        (1,), (64,), (tmap, np.array([32, 8], np.int32), np.int32(out.size), np.int32(0), out, np.int32(1)),
+        shared_mem=out.size + 1024 + 64)
+    box = out.view(np.float32).reshape(4, 16)
+    np.testing.assert_array_equal(box[:2, :8], array[8:10, 32:40])
+    assert np.isnan(box[2:, :]).all() and np.isnan(box[:, 8:]).all()
+
+
 def test_tma_box_placement_is_by_shared_address(emu):
     """A 128B-swizzled box written 512 bytes past a 1024-byte boundary takes the pattern of its address."""
     array = np.random.default_rng(1).standard_normal((8, 64)).astype(np.float16)
@@ -322,11 +388,14 @@ def test_tma_box_placement_is_by_shared_address(emu):
     np.testing.assert_array_equal(out, expected_box(array, (0, 0), (8, 64), (1, 1), 128, base_offset=512))
 
 
-def test_tma_3d_and_5d_boxes_with_element_strides(emu):
+def test_tma_1d_3d_and_5d_boxes_with_element_strides(emu):
     rng = np.random.default_rng(3)
     array = rng.standard_normal((5, 9, 16)).astype(np.float32)
     out = run_tma_box(emu, array, (1, -2, 4), (4, 6, 8), 0, strides=(2, 3, 1))
     np.testing.assert_array_equal(out, expected_box(array, (1, -2, 4), (4, 6, 8), (2, 3, 1), 0))
+    array1 = rng.standard_normal(100).astype(np.float64)
+    out = run_tma_box(emu, array1, (90,), (16,), 0)
+    np.testing.assert_array_equal(out, expected_box(array1, (90,), (16,), (1,), 0))
     array5 = rng.integers(0, 2**31, (3, 2, 4, 5, 8)).astype(np.int32)
     out = run_tma_box(emu, array5, (1, 0, 2, -1, 4), (2, 2, 2, 3, 4), 0)
     np.testing.assert_array_equal(out, expected_box(array5, (1, 0, 2, -1, 4), (2, 2, 2, 3, 4), (1,) * 5, 0))
@@ -420,9 +489,23 @@ def test_hopper_misuse_is_an_error(emu, what, message):
         emu.function("hopper.cu", "hopper_misuse")((1,), (128,), (np.int32(what),))
 
 
+@pytest.mark.parametrize("what,message", [
+    (0, "shared memory address 0x[0-9a-f]+ is not 128-byte aligned"), (1, "a 3-d copy with a tensor map of rank 2"),
+    (2, "was not made by cuTensorMapEncodeTiled"), (3, "a descriptor differs between threads of warpgroup 0"),
+    (4, r"deadlock: .*threads \(0, 0, 0\)\.\.\(95, 0, 0\) wait for the rest of warpgroup 0 to issue its "
+        r"wgmma.mma_async #0 \(issued by 96 of its 128 threads"),
+    (5, "N = 12 is not one of 8, 16, .. 256")])
+def test_tma_and_wgmma_misuse_is_an_error(emu, what, message):
+    from linear.backends.tensor_map import TensorMap
+    array = np.zeros((64, 64), BF16)
+    tmap = TensorMap(bytes(128), array, (64, 64), 0) if what == 2 else tensor_map(emu, array, (64, 64))
+    with pytest.raises(EmulationError, match=message):
+        emu.function("hopper.cu", "async_misuse")((1,), (128,), (tmap, np.int32(what)), shared_mem=4096 + 1024)
+
+
 # ---- End to end: TMA + mbarrier ring + wgmma -----------------------------------------------------
 
-def run_gemm(emu, m, n, k, bn, b_mn_major, skip=0, seed=0):
+def run_gemm(emu, m, n, k, bn, b_mn_major, skip=0, seed=0, source="hopper_gemm.cu"):
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((m, k)).astype(BF16)
     b = rng.standard_normal((k, n)).astype(BF16)
@@ -430,10 +513,10 @@ def run_gemm(emu, m, n, k, bn, b_mn_major, skip=0, seed=0):
     map_a = tensor_map(emu, a, (128, 64), swizzle=128)
     map_b = (tensor_map(emu, b, (64, 64), swizzle=128) if b_mn_major
              else tensor_map(emu, np.ascontiguousarray(b.T), (bn, 64), swizzle=128))
-    kernel = emu.function("hopper_gemm.cu", f"hopper_gemm<{bn}, {str(b_mn_major).lower()}, {skip}>")
+    kernel = emu.function(source, f"hopper_gemm<{bn}, {str(b_mn_major).lower()}>")
     shared = 4 * (128 * 64 * 2 + bn * 64 * 2) + 1024 + 64
     start = time.perf_counter()
-    kernel((-(-n // bn), -(-m // 128)), (384,), (map_a, map_b, c, np.int32(m), np.int32(n), np.int32(k)),
+    kernel((-(-n // bn), -(-m // 128)), (384,), (map_a, map_b, c, np.int32(m), np.int32(n), np.int32(k), np.int32(skip)),
            shared_mem=shared)
     seconds = time.perf_counter() - start
     return c, a.astype(np.float64) @ b.astype(np.float64), seconds
@@ -448,6 +531,14 @@ def test_hopper_gemm_256_cubed(emu, bn, b_mn_major):
     _, _, seconds = run_gemm(emu, 256, 256, 256, bn, b_mn_major, seed=1)
     print(f"hopper_gemm<{bn}, {b_mn_major}> 256^3: {seconds:.3f} s")
     assert seconds < 2.0
+
+
+def test_hopper_gemm_through_inline_ptx(emu):
+    """The same kernel with its mbarrier, TMA, setmaxnreg, fence and wgmma instructions written as inline PTX
+    (hopper_gemm_ptx.cu), translated by the emulator: the asm strings a GPU would run."""
+    c, expected, seconds = run_gemm(emu, 256, 256, 256, 128, True, source="hopper_gemm_ptx.cu")
+    assert rel(c, expected) < 1e-5
+    print(f"hopper_gemm_ptx<128, true> 256^3: {seconds:.3f} s")
 
 
 def test_hopper_gemm_edges(emu):
@@ -477,10 +568,26 @@ def test_sanitizers_pass_the_hopper_gemm(mode):
     np.testing.assert_array_equal(out, 1000 * np.arange(6)[:, None] + np.arange(32))
 
 
+def test_racecheck_reports_a_missing_proxy_fence():
+    """Negative control: threads write wgmma's operands and sync, but never fence.proxy.async."""
+    emu = EmulatorRuntime(kernel_dir=KERNELS, timeout_s=120, sanitize="racecheck")
+    image = np.random.default_rng(7).integers(0, 255, 16384).astype(np.uint8)
+    args = (image, np.int32(len(image)), np.int32(0), np.int32(8192), descriptor(16, 1024, 128),
+            descriptor(16, 1024, 128), np.zeros(512, np.uint32), np.int32(0), np.int32(1), np.int32(1), np.int32(0),
+            np.int32(0), np.zeros((128, 32), np.float32), np.zeros((128, 32), np.float32), np.int32(1))
+    kernel = emu.function("hopper.cu", "wgmma_tile<64, __nv_bfloat16, false>")
+    kernel((1,), (128,), args + (np.int32(1),), shared_mem=len(image) + 1024)
+    with pytest.raises(EmulationError, match=r"no fence.proxy.async after the write \(at \S*hopper\.cu:\d+; the other at "
+                                             r"\S*hopper\.cu:\d+\)"):
+        kernel((1,), (128,), args + (np.int32(0),), shared_mem=len(image) + 1024)
+
+
 def test_racecheck_reports_a_skipped_full_barrier_wait():
     """Negative control: TMA writes and wgmma reads of a slot that no mbarrier orders are a race."""
     emu = EmulatorRuntime(kernel_dir=KERNELS, timeout_s=120, sanitize="racecheck")
-    with pytest.raises(EmulationError, match="racecheck: .* of the dynamic shared memory"):
+    # Both lines are the kernel's: the wgmma's wait that reads the slot, the TMA load that writes it.
+    with pytest.raises(EmulationError, match=r"racecheck: .* of the dynamic shared memory .*\(at \S*hopper_gemm\.cu:\d+; "
+                                             r"the other at \S*hopper_gemm\.cu:\d+\)"):
         run_gemm(emu, 128, 128, 512, 128, True, skip=1)
 
 
@@ -491,3 +598,23 @@ def test_a_skipped_empty_barrier_wait_over_arrives(schedule):
     emu = EmulatorRuntime(kernel_dir=KERNELS, timeout_s=120, schedule=schedule)
     with pytest.raises(EmulationError, match="more threads arrive than it expects"):
         run_gemm(emu, 128, 128, 512, 128, True, skip=2)
+
+
+# ---- Thread-block clusters: not modelled, and a clear error -------------------------------------
+
+@pytest.mark.parametrize("source,message", [
+    ("__global__ void __cluster_dims__(2, 1, 1) k(float* x) { x[0] = 1; }",
+     r"k\.cu:1:.*thread-block clusters \(__cluster_dims__\) are not modelled"),
+    ('__global__ void k(float* x) { asm volatile("barrier.cluster.arrive;"); x[0] = 1; }',
+     r"k\.cu:1: inline PTX: the PTX instruction `barrier.cluster.arrive` is not in the emulator's subset"),
+    ('__global__ void k(float* x) { unsigned a = 0, r; asm volatile("mapa.shared::cluster.u32 %0, %1, 1;" '
+     ': "=r"(r) : "r"(a)); x[0] = r; }', r"`mapa.shared::cluster.u32` is not in the emulator's subset"),
+    ('__global__ void k(unsigned long long m, float* x) { asm volatile("cp.async.bulk.tensor.2d.shared::cluster.'
+     'global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%0, %0}], [%0], %2;" :: "r"(0u), '
+     '"l"(m), "h"((unsigned short)3)); x[0] = 1; }', r"multicast, cta_group\) are not modelled"),
+])
+def test_cluster_use_is_a_clear_error(tmp_path, source, message):
+    (tmp_path / "k.cu").write_text(source + "\n")
+    runtime = EmulatorRuntime(kernel_dir=tmp_path, timeout_s=60)
+    with pytest.raises(EmulationError, match=message):
+        runtime.function("k.cu", "k")

@@ -214,8 +214,8 @@ def test_an_instruction_outside_the_subset_is_a_build_error_naming_file_and_line
 
 
 def test_an_unsupported_modifier_is_a_build_error(tmp_path):
-    (tmp_path / "ftz.cu").write_text('__global__ void ftz(float* x) {\n\n  asm("add.ftz.f32 %0, %0, %0;" : "+f"(x[0]));\n}\n')
-    with pytest.raises(EmulationError, match=r"ftz\.cu:3: .*`add\.ftz\.f32` is not in the emulator's subset"):
+    (tmp_path / "ftz.cu").write_text('__global__ void ftz(float* x) {\n\n  asm("add.sat.f32 %0, %0, %0;" : "+f"(x[0]));\n}\n')
+    with pytest.raises(EmulationError, match=r"ftz\.cu:3: .*`add\.sat\.f32` is not in the emulator's subset"):
         emulator(kernel_dir=tmp_path).function("ftz.cu", "ftz")
 
 
@@ -243,3 +243,85 @@ def test_the_translator_keeps_line_numbers_and_leaves_system_and_shim_code_alone
     assert out.splitlines()[4] == "  return v;"
     assert 'asm volatile("pause")' in out and "emu::ptx::put" in out and '__asm__("h_symbol")' in out
     assert all(callable(emit) for _, emit in INSTRUCTIONS)
+
+
+def test_mma_with_f16_accumulators(runtime):
+    # Small integers: exact in f16, so D must equal A·B + C bit for bit.
+    rng = np.random.default_rng(4)
+    a = rng.integers(-4, 5, (16, 16)).astype(np.float16)
+    b = rng.integers(-4, 5, (16, 8)).astype(np.float16)
+    c = rng.integers(-16, 17, (16, 8)).astype(np.float16)
+    *_, d = run(runtime, "probe_mma_f16_accumulators", 1, 32, a, b, c, np.full((16, 8), np.nan, np.float16))
+    np.testing.assert_array_equal(d, a.astype(np.float64) @ b.astype(np.float64) + c)
+
+
+def test_extern_shared_rows_and_declared_alignment(tmp_path):
+    """`extern __shared__ T name[][N]` (rows of N, as hand-written GEMMs declare their stages) is the
+    dynamic buffer too, starting at its declared alignment in the shared window."""
+    (tmp_path / "rows.cu").write_text(
+        "__global__ void rows(unsigned* out) {\n"
+        "    extern __shared__ __align__(256) float tile[][8];\n"
+        "    tile[threadIdx.x][1] = threadIdx.x;\n    __syncthreads();\n"
+        "    out[threadIdx.x] = unsigned(tile[31 - threadIdx.x][1]) | unsigned(__cvta_generic_to_shared(tile) % 256) << 8;\n}\n")
+    out = np.zeros(32, np.uint32)
+    emulator(kernel_dir=tmp_path).function("rows.cu", "rows")(1, 32, (out,), shared_mem=32 * 8 * 4)
+    np.testing.assert_array_equal(out, 31 - np.arange(32))
+
+
+def test_racecheck_sees_what_a_named_barrier_orders(tmp_path):
+    """Producers that write and bar.arrive, consumers that bar.sync and read: clean under racecheck (and
+    the other modes); without the consumers' bar.sync, the race is reported with both lines."""
+    shutil.copy(PROBE, tmp_path / PROBE.name)
+    x = np.random.default_rng(5).standard_normal(64).astype(np.float32)
+    out = np.zeros(64, np.float32)
+    checked = emulator(kernel_dir=tmp_path, sanitize="memcheck,racecheck,initcheck,synccheck")
+    checked.function(PROBE.name, "probe_named_barrier<128>")(1, 128, (x, out))
+    np.testing.assert_array_equal(out, 2 * x)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / PROBE.name).write_text(PROBE.read_text().replace('asm volatile("bar.sync 1, %0;" :: "n"(COUNT) : "memory");', ""))
+    with pytest.raises(EmulationError, match=r"racecheck: read by thread \(\d+, 0, 0\) and write by thread .*staged"):
+        emulator(kernel_dir=broken, sanitize="racecheck").function(PROBE.name, "probe_named_barrier<128>")(1, 128, (x, out))
+
+
+BAD_ADDRESSES = """__global__ void outside(unsigned* out) {
+    __shared__ __align__(16) unsigned short tile[64];
+    unsigned r;
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(tile)) + 4096;
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];" : "=r"(r) : "r"(s));
+    out[threadIdx.x] = r;
+}
+__global__ void misaligned(unsigned* out) {
+    unsigned v;
+    asm volatile("ld.global.v2.u32 {%0, %0}, [%1];" : "=r"(v) : "l"(out + 1));
+    out[0] = v;
+}
+"""
+
+
+def test_a_bad_address_in_ptx_is_reported_with_its_instruction_and_line(tmp_path):
+    (tmp_path / "bad.cu").write_text(BAD_ADDRESSES)
+    rt = emulator(kernel_dir=tmp_path)
+    with pytest.raises(EmulationError, match=r"thread \(0, 0, 0\): .*bad\.cu:5: ldmatrix\.sync\.aligned\.m8n8\.x1\.shared\.b16: "
+                                             r"shared address 0x[0-9a-f]+ is outside the block's shared memory"):
+        rt.function("bad.cu", "outside")(1, 32, (np.zeros(32, np.uint32),))
+    with pytest.raises(EmulationError, match=r"bad\.cu:10: ld\.global\.v2\.u32: misaligned address"):
+        rt.function("bad.cu", "misaligned")(1, 1, (np.zeros(4, np.uint32),))
+
+
+def test_file_scope_shared_memory_is_in_the_window_and_poisoned(tmp_path):
+    (tmp_path / "filescope.cu").write_text(
+        "__shared__ float staged[32];\n"
+        "__global__ void fs(float* out, unsigned* addresses) {\n"
+        "    out[threadIdx.x] = staged[threadIdx.x];  // before any write: poison\n"
+        "    __syncthreads();\n"
+        "    float v;\n"
+        '    asm volatile("st.shared.f32 [%0], %1;" :: "r"(unsigned(__cvta_generic_to_shared(staged + threadIdx.x))), '
+        '"f"(2.0f * threadIdx.x) : "memory");\n'
+        "    __syncthreads();\n"
+        "    v = staged[31 - threadIdx.x];\n"
+        "    out[32 + threadIdx.x] = v;\n}\n")
+    out = np.zeros(64, np.float32)
+    emulator(kernel_dir=tmp_path).function("filescope.cu", "fs")(1, 32, (out, np.zeros(1, np.uint32)))
+    assert np.isnan(out[:32]).all()
+    np.testing.assert_array_equal(out[32:], 2.0 * (31 - np.arange(32)))

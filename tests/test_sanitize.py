@@ -71,6 +71,8 @@ CATALOGUE = {
                              ["::values", "byte 124", "thread (0, 0, 0)"]),
     "partial_word": ("initcheck", lambda k: k((1,), (32,), (np.zeros(32, np.uint32),)),
                      ["::words", "read of 4 bytes at byte 0", "byte 1 is uninitialized", "thread (0, 0, 0)"]),
+    "unzeroed_histogram": ("initcheck", lambda k: k((1,), (32,), (np.arange(32, dtype=np.int32), np.zeros(8, np.int32))),
+                           ["atomic read-modify-write of 4 bytes", "::counts"]),
     "divergent_barrier": ("synccheck", lambda k: k((1,), (32,), (np.zeros(32, f32),)),
                           ["thread (16, 0, 0)", "thread (0, 0, 0)"]),
     "divergent_group_sync": ("synccheck", lambda k: k((1,), (32,), (np.zeros(32, f32),)),

@@ -193,36 +193,38 @@ __device__ inline long long clock64() {
 }
 
 // ---- Atomics: one fiber runs at a time, so a read-modify-write is atomic as written -------------
-// A sanitize build (emu_sanitize.cpp) sees an atomic as one atomic access, not a read and a write.
+// A sanitize build (emu_sanitize.cpp) sees an atomic as one atomic access, not a read and a write;
+// initcheck sees those that combine the old value (all but atomicExch) read it.
 #ifdef EMU_SANITIZE
-#define EMU_ATOMIC_ACCESS(address) emu_sanitize_atomic(address, sizeof *(address))
+#define EMU_ATOMIC_ACCESS(address, reads) \
+    emu_sanitize_atomic(address, sizeof *(address), reads, __builtin_return_address(0))
 #define EMU_ATOMIC_INLINE __attribute__((no_sanitize_thread, noinline))
 #else
-#define EMU_ATOMIC_ACCESS(address) ((void)0)
+#define EMU_ATOMIC_ACCESS(address, reads) ((void)0)
 #define EMU_ATOMIC_INLINE inline
 #endif
-#define EMU_ATOMIC(name, expression)                                                               \
+#define EMU_ATOMIC(name, reads, expression)                                                        \
     template <class T> __device__ EMU_ATOMIC_INLINE T name(T* address, emu::same_t<T> val) {       \
-        EMU_ATOMIC_ACCESS(address);                                                                \
+        EMU_ATOMIC_ACCESS(address, reads);                                                         \
         T old = *address;                                                                          \
         *address = (expression);                                                                   \
         return old;                                                                                \
     }                                                                                              \
     template <class T> __device__ inline T name##_block(T* address, emu::same_t<T> val) { return name(address, val); } \
     template <class T> __device__ inline T name##_system(T* address, emu::same_t<T> val) { return name(address, val); }
-EMU_ATOMIC(atomicAdd, T(old + val))
-EMU_ATOMIC(atomicSub, T(old - val))
-EMU_ATOMIC(atomicExch, val)
-EMU_ATOMIC(atomicMin, val < old ? val : old)
-EMU_ATOMIC(atomicMax, val > old ? val : old)
-EMU_ATOMIC(atomicAnd, T(old & val))
-EMU_ATOMIC(atomicOr, T(old | val))
-EMU_ATOMIC(atomicXor, T(old ^ val))
-EMU_ATOMIC(atomicInc, old >= val ? T(0) : T(old + 1))
-EMU_ATOMIC(atomicDec, (old == 0 || old > val) ? val : T(old - 1))
+EMU_ATOMIC(atomicAdd, 1, T(old + val))
+EMU_ATOMIC(atomicSub, 1, T(old - val))
+EMU_ATOMIC(atomicExch, 0, val)  // needs no old value: it may initialize
+EMU_ATOMIC(atomicMin, 1, val < old ? val : old)
+EMU_ATOMIC(atomicMax, 1, val > old ? val : old)
+EMU_ATOMIC(atomicAnd, 1, T(old & val))
+EMU_ATOMIC(atomicOr, 1, T(old | val))
+EMU_ATOMIC(atomicXor, 1, T(old ^ val))
+EMU_ATOMIC(atomicInc, 1, old >= val ? T(0) : T(old + 1))
+EMU_ATOMIC(atomicDec, 1, (old == 0 || old > val) ? val : T(old - 1))
 #undef EMU_ATOMIC
 template <class T> __device__ EMU_ATOMIC_INLINE T atomicCAS(T* address, emu::same_t<T> compare, emu::same_t<T> val) {
-    EMU_ATOMIC_ACCESS(address);
+    EMU_ATOMIC_ACCESS(address, 1);
     T old = *address;
     if (emu::to_bits(old) == emu::to_bits(compare)) *address = val;
     return old;
@@ -363,3 +365,4 @@ __device__ inline void __trap() { emu_fail("__trap() called"); }
 __device__ inline void __brkpt() { emu_fail("__brkpt() called"); }
 
 #include "emu_ptx.h"
+#include "emu_hopper.h"  // sm_90: mbarriers, TMA, wgmma (emulate/ptx_hopper.py translates their PTX onto it)

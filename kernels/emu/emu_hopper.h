@@ -1,11 +1,11 @@
-// emu_hopper.h: the sm_90 additions to the shim, as plain functions that kernel code (and the
-// inline-PTX translator) calls: mbarriers (emu_mbarrier.h), TMA bulk copies (emu_tma.h), wgmma
+// emu_hopper.h: the sm_90 additions to the shim, as plain functions in namespace emu::hopper that
+// the inline-PTX translator's code (emulate/ptx_hopper.py) and test kernels call: mbarriers (emu_mbarrier.h), TMA bulk copies (emu_tma.h), wgmma
 // (emu_wgmma.h), and here the fences, setmaxnreg and the shared-address conversions they share.
 //
-//   fence_proxy_async()        fence.proxy.async(.shared::cta): orders generic-proxy writes to shared
-//                              memory before async-proxy (TMA, wgmma) reads; the emulator's async
-//                              operations read at their wait, so it has nothing to do (a missing
-//                              fence is not reported yet)
+//   fence_proxy_async()        fence.proxy.async(.shared::cta): orders the thread's generic-proxy
+//                              writes before async-proxy (TMA, wgmma) reads; the data needs nothing
+//                              (async operations read at their wait), but under racecheck an async
+//                              read of a byte whose generic write its writer never fenced is reported
 //   fence_mbarrier_init()      fence.mbarrier_init.release.cluster: nothing to do (no clusters)
 //   setmaxnreg<INC, N>()       setmaxnreg.{inc,dec}.sync.aligned.u32 N: checked (N a multiple of 8
 //                              in 24 .. 256, the same N from every thread of the warpgroup at this
@@ -23,11 +23,11 @@
 
 namespace emu {
 
-// Shared addresses: the runtime's shared window (emu_runtime.h: generic and shared addresses congruent
-// modulo 1024, so that swizzles computed from either agree), the one __cvta_generic_to_shared uses.
-inline uint32_t shared_address(const void* p) { return emu_generic_to_shared(p); }
-inline void* shared_pointer(uint32_t address, uint32_t bytes, const char* what) {
-    (void)bytes, (void)what;  // emu_shared_to_generic fails the launch for an address outside shared memory
+// Shared addresses: the runtime's shared window (emu_runtime.h), where generic and shared addresses
+// are congruent modulo 1024, so that swizzles computed from either agree.
+EMU_SHIM_ACCESS inline uint32_t shared_address(const void* p) { return emu_generic_to_shared(p); }
+EMU_SHIM_ACCESS inline void* shared_pointer(uint32_t address, uint32_t bytes, const char*) {
+    (void)bytes;
     return emu_shared_to_generic(address);
 }
 
@@ -40,17 +40,32 @@ inline SetMaxNreg setmaxnreg_calls[8];
 
 }  // namespace emu
 
-__device__ inline void fence_proxy_async() {}
-__device__ inline void fence_mbarrier_init() {}
+namespace emu::hopper {
 
-template <bool INCREASE, unsigned N>
-EMU_SHIM_ACCESS __device__ inline void setmaxnreg(EMU_HOPPER_SITE) {  // the shim's own state: not watched
-    static_assert(N % 8 == 0 && N >= 24 && N <= 256, "setmaxnreg takes a multiple of 8 in 24 .. 256");
+EMU_SHIM_ACCESS __device__ inline void fence_proxy_async() {
+#ifdef EMU_SANITIZE
+    emu_sanitize_proxy_fence();
+#endif
+}
+EMU_SHIM_ACCESS __device__ inline void fence_mbarrier_init() {}
+
+EMU_SHIM_ACCESS inline void setmaxnreg_check(bool increase, unsigned n, const char* file, int line) {
+    if (n % 8 || n < 24 || n > 256)
+        emu::hopper_fail("setmaxnreg.%s %u at %s:%d: the count must be a multiple of 8 in 24 .. 256", increase ? "inc" : "dec",
+                    n, file, line);
     emu::SetMaxNreg& s = emu::setmaxnreg_calls[emu::block_thread() / 128];
-    if (s.owner != emu::block_owner() || s.count == 128) s = {emu::block_owner(), 0, N, INCREASE};
-    if (s.value != N || s.increase != INCREASE)
+    if (s.owner != emu::block_owner() || s.count == 128) s = {emu::block_owner(), 0, n, increase};
+    if (s.value != n || s.increase != increase)
         emu::hopper_fail("setmaxnreg.%s %u at %s:%d while other threads of warpgroup %u asked for .%s %u: it must be "
-                         "warpgroup-uniform", INCREASE ? "inc" : "dec", N, file, line, emu::block_thread() / 128,
-                         s.increase ? "inc" : "dec", s.value);
+                    "warpgroup-uniform", increase ? "inc" : "dec", n, file, line, emu::block_thread() / 128,
+                    s.increase ? "inc" : "dec", s.value);
     ++s.count;
 }
+
+template <bool INCREASE, unsigned N>
+EMU_SHIM_ACCESS __device__ inline void setmaxnreg(EMU_HOPPER_SITE) {
+    static_assert(N % 8 == 0 && N >= 24 && N <= 256, "setmaxnreg takes a multiple of 8 in 24 .. 256");
+    setmaxnreg_check(INCREASE, N, file, line);
+}
+
+}  // namespace emu::hopper

@@ -29,6 +29,10 @@
 #include <cstdarg>
 #include <vector>
 
+// Every function of the sm_90 shim is uninstrumented in sanitize builds: what its accesses mean for the
+// sanitizer is said explicitly (sanitize_access, sanitize_release, sanitize_acquire below).
+#define EMU_SHIM_ACCESS __attribute__((no_sanitize_thread))
+
 namespace emu {
 
 namespace mbar {
@@ -41,14 +45,14 @@ struct State {
     uint32_t pending, expected, phase;
     int64_t tx;
 };
-inline bool valid(uint64_t word) { return (word >> kTagShift) == kTag; }
-inline State decode(uint64_t word) {
+EMU_SHIM_ACCESS inline bool valid(uint64_t word) { return (word >> kTagShift) == kTag; }
+EMU_SHIM_ACCESS inline State decode(uint64_t word) {
     int64_t tx = int64_t(word >> kTxShift & ((uint64_t(1) << 21) - 1));
     if (tx >= (int64_t(1) << 20)) tx -= int64_t(1) << 21;
     return {uint32_t(word & kCountMask), uint32_t(word >> kExpectedShift & kCountMask),
             uint32_t(word >> kPhaseShift & 1), tx};
 }
-inline uint64_t encode(const State& s) {
+EMU_SHIM_ACCESS inline uint64_t encode(const State& s) {
     return uint64_t(s.pending) | uint64_t(s.expected) << kExpectedShift |
            (uint64_t(s.tx) & ((uint64_t(1) << 21) - 1)) << kTxShift | uint64_t(s.phase) << kPhaseShift |
            kTag << kTagShift;
@@ -69,10 +73,10 @@ struct PendingBulkLoads {
 };
 inline PendingBulkLoads pending_bulk_loads;
 
-inline unsigned long long block_owner() {
+EMU_SHIM_ACCESS inline unsigned long long block_owner() {
     return launch_serial << 32 ^ (emu_block_idx.x + emu_grid_dim.x * (emu_block_idx.y + emu_grid_dim.y * emu_block_idx.z));
 }
-inline std::vector<PendingBulkLoad>& bulk_loads() {
+EMU_SHIM_ACCESS inline std::vector<PendingBulkLoad>& bulk_loads() {
     if (pending_bulk_loads.owner != block_owner()) {
         pending_bulk_loads.owner = block_owner();
         pending_bulk_loads.loads.clear();
@@ -83,20 +87,23 @@ inline std::vector<PendingBulkLoad>& bulk_loads() {
 // Sanitize builds: the shim's own accesses to barriers and to the data of asynchronous copies are
 // uninstrumented (no_sanitize_thread); what they mean for the sanitizer is said explicitly: an arrive
 // releases, a successful wait acquires (racecheck orders accesses through them), and a copy's data
-// accesses are made by the thread that issues or retires it (see emu_tma.h, emu_wgmma.h).
+// accesses are made by the thread that issues or retires it (see emu_tma.h, emu_wgmma.h), at the kernel's
+// call: the shim's entry points pass their return address (in a sanitize build they are real calls, never
+// inlined into the instrumented kernel code), which reports turn into the kernel's source line.
 #ifdef EMU_SANITIZE
-inline void sanitize_access(const void* p, size_t n, bool write) { emu_sanitize_access(p, n, write); }
-inline void sanitize_release(const void* object) { emu_sanitize_release(object); }
-inline void sanitize_acquire(const void* object) { emu_sanitize_acquire(object); }
+EMU_SHIM_ACCESS inline void sanitize_access(const void* p, size_t n, bool write, const void* pc) {
+    emu_sanitize_access(p, n, write, pc);
+}
+EMU_SHIM_ACCESS inline void sanitize_release(const void* object) { emu_sanitize_release(object); }
+EMU_SHIM_ACCESS inline void sanitize_acquire(const void* object) { emu_sanitize_acquire(object); }
 #else
-inline void sanitize_access(const void*, size_t, bool) {}
-inline void sanitize_release(const void*) {}
-inline void sanitize_acquire(const void*) {}
+EMU_SHIM_ACCESS inline void sanitize_access(const void*, size_t, bool, const void*) {}
+EMU_SHIM_ACCESS inline void sanitize_release(const void*) {}
+EMU_SHIM_ACCESS inline void sanitize_acquire(const void*) {}
 #endif
-#define EMU_SHIM_ACCESS __attribute__((no_sanitize_thread))
 
 // The shared address of a barrier, for messages (emu_hopper.h defines it).
-inline uint32_t shared_address(const void* p);
+EMU_SHIM_ACCESS inline uint32_t shared_address(const void* p);
 
 [[noreturn]] __attribute__((format(printf, 1, 2))) inline void hopper_fail(const char* format, ...) {
     char message[900];
@@ -128,7 +135,7 @@ EMU_SHIM_ACCESS inline void mbarrier_store(uint64_t* barrier, mbar::State s) {
     *barrier = mbar::encode(s);
 }
 
-inline void mbarrier_add_tx(uint64_t* barrier, int64_t bytes, const char* what, const char* file, int line) {
+EMU_SHIM_ACCESS inline void mbarrier_add_tx(uint64_t* barrier, int64_t bytes, const char* what, const char* file, int line) {
     mbar::State s = mbarrier_state(barrier, what, file, line);
     s.tx += bytes;
     if (s.tx > mbar::kTxLimit || s.tx < -mbar::kTxLimit)
@@ -139,7 +146,7 @@ inline void mbarrier_add_tx(uint64_t* barrier, int64_t bytes, const char* what, 
 }
 
 // Lands every bulk copy that completes on `barrier`, swizzled as its tensor map says (emu_tma.h).
-__attribute__((no_sanitize_thread)) inline void land_bulk_loads(uint64_t* barrier) {
+EMU_SHIM_ACCESS inline void land_bulk_loads(uint64_t* barrier) {
     std::vector<PendingBulkLoad>& loads = bulk_loads();
     size_t kept = 0;
     for (size_t i = 0; i < loads.size(); ++i) {
@@ -160,7 +167,7 @@ __attribute__((no_sanitize_thread)) inline void land_bulk_loads(uint64_t* barrie
     loads.resize(kept);
 }
 
-inline unsigned pending_loads_on(const uint64_t* barrier) {
+EMU_SHIM_ACCESS inline unsigned pending_loads_on(const uint64_t* barrier) {
     unsigned n = 0;
     for (const PendingBulkLoad& load : bulk_loads()) n += load.barrier == barrier;
     return n;
@@ -190,7 +197,7 @@ EMU_SHIM_ACCESS inline void describe_mbarrier_wait(void* object, char* out, size
 }
 
 // Whether the phase of `parity` has completed; if not and `block`, waits until it has.
-inline bool mbarrier_wait(uint64_t* barrier, uint32_t parity, bool block, const char* what, const char* file,
+EMU_SHIM_ACCESS inline bool mbarrier_wait(uint64_t* barrier, uint32_t parity, bool block, const char* what, const char* file,
                           int line) {
     mbarrier_state(barrier, what, file, line);
     MbarrierWait w{barrier, parity & 1, file, line};
@@ -209,6 +216,8 @@ inline bool mbarrier_wait(uint64_t* barrier, uint32_t parity, bool block, const 
 }  // namespace emu
 
 // ---- The instructions, as plain functions: the mbarrier operand is its generic address ----------
+namespace emu::hopper {
+
 #define EMU_HOPPER_SITE const char* file = __builtin_FILE(), int line = __builtin_LINE()
 
 // mbarrier.init.shared.b64 [bar], count
@@ -231,7 +240,7 @@ EMU_SHIM_ACCESS __device__ inline void mbarrier_inval(uint64_t* barrier, EMU_HOP
 }
 
 // mbarrier.arrive.shared.b64 state, [bar], count: returns the state token (the phase arrived on).
-__device__ inline uint64_t mbarrier_arrive(uint64_t* barrier, uint32_t count = 1, EMU_HOPPER_SITE) {
+EMU_SHIM_ACCESS __device__ inline uint64_t mbarrier_arrive(uint64_t* barrier, uint32_t count = 1, EMU_HOPPER_SITE) {
     emu::mbar::State s = emu::mbarrier_state(barrier, "mbarrier.arrive", file, line);
     if (count < 1 || count > emu::mbar::kCountMask)
         emu::hopper_fail("mbarrier.arrive: count %u is outside the ISA's 1 .. 2^20 - 1 (%s:%d)", count, file, line);
@@ -247,41 +256,43 @@ __device__ inline uint64_t mbarrier_arrive(uint64_t* barrier, uint32_t count = 1
 }
 
 // mbarrier.expect_tx.shared.b64 [bar], bytes
-__device__ inline void mbarrier_expect_tx(uint64_t* barrier, uint32_t bytes, EMU_HOPPER_SITE) {
+EMU_SHIM_ACCESS __device__ inline void mbarrier_expect_tx(uint64_t* barrier, uint32_t bytes, EMU_HOPPER_SITE) {
     emu::mbarrier_add_tx(barrier, bytes, "mbarrier.expect_tx", file, line);
 }
 
 // mbarrier.complete_tx.shared.b64 [bar], bytes
-__device__ inline void mbarrier_complete_tx(uint64_t* barrier, uint32_t bytes, EMU_HOPPER_SITE) {
+EMU_SHIM_ACCESS __device__ inline void mbarrier_complete_tx(uint64_t* barrier, uint32_t bytes, EMU_HOPPER_SITE) {
     emu::sanitize_release(barrier);
     emu::mbarrier_add_tx(barrier, -int64_t(bytes), "mbarrier.complete_tx", file, line);
 }
 
 // mbarrier.arrive.expect_tx.shared.b64 state, [bar], bytes: expect-tx, then arrive-on with count 1.
-__device__ inline uint64_t mbarrier_arrive_expect_tx(uint64_t* barrier, uint32_t bytes, EMU_HOPPER_SITE) {
+EMU_SHIM_ACCESS __device__ inline uint64_t mbarrier_arrive_expect_tx(uint64_t* barrier, uint32_t bytes, EMU_HOPPER_SITE) {
     emu::mbarrier_add_tx(barrier, bytes, "mbarrier.arrive.expect_tx", file, line);
     return mbarrier_arrive(barrier, 1, file, line);
 }
 
 // mbarrier.test_wait{.parity} / mbarrier.try_wait{.parity}: waitComplete.
-__device__ inline bool mbarrier_test_wait_parity(uint64_t* barrier, uint32_t parity, EMU_HOPPER_SITE) {
+EMU_SHIM_ACCESS __device__ inline bool mbarrier_test_wait_parity(uint64_t* barrier, uint32_t parity, EMU_HOPPER_SITE) {
     if (emu::mbarrier_wait(barrier, parity, false, "mbarrier.test_wait", file, line)) return true;
     emu::mbarrier_wait(barrier, parity, true, "mbarrier.test_wait", file, line);  // the thread polls again later
     return false;
 }
-__device__ inline bool mbarrier_test_wait(uint64_t* barrier, uint64_t state, EMU_HOPPER_SITE) {
+EMU_SHIM_ACCESS __device__ inline bool mbarrier_test_wait(uint64_t* barrier, uint64_t state, EMU_HOPPER_SITE) {
     return mbarrier_test_wait_parity(barrier, uint32_t(state >> emu::mbar::kPhaseShift), file, line);
 }
-__device__ inline bool mbarrier_try_wait(uint64_t* barrier, uint64_t state, EMU_HOPPER_SITE) {
+EMU_SHIM_ACCESS __device__ inline bool mbarrier_try_wait(uint64_t* barrier, uint64_t state, EMU_HOPPER_SITE) {
     return emu::mbarrier_wait(barrier, uint32_t(state >> emu::mbar::kPhaseShift), true, "mbarrier.try_wait",
                               file, line);
 }
-__device__ inline bool mbarrier_try_wait_parity(uint64_t* barrier, uint32_t parity, EMU_HOPPER_SITE) {
+EMU_SHIM_ACCESS __device__ inline bool mbarrier_try_wait_parity(uint64_t* barrier, uint32_t parity, EMU_HOPPER_SITE) {
     return emu::mbarrier_wait(barrier, parity, true, "mbarrier.try_wait.parity", file, line);
 }
 
 // Not an instruction: whether the phase of `parity` has completed, never waiting (for tests; the
 // bulk copies that complete on the barrier land first, as at any wait).
-__device__ inline bool mbarrier_phase_complete(uint64_t* barrier, uint32_t parity, EMU_HOPPER_SITE) {
+EMU_SHIM_ACCESS __device__ inline bool mbarrier_phase_complete(uint64_t* barrier, uint32_t parity, EMU_HOPPER_SITE) {
     return emu::mbarrier_wait(barrier, parity, false, "mbarrier_phase_complete", file, line);
 }
+
+}  // namespace emu::hopper

@@ -57,36 +57,47 @@ inline uint64_t global_timer() {
 }
 
 // ---- Memory -----------------------------------------------------------------------------------
-inline void* shared_pointer(uint64_t address) { return emu_shared_to_generic(address); }
+// `site` in what follows: "file:line: opcode" of the asm statement, for the report of a bad address.
+inline void* shared_pointer(uint64_t address, const char* site) {
+    void* p = emu_shared_lookup(address);
+    if (!p) {
+        char message[200];
+        snprintf(message, sizeof message, "shared address 0x%llx is outside the block's shared memory (a window "
+                 "of %u bytes: static __shared__ variables, then %u bytes of dynamic shared memory)",
+                 static_cast<unsigned long long>(address), emu_shared_window_bytes(), emu_dynamic_shared_bytes());
+        fail(site, message);
+    }
+    return p;
+}
 inline void* generic_pointer(uint64_t address) { return reinterpret_cast<void*>(uintptr_t(address)); }
 
-inline void check_alignment(const void* p, size_t bytes, const char* what) {
+inline void check_alignment(const void* p, size_t bytes, const char* site) {
     if (reinterpret_cast<uintptr_t>(p) % bytes) {
         char message[160];
-        snprintf(message, sizeof message, "%s: misaligned address %p (a %zu-byte access)", what, p, bytes);
-        emu_fail(message);
+        snprintf(message, sizeof message, "misaligned address %p (a %zu-byte access)", p, bytes);
+        fail(site, message);
     }
 }
 // ld / st of one element of type T (checked for the alignment the GPU requires).
-template <class T> inline T load(const void* p, const char* what) {
-    check_alignment(p, sizeof(T), what);
+template <class T> inline T load(const void* p, const char* site) {
+    check_alignment(p, sizeof(T), site);
     return *static_cast<const T*>(p);
 }
-template <class T> inline void store(void* p, T v, const char* what) {
-    check_alignment(p, sizeof(T), what);
+template <class T> inline void store(void* p, T v, const char* site) {
+    check_alignment(p, sizeof(T), site);
     *static_cast<T*>(p) = v;
 }
 // A vector access (.v2, .v4) is aligned to its whole size.
-inline void* vector_address(void* p, size_t bytes, const char* what) {
-    check_alignment(p, bytes, what);
+inline void* vector_address(void* p, size_t bytes, const char* site) {
+    check_alignment(p, bytes, site);
     return p;
 }
 
 // atom / red: the read-modify-writes of cuda_emu.h (sanitize builds see them as atomics).
 enum class Atomic { add, min, max, and_, or_, xor_, exch, inc, dec };
-template <class T> inline T atomic(Atomic op, void* p, T v) {
+template <class T> inline T atomic(Atomic op, void* p, T v, const char* site) {
     T* a = static_cast<T*>(p);
-    check_alignment(p, sizeof(T), "atom");
+    check_alignment(p, sizeof(T), site);
     switch (op) {
     case Atomic::add: return atomicAdd(a, v);
     case Atomic::min: return atomicMin(a, v);
@@ -99,12 +110,21 @@ template <class T> inline T atomic(Atomic op, void* p, T v) {
     default: return atomicDec(a, v);
     }
 }
-template <class T> inline T atomic_cas(void* p, T compare, T v) {
-    check_alignment(p, sizeof(T), "atom.cas");
+template <class T> inline T atomic_cas(void* p, T compare, T v, const char* site) {
+    check_alignment(p, sizeof(T), site);
     return atomicCAS(static_cast<T*>(p), compare, v);
 }
 
 // ---- Arithmetic -------------------------------------------------------------------------------
+// A float instruction written in PTX flushes subnormals exactly when it says .ftz, whatever the
+// launch's mode (CuPy's -ftz=true changes only the code the compiler generates).
+template <class F> inline auto with_flush(bool flush, F f) {
+    const uint64_t mode = emu_set_flush(flush);
+    const auto result = f();
+    emu_restore_flush(mode);
+    return result;
+}
+
 // shl / shr: shift amounts past the width clamp (to 0, or to the sign for shr.s).
 template <class T> inline T shift_left(T a, uint32_t n) { return n >= 8 * sizeof(T) ? T(0) : T(a << n); }
 template <class T> inline T shift_right(T a, uint32_t n) {

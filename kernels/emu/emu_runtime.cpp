@@ -29,8 +29,13 @@
 #include <cstdio>
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 
 #if defined(__x86_64__) && defined(__ELF__) && !defined(EMU_UCONTEXT)
 #define EMU_ASM_SWITCH 1
@@ -125,17 +130,19 @@ struct Fiber {
     uint64_t value, result;
     const char* barrier_file;  // where it called __syncthreads (synccheck) or a named barrier
     int barrier_line;
-    int named_barrier;         // the named barrier it waits at (State::at_named_barrier)
     // emu_wait_until: the condition the thread waits for.
     int (*ready)(void*);
     void (*describe)(void*, char*, size_t);
     void* wait_object;
+    int named_barrier;         // the named barrier it waits at (State::at_named_barrier)
 };
 
 // A named barrier of the running block (bar.sync / bar.arrive with an id): the threads that have
 // arrived since it last completed, and the count it completes at (fixed by its first arrival).
 struct NamedBarrier {
     unsigned arrived, expected;
+    std::vector<unsigned> threads;  // those that arrived (racecheck: emu_san::named_barrier_completed)
+    std::vector<bool> waited;
 };
 constexpr int kNamedBarriers = 16;
 
@@ -399,14 +406,16 @@ int deadlock() {
         if (rt.fibers[i].state == State::at_named_barrier && !named) named = &rt.fibers[i];
         waiting += rt.fibers[i].state == State::waiting;
     }
+    if (waiting && !example && !named) return deadlock_in_waits(waiting);
     if (named) {
         const NamedBarrier& b = rt.named[named->named_barrier];
+        char others[64] = "";  // threads in emu_wait_until (mbarriers, wgmma), when there are any
+        if (waiting) snprintf(others, sizeof others, ", %u wait for mbarriers or wgmma", waiting);
         return fail(named, "deadlock: %u threads wait at named barriers (e.g. barrier %d of %s:%d, which has %u of "
-                    "the %u threads it expects), %u at __syncthreads, %u in warp collectives, %u have exited",
+                    "the %u threads it expects), %u at __syncthreads, %u in warp collectives%s, %u have exited",
                     rt.at_named, named->named_barrier, named->barrier_file, named->barrier_line, b.arrived,
-                    b.expected, rt.at_barrier, at_warp, rt.n_threads - rt.live);
+                    b.expected, rt.at_barrier, at_warp, others, rt.n_threads - rt.live);
     }
-    if (waiting && !example) return deadlock_in_waits(waiting);
     if (example)
         return fail(example, "deadlock: %u threads wait at __syncthreads, %u in warp collectives "
                     "(e.g. %s with mask 0x%08x), %u have exited", rt.at_barrier, at_warp,
@@ -451,7 +460,7 @@ int run_block() {
     rt.live = rt.n_threads;
     rt.at_barrier = rt.barrier_true = 0;
     rt.at_named = 0;
-    for (NamedBarrier& b : rt.named) b = {};
+    for (NamedBarrier& b : rt.named) b.arrived = 0, b.threads.clear(), b.waited.clear();
     // A pass runs every runnable thread until it waits or exits. After it, complete what can be
     // completed: warp collectives first, then the block barrier once every live thread is at it.
     for (;;) {
@@ -672,6 +681,7 @@ extern "C" int emu_run(emu_launch* L, void (*run_thread)(void*), void* closure) 
         for (uint64_t i = n_blocks; i > 1; --i) std::swap(block_order[i - 1], block_order[next_random() % i]);
     }
 
+    const uint64_t fp_mode = emu_set_flush(L->flush_subnormals);
     rt.launch_thread = pthread_self();
     rt.jump_status = EMU_OK;
     install_handlers(L->timeout_s);
@@ -691,6 +701,7 @@ extern "C" int emu_run(emu_launch* L, void (*run_thread)(void*), void* closure) 
         if (status == EMU_FAULT) describe_fault(L);
     }
     rt.in_launch = 0;
+    emu_restore_flush(fp_mode);
     restore_handlers(L->timeout_s);
     emu_san::launch_end();
     rt.current = nullptr;
@@ -765,11 +776,16 @@ extern "C" uint32_t emu_generic_to_shared(const void* p) {
     emu_fail(message);
 }
 
-extern "C" void* emu_shared_to_generic(uint64_t address) {
+extern "C" void* emu_shared_lookup(uint64_t address) {
     for (int end_ok = 0; end_ok < 2; ++end_ok)  // inside a piece first (see emu_generic_to_shared)
         for (const SharedWindow& w : rt.windows)
             if (address >= w.shared && (address < w.shared + w.bytes || (end_ok && address == w.shared + w.bytes)))
                 return const_cast<char*>(w.generic) + (address - w.shared);
+    return nullptr;
+}
+
+extern "C" void* emu_shared_to_generic(uint64_t address) {
+    if (void* p = emu_shared_lookup(address)) return p;
     char message[200];
     snprintf(message, sizeof message, "shared address 0x%llx is outside the block's shared memory (static "
              "__shared__ variables and %llu bytes of dynamic shared memory: %u bytes of shared window)",
@@ -811,9 +827,20 @@ extern "C" void emu_named_barrier(int id, int count, int wait, const char* file,
                  "barrier's first arrival expects %u", id, expected, file, line, b.expected);
         emu_fail(message);
     }
+    b.threads.push_back(unsigned(f - rt.fibers.data()));
+    b.waited.push_back(wait != 0);
     if (++b.arrived == b.expected) {
         b.arrived = 0;
         rt.named_released = true;
+        if (expected == rt.n_threads) {
+            emu_san::barrier_released();
+        } else {
+            std::unique_ptr<bool[]> waited(new bool[b.waited.size()]);
+            std::copy(b.waited.begin(), b.waited.end(), waited.get());
+            emu_san::named_barrier_completed(b.threads.data(), waited.get(), unsigned(b.threads.size()));
+        }
+        b.threads.clear();
+        b.waited.clear();
         for (unsigned t = 0; t < rt.n_threads; ++t) {
             Fiber& other = rt.fibers[t];
             if (other.state == State::at_named_barrier && other.named_barrier == id) {
@@ -821,7 +848,6 @@ extern "C" void emu_named_barrier(int id, int count, int wait, const char* file,
                 --rt.at_named;
             }
         }
-        if (expected == rt.n_threads) emu_san::barrier_released();
         return;
     }
     if (!wait) return;
@@ -831,4 +857,31 @@ extern "C" void emu_named_barrier(int id, int count, int wait, const char* file,
     f->barrier_line = line;
     ++rt.at_named;
     yield_to_scheduler();
+}
+
+extern "C" uint64_t emu_set_flush(int flush) {
+#if defined(__x86_64__)
+    const unsigned mode = _mm_getcsr();
+    _mm_setcsr(flush ? mode | 0x8040u : mode & ~0x8040u);  // FTZ (bit 15), DAZ (bit 6)
+    return mode;
+#elif defined(__aarch64__)
+    uint64_t mode;
+    asm volatile("mrs %0, fpcr" : "=r"(mode));
+    const uint64_t next = flush ? mode | (1ull << 24) : mode & ~(1ull << 24);  // FZ
+    asm volatile("msr fpcr, %0" ::"r"(next));
+    return mode;
+#else
+    if (flush) emu_fail("flushing float32 subnormals to zero is not modelled on this CPU");
+    return 0;
+#endif
+}
+
+extern "C" void emu_restore_flush(uint64_t mode) {
+#if defined(__x86_64__)
+    _mm_setcsr(unsigned(mode));
+#elif defined(__aarch64__)
+    asm volatile("msr fpcr, %0" ::"r"(mode));
+#else
+    (void)mode;
+#endif
 }

@@ -44,6 +44,8 @@ typedef struct {
     uint64_t dynamic_shared_alignment; // the largest __align__ of the kernel's extern __shared__ (>= 16)
     int32_t schedule;              // enum emu_schedule: order in which a block's threads run
     int32_t strict;                // a barrier that completes only because threads exited is an error
+    int32_t flush_subnormals;      // float32 as compiled with -ftz=true (as CuPy compiles): subnormal
+                                   // inputs and results of float arithmetic are zeros (emu_fp_mode)
     uint64_t seed;                 // for EMU_SHUFFLE
     double timeout_s;              // 0: no watchdog
     void** args;                   // args[i] points at the value of kernel parameter i
@@ -62,6 +64,12 @@ typedef struct {
     uint64_t error_pc[2];          // sanitize errors: the code addresses of the access and the other one
     char message[1024];
 } emu_launch;
+
+// The CPU's floating-point mode: whether subnormal inputs and results of float arithmetic are flushed
+// to zero (x86-64 MXCSR DAZ and FTZ, AArch64 FPCR.FZ; both cover double too). emu_set_flush returns
+// the mode before, for emu_restore_flush.
+uint64_t emu_set_flush(int flush);
+void emu_restore_flush(uint64_t mode);
 
 // Runs every thread of every block of the launch; returns an emu_status.
 int emu_run(emu_launch* launch, void (*run_thread)(void* closure), void* closure);
@@ -85,12 +93,20 @@ uint64_t emu_warp_collective(int op, unsigned mask, uint64_t value, int lane_par
 unsigned emu_active_mask(void);
 unsigned emu_lane_id(void);
 
+// Blocks the calling thread until ready(object) returns nonzero: at once if it already does, else the
+// scheduler asks again between passes (mbarrier waits, wgmma retirement: emu_mbarrier.h, emu_wgmma.h).
+// describe(object, out, n) says what the thread waits for, for the deadlock report when nothing can
+// make it ready; object must stay valid while the thread waits (a local of the waiting thread is).
+void emu_wait_until(int (*ready)(void* object), void (*describe)(void* object, char* out, size_t n),
+                    void* object);
+
 // The shared window: 32-bit .shared addresses as the GPU has them. Static __shared__ variables, in
 // address order, then the dynamic shared memory, each at the lowest shared address not below the
 // previous one's end that is congruent to its generic address modulo 1024 (so declared alignments up
 // to 1024 hold in both). Both fail the launch for an address outside shared memory.
 uint32_t emu_generic_to_shared(const void* p);
 void* emu_shared_to_generic(uint64_t address);
+void* emu_shared_lookup(uint64_t address);  // null where emu_shared_to_generic fails
 int emu_is_shared(const void* p);
 // The shared window's size in bytes (%total_smem_size) and the dynamic part's (%dynamic_smem_size).
 uint32_t emu_shared_window_bytes(void);
@@ -100,19 +116,19 @@ uint32_t emu_dynamic_shared_bytes(void);
 // expected count is `count` threads (0: the whole block); wait = 0 arrives without waiting.
 // Barrier 0 with the whole block is __syncthreads (emu_syncthreads).
 void emu_named_barrier(int id, int count, int wait, const char* file, int line);
-// Blocks the calling thread until ready(object) returns nonzero: at once if it already does, else the
-// scheduler asks again between passes (mbarrier waits, wgmma retirement: emu_mbarrier.h, emu_wgmma.h).
-// describe(object, out, n) says what the thread waits for, for the deadlock report when nothing can
-// make it ready; object must stay valid while the thread waits (a local of the waiting thread is).
-void emu_wait_until(int (*ready)(void* object), void (*describe)(void* object, char* out, size_t n),
-                    void* object);
 
-// An atomic read-modify-write of n bytes at p (sanitize builds: atomics never race each other).
-void emu_sanitize_atomic(void* p, size_t n);
+// An atomic read-modify-write of n bytes at p (sanitize builds: atomics never race each other);
+// reads_old: it combines the old value (initcheck reports it on shared memory no thread wrote); pc:
+// the code address that reports name (the atomic's caller).
+void emu_sanitize_atomic(void* p, size_t n, int reads_old, const void* pc);
 // For the shim's asynchronous operations (emu_mbarrier.h, emu_tma.h, emu_wgmma.h), in sanitize builds:
-// an access of n bytes at p by the running thread, and release/acquire through a sync object (the
-// releasing thread's accesses so far happen before the acquiring thread's later ones).
-void emu_sanitize_access(const void* p, size_t n, int write);
+// an access of n bytes at p by the async proxy for the running thread (pc: a return address in the
+// kernel's code, which reports turn into its source line), fence.proxy.async (the thread's
+// generic writes so far become visible to the async proxy: an async read of a byte whose generic write
+// was not fenced is a racecheck report), and release/acquire through a sync object (the releasing
+// thread's accesses so far happen before the acquiring thread's later ones).
+void emu_sanitize_access(const void* p, size_t n, int write, const void* pc);
+void emu_sanitize_proxy_fence(void);
 void emu_sanitize_release(const void* object);
 void emu_sanitize_acquire(const void* object);
 

@@ -4,7 +4,9 @@
 // two reads by different threads; an access conflicts with a recorded one when one of them writes,
 // not both are atomics, and nothing orders them: they come from different blocks (nothing orders
 // blocks), or from different threads of one block with no __syncthreads released in between (the
-// block's barrier epoch is the same) and no __syncwarp that both lanes took part in since.
+// block's barrier epoch is the same), no __syncwarp that both lanes took part in since, and no named
+// barrier (bar.sync / bar.arrive of part of the block) where the earlier thread arrived after its access
+// and the later one waited before its own.
 #include "emu_sanitize.h"
 
 #include <cxxabi.h>
@@ -25,8 +27,11 @@ struct Access {
     const void* pc;
     uint32_t block, epoch, warp_syncs;  // warp_syncs: the thread's count of __syncwarp at the access
     uint32_t clock;                     // the thread's own entry of its vector clock (mbarrier-style sync)
+    uint32_t proxy_fences;              // the thread's count of fence.proxy.async at the access
+    uint32_t named_syncs;               // the thread's count of named-barrier arrivals at the access
     uint16_t thread;
     bool valid, write, atomic;
+    bool async;                         // by the async proxy (TMA, wgmma) on the thread's behalf
 };
 
 struct Cell {
@@ -51,9 +56,14 @@ struct State {
     std::vector<uint32_t> synced_with;  // [thread * 32 + lane]: that lane's count at their last common __syncwarp
     // Release/acquire synchronization (mbarriers, wgmma retirement): vector clocks, [thread * n + other],
     // made at the block's first release; a sync object's clock is the join of what was released into it.
-    unsigned n_threads = 0;
     std::vector<uint32_t> clocks;
     std::unordered_map<const void*, std::vector<uint32_t>> released;
+    std::vector<uint32_t> proxy_fences;  // per thread: fence.proxy.async executed
+    unsigned threads = 0;
+    std::vector<uint32_t> named_syncs;  // per thread: named-barrier arrivals
+    // [thread * threads + other]: other's count of arrivals at the last named barrier `thread` waited
+    // at and `other` arrived at (allocated at a launch's first partial named barrier)
+    std::vector<uint32_t> named_with;
 };
 State S;
 
@@ -88,7 +98,9 @@ bool ordered(const Access& before, const Access& now) {
     if (before.atomic && now.atomic) return true;
     if (before.block != now.block) return false;
     if (before.thread == now.thread || before.epoch != now.epoch) return true;
-    if (!S.clocks.empty() && S.clocks[size_t(now.thread) * S.n_threads + before.thread] >= before.clock) return true;
+    if (!S.clocks.empty() && S.clocks[size_t(now.thread) * S.threads + before.thread] >= before.clock) return true;
+    if (!S.named_with.empty() && S.named_with[size_t(now.thread) * S.threads + before.thread] > before.named_syncs)
+        return true;
     return before.thread / 32 == now.thread / 32 &&
            S.synced_with[now.thread * 32u + before.thread % 32] > before.warp_syncs;
 }
@@ -126,7 +138,19 @@ Region* find(const char* p) {
     return nullptr;
 }
 
-void access(const void* address, size_t bytes, bool write, bool atomic, const void* pc) {
+// An async-proxy read (TMA store, wgmma operand) of a byte whose last write was a generic one that its
+// writer has not followed with fence.proxy.async: the PTX memory model leaves what it reads undefined.
+void check_proxy_fence(const Region& r, size_t offset, const void* pc) {
+    const Access& w = r.cells[offset].write;
+    if (!w.valid || w.async || w.atomic || w.block != S.block || S.proxy_fences[w.thread] != w.proxy_fences) return;
+    const emu_uint3 t = thread_idx(w.thread), n = thread_idx(S.thread);
+    fail_at(pc, w.pc, "racecheck: the async proxy (TMA or wgmma) reads byte %zu of %s for thread (%u, %u, %u), "
+            "written through the generic proxy by thread (%u, %u, %u) with no fence.proxy.async after the write",
+            offset, r.name.c_str(), n.x, n.y, n.z, t.x, t.y, t.z);
+}
+
+void access(const void* address, size_t bytes, bool write, bool atomic, const void* pc, bool reads_old = false,
+            bool async_proxy = false) {
     if (!S.modes) return;
     const char* p = static_cast<const char*>(address);
     Region* r = find(p);
@@ -138,16 +162,18 @@ void access(const void* address, size_t bytes, bool write, bool atomic, const vo
     }
     if (r->cells.empty()) return;
     const size_t offset = size_t(p - r->start);
-    if (r->shared && !write && (S.modes & EMU_INITCHECK))
+    if (r->shared && (!write || reads_old) && (S.modes & EMU_INITCHECK))
         for (size_t i = 0; i < bytes; ++i)
             if (!r->cells[offset + i].written) {
-                fail_at(pc, nullptr, "initcheck: read of %zu bytes at byte %zu of %s, "
+                fail_at(pc, nullptr, "initcheck: %s of %zu bytes at byte %zu of %s, "
                          "which no thread of the block has written (byte %zu is uninitialized)",
-                        bytes, offset, r->name.c_str(), offset + i);
+                        reads_old ? "atomic read-modify-write" : "read", bytes, offset, r->name.c_str(), offset + i);
             }
-    const uint32_t clock = S.clocks.empty() ? 1 : S.clocks[size_t(S.thread) * S.n_threads + S.thread];
-    const Access now{pc, S.block, S.epoch, S.warp_syncs[S.thread], clock, uint16_t(S.thread), true, write, atomic};
+    const uint32_t clock = S.clocks.empty() ? 1 : S.clocks[size_t(S.thread) * S.threads + S.thread];
+    const Access now{pc, S.block, S.epoch, S.warp_syncs[S.thread], clock, S.proxy_fences[S.thread],
+                     S.named_syncs[S.thread], uint16_t(S.thread), true, write, atomic, async_proxy};
     for (size_t i = 0; i < bytes; ++i) {
+        if ((S.modes & EMU_RACECHECK) && async_proxy && !write) check_proxy_fence(*r, offset + i, pc);
         if (S.modes & EMU_RACECHECK) check_race(*r, offset + i, now);
         if (write) r->cells[offset + i].written = true;
     }
@@ -179,7 +205,10 @@ void launch_begin(emu_launch* L, const char* dynamic, const char* buffer, const 
     const unsigned threads = L->block.x * L->block.y * L->block.z;
     S.warp_syncs.assign(threads, 0);
     S.synced_with.assign(threads * 32u, 0);
-    S.n_threads = threads;
+    S.threads = threads;
+    S.named_syncs.assign(threads, 0);
+    S.named_with.clear();
+    S.proxy_fences.assign(threads, 0);
 }
 
 void launch_end() {
@@ -196,25 +225,28 @@ void block_begin(unsigned block) {
         if (r.shared) r.cells.assign(r.cells.size(), Cell{});  // a block starts with fresh shared memory
     std::fill(S.warp_syncs.begin(), S.warp_syncs.end(), 0);
     std::fill(S.synced_with.begin(), S.synced_with.end(), 0);
+    std::fill(S.named_syncs.begin(), S.named_syncs.end(), 0);
+    std::fill(S.named_with.begin(), S.named_with.end(), 0);
     S.clocks.clear();
     S.released.clear();
+    std::fill(S.proxy_fences.begin(), S.proxy_fences.end(), 0);
 }
 
 // Vector clocks start at the first release of a block: a thread's own entry 1, the others 0.
 static uint32_t* clock_of(unsigned thread) {
     if (S.clocks.empty()) {
-        S.clocks.assign(size_t(S.n_threads) * S.n_threads, 0);
-        for (unsigned t = 0; t < S.n_threads; ++t) S.clocks[size_t(t) * S.n_threads + t] = 1;
+        S.clocks.assign(size_t(S.threads) * S.threads, 0);
+        for (unsigned t = 0; t < S.threads; ++t) S.clocks[size_t(t) * S.threads + t] = 1;
     }
-    return &S.clocks[size_t(thread) * S.n_threads];
+    return &S.clocks[size_t(thread) * S.threads];
 }
 
 void release(const void* object) {
     if (!(S.modes & EMU_RACECHECK)) return;
     uint32_t* mine = clock_of(S.thread);
     std::vector<uint32_t>& into = S.released[object];
-    into.resize(S.n_threads, 0);
-    for (unsigned t = 0; t < S.n_threads; ++t) into[t] = std::max(into[t], mine[t]);
+    into.resize(S.threads, 0);
+    for (unsigned t = 0; t < S.threads; ++t) into[t] = std::max(into[t], mine[t]);
     ++mine[S.thread];  // later accesses of this thread are not covered by this release
 }
 
@@ -223,7 +255,7 @@ void acquire(const void* object) {
     auto found = S.released.find(object);
     if (found == S.released.end()) return;
     uint32_t* mine = clock_of(S.thread);
-    for (unsigned t = 0; t < S.n_threads; ++t) mine[t] = std::max(mine[t], found->second[t]);
+    for (unsigned t = 0; t < S.threads; ++t) mine[t] = std::max(mine[t], found->second[t]);
 }
 
 void thread_switch(unsigned thread) { S.thread = thread; }
@@ -238,6 +270,17 @@ void warp_synced(unsigned warp, unsigned group) {
         for (unsigned o = group; o; o &= o - 1)
             S.synced_with[(base + __builtin_ctz(m)) * 32 + __builtin_ctz(o)] =
                 S.warp_syncs[base + __builtin_ctz(o)];
+}
+
+void named_barrier_completed(const unsigned* threads, const bool* waited, unsigned count) {
+    if (!(S.modes & EMU_RACECHECK)) return;
+    if (S.named_with.empty()) S.named_with.assign(size_t(S.threads) * S.threads, 0);
+    for (unsigned i = 0; i < count; ++i) ++S.named_syncs[threads[i]];
+    for (unsigned i = 0; i < count; ++i) {
+        if (!waited[i]) continue;  // bar.arrive: it goes on without seeing the others' accesses
+        uint32_t* row = &S.named_with[size_t(threads[i]) * S.threads];
+        for (unsigned j = 0; j < count; ++j) row[threads[j]] = S.named_syncs[threads[j]];
+    }
 }
 
 emu_uint3 thread_idx(unsigned index) {
@@ -287,12 +330,15 @@ extern "C" void* __wrap_memset(void* to, int value, size_t n) {
     return memset(to, value, n);
 }
 
-extern "C" void emu_sanitize_atomic(void* p, size_t n) {
-    emu_san::access(p, n, true, true, __builtin_return_address(0));
+extern "C" void emu_sanitize_atomic(void* p, size_t n, int reads_old, const void* pc) {
+    emu_san::access(p, n, true, true, pc, reads_old != 0);
 }
 
-extern "C" void emu_sanitize_access(const void* p, size_t n, int write) {
-    emu_san::access(p, n, write != 0, false, __builtin_return_address(0));
+extern "C" void emu_sanitize_access(const void* p, size_t n, int write, const void* pc) {
+    emu_san::access(p, n, write != 0, false, pc, false, true);
+}
+extern "C" void emu_sanitize_proxy_fence(void) {
+    if (emu_san::S.modes) ++emu_san::S.proxy_fences[emu_san::S.thread];
 }
 extern "C" void emu_sanitize_release(const void* object) { emu_san::release(object); }
 extern "C" void emu_sanitize_acquire(const void* object) { emu_san::acquire(object); }

@@ -28,6 +28,9 @@ void warp_synced(unsigned warp, unsigned group);
 // so far happen before those of a thread that acquires the object afterwards (racecheck).
 void release(const void* object);
 void acquire(const void* object);
+// A named barrier of part of the block completed: the threads[0..count) that arrived there, of which
+// those with waited[i] waited (bar.sync) and so see everything every arrival did before arriving.
+void named_barrier_completed(const unsigned* threads, const bool* waited, unsigned count);
 // Where thread `index` of the running block is, for messages.
 emu_uint3 thread_idx(unsigned index);
 

@@ -24,14 +24,24 @@
 
 namespace emu::ptx {
 
+// Ends the launch with the message, after `site`: "file:line: opcode" of the asm statement (ptx.py).
+[[noreturn]] inline void fail(const char* site, const char* message) {
+    char text[512];
+    snprintf(text, sizeof text, "%s: %s", site, message);
+    emu_fail(text);
+}
+
 constexpr int MAX_WARPS = 32;
 constexpr int MAX_PENDING_COPIES = 64;  // per thread; tc_gemm.cu keeps at most 16 in flight
 
 inline unsigned linear_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
 inline unsigned warp_index() { return linear_thread() / 32; }
 
+// A lane's operands as the tensor core sees them: its A and B registers decoded to floats once (the
+// 16-bit halves of a register in order, or one TF32 value per register), so that every lane's sums
+// read floats.
 struct MmaOperands {
-    unsigned a[4], b[2];
+    float a[8], b[4];
 };
 inline MmaOperands mma_slots[MAX_WARPS][32];
 inline const unsigned char* ldmatrix_slots[MAX_WARPS][32];
@@ -43,12 +53,13 @@ inline float half_bits_to_float(unsigned bits, __nv_bfloat16) {
 // The value the tensor core sees of a TF32 register: the top 19 bits of the float.
 inline float tf32_value(unsigned bits) { return from_bits<float>(bits & 0xFFFFE000u); }
 
-template <int K, class Element>
-inline void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2], Element element) {
+// d += A·B over one warp: decode(a, b, slot) fills this lane's slot; element(slots, row, k, true) is
+// A(row, k), element(slots, k, col, false) is B(k, col).
+template <int K, class Decode, class Element>
+inline void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2], Decode decode, Element element) {
     const unsigned lane = emu_lane_id();
     MmaOperands(&slots)[32] = mma_slots[warp_index()];
-    __builtin_memcpy(slots[lane].a, a, sizeof a);
-    __builtin_memcpy(slots[lane].b, b, sizeof b);
+    decode(a, b, slots[lane]);
     __syncwarp();
     const int g = lane / 4, t = lane % 4;
     for (int i = 0; i < 4; ++i) {
@@ -65,25 +76,32 @@ inline void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (
     static_assert(std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value, "f16 or bf16");
     // A(r, k): lane (r%8)·4 + (k%8)/2, register r/8 + 2·(k/8); B(k, n): lane n·4 + (k%8)/2, register
     // k/8; the low half of a register holds the even k.
-    mma<16>(d, a, b, [](const MmaOperands (&s)[32], int r, int c, bool is_a) {
+    auto decode = [](const unsigned (&ra)[4], const unsigned (&rb)[2], MmaOperands& slot) {
+        for (int i = 0; i < 8; ++i) slot.a[i] = half_bits_to_float(ra[i / 2] >> (16 * (i % 2)), T());
+        for (int i = 0; i < 4; ++i) slot.b[i] = half_bits_to_float(rb[i / 2] >> (16 * (i % 2)), T());
+    };
+    mma<16>(d, a, b, decode, [](const MmaOperands (&s)[32], int r, int c, bool is_a) {
         const int k = is_a ? c : r;
-        const unsigned reg = is_a ? s[(r % 8) * 4 + (k % 8) / 2].a[r / 8 + 2 * (k / 8)]
-                                  : s[c * 4 + (k % 8) / 2].b[k / 8];
-        return half_bits_to_float(k % 2 ? reg >> 16 : reg, T());
+        return is_a ? s[(r % 8) * 4 + (k % 8) / 2].a[2 * (r / 8 + 2 * (k / 8)) + k % 2]
+                    : s[c * 4 + (k % 8) / 2].b[2 * (k / 8) + k % 2];
     });
 }
 
 inline void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
     // A(r, k): lane (r%8)·4 + k%4, register r/8 + 2·(k/4); B(k, n): lane n·4 + k%4, register k/4.
-    mma<8>(d, a, b, [](const MmaOperands (&s)[32], int r, int c, bool is_a) {
-        return tf32_value(is_a ? s[(r % 8) * 4 + c % 4].a[r / 8 + 2 * (c / 4)] : s[c * 4 + r % 4].b[r / 4]);
+    auto decode = [](const unsigned (&ra)[4], const unsigned (&rb)[2], MmaOperands& slot) {
+        for (int i = 0; i < 4; ++i) slot.a[i] = tf32_value(ra[i]);
+        for (int i = 0; i < 2; ++i) slot.b[i] = tf32_value(rb[i]);
+    };
+    mma<8>(d, a, b, decode, [](const MmaOperands (&s)[32], int r, int c, bool is_a) {
+        return is_a ? s[(r % 8) * 4 + c % 4].a[r / 8 + 2 * (c / 4)] : s[c * 4 + r % 4].b[r / 4];
     });
 }
 
 template <int N, bool TRANS>
-inline void ldmatrix(unsigned (&r)[N], const void* row) {
+inline void ldmatrix(unsigned (&r)[N], const void* row, const char* site) {
     static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
-    if (reinterpret_cast<uintptr_t>(row) % 16) emu_fail("ldmatrix: a row address is not 16-byte aligned");
+    if (reinterpret_cast<uintptr_t>(row) % 16) fail(site, "a row address is not 16-byte aligned");
     const unsigned lane = emu_lane_id();
     const unsigned char*(&rows)[32] = ldmatrix_slots[warp_index()];
     rows[lane] = static_cast<const unsigned char*>(row);
@@ -110,9 +128,9 @@ struct StmatrixOperands {
 inline StmatrixOperands stmatrix_slots[MAX_WARPS][32];
 
 template <int N, bool TRANS>
-inline void stmatrix(void* row, const unsigned (&r)[N]) {
+inline void stmatrix(void* row, const unsigned (&r)[N], const char* site) {
     static_assert(N == 1 || N == 2 || N == 4, "stmatrix stores 1, 2 or 4 matrices");
-    if (reinterpret_cast<uintptr_t>(row) % 16) emu_fail("stmatrix: a row address is not 16-byte aligned");
+    if (reinterpret_cast<uintptr_t>(row) % 16) fail(site, "a row address is not 16-byte aligned");
     const unsigned lane = emu_lane_id();
     StmatrixOperands(&slots)[32] = stmatrix_slots[warp_index()];
     slots[lane].row = static_cast<unsigned char*>(row);
@@ -154,14 +172,15 @@ inline CopyQueue& copy_queue() {
 
 // cp.async.{ca,cg}.shared.global [dst], [src], cp_size, src_size: reads src_size bytes now, lands
 // cp_size bytes (the rest zeros) at the wait that retires the group.
-inline void cp_async(void* dst, const void* src, unsigned cp_size, unsigned src_size, bool cache_global) {
-    if (cp_size != 4 && cp_size != 8 && cp_size != 16) emu_fail("cp.async: the copy size must be 4, 8 or 16 bytes");
-    if (cache_global && cp_size != 16) emu_fail("cp.async.cg: the copy size must be 16 bytes");
-    if (src_size > cp_size) emu_fail("cp.async: the source size exceeds the copy size");
+inline void cp_async(void* dst, const void* src, unsigned cp_size, unsigned src_size, bool cache_global,
+                     const char* site) {
+    if (cp_size != 4 && cp_size != 8 && cp_size != 16) fail(site, "the copy size must be 4, 8 or 16 bytes");
+    if (cache_global && cp_size != 16) fail(site, "the copy size of .cg must be 16 bytes");
+    if (src_size > cp_size) fail(site, "the source size exceeds the copy size");
     if (reinterpret_cast<uintptr_t>(dst) % cp_size || reinterpret_cast<uintptr_t>(src) % cp_size)
-        emu_fail("cp.async: the addresses must be aligned to the copy size");
+        fail(site, "the addresses must be aligned to the copy size");
     CopyQueue& q = copy_queue();
-    if (q.count == MAX_PENDING_COPIES) emu_fail("cp.async: too many copies in flight (missing wait?)");
+    if (q.count == MAX_PENDING_COPIES) fail(site, "too many copies in flight (a missing wait_group?)");
     PendingCopy& copy = q.pending[q.count++];
     copy.dst = static_cast<unsigned char*>(dst);
     copy.group = q.committed;

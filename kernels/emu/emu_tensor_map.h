@@ -8,7 +8,8 @@
 // says which argument and why (the driver says nothing more than the code).
 //   rank 1..5 (3..5 when interleaved); the map 64-byte aligned; globalAddress 16-byte aligned (32 with
 //   32-byte interleave); globalDim 1..2^32; globalStrides (rank - 1 of them, bytes) multiples of 16
-//   (32 with 32-byte interleave), below 2^40, each at least the extent of the dimension below;
+//   (32 with 32-byte interleave), below 2^40 (not necessarily growing: hardware-tested kernels map a
+//   matrix as {64 columns, rows, column blocks});
 //   boxDim 1..256, boxDim[0]·element size a multiple of 16 bytes (no interleave) and, with a
 //   swizzle, at most its span (32, 64, 128 bytes); elementStrides 1..8; the NaN out-of-bounds fill
 //   for floating-point types only; 32-byte interleave only with the 32-byte swizzle.
@@ -171,17 +172,14 @@ extern "C" CUresult cuTensorMapEncodeTiled(
         if (elementStrides[i] == 0 || elementStrides[i] > 8)
             return invalid("elementStrides[%u] = %u is not in 1 .. 8", i, elementStrides[i]);
     }
+    // Strides need not grow with the dimension (the driver accepts maps that revisit memory, e.g. a
+    // matrix seen as {64 columns, rows, column blocks}); only their alignment and size are checked.
     const uint64_t stride_alignment = interleave == CU_TENSOR_MAP_INTERLEAVE_32B ? 32 : 16;
-    uint64_t extent = globalDim[0] * uint64_t(element);  // bytes spanned by the dimensions below
     for (cuuint32_t i = 0; i + 1 < tensorRank; ++i) {
         const uint64_t s = globalStrides[i];
         if (s % stride_alignment || s >= (uint64_t(1) << 40))
             return invalid("globalStrides[%u] = %llu bytes is not a multiple of %llu below 2^40", i,
                            static_cast<unsigned long long>(s), static_cast<unsigned long long>(stride_alignment));
-        if (s < extent)
-            return invalid("globalStrides[%u] = %llu bytes is less than the %llu bytes of the dimensions below it", i,
-                           static_cast<unsigned long long>(s), static_cast<unsigned long long>(extent));
-        extent = s * globalDim[i + 1];
     }
     const uint32_t inner_bytes = boxDim[0] * uint32_t(element);
     if (interleave == CU_TENSOR_MAP_INTERLEAVE_NONE && inner_bytes % 16)

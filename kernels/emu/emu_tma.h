@@ -55,13 +55,13 @@ struct BulkStoreQueue {
 };
 inline BulkStoreQueue bulk_store_queues[1024];
 
-inline BulkStoreQueue& bulk_store_queue() {
+EMU_SHIM_ACCESS inline BulkStoreQueue& bulk_store_queue() {
     BulkStoreQueue& q = bulk_store_queues[threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)];
     if (q.owner != block_owner()) q.owner = block_owner(), q.committed = 0, q.stores.clear();
     return q;
 }
 
-inline TensorMapView tensor_map_for(const CUtensorMap* map, int dims, const char* what, const char* file, int line) {
+EMU_SHIM_ACCESS inline TensorMapView tensor_map_for(const CUtensorMap* map, int dims, const char* what, const char* file, int line) {
     TensorMapView v;
     if (reinterpret_cast<uintptr_t>(map) % 64)
         hopper_fail("%s: the tensor map at %p is not 64-byte aligned (%s:%d)", what, static_cast<const void*>(map), file,
@@ -78,7 +78,7 @@ inline TensorMapView tensor_map_for(const CUtensorMap* map, int dims, const char
 
 // Calls visit(box_offset, element_address or null when out of bounds) for every element of the box.
 template <class Visit>
-inline uint32_t for_each_box_element(const TensorMapView& v, const int32_t* coords, Visit visit) {
+EMU_SHIM_ACCESS inline uint32_t for_each_box_element(const TensorMapView& v, const int32_t* coords, Visit visit) {
     uint32_t count[5];
     for (int i = 0; i < 5; ++i) count[i] = i < v.rank ? (v.box[i] + v.element_strides[i] - 1) / v.element_strides[i] : 1;
     uint32_t offset = 0;
@@ -99,20 +99,20 @@ inline uint32_t for_each_box_element(const TensorMapView& v, const int32_t* coor
     return offset;
 }
 
-inline unsigned char* swizzled(unsigned char* p, unsigned chunks) {
+EMU_SHIM_ACCESS inline unsigned char* swizzled(unsigned char* p, unsigned chunks) {
     const uintptr_t a = reinterpret_cast<uintptr_t>(p);
     return reinterpret_cast<unsigned char*>(a ^ ((a >> 7 & uintptr_t(chunks - 1)) << 4));
 }
 
-inline void check_shared_destination(const void* dst, uintptr_t alignment, const char* what, const char* file, int line) {
+EMU_SHIM_ACCESS inline void check_shared_destination(const void* dst, uintptr_t alignment, const char* what, const char* file, int line) {
     if (reinterpret_cast<uintptr_t>(dst) % alignment)
         hopper_fail("%s: the shared memory address 0x%x is not %zu-byte aligned (%s:%d)", what, shared_address(dst),
                     size_t(alignment), file, line);
 }
 
-__attribute__((no_sanitize_thread)) inline void tensor_load(int dims, void* dst, const CUtensorMap* map,
+EMU_SHIM_ACCESS inline void tensor_load(int dims, void* dst, const CUtensorMap* map,
                                                             const int32_t* coords, uint64_t* barrier,
-                                                            const char* file, int line) {
+                                                            const char* file, int line, const void* pc) {
     const char* what = "cp.async.bulk.tensor (load)";
     const TensorMapView v = tensor_map_for(map, dims, what, file, line);
     check_shared_destination(dst, 128, what, file, line);
@@ -122,7 +122,7 @@ __attribute__((no_sanitize_thread)) inline void tensor_load(int dims, void* dst,
     for (int i = 0; i < v.rank; ++i) bytes *= (v.box[i] + v.element_strides[i] - 1) / v.element_strides[i];
     load.data.resize(size_t(bytes) * v.element_bytes);
     const bool nan_fill = v.oob_fill == CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA;
-    load.bytes = for_each_box_element(v, coords, [&](uint32_t offset, const unsigned char* element) {
+    load.bytes = for_each_box_element(v, coords, [&](uint32_t offset, const unsigned char* element) EMU_SHIM_ACCESS {
         unsigned char* out = load.data.data() + offset;
         if (element) {
             for (int b = 0; b < v.element_bytes; ++b) out[b] = element[b];
@@ -136,41 +136,43 @@ __attribute__((no_sanitize_thread)) inline void tensor_load(int dims, void* dst,
     });
     // For the sanitizer the shared memory is written now, by the issuing thread, and released to the barrier.
     for (uint32_t offset = 0; offset < load.bytes; offset += 16)
-        sanitize_access(swizzled(load.destination + offset, load.swizzle_chunks), 16, true);
+        sanitize_access(swizzled(load.destination + offset, load.swizzle_chunks), 16, true, pc);
     sanitize_release(barrier);
     bulk_loads().push_back(std::move(load));
 }
 
-__attribute__((no_sanitize_thread)) inline void tensor_store_now(const PendingBulkStore& s) {
+EMU_SHIM_ACCESS inline void tensor_store_now(const PendingBulkStore& s, const void* pc) {
     TensorMapView v;
     decode_tensor_map(&s.map, &v);
-    for_each_box_element(v, s.coords, [&](uint32_t offset, unsigned char* element) {
+    for_each_box_element(v, s.coords, [&](uint32_t offset, unsigned char* element) EMU_SHIM_ACCESS {
         if (!element) return;
         const unsigned char* from = swizzled(const_cast<unsigned char*>(s.source) + offset - offset % 16, unsigned(v.swizzle_chunks)) + offset % 16;
-        sanitize_access(from, size_t(v.element_bytes), false);
+        sanitize_access(from, size_t(v.element_bytes), false, pc);
         for (int b = 0; b < v.element_bytes; ++b) element[b] = from[b];
     });
 }
 
-__attribute__((no_sanitize_thread)) inline void bulk_store_now(const PendingBulkStore& s) {
-    sanitize_access(s.source, s.bytes, false);
-    sanitize_access(s.destination, s.bytes, true);
+EMU_SHIM_ACCESS inline void bulk_store_now(const PendingBulkStore& s, const void* pc) {
+    sanitize_access(s.source, s.bytes, false, pc);
+    sanitize_access(s.destination, s.bytes, true, pc);
     for (uint32_t b = 0; b < s.bytes; ++b) s.destination[b] = s.source[b];
 }
 
 }  // namespace emu
 
 // ---- The instructions ---------------------------------------------------------------------------
+namespace emu::hopper {
+
 // cp.async.bulk.tensor.Nd.shared::cluster.global.tile.mbarrier::complete_tx::bytes [dst], [map, {c...}], [bar]
 template <int N>
-__device__ inline void tensor_load(void* dst, const CUtensorMap* map, const int32_t (&coords)[N], uint64_t* barrier,
+EMU_SHIM_ACCESS __device__ inline void tensor_load(void* dst, const CUtensorMap* map, const int32_t (&coords)[N], uint64_t* barrier,
                                    EMU_HOPPER_SITE) {
     static_assert(N >= 1 && N <= 5, "cp.async.bulk.tensor copies 1-d to 5-d boxes");
-    emu::tensor_load(N, dst, map, coords, barrier, file, line);
+    emu::tensor_load(N, dst, map, coords, barrier, file, line, __builtin_return_address(0));
 }
 
 // cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [dst], [src], bytes, [bar]
-__attribute__((no_sanitize_thread)) __device__ inline void bulk_load(void* dst, const void* src, uint32_t bytes,
+EMU_SHIM_ACCESS __device__ inline void bulk_load(void* dst, const void* src, uint32_t bytes,
                                                                      uint64_t* barrier, EMU_HOPPER_SITE) {
     const char* what = "cp.async.bulk (load)";
     emu::check_shared_destination(dst, 16, what, file, line);
@@ -181,16 +183,16 @@ __attribute__((no_sanitize_thread)) __device__ inline void bulk_load(void* dst, 
     emu::PendingBulkLoad load{barrier, static_cast<unsigned char*>(dst), 1, bytes, {}};
     load.data.resize(bytes);
     const auto* from = static_cast<const unsigned char*>(src);
-    emu::sanitize_access(src, bytes, false);
+    emu::sanitize_access(src, bytes, false, __builtin_return_address(0));
     for (uint32_t b = 0; b < bytes; ++b) load.data[b] = from[b];
-    emu::sanitize_access(dst, bytes, true);
+    emu::sanitize_access(dst, bytes, true, __builtin_return_address(0));
     emu::sanitize_release(barrier);
     emu::bulk_loads().push_back(std::move(load));
 }
 
 // cp.async.bulk.tensor.Nd.global.shared::cta.tile.bulk_group [map, {c...}], [src]
 template <int N>
-__device__ inline void tensor_store(const CUtensorMap* map, const int32_t (&coords)[N], const void* src, EMU_HOPPER_SITE) {
+EMU_SHIM_ACCESS __device__ inline void tensor_store(const CUtensorMap* map, const int32_t (&coords)[N], const void* src, EMU_HOPPER_SITE) {
     static_assert(N >= 1 && N <= 5, "cp.async.bulk.tensor copies 1-d to 5-d boxes");
     const char* what = "cp.async.bulk.tensor (store)";
     emu::tensor_map_for(map, N, what, file, line);
@@ -202,7 +204,7 @@ __device__ inline void tensor_store(const CUtensorMap* map, const int32_t (&coor
 }
 
 // cp.async.bulk.global.shared::cta.bulk_group [dst], [src], bytes
-__device__ inline void bulk_store(void* dst, const void* src, uint32_t bytes, EMU_HOPPER_SITE) {
+EMU_SHIM_ACCESS __device__ inline void bulk_store(void* dst, const void* src, uint32_t bytes, EMU_HOPPER_SITE) {
     const char* what = "cp.async.bulk (store)";
     emu::check_shared_destination(src, 16, what, file, line);
     if (reinterpret_cast<uintptr_t>(dst) % 16 || bytes % 16)
@@ -213,21 +215,31 @@ __device__ inline void bulk_store(void* dst, const void* src, uint32_t bytes, EM
 }
 
 // cp.async.bulk.commit_group
-__device__ inline void bulk_commit_group() { ++emu::bulk_store_queue().committed; }
+EMU_SHIM_ACCESS __device__ inline void bulk_commit_group() { ++emu::bulk_store_queue().committed; }
 
-// cp.async.bulk.wait_group(.read) N: the stores of all but the newest N committed groups happen now.
-template <int N>
-__device__ inline void bulk_wait_group() {
+// cp.async.bulk.wait_group(.read) keep: the stores of all but the newest `keep` committed groups happen now.
+EMU_SHIM_ACCESS inline void bulk_wait_at(int keep, const void* pc) {
     emu::BulkStoreQueue& q = emu::bulk_store_queue();
     size_t kept = 0;
     for (size_t i = 0; i < q.stores.size(); ++i) {
         const emu::PendingBulkStore& s = q.stores[i];
-        if (s.group + N < q.committed) {
-            if (s.dims) emu::tensor_store_now(s);
-            else emu::bulk_store_now(s);
+        if (s.group + unsigned(keep) < q.committed) {
+            if (s.dims) emu::tensor_store_now(s, pc);
+            else emu::bulk_store_now(s, pc);
         } else {
             q.stores[kept++] = s;
         }
     }
     q.stores.resize(kept);
 }
+
+template <int N>
+EMU_SHIM_ACCESS __device__ inline void bulk_wait_group() {
+    static_assert(N >= 0, "cp.async.bulk.wait_group takes N >= 0");
+    bulk_wait_at(N, __builtin_return_address(0));
+}
+
+// The same with a count known at run time (what translated PTX calls).
+EMU_SHIM_ACCESS inline void bulk_wait(int keep) { bulk_wait_at(keep, __builtin_return_address(0)); }
+
+}  // namespace emu::hopper

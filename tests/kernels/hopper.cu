@@ -7,14 +7,17 @@
 // dynamic shared memory (launch with image_bytes + 1024 bytes); A's matrix starts at a_offset, B's at
 // b_offset in it, with the descriptors' other fields given (desc_*: start address 0). Thread t's
 // accumulators start as d_in[t·N/2 ..] and end in d_out[t·N/2 ..]. With a_registers (A_FROM_REGS),
-// thread t's a[4] are a_registers[4t ..]. WAIT = false leaves out wgmma.wait_group (negative control).
-template <int N, class T, bool A_FROM_REGS, bool WAIT>
+// thread t's a[4] are a_registers[4t ..]. Negative controls: wait = 0 leaves out wgmma.wait_group,
+// fence = 0 the fence.proxy.async between the threads' writes of the operands and wgmma's reads.
+template <int N, class T, bool A_FROM_REGS>
 __global__ void wgmma_tile(const unsigned char* image, int image_bytes, int a_offset, int b_offset,
                            uint64_t desc_a, uint64_t desc_b, const unsigned* a_registers, int scale_d,
-                           int scale_a, int scale_b, int trans_a, int trans_b, const float* d_in, float* d_out) {
+                           int scale_a, int scale_b, int trans_a, int trans_b, const float* d_in, float* d_out,
+                           int wait, int fence) {
     extern __shared__ unsigned char shared_bytes[];
     unsigned char* base = aligned_1024(shared_bytes);
     for (int i = threadIdx.x; i < image_bytes; i += blockDim.x) base[i] = image[i];
+    if (fence) fence_proxy_async();
     __syncthreads();
     const int t = threadIdx.x;
     float d[N / 2];
@@ -29,8 +32,29 @@ __global__ void wgmma_tile(const unsigned char* image, int image_bytes, int a_of
         wgmma_ss<N, T>(d, desc_a, desc_b, scale_d, scale_a, scale_b, trans_a, trans_b);
     }
     wgmma_commit_group();
-    if constexpr (WAIT) wgmma_wait_group<0>();
+    if (wait) wgmma_wait_group<0>();
     for (int i = 0; i < N / 2; ++i) d_out[t * (N / 2) + i] = d[i];
+}
+
+// The same with f16 accumulators (f16 operands; d_in, d_out: N / 4 registers of two halves per thread),
+// A (M-major) at image byte 0 and B (K-major) at 32768.
+template <int N>
+__global__ void wgmma_tile_f16_accumulator(const unsigned char* image, int image_bytes, uint64_t desc_a, uint64_t desc_b,
+                                           const unsigned* d_in, unsigned* d_out) {
+    extern __shared__ unsigned char shared_bytes[];
+    unsigned char* base = aligned_1024(shared_bytes);
+    for (int i = threadIdx.x; i < image_bytes; i += blockDim.x) base[i] = image[i];
+    fence_proxy_async();
+    __syncthreads();
+    uint32_t d[N / 4];
+    for (int i = 0; i < N / 4; ++i) d[i] = d_in[threadIdx.x * (N / 4) + i];
+    desc_a |= make_descriptor(base, 0, 0, 0);
+    desc_b |= make_descriptor(base + 32768, 0, 0, 0);
+    wgmma_fence();
+    wgmma_ss_f16<N>(d, desc_a, desc_b, 1, 1, 1, 1, 0);
+    wgmma_commit_group();
+    wgmma_wait_group<0>();
+    for (int i = 0; i < N / 4; ++i) d_out[threadIdx.x * (N / 4) + i] = d[i];
 }
 
 // Two wgmma on the same accumulators, the second issued before the first retires (they chain), then
@@ -41,6 +65,7 @@ __global__ void wgmma_chain(const unsigned char* image, int image_bytes, uint64_
     extern __shared__ unsigned char shared_bytes[];
     unsigned char* base = aligned_1024(shared_bytes);
     for (int i = threadIdx.x; i < image_bytes; i += blockDim.x) base[i] = image[i];
+    fence_proxy_async();
     __syncthreads();
     float d[N / 2];
     for (int i = 0; i < N / 2; ++i) d[i] = 0.0f;
@@ -60,11 +85,11 @@ __global__ void wgmma_chain(const unsigned char* image, int image_bytes, uint64_
 }
 
 // One TMA tile load of the box at coords into 1024-byte aligned shared memory (+ dst_offset), completing
-// on an mbarrier; the `bytes` of shared memory from there copied to out. WAIT = false: the threads read
+// on an mbarrier; the `bytes` of shared memory from there copied to out. wait = 0: the threads read
 // without waiting on the barrier (negative control). Launch 64 threads with bytes + dst_offset + 1024 + 64.
-template <int DIMS, bool WAIT>
+template <int DIMS>
 __global__ void tma_box(const __grid_constant__ CUtensorMap map, const int* coords, int bytes, int dst_offset,
-                        unsigned char* out) {
+                        unsigned char* out, int wait) {
     extern __shared__ unsigned char shared_bytes[];
     unsigned char* base = aligned_1024(shared_bytes);
     uint64_t* full = reinterpret_cast<uint64_t*>(base + ((bytes + dst_offset + 63) & ~63));
@@ -79,7 +104,7 @@ __global__ void tma_box(const __grid_constant__ CUtensorMap map, const int* coor
         mbarrier_arrive_expect_tx(full, uint32_t(bytes));
         tensor_load<DIMS>(base + dst_offset, &map, c, full);
     }
-    if (WAIT)
+    if (wait)
         while (!mbarrier_try_wait_parity(full, 0)) {
         }
     for (int i = threadIdx.x; i < bytes; i += blockDim.x) out[i] = base[dst_offset + i];
@@ -192,5 +217,35 @@ __global__ void hopper_misuse(int what) {
     if (what == 3) {
         if (threadIdx.x < 64) setmaxnreg<false, 40>();
         else setmaxnreg<false, 48>();
+    }
+}
+
+// Misuses of TMA and wgmma that are errors: 0 a TMA destination not 128-byte aligned, 1 a 3-d copy with
+// a 2-d map, 2 a map that cuTensorMapEncodeTiled did not make, 3 descriptors that differ across the
+// warpgroup, 4 a warp of the warpgroup that never issues the wgmma the others wait for (a deadlock),
+// 5 N = 12. Launch 128 threads with 4096 + 1024 bytes of dynamic shared memory.
+__global__ void async_misuse(const __grid_constant__ CUtensorMap map, int what) {
+    extern __shared__ unsigned char shared_bytes[];
+    unsigned char* base = aligned_1024(shared_bytes);
+    __shared__ __align__(8) uint64_t bar;
+    if (threadIdx.x == 0) mbarrier_init(&bar, 1);
+    __syncthreads();
+    if (what <= 2 && threadIdx.x == 0) {
+        if (what == 0) tensor_load<2>(base + 64, &map, {0, 0}, &bar);
+        if (what == 1) tensor_load<3>(base, &map, {0, 0, 0}, &bar);
+        if (what == 2) tensor_load<2>(base, &map, {0, 0}, &bar);
+    }
+    if (what >= 3) {
+        float d[8];
+        for (int i = 0; i < 8; ++i) d[i] = 0.0f;
+        const uint64_t desc = make_descriptor(base, 16, 1024, 1) + (what == 3 && threadIdx.x == 77 ? 2 : 0);
+        if (what == 5) {
+            float d12[6];
+            wgmma_ss<12, __nv_bfloat16>(d12, desc, desc, 1);
+        } else if (what == 3 || threadIdx.x < 96) {
+            wgmma_ss<16, __nv_bfloat16>(d, desc, desc, 1);
+        }
+        wgmma_commit_group();
+        wgmma_wait_group<0>();
     }
 }

@@ -15,7 +15,7 @@
 // full[s] (count 1: the producer's arrive.expect_tx, then the TMA bytes) and empty[s] (count 2: one
 // arrival per consumer warpgroup once its wgmma of the slot have retired) guard each slot; round r of
 // slot s waits on parity r % 2 (full) and r % 2 ^ 1 (empty: its first wait passes at once).
-// SKIP (negative controls): 1 the consumers skip the full-barrier wait, 2 the producer skips the
+// skip (negative controls): 1 the consumers skip the full-barrier wait, 2 the producer skips the
 // empty-barrier wait (it overwrites slots the consumers may still read).
 #include "hopper_common.cuh"
 
@@ -23,10 +23,10 @@ namespace {
 constexpr int BM = 128, BK = 64, STAGES = 4, THREADS = 384;
 }
 
-template <int BN, bool B_MN_MAJOR, int SKIP>
+template <int BN, bool B_MN_MAJOR>
 __global__ void __launch_bounds__(THREADS) hopper_gemm(const __grid_constant__ CUtensorMap map_a,
                                                        const __grid_constant__ CUtensorMap map_b, float* c, int m,
-                                                       int n, int k) {
+                                                       int n, int k, int skip) {
     static_assert(BN % 64 == 0 && BN <= 256, "BN: 64, 128, 192 or 256");
     constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2, SLOT = A_BYTES + B_BYTES;
     extern __shared__ unsigned char shared_bytes[];
@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(THREADS) hopper_gemm(const __grid_constant__ C
         if (threadIdx.x != 0) return;
         for (int kt = 0; kt < k_tiles; ++kt) {
             const int s = kt % STAGES;
-            if (SKIP != 2)
+            if (skip != 2)
                 while (!mbarrier_try_wait_parity(&empty[s], uint32_t(kt / STAGES % 2) ^ 1)) {
                 }
             unsigned char* a = tiles + s * SLOT;
@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(THREADS) hopper_gemm(const __grid_constant__ C
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
     for (int kt = 0; kt < k_tiles; ++kt) {
         const int s = kt % STAGES;
-        if (SKIP != 1)
+        if (skip != 1)
             while (!mbarrier_try_wait_parity(&full[s], uint32_t(kt / STAGES % 2))) {
             }
         const unsigned char* a = tiles + s * SLOT + consumer * 64 * BK * 2;

@@ -222,3 +222,24 @@ __global__ void probe_warp(unsigned* out) {
     asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(pair) : "f"(float(lane) + 0.25f), "f"(-float(lane)));
     o[3] = pair;
 }
+
+// mma with f16 accumulators: d = a·b + c, a 16x16, b 16x8, c and d 16x8 f16, row-major. A and B
+// fragments as in tc_probe.cu; c[i] and d[i] hold row g + 8·i, columns 2t and 2t + 1 (low half first).
+__global__ void probe_mma_f16_accumulators(const __half* a, const __half* b, const __half* c, __half* d) {
+    const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+    auto pack = [](__half low, __half high) { return unsigned(__half_as_ushort(low)) | unsigned(__half_as_ushort(high)) << 16; };
+    unsigned fa[4], fb[2], fc[2], fd[2];
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i % 2), col = 2 * t + 8 * (i / 2);
+        fa[i] = pack(a[row * 16 + col], a[row * 16 + col + 1]);
+    }
+    for (int i = 0; i < 2; ++i) fb[i] = pack(b[(2 * t + 8 * i) * 8 + g], b[(2 * t + 8 * i + 1) * 8 + g]);
+    for (int i = 0; i < 2; ++i) fc[i] = pack(c[(g + 8 * i) * 8 + 2 * t], c[(g + 8 * i) * 8 + 2 * t + 1]);
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f16.f16.f16.f16 {%0, %1}, {%2, %3, %4, %5}, {%6, %7}, {%8, %9};\n"
+                 : "=r"(fd[0]), "=r"(fd[1])
+                 : "r"(fa[0]), "r"(fa[1]), "r"(fa[2]), "r"(fa[3]), "r"(fb[0]), "r"(fb[1]), "r"(fc[0]), "r"(fc[1]));
+    for (int i = 0; i < 2; ++i) {
+        d[(g + 8 * i) * 8 + 2 * t] = __ushort_as_half(fd[i] & 0xFFFF);
+        d[(g + 8 * i) * 8 + 2 * t + 1] = __ushort_as_half(fd[i] >> 16);
+    }
+}

@@ -155,6 +155,19 @@ __global__ void partial_word(unsigned* out) {
     out[t] = words[t];  // BUG: bytes 1 to 3 of the word were never written
 }
 
+// initcheck: a shared histogram that is never zeroed, touched only by atomicAdd (each atomic reads the
+// old count, so the first one of a bin reads uninitialized memory).
+template <bool BUG>
+__global__ void unzeroed_histogram(const int* values, int* bins) {
+    __shared__ int counts[8];
+    const int t = threadIdx.x;
+    if (!BUG && t < 8) counts[t] = 0;
+    __syncthreads();
+    atomicAdd(&counts[values[t] % 8], 1);  // BUG: counts[] never zeroed
+    __syncthreads();
+    if (t < 8) bins[t] = counts[t];
+}
+
 // synccheck: the two halves of the block wait at different __syncthreads.
 template <bool BUG>
 __global__ void divergent_barrier(float* out) {

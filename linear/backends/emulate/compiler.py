@@ -64,11 +64,15 @@ def _cpu_flags() -> tuple[str, ...]:
 # declaration becomes a reference to the runtime's pointer to it, read at each use, which is right at
 # file scope too (on the same line, so compiler messages keep their lines).
 _EXTERN_SHARED = re.compile(
-    r"\bextern\s+__shared__\s+(?P<type>[^;\[\]]*?)\s*\b(?P<name>[A-Za-z_]\w*)\s*\[\s*\]\s*;")
+    r"\bextern\s+__shared__\s+(?P<type>[^;\[\]]*?)\s*\b(?P<name>[A-Za-z_]\w*)\s*\[\s*\]"
+    r"(?P<dims>(?:\s*\[[^\[\];]*\])*)\s*;")
 _ALIGN = re.compile(r"__align__\s*\(\s*\w+\s*\)")
 _SHARED = re.compile(r"\b__shared__\b[^;{}]*;")
 REDZONE = "emu_redzone"          # the name of the padding after each static __shared__ variable
 REDZONE_BYTES = 64
+# Kernel code only: registers and local arrays start as 0xFE bytes (-1.7e38 as a float), so reading
+# one before writing it (an accumulator never zeroed) gives a wrong result, not a lucky one.
+KERNEL_FLAGS = ("-ftrivial-auto-var-init=pattern",)
 # Sanitize builds: g++'s ThreadSanitizer instrumentation, whose calls emu_sanitize.cpp answers; DWARF 4,
 # whose file numbers binutils 2.40's addr2line reads right (with DWARF 5 it names the wrong file)
 # (the kernel library is linked without libtsan; -z defs names a hook it lacks at build time).
@@ -82,6 +86,23 @@ SANITIZE_LINK_FLAGS = ("-Wl,-z,defs", *(f"-Wl,--wrap={f}" for f in _MEMORY_FUNCT
 
 _ASM = re.compile(r"\b(?:asm|__asm__|__asm)\b")
 _ALIGNMENT = re.compile(r"(?:__align__|alignas|aligned)\s*\(\s*(\d+|0[xX][0-9a-fA-F]+)\s*\)")
+
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
+
+
+def _included(source: str, files: dict[str, str]) -> tuple[set[str], set[str]]:
+    """(`source` and the files of `files` it includes, directly or not, by #include "..."; the included
+    names that are not in `files`)."""
+    found, unresolved, pending = set(), set(), [source]
+    while pending:
+        name = pending.pop()
+        if name not in files:
+            unresolved.add(name)
+        elif name not in found:
+            found.add(name)
+            pending += _INCLUDE.findall(files[name])
+    return found, unresolved
 
 
 def dynamic_shared_alignment(texts) -> int:
@@ -99,8 +120,10 @@ def rewrite_source(text: str, path: Path, redzones: bool = False) -> str:
     """The kernel source as g++ compiles it: `extern __shared__` arrays point at the dynamic buffer;
     with redzones, each static __shared__ declaration is followed by an unused padding variable, so
     that an overrun of one lands in padding (g++ lays a function's statics out next to each other)."""
-    def pointer(m: re.Match) -> str:
-        element = _ALIGN.sub("", m["type"]).strip()
+    def pointer(m: re.Match) -> str:  # T name[][N] (rows of N) becomes a pointer to arrays of N
+        element, dims = _ALIGN.sub("", m["type"]).strip(), re.sub(r"\s+", "", m["dims"])
+        if dims:
+            return f"{element} (*&{m['name']}){dims} = reinterpret_cast<{element} (*&){dims}>(emu_dynamic_shared);"
         return f"{element}*& {m['name']} = reinterpret_cast<{element}*&>(emu_dynamic_shared);"
     text = re.sub(r"\bstatic\s+__shared__\b", "__shared__", text)
     text = _EXTERN_SHARED.sub(pointer, text)
@@ -160,7 +183,11 @@ class Compiler:
             h.update(file_name.encode() + b"\0" + text.encode() + b"\0")
         stem = re.sub(r"\W+", "_", f"{Path(source).stem}_{name}")[:60].strip("_") + "-sanitize" * sanitize
         what = f"{name} from {source}"
-        inline_ptx = any(_ASM.search(text) for text in rewritten.values())
+        # Preprocessed and translated where the kernel's own files (or, when it includes a file this
+        # cannot follow, any file of the directory) contain asm: the others build as they did.
+        included, unresolved = _included(source, rewritten)
+        shim = {path.name for path in emu_dir().iterdir()}
+        inline_ptx = any(_ASM.search(rewritten[f]) for f in (rewritten if unresolved - shim else included))
         alignment = dynamic_shared_alignment(path.read_text() for path in sorted(kernel_dir.iterdir())
                                              if path.suffix in _SOURCE_SUFFIXES and path.is_file())
 
@@ -175,7 +202,7 @@ class Compiler:
                                    f'#define EMU_KERNEL emu_kernel\n#include "emu_entry.h"\n'
                                    f'extern "C" __attribute__((visibility("default"))) const unsigned long long '
                                    f"emu_dynamic_shared_alignment = {alignment};\n")
-                includes = ["-I", str(emu_dir()), "-I", str(sources), "-fvisibility=hidden"]
+                includes = ["-I", str(emu_dir()), "-I", str(sources), "-fvisibility=hidden", *KERNEL_FLAGS]
                 link = [str(runtime), "-Wl,-rpath,$ORIGIN", "-o", out]
                 instrument = list(SANITIZE_FLAGS) if sanitize else []
                 if inline_ptx:
@@ -249,7 +276,9 @@ class Compiler:
             raise EmulationError(f"{self.cxx} failed to compile {what}:\n{result.stderr.strip()}")
 
 
-_TRANSLATOR_DIGEST = hashlib.sha256(Path(ptx.__file__).read_bytes()).digest()
+# The translator's modules (ptx.py and the instruction sets beside it, ptx_*.py) are part of every key.
+_TRANSLATOR_DIGEST = hashlib.sha256(b"".join(path.read_bytes() for path in
+                                             sorted(Path(ptx.__file__).parent.glob("ptx*.py")))).digest()
 _RECORD = ".sha256"  # beside each library: "size sha256" of the library as built
 
 

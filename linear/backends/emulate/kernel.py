@@ -34,7 +34,8 @@ class _Launch(ctypes.Structure):
     _fields_ = [
         ("grid", _Uint3), ("block", _Uint3), ("dynamic_shared_bytes", ctypes.c_uint64),
         ("dynamic_shared_alignment", ctypes.c_uint64),
-        ("schedule", ctypes.c_int32), ("strict", ctypes.c_int32), ("seed", ctypes.c_uint64),
+        ("schedule", ctypes.c_int32), ("strict", ctypes.c_int32), ("flush_subnormals", ctypes.c_int32),
+        ("seed", ctypes.c_uint64),
         ("timeout_s", ctypes.c_double), ("args", ctypes.POINTER(ctypes.c_void_p)),
         ("n_args", ctypes.c_int32), ("n_static_shared", ctypes.c_int32),
         ("static_shared", ctypes.POINTER(ctypes.c_void_p)),
@@ -70,6 +71,9 @@ class EmulatedKernel:
         self._lib.emu_signature(text, ctypes.c_size_t(len(text)))
         self.signature = text.value.decode().split(",") if text.value else []
         self._dynamic_shared_alignment = ctypes.c_uint64.in_dll(self._lib, "emu_dynamic_shared_alignment").value
+        # CuPy compiles every kernel with -ftz=true: float32 subnormals flush to zero on the GPU, float64
+        # ones do not. The CPU's flush mode covers both, so a kernel with float64 arrays runs without it.
+        self._flush_subnormals = not any(t.lstrip("*") == "float64" for t in self.signature)
         statics, addresses = elf_symbols(library)
         if "emu_entry" not in addresses:  # no ELF symbol table: static __shared__ stays unpoisoned
             statics, addresses = [], {"emu_entry": 0}
@@ -101,7 +105,8 @@ class EmulatedKernel:
         regions = sanitizers.argument_regions(arguments) + self._static_regions if settings.sanitize else []
         launch = _Launch(grid=_Uint3(*grid3), block=_Uint3(*block3), dynamic_shared_bytes=shared_mem,
                          dynamic_shared_alignment=self._dynamic_shared_alignment,
-                         schedule=SCHEDULES[settings.schedule], strict=int(settings.strict), seed=settings.seed,
+                         schedule=SCHEDULES[settings.schedule], strict=int(settings.strict),
+                         flush_subnormals=int(self._flush_subnormals), seed=settings.seed,
                          timeout_s=settings.timeout_s, args=arguments.c_args, n_args=len(self.signature),
                          n_static_shared=self._n_statics, static_shared=self._statics,
                          static_shared_bytes=self._static_sizes, sanitize=sanitizers.bits(settings.sanitize),

@@ -22,13 +22,14 @@ naming the instruction, the file and the line: never a wrong result.
 Adding an instruction is one entry in INSTRUCTIONS: a regular expression that the whole opcode must
 match (e.g. r"wgmma\\.fence\\.sync\\.aligned") and an emitter, emit(ins, block) -> C++ statements, which
 reads operands with block.read(op, "u32"), writes them with block.write(op, "f32", expression), takes
-addresses with block.pointer(op, space), vectors with block.vector(op, n), and rejects a variant it does
-not model with block.unsupported(ins, why). ins.parts is the opcode split at dots (".shared::cta" stays
+addresses with block.pointer(op, space, ins), vectors with block.vector(op, n), passes block.site(ins)
+("file:line: opcode") to the semantics so that their reports name it, and rejects a variant it does not
+model with block.unsupported(ins, why). ins.parts is the opcode split at dots (".shared::cta" stays
 one part, "shared::cta"); ins.operands the parsed operands (Operand, Register, Immediate, Vector,
 Address, Not, Pair). Special registers are SPECIAL_REGISTERS: name -> C++ expression.
 
-The subset (see README, "Inline PTX"): mma.sync m16n8k16 f16/bf16 and m16n8k8 tf32 with f32
-accumulators; ldmatrix and stmatrix m8n8 x1/x2/x4 (.trans); cp.async ca/cg with copy and source sizes
+The subset (see README, "Inline PTX"): mma.sync m16n8k16 f16/bf16 with f32 or f16 accumulators
+and m16n8k8 tf32 with f32; ldmatrix and stmatrix m8n8 x1/x2/x4 (.trans); cp.async ca/cg with copy and source sizes
 or an ignore-src predicate, commit_group, wait_group, wait_all; cvt (integer widths, float <-> f16/bf16,
 f16x2/bf16x2 pairs, float <-> integer with rounding, rna.tf32); cvta to and from .shared, .global,
 .local; mov (special registers, vector pack and unpack); setp (with .and/.or/.xor), selp; integer
@@ -127,6 +128,12 @@ class Address:      # [base], [base+offset], [offset]
 
 
 @dataclass(frozen=True)
+class TensorAddress:  # [tensor-map, {c0, c1, ...}]: a TMA copy's tensor and coordinates
+    base: object
+    coordinates: Vector
+
+
+@dataclass(frozen=True)
 class Not:          # !p
     operand: object
 
@@ -137,7 +144,7 @@ class Pair:         # p|q
     second: object
 
 
-Node = Union[Operand, Register, Immediate, Vector, Address, Not, Pair]
+Node = Union[Operand, Register, Immediate, Vector, Address, TensorAddress, Not, Pair]
 
 
 @dataclass
@@ -237,7 +244,7 @@ class _Parser:
                 statements.append(Scope(self.block(closing=True)))
             elif value == ".reg":
                 statements.append(self.declaration())
-            elif kind == "word" and value.startswith(".") :
+            elif kind == "word" and value.startswith("."):
                 self.fail(f"the PTX directive {value} is not modelled (only .reg declarations are)")
             elif kind == "word" and self.peek(1)[1] == ":":
                 self.take()
@@ -316,7 +323,7 @@ class _Parser:
             base, offset = None, 0
             if self.peek()[0] in ("operand", "word"):
                 base = self.operand_atom()
-                if self.peek()[1] in "+-" and self.peek()[1]:
+                if self.peek()[1] in ("+", "-"):
                     sign = -1 if self.take()[1] == "-" else 1
                     if self.peek()[1] == "-":
                         self.take()
@@ -328,6 +335,13 @@ class _Parser:
                     self.take()
                     sign = -1
                 offset = sign * _integer(self.take()[1], self.fail)
+            if self.peek()[1] == "," and base is not None and not offset:  # [tensor-map, {coordinates}]
+                self.take()
+                coordinates = self.operand_atom()
+                self.take("]")
+                if not isinstance(coordinates, Vector):
+                    self.fail("expected [tensor-map, {coordinates}]")
+                return TensorAddress(base, coordinates)
             self.take("]")
             return Address(base, offset)
         if value == "!":
@@ -397,6 +411,10 @@ class Block:
     def location(self) -> str:
         """file, line as C++ arguments (for barriers' reports)."""
         return f"{_cxx_string(self.file)}, {self.line}"
+
+    def site(self, ins: Instruction) -> str:
+        """A C++ string literal "file:line: opcode" for the reports of the semantics' checks."""
+        return _cxx_string(f"{self.file}:{self.line}: {ins.opcode}")
 
     def temporary(self, stem: str) -> str:
         self.temporaries += 1
@@ -501,11 +519,11 @@ class Block:
         base = self.read(op.base, "u64")
         return f"({base} + uint64_t({op.offset}ll))" if op.offset else base
 
-    def pointer(self, op: Node, space: str) -> str:
-        """C++ void*: the memory an [address] operand names in state space `space`."""
+    def pointer(self, op: Node, space: str, ins: Instruction) -> str:
+        """C++ void*: the memory an [address] operand of `ins` names in state space `space`."""
         address = self.address(op)
         if space == "shared":
-            return f"emu::ptx::shared_pointer({address})"
+            return f"emu::ptx::shared_pointer({address}, {self.site(ins)})"
         if space in ("global", "local", "const", "generic"):
             return f"emu::ptx::generic_pointer({address})"
         self.fail(f"the .{space} state space is not modelled")
@@ -530,17 +548,29 @@ def _space(ins: Instruction, b: Block, default: str = "generic") -> str:
 
 def emit_mma(ins: Instruction, b: Block) -> str:
     parts = ins.parts
-    if len(parts) != 10 or parts[4:6] != ["row", "col"] or parts[6] != "f32" or parts[9] != "f32" or parts[7] != parts[8]:
-        b.unsupported(ins, "row.col with f32 accumulators and equal A and B types")
-    shape, element = parts[3], parts[7]
-    if shape == "m16n8k16" and element in ("f16", "bf16"):
+    if len(parts) != 10 or parts[4:6] != ["row", "col"] or parts[6] != parts[9] or parts[7] != parts[8]:
+        b.unsupported(ins, "row.col with equal A and B types and equal C and D types")
+    shape, element, accumulator = parts[3], parts[7], parts[6]
+    if shape == "m16n8k16" and element in ("f16", "bf16") and accumulator in ("f32", element):
         call = f"emu::ptx::mma_m16n8k16<{'__half' if element == 'f16' else '__nv_bfloat16'}>"
-    elif shape == "m16n8k8" and element == "tf32":
+    elif shape == "m16n8k8" and element == "tf32" and accumulator == "f32":
         call = "emu::ptx::mma_m16n8k8_tf32"
     else:
-        b.unsupported(ins, "m16n8k16 f16/bf16 and m16n8k8 tf32")
+        b.unsupported(ins, "m16n8k16 f16/bf16 with f32 or f16 accumulators, m16n8k8 tf32")
     if len(ins.operands) != 4:
         b.fail(f"{ins.opcode} takes 4 operands")
+    if accumulator == "f16":
+        # D and C: two f16x2 registers, (row g, columns 2t and 2t+1) and (row g + 8, the same); the sums
+        # run in float and are rounded to f16 once.
+        d, a, bb, c = (b.vector(op, n) for op, n in zip(ins.operands, (2, 4, 2, 2)))
+        return ("{ uint32_t ptx_c[2] = {" + ", ".join(b.read(r, "b32") for r in c) + "}; "
+                "float ptx_d[4] = {emu::ptx::from_f16_bits(ptx_c[0]), emu::ptx::from_f16_bits(ptx_c[0] >> 16), "
+                "emu::ptx::from_f16_bits(ptx_c[1]), emu::ptx::from_f16_bits(ptx_c[1] >> 16)}; "
+                "unsigned ptx_a[4] = {" + ", ".join(b.read(r, "b32") for r in a) + "}; "
+                "unsigned ptx_b[2] = {" + ", ".join(b.read(r, "b32") for r in bb) + "}; "
+                f"{call}(ptx_d, ptx_a, ptx_b); "
+                + " ".join(b.write(r, "b32", f"uint32_t(emu::ptx::f16_bits(ptx_d[{2 * i + 1}])) << 16 | "
+                                             f"emu::ptx::f16_bits(ptx_d[{2 * i}])") for i, r in enumerate(d)) + " }")
     d, a, bb, c = (b.vector(op, n) for op, n in zip(ins.operands, (4, 4, 2, 4)))
     return ("{ float ptx_d[4] = {" + ", ".join(b.read(r, "f32") for r in c) + "}; "
             "unsigned ptx_a[4] = {" + ", ".join(b.read(r, "b32") for r in a) + "}; "
@@ -562,7 +592,7 @@ def emit_ldmatrix(ins: Instruction, b: Block) -> str:
         b.fail(f"{ins.opcode} takes 2 operands")
     registers = b.vector(ins.operands[0], count)
     return (f"{{ unsigned ptx_r[{count}]; emu::ptx::ldmatrix<{count}, {str(trans).lower()}>(ptx_r, "
-            f"{b.pointer(ins.operands[1], space)}); "
+            f"{b.pointer(ins.operands[1], space, ins)}, {b.site(ins)}); "
             + " ".join(b.write(r, "b32", f"ptx_r[{i}]") for i, r in enumerate(registers)) + " }")
 
 
@@ -572,14 +602,15 @@ def emit_stmatrix(ins: Instruction, b: Block) -> str:
         b.fail(f"{ins.opcode} takes 2 operands")
     registers = b.vector(ins.operands[1], count)
     return (f"{{ unsigned ptx_r[{count}] = {{" + ", ".join(b.read(r, "b32") for r in registers) + "}; "
-            f"emu::ptx::stmatrix<{count}, {str(trans).lower()}>({b.pointer(ins.operands[0], space)}, ptx_r); }}")
+            f"emu::ptx::stmatrix<{count}, {str(trans).lower()}>({b.pointer(ins.operands[0], space, ins)}, ptx_r, "
+            f"{b.site(ins)}); }}")
 
 
 def emit_cp_async(ins: Instruction, b: Block) -> str:
     rest = _strip(ins.parts[1:], {"async", "ca", "cg", "shared", "shared::cta", "global"})
     hint = [p for p in rest if p.startswith("L2::")]
     if [p for p in rest if p not in hint] or len([p for p in ins.parts if p in ("ca", "cg")]) != 1 \
-            or "global" not in ins.parts or _space_shared(ins) is False:
+            or "global" not in ins.parts or not _space_shared(ins):
         b.unsupported(ins, "cp.async.{ca,cg}.shared.global with L2 hints")
     operands = list(ins.operands)
     if "L2::cache_hint" in hint:
@@ -593,8 +624,8 @@ def emit_cp_async(ins: Instruction, b: Block) -> str:
             src_size = f"({b.read(operands[3], 'pred')} ? 0u : {cp_size})"
         else:
             src_size = b.read(operands[3], "u32")
-    return (f"emu::ptx::cp_async({b.pointer(operands[0], 'shared')}, {b.pointer(operands[1], 'global')}, "
-            f"{cp_size}, {src_size}, {str('cg' in ins.parts).lower()});")
+    return (f"emu::ptx::cp_async({b.pointer(operands[0], 'shared', ins)}, {b.pointer(operands[1], 'global', ins)}, "
+            f"{cp_size}, {src_size}, {str('cg' in ins.parts).lower()}, {b.site(ins)});")
 
 
 def _space_shared(ins: Instruction) -> bool:
@@ -665,7 +696,7 @@ def emit_cvta(ins: Instruction, b: Block) -> str:
     value = b.read(a, "u64")
     if parts[0].startswith("shared"):
         value = (f"uint64_t(emu_generic_to_shared(emu::ptx::generic_pointer({value})))" if to
-                 else f"uint64_t(reinterpret_cast<uintptr_t>(emu::ptx::shared_pointer({value})))")
+                 else f"uint64_t(reinterpret_cast<uintptr_t>(emu::ptx::shared_pointer({value}, {b.site(ins)})))")
     return b.write(d, parts[1], value)
 
 
@@ -695,8 +726,10 @@ _COMPARE = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="
 
 def emit_setp(ins: Instruction, b: Block) -> str:
     parts = ins.parts[1:]
-    if parts[-2:-1] == ["ftz"] or len(parts) not in (2, 3):
-        b.unsupported(ins, "no .ftz")
+    flush = "ftz" in parts
+    parts = [p for p in parts if p != "ftz"]
+    if len(parts) not in (2, 3) or flush and parts[-1] != "f32":
+        b.unsupported(ins)
     compare, t = parts[0], parts[-1]
     combine = parts[1] if len(parts) == 3 else None
     if t not in CTYPES or t == "pred" or combine not in (None, "and", "or", "xor"):
@@ -725,6 +758,8 @@ def emit_setp(ins: Instruction, b: Block) -> str:
     operator = {"and": "&&", "or": "||", "xor": "!="}.get(combine)
     c = b.read(ins.operands[3], "pred") if combine else None
     temp = b.temporary("compare")
+    if t in FLOAT_TYPES:  # compared with subnormals flushed exactly when the instruction says .ftz
+        value = f"emu::ptx::with_flush({str(flush).lower()}, [&] {{ return bool({value}); }})"
     code = f"{{ const bool {temp} = {value}; "
     code += b.write(first, "pred", f"({temp} {operator} {c})" if combine else temp)
     if second is not None:
@@ -751,8 +786,12 @@ def emit_arithmetic(ins: Instruction, b: Block) -> str:
     if t not in CTYPES:
         b.unsupported(ins)
     is_float = t in FLOAT_TYPES
-    if is_float and set(modifiers) - {"rn"}:
-        b.unsupported(ins, "floats in round-to-nearest, without .ftz or .sat")
+    flush = "ftz" in modifiers
+    modifiers = [m for m in modifiers if m != "ftz"]
+    if is_float and (set(modifiers) - {"rn"} or flush and t != "f32"):
+        b.unsupported(ins, "floats in round-to-nearest (.ftz on f32), without .sat")
+    if flush and not is_float:
+        b.unsupported(ins)
     if not is_float and op not in ("mul", "mad") and modifiers:
         b.unsupported(ins)
     if t == "pred" and op not in ("and", "or", "xor", "not"):
@@ -763,6 +802,10 @@ def emit_arithmetic(ins: Instruction, b: Block) -> str:
 
     def r(i: int, ptx_type: str = t) -> str:
         return b.read(ops[i], ptx_type)
+
+    if is_float:  # evaluated with the CPU flushing subnormals exactly when the instruction says .ftz
+        write = b.write
+        b = _FloatBlock(b, write, t, flush)
 
     arity = {"not": 2, "neg": 2, "abs": 2, "mad": 4, "fma": 4}.get(op, 3)
     if len(ops) != arity:
@@ -818,6 +861,20 @@ def emit_arithmetic(ins: Instruction, b: Block) -> str:
     b.unsupported(ins)
 
 
+class _FloatBlock:
+    """A Block whose write() of a float result evaluates it under the instruction's flush mode."""
+
+    def __init__(self, block: Block, write, ptx_type: str, flush: bool):
+        self._block, self._write, self._type, self._flush = block, write, ptx_type, flush
+
+    def __getattr__(self, name):
+        return getattr(self._block, name)
+
+    def write(self, op: Node, ptx_type: str, expression: str) -> str:
+        flush = "true" if self._flush else "false"
+        return self._write(op, ptx_type, f"emu::ptx::with_flush({flush}, [&] {{ return {CTYPES[ptx_type]}({expression}); }})")
+
+
 def emit_prmt(ins: Instruction, b: Block) -> str:
     if ins.opcode != "prmt.b32" or len(ins.operands) != 4:
         b.unsupported(ins, "prmt.b32 in its default mode")
@@ -855,8 +912,8 @@ def emit_ld_st(ins: Instruction, b: Block) -> str:
     value, address = (ins.operands[1], ins.operands[0]) if store else ins.operands
     items = b.vector(value, count) if count > 1 else [value]
     ctype, size = CTYPES[t], width(t) // 8
-    pointer = b.pointer(address, space)
-    what = _cxx_string(ins.opcode)
+    pointer = b.pointer(address, space, ins)
+    what = b.site(ins)
     p = b.temporary("address")
     code = (f"{{ char* {p} = static_cast<char*>(emu::ptx::vector_address({pointer}, {count * size}, {what})); ")
     for i, item in enumerate(items):
@@ -886,13 +943,13 @@ def emit_atom(ins: Instruction, b: Block) -> str:
     if op == "cas":
         if reduce or len(ops) != 4:
             b.unsupported(ins)
-        return b.write(ops[0], t, f"emu::ptx::atomic_cas<{ctype}>({b.pointer(ops[1], space)}, "
-                                  f"{b.read(ops[2], t)}, {b.read(ops[3], t)})")
+        return b.write(ops[0], t, f"emu::ptx::atomic_cas<{ctype}>({b.pointer(ops[1], space, ins)}, "
+                                  f"{b.read(ops[2], t)}, {b.read(ops[3], t)}, {b.site(ins)})")
     if op not in _ATOMIC_OPS or len(ops) != (2 if reduce else 3):
         b.unsupported(ins)
     target, operands = (None, ops) if reduce else (ops[0], ops[1:])
-    call = (f"emu::ptx::atomic<{ctype}>(emu::ptx::Atomic::{_ATOMIC_OPS[op]}, {b.pointer(operands[0], space)}, "
-            f"{b.read(operands[1], t)})")
+    call = (f"emu::ptx::atomic<{ctype}>(emu::ptx::Atomic::{_ATOMIC_OPS[op]}, {b.pointer(operands[0], space, ins)}, "
+            f"{b.read(operands[1], t)}, {b.site(ins)})")
     return f"(void){call};" if reduce else b.write(target, t, call)
 
 
@@ -1015,6 +1072,10 @@ INSTRUCTIONS: list[tuple[str, Callable[[Instruction, Block], str]]] = [
     (r"trap|brkpt", emit_trap),
     (r"bra(?:\.uni)?", emit_bra),
 ]
+# The sm_90 set (mbarrier, cp.async.bulk, wgmma, fence.proxy.async, setmaxnreg): ptx_hopper.py.
+from .ptx_hopper import INSTRUCTIONS as _HOPPER_INSTRUCTIONS  # noqa: E402 (it uses the names above)
+
+INSTRUCTIONS += _HOPPER_INSTRUCTIONS
 _COMPILED: list[tuple[re.Pattern, Callable]] = []
 
 
