@@ -1,5 +1,5 @@
 // ptx_sm90.cuh: the sm_90a (Hopper) instructions of wgmma_gemm.cu, one inline-PTX wrapper each, in the
-// style of ptx.cuh. They live in namespace sm90 (the emulator's shim has functions of the same names).
+// style of ptx.cuh, in namespace sm90 (their short names are common ones).
 // Shared-memory operands are 32-bit .shared addresses (shared_address(p) of ptx.cuh's helpers below).
 //
 //   mbarrier_init(bar, count)            mbarrier.init: a barrier whose phases complete after `count`
