@@ -764,8 +764,12 @@ extern "C" void emu_fail(const char* message) {
 
 extern "C" uint32_t emu_generic_to_shared(const void* p) {
     const char* c = static_cast<const char*>(p);
-    for (const SharedWindow& w : rt.windows)
-        if (c >= w.generic && c <= w.generic + w.bytes) return w.shared + uint32_t(c - w.generic);
+    // An address inside a piece first: one-past-the-end of a piece (allowed, as pointer arithmetic
+    // makes it) may be the start of the next piece, which is other memory.
+    for (int end_ok = 0; end_ok < 2; ++end_ok)
+        for (const SharedWindow& w : rt.windows)
+            if (c >= w.generic && (c < w.generic + w.bytes || (end_ok && c == w.generic + w.bytes)))
+                return w.shared + uint32_t(c - w.generic);
     char message[160];
     snprintf(message, sizeof message, "__cvta_generic_to_shared (cvta.to.shared): %p is not an address in "
              "shared memory", p);
@@ -773,9 +777,10 @@ extern "C" uint32_t emu_generic_to_shared(const void* p) {
 }
 
 extern "C" void* emu_shared_lookup(uint64_t address) {
-    for (const SharedWindow& w : rt.windows)
-        if (address >= w.shared && address <= w.shared + w.bytes)
-            return const_cast<char*>(w.generic) + (address - w.shared);
+    for (int end_ok = 0; end_ok < 2; ++end_ok)  // inside a piece first (see emu_generic_to_shared)
+        for (const SharedWindow& w : rt.windows)
+            if (address >= w.shared && (address < w.shared + w.bytes || (end_ok && address == w.shared + w.bytes)))
+                return const_cast<char*>(w.generic) + (address - w.shared);
     return nullptr;
 }
 

@@ -7,9 +7,12 @@ import sysconfig
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from .base import BackendUnavailable
 from .device import H100, DeviceLimits
 from .sources import kernels_dir
+from .tensor_map import TENSOR_MAP_ALIGNMENT, TENSOR_MAP_BYTES, TensorMap
 
 
 def cuda_include_dirs() -> list[str]:
@@ -61,6 +64,7 @@ class CupyRuntime:
         self._options = ("-std=c++17", f"-I{kernels_dir()}", *(f"-I{d}" for d in nvrtc_include_dirs(cupy)))
         self._kernels: dict[tuple[int, str, str], Any] = {}
         self._limits: dict[int, DeviceLimits] = {}
+        self._tensor_map_dtype: np.dtype | None = None
 
     def compute_capability(self) -> int:
         return int(self.xp.cuda.Device().compute_capability)
@@ -83,12 +87,13 @@ class CupyRuntime:
                 bandwidth=2 * a["MemoryClockRate"] * 1e3 * a["GlobalMemoryBusWidth"] / 8)
         return limits
 
-    def function(self, source: str, name: str) -> Callable[..., None]:
+    def function(self, source: str, name: str, options: tuple[str, ...] = ()) -> Callable[..., None]:
+        """options: extra NVRTC options, e.g. -arch=sm_90a for the Hopper kernel (after CuPy's own -arch)."""
         # One module per instantiation: a call compiles only what it launches (CuPy caches it on disk).
-        key = (self.xp.cuda.Device().id, source, name)
+        key = (self.xp.cuda.Device().id, source, name, options)
         kernel = self._kernels.get(key)
         if kernel is None:
-            module = self.xp.RawModule(code=(self.kernel_dir / source).read_text(), options=self._options,
+            module = self.xp.RawModule(code=(self.kernel_dir / source).read_text(), options=self._options + options,
                                        name_expressions=(name,))
             kernel = self._kernels[key] = module.get_function(name)
 
@@ -97,6 +102,17 @@ class CupyRuntime:
         def launch(grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
             if shared_mem > opt_in_above:  # above the default, dynamic shared memory must be opted into
                 kernel.max_dynamic_shared_size_bytes = shared_mem
-            kernel(grid, block, args, shared_mem=shared_mem)
+            kernel(grid, block, tuple(self._by_value(a) for a in args), shared_mem=shared_mem)
 
         return launch
+
+    def _by_value(self, arg: Any) -> Any:
+        """A TensorMap as the 128 bytes of a `const __grid_constant__ CUtensorMap` parameter: a numpy
+        structured scalar of the parameter's 64-byte alignment, which CuPy passes by value (custom
+        structures in RawKernel; not yet executed on a GPU here)."""
+        if not isinstance(arg, TensorMap):
+            return arg
+        if self._tensor_map_dtype is None:
+            words = np.dtype([("opaque", np.uint64, (TENSOR_MAP_BYTES // 8,))])
+            self._tensor_map_dtype = self.xp.make_aligned_dtype(words, alignment=TENSOR_MAP_ALIGNMENT)
+        return np.frombuffer(arg.bytes.tobytes(), self._tensor_map_dtype)[0]

@@ -84,30 +84,44 @@ def tensor_map(runtime: Any, array: Any, box: Sequence[int], *, swizzle: int = 0
     return TensorMap(data, array, box, swizzle)
 
 
-def _emulate_encode(runtime, array, data_type, rank, dims, byte_strides, box, strides, swizzle, oob) -> bytes:
-    library = runtime.host_library()
+def _encode_c(encode_tiled, pointer, data_type, rank, dims, byte_strides, box, strides, swizzle, oob):
+    """(status, the map's bytes) from a C cuTensorMapEncodeTiled: the emulator's or the driver's (libcuda),
+    which share the driver's signature."""
     u64, u32 = ctypes.c_uint64, ctypes.c_uint32
     n = max(5, rank)  # the driver reads rank entries; a rank it refuses still needs its arrays
     out = np.zeros(TENSOR_MAP_BYTES + TENSOR_MAP_ALIGNMENT, np.uint8)
     start = -out.ctypes.data % TENSOR_MAP_ALIGNMENT
-    status = library.cuTensorMapEncodeTiled(
-        ctypes.c_void_p(out.ctypes.data + start), ctypes.c_int(data_type), u32(rank), ctypes.c_void_p(array.ctypes.data),
+    status = encode_tiled(
+        ctypes.c_void_p(out.ctypes.data + start), ctypes.c_int(data_type), u32(rank), ctypes.c_void_p(pointer),
         (u64 * n)(*dims), (u64 * n)(*byte_strides), (u32 * n)(*box), (u32 * n)(*strides), ctypes.c_int(0),
         ctypes.c_int(swizzle), ctypes.c_int(0), ctypes.c_int(oob))
+    return status, out[start:start + TENSOR_MAP_BYTES].tobytes()
+
+
+def _emulate_encode(runtime, array, data_type, rank, dims, byte_strides, box, strides, swizzle, oob) -> bytes:
+    library = runtime.host_library()
+    status, data = _encode_c(library.cuTensorMapEncodeTiled, array.ctypes.data, data_type, rank, dims, byte_strides,
+                             box, strides, swizzle, oob)
     if status != 0:
         library.emu_tensor_map_error.restype = ctypes.c_char_p
         why = library.emu_tensor_map_error().decode()
         raise ValueError(f"tensor_map: cuTensorMapEncodeTiled refuses the {array.dtype.name} array of shape "
                          f"{array.shape} (byte strides {array.strides}) with box {tuple(box[::-1])}: {why}")
-    return out[start:start + TENSOR_MAP_BYTES].tobytes()
+    return data
 
 
 def _cuda_encode(runtime, array, data_type, rank, dims, byte_strides, box, strides, swizzle, oob) -> bytes:
-    """The driver's cuTensorMapEncodeTiled through cuda-python (unexecuted here: no GPU)."""
+    """The driver's cuTensorMapEncodeTiled through cuda-python, or without it straight from libcuda with
+    ctypes (unexecuted here: no GPU)."""
     try:
         from cuda.bindings import driver
-    except ImportError as error:
-        raise ImportError("tensor_map on the cuda runtime needs cuda-python (pip install cuda-python)") from error
+    except ImportError:
+        status, data = _encode_c(ctypes.CDLL("libcuda.so.1").cuTensorMapEncodeTiled, array.data.ptr, data_type,
+                                 rank, dims, byte_strides, box, strides, swizzle, oob)
+        if status != 0:
+            raise ValueError(f"tensor_map: the driver's cuTensorMapEncodeTiled refuses the {array.dtype.name} array "
+                             f"of shape {array.shape} with box {tuple(box[::-1])}: CUresult {status}") from None
+        return data
     err, encoded = driver.cuTensorMapEncodeTiled(
         driver.CUtensorMapDataType(data_type), rank, array.data.ptr, dims, byte_strides, box, strides,
         driver.CUtensorMapInterleave(0), driver.CUtensorMapSwizzle(swizzle), driver.CUtensorMapL2promotion(0),

@@ -55,9 +55,10 @@ class EmulatorRuntime:
                 self._host = ctypes.CDLL(str(self._compiler.runtime_library()))
             return self._host
 
-    def function(self, source: str, name: str) -> EmulatedKernel:
+    def function(self, source: str, name: str, options: tuple[str, ...] = ()) -> EmulatedKernel:
         """The kernel `name` (one template instantiation) of kernels/`source`, compiled (or found in the
-        disk cache) on its first use by this runtime."""
+        disk cache) on its first use by this runtime. options: the GPU compiler's extra options (e.g.
+        -arch=sm_90a), which the emulator does not need: it models sm_90a's instructions."""
         with self._lock:
             kernel = self._kernels.get((source, name))
             if kernel is None:

@@ -1,0 +1,289 @@
+// linear_wgmma_gemm: C = alpha · op(A) · op(B) + beta · C  (+ bias[None, :]) on Hopper's tensor cores
+//
+//   The contract of gemm.cu and tc_gemm.cu (read them first): op(A) is M x K, op(B) is K x N, C row-major
+//   with a leading dimension, transposes as the compile-time flags TRANS_A / TRANS_B (NN for Y = X·W, NT
+//   for dX = dY·Wᵀ, TN for dW = Xᵀ·dY, and TT), split-K into a float workspace that linear_sum_splits
+//   adds in a fixed order, and a batch of matrices. T = __half or __nv_bfloat16, float accumulation,
+//   sm_90a only (wgmma, TMA, mbarrier, setmaxnreg).
+//
+//   A and B do not come in as pointers but as TMA tensor maps (`const __grid_constant__ CUtensorMap`),
+//   3-D: the matrix as stored (innermost dimension first) and the batch. The plan makes them once per
+//   (pointer, shape, strides, box) and caches them; batched_a / batched_b are 0 for an operand that every
+//   matrix of the stack shares (coordinate 0 of its batch dimension), 1 otherwise.
+//
+// Warp specialisation: a block of 3 warpgroups (384 threads), one block per SM, persistent:
+//
+//     warpgroup 0: the producer. setmaxnreg.dec to 40 registers; one thread issues every TMA load,
+//                  the other 127 threads leave at once.
+//     warpgroups 1, 2: the consumers. setmaxnreg.inc to 232; consumer c owns rows 64c .. 64c + 63 of the
+//                  block's 128 x BN tile of C: BN / 2 float accumulators per thread, one wgmma
+//                  m64nBNk16 per k-step of 16.
+//
+// Tiling: BM x BN x BK = 128 x BN x 64 (BN = 128 or 256); a stage is the A tile (128 x 64) and the B tile
+// (64 x BN), each kept as TMA's 128-byte swizzle stores it, 64 elements (128 bytes) of the contiguous
+// dimension per row:
+//
+//                                  op(B), K x N                      B K-major (TRANS_B, stored N x K):
+//                            ┌──────── BN ────────┐                  one box of BN rows of 64 k.
+//                      BK=64 │      stage s       │                  B MN-major (stored K x N): BN / 64
+//                            └────────────────────┘                  boxes of 64 k-rows of 64 n.
+//            ┌─ BK ─┐        ┌────────────────────┐
+//        64  │  A   │        │ consumer 0: 64 x BN│  wgmma m64nBNk16 x 4 per stage
+//   BM  ─────┤stage │  ───>  ├────────────────────┤
+//   =128 64  │  s   │        │ consumer 1: 64 x BN│  A K-major (stored M x K): one box of 128 rows;
+//            └──────┘        └────────────────────┘  A MN-major (TRANS_A, stored K x M): 2 boxes of 64 m
+//
+//   Both layouts are wgmma's canonical 128B-swizzled ones (PTX ISA, "shared memory matrix layout"):
+//   K-major, rows of 128 bytes in 1024-byte groups of 8 rows (SBO = 1024), a k-step of 16 is 32 bytes
+//   further along the row; MN-major (imm-trans = 1), 64-element panels of 64 k-rows (LBO = 8192 from one
+//   panel to the next, SBO = 1024 between groups of 8 k-rows), a k-step is 16 rows = 2048 bytes further.
+//   The transposes are therefore descriptor modes, never copies. Every tile starts on a 1024-byte
+//   boundary (the swizzle's repeat), so the descriptors' base offset is 0.
+//
+// The pipeline: STAGES stages in a ring, each guarded by two mbarriers:
+//     full[s]   1 arrival (the producer's arrive.expect_tx of the stage's bytes) + the bytes TMA delivers
+//     empty[s]  2 arrivals, one thread per consumer warpgroup, once its wgmma have read the stage
+//   producer, per k-block:  wait empty[s] (parity of its round ^ 1: a fresh barrier counts as released)
+//                           arrive.expect_tx(full[s], stage bytes); TMA loads of the A and B boxes
+//   consumer, per k-block:  wait full[s]; wgmma.fence; 4 x wgmma (k-steps 0..3); commit
+//                           wait_group 1 (the previous k-block's group has read its stage): arrive empty
+//   so the tensor cores always have one k-block queued behind the one they run, and the producer runs up
+//   to STAGES k-blocks ahead. Waits are raw parity waits (mbarrier.try_wait.parity in a loop); the ring's
+//   stage index and parity run on across the block's tiles, so the producer fetches the next tile while
+//   the consumers write this one.
+//
+// Work: units = tiles · batches · splits, unit u = ((batch · splits + split) · tiles + t); block b takes
+// units b, b + gridDim.x, ... (the grid is at most one block per SM). Tiles are taken in groups of
+// GROUP_M tile-rows, column after column inside a group, so that the blocks running at one time share
+// A's row panels and B's column panels in L2.
+//
+// Edges: TMA fills elements outside the tensor with zeros (any M, N, K: a partial k-block multiplies
+// zeros); the epilogue masks rows >= M and columns >= N. A split covers k_per_split (a multiple of BK,
+// as cost.split_k makes it) so that no k-block straddles two splits.
+//
+// Epilogue: from the accumulators in registers: alpha, beta · C (read only when beta != 0), bias, the
+// conversion to TC, one element at a time with the edge masks; the tile stays in registers until then,
+// for the fused activations that will follow the bias.
+//
+// Template parameters:
+//   T        __half or __nv_bfloat16
+//   TC       element type of C: T, or float when C is a split-K workspace
+//   TRANS_A, TRANS_B   as in gemm.cu
+//   BN       the block's C tile width, 128 or 256 (the wgmma's N)
+//   STAGES   depth of the shared-memory ring (>= 2)
+#include "common.cuh"
+#include "ptx_sm90.cuh"
+
+constexpr int WGMMA_BM = 128;            // two consumer warpgroups of 64 rows
+constexpr int WGMMA_BK = 64;             // 64 halves = 128 bytes: one row of the 128-byte swizzle
+constexpr int WGMMA_K = 16;              // k of one wgmma.mma_async for 16-bit types
+constexpr int WGMMA_PANEL = 64;          // elements of an MN-major box's row (128 bytes)
+constexpr int WGMMA_SWIZZLE_ROW = 128;   // bytes of a swizzled row
+constexpr int WGMMA_SWIZZLE_GROUP = 1024;  // bytes of a group of 8 swizzled rows (the pattern's repeat)
+constexpr int WGMMA_CONSUMERS = 2;
+constexpr int WGMMA_THREADS = (1 + WGMMA_CONSUMERS) * 128;
+constexpr int WGMMA_EPILOGUE_COLUMNS = 64;  // columns of C per chunk of the epilogue
+constexpr int WGMMA_GROUP_M = 8;         // tile rows of a group in the L2-friendly tile order
+constexpr unsigned WGMMA_PRODUCER_REGISTERS = 40;   // 128 · 40 + 256 · 232 = 64,512 <= 65,536
+constexpr unsigned WGMMA_CONSUMER_REGISTERS = 232;
+
+// One operand's tile in a stage: BK of k by ROWS of m (A) or n (B), as TMA stores it with the 128-byte
+// swizzle. K-major: ROWS rows of 64 k; MN-major: ROWS / 64 panels, each 64 k-rows of 64 m or n.
+template <bool MN_MAJOR, int ROWS>
+struct OperandTile {
+    static constexpr int BYTES = ROWS * WGMMA_BK * 2;
+    static constexpr int BOXES = MN_MAJOR ? ROWS / WGMMA_PANEL : 1;  // TMA loads per stage
+    static constexpr int BOX_BYTES = BYTES / BOXES;
+    static constexpr unsigned LBO = MN_MAJOR ? WGMMA_BK * WGMMA_SWIZZLE_ROW : 16;  // unused when K-major
+    static constexpr unsigned SBO = WGMMA_SWIZZLE_GROUP;
+    static_assert(ROWS % WGMMA_PANEL == 0 && ROWS <= 256, "whole panels, and a TMA box is at most 256 rows");
+
+    // Bytes from the tile's start to the operand of k-step `step` (of WGMMA_K) whose m or n begins at
+    // `row` (a multiple of 64).
+    static __device__ __forceinline__ unsigned offset(int row, int step) {
+        return MN_MAJOR ? row / WGMMA_PANEL * BOX_BYTES + step * WGMMA_K * WGMMA_SWIZZLE_ROW
+                        : row * WGMMA_SWIZZLE_ROW + step * WGMMA_K * 2;
+    }
+
+    // The descriptor of that operand in the tile at shared address `tile`.
+    static __device__ __forceinline__ sm90::Descriptor descriptor(unsigned tile, int row, int step) {
+        return sm90::make_descriptor(tile + offset(row, step), LBO, SBO, sm90::SWIZZLE_128B);
+    }
+
+    // TMA loads of the tile whose first row (m or n) is row0 and first k is k0 into shared address
+    // `tile`, completing on barrier `bar`.
+    static __device__ __forceinline__ void load(unsigned tile, const CUtensorMap* map, int row0, int k0, int batch,
+                                                unsigned bar) {
+#pragma unroll
+        for (int i = 0; i < BOXES; ++i) {
+            if constexpr (MN_MAJOR)
+                sm90::tma_load_3d(tile + i * BOX_BYTES, map, row0 + i * WGMMA_PANEL, k0, batch, bar);
+            else
+                sm90::tma_load_3d(tile, map, k0, row0, batch, bar);
+        }
+    }
+};
+
+// Two adjacent elements of C, stored at once.
+template <typename TC>
+struct alignas(2 * sizeof(TC)) Pair {
+    TC v[2];
+};
+
+// The work of one unit: its C tile, batch and K split. 32-bit arithmetic (the plan keeps the unit count
+// below 2^31): a 64-bit division is a subroutine call, across which the live accumulators would spill.
+template <int BN>
+struct WgmmaUnit {
+    int m0, n0, split, batch, k_begin, steps;
+
+    __device__ __forceinline__ WgmmaUnit(unsigned unit, int M, int N, int K, int k_per_split, int splits) {
+        const unsigned tiles_m = ceil_div(M, WGMMA_BM), tiles_n = ceil_div(N, BN), tiles = tiles_m * tiles_n;
+        const unsigned z = unit / tiles, t = unit - z * tiles;
+        split = int(z % unsigned(splits));
+        batch = int(z / unsigned(splits));
+        // Groups of GROUP_M tile-rows (the last one shorter), walked column by column.
+        const unsigned per_group = WGMMA_GROUP_M * tiles_n, in_group = t % per_group;
+        const unsigned first = t / per_group * WGMMA_GROUP_M, rows = min(tiles_m - first, unsigned(WGMMA_GROUP_M));
+        m0 = int(first + in_group % rows) * WGMMA_BM;
+        n0 = int(in_group / rows) * BN;
+        k_begin = split * k_per_split;
+        const int k_end = K - k_begin < k_per_split ? K : k_begin + k_per_split;
+        steps = k_end > k_begin ? ceil_div(k_end - k_begin, WGMMA_BK) : 0;
+    }
+};
+
+template <typename T, typename TC, bool TRANS_A, bool TRANS_B, int BN, int STAGES>
+__global__ void __launch_bounds__(WGMMA_THREADS, 1)
+linear_wgmma_gemm(int M, int N, int K, int k_per_split, int splits, int batches,
+                  const __grid_constant__ CUtensorMap map_a, int batched_a,
+                  const __grid_constant__ CUtensorMap map_b, int batched_b,
+                  TC* __restrict__ C, long long ldc, long long batch_stride_c, long long c_split_stride,
+                  float alpha, float beta, const T* __restrict__ bias, int add_bias) {
+    static_assert(sizeof(T) == 2, "16-bit operands: a 128-byte row holds BK = 64 of them");
+    static_assert(BN == 128 || BN == 256, "the wgmma N of the tile");
+    static_assert(STAGES >= 2, "a pipeline needs two stages");
+    using TileA = OperandTile<TRANS_A, WGMMA_BM>;  // A is M x K: K-major unless TRANS_A
+    using TileB = OperandTile<!TRANS_B, BN>;       // B is K x N: MN-major unless TRANS_B (stored N x K)
+    constexpr int STAGE_BYTES = TileA::BYTES + TileB::BYTES;
+    constexpr int K_STEPS = WGMMA_BK / WGMMA_K;
+
+    __shared__ __align__(8) unsigned long long barriers[2 * STAGES];  // full[STAGES], then empty[STAGES]
+    // The stages start on the first 1024-byte boundary of the dynamic shared memory (the plan asks for
+    // STAGES · STAGE_BYTES + 1024 bytes).
+    extern __shared__ __align__(128) unsigned char wgmma_shared[];
+    const unsigned stages = (sm90::shared_address(wgmma_shared) + WGMMA_SWIZZLE_GROUP - 1) & ~(WGMMA_SWIZZLE_GROUP - 1u);
+    const unsigned full0 = sm90::shared_address(barriers), empty0 = full0 + 8 * STAGES;
+
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int s = 0; s < STAGES; ++s) {
+            sm90::mbarrier_init(full0 + 8 * s, 1);
+            sm90::mbarrier_init(empty0 + 8 * s, WGMMA_CONSUMERS);
+        }
+        sm90::fence_mbarrier_init();  // the barriers are initialised before TMA completes on them
+    }
+    __syncthreads();
+
+    const unsigned units = unsigned(ceil_div(M, WGMMA_BM) * ceil_div(N, BN)) * batches * splits;
+    const int warpgroup = threadIdx.x / 128;
+
+    if (warpgroup == 0) {  // the producer
+        sm90::setmaxnreg_dec<WGMMA_PRODUCER_REGISTERS>();
+        if (threadIdx.x != 0) return;
+        sm90::prefetch_tensormap(&map_a);
+        sm90::prefetch_tensormap(&map_b);
+        int stage = 0;
+        unsigned round = 0;  // how many times the ring has wrapped: its parity is the stage's phase
+        for (unsigned unit = blockIdx.x; unit < units; unit += gridDim.x) {
+            const WgmmaUnit<BN> u(unit, M, N, K, k_per_split, splits);
+            const int batch_a = batched_a ? u.batch : 0, batch_b = batched_b ? u.batch : 0;
+            for (int step = 0; step < u.steps; ++step) {
+                while (!sm90::mbarrier_try_wait_parity(empty0 + 8 * stage, (round & 1) ^ 1)) {
+                }
+                const unsigned bar = full0 + 8 * stage, tile = stages + stage * STAGE_BYTES;
+                sm90::mbarrier_arrive_expect_tx(bar, STAGE_BYTES);
+                const int k0 = u.k_begin + step * WGMMA_BK;
+                TileA::load(tile, &map_a, u.m0, k0, batch_a, bar);
+                TileB::load(tile + TileA::BYTES, &map_b, u.n0, k0, batch_b, bar);
+                if (++stage == STAGES) stage = 0, ++round;
+            }
+        }
+        return;
+    }
+
+    // The consumers.
+    sm90::setmaxnreg_inc<WGMMA_CONSUMER_REGISTERS>();
+    const int consumer = warpgroup - 1;
+    const bool signals = threadIdx.x % 128 == 0;  // the thread that releases stages for its warpgroup
+    int stage = 0;
+    unsigned round = 0;
+    float acc[BN / 2];
+    for (unsigned unit = blockIdx.x; unit < units; unit += gridDim.x) {
+        const WgmmaUnit<BN> u(unit, M, N, K, k_per_split, splits);
+        int previous = 0;
+        for (int step = 0; step < u.steps; ++step) {
+            while (!sm90::mbarrier_try_wait_parity(full0 + 8 * stage, round & 1)) {
+            }
+            const unsigned tile = stages + stage * STAGE_BYTES;
+            sm90::fence_accumulators(acc);
+            sm90::wgmma_fence();  // the epilogue's reads of acc (previous tile) come before these wgmma
+#pragma unroll
+            for (int s = 0; s < K_STEPS; ++s)
+                sm90::wgmma_m64k16<T, BN, TRANS_A, !TRANS_B>(acc, TileA::descriptor(tile, 64 * consumer, s),
+                                                              TileB::descriptor(tile + TileA::BYTES, 0, s),
+                                                              step > 0 || s > 0);
+            sm90::wgmma_commit_group();
+            if (step > 0) {
+                sm90::wgmma_wait_group<1>();  // the previous k-block's wgmma have read their stage
+                if (signals) sm90::mbarrier_arrive(empty0 + 8 * previous);
+            }
+            previous = stage;
+            if (++stage == STAGES) stage = 0, ++round;
+        }
+        sm90::wgmma_wait_group<0>();
+        sm90::fence_accumulators(acc);
+        if (u.steps > 0 && signals) sm90::mbarrier_arrive(empty0 + 8 * previous);
+        // An empty K range (K = 0) has the product 0 and acc holds nothing of this tile: the epilogue
+        // selects 0 (setting acc = 0 here instead would make the compiler copy every accumulator).
+
+        // Epilogue: acc[i] is C(row0 + 8·(i/2 % 2), n0 + 8·(i/4) + 2q + i%2) (ptx_sm90.cuh's layout): a
+        // thread's two adjacent columns are stored together when C's rows and pointer allow it (one
+        // 4-byte store of two halves), in chunks of 64 columns: the compiler barrier between chunks keeps
+        // it from loading every C and bias value of the tile at once (more registers than there are).
+        TC* const c_tile = C + u.batch * batch_stride_c + u.split * c_split_stride;  // 64-bit offsets
+        const bool pairs = ldc % 2 == 0 && reinterpret_cast<unsigned long long>(c_tile) % sizeof(Pair<TC>) == 0;
+        const int lane = threadIdx.x % 32, q = lane % 4;
+        const int row0 = u.m0 + 64 * consumer + 16 * (threadIdx.x % 128 / 32) + lane / 4;
+#pragma unroll
+        for (int chunk = 0; chunk < BN / WGMMA_EPILOGUE_COLUMNS; ++chunk) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int row = row0 + 8 * half;
+                if (row >= M) continue;
+                TC* const c_row = c_tile + row * ldc;
+#pragma unroll
+                for (int jj = 0; jj < WGMMA_EPILOGUE_COLUMNS / 8; ++jj) {
+                    const int j = chunk * WGMMA_EPILOGUE_COLUMNS / 8 + jj;
+                    const int col = u.n0 + 8 * j + 2 * q;  // and col + 1
+                    if (col >= N) continue;
+                    Pair<TC> out;
+#pragma unroll
+                    for (int r = 0; r < 2; ++r) {
+                        const bool inside = col + r < N;
+                        float value = u.steps > 0 ? alpha * acc[4 * j + 2 * half + r] : 0.0f;
+                        if (beta != 0.0f && inside) value += beta * to_acc(c_row[col + r]);
+                        if (add_bias && inside) value += to_acc(bias[col + r]);
+                        out.v[r] = to_element<TC>(value);
+                    }
+                    if (pairs && col + 1 < N) {
+                        *reinterpret_cast<Pair<TC>*>(c_row + col) = out;
+                    } else {
+                        c_row[col] = out.v[0];
+                        if (col + 1 < N) c_row[col + 1] = out.v[1];
+                    }
+                }
+            }
+            asm volatile("" ::: "memory");
+        }
+    }
+}
