@@ -131,9 +131,13 @@ template <class T> T from_bits(uint64_t bits) {
     __builtin_memcpy(&v, &bits, sizeof(T));
     return v;
 }
+// The shim's own state lives in a section of its own (one translation unit per library, so `static`
+// is enough and the attribute holds), never beside a static __shared__ variable in .bss, where a
+// sanitize build would take the shim's accesses for the kernel's overruns.
+#define EMU_STATE static __attribute__((section("emu_state")))
 // Counts this library's launches (emu_entry.h), so that per-thread state kept across calls, such as
 // emu_tensor.h's cp.async queues, can tell a new launch from the last one.
-inline unsigned long long launch_serial = 0;
+EMU_STATE unsigned long long launch_serial = 0;
 }  // namespace emu
 
 // ---- Barriers and warp collectives -------------------------------------------------------------

@@ -44,12 +44,13 @@ def bits(modes: frozenset[str]) -> int:
 Static = tuple[str, int, int]  # (name, address, size) in the library
 
 
-def split_statics(statics: list[Static]) -> tuple[list[Static], list[Static], list[Static]]:
-    """(the static __shared__ variables, the redzones between them, the guard variables of their first
-    initializations) of a library's statics (elf.elf_symbols)."""
-    guards = [s for s in statics if s[0].startswith("_ZGV")]
-    redzones = [s for s in statics if REDZONE in s[0] and s not in guards]
-    return [s for s in statics if s not in guards and s not in redzones], redzones, guards
+def split_statics(objects: list[Static]) -> tuple[list[Static], list[Static], list[Static]]:
+    """(the static __shared__ variables, the redzones between them, the library's other zero-initialized
+    objects, such as the guard variables of first initializations) of elf.elf_symbols' objects."""
+    redzones = [s for s in objects if REDZONE in s[0]]
+    shared = [s for s in objects if s[0].startswith(("_ZZ", "_ZL")) and REDZONE not in s[0]]
+    names = {s[0] for s in redzones + shared}
+    return shared, redzones, [s for s in objects if s[0] not in names]
 
 
 def static_regions(statics: list[Static], load_base: int, others: list[Static] = ()) -> list[Region]:
@@ -63,10 +64,11 @@ def static_regions(statics: list[Static], load_base: int, others: list[Static] =
             continue
         previous = ordered[i - 1] if i else None
         following = ordered[i + 1] if i + 1 < len(ordered) else None
-        before = REDZONE_BYTES if previous is None else (address - (previous[1] + previous[2])) // (
-            2 if previous[0] in shared else 1)
-        after = REDZONE_BYTES if following is None else (following[1] - (address + size) + 1) // (
-            2 if following[0] in shared else 1)
+        # Halfway to a shared neighbour (the rest is its own), all the way to a guard variable.
+        before = REDZONE_BYTES if previous is None else address - (previous[1] + previous[2])
+        before //= 2 if previous is not None and previous[0] in shared else 1
+        after = REDZONE_BYTES if following is None else following[1] - (address + size)
+        after = (after + 1) // 2 if following is not None and following[0] in shared else after
         regions.append(Region(load_base + address, size, max(before, 0), max(after, 0), name.encode(), 1))
     return regions
 
