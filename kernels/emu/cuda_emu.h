@@ -24,10 +24,11 @@
 //                 the GPU compiles run here as written, within the PTX subset ptx.py lists.
 //   shared window __cvta_generic_to_shared gives 32-bit .shared addresses as the GPU has them
 //                 (emu_runtime.h), __cvta_shared_to_generic turns them back.
-// Kernels see LINEAR_EMULATE defined and __CUDA_ARCH__ undefined. Beside this file: <cooperative_groups.h> (the block and its tiles up to a warp)
-// and stubs for host-only headers kernel files include (<cuda.h>, <cuda_runtime.h>,
-// <cuda_runtime_api.h>, <device_launch_parameters.h>, <cublas_v2.h>, <cuda_profiler_api.h>). Not
-// provided: grid groups, <cuda/std/...>, WMMA, textures, dynamic parallelism.
+// Kernels see LINEAR_EMULATE defined and __CUDA_ARCH__ undefined. Beside this file:
+// <cooperative_groups.h> (the block and its tiles up to a warp) and stubs for host-only headers kernel
+// files include (<cuda.h>, <cuda_runtime.h>, <cuda_runtime_api.h>, <device_launch_parameters.h>,
+// <cublas_v2.h>, <cuda_profiler_api.h>). Not provided: grid groups, <cuda/std/...>, WMMA, textures,
+// dynamic parallelism.
 #pragma once
 
 // System headers first: some of them use the attribute __noinline__, which is a macro below.
