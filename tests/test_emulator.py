@@ -571,3 +571,17 @@ def test_a_gemm_flushes_float32_subnormal_inputs(monkeypatch):
     normal = np.ones(40, bool)
     normal[::5] = False
     assert rel_err(y[normal], x[normal].astype(np.float64) @ w.astype(np.float64)) < 1e-5
+
+
+def test_shared_arrays_of_half_build_and_run_under_the_sanitizer(tmp_path):
+    """A __shared__ __half array has a constructor, so g++ guards its first initialization; the guard
+    must not need libtsan's atomics in a sanitize build."""
+    (tmp_path / "halves.cu").write_text(
+        "#include <cuda_fp16.h>\n__global__ void halves(const __half* x, __half* y) {\n"
+        "    __shared__ __half tile[32];\n    tile[threadIdx.x] = x[threadIdx.x];\n    __syncthreads();\n"
+        "    y[threadIdx.x] = tile[31 - threadIdx.x];\n}\n")
+    x = np.arange(32, dtype=np.float16)
+    y = np.zeros(32, np.float16)
+    EmulatorRuntime(kernel_dir=tmp_path, sanitize="memcheck,racecheck,initcheck").function("halves.cu", "halves")(
+        1, 32, (x, y))
+    np.testing.assert_array_equal(y, x[::-1])

@@ -24,10 +24,11 @@
 //                 the GPU compiles run here as written, within the PTX subset ptx.py lists.
 //   shared window __cvta_generic_to_shared gives 32-bit .shared addresses as the GPU has them
 //                 (emu_runtime.h), __cvta_shared_to_generic turns them back.
-// Kernels see LINEAR_EMULATE defined and __CUDA_ARCH__ undefined. Beside this file: <cooperative_groups.h> (the block and its tiles up to a warp)
-// and stubs for host-only headers kernel files include (<cuda.h>, <cuda_runtime.h>,
-// <cuda_runtime_api.h>, <device_launch_parameters.h>, <cublas_v2.h>, <cuda_profiler_api.h>). Not
-// provided: grid groups, <cuda/std/...>, WMMA, textures, dynamic parallelism.
+// Kernels see LINEAR_EMULATE defined and __CUDA_ARCH__ undefined. Beside this file:
+// <cooperative_groups.h> (the block and its tiles up to a warp) and stubs for host-only headers kernel
+// files include (<cuda.h>, <cuda_runtime.h>, <cuda_runtime_api.h>, <device_launch_parameters.h>,
+// <cublas_v2.h>, <cuda_profiler_api.h>). Not provided: grid groups, <cuda/std/...>, WMMA, textures,
+// dynamic parallelism.
 #pragma once
 
 // System headers first: some of them use the attribute __noinline__, which is a macro below.
@@ -131,9 +132,13 @@ template <class T> T from_bits(uint64_t bits) {
     __builtin_memcpy(&v, &bits, sizeof(T));
     return v;
 }
+// The shim's own state lives in a section of its own (one translation unit per library, so `static`
+// is enough and the attribute holds), never beside a static __shared__ variable in .bss, where a
+// sanitize build would take the shim's accesses for the kernel's overruns.
+#define EMU_STATE static __attribute__((section("emu_state")))
 // Counts this library's launches (emu_entry.h), so that per-thread state kept across calls, such as
 // emu_tensor.h's cp.async queues, can tell a new launch from the last one.
-inline unsigned long long launch_serial = 0;
+EMU_STATE unsigned long long launch_serial = 0;
 }  // namespace emu
 
 // ---- Barriers and warp collectives -------------------------------------------------------------

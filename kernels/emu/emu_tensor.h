@@ -43,8 +43,8 @@ inline unsigned warp_index() { return linear_thread() / 32; }
 struct MmaOperands {
     float a[8], b[4];
 };
-inline MmaOperands mma_slots[MAX_WARPS][32];
-inline const unsigned char* ldmatrix_slots[MAX_WARPS][32];
+EMU_STATE MmaOperands mma_slots[MAX_WARPS][32];
+EMU_STATE const unsigned char* ldmatrix_slots[MAX_WARPS][32];
 
 inline float half_bits_to_float(unsigned bits, __half) { return __half2float(from_bits<__half>(bits & 0xFFFFu)); }
 inline float half_bits_to_float(unsigned bits, __nv_bfloat16) {
@@ -125,7 +125,7 @@ struct StmatrixOperands {
     unsigned char* row;
     unsigned r[4];
 };
-inline StmatrixOperands stmatrix_slots[MAX_WARPS][32];
+EMU_STATE StmatrixOperands stmatrix_slots[MAX_WARPS][32];
 
 template <int N, bool TRANS>
 inline void stmatrix(void* row, const unsigned (&r)[N], const char* site) {
@@ -160,7 +160,7 @@ struct CopyQueue {
     unsigned committed, count;
     PendingCopy pending[MAX_PENDING_COPIES];
 };
-inline CopyQueue copy_queues[1024];
+EMU_STATE CopyQueue copy_queues[1024];
 
 inline CopyQueue& copy_queue() {
     const unsigned long long owner =

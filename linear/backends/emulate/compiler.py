@@ -71,8 +71,10 @@ _SHARED = re.compile(r"\b__shared__\b[^;{}]*;")
 REDZONE = "emu_redzone"          # the name of the padding after each static __shared__ variable
 REDZONE_BYTES = 64
 # Kernel code only: registers and local arrays start as 0xFE bytes (-1.7e38 as a float), so reading
-# one before writing it (an accumulator never zeroed) gives a wrong result, not a lucky one.
-KERNEL_FLAGS = ("-ftrivial-auto-var-init=pattern",)
+# one before writing it (an accumulator never zeroed) gives a wrong result, not a lucky one. Fibers share
+# one OS thread, so a static's first initialization (a __shared__ __half array's constructor) needs no
+# lock, whose atomics a sanitize build would send to libtsan, which it does not link.
+KERNEL_FLAGS = ("-ftrivial-auto-var-init=pattern", "-fno-threadsafe-statics")
 # Sanitize builds: g++'s ThreadSanitizer instrumentation, whose calls emu_sanitize.cpp answers; DWARF 4,
 # whose file numbers binutils 2.40's addr2line reads right (with DWARF 5 it names the wrong file)
 # (the kernel library is linked without libtsan; -z defs names a hook it lacks at build time).

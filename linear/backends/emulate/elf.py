@@ -9,10 +9,10 @@ from pathlib import Path
 
 
 def elf_symbols(path: Path) -> tuple[list[tuple[str, int, int]], dict[str, int]]:
-    """From a 64-bit little-endian ELF library: its zero-initialized statics, function-local (_ZZ) or at
-    namespace scope (_ZL), as (name, address, size) -- which in a kernel library are exactly the
-    static __shared__ variables (device code cannot use any other static) -- and the addresses of
-    every other symbol by name."""
+    """From a 64-bit little-endian ELF library: its zero-initialized objects (name, address, size) --
+    among which sanitizers.split_statics tells the static __shared__ variables (function-local, _ZZ, or
+    at namespace scope, _ZL: device code can use no other static) from their neighbours -- and the
+    addresses of every other symbol by name."""
     data = path.read_bytes()
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         return [], {}
@@ -30,7 +30,7 @@ def elf_symbols(path: Path) -> tuple[list[tuple[str, int, int]], dict[str, int]]
             st_name, st_info, _, st_shndx, st_value, st_size = struct.unpack_from("<IBBHQQ", data, offset)
             end = data.index(b"\0", strtab[4] + st_name)
             name = data[strtab[4] + st_name:end].decode()
-            if (name.startswith(("_ZZ", "_ZL")) and st_info & 0xF == stt_object and st_shndx < shnum
+            if (name and st_info & 0xF == stt_object and st_shndx < shnum
                     and sections[st_shndx][1] == sht_nobits):
                 statics.append((name, st_value, st_size))
             elif name:

@@ -76,10 +76,10 @@ class EmulatedKernel:
         statics, addresses = elf_symbols(library)
         if "emu_entry" not in addresses:  # no ELF symbol table: static __shared__ stays unpoisoned
             statics, addresses = [], {"emu_entry": 0}
-        statics, redzones = sanitizers.split_statics(statics)
+        statics, redzones, guards = sanitizers.split_statics(statics)
         self._load_base = load_base = ctypes.cast(self._entry, ctypes.c_void_p).value - addresses["emu_entry"]
         # Only a sanitize build has redzones, and only it is watched.
-        self._static_regions = sanitizers.static_regions(statics, load_base) if redzones else []
+        self._static_regions = sanitizers.static_regions(statics, load_base, guards) if redzones else []
         self.static_shared_bytes = sum(size for _, _, size in statics)
         limits = self._limits
         if self.static_shared_bytes > limits.shared_per_block_default:  # what ptxas accepts for static __shared__

@@ -41,20 +41,34 @@ def bits(modes: frozenset[str]) -> int:
     return sum(MODES[m] for m in modes)
 
 
-def split_statics(statics: list[tuple[str, int, int]]) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
-    """(the static __shared__ variables, the redzones between them) of a library's local statics."""
-    redzones = [s for s in statics if REDZONE in s[0]]
-    return [s for s in statics if REDZONE not in s[0]], redzones
+Static = tuple[str, int, int]  # (name, address, size) in the library
 
 
-def static_regions(statics: list[tuple[str, int, int]], load_base: int) -> list[Region]:
+def split_statics(objects: list[Static]) -> tuple[list[Static], list[Static], list[Static]]:
+    """(the static __shared__ variables, the redzones between them, the library's other zero-initialized
+    objects, such as the guard variables of first initializations) of elf.elf_symbols' objects."""
+    redzones = [s for s in objects if REDZONE in s[0]]
+    shared = [s for s in objects if s[0].startswith(("_ZZ", "_ZL")) and REDZONE not in s[0]]
+    names = {s[0] for s in redzones + shared}
+    return shared, redzones, [s for s in objects if s[0] not in names]
+
+
+def static_regions(statics: list[Static], load_base: int, others: list[Static] = ()) -> list[Region]:
     """Each static __shared__ variable, out of bounds up to halfway to its neighbours (the redzones
-    and alignment padding between them)."""
-    ordered = sorted(statics, key=lambda s: s[1])
+    and alignment padding between them), and never over `others` (guard variables g++ puts beside)."""
+    shared = {s[0] for s in statics}
+    ordered = sorted([*statics, *others], key=lambda s: s[1])
     regions = []
     for i, (name, address, size) in enumerate(ordered):
-        before = (address - (ordered[i - 1][1] + ordered[i - 1][2])) // 2 if i else REDZONE_BYTES
-        after = (ordered[i + 1][1] - (address + size) + 1) // 2 if i + 1 < len(ordered) else REDZONE_BYTES
+        if name not in shared:
+            continue
+        previous = ordered[i - 1] if i else None
+        following = ordered[i + 1] if i + 1 < len(ordered) else None
+        # Halfway to a shared neighbour (the rest is its own), all the way to a guard variable.
+        before = REDZONE_BYTES if previous is None else address - (previous[1] + previous[2])
+        before //= 2 if previous is not None and previous[0] in shared else 1
+        after = REDZONE_BYTES if following is None else following[1] - (address + size)
+        after = (after + 1) // 2 if following is not None and following[0] in shared else after
         regions.append(Region(load_base + address, size, max(before, 0), max(after, 0), name.encode(), 1))
     return regions
 
