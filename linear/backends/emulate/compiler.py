@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Callable
 
 from ..sources import kernels_dir
-from . import ptx
+from . import ptx, ptx_hopper
 from .errors import EmulationError
 
 _SOURCE_SUFFIXES = (".cu", ".cuh", ".h")
+INSTRUCTIONS = tuple(ptx.INSTRUCTIONS) + tuple(ptx_hopper.INSTRUCTIONS)  # the PTX the emulator models
 # -ffp-contract=fast fuses a*b+c as nvcc does; -fstack-clash-protection makes a thread whose locals
 # outgrow its stack touch the guard page instead of the next thread's stack.
 _BASE_FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-fno-strict-aliasing", "-fno-math-errno",
@@ -225,7 +226,8 @@ class Compiler:
         self._compile([*flags, "-E", str(wrapper), "-o", str(preprocessed)], what)
         shim = str(emu_dir()) + os.sep
         translated = ptx.translate_unit(preprocessed.read_text(),
-                                        lambda path, system: not system and not path.startswith(shim))
+                                        lambda path, system: not system and not path.startswith(shim),
+                                        INSTRUCTIONS)
         out = wrapper.with_suffix(".ii")
         out.write_text(translated)
         return out

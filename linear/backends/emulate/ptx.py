@@ -46,6 +46,7 @@ trap; bra.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Union
@@ -397,8 +398,9 @@ def _cxx_string(text: str) -> str:
 class Block:
     """One asm statement being translated: its operands, the .reg scopes, and the helpers emitters use."""
 
-    def __init__(self, operands: list[AsmOperand], file: str, line: int):
+    def __init__(self, operands: list[AsmOperand], file: str, line: int, instructions: "Table"):
         self.operands = operands
+        self.instructions = instructions
         self.file, self.line = file, line
         self.scopes: list[dict[str, tuple[str, str]]] = [{}]
         self.labels: set[str] = set()
@@ -1113,17 +1115,18 @@ INSTRUCTIONS: list[tuple[str, Callable[[Instruction, Block], str]]] = [
     (r"trap|brkpt", emit_trap),
     (r"bra(?:\.uni)?", emit_bra),
 ]
-# The sm_90 set (mbarrier, cp.async.bulk, wgmma, fence.proxy.async, setmaxnreg): ptx_hopper.py.
-from .ptx_hopper import INSTRUCTIONS as _HOPPER_INSTRUCTIONS  # noqa: E402 (it uses the names above)
-
-INSTRUCTIONS += _HOPPER_INSTRUCTIONS
-_COMPILED: list[tuple[re.Pattern, Callable]] = []
+# The sm_90 set (mbarrier, cp.async.bulk, wgmma, fence.proxy.async, setmaxnreg) is ptx_hopper.py's
+# INSTRUCTIONS, which imports this module's types; the compiler passes both tables to translate_unit.
+Table = tuple[tuple[str, Callable[[Instruction, "Block"], str]], ...]
 
 
-def _emitter(opcode: str):
-    if len(_COMPILED) != len(INSTRUCTIONS):
-        _COMPILED[:] = [(re.compile(p), e) for p, e in INSTRUCTIONS]
-    for pattern, emit in _COMPILED:
+@functools.lru_cache(maxsize=8)
+def _compiled(instructions: Table) -> list[tuple[re.Pattern, Callable]]:
+    return [(re.compile(p), e) for p, e in instructions]
+
+
+def _emitter(opcode: str, instructions: Table):
+    for pattern, emit in _compiled(instructions):
         if pattern.fullmatch(opcode):
             return emit
     return None
@@ -1153,7 +1156,7 @@ def _emit_statements(statements: list, b: Block) -> str:
         elif isinstance(s, Label):
             out.append(f"{_cxx_name(s.name)}:;")
         else:
-            emit = _emitter(s.opcode)
+            emit = _emitter(s.opcode, b.instructions)
             if emit is None:
                 b.unsupported(s)
             code = emit(s, b)
@@ -1164,10 +1167,10 @@ def _emit_statements(statements: list, b: Block) -> str:
 
 
 def translate_asm(template: str, outputs: list[AsmOperand], inputs: list[AsmOperand], names: dict[str, int],
-                  extended: bool, file: str, line: int) -> str:
-    """The C++ block that runs one asm statement."""
+                  extended: bool, file: str, line: int, instructions: Table = tuple(INSTRUCTIONS)) -> str:
+    """The C++ block that runs one asm statement, with the instructions of the table given."""
     operands = outputs + inputs
-    b = Block(operands, file, line)
+    b = Block(operands, file, line, instructions)
     code = []
     for i, op in enumerate(operands):
         if op.constraint.isdigit():      # an input tied to output n: the same register
@@ -1300,10 +1303,12 @@ def _operands(section: str, output: bool, fail) -> tuple[list[AsmOperand], list[
     return operands, names
 
 
-def translate_unit(text: str, translate_file: Callable[[str, bool], bool]) -> str:
+def translate_unit(text: str, translate_file: Callable[[str, bool], bool],
+                   instructions: Table = tuple(INSTRUCTIONS)) -> str:
     """Preprocessed C++ (g++ -E, with line markers) with each asm statement of the files for which
-    translate_file(path, is_system_header) is true replaced by its C++ translation; every replacement
-    keeps the line count, so compiler messages keep their lines."""
+    translate_file(path, is_system_header) is true replaced by its C++ translation, using the
+    instructions of the table given (this module's INSTRUCTIONS unless told); every replacement keeps
+    the line count, so compiler messages keep their lines."""
     out, position = [], 0
     file, line, translating = "<unknown>", 1, False
     scan_from = 0
@@ -1329,7 +1334,7 @@ def translate_unit(text: str, translate_file: Callable[[str, bool], bool]) -> st
         if statement is None:
             continue
         start_line = line
-        replacement = _translate_statement(statement, file, start_line, text, m.start())
+        replacement = _translate_statement(statement, file, start_line, text, m.start(), instructions)
         if replacement is None:
             continue
         newlines = text.count("\n", m.start(), end)
@@ -1398,7 +1403,8 @@ def _asm_statement(text: str, i: int) -> tuple[int, str | None]:
     return after.end(), inner
 
 
-def _translate_statement(inner: str, file: str, line: int, text: str, start: int) -> str | None:
+def _translate_statement(inner: str, file: str, line: int, text: str, start: int,
+                         instructions: Table) -> str | None:
     def fail(message: str) -> None:
         raise EmulationError(f"{file}:{line}: inline PTX: {message}")
 
@@ -1419,4 +1425,5 @@ def _translate_statement(inner: str, file: str, line: int, text: str, start: int
     names = {n: i for i, n in enumerate(output_names + input_names) if n}
     if not template.strip():
         return "__asm__ __volatile__(\"\" ::: \"memory\");"
-    return translate_asm(template, outputs, inputs, names, extended=len(sections) > 1, file=file, line=line)
+    return translate_asm(template, outputs, inputs, names, extended=len(sections) > 1, file=file, line=line,
+                         instructions=instructions)
