@@ -212,7 +212,7 @@ class _Output:
 
 def matmul(a: Array, b: Array, /, out: Array | tuple[Array] | None = None, *, trans_a: bool = False,
            trans_b: bool = False, alpha: float = 1.0, beta: float = 0.0, axes: list | None = None,
-           axis: int | None = None, backend: str | None = None) -> Array:
+           axis: int | None = None, backend: str | Backend | None = None) -> Array:
     """numpy.matmul, extended to C = alpha·op(A)·op(B) + beta·C with op(X) = X with its last two axes
     swapped when its flag is set.
 
