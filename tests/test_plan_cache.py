@@ -68,16 +68,16 @@ def cases(rng, dtype):
     m, n, k = 37, 29, 45
     yield "NN + bias", matrix(m, k), matrix(k, n), np.empty((m, n), dtype), random(rng, n, dtype), Tuning()
     yield "TT", matrix(m, k, True), matrix(k, n, True), np.empty((m, n), dtype), None, Tuning()
-    yield "strided bias", matrix(m, k), matrix(k, n, True), np.empty((m, n), dtype), random(rng, 2 * n, dtype)[::2], Tuning()
+    strided_bias = random(rng, 2 * n, dtype)[::2]
+    yield "strided bias", matrix(m, k), matrix(k, n, True), np.empty((m, n), dtype), strided_bias, Tuning()
     yield "negative strides", matrix(m, k)[::-1], matrix(k, n)[:, ::-1], np.empty((m, n), dtype), None, Tuning()
     yield "split-K", matrix(m, 300), matrix(300, n), np.empty((m, n), dtype), random(rng, n, dtype), Tuning(splits=3)
     yield "unaligned rows", matrix(64, 63), matrix(63, 40), np.empty((64, 40), dtype), None, Tuning()
     a = np.broadcast_to(random(rng, (1, 3, 20, 24), dtype), (2, 3, 20, 24))  # dimensions that do not merge
     b = np.broadcast_to(random(rng, (2, 1, 24, 16), dtype), (2, 3, 24, 16))
     yield "stack, broadcast", a, b, np.empty((2, 3, 20, 16), dtype), None, Tuning()
-    reversed_stack = random(rng, (3, 30, 21), dtype)[::-1]
-    yield "reversed stack", reversed_stack, np.broadcast_to(matrix(21, 16), (3, 21, 16)), np.empty((3, 30, 16), dtype), \
-        None, Tuning()
+    reversed_stack, broadcast = random(rng, (3, 30, 21), dtype)[::-1], np.broadcast_to(matrix(21, 16), (3, 21, 16))
+    yield "reversed stack", reversed_stack, broadcast, np.empty((3, 30, 16), dtype), None, Tuning()
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -206,3 +206,21 @@ def test_the_cache_keeps_the_most_recently_used_plans(runtime, monkeypatch):
     assert plans_made(4, 5) == 2 and plans_made(4, 5) == 0
     assert plans_made(6) == 1 and len(backend._plans) == 2  # 4 went, the least recently used
     assert plans_made(5, 6) == 0 and plans_made(4) == 1
+
+
+def test_the_cuda_stand_in_of_bench_overhead_times_cached_calls_on_the_cupy_path(monkeypatch):
+    """bench.overhead --stand-in cuda: linear takes its arrays for CuPy's (the general path, not numpy's),
+    and every call after the first hits the plan cache."""
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    from bench import overhead
+    planned = []
+    real = kernel.gemm_plan
+    monkeypatch.setattr(kernel, "gemm_plan", lambda *a, **k: planned.append(a) or real(*a, **k))
+    pairs = overhead._stand_in_pairs((4, 8, 8))
+    for op, (ours, _) in pairs.items():
+        result = ours()
+        made = len(planned)
+        ours()
+        assert len(planned) == made, op
+        assert type(result if op == "forward" or op == "matmul" else result.dx).__module__ == "cupy.stand_in"

@@ -30,6 +30,9 @@ class KernelBackend:
         self._insert = threading.Lock()
 
     def gemm(self, a: Any, b: Any, c: Any, *, alpha: float, beta: float, bias: Any = None) -> None:
+        """base.Backend.gemm. An argument that changes the plan belongs in the key: an array as one more
+        entry of `arrays` (plan.GEMM_ARRAYS; its layout is then keyed and its slot filled per call), any
+        other (a flag, an epilogue's name) as itself in the key."""
         arrays = (a, b, c, bias)  # in plan.GEMM_ARRAYS' order
         key = ("gemm", layout_key(arrays), self.tuning, get_tf32(), self.runtime.device_id())
         self._run(key, arrays, alpha, beta, self._plan_gemm)

@@ -296,7 +296,7 @@ def layout_key(arrays: tuple) -> tuple:
     address modulo VECTOR_BYTES (the vector path and the aligned copies depend on it); None for one
     left out. Calls whose arrays have the same key (and the same tuning, TF32 setting and device) get
     the same Plan."""
-    return tuple(None if x is None else (x.shape, x.strides, x.dtype, address(x) % VECTOR_BYTES) for x in arrays)
+    return tuple([None if x is None else (x.shape, x.strides, x.dtype, address(x) % VECTOR_BYTES) for x in arrays])
 
 
 def _check_size(**sizes: int) -> None:
