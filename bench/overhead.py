@@ -93,9 +93,11 @@ def _stand_in_pairs(shape: tuple[int, int, int]) -> dict:
     batch, features, d = shape
     x, dy, w, b = (rng.standard_normal(s, np.float32).view(_StandInArray)
                    for s in [(batch, features), (batch, d), (features, d), (d,)])
-    dw, db = np.zeros_like(w), np.zeros_like(b)
+    dw, db, y = np.zeros_like(w), np.zeros_like(b), np.empty((batch, d), np.float32).view(_StandInArray)
     nothing = lambda: None
     return {
+        # the one call linear.torch makes per product
+        "backend.gemm": (lambda: backend.gemm(x, w, y, alpha=1.0, beta=0.0, bias=b), nothing),
         "forward": (lambda: linear.forward(x, w, b, backend=backend), nothing),
         "backward": (lambda: linear.backward(dy, x, w, backend=backend), nothing),
         "matmul": (lambda: linear.matmul(x, w, backend=backend), nothing),
@@ -129,8 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="64,128,128", help="B,F,D of X (B×F) · W (F×D); float32")
     parser.add_argument("--rounds", type=int, default=2000, help="timed rounds per op (default 2000)")
-    parser.add_argument("--ops", default="forward,backward,matmul,backward-acc",
-                        help="comma-separated (default: all four)")
+    parser.add_argument("--ops", help="comma-separated (default: all; forward, backward, matmul, backward-acc, "
+                        "and backend.gemm with --stand-in)")
     parser.add_argument("--stand-in", choices=["cuda"], help="time the cuda path's host work with kernels that "
                         "do nothing, against an empty call (see the module's docstring)")
     args = parser.parse_args(argv)
@@ -141,12 +143,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load: {describe_load(load_check())}")
     pin_threads(1)
     pairs = _stand_in_pairs(shape) if args.stand_in else _pairs(shape)
-    if set(args.ops.split(",")) - set(pairs):
+    ops = args.ops.split(",") if args.ops else list(pairs)
+    if set(ops) - set(pairs):
         parser.error(f"--ops: choose from {', '.join(pairs)}")
     where = "cuda stand-in (no kernel runs; raw: an empty call)" if args.stand_in else "numpy backend"
     print(f"{'x'.join(map(str, shape))} float32, {where}, {args.rounds} rounds; µs per call")
     print(f"{'op':<12} {'linear min/median':>18} {'raw min/median':>16} {'overhead Δmin/median':>22}")
-    for op in args.ops.split(","):
+    for op in ops:
         t = measure(*pairs[op], args.rounds)
         cells = [f"{min(t[k]):.1f} / {statistics.median(t[k]):.1f}" for k in ("linear", "raw")]
         cells.append(f"{min(t['linear']) - min(t['raw']):.1f} / {statistics.median(t['overhead']):.1f}")

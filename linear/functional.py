@@ -392,19 +392,20 @@ def backward(dy: Array, x: Array, w: Array, *, need_dx: bool = True, need_dw: bo
     # The common case in few steps, as in forward: plain numpy arrays of one native float dtype and
     # matching shapes, no out=, a backend that takes numpy arrays. Anything else takes the general path.
     if (dx_out is None and dw_out is None and db_out is None and accumulate is False and type(dy) is np.ndarray
-            and type(x) is np.ndarray and type(w) is np.ndarray):
+            and type(x) is np.ndarray and type(w) is np.ndarray and type(need_dx) is bool and type(need_dw) is bool
+            and type(need_db) is bool):
         dtype, be = x.dtype, _backend(backend)
         if (be.xp is np and (dtype is _FLOAT32 or dtype is _FLOAT64 or dtype is _FLOAT16) and w.dtype is dtype
                 and dy.dtype is dtype and w.ndim == 2 and x.ndim >= 1 and x.shape[-1] == w.shape[0]
                 and dy.shape == x.shape[:-1] + w.shape[1:]):
             features, d = w.shape
-            rows = math.prod(x.shape[:-1])
-            dx = np.empty(x.shape, dtype) if _check_flag("need_dx", need_dx) else None
-            dw = np.empty((features, d), dtype) if _check_flag("need_dw", need_dw) else None
-            db = np.empty(d, dtype) if _check_flag("need_db", need_db) else None
+            dx = np.empty(x.shape, dtype) if need_dx else None
+            dw = np.empty((features, d), dtype) if need_dw else None
+            db = np.empty(d, dtype) if need_db else None
             if x.ndim == 2:  # reshape costs ~0.3 µs even when it changes nothing
                 _gradients(be, dy, x, w, dx, dw, db, beta=0.0)
             else:
+                rows = math.prod(x.shape[:-1])
                 _gradients(be, dy.reshape(rows, d), x.reshape(rows, features), w,
                            None if dx is None else dx.reshape(rows, features), dw, db, beta=0.0)
             return Gradients(dx, dw, db)

@@ -147,6 +147,9 @@ def test_a_repeated_call_neither_plans_nor_looks_a_kernel_up(runtime, monkeypatc
         counts.append((len(planned), len(recording.looked_up)))
     assert counts[0][0] == 5  # forward, dx, dw, db, matmul
     assert counts[1] == counts[2] == counts[0]
+    # The cache keeps no array of any call (nor keeps one alive): slots and constants only.
+    kept = [arg for entry, _ in backend._plans.values() for launch in entry.launches for arg in launch.args]
+    assert kept and not any(isinstance(arg, np.ndarray) for arg in kept)
 
 
 def test_tf32_tuning_and_device_are_in_the_key(runtime, monkeypatch):
@@ -223,4 +226,5 @@ def test_the_cuda_stand_in_of_bench_overhead_times_cached_calls_on_the_cupy_path
         made = len(planned)
         ours()
         assert len(planned) == made, op
-        assert type(result if op == "forward" or op == "matmul" else result.dx).__module__ == "cupy.stand_in"
+        if op != "backend.gemm":  # which returns nothing
+            assert type(result if op in ("forward", "matmul") else result.dx).__module__ == "cupy.stand_in"
