@@ -41,21 +41,22 @@ class KernelBackend:
         arrays = (a, out)
         self._run(("colsum", layout_key(arrays), self.runtime.device_id()), arrays, 1.0, beta, self._plan_colsum)
 
-    def _plan_gemm(self, arrays: tuple) -> tuple[Plan, dict[int, Any]]:
+    def _plan_gemm(self, key: tuple, arrays: tuple) -> tuple[Plan, dict[int, Any]]:
+        _, _, tuning, tf32, _ = key  # the settings the plan is keyed by, read once
         a, b, c, bias = arrays
         runtime = self.runtime
-        return gemm_plan(self.xp, a, b, c, bias=bias, tuning=self.tuning, arch=runtime.compute_capability(),
-                         tf32=get_tf32(), device=runtime.device_limits())
+        return gemm_plan(self.xp, a, b, c, bias=bias, tuning=tuning, arch=runtime.compute_capability(), tf32=tf32,
+                         device=runtime.device_limits())
 
-    def _plan_colsum(self, arrays: tuple) -> tuple[Plan, dict[int, Any]]:
+    def _plan_colsum(self, key: tuple, arrays: tuple) -> tuple[Plan, dict[int, Any]]:
         return colsum_plan(*arrays, device=self.runtime.device_limits()), {}
 
     def _run(self, key: tuple, arrays: tuple, alpha: float, beta: float,
-             make: Callable[[tuple], tuple[Plan, dict[int, Any]]]) -> None:
-        """Launch the plan cached under key, made (make(arrays)) and its kernels looked up on a miss."""
+             make: Callable[[tuple, tuple], tuple[Plan, dict[int, Any]]]) -> None:
+        """Launch the plan cached under key, made (make(key, arrays)) and its kernels looked up on a miss."""
         entry, made = self._plans.get(key), None
         if entry is None:
-            plan, made = make(arrays)
+            plan, made = make(key, arrays)
             entry = plan, tuple(self.runtime.function(launch.source, launch.name) for launch in plan.launches)
             with self._insert:
                 self._plans[key] = entry
