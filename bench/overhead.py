@@ -3,21 +3,31 @@ expression, on a small layer where that cost shows (the default numpy backend; B
 
     python -m bench.overhead                          # 64x128x128 float32, 2000 rounds
     python -m bench.overhead --shape 32,784,256 --rounds 5000
+    python -m bench.overhead --stand-in cuda          # the cuda path's host time, without a GPU
 
 Each round times the linear call and the raw expression once each, on the same (cache-warm) inputs, in
 alternating order. Reports, in µs, min and median of each, and the overhead two ways: min(linear) -
 min(raw), the cost on a quiet moment, and the median of the round-by-round differences, which load
 from other work on the machine hits on both sides alike.
+
+--stand-in cuda times everything of a cuda call but the GPU's part: the kernel backend (its plan cache
+hit on every timed call) over a runtime whose kernels do nothing (function() returns a no-op launcher),
+with arrays that pass for CuPy's (numpy arrays of a class in a module named cupy, so that linear takes
+the path CuPy arrays take). Not in it: CuPy's own costs (cupy.empty from its memory pool, a kernel
+launch through the driver), and what the kernels do. Its raw expression is an empty call.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
+import types
 
 import numpy as np
 
 import linear
+from linear.backends.device import H100
+from linear.backends.kernel import KernelBackend
 
 from .machine import describe_load, load_check
 from .timers import pin_threads
@@ -37,6 +47,62 @@ def _pairs(shape: tuple[int, int, int]) -> dict:
         # Linear.backward's call: gradients added into the parameters' .grad
         "backward-acc": (lambda: linear.backward(dy, x, w, dw_out=dw, db_out=db, accumulate=True),
                          lambda: (dy @ w.T, np.add(dw, x.T @ dy, out=dw), np.add(db, dy.sum(axis=0), out=db))),
+    }
+
+
+class _StandInArray(np.ndarray):
+    """A numpy array that linear takes for a CuPy array (its class lives in a module named cupy)."""
+
+
+_StandInArray.__module__ = "cupy.stand_in"
+
+
+def _stand_in_cupy() -> types.ModuleType:
+    """numpy, as far as linear and the plan use CuPy, making _StandInArrays."""
+    cupy = types.ModuleType("cupy")
+    cupy.__getattr__ = lambda name: getattr(np, name)
+    cupy.ndarray = _StandInArray
+    cupy.empty = lambda shape, dtype=float: np.empty(shape, dtype).view(_StandInArray)
+    return cupy
+
+
+class NoLaunchRuntime:
+    """The cuda runtime's stand-in: an H100's compute capability and limits, kernels that do nothing."""
+    name = "cuda"
+
+    def __init__(self) -> None:
+        self.xp = _stand_in_cupy()
+
+    def function(self, source: str, name: str):
+        return lambda grid, block, args, shared_mem=0: None
+
+    def compute_capability(self) -> int:
+        return 90
+
+    def device_limits(self):
+        return H100
+
+    def device_id(self) -> int:
+        return 0
+
+
+def _stand_in_pairs(shape: tuple[int, int, int]) -> dict:
+    """op -> (linear call on the cuda stand-in, an empty call)."""
+    backend = KernelBackend(NoLaunchRuntime())
+    rng = np.random.default_rng(0)
+    batch, features, d = shape
+    x, dy, w, b = (rng.standard_normal(s, np.float32).view(_StandInArray)
+                   for s in [(batch, features), (batch, d), (features, d), (d,)])
+    dw, db, y = np.zeros_like(w), np.zeros_like(b), np.empty((batch, d), np.float32).view(_StandInArray)
+    nothing = lambda: None
+    return {
+        # the one call linear.torch makes per product
+        "backend.gemm": (lambda: backend.gemm(x, w, y, alpha=1.0, beta=0.0, bias=b), nothing),
+        "forward": (lambda: linear.forward(x, w, b, backend=backend), nothing),
+        "backward": (lambda: linear.backward(dy, x, w, backend=backend), nothing),
+        "matmul": (lambda: linear.matmul(x, w, backend=backend), nothing),
+        "backward-acc": (lambda: linear.backward(dy, x, w, dw_out=dw, db_out=db, accumulate=True, backend=backend),
+                         nothing),
     }
 
 
@@ -65,21 +131,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="64,128,128", help="B,F,D of X (B×F) · W (F×D); float32")
     parser.add_argument("--rounds", type=int, default=2000, help="timed rounds per op (default 2000)")
-    parser.add_argument("--ops", default="forward,backward,matmul,backward-acc",
-                        help="comma-separated (default: all four)")
+    parser.add_argument("--ops", help="comma-separated (default: all; forward, backward, matmul, backward-acc, "
+                        "and backend.gemm with --stand-in)")
+    parser.add_argument("--stand-in", choices=["cuda"], help="time the cuda path's host work with kernels that "
+                        "do nothing, against an empty call (see the module's docstring)")
     args = parser.parse_args(argv)
     shape = tuple(int(v) for v in args.shape.split(","))
     # The calls name no backend, as users write them: that path (reading $LINEAR_BACKEND) is measured.
-    if linear.backends.default_backend_name() != "numpy":
+    if not args.stand_in and linear.backends.default_backend_name() != "numpy":
         parser.error("it measures the numpy backend, the default: unset LINEAR_BACKEND")
     print(f"load: {describe_load(load_check())}")
     pin_threads(1)
-    pairs = _pairs(shape)
-    if set(args.ops.split(",")) - set(pairs):
+    pairs = _stand_in_pairs(shape) if args.stand_in else _pairs(shape)
+    ops = args.ops.split(",") if args.ops else list(pairs)
+    if set(ops) - set(pairs):
         parser.error(f"--ops: choose from {', '.join(pairs)}")
-    print(f"{'x'.join(map(str, shape))} float32, numpy backend, {args.rounds} rounds; µs per call")
+    where = "cuda stand-in (no kernel runs; raw: an empty call)" if args.stand_in else "numpy backend"
+    print(f"{'x'.join(map(str, shape))} float32, {where}, {args.rounds} rounds; µs per call")
     print(f"{'op':<12} {'linear min/median':>18} {'raw min/median':>16} {'overhead Δmin/median':>22}")
-    for op in args.ops.split(","):
+    for op in ops:
         t = measure(*pairs[op], args.rounds)
         cells = [f"{min(t[k]):.1f} / {statistics.median(t[k]):.1f}" for k in ("linear", "raw")]
         cells.append(f"{min(t['linear']) - min(t['raw']):.1f} / {statistics.median(t['overhead']):.1f}")

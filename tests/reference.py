@@ -116,3 +116,31 @@ def emulate_backend():
         return get_backend("emulate")
     except BackendUnavailable as e:
         require(False, f"the emulate backend ({e})")
+
+
+class RecordingRuntime:
+    """A runtime that launches through `runtime` and records each launch as a plan.Launch (its args as
+    the kernel got them) in `launched`, and each kernel function it hands out in `looked_up`."""
+
+    def __init__(self, runtime):
+        self.runtime, self.name, self.xp = runtime, runtime.name, runtime.xp
+        self.launched, self.looked_up = [], []
+
+    def function(self, source, name):
+        from linear.backends.plan import Launch
+        self.looked_up.append((source, name))
+        kernel = self.runtime.function(source, name)
+
+        def launch(grid, block, args, shared_mem=0):
+            self.launched.append(Launch(source, name, tuple(grid), tuple(block), tuple(args), shared_mem))
+            kernel(grid, block, args, shared_mem=shared_mem)
+        return launch
+
+    def compute_capability(self):
+        return self.runtime.compute_capability()
+
+    def device_limits(self):
+        return self.runtime.device_limits()
+
+    def device_id(self):
+        return self.runtime.device_id()

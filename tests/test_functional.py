@@ -340,6 +340,34 @@ def test_forward_fast_path_equals_the_general_path(backend, dtype):
         np.testing.assert_array_equal(linear.forward(x.view(subclass), w, b, backend=backend), fast)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_backward_and_matmul_fast_paths_equal_the_general_path(backend, dtype):
+    """backward and matmul's fast paths (plain arrays of one float dtype, no out=) against their general
+    path (out= given): one answer, bit for bit; backward's flags pick the gradients in both."""
+    rng = np.random.default_rng(21)
+    xp = get_backend(backend).xp
+    nan = lambda a: xp.full(a.shape, np.nan, a.dtype)
+    for lead, layout, needs in [((3,), "C", (True, True, True)), ((2, 3), "F", (True, False, True)),
+                                ((4,), "reversed", (False, True, False)), ((0,), "C", (True, True, True))]:
+        x, w = make(rng, backend, (*lead, 6), dtype, layout), make(rng, backend, (6, 4), dtype, layout)
+        dy = make(rng, backend, (*lead, 4), dtype, layout)
+        flags = dict(zip(("need_dx", "need_dw", "need_db"), needs))
+        fast = linear.backward(dy, x, w, **flags, backend=backend)
+        outs = {name: nan(g) for name, g in zip(("dx_out", "dw_out", "db_out"), fast) if g is not None}
+        general = linear.backward(dy, x, w, **flags, **outs, backend=backend)
+        for got, want, need in zip(fast, general, needs):
+            assert (got is None) == (want is None) == (not need)
+            if need:
+                assert type(got) is type(x) and got.dtype == x.dtype
+                np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
+        a, b = x.reshape(-1, 6), make(rng, backend, (6, 5), dtype, layout)
+        for a, b in [(a, b), (xp.stack([a, a]), xp.stack([b, b]))]:
+            fast = linear.matmul(a, b, alpha=0.5, backend=backend)
+            general = linear.matmul(a, b, alpha=0.5, out=nan(fast), backend=backend)
+            assert type(fast) is type(a) and fast.shape == a.shape[:-1] + b.shape[-1:]
+            np.testing.assert_array_equal(to_numpy(fast), to_numpy(general))
+
+
 def test_non_contiguous_out(backend):
     rng = np.random.default_rng(6)
     x, w = make(rng, backend, (7, 3), "float32"), make(rng, backend, (3, 5), "float32")

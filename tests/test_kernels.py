@@ -20,8 +20,8 @@ from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
 from linear.backends.sources import kernels_dir
 from linear.dtypes import ELEMENT_TYPES
-from reference import (DTYPE_CONFIGS, DTYPES, LAYOUTS, TOLERANCE, TRANS, assert_close, batched, emulate_backend,
-                       emulator, gemm_reference, layout, op, output, poisoned, rel_err, stored)
+from reference import (DTYPE_CONFIGS, DTYPES, LAYOUTS, TOLERANCE, TRANS, RecordingRuntime, assert_close, batched,
+                       emulate_backend, emulator, gemm_reference, layout, op, output, poisoned, rel_err, stored)
 
 # Sizes that are no tile multiple in any direction, with several K steps and split-K slices: block
 # (0, 0) is an interior tile (gemm.cu's unchecked loop) in the splits of whole K steps, every other
@@ -326,16 +326,13 @@ def test_an_ignored_batch_stride_is_caught(tmp_path, offset):
     assert rel_err(c, np.matmul(a.astype(np.float64), b)) > TOLERANCE["float32"]
 
 
-def test_linear_matmul_on_a_stack_is_one_launch_without_copies(monkeypatch):
-    backend = emulate_backend()
-    launched = []
-    original = backend.launch
-    monkeypatch.setattr(backend, "launch", lambda launches: (launched.extend(launches), original(launches)))
+def test_linear_matmul_on_a_stack_is_one_launch_without_copies():
+    runtime = RecordingRuntime(emulator())
     rng = np.random.default_rng(23)
     a, b = batched(rng, (2, 3), (20, 30), np.float32), batched(rng, (), (17, 30), np.float32)
-    out = linear.matmul(a, b.T, backend="emulate")  # b: one transposed matrix under a 2 x 3 stack
+    out = linear.matmul(a, b.T, backend=KernelBackend(runtime))  # b: one transposed matrix under a 2 x 3 stack
     assert_close(out, np.matmul(a.astype(np.float64), b.T), "float32")
-    [launch] = launched
+    [launch] = runtime.launched
     assert launch.grid[2] == 6 and launch.args[8].ctypes.data == b.ctypes.data and launch.args[10] == 0
     assert launch.args[5].ctypes.data == a.ctypes.data
 

@@ -27,6 +27,7 @@ kernel source from kernels/ and launches a named template instantiation of it:
     runtime.function(source, name)(grid, block, args, shared_mem=0)
     runtime.compute_capability()    e.g. 90: tensor-core kernels run from 80 on
     runtime.device_limits()         device.DeviceLimits: SMs, registers, shared memory, grid (the plan)
+    runtime.device_id()             the current device's number (a key of the plan cache)
 
 where source is a file name in kernels/ ("gemm.cu"), name an instantiation ("gemm<float, ...>"),
 grid and block 3-tuples, and args a tuple of `runtime.xp` arrays (passed as pointers) and numpy
@@ -63,6 +64,11 @@ class Runtime(Protocol):
     def device_limits(self) -> Any:
         """The current device's device.DeviceLimits (SM count, registers, shared memory, threads, grid,
         clock, bandwidth): what the launch plan and its cost model plan for."""
+        ...
+
+    def device_id(self) -> int:
+        """The current device's number: a kernel function, and so a cached plan, belongs to one device
+        (its compute capability and limits are the device's)."""
         ...
 
 

@@ -69,6 +69,9 @@ class CupyRuntime:
     def compute_capability(self) -> int:
         return int(self.xp.cuda.Device().compute_capability)
 
+    def device_id(self) -> int:
+        return self.xp.cuda.Device().id
+
     def device_limits(self) -> DeviceLimits:
         device = self.xp.cuda.Device()
         limits = self._limits.get(device.id)

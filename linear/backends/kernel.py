@@ -1,14 +1,21 @@
 """KernelBackend: the Backend of base.py on top of any Runtime (cuda, emulate).
 
-It only turns the plan (plan.py) into runtime launches; nothing here depends on the runtime.
+It turns the plan (plan.py) into runtime launches; nothing here depends on the runtime. Plans are
+cached: a call whose arrays have the layout (plan.layout_key: shapes, strides, dtypes, addresses
+modulo 16 bytes) of an earlier one, under the same tuning, TF32 setting and device, reuses that call's
+Plan and the kernel functions it resolved, and only fills in its own arrays, scalars and buffers.
 """
 from __future__ import annotations
 
-from typing import Any
+import threading
+from collections import OrderedDict
+from typing import Any, Callable
 
 from ..tf32 import get_tf32
-from .base import Runtime
-from .plan import Launch, Tuning, plan_colsum, plan_gemm
+from .base import KernelFunction, Runtime
+from .plan import Launch, Plan, Tuning, colsum_plan, gemm_plan, layout_key
+
+PLAN_CACHE_SIZE = 512  # plans kept per backend; the least recently used goes first
 
 
 class KernelBackend:
@@ -18,16 +25,56 @@ class KernelBackend:
         self.name = runtime.name
         self.xp = runtime.xp
         self.tuning = tuning
+        # key -> (Plan, its launches' kernel functions); the key names the product ("gemm", "colsum")
+        self._plans: OrderedDict[tuple, tuple[Plan, tuple[KernelFunction, ...]]] = OrderedDict()
+        self._insert = threading.Lock()
 
     def gemm(self, a: Any, b: Any, c: Any, *, alpha: float, beta: float, bias: Any = None) -> None:
-        self.launch(plan_gemm(self.xp, a, b, c, alpha=alpha, beta=beta, bias=bias, tuning=self.tuning,
-                              arch=self.runtime.compute_capability(), tf32=get_tf32(),
-                              device=self.runtime.device_limits()))
+        """base.Backend.gemm. An argument that changes the plan belongs in the key: an array as one more
+        entry of `arrays` (plan.GEMM_ARRAYS; its layout is then keyed and its slot filled per call), any
+        other (a flag, an epilogue's name) as itself in the key."""
+        arrays = (a, b, c, bias)  # in plan.GEMM_ARRAYS' order
+        key = ("gemm", layout_key(arrays), self.tuning, get_tf32(), self.runtime.device_id())
+        self._run(key, arrays, alpha, beta, self._plan_gemm)
 
     def colsum(self, a: Any, out: Any, *, beta: float) -> None:
-        self.launch(plan_colsum(self.xp, a, out, beta=beta, device=self.runtime.device_limits()))
+        arrays = (a, out)
+        self._run(("colsum", layout_key(arrays), self.runtime.device_id()), arrays, 1.0, beta, self._plan_colsum)
+
+    def _plan_gemm(self, key: tuple, arrays: tuple) -> tuple[Plan, dict[int, Any]]:
+        _, _, tuning, tf32, _ = key  # the settings the plan is keyed by, read once
+        a, b, c, bias = arrays
+        runtime = self.runtime
+        return gemm_plan(self.xp, a, b, c, bias=bias, tuning=tuning, arch=runtime.compute_capability(), tf32=tf32,
+                         device=runtime.device_limits())
+
+    def _plan_colsum(self, key: tuple, arrays: tuple) -> tuple[Plan, dict[int, Any]]:
+        return colsum_plan(*arrays, device=self.runtime.device_limits()), {}
+
+    def _run(self, key: tuple, arrays: tuple, alpha: float, beta: float,
+             make: Callable[[tuple, tuple], tuple[Plan, dict[int, Any]]]) -> None:
+        """Launch the plan cached under key, made (make(key, arrays)) and its kernels looked up on a miss."""
+        entry, made = self._plans.get(key), None
+        if entry is None:
+            plan, made = make(key, arrays)
+            entry = plan, tuple(self.runtime.function(launch.source, launch.name) for launch in plan.launches)
+            with self._insert:
+                self._plans[key] = entry
+                if len(self._plans) > PLAN_CACHE_SIZE:
+                    self._plans.popitem(last=False)
+        else:
+            try:
+                self._plans.move_to_end(key)
+            except KeyError:  # another thread dropped it meanwhile
+                pass
+        plan, functions = entry
+        xp = self.xp
+        values = plan.values(xp, arrays, alpha, beta, made)
+        for launch, function in zip(plan.launches, functions):
+            function(launch.grid, launch.block, launch.arguments(xp, values), shared_mem=launch.shared_mem)
 
     def launch(self, launches: list[Launch]) -> None:
+        """Run launches as they are (a plan bound to its arrays: plan.plan_gemm's), without the cache."""
         for launch in launches:
             kernel = self.runtime.function(launch.source, launch.name)
             kernel(launch.grid, launch.block, launch.args, shared_mem=launch.shared_mem)

@@ -24,6 +24,12 @@ plan_gemm works in three steps, each computed once per call:
 Vector loads: only when both operands' pointers, leading dimensions and batch strides are 16-byte
 aligned. Tuning() overrides the configuration, split-K and the vector path (for tests and tile sweeps).
 
+A plan is made once for many calls: gemm_plan and colsum_plan return a Plan, the launches with Slots
+where a call's arrays, alpha and beta go and Buffers (aligned copies, split-K workspaces) made anew for
+each call; it depends on the arrays only through layout_key (shapes, strides, dtypes, addresses modulo
+16 bytes), so KernelBackend caches it under that key with the tuning, TF32 setting and device.
+plan_gemm and plan_colsum are the plan filled in for one call (Plan.bind).
+
 Stacks of matrices (numpy.matmul's batch) are one strided-batched launch: grid z = batch · splits, each
 operand with its own batch stride, 0 for a broadcast one. Batch dimensions whose strides merge into one
 (every contiguous stack, a broadcast matrix) become that one stride; outer dimensions that do not merge
@@ -32,6 +38,8 @@ limit is cut into several launches.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -79,6 +87,7 @@ class Operand:
     array: Any
     ld: int
     trans: bool
+    copied: bool = False  # array is an aligned_copy, made anew for each call
 
     @property
     def rows(self) -> int:
@@ -130,12 +139,18 @@ def address(x: Any) -> int:
 def aligned_copy(xp: ModuleType, x: Any, trans: bool) -> Operand:
     """x copied into a buffer whose rows start every VECTOR_BYTES (its leading dimension rounded up to
     the vector width); the kernel never reads the padding at the end of each row. A broadcast
-    dimension stays broadcast: only the matrices stored are copied."""
+    dimension stays broadcast: only the matrices stored are copied. The buffer's first element is
+    VECTOR_BYTES-aligned whatever the allocator returns (a cached plan counts on every call's copy
+    being aligned)."""
     stored, cols = _stored(x), x.shape[-1]
-    ld = round_up(max(cols, 1), VECTOR_BYTES // x.itemsize)
-    buffer = xp.empty(stored.shape[:-1] + (ld,), x.dtype)
+    lanes = VECTOR_BYTES // x.itemsize
+    ld = round_up(max(cols, 1), lanes)
+    shape = stored.shape[:-1] + (ld,)
+    flat = xp.empty(math.prod(shape) + lanes, x.dtype)
+    first = -address(flat) % VECTOR_BYTES // x.itemsize
+    buffer = flat[first:first + math.prod(shape)].reshape(shape)
     buffer[..., :cols] = stored
-    return Operand(xp.broadcast_to(buffer[..., :cols], x.shape), ld, trans)
+    return Operand(xp.broadcast_to(buffer[..., :cols], x.shape), ld, trans, copied=True)
 
 
 def vector_aligned(operand: Operand) -> bool:
@@ -147,19 +162,141 @@ def vector_aligned(operand: Operand) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Launches
+# Launches, and plans: the launches with each call's arrays left as slots
 # ----------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class View:
+    """One launch's part of a stack cut into several: the array seen with `shape` and byte `strides`
+    (its batch dimensions merged, then its matrices as the kernel reads them), indexed with `index`."""
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    index: tuple
+
+    def of(self, xp: ModuleType, x: Any) -> Any:
+        return xp.lib.stride_tricks.as_strided(x, self.shape, self.strides)[self.index]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A launch argument that each call fills in (Plan.values): value number `index`, or a View of it.
+    An operand goes in as the array the call gave, not as its transposed view: the kernel reads only
+    its first element's address (the emulator also its dtype and its bytes), the same for both."""
+    index: int
+    view: View | None = None
+
+
+ALPHA, BETA = Slot(0), Slot(1)  # a plan's first two values: alpha and beta as its accumulator type
+_FIRST_ARRAY = 2  # then the call's arrays, in the order the plan was made for, then its buffers
+
+
+@dataclass(frozen=True)
 class Launch:
-    """runtime.function(source, name)(grid, block, args, shared_mem=shared_mem)"""
+    """runtime.function(source, name)(grid, block, args, shared_mem=shared_mem). In a Plan, args hold
+    Slots where each call's values go (arguments() fills them in)."""
     source: str
     name: str
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
     args: tuple
     shared_mem: int = 0
+
+    @functools.cached_property
+    def _slots(self) -> tuple[tuple[int, Slot], ...]:
+        return tuple((i, arg) for i, arg in enumerate(self.args) if isinstance(arg, Slot))
+
+    def arguments(self, xp: ModuleType, values: list[Any]) -> tuple:
+        """args with each Slot replaced by its value."""
+        args = list(self.args)
+        for i, slot in self._slots:
+            args[i] = values[slot.index] if slot.view is None else slot.view.of(xp, values[slot.index])
+        return tuple(args)
+
+
+@dataclass(frozen=True)
+class AlignedCopy:
+    """Value `source` (its transpose when `trans`) copied into aligned rows, as aligned_copy does."""
+    source: int
+    trans: bool
+
+    def make(self, xp: ModuleType, values: list[Any]) -> Any:
+        x = values[self.source]
+        return aligned_copy(xp, xp.swapaxes(x, -1, -2) if self.trans else x, self.trans).array
+
+
+@dataclass(frozen=True)
+class Contiguous:
+    """Value `source` C-contiguous (a copy unless it is)."""
+    source: int
+
+    def make(self, xp: ModuleType, values: list[Any]) -> Any:
+        return xp.ascontiguousarray(values[self.source])
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A new array (split-K's partial products, colsum's partial sums)."""
+    shape: tuple[int, ...]
+    dtype: Any
+
+    def make(self, xp: ModuleType, values: list[Any]) -> Any:
+        return xp.empty(self.shape, self.dtype)
+
+
+Buffer = AlignedCopy | Contiguous | Workspace
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A call's launches with its arrays left out: what plan_gemm or plan_colsum decides from the
+    arrays' layout_key alone, so that every call with the same key, the same settings and device can
+    reuse it (KernelBackend's plan cache). A call's values: alpha and beta as `scalar` (ALPHA, BETA),
+    its arrays, then `buffers`, made anew for each call (a workspace is never shared by two calls)."""
+    scalar: type
+    buffers: tuple[Buffer, ...]
+    launches: tuple[Launch, ...]
+
+    def values(self, xp: ModuleType, arrays: tuple, alpha: float, beta: float,
+               made: dict[int, Any] | None = None) -> list[Any]:
+        """The values a call fills the launches with; made: buffers already made for this call (by
+        number), the aligned copies the planner made while it planned."""
+        values = [self.scalar(alpha), self.scalar(beta), *arrays]
+        for i, buffer in enumerate(self.buffers):
+            values.append(made[i] if made and i in made else buffer.make(xp, values))
+        return values
+
+    def bind(self, xp: ModuleType, arrays: tuple, alpha: float, beta: float,
+             made: dict[int, Any] | None = None) -> list[Launch]:
+        """The launches of one call, their slots filled."""
+        values = self.values(xp, arrays, alpha, beta, made)
+        return [dataclasses.replace(launch, args=launch.arguments(xp, values)) for launch in self.launches]
+
+
+class _Slots:
+    """Hands out the slots of a plan being made: the call's arrays by position, buffers as added."""
+
+    def __init__(self, arrays: int):
+        self.arrays = arrays
+        self.buffers: list[Buffer] = []
+        self.made: dict[int, Any] = {}
+
+    def array(self, position: int) -> Slot:
+        return Slot(_FIRST_ARRAY + position)
+
+    def buffer(self, buffer: Buffer, made: Any = None) -> Slot:
+        if made is not None:
+            self.made[len(self.buffers)] = made
+        self.buffers.append(buffer)
+        return Slot(_FIRST_ARRAY + self.arrays + len(self.buffers) - 1)
+
+
+def layout_key(arrays: tuple) -> tuple:
+    """Everything a plan reads of the arrays it is made for: each one's shape, strides, dtype and
+    address modulo VECTOR_BYTES (the vector path and the aligned copies depend on it); None for one
+    left out. Calls whose arrays have the same key (and the same tuning, TF32 setting and device) get
+    the same Plan."""
+    return tuple([None if x is None else (x.shape, x.strides, x.dtype, address(x) % VECTOR_BYTES) for x in arrays])
 
 
 def _check_size(**sizes: int) -> None:
@@ -168,16 +305,13 @@ def _check_size(**sizes: int) -> None:
             raise ValueError(f"{what} = {size} exceeds the kernels' limit of {MAX_SIZE} (2**31 - 1025)")
 
 
-def _sum_splits_launch(t: ElementType, m: int, n: int, splits: int, partials: Any, c: Any, ldc: int,
-                       alpha: float, beta: float, bias: Any, device: DeviceLimits) -> Launch:
+def _sum_splits_launch(t: ElementType, m: int, n: int, splits: int, partials: Slot, c: Slot, ldc: int,
+                       bias: Slot | None, device: DeviceLimits) -> Launch:
+    """out = alpha·(the sum of the splits) + beta·out (+ bias), with the plan's ALPHA and BETA."""
     blocks = max(1, min(ceil_div(m * n, REDUCE_THREADS), REDUCE_BLOCKS_PER_SM * device.sms))
     args = (np.int32(m), np.int32(n), np.int32(splits), partials, c, np.int64(ldc),
-            t.acc(alpha), t.acc(beta), c if bias is None else bias, np.int32(bias is not None))
+            ALPHA, BETA, c if bias is None else bias, np.int32(bias is not None))
     return Launch("reduce.cu", sum_splits_name(t), (blocks, 1, 1), (REDUCE_THREADS, 1, 1), args)
-
-
-def _contiguous_vector(xp: ModuleType, v: Any) -> Any:
-    return v if v.size <= 1 or v.strides[0] == v.itemsize else xp.ascontiguousarray(v)
 
 
 def _output_ld(c: Any) -> int:
@@ -189,14 +323,15 @@ def _output_ld(c: Any) -> int:
 
 @dataclass(frozen=True)
 class BatchLaunch:
-    """One launch's share of a stack: the arrays start at its first matrix; `count` matrices, each
-    operand's next one `strides` elements further (0 for a broadcast operand)."""
-    arrays: tuple[Any, ...]
+    """One launch's share of a stack: `count` matrices, each operand's next one `strides` elements
+    further (0 for a broadcast operand); `views`: where each array's share is, None for the whole
+    array as it is (a launch that takes the whole stack, or a single matrix)."""
+    views: tuple[View | None, ...]
     count: int
     strides: tuple[int, ...]
 
 
-def batch_launches(xp: ModuleType, arrays: list[Any], max_count: int) -> list[BatchLaunch]:
+def batch_launches(arrays: list[Any], max_count: int) -> list[BatchLaunch]:
     """Split the common batch dimensions of `arrays` (leading dimensions, before each one's matrix)
     into launches: dimensions whose strides merge for every array become one strided dimension (the
     innermost goes to the grid); each index of the outer ones, and each max_count matrices of the
@@ -210,20 +345,22 @@ def batch_launches(xp: ModuleType, arrays: list[Any], max_count: int) -> list[Ba
             merged[-1] = (merged[-1][0] * size, strides)
         else:
             merged.append((size, strides))
-    if not merged:  # one matrix: the arrays as they are
-        return [BatchLaunch(tuple(arrays), 1, (0,) * len(arrays))]
-    # Each array as [merged batch dims..., rows, cols]; its first element is that of matrix 0.
-    views = [xp.lib.stride_tricks.as_strided(
-        x, tuple(size for size, _ in merged) + x.shape[-2:], tuple(s[j] for _, s in merged) + x.strides[-2:])
-        for j, x in enumerate(arrays)]
+    whole = (None,) * len(arrays)
+    if not merged:  # one matrix
+        return [BatchLaunch(whole, 1, (0,) * len(arrays))]
     count = merged[-1][0]
     element_strides = tuple(stride // x.itemsize for stride, x in zip(merged[-1][1], arrays))
+    if len(merged) == 1 and count <= max_count:  # one launch: each array from its first matrix, as it is
+        return [BatchLaunch(whole, count, element_strides)]
+    # Each array as [merged batch dims..., rows, cols]; its first element is that of matrix 0.
+    shapes = [tuple(size for size, _ in merged) + x.shape[-2:] for x in arrays]
+    strides = [tuple(s[j] for _, s in merged) + x.strides[-2:] for j, x in enumerate(arrays)]
     launches = []
     for index in itertools.product(*(range(size) for size, _ in merged[:-1])):
         for first in range(0, count, max_count):
             part = index + (slice(first, first + max_count),)
-            launches.append(BatchLaunch(tuple(v[part] for v in views), min(max_count, count - first),
-                                        element_strides))
+            launches.append(BatchLaunch(tuple(View(shape, stride, part) for shape, stride in zip(shapes, strides)),
+                                        min(max_count, count - first), element_strides))
     return launches
 
 
@@ -248,11 +385,25 @@ class Choice:
     k_per_split: int
 
 
+GEMM_ARRAYS = ("a", "b", "c", "bias")  # the arrays of a gemm plan's calls, in this order
+
+
 def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, alpha: float, beta: float, bias: Any = None,
               tuning: Tuning = Tuning(), arch: int | None = None, tf32: bool = False,
               device: DeviceLimits = H100) -> list[Launch]:
-    """The launches for c[...] = alpha·a·b + beta·c (+ bias), as in base.Backend.gemm: a (M x K) and b
-    (K x N) are views, a transposed operand a transposed view (its flag is derived here, by as_operand).
+    """The launches for c[...] = alpha·a·b + beta·c (+ bias), as in base.Backend.gemm: gemm_plan's
+    Plan, filled in with this call's arrays."""
+    plan, made = gemm_plan(xp, a, b, c, bias=bias, tuning=tuning, arch=arch, tf32=tf32, device=device)
+    return plan.bind(xp, (a, b, c, bias), alpha, beta, made)
+
+
+def gemm_plan(xp: ModuleType, a: Any, b: Any, c: Any, *, bias: Any = None, tuning: Tuning = Tuning(),
+              arch: int | None = None, tf32: bool = False, device: DeviceLimits = H100
+              ) -> tuple[Plan, dict[int, Any]]:
+    """The Plan of c[...] = alpha·a·b + beta·c (+ bias), as in base.Backend.gemm, for every call whose
+    arrays (GEMM_ARRAYS) have the layout_key of these; and the buffers made on the way for this call (the
+    aligned copies of its operands, which Plan.values takes as `made`). a (M x K) and b (K x N) are
+    views, a transposed operand a transposed view (its flag is derived here, by as_operand).
 
     a, b and c may carry the same leading batch dimensions (a stack of matrices); a's and b's may be
     broadcast views (stride 0) of them. 2-D arrays are one matrix. arch is the device's compute
@@ -269,7 +420,7 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, alpha: float, beta: flo
         raise ValueError(f"tile config {named.name!r} is instantiated for {', '.join(named.dtypes)} only, "
                          f"got dtype {product.dtype}")
     if product.m == 0 or product.n == 0 or product.batch == 0:
-        return []
+        return Plan(product.t.acc, (), ()), {}
     ldc = _output_ld(c)
     families = [(named,)] if named else [heuristic_configs(configs) for configs in reversed(FAMILIES)]
     families = [configs for configs in families if configs[0].runs(product.dtype, arch, tf32)]
@@ -277,7 +428,11 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, alpha: float, beta: flo
                                     families, tuning, device)
     choice = _choose(product, families, aligned, named, tuning, device,
                      f"compute capability {arch}, TF32 {'on' if tf32 else 'off'}")
-    return _launches(xp, product, choice, op_a, op_b, c, ldc, alpha, beta, bias, device)
+    slots = _Slots(len(GEMM_ARRAYS))
+    slot_a, slot_b = (slots.buffer(AlignedCopy(slots.array(i).index, op.trans), made=op.array) if op.copied
+                      else slots.array(i) for i, op in enumerate((op_a, op_b)))
+    launches = _launches(product, choice, op_a, op_b, slot_a, slot_b, c, ldc, bias, slots, device)
+    return Plan(product.t.acc, tuple(slots.buffers), tuple(launches)), slots.made
 
 
 def _operands(xp: ModuleType, op_a: Operand, op_b: Operand, product: Product,
@@ -323,8 +478,8 @@ def _choose(product: Product, families: list[tuple[GemmConfig, ...]], aligned: b
     return Choice(best.config, vector, splits, k_per_split)
 
 
-def _launches(xp: ModuleType, product: Product, choice: Choice, op_a: Operand, op_b: Operand, c: Any, ldc: int,
-              alpha: float, beta: float, bias: Any, device: DeviceLimits) -> list[Launch]:
+def _launches(product: Product, choice: Choice, op_a: Operand, op_b: Operand, slot_a: Slot, slot_b: Slot,
+              c: Any, ldc: int, bias: Any, slots: _Slots, device: DeviceLimits) -> list[Launch]:
     """Step 3: the GEMM launches (a stack cut where its batch dimensions do not merge or grid z ends),
     then, for split-K, the reduction of the workspace that applies the epilogue."""
     t, m, n, k, config, splits = product.t, product.m, product.n, product.k, choice.config, choice.splits
@@ -332,30 +487,38 @@ def _launches(xp: ModuleType, product: Product, choice: Choice, op_a: Operand, o
     if grid_xy[1] > device.max_grid[1]:
         raise ValueError(f"N = {n} needs {grid_xy[1]} column tiles, more than one launch allows "
                          f"({device.max_grid[1]})")
-    if bias is not None:
-        bias = _contiguous_vector(xp, bias)
+    slot_c, slot_bias = slots.array(2), None
+    if bias is not None:  # the kernels read it with unit stride
+        slot_bias = slots.array(3)
+        if bias.size > 1 and bias.strides[0] != bias.itemsize:
+            slot_bias = slots.buffer(Contiguous(slot_bias.index))
     if splits == 1:
-        c_cpp, target, target_ld, split_stride = t.cpp, c, ldc, 0
-        epilogue = (t.acc(alpha), t.acc(beta), c if bias is None else bias, np.int32(bias is not None))
+        c_cpp, target, target_ld, split_stride = t.cpp, slot_c, ldc, 0
+        epilogue = (ALPHA, BETA, slot_c if slot_bias is None else slot_bias, np.int32(bias is not None))
     else:  # partial products into the workspace; linear_sum_splits applies the epilogue
-        c_cpp, target, target_ld, split_stride = t.acc_cpp, xp.empty((splits, m, n), t.acc), n, m * n
-        epilogue = (t.acc(1), t.acc(0), c, np.int32(0))  # c: an unused stand-in for the bias
+        target = slots.buffer(Workspace((splits, m, n), t.acc))
+        c_cpp, target_ld, split_stride = t.acc_cpp, n, m * n
+        epilogue = (t.acc(1), t.acc(0), slot_c, np.int32(0))  # c: an unused stand-in for the bias
     name = config.template_name(t, c_cpp, op_a.trans, op_b.trans, choice.vector)
     shared = config.shared_bytes(product.dtype)
-    operands = [op_a.array, op_b.array] + ([c] if splits == 1 else [])
+    operands, operand_slots = [op_a.array, op_b.array], [slot_a, slot_b]
+    if splits == 1:
+        operands.append(c)
+        operand_slots.append(slot_c)
     launches = []
-    for part in batch_launches(xp, operands, device.max_grid[2] // splits):
-        part_a, part_b, part_c = part.arrays if splits == 1 else (*part.arrays, target)
-        stride_a, stride_b, stride_c = part.strides if splits == 1 else (*part.strides, 0)
+    for part in batch_launches(operands, device.max_grid[2] // splits):
+        part_a, part_b, *part_c = (Slot(slot.index, view) for slot, view in zip(operand_slots, part.views))
+        stride_a, stride_b, *stride_c = part.strides
         launches.append(Launch(
             config.source, name, grid_xy + (part.count * splits,), (config.threads, 1, 1),
             (np.int32(m), np.int32(n), np.int32(k), np.int32(choice.k_per_split), np.int32(splits),
              part_a, np.int64(op_a.ld), np.int64(stride_a), part_b, np.int64(op_b.ld), np.int64(stride_b),
-             part_c, np.int64(target_ld), np.int64(stride_c), np.int64(split_stride)) + epilogue,
+             part_c[0] if part_c else target, np.int64(target_ld), np.int64(stride_c[0] if stride_c else 0),
+             np.int64(split_stride)) + epilogue,
             shared))
     if splits == 1:
         return launches
-    return launches + [_sum_splits_launch(t, m, n, splits, target, c, ldc, alpha, beta, bias, device)]
+    return launches + [_sum_splits_launch(t, m, n, splits, target, slot_c, ldc, slot_bias, device)]
 
 
 def colsum_chunks(rows: int, cols: int, device: DeviceLimits = H100) -> tuple[int, int]:
@@ -367,19 +530,31 @@ def colsum_chunks(rows: int, cols: int, device: DeviceLimits = H100) -> tuple[in
     return rows_per_chunk, max(1, ceil_div(rows, rows_per_chunk))
 
 
+COLSUM_ARRAYS = ("a", "out")  # the arrays of a colsum plan's calls, in this order
+
+
 def plan_colsum(xp: ModuleType, a: Any, out: Any, *, beta: float, device: DeviceLimits = H100) -> list[Launch]:
-    """The launches for out[...] = a.sum(axis=0) + beta·out in a fixed order, as in base.Backend.colsum."""
+    """The launches for out[...] = a.sum(axis=0) + beta·out in a fixed order, as in base.Backend.colsum:
+    colsum_plan's Plan, filled in with this call's arrays."""
+    return colsum_plan(a, out, device=device).bind(xp, (a, out), 1.0, beta)
+
+
+def colsum_plan(a: Any, out: Any, *, device: DeviceLimits = H100) -> Plan:
+    """The Plan of out[...] = a.sum(axis=0) + beta·out for every call whose arrays (COLSUM_ARRAYS) have
+    the layout_key of these (its alpha is 1)."""
     t = element_type(out.dtype)
     rows, cols = a.shape
     _check_size(rows=rows, cols=cols)
     if cols == 0:
-        return []
-    lda = _row_major_ld(a.shape, a.strides, a.itemsize)
+        return Plan(t.acc, (), ())
+    slots = _Slots(len(COLSUM_ARRAYS))
+    source, lda = slots.array(0), _row_major_ld(a.shape, a.strides, a.itemsize)
     if lda is None:  # the kernel reads rows; any other layout is copied
-        a, lda = xp.ascontiguousarray(a), cols
+        source, lda = slots.buffer(Contiguous(source.index)), cols
     rows_per_chunk, chunks = colsum_chunks(rows, cols, device)
-    partials = xp.empty((chunks, cols), t.acc)
+    partials = slots.buffer(Workspace((chunks, cols), t.acc))
     first = Launch("reduce.cu", colsum_partial_name(t), (ceil_div(cols, REDUCE_THREADS), chunks, 1),
                    (REDUCE_THREADS, 1, 1),
-                   (np.int32(rows), np.int32(cols), np.int32(rows_per_chunk), a, np.int64(lda), partials))
-    return [first, _sum_splits_launch(t, 1, cols, chunks, partials, out, cols, 1.0, beta, None, device)]
+                   (np.int32(rows), np.int32(cols), np.int32(rows_per_chunk), source, np.int64(lda), partials))
+    last = _sum_splits_launch(t, 1, cols, chunks, partials, slots.array(1), cols, None, device)
+    return Plan(t.acc, tuple(slots.buffers), (first, last))

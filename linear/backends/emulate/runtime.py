@@ -44,6 +44,9 @@ class EmulatorRuntime:
     def compute_capability(self) -> int:
         return COMPUTE_CAPABILITY
 
+    def device_id(self) -> int:
+        return 0  # one emulated device
+
     def device_limits(self) -> DeviceLimits:
         return H100  # the card the plan's cost model assumes for the emulator
 

@@ -1,0 +1,230 @@
+"""KernelBackend's plan cache, on the emulator: a call that hits the cache launches exactly what a fresh
+plan would (the same kernels, scalars, and arrays: the call's own, or new buffers with the same bytes),
+so its results are bitwise those of an uncached call; a repeated call neither plans nor looks a kernel
+up; anything that changes the plan (pointer alignment, TF32, tuning, device) misses.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import linear
+from linear.backends import kernel, plan
+from linear.backends.kernel import KernelBackend
+from linear.backends.plan import Tuning
+from reference import DTYPES, RecordingRuntime, emulator, poisoned
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    return emulator()
+
+
+def random(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def at_offset(values: np.ndarray, offset_bytes: int) -> np.ndarray:
+    """A copy of values whose first element is `offset_bytes` past a 16-byte boundary (same shape and
+    strides, C-contiguous)."""
+    flat = np.empty(values.nbytes + 32, np.uint8)
+    start = -flat.ctypes.data % 16 + offset_bytes
+    out = flat[start:start + values.nbytes].view(values.dtype).reshape(values.shape)
+    out[...] = values
+    return out
+
+
+def assert_same_launches(recorded: list[plan.Launch], planned: list[plan.Launch], inputs: list,
+                          planned_inputs: list) -> None:
+    """The same kernels and scalars; each array argument the same part of the corresponding input, or,
+    where it is a buffer the plan makes (an aligned copy, a workspace), a new one on both sides with the
+    same bytes."""
+    def where(x, arrays):
+        """(input number, byte offset) of an array argument, or None for a buffer."""
+        return next(((j, plan.address(x) - plan.address(a)) for j, a in enumerate(arrays)
+                     if a is not None and np.shares_memory(x, a)), None)
+
+    assert len(recorded) == len(planned)
+    for got, want in zip(recorded, planned):
+        assert (got.source, got.name, got.grid, got.block, got.shared_mem) == \
+               (want.source, want.name, want.grid, want.block, want.shared_mem)
+        assert len(got.args) == len(want.args)
+        for i, (x, y) in enumerate(zip(got.args, want.args)):
+            if not isinstance(y, np.ndarray):
+                assert type(x) is type(y) and x == y, f"{got.name}: argument {i} is {x!r}, a fresh plan's {y!r}"
+                continue
+            assert isinstance(x, np.ndarray) and x.dtype == y.dtype, f"{got.name}: argument {i}"
+            got_where, want_where = where(x, inputs), where(y, planned_inputs)
+            assert got_where == want_where, f"{got.name}: argument {i} is {got_where or 'a buffer'} " \
+                                            f"(input, byte offset), a fresh plan's {want_where or 'a buffer'}"
+            if got_where is None:
+                assert x.shape == y.shape and x.strides == y.strides and np.array_equal(x, y, equal_nan=True)
+
+
+# (name, a, b, c, bias, tuning) factories: every way an operand reaches the kernels.
+def cases(rng, dtype):
+    def matrix(rows, cols, trans=False):
+        return random(rng, (cols, rows), dtype).T if trans else random(rng, (rows, cols), dtype)
+    m, n, k = 37, 29, 45
+    yield "NN + bias", matrix(m, k), matrix(k, n), np.empty((m, n), dtype), random(rng, n, dtype), Tuning()
+    yield "TT", matrix(m, k, True), matrix(k, n, True), np.empty((m, n), dtype), None, Tuning()
+    strided_bias = random(rng, 2 * n, dtype)[::2]
+    yield "strided bias", matrix(m, k), matrix(k, n, True), np.empty((m, n), dtype), strided_bias, Tuning()
+    yield "negative strides", matrix(m, k)[::-1], matrix(k, n)[:, ::-1], np.empty((m, n), dtype), None, Tuning()
+    yield "split-K", matrix(m, 300), matrix(300, n), np.empty((m, n), dtype), random(rng, n, dtype), Tuning(splits=3)
+    yield "unaligned rows", matrix(64, 63), matrix(63, 40), np.empty((64, 40), dtype), None, Tuning()
+    a = np.broadcast_to(random(rng, (1, 3, 20, 24), dtype), (2, 3, 20, 24))  # dimensions that do not merge
+    b = np.broadcast_to(random(rng, (2, 1, 24, 16), dtype), (2, 3, 24, 16))
+    yield "stack, broadcast", a, b, np.empty((2, 3, 20, 16), dtype), None, Tuning()
+    reversed_stack, broadcast = random(rng, (3, 30, 21), dtype)[::-1], np.broadcast_to(matrix(21, 16), (3, 21, 16))
+    yield "reversed stack", reversed_stack, broadcast, np.empty((3, 30, 16), dtype), None, Tuning()
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_a_cached_call_equals_an_uncached_one_bitwise(runtime, dtype):
+    """Each case twice, with new arrays of the same layout: the first call plans, the second reuses the
+    plan; both launch what plan_gemm plans for their arrays, and write the same bits."""
+    rng = np.random.default_rng(41)
+    for (name, *first), (_, *second) in zip(cases(rng, DTYPES[dtype]), cases(rng, DTYPES[dtype])):
+        assert plan.layout_key(first[:4]) == plan.layout_key(second[:4]), name  # numpy's 16-byte alignment
+        recording = RecordingRuntime(runtime)
+        tuning = first[4]
+        cached = KernelBackend(recording, tuning)
+        for call, (a, b, c, bias, _) in enumerate((first, second)):
+            c[...] = random(rng, c.shape, c.dtype)
+            c_uncached = c.copy()
+            before = len(recording.looked_up)
+            recording.launched.clear()
+            cached.gemm(a, b, c, alpha=0.5, beta=0.25, bias=bias)
+            planned = plan.plan_gemm(np, a, b, c_uncached, alpha=0.5, beta=0.25, bias=bias, tuning=tuning, arch=90,
+                                     device=runtime.device_limits())
+            KernelBackend(runtime).launch(planned)
+            assert np.array_equal(c, c_uncached, equal_nan=True), f"{name}: call {call}"
+            assert_same_launches(recording.launched, planned, [a, b, c, bias], [a, b, c_uncached, bias])
+            if call:
+                assert len(recording.looked_up) == before, f"{name}: the repeated call looked a kernel up"
+
+
+def test_the_pointer_alignment_is_in_the_key(runtime):
+    """Two calls with the same shapes and strides whose operand is 16-byte aligned in one and 2 bytes off
+    in the other: the tensor-core plan reads the first as it is and copies the second into aligned rows,
+    in either order."""
+    rng = np.random.default_rng(43)
+    a, b = random(rng, (64, 64), np.float16), random(rng, (64, 48), np.float16)
+    for offsets in ((0, 2), (2, 0)):
+        recording = RecordingRuntime(runtime)
+        backend = KernelBackend(recording)
+        for offset in offsets:
+            shifted = at_offset(a, offset)
+            c, c_uncached = poisoned(np, (64, 48), np.float16), poisoned(np, (64, 48), np.float16)
+            recording.launched.clear()
+            backend.gemm(shifted, b, c, alpha=1.0, beta=0.0)
+            planned = plan.plan_gemm(np, shifted, b, c_uncached, alpha=1.0, beta=0.0, arch=90)
+            KernelBackend(runtime).launch(planned)
+            assert planned[0].source == "tc_gemm.cu"
+            assert (planned[0].args[5] is shifted) == (offset == 0)  # copied where unaligned
+            assert_same_launches(recording.launched, planned, [shifted, b, c], [shifted, b, c_uncached])
+            assert np.array_equal(c, c_uncached)
+
+
+def test_a_repeated_call_neither_plans_nor_looks_a_kernel_up(runtime, monkeypatch):
+    planned = []
+    for name in ("gemm_plan", "colsum_plan"):
+        real = getattr(kernel, name)
+        monkeypatch.setattr(kernel, name, lambda *a, real=real, **k: planned.append(real) or real(*a, **k))
+    recording = RecordingRuntime(runtime)
+    backend = KernelBackend(recording)
+    rng = np.random.default_rng(47)
+    counts = []
+    for _ in range(3):  # fresh arrays of the same layouts each time
+        x, w, b, dy = (random(rng, shape, np.float32) for shape in [(6, 40, 24), (24, 16), (16,), (6, 40, 16)])
+        y = linear.forward(x, w, b, backend=backend)
+        grads = linear.backward(dy, x, w, backend=backend)
+        stack = linear.matmul(x, np.swapaxes(x, -1, -2), backend=backend)
+        np.testing.assert_allclose(y, x.astype(np.float64) @ w + b, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(grads.dw, np.einsum("bri,brj->ij", x, dy), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(stack, x.astype(np.float64) @ np.swapaxes(x, -1, -2), rtol=1e-4, atol=1e-4)
+        counts.append((len(planned), len(recording.looked_up)))
+    assert counts[0][0] == 5  # forward, dx, dw, db, matmul
+    assert counts[1] == counts[2] == counts[0]
+    # The cache keeps no array of any call (nor keeps one alive): slots and constants only.
+    kept = [arg for entry, _ in backend._plans.values() for launch in entry.launches for arg in launch.args]
+    assert kept and not any(isinstance(arg, np.ndarray) for arg in kept)
+
+
+def test_tf32_tuning_and_device_are_in_the_key(runtime, monkeypatch):
+    recording = RecordingRuntime(runtime)
+    backend = KernelBackend(recording)
+    rng = np.random.default_rng(53)
+    a, b, c = random(rng, (32, 32), np.float32), random(rng, (32, 32), np.float32), np.empty((32, 32), np.float32)
+
+    def plans_made():
+        before = len(recording.looked_up)
+        backend.gemm(a, b, c, alpha=1.0, beta=0.0)
+        return len(recording.looked_up) - before
+
+    assert plans_made() == 1 and plans_made() == 0 and recording.launched[-1].source == "gemm.cu"
+    linear.set_tf32(True)
+    try:
+        assert plans_made() == 1 and recording.launched[-1].source == "tc_gemm.cu"
+    finally:
+        linear.set_tf32(None)
+    assert plans_made() == 0 and recording.launched[-1].source == "gemm.cu"
+    backend.tuning = Tuning(config="small")
+    assert plans_made() == 1 and plans_made() == 0
+    monkeypatch.setattr(recording, "device_id", lambda: 1)  # another device: its own plans and kernels
+    assert plans_made() == 1 and plans_made() == 0
+
+
+def test_split_k_workspaces_are_made_for_each_call(runtime):
+    recording = RecordingRuntime(runtime)
+    backend = KernelBackend(recording, Tuning(splits=3))
+    rng = np.random.default_rng(59)
+    a, b = random(rng, (20, 300), np.float32), random(rng, (300, 12), np.float32)
+    workspaces = []
+    for _ in range(2):
+        recording.launched.clear()
+        backend.gemm(a, b, poisoned(np, (20, 12), np.float32), alpha=1.0, beta=0.0)
+        gemm, reduction = recording.launched
+        assert gemm.args[4] == 3 and gemm.args[11] is reduction.args[3]
+        workspaces.append(gemm.args[11])
+    assert not np.shares_memory(*workspaces)
+
+
+def test_the_cache_keeps_the_most_recently_used_plans(runtime, monkeypatch):
+    monkeypatch.setattr(kernel, "PLAN_CACHE_SIZE", 2)
+    recording = RecordingRuntime(runtime)
+    backend = KernelBackend(recording)
+    rng = np.random.default_rng(61)
+    calls = {n: (random(rng, (8, 8), np.float32), random(rng, (8, n), np.float32), np.empty((8, n), np.float32))
+             for n in (4, 5, 6)}
+
+    def plans_made(*sizes):
+        before = len(recording.looked_up)
+        for n in sizes:
+            a, b, c = calls[n]
+            backend.gemm(a, b, c, alpha=1.0, beta=0.0)
+        return len(recording.looked_up) - before
+
+    assert plans_made(4, 5) == 2 and plans_made(4, 5) == 0
+    assert plans_made(6) == 1 and len(backend._plans) == 2  # 4 went, the least recently used
+    assert plans_made(5, 6) == 0 and plans_made(4) == 1
+
+
+def test_the_cuda_stand_in_of_bench_overhead_times_cached_calls_on_the_cupy_path(monkeypatch):
+    """bench.overhead --stand-in cuda: linear takes its arrays for CuPy's (the general path, not numpy's),
+    and every call after the first hits the plan cache."""
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    from bench import overhead
+    planned = []
+    real = kernel.gemm_plan
+    monkeypatch.setattr(kernel, "gemm_plan", lambda *a, **k: planned.append(a) or real(*a, **k))
+    pairs = overhead._stand_in_pairs((4, 8, 8))
+    for op, (ours, _) in pairs.items():
+        result = ours()
+        made = len(planned)
+        ours()
+        assert len(planned) == made, op
+        if op != "backend.gemm":  # which returns nothing
+            assert type(result if op in ("forward", "matmul") else result.dx).__module__ == "cupy.stand_in"
