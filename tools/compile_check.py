@@ -1,13 +1,28 @@
-"""Compile every kernel instantiation without a GPU: nvcc (resource usage) and NVRTC (CuPy's compiler).
+"""Compile every kernel instantiation without a GPU, many instantiations per compiler call: nvcc for what
+ptxas reports of each kernel (sm_80, sm_90) and the sm_90 machine code, NVRTC as CuPy runs it.
 
-    python -m linear.backends.compile_check     # from the repository root: rewrites kernels/REGISTERS.md
+    PYTHONPATH=. python tools/compile_check.py   # from the repository root: rewrites kernels/REGISTERS.md
+                                                 # and linear/backends/registers.py
 
-tests/test_compile.py uses the same functions to assert no register spills and no stack frame.
+A developer tool beside the package, not in it: the installed package compiles through CuPy alone and never
+imports this; tests/test_compile.py and tests/test_sass.py do.
+
+Each compiler call compiles one translation unit that includes a kernel source and takes the address of up
+to MAX_PER_UNIT of its instantiations; ptxas's report (-Xptxas -v) names each kernel by its mangled name,
+which c++filt turns back into the name tiles.py writes, so every figure belongs to one instantiation. nvcc's
+builds are kept in a cache folder keyed by everything that goes into them (compiler, flags, unit, kernel
+sources), so that the resource check and the machine-code check (pytest-xdist workers included) build
+each unit once.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
+import fcntl
+import functools
+import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -15,17 +30,27 @@ import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from .cuda import cuda_include_dirs
-from . import tiles
-from .tiles import Instantiation, instantiations
-from .sources import kernels_dir
+from linear.backends import tiles
+from linear.backends.cuda import cuda_include_dirs
+from linear.backends.sources import kernels_dir
+from linear.backends.tiles import Instantiation, instantiations
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+REGISTERS_MD = REPOSITORY / "kernels" / "REGISTERS.md"
+REGISTERS_MODULE = REPOSITORY / "linear" / "backends" / "registers.py"
+COMMAND = "PYTHONPATH=. python tools/compile_check.py"
 
 # The dynamic shared memory one block may opt into (cudaFuncAttributeMaxDynamicSharedMemorySize, which the
 # cuda runtime sets above 48 KiB), per architecture: A100 163 KiB, H100 227 KiB (CUDA programming guide).
 MAX_SHARED_PER_BLOCK = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}
 ARCHES = tuple(MAX_SHARED_PER_BLOCK)
-NVCC_FLAGS = ("-std=c++17", "-O3", "-Xptxas", "-v", "-diag-suppress", "177")
+REGISTERS_ARCH = "sm_90"  # the cost model's device
+NVCC_FLAGS = ("-std=c++17", "-cubin", "-Xptxas", "-v", "-diag-suppress", "177")
+# Instantiations per compiler call: few calls (each costs ~1 s of start-up), yet enough units that two
+# run side by side (gemm.cu's 176 instantiations make two units).
+MAX_PER_UNIT = 100
 
 
 @dataclass(frozen=True)
@@ -38,17 +63,34 @@ class Resources:
     static_shared: int  # bytes (the kernels use dynamic shared memory, reported by the plan)
 
 
-def by_source(kernels: list[Instantiation]) -> dict[str, list[str]]:
-    grouped: dict[str, list[str]] = {}
-    for kernel in kernels:
-        grouped.setdefault(kernel.source, []).append(kernel.name)
-    return grouped
+@dataclass(frozen=True)
+class Unit:
+    """One translation unit: a kernel source and some of its instantiations."""
+    source: str  # a file in kernels/
+    names: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return instantiating_unit(self.source, self.names)
 
 
-def instantiating_unit(source: str, names: list[str]) -> str:
+def instantiating_unit(source: str, names: tuple[str, ...] | list[str]) -> str:
     """A translation unit that includes `source` and takes the address of each instantiation."""
     entries = "".join(f"    (void*)&{name},\n" for name in names)
     return f'#include "{source}"\nvoid* const linear_instantiations[] = {{\n{entries}}};\n'
+
+
+def units(kernels: list[Instantiation]) -> list[Unit]:
+    """The units the checks compile: each source's instantiations in the fewest units of at most
+    MAX_PER_UNIT, of even sizes, largest units first."""
+    grouped: dict[str, list[str]] = {}
+    for kernel in kernels:
+        grouped.setdefault(kernel.source, []).append(kernel.name)
+    found = []
+    for source, names in grouped.items():
+        parts = -(-len(names) // MAX_PER_UNIT)
+        found += [Unit(source, tuple(names[i::parts])) for i in range(parts)]
+    return sorted(found, key=lambda unit: -len(unit.names))
 
 
 _ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(\w+)'")
@@ -57,7 +99,8 @@ _USAGE = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
 
 
 def parse_ptxas(log: str) -> dict[str, Resources]:
-    """{mangled name: Resources} from the output of nvcc -Xptxas -v for one architecture."""
+    """{mangled name: Resources} from ptxas -v's report (nvcc -Xptxas -v, or NVRTC's log) for one
+    architecture."""
     found: dict[str, Resources] = {}
     entry = frame = None
     for line in log.splitlines():
@@ -78,29 +121,100 @@ def demangle(mangled: list[str]) -> dict[str, str]:
     return dict(zip(mangled, names))
 
 
-def nvcc_resources(nvcc: str, arch: str, source: str, names: list[str]) -> dict[str, Resources]:
-    """{instantiation name: Resources} for the named instantiations of one source on one architecture."""
-    with tempfile.TemporaryDirectory() as tmp:
-        unit = Path(tmp) / "unit.cu"
-        unit.write_text(instantiating_unit(source, names))
-        command = [nvcc, *NVCC_FLAGS, f"-arch={arch}", f"-I{kernels_dir()}", "-c", str(unit),
-                   "-o", str(Path(tmp) / "unit.o")]
-        done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"nvcc failed for {source} on {arch}:\n{done.stderr[-4000:]}")
-    mangled = parse_ptxas(done.stdout + done.stderr)
+# ----------------------------------------------------------------------------------------------------
+# nvcc
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Build:
+    """One nvcc run over a unit for one architecture: its cubin and what ptxas reported of each kernel."""
+    arch: str
+    cubin: Path
+    mangled: dict[str, str]  # instantiation name -> mangled name
+    resources: dict[str, Resources]  # by instantiation name
+
+
+@functools.cache
+def _nvcc_version(nvcc: str) -> str:
+    return subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+
+
+def _build_key(nvcc: str, command: list[str], text: str) -> str:
+    """A digest of everything that goes into a build: the compiler, its flags, the unit and the sources it
+    may include."""
+    digest = hashlib.sha256("\0".join([_nvcc_version(nvcc), *command, text]).encode())
+    for path in sorted(kernels_dir().glob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:32]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (created if missing), across processes."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def nvcc_build(nvcc: str, arch: str, text: str, cache: Path) -> Build:
+    """Compiles the unit `text` to a cubin for `arch`, or finds it built in `cache` (another process that
+    builds it at the same time is waited for). Raises RuntimeError with nvcc's errors when it fails."""
+    command = [nvcc, *NVCC_FLAGS, f"-arch={arch}", f"-I{kernels_dir()}"]
+    cache.mkdir(parents=True, exist_ok=True)
+    key = _build_key(nvcc, command, text)
+    cubin, report = cache / f"{key}.cubin", cache / f"{key}.ptxas"
+    with _locked(cache / f"{key}.lock"):
+        if not report.exists():
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                unit, built = Path(tmp) / "unit.cu", Path(tmp) / "unit.cubin"
+                unit.write_text(text)
+                done = subprocess.run([*command, str(unit), "-o", str(built)], capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise RuntimeError(f"nvcc failed on {arch}:\n{done.stderr[-4000:]}")
+                built.replace(cubin)
+                (Path(tmp) / "report").write_text(done.stdout + done.stderr)
+                (Path(tmp) / "report").replace(report)  # last: its presence means the build is whole
+    mangled = parse_ptxas(report.read_text())
     readable = demangle(list(mangled))
-    return {readable[m]: resources for m, resources in mangled.items()}
+    return Build(arch, cubin, {readable[m]: m for m in mangled}, {readable[m]: r for m, r in mangled.items()})
 
 
-def nvcc_all(nvcc: str, kernels: list[Instantiation], jobs: int = 2) -> dict[tuple[str, str], Resources]:
-    """{(arch, name): Resources} for every instantiation and architecture, `jobs` nvcc runs at a time."""
-    work = [(arch, source, names[i::jobs]) for arch in ARCHES for source, names in by_source(kernels).items()
-            for i in range(jobs) if names[i::jobs]]
-    found: dict[tuple[str, str], Resources] = {}
+def nvcc_builds(nvcc: str, work: list[Unit], arches: tuple[str, ...], cache: Path,
+                jobs: int = 2) -> list[Build]:
+    """Every unit built for every architecture, `jobs` nvcc runs at a time."""
+    pairs = [(arch, unit) for unit in work for arch in arches]
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        for (arch, _, _), result in zip(work, pool.map(lambda w: nvcc_resources(nvcc, *w), work)):
-            found.update({(arch, name): resources for name, resources in result.items()})
+        return list(pool.map(lambda pair: nvcc_build(nvcc, pair[0], pair[1].text, cache), pairs))
+
+
+def by_arch_and_name(builds: list[Build]) -> dict[tuple[str, str], Resources]:
+    """{(arch, instantiation name): Resources} of several builds."""
+    return {(build.arch, name): used for build in builds for name, used in build.resources.items()}
+
+
+def problems(kernels: list[Instantiation], resources: dict[tuple[str, str], Resources],
+             arches: tuple[str, ...] = ARCHES) -> list[str]:
+    """What is wrong with each instantiation on each architecture, one line each, naming it: no report,
+    spills or a stack frame (local memory), more shared memory than a block may have."""
+    found = []
+    for arch in arches:
+        for kernel in kernels:
+            used = resources.get((arch, kernel.name))
+            if used is None:
+                found.append(f"{arch} {kernel.name}: ptxas reported nothing")
+                continue
+            if used.stack_frame or used.spill_stores or used.spill_loads:
+                found.append(f"{arch} {kernel.name}: {used.stack_frame} bytes stack frame, {used.spill_stores} "
+                             f"bytes spill stores, {used.spill_loads} bytes spill loads")
+            shared = kernel.shared_mem + used.static_shared
+            if shared > MAX_SHARED_PER_BLOCK[arch]:
+                found.append(f"{arch} {kernel.name}: {shared} bytes of shared memory, over the "
+                             f"{MAX_SHARED_PER_BLOCK[arch]} a block may have")
     return found
 
 
@@ -119,32 +233,41 @@ def find_nvrtc() -> Path | None:
     return None
 
 
-def nvrtc_compile(library: Path, source: str, names: list[str], arch: str = "sm_90") -> dict[str, str]:
-    """Compiles `source` to a cubin with NVRTC as CuPy does (name expressions, -std=c++17); returns
-    {name: lowered (mangled) name}. Raises RuntimeError with NVRTC's log when compilation fails."""
+@dataclass(frozen=True)
+class NvrtcBuild:
+    lowered: dict[str, str]  # instantiation name -> lowered (mangled) name
+    resources: dict[str, Resources]  # by instantiation name, from ptxas's report in NVRTC's log
+
+
+def nvrtc_compile(library: Path, unit: Unit, arch: str = "sm_90") -> NvrtcBuild:
+    """Compiles the unit's source to a cubin with NVRTC as CuPy does (-std=c++17, the instantiations as
+    name expressions), ptxas reporting. Raises RuntimeError with NVRTC's log when compilation fails."""
     nvrtc = ctypes.CDLL(str(library))
     program = ctypes.c_void_p()
-    text = (kernels_dir() / source).read_bytes()
-    _nvrtc_check(nvrtc, nvrtc.nvrtcCreateProgram(ctypes.byref(program), text, source.encode(), 0, None, None))
+    text = (kernels_dir() / unit.source).read_bytes()
+    _nvrtc_check(nvrtc, nvrtc.nvrtcCreateProgram(ctypes.byref(program), text, unit.source.encode(), 0, None, None))
     try:
-        for name in names:
+        for name in unit.names:
             _nvrtc_check(nvrtc, nvrtc.nvrtcAddNameExpression(program, name.encode()))
         options = [f"-arch={arch}", "-std=c++17", f"-I{kernels_dir()}",
-                   *(f"-I{d}" for d in cuda_include_dirs())]
+                   *(f"-I{d}" for d in cuda_include_dirs()), "-Xptxas", "-v"]
         encoded = (ctypes.c_char_p * len(options))(*(o.encode() for o in options))
-        if nvrtc.nvrtcCompileProgram(program, len(options), encoded) != 0:
-            size = ctypes.c_size_t()
-            nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
-            log = ctypes.create_string_buffer(size.value)
-            nvrtc.nvrtcGetProgramLog(program, log)
-            raise RuntimeError(f"NVRTC failed to compile {source} for {arch} with {options}:\n"
-                               f"{log.value.decode(errors='replace')[-4000:]}")
+        status = nvrtc.nvrtcCompileProgram(program, len(options), encoded)
+        size = ctypes.c_size_t()
+        nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        nvrtc.nvrtcGetProgramLog(program, log)
+        log_text = log.value.decode(errors="replace")
+        if status != 0:
+            raise RuntimeError(f"NVRTC failed to compile {unit.source} for {arch} with {options}:\n"
+                               f"{log_text[-4000:]}")
         lowered = {}
-        for name in names:
+        for name in unit.names:
             pointer = ctypes.c_char_p()
             _nvrtc_check(nvrtc, nvrtc.nvrtcGetLoweredName(program, name.encode(), ctypes.byref(pointer)))
             lowered[name] = pointer.value.decode()
-        return lowered
+        reported = parse_ptxas(log_text)
+        return NvrtcBuild(lowered, {name: reported[m] for name, m in lowered.items() if m in reported})
     finally:
         nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
 
@@ -156,7 +279,7 @@ def _nvrtc_check(nvrtc: ctypes.CDLL, status: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# kernels/REGISTERS.md
+# kernels/REGISTERS.md and linear/backends/registers.py
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -164,7 +287,7 @@ def registers_table(kernels: list[Instantiation], resources: dict[tuple[str, str
     lines = [
         "# Registers and shared memory per kernel",
         "",
-        "Written by `python -m linear.backends.compile_check` from `nvcc -Xptxas -v` "
+        f"Written by `{COMMAND}` from `nvcc -Xptxas -v` "
         f"({', '.join(ARCHES)}); every kernel has 0 bytes of spills and stack frame (tests/test_compile.py).",
         "Shared memory is the dynamic shared memory the plan launches the kernel with.",
         "",
@@ -177,38 +300,63 @@ def registers_table(kernels: list[Instantiation], resources: dict[tuple[str, str
     return "\n".join(lines) + "\n"
 
 
-def plan_registers(resources: dict[tuple[str, str], Resources], arch: str = "sm_90") -> dict:
-    """cost.REGISTERS as ptxas reports it: per (config, dtype, 16-byte loads), the most registers over
+def plan_registers(resources: dict[tuple[str, str], Resources]) -> dict[tuple[str, str, bool], int]:
+    """Registers per (config, dtype, 16-byte loads) as ptxas reports them on REGISTERS_ARCH: the most over
     the products and C types."""
     table = {}
+    flags = [(trans_a, trans_b) for trans_a in (False, True) for trans_b in (False, True)]
     for dtype, t in tiles.ELEMENT_TYPES.items():
         c_types = dict.fromkeys((t.cpp, t.acc_cpp))
-        flags = [(trans_a, trans_b) for trans_a in (False, True) for trans_b in (False, True)]
         for config in tiles.TILE_CONFIGS:
             for vector in (False, True):
                 if dtype in config.dtypes:
                     names = [tiles.gemm_name(t, c, *f, config, vector) for c in c_types for f in flags]
-                    table[config.name, dtype, vector] = max(resources[arch, name].registers for name in names)
+                    table[config.name, dtype, vector] = max(resources[REGISTERS_ARCH, n].registers for n in names)
         for config in tiles.TC_CONFIGS:
             if dtype in config.dtypes:
                 names = [tiles.tc_gemm_name(t, c, *f, config) for c in c_types for f in flags]
-                table[config.name, dtype, True] = max(resources[arch, name].registers for name in names)
+                table[config.name, dtype, True] = max(resources[REGISTERS_ARCH, n].registers for n in names)
     return table
+
+
+def registers_module(resources: dict[tuple[str, str], Resources]) -> str:
+    """The text of linear/backends/registers.py."""
+    entries = "".join(f"    {key!r}: {value},\n" for key, value in plan_registers(resources).items())
+    return (f"# Generated by `{COMMAND}` (from the repository root) from nvcc's ptxas report on\n"
+            f"# {REGISTERS_ARCH}; do not edit: tests/test_compile.py fails when it differs from the compiler's.\n"
+            '"""Registers per thread of each kernel configuration as ptxas allocates them on '
+            f'{REGISTERS_ARCH}: (config name,\ndtype, 16-byte loads) -> registers, the most over the products '
+            '(NN, NT, TN, TT) and C types.\nThe cost model\'s occupancy reads it."""\n\n'
+            f"REGISTERS: dict[tuple[str, str, bool], int] = {{\n{entries}}}\n")
+
+
+def _write(path: Path, text: str) -> None:
+    """Replaces `path` whole (never half-written)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def main() -> None:
     import argparse
     import shutil
-    parser = argparse.ArgumentParser(description="Write the registers and shared memory of every kernel.")
-    parser.add_argument("out", nargs="?", type=Path, default=Path("kernels/REGISTERS.md"),
-                        help="the file to write (default: kernels/REGISTERS.md, from the repository root)")
-    out = parser.parse_args().out
+    parser = argparse.ArgumentParser(description="Write the registers and shared memory of every kernel "
+                                     f"({REGISTERS_MD.relative_to(REPOSITORY)}, "
+                                     f"{REGISTERS_MODULE.relative_to(REPOSITORY)}).")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="nvcc runs at a time")
+    jobs = parser.parse_args().jobs
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         sys.exit("nvcc is not on PATH")
     kernels = instantiations()
-    out.write_text(registers_table(kernels, nvcc_all(nvcc, kernels)))
-    print(f"wrote {out} ({len(kernels)} kernels)")
+    with tempfile.TemporaryDirectory() as cache:
+        resources = by_arch_and_name(nvcc_builds(nvcc, units(kernels), ARCHES, Path(cache), jobs))
+    wrong = problems(kernels, resources)
+    if wrong:
+        sys.exit("\n".join(wrong))
+    _write(REGISTERS_MD, registers_table(kernels, resources))
+    _write(REGISTERS_MODULE, registers_module(resources))
+    print(f"wrote {REGISTERS_MD} and {REGISTERS_MODULE} ({len(kernels)} kernels)")
 
 
 if __name__ == "__main__":
