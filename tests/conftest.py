@@ -41,6 +41,14 @@ def require_tool(tool: str) -> str:
     return path
 
 
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this run shares (the compile checks build each unit once
+    into it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def pytest_addoption(parser):
     parser.addoption("--sanitize-all", action="store_true", dest="sanitize_all",
                      help="run every kernel instantiation under every sanitize mode (tests/test_sanitize.py)")

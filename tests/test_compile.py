@@ -1,55 +1,82 @@
 """Every kernel instantiation the plan can launch compiles with nvcc (sm_80, sm_90) without register
-spills or a stack frame, within the shared memory a block may opt into on that architecture,
-kernels/REGISTERS.md is current, and NVRTC (CuPy's compiler, from the nvidia-cuda-nvrtc wheel)
-compiles the same sources. No GPU needed."""
+spills or a stack frame, within the shared memory a block may opt into on that architecture;
+kernels/REGISTERS.md and linear/backends/registers.py are what tools/compile_check.py makes of it; NVRTC
+(CuPy's compiler, from the nvidia-cuda-nvrtc wheel) compiles the same sources without spills either. Many
+instantiations per compiler call (tools/compile_check.py's units). No GPU needed."""
 from __future__ import annotations
 
 import concurrent.futures
-from pathlib import Path
 
+import compile_check  # tools/
 from conftest import require, require_tool
-from linear.backends import compile_check, cost, tiles
-from linear.backends.registers import REGISTERS
-from linear.backends.tiles import instantiations
+from linear.backends import cost, registers, tiles
+from linear.backends.tiles import Instantiation, instantiations
 
 KERNELS = instantiations()
-# In the source tree, also when the tests run against an installed package (which leaves it out).
-REGISTERS_MD = Path(__file__).resolve().parent.parent / "kernels" / "REGISTERS.md"
+UNITS = compile_check.units(KERNELS)
 
 
-def test_nvcc_builds_every_instantiation_without_spills_and_registers_md_is_current():
-    # One test for both checks, so that pytest-xdist workers never run the nvcc builds twice.
-    resources = compile_check.nvcc_all(require_tool("nvcc"), KERNELS)
-    for arch in compile_check.ARCHES:
-        for kernel in KERNELS:
-            used = resources.get((arch, kernel.name))
-            assert used is not None, f"ptxas reported nothing for {kernel.name} on {arch}"
-            assert (used.spill_stores, used.spill_loads, used.stack_frame) == (0, 0, 0), (arch, kernel.name, used)
-            shared = kernel.shared_mem + used.static_shared
-            assert shared <= compile_check.MAX_SHARED_PER_BLOCK[arch], (arch, kernel.name, shared)
-    registers = compile_check.plan_registers(resources)
-    assert registers == REGISTERS, "registers.REGISTERS is stale; it should be:\n" + "\n".join(
-        f"    {key!r}: {value}," for key, value in registers.items())
+def test_nvcc_builds_every_instantiation_without_spills_and_the_generated_tables_are_current(run_dir):
+    # One test for the builds and the tables, so that pytest-xdist workers never run the nvcc builds twice
+    # (tests/test_sass.py reads the sm_90 cubins from the same cache).
+    builds = compile_check.nvcc_builds(require_tool("nvcc"), UNITS, compile_check.ARCHES, run_dir / "nvcc")
+    resources = compile_check.by_arch_and_name(builds)
+    wrong = compile_check.problems(KERNELS, resources)
+    assert not wrong, "\n".join(wrong)
+    assert compile_check.REGISTERS_MODULE.read_text() == compile_check.registers_module(resources), (
+        f"linear/backends/registers.py is stale: run {compile_check.COMMAND}")
+    assert cost.REGISTERS == registers.REGISTERS  # the cost model reads the generated table
     # The float32 16-byte-load kernels of 128 x 128 tiles hold 2 blocks (16 warps) per SM.
     for name in ("large", "warp"):
         assert cost.blocks_per_sm(tiles.CONFIGS_BY_NAME[name], "float32", True) == 2, name
-    recorded = REGISTERS_MD.read_text()
-    assert recorded == compile_check.registers_table(KERNELS, resources), (
-        "kernels/REGISTERS.md is stale: run python -m linear.backends.compile_check")
+    assert compile_check.REGISTERS_MD.read_text() == compile_check.registers_table(KERNELS, resources), (
+        f"kernels/REGISTERS.md is stale: run {compile_check.COMMAND}")
 
 
-def test_nvrtc_compiles_every_instantiation():
+# A kernel template whose second instantiation keeps an array indexed at run time in local memory (a
+# stack frame), compiled in one unit with reduce.cu's kernels: the negative control of the batched check.
+PLANTED = """
+template <int N> __global__ void planted(const int* in, int* out) {
+    if constexpr (N == 2) {
+        int histogram[256] = {};
+        for (int j = 0; j < 1024; ++j) histogram[in[j] & 255] += 1;
+        out[threadIdx.x] = histogram[threadIdx.x & 255];
+    } else {
+        out[threadIdx.x] = in[threadIdx.x] * N;
+    }
+}
+"""
+
+
+def test_the_batched_check_names_the_one_instantiation_with_local_memory(run_dir):
+    reduce = [kernel for kernel in KERNELS if kernel.source == "reduce.cu"]
+    kernels = reduce + [Instantiation("planted", f"planted<{n}>", 0) for n in (1, 2, 3)]
+    unit = compile_check.instantiating_unit("reduce.cu", [kernel.name for kernel in kernels]).replace(
+        "void* const", PLANTED + "void* const")
+    build = compile_check.nvcc_build(require_tool("nvcc"), "sm_90", unit, run_dir / "nvcc")
+    wrong = compile_check.problems(kernels, compile_check.by_arch_and_name([build]), ("sm_90",))
+    assert len(wrong) == 1 and wrong[0].startswith("sm_90 planted<2>: ") and "0 bytes stack frame" not in wrong[0], wrong
+
+
+def test_units_hold_every_instantiation_once():
+    names = [name for unit in UNITS for name in unit.names]
+    assert sorted(names) == sorted(kernel.name for kernel in KERNELS)
+    assert all(len(unit.names) <= compile_check.MAX_PER_UNIT for unit in UNITS)
+    assert len(UNITS) <= len(KERNELS) // 40  # a few compiler calls, not one per instantiation
+
+
+def test_nvrtc_compiles_every_instantiation_without_spills():
     library = compile_check.find_nvrtc()
     require(library is not None, "the nvidia-cuda-nvrtc wheel")
     require(bool(compile_check.cuda_include_dirs()), "CUDA headers (nvidia-cuda-runtime wheel or a toolkit)")
-    # Two programs per source at a time (NVRTC releases the GIL), as CuPy would compile them.
-    work = [(source, names[i::2]) for source, names in compile_check.by_source(KERNELS).items() for i in range(2)]
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        lowered = {}
-        for result in pool.map(lambda w: compile_check.nvrtc_compile(library, *w), work):
-            lowered.update(result)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # NVRTC releases the GIL
+        builds = list(pool.map(lambda unit: compile_check.nvrtc_compile(library, unit), UNITS))
+    lowered = {name: mangled for build in builds for name, mangled in build.lowered.items()}
     assert sorted(lowered) == sorted(kernel.name for kernel in KERNELS)
     assert all(name.startswith("_Z") for name in lowered.values())
+    resources = {("sm_90", name): used for build in builds for name, used in build.resources.items()}
+    wrong = compile_check.problems(KERNELS, resources, ("sm_90",))
+    assert not wrong, "\n".join(wrong)
 
 
 def test_ptxas_log_parsing():

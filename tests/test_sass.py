@@ -1,4 +1,6 @@
-"""The machine code of the hot GEMMs, read without a GPU (nvcc -cubin, then cuobjdump -sass), sm_90.
+"""The machine code of the hot GEMMs, read without a GPU (nvcc -cubin, then cuobjdump -sass), sm_90: from
+the builds of every instantiation that tests/test_compile.py checks (tools/compile_check.py; each unit is
+built once per run, whichever test asks first).
 
 SIMT (gemm.cu), float32, the large configurations (the heuristic's and the candidates), NN / NT / TN,
 16-byte aligned operands: the main loop (the interior blocks' K loop: the shortest backward branch
@@ -22,13 +24,11 @@ nvidia-cuda-nvdisasm wheels (or a CUDA toolkit on PATH); nvcc from the toolkit.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import re
 import shutil
 import subprocess
 import sysconfig
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,8 @@ from pathlib import Path
 import pytest
 
 from conftest import require, require_tool
-from linear.backends import compile_check, tiles
+import compile_check  # tools/
+from linear.backends import tiles
 from linear.backends.sources import kernels_dir
 from linear.dtypes import ELEMENT_TYPES
 
@@ -228,33 +229,37 @@ extern "C" __global__ void local_array(const int* in, int* out) {
 """
 
 
-def disassemble(unit_source: str) -> dict[str, list[Instruction]]:
-    """{demangled function name: instructions} of a translation unit (which may include kernels/),
-    built for ARCH."""
-    nvcc, cuobjdump, nvdisasm = require_tool("nvcc"), find_cuda_tool("cuobjdump"), find_cuda_tool("nvdisasm")
+def disassemble(build: compile_check.Build, names: list[str]) -> dict[str, list[Instruction]]:
+    """{instantiation name: instructions} of the named kernels of an nvcc build."""
+    cuobjdump, nvdisasm = find_cuda_tool("cuobjdump"), find_cuda_tool("nvdisasm")
     require(cuobjdump is not None, "cuobjdump (the nvidia-cuda-cuobjdump wheel)")
     require(nvdisasm is not None, "nvdisasm, which cuobjdump -sass runs (the nvidia-cuda-nvdisasm wheel)")
-    with tempfile.TemporaryDirectory() as tmp:
-        unit, cubin = Path(tmp) / "unit.cu", Path(tmp) / "unit.cubin"
-        unit.write_text(unit_source)
-        subprocess.run([nvcc, "-std=c++17", "-O3", f"-arch={ARCH}", "-cubin", "-diag-suppress", "177",
-                        f"-I{kernels_dir()}", str(unit), "-o", str(cubin)], check=True, capture_output=True, text=True)
-        sass = subprocess.run([cuobjdump, "-sass", str(cubin)], check=True, capture_output=True, text=True,
-                              env=dict(os.environ, NVDISASM_PATH=str(Path(nvdisasm).parent))).stdout
-    functions = parse_sass(sass)
-    readable = compile_check.demangle(list(functions))
-    return {readable[mangled]: instructions for mangled, instructions in functions.items()}
+    functions = ",".join(build.mangled[name] for name in names)
+    sass = subprocess.run([cuobjdump, "-sass", "-fun", functions, str(build.cubin)], check=True,
+                          capture_output=True, text=True,
+                          env=dict(os.environ, NVDISASM_PATH=str(Path(nvdisasm).parent))).stdout
+    readable = {mangled: name for name, mangled in build.mangled.items()}
+    return {readable[mangled]: instructions for mangled, instructions in parse_sass(sass).items()}
+
+
+def build_unit(text: str, cache: Path) -> compile_check.Build:
+    return compile_check.nvcc_build(require_tool("nvcc"), ARCH, text, cache)
 
 
 @pytest.fixture(scope="module")
-def sass() -> dict[str, list[Instruction]]:
-    """The hot kernels, the scalar-load one, the tensor-core ones and the local-array control; two nvcc
-    runs at a time."""
-    names, tc_names = [*HOT.values(), SCALAR], list(TC.values())
-    units = [compile_check.instantiating_unit(source, some[i::2]) for source, some in
-             (("gemm.cu", names), ("tc_gemm.cu", tc_names)) for i in range(2)] + [LOCAL_ARRAY_KERNEL]
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        return {name: code for found in pool.map(disassemble, units) for name, code in found.items()}
+def sass(run_dir) -> dict[str, list[Instruction]]:
+    """The hot kernels, the scalar-load one and the tensor-core ones, read from the sm_90 builds of every
+    instantiation (the cubins tests/test_compile.py checks, built once per run), and the local-array control."""
+    wanted = {*HOT.values(), SCALAR, *TC.values()}
+    work = [unit for unit in compile_check.units(tiles.instantiations()) if wanted & set(unit.names)]
+    builds = compile_check.nvcc_builds(require_tool("nvcc"), work, (ARCH,), run_dir / "nvcc")
+    code = {}
+    for build in builds:
+        code.update(disassemble(build, [name for name in build.mangled if name in wanted]))
+    local = build_unit(LOCAL_ARRAY_KERNEL, run_dir / "nvcc")
+    code.update(disassemble(local, list(local.mangled)))
+    assert wanted <= set(code), wanted - set(code)
+    return code
 
 
 @pytest.mark.parametrize("config,product", list(HOT), ids=[f"{c}-{p}" for c, p in HOT])
@@ -309,7 +314,7 @@ def test_tensor_core_main_loop(sass, config, dtype, product):
 INTERIOR_BRANCH = "if (inside_mn && k0 + BK <= k_end) {"  # tc_gemm.cu: the loader's unchecked path
 
 
-def test_tensor_core_interior_steps_issue_at_most_four_instructions_per_hmma():
+def test_tensor_core_interior_steps_issue_at_most_four_instructions_per_hmma(tmp_path):
     """The step an interior block runs (the loader's bounds checks skipped): built with the branch
     forced, for the half-precision tc_large kernels. At most 4 instructions per HMMA.16816, the issue
     rate that keeps a tensor core busy (one HMMA per 4 clocks at the dense peak; bench/NOTES.md)."""
@@ -318,7 +323,7 @@ def test_tensor_core_interior_steps_issue_at_most_four_instructions_per_hmma():
     names = [TC["tc_large", "bfloat16", product] for product in PRODUCTS]
     unit = compile_check.instantiating_unit("tc_gemm.cu", names).replace(
         '#include "tc_gemm.cu"', source.replace(INTERIOR_BRANCH, "if (true) {"))
-    code = disassemble(unit)
+    code = disassemble(build_unit(unit, tmp_path), names)
     for name in names:
         mix = tc_mix(code[name])
         total = sum(mix[c] for c in (*TC_MIX, "other"))
