@@ -104,12 +104,6 @@ def test_nan_and_inf_propagate_as_in_torch(activation, dtype):
 SHAPES = [(37, 29, 45), (64, 48, 40)]
 
 
-@pytest.fixture(params=["numpy"])
-def backend(request):
-    """The kernel backends take activations from the next commit on."""
-    return request.param
-
-
 def run_layer(backend, activation, dtype, shape, seed=0):
     """forward and backward with poisoned out arrays; the results and the float64 torch reference."""
     rng = np.random.default_rng(seed)
@@ -193,7 +187,8 @@ def test_options_keep_working_through_an_activation(backend):
 def test_backward_is_bitwise_repeatable(backend):
     rng = np.random.default_rng(5)
     xp = get_backend(backend).xp
-    x, w, b, dy = (xp.asarray(rng.standard_normal(s).astype(np.float32)) for s in ((300, 24), (24, 40), (40,), (300, 40)))
+    x, w, b, dy = (xp.asarray(rng.standard_normal(s).astype(np.float32))
+                   for s in ((300, 24), (24, 40), (40,), (300, 40)))
     z = xp.empty((300, 40), np.float32)
     linear.forward(x, w, b, activation="gelu", preact_out=z, backend=backend)
     first, second = (linear.backward(dy, x, w, activation="gelu", preact=z, backend=backend) for _ in range(2))
@@ -235,3 +230,139 @@ def test_inputs_are_not_modified(backend):
     linear.backward(dy, x, w, activation="gelu_tanh", preact=z, backend=backend)
     for a, c in zip(arrays + [z], copies + [z_copy]):
         assert np.array_equal(to_numpy(a), to_numpy(c))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The epilogue of every kernel family on the emulator: staging rounds, split-K, tensor cores, TF32
+# ----------------------------------------------------------------------------------------------------
+
+# (config, dtype, splits, beta, trans_a, tf32), shape (M, N, K): edge tiles everywhere. large (float32) and
+# medium (float64) stage their rows in 4 and 2 rounds; split-K applies the activation in linear_sum_splits;
+# tensor cores in bf16 and f16, and TF32 with Aᵀ (the paired rows of its epilogue).
+FAMILIES = [("large", "float32", 1, 0.0, False, False, (129, 131, 65)),
+            ("medium", "float64", 1, 0.5, True, False, (70, 66, 33)),
+            ("small", "float16", 3, 0.0, False, False, (70, 50, 33)),
+            ("tc_large", "bfloat16", 1, 0.5, False, False, (136, 136, 64)),
+            ("tc_small", "float16", 3, 0.0, False, False, (72, 80, 96)),
+            ("tc_small", "float32", 1, 0.0, True, True, (72, 80, 48))]
+
+
+@pytest.fixture(scope="module")
+def emulator_runtime():
+    from test_kernels import emulator
+    return emulator()
+
+
+@pytest.mark.parametrize("config,dtype,splits,beta,trans_a,tf32,shape", FAMILIES,
+                         ids=[f"{c}-{d}-splits{s}" for c, d, s, *_ in FAMILIES])
+def test_the_epilogue_of_every_family(emulator_runtime, config, dtype, splits, beta, trans_a, tf32, shape):
+    from linear.backends import plan
+    from linear.backends.kernel import KernelBackend
+    from linear.backends.plan import Tuning
+    m, n, k = shape
+    rng = np.random.default_rng(list(shape))
+    host = lambda *s: rng.standard_normal(s).astype(dtype_of(dtype))
+    a, b, bias = host(*((k, m) if trans_a else (m, k))), host(k, n), host(n)
+    a64 = a.astype(np.float64).T if trans_a else a.astype(np.float64)
+    for activation in activations.ACTIVATIONS:
+        c = host(m, n) if beta else poisoned(np, (m, n), a.dtype)
+        preact = poisoned(np, (m, n), a.dtype)
+        z = a64 @ b.astype(np.float64) + bias.astype(np.float64) + (beta * c.astype(np.float64) if beta else 0)
+        expected = TORCH_ACTIVATIONS[activation](torch.from_numpy(z)).numpy()
+        launches = plan.plan_gemm(np, a, b, c, trans_a=trans_a, trans_b=False, alpha=1.0, beta=beta, bias=bias,
+                                  tuning=Tuning(config=config, splits=splits), arch=90, tf32=tf32,
+                                  activation=activation, preact=preact)
+        assert launches[0].source == ("tc_gemm.cu" if config.startswith("tc") else "gemm.cu")
+        assert len(launches) == (1 if splits == 1 else 2) and launches[0].grid[2] == splits
+        KernelBackend(emulator_runtime).launch(launches)
+        tolerance = 1e-3 if tf32 else TOLERANCE[dtype]
+        for name, out, ref in (("C", c, expected), ("Z", preact, z)):
+            err = rel_err(out, ref)
+            assert err <= tolerance, f"{activation}: {name} relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_activation_gradient_pass(emulator_runtime, dtype):
+    """dZ and db over several row chunks, dy a view with a leading dimension, z column-major (copied)."""
+    from linear.backends import plan
+    from linear.backends.kernel import KernelBackend
+    rows, cols = 300, 70
+    rng = np.random.default_rng(7)
+    wide = rng.standard_normal((rows, cols + 10)).astype(dtype_of(dtype))
+    dy = wide[:, :cols]
+    z = np.asfortranarray(rng.standard_normal((rows, cols)).astype(dtype_of(dtype)))
+    for activation in NAMED:
+        dz, db = poisoned(np, (rows, cols), dy.dtype), rng.standard_normal(cols).astype(dy.dtype)
+        db_before = db.astype(np.float64)
+        launches = plan.plan_activation_grad(np, dy, z, dz, db, activation=activation, beta=1.0)
+        assert launches[0].grid[1] > 1, "several chunks of rows"
+        KernelBackend(emulator_runtime).launch(launches)
+        tz = torch.from_numpy(z.astype(np.float64)).requires_grad_()
+        TORCH_ACTIVATIONS[activation](tz).backward(torch.from_numpy(dy.astype(np.float64)))
+        expected = tz.grad.numpy()
+        assert_close(dz, expected, dtype)
+        assert_close(db, expected.sum(axis=0) + db_before, dtype)
+
+
+def test_the_kernels_number_the_activations_as_python_does():
+    import re
+    from linear.backends.sources import kernels_dir
+    header = (kernels_dir() / "epilogue.cuh").read_text()
+    codes = {name.lower(): int(code) for name, code in re.findall(r"ACTIVATION_(\w+) = (\d+)", header)}
+    assert codes == {"none" if name is None else name: i for i, name in enumerate(activations.ACTIVATIONS)}
+
+
+def test_split_k_applies_the_activation_in_the_reduction():
+    from linear.backends import plan
+    from linear.backends.plan import Tuning
+    a, b = np.ones((70, 33), np.float32), np.ones((33, 50), np.float32)
+    c, z = np.empty((70, 50), np.float32), np.empty((70, 50), np.float32)
+    first, second = plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0,
+                                   tuning=Tuning(splits=3), activation="gelu", preact=z)
+    assert first.grid[2] == 3 and first.args[-3] == 0 and first.args[-1] == 0  # the workspace: plain sums
+    assert second.args[-3] == activations.activation_code("gelu") and second.args[-2] is z and second.args[-1] == 1
+    with pytest.raises(ValueError, match="preact must have c's shape"):
+        plan.plan_gemm(np, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, activation="gelu",
+                       preact=np.empty((50, 70), np.float32).T)
+
+
+def test_staging_without_its_barrier_is_caught(tmp_path):
+    """Negative control: without the barrier before the epilogue's staging, a warp's staged values overwrite
+    the K loop's last tile while other warps still read it; racecheck reports it."""
+    from linear.backends.emulate import EmulationError
+    from linear.backends.kernel import KernelBackend
+    from linear.backends.plan import Tuning
+    from test_kernels import broken_copy, emulator
+    broken_dir = broken_copy(tmp_path, r"__syncthreads\(\);")  # the last one: the staging's
+    rng = np.random.default_rng(11)
+    a, b = rng.standard_normal((64, 64)).astype(np.float32), rng.standard_normal((64, 64)).astype(np.float32)
+    c = poisoned(np, (64, 64), np.float32)
+    broken = KernelBackend(emulator(kernel_dir=broken_dir, sanitize="racecheck"), Tuning(config="medium", splits=1))
+    with pytest.raises(EmulationError, match="racecheck"):
+        broken.gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, activation="gelu")
+
+
+def test_a_wrong_gelu_derivative_constant_fails(tmp_path, emulator_runtime):
+    """Negative control: the kernels with φ's factor 1/√(2π) off by 10 % give gelu gradients that the
+    comparison with torch refuses (the intact kernels pass test_the_activation_gradient_pass)."""
+    import shutil
+    from linear.backends import plan
+    from linear.backends.kernel import KernelBackend
+    from linear.backends.sources import kernels_dir
+    from test_kernels import emulator
+    for path in kernels_dir().iterdir():
+        if path.suffix in (".cu", ".cuh"):
+            shutil.copy(path, tmp_path / path.name)
+    header = (tmp_path / "epilogue.cuh").read_text()
+    right = "GELU_PDF_SCALE = 0.39894228040143267794;"
+    assert header.count(right) == 1
+    (tmp_path / "epilogue.cuh").write_text(header.replace(right, "GELU_PDF_SCALE = 0.35904805236128941015;"))
+    rng = np.random.default_rng(12)
+    dy, z = rng.standard_normal((100, 30)).astype(np.float32), rng.standard_normal((100, 30)).astype(np.float32)
+    tz = torch.from_numpy(z.astype(np.float64)).requires_grad_()
+    F.gelu(tz).backward(torch.from_numpy(dy.astype(np.float64)))
+    for runtime, should_pass in ((emulator_runtime, True), (emulator(kernel_dir=tmp_path), False)):
+        dz, db = poisoned(np, (100, 30), np.float32), poisoned(np, (30,), np.float32)
+        KernelBackend(runtime).launch(plan.plan_activation_grad(np, dy, z, dz, db, activation="gelu", beta=0.0))
+        assert (rel_err(dz, tz.grad.numpy()) <= TOLERANCE["float32"]) == should_pass
+        assert (rel_err(db, tz.grad.numpy().sum(0)) <= TOLERANCE["float32"]) == should_pass

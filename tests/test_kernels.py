@@ -294,11 +294,12 @@ def test_gemm_launch_arguments_have_exact_types():
     [launch] = gemm_launches(70, 56, 32, "float16", tuning=Tuning(config="small"), bias=True)  # rows of 64, 112 B
     types = [type(arg) for arg in launch.args]
     assert types == [np.int32] * 5 + [np.ndarray, np.int64, np.int64] * 2 + [np.ndarray] + [np.int64] * 3 + \
-        [np.float32, np.float32, np.ndarray, np.int32]
+        [np.float32, np.float32, np.ndarray, np.int32] + [np.int32, np.ndarray, np.int32]  # the activation's
     assert launch.grid == (3, 2, 1) and launch.block == (64, 1, 1)
     assert launch.name == "linear_gemm<__half, __half, false, false, 32, 32, 8, 32, 32, 4, 4, true>"
     [launch] = gemm_launches(5, 5, 5, "float64")
-    assert type(launch.args[15]) is np.float64 and launch.args[-1] == 0
+    assert type(launch.args[15]) is np.float64 and launch.args[-4] == 0  # add_bias
+    assert launch.args[-3] == 0 and launch.args[-1] == 0  # no activation, no Z stored
 
 
 def test_split_k_plan_writes_a_workspace_then_reduces_it():
@@ -306,9 +307,9 @@ def test_split_k_plan_writes_a_workspace_then_reduces_it():
     workspace = first.args[11]
     assert workspace.shape == (3, 70, 50) and workspace.dtype == np.float32
     assert first.grid[2] == 3 and first.args[3] == 16 and first.args[4] == 3  # k_per_split, splits
-    assert "linear_gemm<__nv_bfloat16, float," in first.name and first.args[-1] == 0  # no bias yet
+    assert "linear_gemm<__nv_bfloat16, float," in first.name and first.args[-4] == 0  # no bias yet
     assert second.name == "linear_sum_splits<__nv_bfloat16>" and second.args[3] is workspace
-    assert second.args[-1] == 1
+    assert second.args[-4] == 1
 
 
 def test_degenerate_shapes_plan_nothing_or_a_k0_launch():
@@ -572,12 +573,14 @@ def broken_copy(tmp_path, pattern: str, occurrence: int = -1, replacement: str =
     return tmp_path
 
 
-@pytest.mark.parametrize("pattern", [r"__syncthreads\(\);", r"to_other = -to_other;"], ids=["barrier", "stage-flip"])
-def test_a_broken_k_loop_is_caught(tmp_path, pattern):
+# The K loop's barriers are the first two; the third orders the epilogue's staging after the K loop.
+@pytest.mark.parametrize("pattern,occurrence", [(r"__syncthreads\(\);", 1), (r"to_other = -to_other;", -1)],
+                         ids=["barrier", "stage-flip"])
+def test_a_broken_k_loop_is_caught(tmp_path, pattern, occurrence):
     """Negative controls: without the K loop's __syncthreads, or with the stage pointers moved the same
     way every step (into memory past the second stage), the result is wrong or the emulator objects."""
-    assert len(re.findall(r"__syncthreads\(\);", (kernels_dir() / "gemm.cu").read_text())) == 2
-    broken_dir = broken_copy(tmp_path, pattern)
+    assert len(re.findall(r"__syncthreads\(\);", (kernels_dir() / "gemm.cu").read_text())) == 3
+    broken_dir = broken_copy(tmp_path, pattern, occurrence)
 
     rng = np.random.default_rng(9)
     a, b = stored(rng, (64, 64), np.float32), stored(rng, (64, 64), np.float32)

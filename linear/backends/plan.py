@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..activations import activation_code
 from .cost import H100, DeviceLimits, aligned_copies_pay, choose, estimate, split_k
 from .tiles import (CONFIGS_BY_NAME, HEURISTIC_CONFIGS, TC_HEURISTIC_CONFIGS, TENSOR_CORE_DTYPES,
                     TENSOR_CORE_MIN_ARCH, ElementType, TensorCoreConfig, TileConfig, ceil_div, colsum_partial_name,
@@ -166,11 +167,18 @@ def _check_size(**sizes: int) -> None:
             raise ValueError(f"{what} = {size} exceeds the kernels' limit of 2**31 - 1025")
 
 
+def _activation_args(code: int, preact: Any, stand_in: Any) -> tuple:
+    """The epilogue's last arguments (kernels/epilogue.cuh): the activation's code, where Z goes (an unused
+    stand-in of C's type when it is not stored) and whether it is stored."""
+    return np.int32(code), stand_in if preact is None else preact, np.int32(preact is not None)
+
+
 def _sum_splits_launch(t: ElementType, m: int, n: int, splits: int, partials: Any, c: Any, ldc: int,
-                       alpha: float, beta: float, bias: Any) -> Launch:
+                       alpha: float, beta: float, bias: Any, activation: int = 0, preact: Any = None) -> Launch:
     blocks = max(1, min(ceil_div(m * n, REDUCE_THREADS), REDUCE_MAX_BLOCKS))
     args = (np.int32(m), np.int32(n), np.int32(splits), partials, c, np.int64(ldc),
-            t.acc(alpha), t.acc(beta), c if bias is None else bias, np.int32(bias is not None))
+            t.acc(alpha), t.acc(beta), c if bias is None else bias, np.int32(bias is not None),
+            *_activation_args(activation, preact, c))
     return Launch("reduce.cu", sum_splits_name(t), (blocks, 1, 1), (REDUCE_THREADS, 1, 1), args)
 
 
@@ -235,8 +243,12 @@ def batch_launches(xp: ModuleType, arrays: list[Any], max_count: int) -> list[Ba
 
 def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b: bool, alpha: float,
               beta: float, bias: Any = None, tuning: Tuning = Tuning(), arch: int | None = None,
-              tf32: bool = False, device: DeviceLimits = H100) -> list[Launch]:
-    """The launches for c[...] = alpha·op(a)·op(b) + beta·c (+ bias), as in base.Backend.gemm.
+              tf32: bool = False, device: DeviceLimits = H100, activation: str | None = None,
+              preact: Any = None) -> list[Launch]:
+    """The launches for c[...] = act(alpha·op(a)·op(b) + beta·c (+ bias)), with its argument written to
+    preact (c's shape and strides) when given, as in base.Backend.gemm. The activation travels as a
+    runtime argument of the same instantiations (kernels/epilogue.cuh); with split-K the reduction
+    applies it.
 
     a, b and c may carry the same leading batch dimensions (a stack of matrices); a's and b's may be
     broadcast views (stride 0) of them. 2-D arrays are one matrix. arch is the device's compute
@@ -253,6 +265,10 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b:
     if chosen is not None and dtype not in chosen.dtypes:
         raise ValueError(f"tile config {chosen.name!r} is instantiated for {', '.join(chosen.dtypes)} only, "
                          f"got dtype {dtype}")
+    code = activation_code(activation)
+    if preact is not None and (preact.shape != c.shape or preact.strides != c.strides or preact.dtype != c.dtype):
+        raise ValueError(f"preact must have c's shape, strides and dtype {c.shape}, {c.strides}, {c.dtype}; "
+                         f"got {preact.shape}, {preact.strides}, {preact.dtype}")
     if m == 0 or n == 0 or batch == 0:
         return []
     ldc = _output_ld(c)
@@ -306,20 +322,24 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, trans_a: bool, trans_b:
         epilogue = (t.acc(1), t.acc(0), c, np.int32(0))  # c: an unused stand-in for the bias
     name = (tc_gemm_name(t, c_cpp, op_a.trans, op_b.trans, config) if source == "tc_gemm.cu" else
             gemm_name(t, c_cpp, op_a.trans, op_b.trans, config, vector))
-    operands = [op_a.array, op_b.array] + ([c] if splits == 1 else [])
+    # Z is split into launches as C is (same strides); a split-K workspace launch stores none.
+    stores_preact = splits == 1 and preact is not None
+    operands = [op_a.array, op_b.array] + ([c] if splits == 1 else []) + ([preact] if stores_preact else [])
     launches = []
     for part in batch_launches(xp, operands, MAX_GRID_YZ // splits):
-        part_a, part_b, part_c = part.arrays if splits == 1 else (*part.arrays, target)
-        stride_a, stride_b, stride_c = part.strides if splits == 1 else (*part.strides, 0)
+        part_a, part_b, part_c = part.arrays[:3] if splits == 1 else (*part.arrays, target)
+        stride_a, stride_b, stride_c = part.strides[:3] if splits == 1 else (*part.strides, 0)
+        activation_args = (_activation_args(code, part.arrays[3] if stores_preact else None, part_c)
+                           if splits == 1 else _activation_args(0, None, target))
         launches.append(Launch(
             source, name, grid_xy + (part.count * splits,), (config.threads, 1, 1),
             (np.int32(m), np.int32(n), np.int32(k), np.int32(k_per_split), np.int32(splits),
              part_a, np.int64(op_a.ld), np.int64(stride_a), part_b, np.int64(op_b.ld), np.int64(stride_b),
-             part_c, np.int64(target_ld), np.int64(stride_c), np.int64(split_stride)) + epilogue,
+             part_c, np.int64(target_ld), np.int64(stride_c), np.int64(split_stride)) + epilogue + activation_args,
             shared))
     if splits == 1:
         return launches
-    return launches + [_sum_splits_launch(t, m, n, splits, target, c, ldc, alpha, beta, bias)]
+    return launches + [_sum_splits_launch(t, m, n, splits, target, c, ldc, alpha, beta, bias, code, preact)]
 
 
 def colsum_chunks(rows: int, cols: int) -> tuple[int, int]:
@@ -331,19 +351,36 @@ def colsum_chunks(rows: int, cols: int) -> tuple[int, int]:
     return rows_per_chunk, max(1, ceil_div(rows, rows_per_chunk))
 
 
+def _rows(xp: ModuleType, a: Any) -> tuple[Any, int]:
+    """a and its leading dimension as the reduce.cu kernels read it (rows); any other layout is copied."""
+    lda = _row_major_ld(a.shape, a.strides, a.itemsize)
+    return (a, lda) if lda is not None else (xp.ascontiguousarray(a), a.shape[1])
+
+
 def plan_colsum(xp: ModuleType, a: Any, out: Any, *, beta: float) -> list[Launch]:
     """The launches for out[...] = a.sum(axis=0) + beta·out in a fixed order, as in base.Backend.colsum."""
-    t = element_type(out.dtype)
-    rows, cols = a.shape
+    return plan_activation_grad(xp, a, None, None, out, activation=None, beta=beta)
+
+
+def plan_activation_grad(xp: ModuleType, dy: Any, z: Any, dz: Any, db: Any, *, activation: str | None,
+                         beta: float) -> list[Launch]:
+    """The launches for dz[...] = dy ⊙ act'(z) and db[...] = Σ_rows dz + beta·db, as in
+    base.Backend.activation_grad: one pass over dy and z (linear_colsum_partial writes dz and per-chunk
+    column sums), then the fixed-order sum of the chunks (none when db is None). Without an activation
+    (z and dz None) it is the column sum db = Σ_rows dy + beta·db."""
+    t = element_type(dy.dtype)
+    rows, cols = dy.shape
     _check_size(rows=rows, cols=cols)
-    if cols == 0:
+    if cols == 0 or db is None and rows == 0:
         return []
-    lda = _row_major_ld(a.shape, a.strides, a.itemsize)
-    if lda is None:  # the kernel reads rows; any other layout is copied
-        a, lda = xp.ascontiguousarray(a), cols
+    dy, ld_dy = _rows(xp, dy)
+    z, ld_z = _rows(xp, z) if z is not None else (dy, ld_dy)  # dy: an unused stand-in
     rows_per_chunk, chunks = colsum_chunks(rows, cols)
     partials = xp.empty((chunks, cols), t.acc)
     first = Launch("reduce.cu", colsum_partial_name(t), (ceil_div(cols, REDUCE_THREADS), chunks, 1),
                    (REDUCE_THREADS, 1, 1),
-                   (np.int32(rows), np.int32(cols), np.int32(rows_per_chunk), a, np.int64(lda), partials))
-    return [first, _sum_splits_launch(t, 1, cols, chunks, partials, out, cols, 1.0, beta, None)]
+                   (np.int32(rows), np.int32(cols), np.int32(rows_per_chunk), dy, np.int64(ld_dy), partials,
+                    np.int32(activation_code(activation)), z, np.int64(ld_z), dy if dz is None else dz))
+    if db is None:
+        return [first]
+    return [first, _sum_splits_launch(t, 1, cols, chunks, partials, db, cols, 1.0, beta, None)]
