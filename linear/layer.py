@@ -15,6 +15,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 
 from . import functional
+from .activations import ACTIVATIONS, check_activation
 from .functional import SUPPORTED_DTYPES, describe
 from .backends import default_backend_name, get_backend
 
@@ -60,16 +61,24 @@ class Parameter:
 
 
 class Linear:
-    """Y = X·W + b for x of shape (..., in_features); call it (or forward) then backward.
+    """Y = act(X·W + b) for x of shape (..., in_features); call it (or forward) then backward.
 
-    forward keeps a reference to x (not a copy) for backward: modify x in place only after backward.
+    activation: None, "relu", "gelu", "gelu_tanh" or "silu" (linear.activations), applied in the same
+    kernel as the product. forward keeps a reference to x (not a copy) for backward, and what the
+    activation's gradient needs: the pre-activation Z = X·W + b, written beside Y by the same kernel, or
+    for relu Y itself (Y > 0 exactly where Z > 0), which costs nothing more. Modify x (and, for relu, the
+    returned Y) in place only after backward.
     backward adds into weight.grad and bias.grad, so gradients accumulate over micro-batches until
     zero_grad(). Inputs must be arrays of `xp` (numpy, or cupy for backend "cuda") of the layer's dtype.
     backend=None means $LINEAR_BACKEND, else "numpy"; seed makes the initial values reproducible.
     """
 
+    # Class-level defaults: a layer pickled before activations existed unpickles without an activation.
+    activation: str | None = None
+    _preact: Array | None = None
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype: Any = "float32",
-                 backend: str | None = None, seed: int | None = None):
+                 backend: str | None = None, seed: int | None = None, activation: str | None = None):
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise TypeError(f"{name} must be an integer; got {value!r} of type {type(value).__name__}")
@@ -85,6 +94,7 @@ class Linear:
         self.weight = self._new_parameter(rng.uniform(-bound, bound, (self.in_features, self.out_features)))
         self.bias = self._new_parameter(rng.uniform(-bound, bound, self.out_features)) if bias else None
         self._x: Array | None = None
+        self.activation = check_activation(activation)
 
     @property
     def xp(self):
@@ -93,8 +103,8 @@ class Linear:
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickle and deepcopy take the configuration and parameters (with their gradients), not the
-        # input the last forward kept for backward.
-        return {**self.__dict__, "_x": None}
+        # arrays the last forward kept for backward.
+        return {**self.__dict__, "_x": None, "_preact": None}
 
     def _new_parameter(self, host_values: np.ndarray) -> Parameter:
         return Parameter(self.xp.asarray(host_values.astype(self.dtype)))
@@ -111,11 +121,15 @@ class Linear:
                              "of the last forward)")
 
     def forward(self, x: Array) -> Array:
-        """Y = X·W + b; x has shape (..., in_features), Y has shape (..., out_features)."""
+        """Y = act(X·W + b); x has shape (..., in_features), Y has shape (..., out_features)."""
         self._check("x", x)
+        z = None
+        if self.activation not in (None, "relu"):  # relu's gradient reads Y
+            z = self.xp.empty(tuple(x.shape[:-1]) + (self.out_features,), self.dtype)
         y = functional.forward(x, self.weight.data, None if self.bias is None else self.bias.data,
-                               backend=self.backend)
+                               activation=self.activation, preact_out=z, backend=self.backend)
         self._x = x
+        self._preact = y if self.activation == "relu" else z
         return y
 
     __call__ = forward
@@ -129,7 +143,8 @@ class Linear:
             raise RuntimeError("Linear.backward was called before forward: there is no input to differentiate at")
         self._check("dy", dy, tuple(self._x.shape[:-1]) + (self.out_features,))
         grads = functional.backward(
-            dy, self._x, self.weight.data, need_dx=need_dx, need_db=self.bias is not None,
+            dy, self._x, self.weight.data, activation=self.activation, preact=self._preact,
+            need_dx=need_dx, need_db=self.bias is not None,
             dw_out=self.weight.grad, db_out=None if self.bias is None else self.bias.grad,
             accumulate=True, backend=self.backend)
         return grads.dx
@@ -197,7 +212,8 @@ class Linear:
             # os.open with O_EXCL: a fresh file with the umask's permissions, as open(path, "wb") makes.
             with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
                 np.savez(file, in_features=self.in_features, out_features=self.out_features,
-                         has_bias=self.bias is not None, dtype=self.dtype.name, **arrays)
+                         has_bias=self.bias is not None, dtype=self.dtype.name,
+                         activation=self.activation or "", **arrays)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, path)
@@ -216,12 +232,14 @@ class Linear:
         byte it declares); anything else is a ValueError naming the file and what is wrong. Never unpickles.
         """
         stored = _read_checkpoint(os.fspath(path))
-        layer = cls(stored.in_features, stored.out_features, stored.has_bias, dtype=stored.dtype, backend=backend)
+        layer = cls(stored.in_features, stored.out_features, stored.has_bias, dtype=stored.dtype, backend=backend,
+                    activation=stored.activation)
         layer.load_state_dict(stored.arrays)
         return layer
 
     def __repr__(self) -> str:
         extra = "" if self.dtype == np.float32 else f", dtype={self.dtype.name}"
+        extra += "" if self.activation is None else f", activation={self.activation!r}"
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}{extra})")
 
@@ -251,8 +269,10 @@ class _Checkpoint(NamedTuple):
     has_bias: bool
     dtype: str
     arrays: dict[str, np.ndarray]
+    activation: str | None = None  # files written before activations existed have none
 
 
+_ACTIVATION_KEY = "activation"  # optional (older files lack it); "" for None
 _CONFIG_KEYS = ("in_features", "out_features", "has_bias", "dtype")
 _MAX_FEATURES = 2**31 - 1  # the kernels' int sizes
 _MAX_CONFIG_BYTES = 4096  # a configuration entry is a scalar; anything bigger is not ours
@@ -283,7 +303,8 @@ def _read_checkpoint(path: str) -> _Checkpoint:
                 raise bad(f"dtype must be one of {', '.join(SUPPORTED_DTYPES)}; got {config['dtype']!r}")
             dtype = _dtype(str(config["dtype"]))
             expected = {"weight": (in_features, out_features), **({"bias": (out_features,)} if has_bias else {})}
-            unexpected = sorted(members.keys() - expected.keys() - set(_CONFIG_KEYS))
+            activation = _read_activation(archive, members, headers, bad)
+            unexpected = sorted(members.keys() - expected.keys() - set(_CONFIG_KEYS) - {_ACTIVATION_KEY})
             missing = sorted(expected.keys() - members.keys())
             if missing or unexpected:
                 raise bad(f"missing keys {missing}, unexpected keys {unexpected} (has_bias={has_bias})")
@@ -297,7 +318,18 @@ def _read_checkpoint(path: str) -> _Checkpoint:
             arrays = {key: _read_array(archive, members[key]).view(dtype) for key in expected}
         except (zipfile.BadZipFile, OSError, EOFError) as e:  # a CRC mismatch, a truncated member, ...
             raise bad(f"corrupt ({type(e).__name__}: {e})") from None
-    return _Checkpoint(in_features, out_features, has_bias, dtype.name, arrays)
+    return _Checkpoint(in_features, out_features, has_bias, dtype.name, arrays, activation)
+
+
+def _read_activation(archive: zipfile.ZipFile, members: dict, headers: dict, bad) -> str | None:
+    """The checkpoint's activation: None when the key is absent (older files) or "" (saved as None)."""
+    if _ACTIVATION_KEY not in members:
+        return None
+    value = _read_small(archive, members[_ACTIVATION_KEY], headers[_ACTIVATION_KEY], _ACTIVATION_KEY, bad)
+    names = [name for name in ACTIVATIONS if name is not None]
+    if value.dtype.kind != "U" or str(value) not in ["", *names]:
+        raise bad(f"activation must be '' (none) or one of {', '.join(names)}; got {value!r}")
+    return str(value) or None
 
 
 def _npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, bad) -> tuple[tuple[int, ...], np.dtype, bool]:

@@ -366,3 +366,69 @@ def test_a_wrong_gelu_derivative_constant_fails(tmp_path, emulator_runtime):
         KernelBackend(runtime).launch(plan.plan_activation_grad(np, dy, z, dz, db, activation="gelu", beta=0.0))
         assert (rel_err(dz, tz.grad.numpy()) <= TOLERANCE["float32"]) == should_pass
         assert (rel_err(db, tz.grad.numpy().sum(0)) <= TOLERANCE["float32"]) == should_pass
+
+
+# ----------------------------------------------------------------------------------------------------
+# linear.Linear(activation=)
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("activation", NAMED)
+def test_a_layer_with_an_activation_matches_torch(backend, activation):
+    layer = linear.Linear(12, 9, activation=activation, dtype="float64", backend=backend, seed=0)
+    rng = np.random.default_rng(8)
+    x, dy = rng.standard_normal((2, 7, 12)), rng.standard_normal((2, 7, 9))
+    w, b = to_numpy(layer.weight.data), to_numpy(layer.bias.data)
+    y, _, dx, dw, db = torch_reference(activation, x.reshape(14, 12), w, b, dy.reshape(14, 9))
+    xp = layer.xp
+    out = layer(xp.asarray(x))
+    dx_out = layer.backward(xp.asarray(dy))
+    assert rel_err(out, y.reshape(2, 7, 9)) <= 1e-12 and rel_err(dx_out, dx.reshape(2, 7, 12)) <= 1e-12
+    assert rel_err(layer.weight.grad, dw) <= 1e-12 and rel_err(layer.bias.grad, db) <= 1e-12
+    # relu keeps its output for backward (what is > 0 there is > 0 in Z); the others keep Z
+    assert (layer._preact is out) == (activation == "relu")
+
+
+def test_the_activation_travels_with_the_layer(tmp_path):
+    import copy
+    import pickle
+    layer = linear.Linear(5, 4, activation="gelu_tanh", seed=1)
+    assert repr(layer) == "Linear(in_features=5, out_features=4, bias=True, activation='gelu_tanh')"
+    x = np.random.default_rng(9).standard_normal((3, 5)).astype(np.float32)
+    expected = layer(x)
+    layer.save(tmp_path / "layer.npz")
+    for other in (linear.Linear.load(tmp_path / "layer.npz"), pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+        assert other.activation == "gelu_tanh" and other._preact is None
+        assert np.array_equal(other(x), expected)
+    plain = linear.Linear(5, 4, seed=1)
+    plain.save(tmp_path / "plain.npz")
+    assert linear.Linear.load(tmp_path / "plain.npz").activation is None
+
+
+def test_checkpoints_and_pickles_from_before_activations_still_load(tmp_path):
+    import pickle
+    layer = linear.Linear(3, 2, seed=2)
+    # the file Linear.save wrote before activations existed: no "activation" entry
+    np.savez(tmp_path / "old.npz", in_features=3, out_features=2, has_bias=True, dtype="float32",
+             weight=layer.weight.data, bias=layer.bias.data)
+    old = linear.Linear.load(tmp_path / "old.npz")
+    assert old.activation is None and np.array_equal(old.weight.data, layer.weight.data)
+    state = layer.__getstate__()
+    del state["activation"]  # a pickle of such a layer
+    unpickled = pickle.loads(pickle.dumps(layer))
+    unpickled.__dict__ = state
+    x = np.ones((1, 3), np.float32)
+    assert np.array_equal(unpickled(x), layer(x))
+    unpickled.backward(np.ones((1, 2), np.float32))
+
+
+@pytest.mark.parametrize("value", ["tanh", 3])
+def test_a_checkpoint_with_an_unknown_activation_is_refused(tmp_path, value):
+    np.savez(tmp_path / "bad.npz", in_features=3, out_features=2, has_bias=False, dtype="float32",
+             activation=value, weight=np.ones((3, 2), np.float32))
+    with pytest.raises(ValueError, match="activation must be '' .none. or one of relu, gelu, gelu_tanh, silu"):
+        linear.Linear.load(tmp_path / "bad.npz")
+
+
+def test_a_layer_refuses_an_unknown_activation():
+    with pytest.raises(ValueError, match="activation must be one of None, 'relu'"):
+        linear.Linear(3, 2, activation="GELU")
