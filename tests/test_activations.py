@@ -432,3 +432,22 @@ def test_a_checkpoint_with_an_unknown_activation_is_refused(tmp_path, value):
 def test_a_layer_refuses_an_unknown_activation():
     with pytest.raises(ValueError, match="activation must be one of None, 'relu'"):
         linear.Linear(3, 2, activation="GELU")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The benchmark's Linear+activation case (bench/activation.py)
+# ----------------------------------------------------------------------------------------------------
+
+def test_the_benchmark_counts_the_bytes_and_checks_before_it_times():
+    from bench.activation import main, measure, step_bytes
+    from bench.cases import Shape
+    b, f, d = 8192, 4096, 11008  # bench/NOTES.md's figures, bf16
+    gemms = (3 * b * f + 3 * f * d + 2 * b * d) * 2
+    assert step_bytes(b, f, d, 2, "gelu", False) == gemms + 7 * b * d * 2 == 2_095_054_848
+    assert step_bytes(b, f, d, 2, "gelu", True) == gemms + 5 * b * d * 2 == 1_734_344_704
+    assert step_bytes(b, f, d, 2, "relu", True) == gemms + 4 * b * d * 2 == 1_553_989_632
+    assert step_bytes(b, f, d, 2, "silu", True) == step_bytes(b, f, d, 2, "gelu_tanh", True)
+    for activation in NAMED:
+        times = measure(Shape(40, 24, 36), "float32", activation, "numpy", repeats=1)
+        assert set(times) == {"unfused", "fused"} and all(t > 0 for t in times.values())
+    main(["--shape", "16,8,12", "--repeats", "1", "--activation", "silu"])
