@@ -338,7 +338,8 @@ def forward(x: Array, w: Array, b: Array | None = None, *, activation: str | Non
     # The common case in few steps (a small layer in a training loop feels each µs of checks): plain
     # numpy arrays of one native float dtype and matching shapes, no out=, a backend that takes numpy
     # arrays. Whatever fails a test here takes the general path, which checks it all and names the fault.
-    if out is None and preact_out is None and type(x) is np.ndarray and type(w) is np.ndarray and (b is None or type(b) is np.ndarray):
+    if (out is None and preact_out is None and type(x) is np.ndarray and type(w) is np.ndarray
+            and (b is None or type(b) is np.ndarray)):
         dtype, be = x.dtype, get_backend(backend or default_backend_name())
         if (be.xp is np and (dtype is _FLOAT32 or dtype is _FLOAT64 or dtype is _FLOAT16) and w.dtype is dtype
                 and w.ndim == 2 and x.ndim >= 1 and x.shape[-1] == w.shape[0]
