@@ -732,7 +732,8 @@ def test_batched_gemm(runtime, dtype, config, trans_a, trans_b):
                      dtype)
 
 
-@pytest.mark.parametrize("offset", ["A += work.batch * batch_stride_a;", "work.batch * batch_stride_c + "])  # C: its epilogue offset
+# A's offset before the K loop; C's in the epilogue's c_offset
+@pytest.mark.parametrize("offset", ["A += work.batch * batch_stride_a;", "work.batch * batch_stride_c + "])
 def test_an_ignored_batch_stride_is_caught(tmp_path, offset):
     """Negative control: a kernel that ignores one operand's batch stride gets a stack wrong."""
     broken = KernelBackend(emulator(kernel_dir=broken_copy(tmp_path, re.escape(offset))), Tuning(config="small"))
