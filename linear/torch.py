@@ -409,8 +409,7 @@ class _LinearAct(torch.autograd.Function):
     (y for relu); backward fused (_act_gradients), or differentiable under create_graph."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, activation, run):
-        keep_preact = activation != "relu" and any(ctx.needs_input_grad[:3])
+    def forward(ctx, x, weight, bias, activation, keep_preact, run):
         y, z = _forward_act(run, x, weight, bias, activation, keep_preact)
         ctx.save_for_backward(x, weight, bias, y if activation == "relu" else z)
         ctx.activation, ctx.run = activation, run
@@ -424,7 +423,7 @@ class _LinearAct(torch.autograd.Function):
             grads = _differentiable_act_gradients(dy, x, weight, bias, ctx.activation, needs, ctx.run.name)
         else:
             grads = _act_gradients(ctx.run, dy, saved, x, weight, ctx.activation, *needs)
-        return (*grads, None, None)
+        return (*grads, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -569,11 +568,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
             return _linear(x, weight, bias, backend)
         return _Linear.apply(x, weight, bias, _resolve({"x": x, "weight": weight, "bias": bias}, backend))
     check_activation(activation)
+    # z is written beside y only when a backward will need it (for relu, y serves)
+    keep_preact = activation != "relu" and torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or bias is not None and bias.requires_grad)
     if torch.compiler.is_compiling() or not _eager(x, weight, bias):
-        keep_preact = activation != "relu" and torch.is_grad_enabled() and (
-            x.requires_grad or weight.requires_grad or bias is not None and bias.requires_grad)
         return _linear_act(x, weight, bias, activation, keep_preact, backend)[0]
-    return _LinearAct.apply(x, weight, bias, activation, _resolve({"x": x, "weight": weight, "bias": bias}, backend))
+    return _LinearAct.apply(x, weight, bias, activation, keep_preact,
+                            _resolve({"x": x, "weight": weight, "bias": bias}, backend))
 
 
 _PLAIN = (torch.Tensor, nn.Parameter)
