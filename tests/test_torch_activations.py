@@ -96,10 +96,11 @@ def test_gradcheck_float64(activation, backend):
                                     (x, weight, bias))
 
 
-@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("backend", backends(emulate=False))
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_gradgradcheck_float64(activation, backend):
-    """Gradients of gradients: the create_graph path (z recomputed, torch's differentiable ops for dz)."""
+    """Gradients of gradients: the create_graph path (z recomputed, torch's differentiable ops for dz). On
+    numpy only: that path's products are linear()'s, whose gradgradcheck on emulate is in test_torch.py."""
     x, weight, bias = make((3, 5), True, False, torch.float64, seed=32)
     assert torch.autograd.gradgradcheck(lambda *a: lt.linear(*a, activation=activation, backend=backend),
                                         (x, weight, bias))
@@ -339,6 +340,7 @@ def test_swap_linear_fuses_only_adjacent_layers_in_sequential_containers():
         "dict": nn.ModuleDict({"fc": nn.Linear(4, 4), "act": nn.ReLU()}),  # not a Sequential
         "twice": nn.Sequential(shared, nn.SiLU(), shared),  # one layer under two names, fused at the first
         "last": nn.Sequential(nn.ReLU(), nn.Linear(4, 4)),
+        "inplace": nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True)),
     })
     lt.swap_linear(model)
     assert [type(m) for m in model["gap"]] == [lt.Linear, nn.Dropout, nn.ReLU]
@@ -348,3 +350,4 @@ def test_swap_linear_fuses_only_adjacent_layers_in_sequential_containers():
     assert [type(m) for m in twice] == [lt.Linear, nn.Identity, lt.Linear]
     assert (twice[0].activation, twice[2].activation) == ("silu", None) and twice[0].weight is twice[2].weight
     assert type(model["last"][0]) is nn.ReLU and model["last"][1].activation is None
+    assert model["inplace"][0].activation == "relu" and type(model["inplace"][1]) is nn.Identity
