@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .activations import ACTIVATIONS, check_activation
+from .activations import check_activation
 from .backends import BackendUnavailable, default_backend_name, get_backend
 
 __all__ = ["linear", "Linear", "swap_linear"]
@@ -228,26 +228,31 @@ def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
 # The products: one backend call per GEMM, on tensors _check has checked
 # ----------------------------------------------------------------------------------------------------
 
-def _forward(run: "_Host | _Device", x: torch.Tensor, weight: torch.Tensor,
-             bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """y = x·weightᵀ + bias: one GEMM (NT, weight's transpose a flag)."""
+def _forward(run: "_Host | _Device", x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+             activation: Optional[str] = None, preact: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y = act(x·weightᵀ + bias): one GEMM (NT, weight's transpose a flag) whose epilogue applies the
+    activation and, when preact (a tensor of y's shape) is given, writes the pre-activation into it."""
     out_features, in_features = weight.shape
     y = _empty((*x.shape[:-1], out_features), x)
     rows = math.prod(x.shape[:-1])
     with run.scope():
         array = run.array
+        epilogue = {} if activation is None else {
+            "activation": activation, "preact": None if preact is None else array(preact).reshape(rows, out_features)}
         run.backend.gemm(array(x).reshape(rows, in_features), array(weight), array(y).reshape(rows, out_features),
                          trans_a=False, trans_b=True, alpha=1.0, beta=0.0,
-                         bias=None if bias is None else array(bias))
+                         bias=None if bias is None else array(bias), **epilogue)
     return y
 
 
 def _gradients(run: "_Host | _Device", dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_dx: bool,
-               need_dweight: bool, need_dbias: bool
+               need_dweight: bool, need_dbias: bool, activation: Optional[str] = None,
+               saved: Optional[torch.Tensor] = None
                ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
     """(dx, dweight, dbias), None where not needed: dx = dy·weight (NN), dweight = dyᵀ·x (TN, written in
     weight's own (out_features, in_features) layout, as autograd wants it for weight.grad),
-    dbias = Σ_rows dy."""
+    dbias = Σ_rows dy. Through an activation (saved: z, or y for relu) dy is first replaced by
+    dz = dy ⊙ act'(z), computed with dbias = Σ_rows dz in one backend call."""
     out_features, in_features = weight.shape
     rows = math.prod(x.shape[:-1])
     dx = _empty(tuple(x.shape), x) if need_dx else None
@@ -257,6 +262,11 @@ def _gradients(run: "_Host | _Device", dy: torch.Tensor, x: torch.Tensor, weight
         with run.scope():
             array, backend = run.array, run.backend
             dy2 = array(dy).reshape(rows, out_features)
+            if activation is not None:
+                dz = array(_empty((rows, out_features), x))
+                backend.activation_grad(dy2, array(saved).reshape(rows, out_features), dz,
+                                        None if dbias is None else array(dbias), activation=activation, beta=0.0)
+                dy2, need_dbias = dz, False
             if need_dx:
                 backend.gemm(dy2, array(weight), array(dx).reshape(rows, in_features), trans_a=False, trans_b=False,
                              alpha=1.0, beta=0.0)
@@ -268,48 +278,9 @@ def _gradients(run: "_Host | _Device", dy: torch.Tensor, x: torch.Tensor, weight
     return dx, dweight, dbias
 
 
-def _forward_act(run: "_Host | _Device", x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                 activation: str, keep_preact: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(y, z): y = act(z), z = x·weightᵀ + bias, in one GEMM whose epilogue applies the activation; z is
-    written beside y only when keep_preact (backward needs it), else None."""
-    out_features, in_features = weight.shape
-    y = _empty((*x.shape[:-1], out_features), x)
-    z = _empty(tuple(y.shape), x) if keep_preact else None
-    rows = math.prod(x.shape[:-1])
-    with run.scope():
-        array = run.array
-        run.backend.gemm(array(x).reshape(rows, in_features), array(weight), array(y).reshape(rows, out_features),
-                         trans_a=False, trans_b=True, alpha=1.0, beta=0.0,
-                         bias=None if bias is None else array(bias), activation=activation,
-                         preact=None if z is None else array(z).reshape(rows, out_features))
-    return y, z
-
-
-def _act_gradients(run: "_Host | _Device", dy: torch.Tensor, saved: torch.Tensor, x: torch.Tensor,
-                   weight: torch.Tensor, activation: str, need_dx: bool, need_dweight: bool, need_dbias: bool
-                   ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """(dx, dweight, dbias) through the activation, None where not needed: dz = dy ⊙ act'(z) and
-    dbias = Σ_rows dz in one backend call, then dx = dz·weight (NN) and dweight = dzᵀ·x (TN). saved is z,
-    or y for relu."""
-    out_features, in_features = weight.shape
-    rows = math.prod(x.shape[:-1])
-    dx = _empty(tuple(x.shape), x) if need_dx else None
-    dweight = _empty((out_features, in_features), x) if need_dweight else None
-    dbias = _empty((out_features,), x) if need_dbias else None
-    if need_dx or need_dweight or need_dbias:
-        dz = _empty((rows, out_features), x)
-        with run.scope():
-            array, backend = run.array, run.backend
-            dz2 = array(dz)
-            backend.activation_grad(array(dy).reshape(rows, out_features), array(saved).reshape(rows, out_features),
-                                    dz2, None if dbias is None else array(dbias), activation=activation, beta=0.0)
-            if need_dx:
-                backend.gemm(dz2, array(weight), array(dx).reshape(rows, in_features), trans_a=False, trans_b=False,
-                             alpha=1.0, beta=0.0)
-            if need_dweight:
-                backend.gemm(dz2, array(x).reshape(rows, in_features), array(dweight), trans_a=True, trans_b=False,
-                             alpha=1.0, beta=0.0)
-    return dx, dweight, dbias
+def _preact(x: torch.Tensor, weight: torch.Tensor, keep: bool) -> Optional[torch.Tensor]:
+    """A tensor for the pre-activation z (y's shape) when keep, else None."""
+    return _empty((*x.shape[:-1], weight.shape[0]), x) if keep else None
 
 
 def _act_backward_ops(dy: torch.Tensor, z: torch.Tensor, activation: str) -> torch.Tensor:
@@ -406,11 +377,12 @@ class _Gradients(torch.autograd.Function):
 
 class _LinearAct(torch.autograd.Function):
     """linear(activation=A) in eager mode: y = act(x·weightᵀ + bias) in one GEMM, keeping z for backward
-    (y for relu); backward fused (_act_gradients), or differentiable under create_graph."""
+    (y for relu); backward fused (_gradients through the activation), or differentiable under create_graph."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, activation, keep_preact, run):
-        y, z = _forward_act(run, x, weight, bias, activation, keep_preact)
+        z = _preact(x, weight, keep_preact)
+        y = _forward(run, x, weight, bias, activation, z)
         ctx.save_for_backward(x, weight, bias, y if activation == "relu" else z)
         ctx.activation, ctx.run = activation, run
         return y
@@ -422,7 +394,7 @@ class _LinearAct(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True
             grads = _differentiable_act_gradients(dy, x, weight, bias, ctx.activation, needs, ctx.run.name)
         else:
-            grads = _act_gradients(ctx.run, dy, saved, x, weight, ctx.activation, *needs)
+            grads = _gradients(ctx.run, dy, x, weight, *needs, ctx.activation, saved)
         return (*grads, None, None, None)
 
 
@@ -487,8 +459,8 @@ _linear_backward.register_autograd(_double_backward, setup_context=_setup_backwa
 def _linear_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str,
                 keep_preact: bool, backend: Optional[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, z): z is empty unless keep_preact (a custom op returns tensors)."""
-    run = _resolve({"x": x, "weight": weight, "bias": bias}, backend)
-    y, z = _forward_act(run, x, weight, bias, activation, keep_preact)
+    z = _preact(x, weight, keep_preact)
+    y = _forward(_resolve({"x": x, "weight": weight, "bias": bias}, backend), x, weight, bias, activation, z)
     return y, x.new_empty(0) if z is None else z
 
 
@@ -502,10 +474,10 @@ def _(x, weight, bias, activation, keep_preact, backend):
 def _linear_act_backward(dy: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                          activation: str, need_dx: bool, need_dweight: bool, need_dbias: bool,
                          backend: Optional[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dweight, dbias) through the activation (_act_gradients); a gradient not asked for is an empty
-    tensor. Not differentiable itself: the create_graph path does not call it."""
+    """(dx, dweight, dbias) through the activation; a gradient not asked for is an empty tensor. Not
+    differentiable itself: the create_graph path does not call it."""
     run = _resolve({"dy": dy, "saved": saved, "x": x, "weight": weight}, backend)
-    grads = _act_gradients(run, dy, saved, x, weight, activation, need_dx, need_dweight, need_dbias)
+    grads = _gradients(run, dy, x, weight, need_dx, need_dweight, need_dbias, activation, saved)
     return tuple(x.new_empty(0) if g is None else g for g in grads)
 
 

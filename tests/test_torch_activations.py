@@ -116,11 +116,11 @@ def test_gradgradcheck_without_bias_and_with_only_the_weight_differentiable():
 def test_gradcheck_catches_a_wrong_activation_gradient(monkeypatch):
     """Negative control: with the backward handed y in place of z (the pre-activation dropped), gradcheck
     fails for gelu (relu is the one activation for which y serves)."""
-    real = lt._act_gradients
+    real = lt._gradients
 
-    def dropped_preact(run, dy, saved, x, weight, activation, *needs):
-        return real(run, dy, F.gelu(saved), x, weight, activation, *needs)  # y = gelu(z) in z's place
-    monkeypatch.setattr(lt, "_act_gradients", dropped_preact)
+    def dropped_preact(run, dy, x, weight, need_dx, need_dweight, need_dbias, activation, saved):
+        return real(run, dy, x, weight, need_dx, need_dweight, need_dbias, activation, F.gelu(saved))  # y for z
+    monkeypatch.setattr(lt, "_gradients", dropped_preact)
     args = make((4, 5), True, False, torch.float64, seed=34)
     assert not torch.autograd.gradcheck(lambda *a: lt.linear(*a, activation="gelu", backend="numpy"), args,
                                         raise_exception=False)
@@ -156,8 +156,8 @@ def test_nan_and_inf_propagate_as_in_torch(activation, backend):
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_the_pre_activation_is_kept_only_for_backward_and_never_for_relu(activation, monkeypatch):
     kept = []
-    real = lt._forward_act
-    monkeypatch.setattr(lt, "_forward_act", lambda *a: kept.append(a[-1]) or real(*a))
+    real = lt._forward
+    monkeypatch.setattr(lt, "_forward", lambda *a: kept.append(a[-1] is not None) or real(*a))
     x, weight, bias = make((4, 5), True, False, torch.float32, seed=37)
     lt.linear(x, weight, bias, activation=activation)
     with torch.no_grad():
@@ -229,11 +229,11 @@ def test_torch_compile_fullgraph_matches_eager_and_runs_the_fused_backward(monke
         model.zero_grad()
         y = fn(x)
         fused = []
-        real = lt._act_gradients
-        monkeypatch.setattr(lt, "_act_gradients", lambda *a: fused.append(a[5]) or real(*a))
+        real = lt._gradients
+        monkeypatch.setattr(lt, "_gradients", lambda *a: fused.append(a[7:8]) or real(*a))
         y.square().sum().backward()
-        monkeypatch.setattr(lt, "_act_gradients", real)
-        assert sorted(fused) == sorted(ACTIVATIONS)
+        monkeypatch.setattr(lt, "_gradients", real)
+        assert sorted(fused) == sorted([(a,) for a in ACTIVATIONS] + [()] * 2)  # and the two plain layers
         outputs.append(y)
         grads.append([p.grad.clone() for p in model.parameters()])
     assert rel(outputs[1], outputs[0]) <= 1e-6
