@@ -18,7 +18,7 @@ from torch import nn  # noqa: E402
 
 import linear.torch as lt  # noqa: E402
 from linear.backends.kernel import KernelBackend  # noqa: E402
-from test_torch import DTYPES, make, poisoned, rel, tol  # noqa: E402,F401 (poisoned: a fixture)
+from test_torch import DTYPES, make, needs_cuda, poisoned, rel, tol  # noqa: E402,F401 (poisoned: a fixture)
 
 ACTIVATIONS = ["relu", "gelu", "gelu_tanh", "silu"]
 REFERENCE = {  # torch's own activation, applied after F.linear
@@ -351,3 +351,23 @@ def test_swap_linear_fuses_only_adjacent_layers_in_sequential_containers():
     assert (twice[0].activation, twice[2].activation) == ("silu", None) and twice[0].weight is twice[2].weight
     assert type(model["last"][0]) is nn.ReLU and model["last"][1].activation is None
     assert model["inplace"][0].activation == "relu" and type(model["inplace"][1]) is nn.Identity
+
+
+# ----------------------------------------------------------------------------------------------------
+# On a GPU (pytest -m gpu): CUDA tensors through the cuda backend
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.xfail(not EPILOGUE_IN_KERNELS, strict=True, raises=(TypeError, AttributeError),
+                   reason="the kernel backends' activation epilogue has not landed (issue 22)")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_cuda_values_and_gradients_match_torch(activation, dtype, poisoned):
+    needs_cuda()
+    x, weight, bias = make((33, 5), True, False, dtype, seed=44, device="cuda")  # 33 rows: an edge tile
+    y = lt.linear(x, weight, bias, activation=activation)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, weight, bias), dy)
+    y64, refs = reference(x, weight, bias, activation, dy)
+    assert y.device == x.device and rel(y, y64) <= tol(dtype)
+    assert all(rel(g, r) <= tol(dtype) for g, r in zip(grads, refs))
