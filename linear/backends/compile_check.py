@@ -182,7 +182,7 @@ def plan_registers(resources: dict[tuple[str, str], Resources], arch: str = "sm_
     """registers.REGISTERS as ptxas reports it: per (config, dtype, 16-byte loads), the most registers
     over the products and C types."""
     table = {}
-    for configs in tiles.FAMILIES:
+    for configs in tiles.COMPILE_CHECKED_FAMILIES:
         for config, dtype, vector, kernel in tiles.gemm_instantiations(configs):
             key = (config.name, dtype, vector)
             table[key] = max(table.get(key, 0), resources[arch, kernel.name].registers)

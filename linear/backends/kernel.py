@@ -8,7 +8,8 @@ from typing import Any
 
 from ..tf32 import get_tf32
 from .base import Runtime
-from .plan import Launch, Tuning, plan_colsum, plan_gemm
+from .launch import Launch, run
+from .plan import Tuning, plan_colsum, plan_gemm
 
 
 class KernelBackend:
@@ -28,6 +29,4 @@ class KernelBackend:
         self.launch(plan_colsum(self.xp, a, out, beta=beta, device=self.runtime.device_limits()))
 
     def launch(self, launches: list[Launch]) -> None:
-        for launch in launches:
-            kernel = self.runtime.function(launch.source, launch.name)
-            kernel(launch.grid, launch.block, launch.args, shared_mem=launch.shared_mem)
+        run(self.runtime, launches)

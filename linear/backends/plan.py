@@ -9,30 +9,33 @@ emulator exercises all of it in CI.
 plan_gemm works in three steps, each computed once per call:
 1. Operands (_operands): each view's strides as a leading dimension and a transpose flag (as_operand),
    and copies into aligned rows where needed (below).
-2. Choice (_choose): the kernel family is the newest one (tiles.FAMILIES) whose requirements the call
-   meets (GemmConfig.runs: dtype, compute capability, TF32; vector_only: 16-byte aligned operands); the
-   tile and split-K among that family's configurations come from the cost model (cost.choose). Today:
-   tensor cores (kernels/tc_gemm.cu) for float16 and bfloat16, and for float32 when TF32 is allowed,
-   on compute capability >= 8.0 (the emulator counts as 9.0) with aligned operands (cp.async moves
-   16-byte chunks); the SIMT kernel (kernels/gemm.cu) for every other call, float64 and older cards
-   included. Where the preferred family needs aligned operands and an operand is not (a vocabulary of
+2. Choice (_choose): the kernel families are the newest ones (tiles.FAMILIES) whose requirements the
+   call meets (GemmConfig.runs: dtype, compute capability, TF32, K; vector_only: 16-byte aligned
+   operands), neighbouring families of the same alignment requirement weighed together (_competing);
+   the tile and split-K among their configurations come from the cost model (cost.choose). Today: on
+   compute capability 9.0 (the emulator's) with aligned operands, the Hopper tiles (kernels/
+   wgmma_gemm.cu) and the tensor-core tiles weighed together for float16 and bfloat16 (K >= 1); tensor
+   cores (kernels/tc_gemm.cu) for float16 and bfloat16 from 8.0 on, and for float32 when TF32 is
+   allowed, with aligned operands (cp.async moves 16-byte chunks); the SIMT kernel (kernels/gemm.cu)
+   for every other call, float64 and older cards included. Where the preferred family needs aligned operands and an operand is not (a vocabulary of
    50257 in bfloat16, attention over 77 tokens), that operand is first copied into a buffer with
    aligned rows, when the cost model says the copies and that family beat the next one on the operands
    as they are (the user's arrays are only read; a broadcast matrix is copied once).
-3. Launches (_launches): the template instantiation, grid, block, shared memory and arguments of each
-   launch, and the split-K reduction.
+3. Launches: the chosen configuration builds them (GemmConfig.launches) from a family-neutral
+   launch.GemmCall: template instantiation, grid, block, shared memory, arguments, compiler flags, and
+   the split-K reduction.
 Vector loads: only when both operands' pointers, leading dimensions and batch strides are 16-byte
 aligned. Tuning() overrides the configuration, split-K and the vector path (for tests and tile sweeps).
 
-Stacks of matrices (numpy.matmul's batch) are one strided-batched launch: grid z = batch · splits, each
-operand with its own batch stride, 0 for a broadcast one. Batch dimensions whose strides merge into one
+Stacks of matrices (numpy.matmul's batch) are one strided-batched launch (gemm.cu, tc_gemm.cu: grid z =
+batch · splits; wgmma_gemm.cu: a persistent grid over the stack's tiles), each operand with its own batch
+stride, 0 for a broadcast one. Batch dimensions whose strides merge into one
 (every contiguous stack, a broadcast matrix) become that one stride; outer dimensions that do not merge
 (two operands broadcast along different dimensions) get one launch each, and a batch beyond gridDim.z's
 limit is cut into several launches.
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from types import ModuleType
@@ -43,12 +46,12 @@ import numpy as np
 from ..dtypes import ElementType, element_type
 from .cost import aligned_copies_pay, choose, estimate, split_k
 from .device import H100, DeviceLimits
+from .launch import REDUCE_THREADS, GemmCall, Launch, Operand, sum_splits_launch
+from .tensor_map import address
 from .tiles import (CONFIGS_BY_NAME, FAMILIES, MAX_SIZE, GemmConfig, ceil_div, colsum_partial_name,
-                    heuristic_configs, round_up, sum_splits_name)
+                    heuristic_configs, round_up)
 
 VECTOR_BYTES = 16
-REDUCE_THREADS = 256  # block size of the reduce.cu kernels
-REDUCE_BLOCKS_PER_SM = 8  # linear_sum_splits's grid: enough to fill the card; it loops over the rest
 COLSUM_MIN_ROWS_PER_CHUNK = 64
 
 
@@ -69,20 +72,6 @@ class Tuning:
 # ----------------------------------------------------------------------------------------------------
 # Operands: strides -> (leading dimension, transpose flag)
 # ----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Operand:
-    """What the kernel receives for one matrix, or a stack of them in the leading dimensions: each
-    matrix of `array` (transposed when `trans`) is stored row-major with leading dimension `ld`
-    (in elements)."""
-    array: Any
-    ld: int
-    trans: bool
-
-    @property
-    def rows(self) -> int:
-        return self.array.shape[-2]
 
 
 def _row_major_ld(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> int | None:
@@ -122,11 +111,6 @@ def as_operand(xp: ModuleType, x: Any) -> Operand:
     return aligned_copy(xp, x, False)
 
 
-def address(x: Any) -> int:
-    """The device (CuPy) or host (numpy) address of x's first element."""
-    return x.ctypes.data if isinstance(x, np.ndarray) else x.data.ptr
-
-
 def aligned_copy(xp: ModuleType, x: Any, trans: bool) -> Operand:
     """x copied into a buffer whose rows start every VECTOR_BYTES (its leading dimension rounded up to
     the vector width); the kernel never reads the padding at the end of each row. A broadcast
@@ -151,29 +135,10 @@ def vector_aligned(operand: Operand) -> bool:
 # ----------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Launch:
-    """runtime.function(source, name)(grid, block, args, shared_mem=shared_mem)"""
-    source: str
-    name: str
-    grid: tuple[int, int, int]
-    block: tuple[int, int, int]
-    args: tuple
-    shared_mem: int = 0
-
-
 def _check_size(**sizes: int) -> None:
     for what, size in sizes.items():
         if size > MAX_SIZE:
             raise ValueError(f"{what} = {size} exceeds the kernels' limit of {MAX_SIZE} (2**31 - 1025)")
-
-
-def _sum_splits_launch(t: ElementType, m: int, n: int, splits: int, partials: Any, c: Any, ldc: int,
-                       alpha: float, beta: float, bias: Any, device: DeviceLimits) -> Launch:
-    blocks = max(1, min(ceil_div(m * n, REDUCE_THREADS), REDUCE_BLOCKS_PER_SM * device.sms))
-    args = (np.int32(m), np.int32(n), np.int32(splits), partials, c, np.int64(ldc),
-            t.acc(alpha), t.acc(beta), c if bias is None else bias, np.int32(bias is not None))
-    return Launch("reduce.cu", sum_splits_name(t), (blocks, 1, 1), (REDUCE_THREADS, 1, 1), args)
 
 
 def _contiguous_vector(xp: ModuleType, v: Any) -> Any:
@@ -185,46 +150,6 @@ def _output_ld(c: Any) -> int:
     if ld is None or any(stride % c.itemsize for stride in c.strides[:-2]):
         raise ValueError(f"the output must be row-major, got shape {c.shape} and strides {c.strides}")
     return ld
-
-
-@dataclass(frozen=True)
-class BatchLaunch:
-    """One launch's share of a stack: the arrays start at its first matrix; `count` matrices, each
-    operand's next one `strides` elements further (0 for a broadcast operand)."""
-    arrays: tuple[Any, ...]
-    count: int
-    strides: tuple[int, ...]
-
-
-def batch_launches(xp: ModuleType, arrays: list[Any], max_count: int) -> list[BatchLaunch]:
-    """Split the common batch dimensions of `arrays` (leading dimensions, before each one's matrix)
-    into launches: dimensions whose strides merge for every array become one strided dimension (the
-    innermost goes to the grid); each index of the outer ones, and each max_count matrices of the
-    inner one, is a launch of its own. Only views of the arrays, never a copy."""
-    merged: list[tuple[int, tuple[int, ...]]] = []  # (size, byte strides per array), outer first
-    for i, size in enumerate(arrays[0].shape[:-2]):
-        if size == 1:
-            continue
-        strides = tuple(x.strides[i] for x in arrays)
-        if merged and all(outer == size * inner for outer, inner in zip(merged[-1][1], strides)):
-            merged[-1] = (merged[-1][0] * size, strides)
-        else:
-            merged.append((size, strides))
-    if not merged:  # one matrix: the arrays as they are
-        return [BatchLaunch(tuple(arrays), 1, (0,) * len(arrays))]
-    # Each array as [merged batch dims..., rows, cols]; its first element is that of matrix 0.
-    views = [xp.lib.stride_tricks.as_strided(
-        x, tuple(size for size, _ in merged) + x.shape[-2:], tuple(s[j] for _, s in merged) + x.strides[-2:])
-        for j, x in enumerate(arrays)]
-    count = merged[-1][0]
-    element_strides = tuple(stride // x.itemsize for stride, x in zip(merged[-1][1], arrays))
-    launches = []
-    for index in itertools.product(*(range(size) for size, _ in merged[:-1])):
-        for first in range(0, count, max_count):
-            part = index + (slice(first, first + max_count),)
-            launches.append(BatchLaunch(tuple(v[part] for v in views), min(max_count, count - first),
-                                        element_strides))
-    return launches
 
 
 @dataclass(frozen=True)
@@ -272,12 +197,29 @@ def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, alpha: float, beta: flo
         return []
     ldc = _output_ld(c)
     families = [(named,)] if named else [heuristic_configs(configs) for configs in reversed(FAMILIES)]
-    families = [configs for configs in families if configs[0].runs(product.dtype, arch, tf32)]
+    families = _competing([configs for configs in families if configs[0].runs(product.dtype, arch, tf32, k)])
     op_a, op_b, aligned = _operands(xp, as_operand(xp, a), as_operand(xp, b), product,
                                     families, tuning, device)
     choice = _choose(product, families, aligned, named, tuning, device,
-                     f"compute capability {arch}, TF32 {'on' if tf32 else 'off'}")
-    return _launches(xp, product, choice, op_a, op_b, c, ldc, alpha, beta, bias, device)
+                     f"compute capability {arch}, TF32 {'on' if tf32 else 'off'}, K {k}")
+    if bias is not None:
+        bias = _contiguous_vector(xp, bias)
+    return choice.config.launches(xp, GemmCall(
+        choice.config, product.dtype, product.t, product.m, product.n, product.k, product.batch, op_a, op_b, c,
+        ldc, alpha, beta, bias, choice.splits, choice.k_per_split, choice.vector, device))
+
+
+def _competing(families: list[tuple[GemmConfig, ...]]) -> list[tuple[GemmConfig, ...]]:
+    """The families that run a call, newest first, with neighbours of the same alignment requirement
+    (vector_only) merged into one tuple: the cost model weighs their configurations against each other
+    (the newest listed first, so ties go to it)."""
+    merged: list[tuple[GemmConfig, ...]] = []
+    for configs in families:
+        if merged and merged[-1][0].vector_only == configs[0].vector_only:
+            merged[-1] += configs
+        else:
+            merged.append(configs)
+    return merged
 
 
 def _operands(xp: ModuleType, op_a: Operand, op_b: Operand, product: Product,
@@ -323,41 +265,6 @@ def _choose(product: Product, families: list[tuple[GemmConfig, ...]], aligned: b
     return Choice(best.config, vector, splits, k_per_split)
 
 
-def _launches(xp: ModuleType, product: Product, choice: Choice, op_a: Operand, op_b: Operand, c: Any, ldc: int,
-              alpha: float, beta: float, bias: Any, device: DeviceLimits) -> list[Launch]:
-    """Step 3: the GEMM launches (a stack cut where its batch dimensions do not merge or grid z ends),
-    then, for split-K, the reduction of the workspace that applies the epilogue."""
-    t, m, n, k, config, splits = product.t, product.m, product.n, product.k, choice.config, choice.splits
-    grid_xy = (ceil_div(m, config.bm), ceil_div(n, config.bn))
-    if grid_xy[1] > device.max_grid[1]:
-        raise ValueError(f"N = {n} needs {grid_xy[1]} column tiles, more than one launch allows "
-                         f"({device.max_grid[1]})")
-    if bias is not None:
-        bias = _contiguous_vector(xp, bias)
-    if splits == 1:
-        c_cpp, target, target_ld, split_stride = t.cpp, c, ldc, 0
-        epilogue = (t.acc(alpha), t.acc(beta), c if bias is None else bias, np.int32(bias is not None))
-    else:  # partial products into the workspace; linear_sum_splits applies the epilogue
-        c_cpp, target, target_ld, split_stride = t.acc_cpp, xp.empty((splits, m, n), t.acc), n, m * n
-        epilogue = (t.acc(1), t.acc(0), c, np.int32(0))  # c: an unused stand-in for the bias
-    name = config.template_name(t, c_cpp, op_a.trans, op_b.trans, choice.vector)
-    shared = config.shared_bytes(product.dtype)
-    operands = [op_a.array, op_b.array] + ([c] if splits == 1 else [])
-    launches = []
-    for part in batch_launches(xp, operands, device.max_grid[2] // splits):
-        part_a, part_b, part_c = part.arrays if splits == 1 else (*part.arrays, target)
-        stride_a, stride_b, stride_c = part.strides if splits == 1 else (*part.strides, 0)
-        launches.append(Launch(
-            config.source, name, grid_xy + (part.count * splits,), (config.threads, 1, 1),
-            (np.int32(m), np.int32(n), np.int32(k), np.int32(choice.k_per_split), np.int32(splits),
-             part_a, np.int64(op_a.ld), np.int64(stride_a), part_b, np.int64(op_b.ld), np.int64(stride_b),
-             part_c, np.int64(target_ld), np.int64(stride_c), np.int64(split_stride)) + epilogue,
-            shared))
-    if splits == 1:
-        return launches
-    return launches + [_sum_splits_launch(t, m, n, splits, target, c, ldc, alpha, beta, bias, device)]
-
-
 def colsum_chunks(rows: int, cols: int, device: DeviceLimits = H100) -> tuple[int, int]:
     """(rows_per_chunk, chunks) for the first pass: enough blocks to fill the card (4 per SM), each
     chunk at least COLSUM_MIN_ROWS_PER_CHUNK rows, at least one chunk (an empty one writes zeros)."""
@@ -382,4 +289,4 @@ def plan_colsum(xp: ModuleType, a: Any, out: Any, *, beta: float, device: Device
     first = Launch("reduce.cu", colsum_partial_name(t), (ceil_div(cols, REDUCE_THREADS), chunks, 1),
                    (REDUCE_THREADS, 1, 1),
                    (np.int32(rows), np.int32(cols), np.int32(rows_per_chunk), a, np.int64(lda), partials))
-    return [first, _sum_splits_launch(t, 1, cols, chunks, partials, out, cols, 1.0, beta, None, device)]
+    return [first, sum_splits_launch(t, 1, cols, chunks, partials, out, cols, 1.0, beta, None, device)]

@@ -1,6 +1,8 @@
 """Registers per thread of every GEMM tile configuration, ptxas on sm_90 (kernels/REGISTERS.md: the most
 over the products and C types; tests/test_compile.py holds this table to it): (config name, dtype,
-16-byte loads) -> registers. The cost model (cost.py) reads it for the blocks an SM holds."""
+16-byte loads) -> registers. The cost model (cost.py) reads PLAN_REGISTERS for the blocks an SM holds:
+REGISTERS and SM90A_REGISTERS, the families the compile checks do not build yet (tiles.COMPILE_CHECKED_FAMILIES).
+"""
 from __future__ import annotations
 
 REGISTERS: dict[tuple[str, str, bool], int] = {
@@ -46,3 +48,11 @@ REGISTERS: dict[tuple[str, str, bool], int] = {
     ('tc_small', 'bfloat16', True): 96,
     ('tc_wide', 'bfloat16', True): 242,
 }
+
+# kernels/wgmma_gemm.cu (sm_90a), not generated: the compile checks build sm_80 and sm_90 only. ptxas
+# (nvcc 13.0 -arch=sm_90a -Xptxas -v, bench/NOTES.md; tests/test_wgmma_machine_code.py) reports 168 for every
+# instantiation: the 384-thread launch bound (setmaxnreg then gives the consumers 232, the producer 40).
+SM90A_REGISTERS: dict[tuple[str, str, bool], int] = {
+    (name, dtype, True): 168 for name in ("wgmma_wide", "wgmma") for dtype in ("float16", "bfloat16")}
+
+PLAN_REGISTERS: dict[tuple[str, str, bool], int] = {**REGISTERS, **SM90A_REGISTERS}
