@@ -13,6 +13,10 @@ array alive; it points at the array itself, so in the emulator TMA reads and wri
 place, not the guarded copy of a pointer argument (memcheck does not watch it; TMA cannot leave the
 map's extents anyway).
 
+A launch plan, made without a runtime, names a map as a TensorMapArg (array, box, swizzle); launch.run
+encodes it for the runtime that launches, once per (runtime, pointer, shape, strides, dtype, box, swizzle):
+TENSOR_MAPS, a TensorMapCache, copies the 128 bytes of a map made before.
+
 The cuda path has not been executed here (no GPU): it is the documented driver call, kept small.
 """
 from __future__ import annotations
