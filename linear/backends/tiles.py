@@ -56,7 +56,7 @@ class GemmConfig(ABC):
     min_arch: ClassVar[int] = 0
     max_arch: ClassVar[int | None] = None
     min_k: ClassVar[int] = 0
-    overhead_k_steps: ClassVar[int] = 32
+    overhead_k_steps: ClassVar[int] = 32  # a block of gemm.cu or tc_gemm.cu (estimate)
     tf32_dtypes: ClassVar[tuple[str, ...]] = ()
     vector_only: ClassVar[bool] = False
     arch_flags: ClassVar[tuple[str, ...]] = ()
