@@ -99,33 +99,33 @@ def test_tensor_cores_run_half_types_and_tf32_on_sm80_and_later_for_aligned_oper
     def source(dtype, m=64, n=64, k=64, **device):
         return gemm_launches(m, n, k, dtype, **device)[0].source
     for dtype in ("float16", "bfloat16"):
-        assert source(dtype, arch=80) == source(dtype, arch=90) == "tc_gemm.cu"
+        assert source(dtype, arch=80) == "tc_gemm.cu" and source(dtype, arch=90) == "wgmma_gemm.cu"  # Hopper's tiles
         assert source(dtype, arch=75) == source(dtype) == "gemm.cu"  # older cards; no device named
         assert source(dtype, 64, 64, 63, arch=90, tuning=Tuning(vector=False)) == "gemm.cu"  # as they are
     assert source("float32", arch=90) == "gemm.cu" and source("float32", arch=90, tf32=True) == "tc_gemm.cu"
     assert source("float64", arch=90, tf32=True) == "gemm.cu"
-    assert gemm_launches(4096, 4096, 64, "bfloat16", arch=90)[0].name.endswith("128, 128, 32, 64, 32, 4>")
-    assert gemm_launches(512, 512, 64, "bfloat16", arch=90)[0].name.endswith("64, 64, 32, 32, 32, 3>")
+    assert gemm_launches(4096, 4096, 64, "bfloat16", arch=80)[0].name.endswith("128, 128, 32, 64, 32, 4>")
+    assert gemm_launches(512, 512, 64, "bfloat16", arch=80)[0].name.endswith("64, 64, 32, 32, 32, 3>")
     assert source("float16", tuning=Tuning(config="medium"), arch=90) == "gemm.cu"  # named: the SIMT kernel
     with pytest.raises(ValueError, match="'tc_small' runs on tensor cores, which this call cannot use"):
         gemm_launches(64, 64, 64, "float32", tuning=Tuning(config="tc_small"), arch=90)
 
 
 def test_unaligned_operands_are_copied_to_aligned_rows_for_the_tensor_cores():
-    """126-byte rows of A (K = 63) cannot go by 16-byte cp.async: A is copied into rows of 64 elements
+    """On sm_80 (sm_90 would take the Hopper tiles, the same copies): 126-byte rows of A (K = 63) cannot go by 16-byte cp.async: A is copied into rows of 64 elements
     (128 bytes), B is passed as it is, and the caller's A is only read."""
     rng = np.random.default_rng(3)
     a, b = rng.standard_normal((64, 63)).astype(np.float16), rng.standard_normal((63, 64)).astype(np.float16)
     a_before = a.copy()
     c = np.zeros((64, 64), np.float16)
-    [launch] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90)
+    [launch] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=80)
     assert launch.source == "tc_gemm.cu"
     copied, lda = launch.args[5], launch.args[6]
     assert lda == 64 and copied.shape == (64, 63) and copied.strides == (128, 2) and np.array_equal(copied, a)
     assert launch.args[8] is b and np.array_equal(a, a_before)
     # A stack: its broadcast operand is copied once and stays broadcast (batch stride 0).
     [stacked] = plan.plan_gemm(np, np.broadcast_to(a, (3, 64, 63)), b, np.zeros((3, 64, 64), np.float16),
-                               alpha=1.0, beta=0.0, arch=90)
+                               alpha=1.0, beta=0.0, arch=80)
     assert stacked.source == "tc_gemm.cu" and stacked.grid[2] == 3
     assert stacked.args[6] == 64 and stacked.args[7] == 0 and np.array_equal(stacked.args[5][0], a)
     # Where the cost model says the copy costs more than the tensor cores save (a device with a slow
@@ -133,14 +133,14 @@ def test_unaligned_operands_are_copied_to_aligned_rows_for_the_tensor_cores():
     slow = DeviceLimits(sms=132, bandwidth=1e6)
     assert not cost.aligned_copies_pay(64, 64, 63, 1, "float16", [a.nbytes], aligned=tiles.TC_HEURISTIC_CONFIGS,
                                        as_they_are=tiles.HEURISTIC_CONFIGS, device=slow)
-    [simt] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90, device=slow)
+    [simt] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=80, device=slow)
     assert simt.source == "gemm.cu" and simt.args[5] is a
     # The SIMT kernel asked for, or a dtype without tensor cores: the arrays as they are.
-    named = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90,
+    named = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=80,
                            tuning=Tuning(config="medium"))
     assert named[0].source == "gemm.cu" and named[0].args[5] is a
     a64 = a.astype(np.float64)
-    [launch] = plan.plan_gemm(np, a64, b.astype(np.float64), c.astype(np.float64), alpha=1.0, beta=0.0, arch=90)
+    [launch] = plan.plan_gemm(np, a64, b.astype(np.float64), c.astype(np.float64), alpha=1.0, beta=0.0, arch=80)
     assert launch.args[5] is a64
 
 
@@ -257,18 +257,19 @@ def test_a_batch_beyond_grid_z_is_cut_into_launches():
 
 
 def test_a_new_family_is_its_configurations_alone(monkeypatch):
-    """A third family (here a stand-in for the Hopper kernel: sm_90 only, aligned operands only) needs no
-    change to plan.py or cost.py: listed last in FAMILIES, with its registers, it runs what it can run,
-    and every other call goes to the families before it."""
+    """A new family (here a stand-in for the Hopper kernel, in its place: sm_90 only, aligned operands
+    only) needs no change to plan.py or cost.py: listed last in FAMILIES, with its registers, it runs what
+    it can run (its ties with the tensor-core tiles, whose alignment it shares, go to it), and every other
+    call goes to the families before it."""
     class HopperLike(tiles.TensorCoreConfig):
         source = "hopper.cu"
         min_arch = 90
         arch_flags = ("-arch=sm_90a",)
 
     config = HopperLike("hopper", bm=128, bn=128, wm=64, wn=32, stages=4)
-    monkeypatch.setattr(plan, "FAMILIES", tiles.FAMILIES + ((config,),))
+    monkeypatch.setattr(plan, "FAMILIES", (tiles.TILE_CONFIGS, tiles.TC_CONFIGS, (config,)))
     for dtype in config.dtypes:
-        monkeypatch.setitem(cost.REGISTERS, (config.name, dtype, True), 128)
+        monkeypatch.setitem(cost.PLAN_REGISTERS, (config.name, dtype, True), 128)
     assert gemm_launches(4096, 4096, 64, "bfloat16", arch=90)[0].source == "hopper.cu"
     assert gemm_launches(4096, 4096, 64, "bfloat16", arch=80)[0].source == "tc_gemm.cu"  # before sm_90
     assert gemm_launches(4096, 4096, 64, "float32", arch=90)[0].source == "gemm.cu"  # TF32 off
