@@ -117,8 +117,9 @@ def test_a_cached_call_equals_an_uncached_one_bitwise(runtime, dtype):
 
 def test_a_cached_wgmma_plan_maps_each_calls_own_arrays(runtime):
     """A bfloat16 product the plan gives the Hopper tiles, twice with fresh arrays (the first call's kept
-    alive, so the pointers differ): the second call reuses the plan, writes the bits of an uncached plan,
-    and its tensor maps hold its own operands' addresses, not the first call's."""
+    alive, so the pointers differ): the second call reuses the plan, writes the bits of an uncached plan
+    and the float64 product's within bfloat16's tolerance, and its tensor maps hold its own operands'
+    addresses, not the first call's (with tensor_map's cache keyed without the pointer, both fail)."""
     dtype = DTYPES["bfloat16"]
     rng = np.random.default_rng(47)
     recording = RecordingRuntime(runtime)
