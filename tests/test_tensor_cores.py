@@ -342,7 +342,8 @@ def test_a_stack_is_one_batched_tensor_core_launch(launched):
     a = rng.standard_normal((2, 3, 40, 24)).astype(dtype_of("bfloat16"))
     b = rng.standard_normal((24, 32)).astype(dtype_of("bfloat16"))  # broadcast over the stack: stride 0
     out = linear.matmul(a, b, backend="emulate")
-    assert len(launched) == 1 and launched[0].startswith(tuple(f"{kernel}__nv_bfloat16," for kernel in TENSOR_CORE_KERNELS))
+    bf16_kernels = tuple(f"{kernel}__nv_bfloat16," for kernel in TENSOR_CORE_KERNELS)
+    assert len(launched) == 1 and launched[0].startswith(bf16_kernels)
     assert_close(out, a.astype(np.float64) @ b.astype(np.float64), "bfloat16")
 
 

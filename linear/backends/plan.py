@@ -17,28 +17,30 @@ plan_gemm works in three steps, each computed once per call:
    wgmma_gemm.cu) and the tensor-core tiles weighed together for float16 and bfloat16 (K >= 1); tensor
    cores (kernels/tc_gemm.cu) for float16 and bfloat16 from 8.0 on, and for float32 when TF32 is
    allowed, with aligned operands (cp.async moves 16-byte chunks); the SIMT kernel (kernels/gemm.cu)
-   for every other call, float64 and older cards included. Where the preferred family needs aligned operands and an operand is not (a vocabulary of
-   50257 in bfloat16, attention over 77 tokens), that operand is first copied into a buffer with
-   aligned rows, when the cost model says the copies and that family beat the next one on the operands
-   as they are (the user's arrays are only read; a broadcast matrix is copied once).
+   for every other call, float64 and older cards included. Where the preferred family needs aligned
+   operands and an operand is not (a vocabulary of 50257 in bfloat16, attention over 77 tokens), that
+   operand is first copied into a buffer with aligned rows, when the cost model says the copies and that
+   family beat the next one on the operands as they are (the user's arrays are only read; a broadcast
+   matrix is copied once).
 3. Launches: the chosen configuration builds them (GemmConfig.launches) from a family-neutral
    launch.GemmCall: template instantiation, grid, block, shared memory, arguments, compiler flags, and
    the split-K reduction.
 Vector loads: only when both operands' pointers, leading dimensions and batch strides are 16-byte
 aligned. Tuning() overrides the configuration, split-K and the vector path (for tests and tile sweeps).
 
-A plan is made once for many calls: gemm_plan and colsum_plan return a Plan, the launches with Slots
-(launch.py) where a call's arrays, alpha and beta go and Buffers (aligned copies, split-K workspaces) made anew for
-each call; it depends on the arrays only through layout_key (shapes, strides, dtypes, addresses modulo
-16 bytes), so KernelBackend caches it under that key with the tuning, TF32 setting and device.
+A plan is made once for many calls: gemm_plan and colsum_plan return a Plan, the launches (launch.py)
+with Slots where a call's arrays, alpha and beta go (tensor maps of Slots for the Hopper tiles) and
+Buffers (aligned copies, split-K workspaces) made anew for each call; it depends on the arrays only
+through layout_key (shapes, strides, dtypes, addresses modulo 16 bytes), so KernelBackend caches it
+under that key with the tuning, TF32 setting and device.
 plan_gemm and plan_colsum are the plan filled in for one call (Plan.bind).
 
 Stacks of matrices (numpy.matmul's batch) are one strided-batched launch (gemm.cu, tc_gemm.cu: grid z =
-batch · splits; wgmma_gemm.cu: a persistent grid over the stack's tiles), each operand with its own batch
-stride, 0 for a broadcast one. Batch dimensions whose strides merge into one
-(every contiguous stack, a broadcast matrix) become that one stride; outer dimensions that do not merge
-(two operands broadcast along different dimensions) get one launch each, and a batch beyond gridDim.z's
-limit is cut into several launches.
+batch · splits; wgmma_gemm.cu: a persistent grid over the stack's tiles), each operand with its own
+batch stride, 0 for a broadcast one. Batch dimensions whose strides merge into one (every contiguous
+stack, a broadcast matrix) become that one stride; outer dimensions that do not merge (two operands
+broadcast along different dimensions) get one launch each, and a batch beyond gridDim.z's limit is cut
+into several launches.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ import numpy as np
 from ..dtypes import ElementType, element_type
 from .cost import aligned_copies_pay, choose, estimate, split_k
 from .device import H100, DeviceLimits
-from .launch import (REDUCE_THREADS, GemmCall, Launch, Operand, Slot, colsum_partial_name, sum_splits_launch)
+from .launch import REDUCE_THREADS, GemmCall, Launch, Operand, Slot, colsum_partial_name, sum_splits_launch
 from .tensor_map import address
 from .tiles import CONFIGS_BY_NAME, FAMILIES, MAX_SIZE, GemmConfig, ceil_div, heuristic_configs, round_up
 
@@ -147,7 +149,7 @@ def vector_aligned(operand: Operand) -> bool:
 # ----------------------------------------------------------------------------------------------------
 
 
-_FIRST_ARRAY = 2  # a plan's values: alpha and beta (launch.ALPHA, launch.BETA), then the call's arrays, then its buffers
+_FIRST_ARRAY = 2  # a plan's values: alpha, beta (launch.ALPHA, launch.BETA), the call's arrays, its buffers
 
 
 @dataclass(frozen=True)

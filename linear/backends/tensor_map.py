@@ -13,9 +13,10 @@ array alive; it points at the array itself, so in the emulator TMA reads and wri
 place, not the guarded copy of a pointer argument (memcheck does not watch it; TMA cannot leave the
 map's extents anyway).
 
-A launch plan, made without a runtime, names a map as a TensorMapArg (array, box, swizzle); launch.run
-encodes it for the runtime that launches, once per (runtime, pointer, shape, strides, dtype, box, swizzle):
-TENSOR_MAPS, a TensorMapCache, copies the 128 bytes of a map made before.
+A launch plan, made without a runtime, names a map as a TensorMapArg (array, box, swizzle); in a plan that
+serves many calls its array is a launch.Slot, filled with each call's own array (launch.Launch.arguments).
+launch.call encodes it for the runtime that launches, once per (runtime, pointer, shape, strides, dtype,
+box, swizzle): TENSOR_MAPS, a TensorMapCache, copies the 128 bytes of a map made before for that pointer.
 
 The cuda path has not been executed here (no GPU): it is the documented driver call, kept small.
 """
@@ -173,8 +174,8 @@ TENSOR_MAPS = TensorMapCache()
 @dataclass(frozen=True, eq=False)
 class TensorMapArg:
     """A kernel argument that is the tensor map of `array` with this box and swizzle: a launch plan holds it
-    (plans are made without a runtime); launch.run encodes it for the runtime that launches, through
-    TENSOR_MAPS."""
+    (plans are made without a runtime; a cached plan's `array` is a launch.Slot until a call fills it in);
+    launch.call encodes it for the runtime that launches, through TENSOR_MAPS."""
     array: Any
     box: tuple[int, ...]
     swizzle: int
