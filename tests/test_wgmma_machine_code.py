@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require, require_tool
-from linear.backends import compile_check
+import compile_check  # tools/
 from linear.backends.sources import kernels_dir
 from test_sass import Instruction, find_cuda_tool, how_many, parse_sass
 
@@ -47,7 +47,7 @@ def compile_cubin(nvcc: str, names: list[str], tmp: Path, tag: str) -> tuple[str
     unit = tmp / f"{tag}.cu"
     unit.write_text(compile_check.instantiating_unit("wgmma_gemm.cu", names))
     cubin = tmp / f"{tag}.cubin"
-    done = subprocess.run([nvcc, *compile_check.NVCC_FLAGS, f"-arch={ARCH}", "-cubin", f"-I{kernels_dir()}",
+    done = subprocess.run([nvcc, *compile_check.NVCC_FLAGS, f"-arch={ARCH}", f"-I{kernels_dir()}",
                            str(unit), "-o", str(cubin)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     return done.stdout + done.stderr, cubin
@@ -163,13 +163,14 @@ def test_nvrtc_compiles_every_instantiation_for_sm_90a_only():
     names = list(KERNELS)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         lowered = {}
-        for result in pool.map(lambda i: compile_check.nvrtc_compile(library, "wgmma_gemm.cu", names[i::2], ARCH),
+        for result in pool.map(lambda i: compile_check.nvrtc_compile(
+                library, compile_check.Unit("wgmma_gemm.cu", tuple(names[i::2])), ARCH).lowered,
                                range(2)):
             lowered.update(result)
     assert sorted(lowered) == sorted(names) and all(v.startswith("_Z") for v in lowered.values())
     # wgmma and setmaxnreg exist only in the architecture-specific sm_90a: plain sm_90 must refuse them.
     with pytest.raises(RuntimeError, match="wgmma|setmaxnreg|sm_90a"):
-        compile_check.nvrtc_compile(library, "wgmma_gemm.cu", names[:1], "sm_90")
+        compile_check.nvrtc_compile(library, compile_check.Unit("wgmma_gemm.cu", tuple(names[:1])), "sm_90")
 
 
 @pytest.mark.parametrize("cupy_arch", ["-arch=sm_90", "-arch=compute_90", "--gpu-architecture=sm_90"])
