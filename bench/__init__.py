@@ -7,6 +7,8 @@
     runner.py      correctness first, then timing, for every case
     report.py      terminal table, JSON, markdown, PNG plot
     overhead.py    python -m bench.overhead: the API's cost per call next to raw numpy, on a small layer
+    activation.py  python -m bench.activation: a Linear+activation training step fused against unfused
+                   (bytes counted, times measured)
 
 See bench/README.md for how to run it and what every column means.
 """

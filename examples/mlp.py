@@ -1,4 +1,4 @@
-"""Train a two-layer MLP (Linear -> ReLU -> Linear) on three interleaved spirals with linear.Linear and Adam.
+"""Train a two-layer MLP (Linear with a fused ReLU -> Linear) on three interleaved spirals with linear.Linear and Adam.
 
     python examples/mlp.py                            # numpy backend
     LINEAR_BACKEND=emulate python examples/mlp.py     # our CUDA kernels, run on the CPU
@@ -32,7 +32,7 @@ def softmax_cross_entropy(logits, labels, xp):
 def train(backend=None, seed=0, steps=500, hidden=64, lr=0.02, verbose=True):
     """Train on 3000 spiral points; return the accuracy on 1500 held-out points."""
     rng = np.random.default_rng(seed)
-    layer1 = linear.Linear(2, hidden, backend=backend, seed=seed)
+    layer1 = linear.Linear(2, hidden, backend=backend, seed=seed, activation="relu")  # ReLU in the GEMM's epilogue
     layer2 = linear.Linear(hidden, 3, backend=backend, seed=seed + 1)
     optimizer = linear.optim.Adam([*layer1.parameters(), *layer2.parameters()], lr=lr)
     xp = layer1.xp  # numpy, or cupy for backend="cuda"
@@ -40,17 +40,17 @@ def train(backend=None, seed=0, steps=500, hidden=64, lr=0.02, verbose=True):
     x_test, y_test = (xp.asarray(a) for a in spirals(500, rng))
 
     for step in range(steps):
-        h = layer1(x_train)
-        logits = layer2(xp.maximum(h, 0))
+        h = layer1(x_train)  # max(X·W1 + b1, 0), one kernel
+        logits = layer2(h)
         loss, dlogits = softmax_cross_entropy(logits, y_train, xp)
         optimizer.zero_grad()
-        dh = layer2.backward(dlogits) * (h > 0)  # through the ReLU
-        layer1.backward(dh, need_dx=False)
+        dh = layer2.backward(dlogits)
+        layer1.backward(dh, need_dx=False)  # through the ReLU: dZ1 = dH ⊙ (H > 0)
         optimizer.step()
         if verbose and step % 100 == 0:
             print(f"step {step:4d}  loss {float(loss):.4f}")
 
-    predictions = layer2(xp.maximum(layer1(x_test), 0)).argmax(axis=1)
+    predictions = layer2(layer1(x_test)).argmax(axis=1)
     accuracy = float((predictions == y_test).mean())
     if verbose:
         print(f"test accuracy after {steps} steps: {accuracy:.1%}")

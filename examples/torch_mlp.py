@@ -34,7 +34,7 @@ def train(steps=300, seed=0, hidden=64, lr=0.02, verbose=True):
     device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)  # every process builds the same model and the same data
     model = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, 3)).to(device)  # an existing model
-    linear.torch.swap_linear(model)  # its nn.Linear layers now run our kernels, on the same parameters
+    linear.torch.swap_linear(model)  # our kernels on the same parameters; Linear + ReLU now one fused layer
     if dist.is_initialized():
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)

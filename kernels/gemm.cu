@@ -1,4 +1,4 @@
-// linear_gemm: C = alpha · op(A) · op(B) + beta · C  (+ bias[None, :])
+// linear_gemm: C = act(alpha · op(A) · op(B) + beta · C  (+ bias[None, :])), Z = the argument of act
 //
 //   op(X) is X or Xᵀ, chosen at compile time by TRANS_A / TRANS_B; op(A) is M x K, op(B) is K x N,
 //   C is M x N. Every matrix is stored row-major with a leading dimension (lda, ldb, ldc), so a
@@ -76,10 +76,15 @@
 // Shared tiles are k-major (As[k][m], Bs[k][n], rows padded by SMEM_PAD) so the inner loop reads
 // contiguous fragments; an operand stored with k contiguous is transposed on its way in.
 //
+// Epilogue: z = alpha · acc + beta · C + bias, then C = act(z) and, when store_preact, Z = z beside it
+// (preact has C's leading dimension and batch stride): the activation (kernels/epilogue.cuh) is a runtime
+// argument, a uniform branch per stored element, so that it does not multiply the instantiations.
+//
 // Split-K: split s handles k in [s·k_per_split, (s+1)·k_per_split) and writes C + s·c_split_stride.
 // With several splits the plan points C at a workspace [splits, M, N] of the accumulator type
-// (TC = acc_t<T>, alpha = 1, beta = 0, no bias); linear_sum_splits (reduce.cu) then adds the splits
-// in a fixed order and applies alpha, beta·C and the bias: deterministic, no atomics.
+// (TC = acc_t<T>, alpha = 1, beta = 0, no bias, no activation); linear_sum_splits (reduce.cu) then adds
+// the splits in a fixed order and applies alpha, beta·C, the bias and the activation: deterministic, no
+// atomics.
 //
 // Template parameters:
 //   T        element type of A, B and bias: float, double, __half, __nv_bfloat16
@@ -94,6 +99,7 @@
 // Which configuration, split-K and vector path run is the launch plan's choice (linear/backends/: tiles.py's
 // TILE_CONFIGS, cost.py's model that picks among them, plan.py's launches); nothing here depends on it.
 #include "common.cuh"
+#include "epilogue.cuh"
 
 // Shared-memory rows are padded by this many accumulators: the transposing stores of a tile then
 // spread over all 32 banks, and rows stay 16-byte aligned. tiles.py mirrors it (SHARED_PAD).
@@ -325,7 +331,8 @@ linear_gemm(int M, int N, int K, int k_per_split, int splits,
             const T* __restrict__ A, long long lda, long long batch_stride_a,
             const T* __restrict__ B, long long ldb, long long batch_stride_b,
             TC* __restrict__ C, long long ldc, long long batch_stride_c, long long c_split_stride,
-            acc_t<T> alpha, acc_t<T> beta, const T* __restrict__ bias, int add_bias) {
+            acc_t<T> alpha, acc_t<T> beta, const T* __restrict__ bias, int add_bias,
+            int activation, TC* __restrict__ preact, int store_preact) {
     using Acc = acc_t<T>;
     static_assert(TM % 4 == 0 && TN % 4 == 0 && WM % TM == 0 && WN % TN == 0, "bad register block");
     static_assert(BM % WM == 0 && BN % WN == 0, "the groups' sub-tiles must tile the block's tile");
@@ -341,7 +348,6 @@ linear_gemm(int M, int N, int K, int k_per_split, int splits,
     const int split = work.split, k_begin = work.k_begin, k_end = work.k_end, steps = work.steps;
     A += work.batch * batch_stride_a;
     B += work.batch * batch_stride_b;
-    C += work.batch * batch_stride_c;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     int m_first, n_first;
     thread_origin<BN, WM, WN, TM, TN>(threadIdx.x, m_first, n_first);
@@ -362,21 +368,49 @@ linear_gemm(int M, int N, int K, int k_per_split, int splits,
     else
         k_loop<true, WM, WN, BK, TM, TN>(a_tile, b_tile, shared, steps, k_begin, M, N, k_end, m_first, n_first, acc);
 
-    // Epilogue: alpha · acc (+ beta · C, which is never read when beta == 0) (+ bias).
-    TC* const c_split = C + split * c_split_stride;
+    // Epilogue: z = alpha · acc (+ beta · C, which is never read when beta == 0) (+ bias); C = act(z), and
+    // Z = z beside it when store_preact. Without either, straight from the registers; otherwise the
+    // accumulators go to shared memory, in rounds of ROWS of the thread's TM rows, and a loop that is not
+    // unrolled finishes each value (epilogue.cuh says why).
+    const long long c_offset = work.batch * batch_stride_c + split * c_split_stride;  // Z's too
+    TC* const c_split = C + c_offset;
+    if (activation == ACTIVATION_NONE && !store_preact) {
 #pragma unroll
-    for (int i = 0; i < TM; ++i) {
-        const int row = m0 + owned_offset<WM, TM>(i, m_first);
-        if (row >= M) continue;
-        TC* const c_row = c_split + row * ldc;
+        for (int i = 0; i < TM; ++i) {
+            const int row = m0 + owned_offset<WM, TM>(i, m_first);
+            if (row >= M) continue;
+            TC* const c_row = c_split + row * ldc;
 #pragma unroll
-        for (int j = 0; j < TN; ++j) {
-            const int col = n0 + owned_offset<WN, TN>(j, n_first);
-            if (col >= N) continue;
-            Acc value = alpha * acc[i][j];
-            if (beta != Acc(0)) value += beta * to_acc(c_row[col]);
+            for (int j = 0; j < TN; ++j) {
+                const int col = n0 + owned_offset<WN, TN>(j, n_first);
+                if (col >= N) continue;
+                Acc value = alpha * acc[i][j];
+                if (beta != Acc(0)) value += beta * to_acc(c_row[col]);
+                if (add_bias) value += to_acc(bias[col]);
+                c_row[col] = to_element<TC>(value);
+            }
+        }
+        return;
+    }
+    constexpr int STAGED = 2 * (LoadA::SIZE + LoadB::SIZE);  // accumulators: the K loop's two stages
+    constexpr int ROUNDS = staging_rounds(TM, TN * THREADS, STAGED), ROWS = TM / ROUNDS;
+    static_assert(ROWS * TN * THREADS <= STAGED, "a row of every thread must fit");
+    Acc* const slots = shared + threadIdx.x;
+    __syncthreads();  // every warp is done with the K loop's tiles
+#pragma unroll
+    for (int round = 0; round < ROUNDS; ++round) {
+#pragma unroll
+        for (int v = 0; v < ROWS * TN; ++v) slots[v * THREADS] = acc[round * ROWS + v / TN][v % TN];
+#pragma unroll 1
+        for (int v = 0; v < ROWS * TN; ++v) {
+            const int row = m0 + owned_offset<WM, TM>(round * ROWS + v / TN, m_first);
+            const int col = n0 + owned_offset<WN, TN>(v % TN, n_first);
+            if (row >= M || col >= N) continue;
+            const long long at = row * ldc + col;
+            Acc value = alpha * slots[v * THREADS];
+            if (beta != Acc(0)) value += beta * to_acc(c_split[at]);
             if (add_bias) value += to_acc(bias[col]);
-            c_row[col] = to_element<TC>(value);
+            store_activated(c_split + at, preact + c_offset + at, store_preact, activation, value);
         }
     }
 }

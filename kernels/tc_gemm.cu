@@ -1,4 +1,4 @@
-// linear_tc_gemm: C = alpha · op(A) · op(B) + beta · C  (+ bias[None, :]) on tensor cores
+// linear_tc_gemm: C = act(alpha · op(A) · op(B) + beta · C  (+ bias[None, :])) on tensor cores
 //
 //   The contract of gemm.cu (read it first): op(A) is M x K, op(B) is K x N, every matrix row-major with
 //   a leading dimension, transposes as the compile-time flags TRANS_A / TRANS_B (NN for Y = X·W, NT for
@@ -45,6 +45,7 @@
 //   WM, WN             a warp's sub-tile (multiples of 16 and 16)
 //   STAGES             depth of the cp.async pipeline (>= 2)
 #include "common.cuh"
+#include "epilogue.cuh"
 #include "ptx.cuh"
 
 // One mma.sync per element type: its k depth, and what a thread does to a 16-byte chunk of a tile that
@@ -160,7 +161,8 @@ linear_tc_gemm(int M, int N, int K, int k_per_split, int splits,
                const T* __restrict__ A, long long lda, long long batch_stride_a,
                const T* __restrict__ B, long long ldb, long long batch_stride_b,
                TC* __restrict__ C, long long ldc, long long batch_stride_c, long long c_split_stride,
-               float alpha, float beta, const T* __restrict__ bias, int add_bias) {
+               float alpha, float beta, const T* __restrict__ bias, int add_bias,
+               int activation, TC* __restrict__ preact, int store_preact) {
     using Op = Mma<T>;
     constexpr int WARPS_N = BN / WN, THREADS = (BM / WM) * WARPS_N * 32;
     constexpr int M_TILES = WM / 16, N_TILES = WN / 8, K_STEPS = BK / Op::K;
@@ -289,28 +291,58 @@ linear_tc_gemm(int M, int N, int K, int k_per_split, int splits,
     }
 
     // Epilogue: d[r] of mma tile (i, j) is C(wm0 + 16·i + g + 8·(r/2), wn0 + 8·j + 2t + r%2), with the
-    // rows the paired TF32 reads moved: row g + 8h at 2g + h.
-    TC* const c_tile = C + work.batch * batch_stride_c + work.split * c_split_stride;
+    // rows the paired TF32 reads moved: row g + 8h at 2g + h. As in gemm.cu: z = alpha · d (+ beta · C)
+    // (+ bias) straight from the registers without an activation or Z to store; otherwise the accumulators
+    // go to the pipeline's shared memory, a pass (i, half) being the thread's 2 · N_TILES values of one row,
+    // and a loop that is not unrolled finishes each value: C = act(z), Z = z (epilogue.cuh).
+    const long long c_offset = work.batch * batch_stride_c + work.split * c_split_stride;  // Z's too
+    TC* const c_tile = C + c_offset;
     const int g = lane / 4, t = lane % 4;
+    const auto row_of = [&](int pass) {  // pass = 2 · i + half
+        return m0 + wm0 + 16 * (pass / 2) + (PAIRED_M ? 2 * g + pass % 2 : g + 8 * (pass % 2));
+    };
+    const auto col_of = [&](int value) { return n0 + wn0 + 8 * (value / 2) + 2 * t + value % 2; };  // 2 · j + r
+    if (activation == ACTIVATION_NONE && !store_preact) {
 #pragma unroll
-    for (int i = 0; i < M_TILES; ++i) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int row = m0 + wm0 + 16 * i + (PAIRED_M ? 2 * g + half : g + 8 * half);
+        for (int pass = 0; pass < 2 * M_TILES; ++pass) {
+            const int row = row_of(pass);
             if (row >= M) continue;
             TC* const c_row = c_tile + row * ldc;
 #pragma unroll
-            for (int j = 0; j < N_TILES; ++j) {
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const int col = n0 + wn0 + 8 * j + 2 * t + r;
-                    if (col >= N) continue;
-                    float value = alpha * acc[i][j][2 * half + r];
-                    if (beta != 0.0f) value += beta * to_acc(c_row[col]);
-                    if (add_bias) value += to_acc(bias[col]);
-                    c_row[col] = to_element<TC>(value);
-                }
+            for (int v = 0; v < 2 * N_TILES; ++v) {
+                const int col = col_of(v);
+                if (col >= N) continue;
+                float value = alpha * acc[pass / 2][v / 2][2 * (pass % 2) + v % 2];
+                if (beta != 0.0f) value += beta * to_acc(c_row[col]);
+                if (add_bias) value += to_acc(bias[col]);
+                c_row[col] = to_element<TC>(value);
             }
+        }
+        return;
+    }
+    constexpr int PASSES = 2 * M_TILES, PER_PASS = 2 * N_TILES;
+    constexpr int STAGED = STAGES * (TileA::SIZE + TileB::SIZE) * int(sizeof(T)) / int(sizeof(float));
+    constexpr int ROUNDS = staging_rounds(PASSES, PER_PASS * THREADS, STAGED), ROUND_PASSES = PASSES / ROUNDS;
+    static_assert(ROUND_PASSES * PER_PASS * THREADS <= STAGED, "a pass of every thread must fit");
+    float* const slots = reinterpret_cast<float*>(tc_shared) + threadIdx.x;
+    cp_async_wait<0>();  // the pipeline's last (empty) groups
+    __syncthreads();     // every warp is done with the K loop's tiles
+#pragma unroll
+    for (int round = 0; round < ROUNDS; ++round) {
+#pragma unroll
+        for (int v = 0; v < ROUND_PASSES * PER_PASS; ++v) {
+            const int pass = round * ROUND_PASSES + v / PER_PASS, value = v % PER_PASS;
+            slots[v * THREADS] = acc[pass / 2][value / 2][2 * (pass % 2) + value % 2];
+        }
+#pragma unroll 1
+        for (int v = 0; v < ROUND_PASSES * PER_PASS; ++v) {
+            const int row = row_of(round * ROUND_PASSES + v / PER_PASS), col = col_of(v % PER_PASS);
+            if (row >= M || col >= N) continue;
+            const long long at = row * ldc + col;
+            float value = alpha * slots[v * THREADS];
+            if (beta != 0.0f) value += beta * to_acc(c_tile[at]);
+            if (add_bias) value += to_acc(bias[col]);
+            store_activated(c_tile + at, preact + c_offset + at, store_preact, activation, value);
         }
     }
 }

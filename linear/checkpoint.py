@@ -5,6 +5,8 @@
     dtype                       the parameters' dtype name, a string scalar (one of SUPPORTED_DTYPES)
     weight                      (in_features, out_features); bfloat16 is stored as raw 2-byte values ("V2")
     bias                        (out_features,), present exactly when has_bias
+    activation                  a string scalar: "" for none, else a name of linear.activations
+                                (optional: files written before activations existed have none)
 
 save() writes it atomically; load() checks a file against this description before it allocates anything.
 """
@@ -18,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .activations import ACTIVATIONS
 from .backends.tiles import MAX_SIZE
 from .dtypes import SUPPORTED_DTYPES, dtype_of
 
@@ -29,8 +32,10 @@ class Checkpoint(NamedTuple):
     has_bias: bool
     dtype: str
     arrays: dict[str, np.ndarray]
+    activation: str | None = None  # files written before activations existed have none
 
 
+_ACTIVATION_KEY = "activation"  # optional (older files lack it); "" for None
 _CONFIG_KEYS = ("in_features", "out_features", "has_bias", "dtype")
 _MAX_CONFIG_BYTES = 4096  # a configuration entry is a scalar; anything bigger is not ours
 
@@ -48,7 +53,8 @@ def save(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
         # os.open with O_EXCL: a fresh file with the umask's permissions, as open(path, "wb") makes.
         with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
             np.savez(file, in_features=checkpoint.in_features, out_features=checkpoint.out_features,
-                     has_bias=checkpoint.has_bias, dtype=checkpoint.dtype, **checkpoint.arrays)
+                     has_bias=checkpoint.has_bias, dtype=checkpoint.dtype,
+                     **{_ACTIVATION_KEY: checkpoint.activation or ""}, **checkpoint.arrays)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -101,7 +107,8 @@ def load(path: str | os.PathLike) -> Checkpoint:
                 raise bad(f"dtype must be one of {', '.join(SUPPORTED_DTYPES)}; got {config['dtype']!r}")
             dtype = dtype_of(str(config["dtype"]))
             expected = {"weight": (in_features, out_features), **({"bias": (out_features,)} if has_bias else {})}
-            unexpected = sorted(members.keys() - expected.keys() - set(_CONFIG_KEYS))
+            activation = _read_activation(archive, members, headers, bad)
+            unexpected = sorted(members.keys() - expected.keys() - set(_CONFIG_KEYS) - {_ACTIVATION_KEY})
             missing = sorted(expected.keys() - members.keys())
             if missing or unexpected:
                 raise bad(f"missing keys {missing}, unexpected keys {unexpected} (has_bias={has_bias})")
@@ -115,7 +122,18 @@ def load(path: str | os.PathLike) -> Checkpoint:
             arrays = {key: _read_array(archive, members[key]).view(dtype) for key in expected}
         except (zipfile.BadZipFile, OSError, EOFError) as e:  # a CRC mismatch, a truncated member, ...
             raise bad(f"corrupt ({type(e).__name__}: {e})") from None
-    return Checkpoint(in_features, out_features, has_bias, dtype.name, arrays)
+    return Checkpoint(in_features, out_features, has_bias, dtype.name, arrays, activation)
+
+
+def _read_activation(archive: zipfile.ZipFile, members: dict, headers: dict, bad) -> str | None:
+    """The checkpoint's activation: None when the key is absent (older files) or "" (saved as None)."""
+    if _ACTIVATION_KEY not in members:
+        return None
+    value = _read_small(archive, members[_ACTIVATION_KEY], headers[_ACTIVATION_KEY], _ACTIVATION_KEY, bad)
+    names = [name for name in ACTIVATIONS if name is not None]
+    if value.dtype.kind != "U" or str(value) not in ["", *names]:
+        raise bad(f"activation must be '' (none) or one of {', '.join(names)}; got {value!r}")
+    return str(value) or None
 
 
 def _npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, bad) -> tuple[tuple[int, ...], np.dtype, bool]:

@@ -6,6 +6,11 @@
                db = Σ_rows dY        (D,)
     No 1/B in dW: when the loss is a batch mean, the 1/B is already inside dY.
 
+With an activation (linear.activations: "relu", "gelu", "gelu_tanh", "silu"):
+    forward:   Z  = X·W + b,  Y = act(Z)           (Z written to preact_out when given)
+    backward:  dZ = dY ⊙ act'(Z),  db = Σ_rows dZ   (one pass over dY and Z)
+               dX = dZ·Wᵀ,  dW = Xᵀ·dZ
+
 Leading dimensions of X and dY are flattened into B (as torch's Linear does) and restored on the
 results. This module validates, picks a backend, allocates outputs, and hands the backend 2-D views (or
 stacks of them); a transpose travels as a transposed view (Wᵀ is w.T), never as a copy.
@@ -17,6 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .activations import check_activation
 from .backends import Backend, default_backend_name, get_backend
 from .dtypes import SUPPORTED_DTYPES
 
@@ -359,27 +365,37 @@ def _finish(xp, result: Array, out_axes: tuple[int, ...] | None) -> Array:
     return result[()] if xp is np and result.ndim == 0 else result
 
 
-def forward(x: Array, w: Array, b: Array | None = None, *, out: Array | None = None,
+def forward(x: Array, w: Array, b: Array | None = None, *, activation: str | None = None,
+            preact_out: Array | None = None, out: Array | None = None,
             backend: str | Backend | None = None) -> Array:
-    """Y = X·W + b. x is (..., F), w is (F, D), b is (D,) or None; Y is (..., D). backend: a name, or a
-    Backend from get_backend (resolved once by its caller)."""
+    """Y = act(X·W + b). x is (..., F), w is (F, D), b is (D,) or None; Y is (..., D). backend: a name, or a
+    Backend from get_backend (resolved once by its caller).
+
+    activation: None, "relu", "gelu", "gelu_tanh" or "silu" (linear.activations), applied in the same
+    kernel as the product. preact_out, when given, receives Z = X·W + b (Y's shape and dtype): what
+    backward needs for the activation's gradient (relu needs only Y)."""
+    if activation is not None:
+        check_activation(activation)
     # The common case in few steps (a small layer in a training loop feels each µs of checks): plain
     # numpy arrays of one native float dtype and matching shapes, no out=, a backend that takes numpy
     # arrays. Whatever fails a test here takes the general path, which checks it all and names the fault.
-    if out is None and type(x) is np.ndarray and type(w) is np.ndarray and (b is None or type(b) is np.ndarray):
+    if (out is None and preact_out is None and type(x) is np.ndarray and type(w) is np.ndarray
+            and (b is None or type(b) is np.ndarray)):
         dtype, be = x.dtype, _backend(backend)
         if (be.xp is np and (dtype is _FLOAT32 or dtype is _FLOAT64 or dtype is _FLOAT16) and w.dtype is dtype
                 and w.ndim == 2 and x.ndim >= 1 and x.shape[-1] == w.shape[0]
                 and (b is None or b.dtype is dtype and b.shape == w.shape[1:])):
             y = np.empty(x.shape[:-1] + w.shape[1:], dtype)
             if x.ndim == 2:  # reshape costs ~0.3 µs even when it changes nothing
-                be.gemm(x, w, y, alpha=1.0, beta=0.0, bias=b)
+                be.gemm(x, w, y, alpha=1.0, beta=0.0, bias=b, activation=activation)
             else:
                 rows = math.prod(x.shape[:-1])
-                be.gemm(x.reshape(rows, x.shape[-1]), w, y.reshape(rows, w.shape[1]), alpha=1.0, beta=0.0, bias=b)
+                be.gemm(x.reshape(rows, x.shape[-1]), w, y.reshape(rows, w.shape[1]), alpha=1.0, beta=0.0, bias=b,
+                        activation=activation)
             return y
-    be, arr = _resolve({"x": x, "w": w, "b": b, "out": out}, backend, optional=("b",))
+    be, arr = _resolve({"x": x, "w": w, "b": b, "out": out, "preact_out": preact_out}, backend, optional=("b",))
     x, w, b, out = arr["x"], arr["w"], arr["b"], arr["out"]
+    _check_distinct(be.xp, {"out": out, "preact_out": arr["preact_out"]})
     _check_ndim("w", w, 2)
     if x.ndim < 1:
         raise ValueError(f"x must have at least 1 dimension (..., F); got {describe(x)}")
@@ -394,25 +410,53 @@ def forward(x: Array, w: Array, b: Array | None = None, *, out: Array | None = N
     dtype = _result_dtype({"x": x, "w": w, "b": b})
     lead = tuple(x.shape[:-1])
     rows = math.prod(lead)
-    y = _Output(be.xp, "out", out, lead + (d,), (rows, d), dtype, [x, w] + ([b] if b is not None else []),
-                keep=False)
+    inputs = [x, w] + ([b] if b is not None else [])
+    y = _Output(be.xp, "out", out, lead + (d,), (rows, d), dtype, inputs, keep=False)
+    z = None if preact_out is None else _Output(be.xp, "preact_out", arr["preact_out"], lead + (d,), (rows, d),
+                                                dtype, inputs, keep=False)
     be.gemm(_as_dtype(x if x.ndim == 2 else x.reshape(rows, features), dtype), _as_dtype(w, dtype), y.work,
-            alpha=1.0, beta=0.0, bias=None if b is None else _as_dtype(b, dtype))
+            alpha=1.0, beta=0.0, bias=None if b is None else _as_dtype(b, dtype),
+            activation=activation, preact=None if z is None else z.work)
+    if z is not None:
+        z.finish()
     return y.finish()
 
 
-def backward(dy: Array, x: Array, w: Array, *, need_dx: bool = True, need_dw: bool = True,
+def _checked_preact(preact: Array, dy: Array, dtype: np.dtype) -> Array:
+    """backward's preact: dY's shape and the gradients' dtype, as forward's preact_out has them."""
+    if tuple(preact.shape) != tuple(dy.shape):
+        raise ValueError(f"preact has {describe(preact)}; expected dy's shape {tuple(dy.shape)} "
+                         "(forward's preact_out)")
+    if preact.dtype != dtype:
+        raise TypeError(f"preact has {describe(preact)}; expected dtype {dtype}, that of dy, x and w")
+    return preact
+
+
+def backward(dy: Array, x: Array, w: Array, *, activation: str | None = None, preact: Array | None = None,
+             need_dx: bool = True, need_dw: bool = True,
              need_db: bool = True, dx_out: Array | None = None, dw_out: Array | None = None,
              db_out: Array | None = None, accumulate: bool = False,
              backend: str | Backend | None = None) -> Gradients:
     """The gradients of Y = X·W + b given dY = ∂L/∂Y: dX = dY·Wᵀ, dW = Xᵀ·dY, db = Σ_rows dY.
 
+    With an activation, Y = act(Z), Z = X·W + b: preact is Z (forward's preact_out; for "relu" Y itself
+    serves, since Y > 0 exactly where Z > 0), and the gradients are those of Y through the activation:
+    dZ = dY ⊙ act'(Z) and db = Σ_rows dZ in one pass over dY and Z, then dX = dZ·Wᵀ, dW = Xᵀ·dZ.
+
     accumulate=True adds dW and db into dw_out and db_out (gradient accumulation over micro-batches);
     dx is always overwritten.
     """
+    if activation is not None:
+        check_activation(activation)
+        if preact is None:
+            raise ValueError(f"activation={activation!r} needs preact, the pre-activation X·W + b that forward "
+                             "wrote to preact_out (for 'relu' forward's output serves)")
+    elif preact is not None:
+        raise ValueError("preact is given but activation is None: name the activation it belongs to")
     # The common case in few steps, as in forward: plain numpy arrays of one native float dtype and
     # matching shapes, no out=, a backend that takes numpy arrays. Anything else takes the general path.
-    if (dx_out is None and dw_out is None and db_out is None and accumulate is False and type(dy) is np.ndarray
+    if (activation is None and dx_out is None and db_out is None and dw_out is None and accumulate is False
+            and type(dy) is np.ndarray
             and type(x) is np.ndarray and type(w) is np.ndarray and type(need_dx) is bool and type(need_dw) is bool
             and type(need_db) is bool):
         dtype, be = x.dtype, _backend(backend)
@@ -430,8 +474,8 @@ def backward(dy: Array, x: Array, w: Array, *, need_dx: bool = True, need_dw: bo
                 _gradients(be, dy.reshape(rows, d), x.reshape(rows, features), w,
                            None if dx is None else dx.reshape(rows, features), dw, db, beta=0.0)
             return Gradients(dx, dw, db)
-    be, arr = _resolve({"dy": dy, "x": x, "w": w, "dx_out": dx_out, "dw_out": dw_out, "db_out": db_out},
-                       backend)
+    be, arr = _resolve({"dy": dy, "x": x, "w": w, "preact": preact, "dx_out": dx_out, "dw_out": dw_out,
+                        "db_out": db_out}, backend, optional=("preact",))
     dy, x, w = arr["dy"], arr["x"], arr["w"]
     _check_ndim("w", w, 2)
     features, d = w.shape
@@ -449,7 +493,8 @@ def backward(dy: Array, x: Array, w: Array, *, need_dx: bool = True, need_dw: bo
                 raise ValueError(f"accumulate=True needs {name}, the gradient to add into")
     dtype = _result_dtype({"dy": dy, "x": x, "w": w})
     rows = math.prod(x.shape[:-1])
-    inputs = [dy, x, w]
+    z = None if activation is None else _checked_preact(arr["preact"], dy, dtype)
+    inputs = [dy, x, w] + ([z] if z is not None else [])
     # Every result is written (to out= directly, or to a temporary) only after the outputs are set up,
     # and copied into a user's out= that may alias an input only after every product has read them.
     dx = _Output(be.xp, "dx_out", arr["dx_out"], tuple(x.shape), (rows, features), dtype, inputs,
@@ -459,8 +504,10 @@ def backward(dy: Array, x: Array, w: Array, *, need_dx: bool = True, need_dw: bo
     db = _Output(be.xp, "db_out", arr["db_out"], (d,), (d,), dtype, inputs, keep=accumulate) if need_db else None
     if x.ndim != 2:
         dy, x = dy.reshape(rows, d), x.reshape(rows, features)
+        z = None if z is None else z.reshape(rows, d)
     _gradients(be, _as_dtype(dy, dtype), _as_dtype(x, dtype), _as_dtype(w, dtype), None if dx is None else dx.work,
-               None if dw is None else dw.work, None if db is None else db.work, beta=1.0 if accumulate else 0.0)
+               None if dw is None else dw.work, None if db is None else db.work, beta=1.0 if accumulate else 0.0,
+               activation=activation, z=z)
     return Gradients(None if dx is None else dx.finish(), None if dw is None else dw.finish(),
                      None if db is None else db.finish())
 
@@ -471,9 +518,15 @@ def _as_dtype(a: Array, dtype: np.dtype) -> Array:
 
 
 def _gradients(be: Backend, dy: Array, x: Array, w: Array, dx: Array | None, dw: Array | None, db: Array | None,
-               *, beta: float) -> None:
+               *, beta: float, activation: str | None = None, z: Array | None = None) -> None:
     """The backward products, each into the array given for it (None: not computed): dx = dY·Wᵀ,
-    dw = Xᵀ·dY + beta·dw, db = Σ_rows dY + beta·db, for 2-D dy (B, D), x (B, F), w (F, D)."""
+    dw = Xᵀ·dY + beta·dw, db = Σ_rows dY + beta·db, for 2-D dy (B, D), x (B, F), w (F, D). With an
+    activation, dY is first replaced by dZ = dY ⊙ act'(z) (z: the pre-activation, 2-D as dy), made with
+    db in one pass over dY and z (Backend.activation_grad)."""
+    if activation is not None:
+        dz = be.xp.empty(dy.shape, dy.dtype)
+        be.activation_grad(dy, z, dz, db, activation=activation, beta=beta)
+        dy, db = dz, None
     if dx is not None:
         be.gemm(dy, w.T, dx, alpha=1.0, beta=0.0)
     if dw is not None:

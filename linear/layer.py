@@ -1,4 +1,4 @@
-"""A drop-in linear layer on top of linear.functional: Y = X·W + b, with its parameters and gradients.
+"""A drop-in linear layer on top of linear.functional: Y = act(X·W + b), with its parameters and gradients.
 
 weight has shape (in_features, out_features) so that Y = X·W; torch.nn.Linear stores the transpose
 (state_dict(layout="torch") and load_state_dict(..., layout="torch") convert, without torch).
@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import checkpoint, functional
+from .activations import check_activation
 from .arrays import array_module, to_host
 from .backends import default_backend_name, get_backend
 from .dtypes import dtype_of
@@ -32,16 +33,24 @@ class Parameter:
 
 
 class Linear:
-    """Y = X·W + b for x of shape (..., in_features); call it (or forward) then backward.
+    """Y = act(X·W + b) for x of shape (..., in_features); call it (or forward) then backward.
 
-    forward keeps a reference to x (not a copy) for backward: modify x in place only after backward.
+    activation: None, "relu", "gelu", "gelu_tanh" or "silu" (linear.activations), applied in the same
+    kernel as the product. forward keeps a reference to x (not a copy) for backward, and what the
+    activation's gradient needs: the pre-activation Z = X·W + b, written beside Y by the same kernel, or
+    for relu Y itself (Y > 0 exactly where Z > 0), which costs nothing more. Modify x (and, for relu, the
+    returned Y) in place only after backward.
     backward adds into weight.grad and bias.grad, so gradients accumulate over micro-batches until
     zero_grad(). Inputs must be arrays of `xp` (numpy, or cupy for backend "cuda") of the layer's dtype.
     backend=None means $LINEAR_BACKEND, else "numpy"; seed makes the initial values reproducible.
     """
 
+    # Class-level defaults: a layer pickled before activations existed unpickles without an activation.
+    activation: str | None = None
+    _preact: Array | None = None
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype: Any = "float32",
-                 backend: str | None = None, seed: int | None = None):
+                 backend: str | None = None, seed: int | None = None, activation: str | None = None):
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise TypeError(f"{name} must be an integer; got {value!r} of type {type(value).__name__}")
@@ -57,6 +66,7 @@ class Linear:
         self.weight = self._new_parameter(rng.uniform(-bound, bound, (self.in_features, self.out_features)))
         self.bias = self._new_parameter(rng.uniform(-bound, bound, self.out_features)) if bias else None
         self._x: Array | None = None
+        self.activation = check_activation(activation)
 
     @property
     def xp(self):
@@ -65,8 +75,8 @@ class Linear:
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickle and deepcopy take the configuration and parameters (with their gradients), not the
-        # input the last forward kept for backward, nor the backend object (resolved again by name).
-        state = {**self.__dict__, "_x": None}
+        # arrays the last forward kept for backward, nor the backend object (resolved again by name).
+        state = {**self.__dict__, "_x": None, "_preact": None}
         del state["_backend"]
         return state
 
@@ -89,11 +99,15 @@ class Linear:
                              "of the last forward)")
 
     def forward(self, x: Array) -> Array:
-        """Y = X·W + b; x has shape (..., in_features), Y has shape (..., out_features)."""
+        """Y = act(X·W + b); x has shape (..., in_features), Y has shape (..., out_features)."""
         self._check("x", x)
+        z = None
+        if self.activation not in (None, "relu"):  # relu's gradient reads Y
+            z = self.xp.empty(tuple(x.shape[:-1]) + (self.out_features,), self.dtype)
         y = functional.forward(x, self.weight.data, None if self.bias is None else self.bias.data,
-                               backend=self._backend)
+                               activation=self.activation, preact_out=z, backend=self._backend)
         self._x = x
+        self._preact = y if self.activation == "relu" else z
         return y
 
     __call__ = forward
@@ -107,7 +121,8 @@ class Linear:
             raise RuntimeError("Linear.backward was called before forward: there is no input to differentiate at")
         self._check("dy", dy, tuple(self._x.shape[:-1]) + (self.out_features,))
         grads = functional.backward(
-            dy, self._x, self.weight.data, need_dx=need_dx, need_db=self.bias is not None,
+            dy, self._x, self.weight.data, activation=self.activation, preact=self._preact,
+            need_dx=need_dx, need_db=self.bias is not None,
             dw_out=self.weight.grad, db_out=None if self.bias is None else self.bias.grad,
             accumulate=True, backend=self._backend)
         return grads.dx
@@ -169,7 +184,7 @@ class Linear:
         """
         arrays = {name: to_host(value) for name, value in self.state_dict().items()}
         checkpoint.save(path, checkpoint.Checkpoint(self.in_features, self.out_features, self.bias is not None,
-                                                    self.dtype.name, arrays))
+                                                    self.dtype.name, arrays, self.activation))
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, backend: str | None = None) -> "Linear":
@@ -180,12 +195,14 @@ class Linear:
         byte it declares); anything else is a ValueError naming the file and what is wrong. Never unpickles.
         """
         stored = checkpoint.load(path)
-        layer = cls(stored.in_features, stored.out_features, stored.has_bias, dtype=stored.dtype, backend=backend)
+        layer = cls(stored.in_features, stored.out_features, stored.has_bias, dtype=stored.dtype, backend=backend,
+                    activation=stored.activation)
         layer.load_state_dict(stored.arrays)
         return layer
 
     def __repr__(self) -> str:
         extra = "" if self.dtype == np.float32 else f", dtype={self.dtype.name}"
+        extra += "" if self.activation is None else f", activation={self.activation!r}"
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}{extra})")
 

@@ -1,15 +1,26 @@
 """linear.torch: our kernels inside PyTorch training loops, in place of torch.nn.Linear.
 
-    linear(x, weight, bias=None, *, backend=None)   torch.nn.functional.linear's contract, on our kernels
-    Linear(in_features, out_features, bias=True, device=None, dtype=None, *, backend=None)
-                                                    an nn.Linear whose forward is linear()
-    swap_linear(module, *, backend=None)            every torch.nn.Linear in a model -> Linear, in place
+    linear(x, weight, bias=None, *, activation=None, backend=None)
+                                  torch.nn.functional.linear's contract on our kernels, optionally followed
+                                  by an activation in the same kernel: "relu", "gelu", "gelu_tanh", "silu"
+    Linear(in_features, out_features, bias=True, device=None, dtype=None, *, activation=None, backend=None)
+                                  an nn.Linear whose forward is linear()
+    swap_linear(module, *, fuse_activations=True, backend=None)
+                                  every torch.nn.Linear in a model -> Linear, in place; inside nn.Sequential
+                                  a Linear followed by nn.ReLU / nn.GELU / nn.SiLU becomes one fused Linear
 
 Layout: torch stores weight as (out_features, in_features) = (D, F), the transpose of our W (F, D), so
 y = x·weightᵀ + b is one GEMM with weight's transpose as a flag, never a copy. The gradients: dx = dy·weight
 (NN), dweight = dyᵀ·x (TN, written in weight's own layout, as autograd wants it for weight.grad),
 dbias = Σ_rows dy. Each product is one call of the backend's gemm or colsum on tensors checked once by
 linear(), with the backend resolved once per call (the backward reuses the forward's).
+
+With an activation (linear.activations): y = act(z), z = x·weightᵀ + b in one GEMM whose epilogue applies
+act and also writes z when backward needs it (for relu y itself serves, as in torch: y > 0 exactly where
+z > 0). Backward: dz = dy ⊙ act'(z) and dbias = Σ_rows dz in one backend call (activation_grad), then
+dx = dz·weight and dweight = dzᵀ·x. Under create_graph (double backward) the backward is instead written
+with differentiable pieces: z recomputed by linear(), dz by torch's elementwise ops, the products by
+linear()'s differentiable backward.
 
 Two paths, one set of products:
 - eager (plain CPU or CUDA tensors, nothing tracing): torch.autograd.Functions, whose backward is itself
@@ -36,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .activations import check_activation
 from .backends import BackendUnavailable, default_backend_name, get_backend
 
 __all__ = ["linear", "Linear", "swap_linear"]
@@ -216,26 +228,31 @@ def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
 # The products: one backend call per GEMM, on tensors _check has checked
 # ----------------------------------------------------------------------------------------------------
 
-def _forward(run: "_Host | _Device", x: torch.Tensor, weight: torch.Tensor,
-             bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """y = x·weightᵀ + bias: one GEMM (NT: weight's transpose a view, which the kernels take as a flag)."""
+def _forward(run: "_Host | _Device", x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+             activation: Optional[str] = None, preact: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y = act(x·weightᵀ + bias): one GEMM (NT: weight's transpose a view, which the kernels take as a flag)
+    whose epilogue applies the activation and, when preact (a tensor of y's shape) is given, writes the
+    pre-activation into it."""
     out_features, in_features = weight.shape
     y = _empty((*x.shape[:-1], out_features), x)
     rows = math.prod(x.shape[:-1])
     with run.scope():
         array = run.array
+        epilogue = {} if activation is None else {
+            "activation": activation, "preact": None if preact is None else array(preact).reshape(rows, out_features)}
         run.backend.gemm(array(x).reshape(rows, in_features), array(weight).T, array(y).reshape(rows, out_features),
-                         alpha=1.0, beta=0.0,
-                         bias=None if bias is None else array(bias))
+                         alpha=1.0, beta=0.0, bias=None if bias is None else array(bias), **epilogue)
     return y
 
 
 def _gradients(run: "_Host | _Device", dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_dx: bool,
-               need_dweight: bool, need_dbias: bool
+               need_dweight: bool, need_dbias: bool, activation: Optional[str] = None,
+               saved: Optional[torch.Tensor] = None
                ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
     """(dx, dweight, dbias), None where not needed: dx = dy·weight (NN), dweight = dyᵀ·x (TN, written in
     weight's own (out_features, in_features) layout, as autograd wants it for weight.grad),
-    dbias = Σ_rows dy."""
+    dbias = Σ_rows dy. Through an activation (saved: z, or y for relu) dy is first replaced by
+    dz = dy ⊙ act'(z), computed with dbias = Σ_rows dz in one backend call."""
     out_features, in_features = weight.shape
     rows = math.prod(x.shape[:-1])
     dx = _empty(tuple(x.shape), x) if need_dx else None
@@ -245,6 +262,11 @@ def _gradients(run: "_Host | _Device", dy: torch.Tensor, x: torch.Tensor, weight
         with run.scope():
             array, backend = run.array, run.backend
             dy2 = array(dy).reshape(rows, out_features)
+            if activation is not None:
+                dz = array(_empty((rows, out_features), x))
+                backend.activation_grad(dy2, array(saved).reshape(rows, out_features), dz,
+                                        None if dbias is None else array(dbias), activation=activation, beta=0.0)
+                dy2, need_dbias = dz, False
             if need_dx:
                 backend.gemm(dy2, array(weight), array(dx).reshape(rows, in_features), alpha=1.0, beta=0.0)
             if need_dweight:
@@ -252,6 +274,38 @@ def _gradients(run: "_Host | _Device", dy: torch.Tensor, x: torch.Tensor, weight
             if need_dbias:
                 backend.colsum(dy2, array(dbias), beta=0.0)
     return dx, dweight, dbias
+
+
+def _preact(x: torch.Tensor, weight: torch.Tensor, keep: bool) -> Optional[torch.Tensor]:
+    """A tensor for the pre-activation z (y's shape) when keep, else None."""
+    return _empty((*x.shape[:-1], weight.shape[0]), x) if keep else None
+
+
+def _act_backward_ops(dy: torch.Tensor, z: torch.Tensor, activation: str) -> torch.Tensor:
+    """dy ⊙ act'(z) with torch's own differentiable ops (the create_graph path). silu's is written out:
+    aten's silu_backward has no derivative; the formula is the one aten's kernel computes."""
+    if activation == "relu":
+        return torch.ops.aten.threshold_backward(dy, z, 0)
+    if activation in ("gelu", "gelu_tanh"):
+        return torch.ops.aten.gelu_backward(dy, z, approximate="none" if activation == "gelu" else "tanh")
+    sigmoid = torch.sigmoid(z)
+    return dy * sigmoid * (1 + z * (1 - sigmoid))
+
+
+def _differentiable_act_gradients(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                                  bias: Optional[torch.Tensor], activation: str, needs: tuple[bool, ...],
+                                  backend: Optional[str]) -> tuple[Optional[torch.Tensor], ...]:
+    """The backward through the activation when it must itself be differentiable (create_graph=True):
+    z recomputed by linear() (one more GEMM, only here) so that it carries its graph back to x, weight
+    and bias, dz by torch's ops, then linear()'s differentiable backward (eager or the custom op)."""
+    z = linear(x, weight, bias, backend=backend)
+    dz = _act_backward_ops(dy, z, activation)
+    need_dx, need_dweight, need_dbias = needs
+    if torch.compiler.is_compiling() or not _eager(dz, x, weight):
+        grads = _linear_backward(dz, x, weight, need_dx, need_dweight, need_dbias, backend)
+        return tuple(g if need else None for g, need in zip(grads, needs))
+    run = _resolve({"dy": dz, "x": x, "weight": weight}, backend)
+    return _Gradients.apply(dz, x, weight, need_dx, need_dweight, need_dbias, run)
 
 
 def _double_backward(ctx: Any, g_dx: Optional[torch.Tensor], g_dweight: Optional[torch.Tensor],
@@ -319,6 +373,29 @@ class _Gradients(torch.autograd.Function):
     backward = staticmethod(_double_backward)
 
 
+class _LinearAct(torch.autograd.Function):
+    """linear(activation=A) in eager mode: y = act(x·weightᵀ + bias) in one GEMM, keeping z for backward
+    (y for relu); backward fused (_gradients through the activation), or differentiable under create_graph."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, activation, keep_preact, run):
+        z = _preact(x, weight, keep_preact)
+        y = _forward(run, x, weight, bias, activation, z)
+        ctx.save_for_backward(x, weight, bias, y if activation == "relu" else z)
+        ctx.activation, ctx.run = activation, run
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, saved = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph=True
+            grads = _differentiable_act_gradients(dy, x, weight, bias, ctx.activation, needs, ctx.run.name)
+        else:
+            grads = _gradients(ctx.run, dy, x, weight, *needs, ctx.activation, saved)
+        return (*grads, None, None, None)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Traced: the custom ops, for torch.compile (and meta or fake tensors)
 # ----------------------------------------------------------------------------------------------------
@@ -344,7 +421,7 @@ def _linear_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, ne
 
 
 @_linear_backward.register_fake
-def _(dy, x, weight, need_dx, need_dweight, need_dbias, backend):
+def _linear_backward_fake(dy, x, weight, need_dx, need_dweight, need_dbias, backend):
     return (x.new_empty(x.shape) if need_dx else x.new_empty(0),
             weight.new_empty(weight.shape) if need_dweight else x.new_empty(0),
             x.new_empty((weight.shape[0],)) if need_dbias else x.new_empty(0))
@@ -376,6 +453,60 @@ def _setup_backward_context(ctx, inputs, output):
 _linear_backward.register_autograd(_double_backward, setup_context=_setup_backward_context)
 
 
+@torch.library.custom_op("linear::linear_act", mutates_args=())
+def _linear_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str,
+                keep_preact: bool, backend: Optional[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, z): z is empty unless keep_preact (a custom op returns tensors)."""
+    z = _preact(x, weight, keep_preact)
+    y = _forward(_resolve({"x": x, "weight": weight, "bias": bias}, backend), x, weight, bias, activation, z)
+    return y, x.new_empty(0) if z is None else z
+
+
+@_linear_act.register_fake
+def _(x, weight, bias, activation, keep_preact, backend):
+    shape = (*x.shape[:-1], weight.shape[0])
+    return x.new_empty(shape), x.new_empty(shape if keep_preact else 0)
+
+
+@torch.library.custom_op("linear::linear_act_backward", mutates_args=())
+def _linear_act_backward(dy: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                         activation: str, need_dx: bool, need_dweight: bool, need_dbias: bool,
+                         backend: Optional[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias) through the activation; a gradient not asked for is an empty tensor. Not
+    differentiable itself: the create_graph path does not call it."""
+    run = _resolve({"dy": dy, "saved": saved, "x": x, "weight": weight}, backend)
+    grads = _gradients(run, dy, x, weight, need_dx, need_dweight, need_dbias, activation, saved)
+    return tuple(x.new_empty(0) if g is None else g for g in grads)
+
+
+@_linear_act_backward.register_fake
+def _(dy, saved, x, weight, activation, need_dx, need_dweight, need_dbias, backend):
+    return _linear_backward_fake(dy, x, weight, need_dx, need_dweight, need_dbias, backend)
+
+
+def _setup_act_context(ctx, inputs, output):
+    x, weight, bias, activation, keep_preact, backend = inputs
+    y, z = output
+    ctx.mark_non_differentiable(z)  # internal: the create_graph path recomputes z with its graph
+    ctx.save_for_backward(x, weight, bias, y if activation == "relu" else z)
+    ctx.activation, ctx.backend = activation, backend
+
+
+def _act_backward(ctx, dy, _):
+    x, weight, bias, saved = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:3]
+    if torch.is_grad_enabled():  # create_graph=True
+        grads = _differentiable_act_gradients(dy, x, weight, bias, ctx.activation, needs, ctx.backend)
+    else:
+        if saved.shape != dy.shape:  # called with keep_preact=False yet differentiated: z computed again
+            saved = _linear(x, weight, bias, ctx.backend)
+        grads = _linear_act_backward(dy, saved, x, weight, ctx.activation, *needs, ctx.backend)
+    return (*(g if need else None for g, need in zip(grads, needs)), None, None, None)
+
+
+_linear_act.register_autograd(_act_backward, setup_context=_setup_act_context)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------------
@@ -387,8 +518,10 @@ def _autocast(t: Optional[torch.Tensor], device_type: str) -> Optional[torch.Ten
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-           backend: Optional[str] = None) -> torch.Tensor:
-    """y = x·weightᵀ + bias, as torch.nn.functional.linear: x (..., F), weight (D, F), bias (D,) or None.
+           activation: Optional[str] = None, backend: Optional[str] = None) -> torch.Tensor:
+    """y = act(x·weightᵀ + bias), as torch.nn.functional.linear followed by the activation: x (..., F),
+    weight (D, F), bias (D,) or None; activation None, "relu", "gelu", "gelu_tanh" (F.gelu's
+    approximate="tanh") or "silu", applied in the GEMM's epilogue.
 
     Differentiable in x, weight and bias. backend=None: "cuda" for CUDA tensors; for CPU tensors
     $LINEAR_BACKEND, else "numpy" (read at each call, also in a compiled graph). Inside torch.autocast
@@ -400,9 +533,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     _check(x, weight, bias)
     if backend is not None and not isinstance(backend, str):
         raise TypeError(f"backend must be a string or None; got {backend!r}")
+    if activation is None:
+        if torch.compiler.is_compiling() or not _eager(x, weight, bias):
+            return _linear(x, weight, bias, backend)
+        return _Linear.apply(x, weight, bias, _resolve({"x": x, "weight": weight, "bias": bias}, backend))
+    check_activation(activation)
+    # z is written beside y only when a backward will need it (for relu, y serves)
+    keep_preact = activation != "relu" and torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or bias is not None and bias.requires_grad)
     if torch.compiler.is_compiling() or not _eager(x, weight, bias):
-        return _linear(x, weight, bias, backend)
-    return _Linear.apply(x, weight, bias, _resolve({"x": x, "weight": weight, "bias": bias}, backend))
+        return _linear_act(x, weight, bias, activation, keep_preact, backend)[0]
+    return _LinearAct.apply(x, weight, bias, activation, keep_preact,
+                            _resolve({"x": x, "weight": weight, "bias": bias}, backend))
 
 
 _PLAIN = (torch.Tensor, nn.Parameter)
@@ -417,51 +559,90 @@ def _eager(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) 
 
 class Linear(nn.Linear):
     """torch.nn.Linear computed by our kernels: the same parameters (weight (out_features, in_features),
-    bias), initialisation, state_dict keys and repr; forward is linear(x, weight, bias, backend=backend).
+    bias), initialisation, state_dict keys and repr; forward is
+    linear(x, weight, bias, activation=activation, backend=backend).
 
-    It is an nn.Linear subclass, so checkpoints load both ways and isinstance(m, nn.Linear) holds.
+    It is an nn.Linear subclass, so checkpoints load both ways and isinstance(m, nn.Linear) holds. With an
+    activation it computes nn.Linear followed by that activation (nn.ReLU, nn.GELU, nn.SiLU) in one kernel.
     """
 
+    activation: Optional[str] = None  # the class default, for layers pickled before activations existed
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device: Any = None,
-                 dtype: Optional[torch.dtype] = None, *, backend: Optional[str] = None) -> None:
+                 dtype: Optional[torch.dtype] = None, *, activation: Optional[str] = None,
+                 backend: Optional[str] = None) -> None:
         super().__init__(in_features, out_features, bias, device, dtype)
+        self.activation = check_activation(activation)
         self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, backend=self.backend)
+        return linear(x, self.weight, self.bias, activation=self.activation, backend=self.backend)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ("" if self.backend is None else f", backend={self.backend!r}")
+        return (super().extra_repr() + ("" if self.activation is None else f", activation={self.activation!r}")
+                + ("" if self.backend is None else f", backend={self.backend!r}"))
 
 
-def _replacement(old: nn.Linear, backend: Optional[str]) -> Linear:
+def _fusable_activation(module: nn.Module) -> Optional[str]:
+    """The activation name of an nn.ReLU, nn.GELU (either approximation) or nn.SiLU module (exactly those
+    types: a subclass may compute something else), else None."""
+    kind = type(module)
+    if kind is nn.ReLU:
+        return "relu"
+    if kind is nn.SiLU:
+        return "silu"
+    if kind is nn.GELU:
+        return {"none": "gelu", "tanh": "gelu_tanh"}.get(module.approximate)
+    return None
+
+
+def _replacement(old: nn.Linear, activation: Optional[str], backend: Optional[str]) -> Linear:
     # Built on the meta device (nothing allocated or initialised), then given old's Parameter objects.
-    new = Linear(old.in_features, old.out_features, old.bias is not None, device="meta", backend=backend)
+    new = Linear(old.in_features, old.out_features, old.bias is not None, device="meta", activation=activation,
+                 backend=backend)
     new.weight = old.weight
     if old.bias is not None:
         new.bias = old.bias
     return new.train(old.training)
 
 
-def swap_linear(module: nn.Module, *, backend: Optional[str] = None) -> nn.Module:
+def swap_linear(module: nn.Module, *, fuse_activations: bool = True, backend: Optional[str] = None) -> nn.Module:
     """Replace every torch.nn.Linear inside `module` by a Linear holding the very same Parameter objects
     (values, device, dtype, requires_grad), so an optimizer built before the swap keeps working.
 
+    fuse_activations=True: inside an nn.Sequential (or a subclass that keeps its forward), an nn.Linear
+    directly followed by nn.ReLU, nn.GELU (approximate "none" or "tanh") or nn.SiLU becomes one Linear with
+    that activation, and the activation module is replaced by nn.Identity rather than removed, so the
+    container's indices and the model's state_dict keys stay what they were.
+
     Returns `module`, changed in place (or a new Linear when `module` is itself an nn.Linear). A layer
-    that appears under several names is replaced by one Linear everywhere. Only modules whose type is
-    exactly nn.Linear are replaced: subclasses (e.g. parametrized layers, or attention's out_proj,
-    whose forward is never called) may compute something else and are left as they are. Not carried
-    over: hooks registered on the old modules and attributes set on them by hand.
+    that appears under several names is replaced everywhere (by one Linear for each activation it is
+    fused with, all on its parameters). Only modules whose type is exactly nn.Linear are replaced:
+    subclasses (e.g. parametrized layers, or attention's out_proj, whose forward is never called) may
+    compute something else and are left as they are. Not carried over: hooks registered on the old
+    modules (the fused activation module's included) and attributes set on them by hand.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}")
     if type(module) is nn.Linear:
-        return _replacement(module, backend)
-    replaced: dict[int, tuple[nn.Linear, Linear]] = {}  # keeps the old module alive, so its id stays its own
+        return _replacement(module, None, backend)
+    # keyed by (id, activation); holds the old module alive, so its id stays its own
+    replaced: dict[tuple[int, Optional[str]], tuple[nn.Linear, Linear]] = {}
     for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                if id(child) not in replaced:
-                    replaced[id(child)] = (child, _replacement(child, backend))
-                setattr(parent, name, replaced[id(child)][1])
+        # parent._modules, not named_children(): that skips a module's second name in the same parent
+        children = list(parent._modules.items())
+        sequential = fuse_activations and isinstance(parent, nn.Sequential) and (
+            type(parent).forward is nn.Sequential.forward)
+        for index, (name, child) in enumerate(children):
+            if type(child) is not nn.Linear:
+                continue
+            activation = None
+            if sequential and index + 1 < len(children):
+                activation = _fusable_activation(children[index + 1][1])
+            key = (id(child), activation)
+            if key not in replaced:
+                replaced[key] = (child, _replacement(child, activation, backend))
+            setattr(parent, name, replaced[key][1])
+            if activation is not None:
+                setattr(parent, children[index + 1][0], nn.Identity())
     return module

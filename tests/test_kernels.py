@@ -203,12 +203,14 @@ def broken_copy(tmp_path, pattern: str, occurrence: int = -1, replacement: str =
     return tmp_path
 
 
-@pytest.mark.parametrize("pattern", [r"__syncthreads\(\);", r"to_other = -to_other;"], ids=["barrier", "stage-flip"])
-def test_a_broken_k_loop_is_caught(tmp_path, pattern):
+# The K loop's barriers are the first two; the third orders the epilogue's staging after the K loop.
+@pytest.mark.parametrize("pattern,occurrence", [(r"__syncthreads\(\);", 1), (r"to_other = -to_other;", -1)],
+                         ids=["barrier", "stage-flip"])
+def test_a_broken_k_loop_is_caught(tmp_path, pattern, occurrence):
     """Negative controls: without the K loop's __syncthreads, or with the stage pointers moved the same
     way every step (into memory past the second stage), the result is wrong or the emulator objects."""
-    assert len(re.findall(r"__syncthreads\(\);", (kernels_dir() / "gemm.cu").read_text())) == 2
-    broken_dir = broken_copy(tmp_path, pattern)
+    assert len(re.findall(r"__syncthreads\(\);", (kernels_dir() / "gemm.cu").read_text())) == 3
+    broken_dir = broken_copy(tmp_path, pattern, occurrence)
 
     rng = np.random.default_rng(9)
     a, b = stored(rng, (64, 64), np.float32), stored(rng, (64, 64), np.float32)
@@ -315,7 +317,8 @@ def test_stacks_and_broadcast_operands_match_float64(runtime, dtype, config, tra
                      dtype)
 
 
-@pytest.mark.parametrize("offset", ["A += work.batch * batch_stride_a;", "C += work.batch * batch_stride_c;"])
+# A's offset before the K loop; C's in the epilogue's c_offset
+@pytest.mark.parametrize("offset", ["A += work.batch * batch_stride_a;", "work.batch * batch_stride_c + "])
 def test_an_ignored_batch_stride_is_caught(tmp_path, offset):
     """Negative control: a kernel that ignores one operand's batch stride gets a stack wrong."""
     broken = KernelBackend(emulator(kernel_dir=broken_copy(tmp_path, re.escape(offset))), Tuning(config="small"))

@@ -148,11 +148,12 @@ def test_gemm_launch_arguments_have_exact_types():
     [launch] = gemm_launches(70, 56, 32, "float16", tuning=Tuning(config="small"), bias=True)  # rows of 64, 112 B
     types = [type(arg) for arg in launch.args]
     assert types == [np.int32] * 5 + [np.ndarray, np.int64, np.int64] * 2 + [np.ndarray] + [np.int64] * 3 + \
-        [np.float32, np.float32, np.ndarray, np.int32]
+        [np.float32, np.float32, np.ndarray, np.int32] + [np.int32, np.ndarray, np.int32]  # the activation's
     assert launch.grid == (3, 2, 1) and launch.block == (64, 1, 1)
     assert launch.name == "linear_gemm<__half, __half, false, false, 32, 32, 8, 32, 32, 4, 4, true>"
     [launch] = gemm_launches(5, 5, 5, "float64")
-    assert type(launch.args[15]) is np.float64 and launch.args[-1] == 0
+    assert type(launch.args[15]) is np.float64 and launch.args[-4] == 0  # add_bias
+    assert launch.args[-3] == 0 and launch.args[-1] == 0  # no activation, no Z stored
 
 
 def test_split_k_plan_writes_a_workspace_then_reduces_it():
@@ -160,9 +161,9 @@ def test_split_k_plan_writes_a_workspace_then_reduces_it():
     workspace = first.args[11]
     assert workspace.shape == (3, 70, 50) and workspace.dtype == np.float32
     assert first.grid[2] == 3 and first.args[3] == 16 and first.args[4] == 3  # k_per_split, splits
-    assert "linear_gemm<__nv_bfloat16, float," in first.name and first.args[-1] == 0  # no bias yet
+    assert "linear_gemm<__nv_bfloat16, float," in first.name and first.args[-4] == 0  # no bias yet
     assert second.name == "linear_sum_splits<__nv_bfloat16>" and second.args[3] is workspace
-    assert second.args[-1] == 1
+    assert second.args[-4] == 1
 
 
 def test_degenerate_shapes_plan_nothing_or_a_k0_launch():

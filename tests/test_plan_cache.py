@@ -176,6 +176,42 @@ def test_tf32_tuning_and_device_are_in_the_key(runtime, monkeypatch):
     assert plans_made() == 1 and plans_made() == 0
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+def test_the_activation_is_in_the_key_and_preact_is_a_slot(runtime, splits):
+    """gemm: the activation keys the plan (each a plan of its own, the same one again reused), Z (preact)
+    is one more array whose layout is keyed and whose slot each call fills: cached calls with fresh arrays
+    launch what a fresh plan launches and write the same bits into C and Z. activation_grad is cached
+    the same way (the activation in its key)."""
+    recording = RecordingRuntime(runtime)
+    backend = KernelBackend(recording, Tuning(splits=splits))
+    rng = np.random.default_rng(67)
+    for call, activation in enumerate(["gelu", "gelu", "silu", None, "gelu"]):
+        a, b, bias = random(rng, (20, 300), np.float32), random(rng, (300, 12), np.float32), random(rng, 12, np.float32)
+        c, preact = poisoned(np, (20, 12), np.float32), None if activation is None else poisoned(np, (20, 12), np.float32)
+        c_uncached, preact_uncached = c.copy(), None if preact is None else preact.copy()
+        before = len(recording.looked_up)
+        recording.launched.clear()
+        backend.gemm(a, b, c, alpha=1.0, beta=0.0, bias=bias, activation=activation, preact=preact)
+        assert (len(recording.looked_up) == before) == (call in (1, 4)), (call, activation)
+        planned = plan.plan_gemm(np, a, b, c_uncached, alpha=1.0, beta=0.0, bias=bias, tuning=Tuning(splits=splits),
+                                 arch=90, device=runtime.device_limits(), activation=activation, preact=preact_uncached)
+        KernelBackend(runtime).launch(planned)
+        assert_same_launches(recording.launched, planned, [a, b, c, bias, preact],
+                             [a, b, c_uncached, bias, preact_uncached])
+        assert np.array_equal(c, c_uncached) and (preact is None or np.array_equal(preact, preact_uncached))
+        assert not np.isnan(c).any() and (preact is None or not np.isnan(preact).any())
+    for call, activation in enumerate(["gelu", "gelu", "relu"]):
+        dy, z = random(rng, (90, 12), np.float32), random(rng, (90, 12), np.float32)
+        dz, db = poisoned(np, (90, 12), np.float32), poisoned(np, 12, np.float32)
+        dz_uncached, db_uncached = dz.copy(), db.copy()
+        before = len(recording.looked_up)
+        backend.activation_grad(dy, z, dz, db, activation=activation, beta=0.0)
+        assert (len(recording.looked_up) == before) == (call == 1), (call, activation)
+        KernelBackend(runtime).launch(plan.plan_activation_grad(np, dy, z, dz_uncached, db_uncached,
+                                                                activation=activation, beta=0.0))
+        assert np.array_equal(dz, dz_uncached) and np.array_equal(db, db_uncached) and not np.isnan(dz).any()
+
+
 def test_split_k_workspaces_are_made_for_each_call(runtime):
     recording = RecordingRuntime(runtime)
     backend = KernelBackend(recording, Tuning(splits=3))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import require
+from linear import activations
 from linear.backends import BackendUnavailable, plan, tiles
 from linear.backends.emulate import EmulationError, EmulatorRuntime
 from linear.backends.kernel import KernelBackend
@@ -148,6 +149,7 @@ class Case:
     trans_b: bool
     vector: bool  # the SIMT kernel's 16-byte load path (tensor-core kernels always need it)
     splits: int
+    activation: str | None = None  # the GEMM's epilogue stores Z beside act(Z); the column sum is dZ and db
 
     @property
     def tensor_cores(self) -> bool:
@@ -155,7 +157,8 @@ class Case:
 
     def __str__(self) -> str:
         trans = "NT"[self.trans_a] + "NT"[self.trans_b]
-        return f"{self.dtype}-{self.config}-{trans}-{'vector' if self.vector else 'scalar'}-splits{self.splits}"
+        return (f"{self.dtype}-{self.config}-{trans}-{'vector' if self.vector else 'scalar'}-splits{self.splits}"
+                f"{'-' + self.activation if self.activation else ''}")
 
 
 def planned(case: Case) -> list[tuple[list[plan.Launch], np.ndarray, np.ndarray]]:
@@ -176,15 +179,24 @@ def planned(case: Case) -> list[tuple[list[plan.Launch], np.ndarray, np.ndarray]
     beta = 0.5 if case.splits == 1 else 0.0  # beta = 0: C is never read, so it starts as NaN
     c = output(rng, (m, n), dtype, beta)
     bias = rng.standard_normal(n).astype(dtype)
-    expected = reference(*inputs, case.trans_a, case.trans_b, 1.0, beta, c, bias)
+    z = reference(*inputs, case.trans_a, case.trans_b, 1.0, beta, c, bias)
+    expected = activations.forward(case.activation, z)
+    preact = None if case.activation is None else np.full((m, n), np.nan, dtype)
     gemm = plan.plan_gemm(np, op(a, case.trans_a), op(b, case.trans_b), c, alpha=1.0, beta=beta, bias=bias,
                           tuning=Tuning(config=case.config, splits=case.splits,
                                         vector=None if case.tensor_cores else case.vector),
-                          arch=90 if case.tensor_cores else None, tf32=case.tensor_cores)
+                          arch=90 if case.tensor_cores else None, tf32=case.tensor_cores,
+                          activation=case.activation, preact=preact)
+    written = [(gemm, c, expected)] + ([] if preact is None else [([], preact, z)])
     if case.tensor_cores:
-        return [(gemm, c, expected)]
+        return written
     summed, out = expected.astype(dtype), np.zeros(n, dtype)
-    return [(gemm, c, expected), (plan.plan_colsum(np, summed, out, beta=0.0), out, summed.astype(np.float64).sum(0))]
+    if case.activation is None:
+        return written + [(plan.plan_colsum(np, summed, out, beta=0.0), out, summed.astype(np.float64).sum(0))]
+    dz = np.full((m, n), np.nan, dtype)
+    dz_expected = activations.gradient(case.activation, summed.astype(np.float64), z.astype(dtype).astype(np.float64))
+    launches = plan.plan_activation_grad(np, summed, z.astype(dtype), dz, out, activation=case.activation, beta=0.0)
+    return written + [(launches, dz, dz_expected), ([], out, dz_expected.sum(0))]
 
 
 def check(runtime: EmulatorRuntime, case: Case) -> None:
@@ -206,11 +218,15 @@ def ci_cases() -> list[Case]:
     """Every family x dtype at least once, with few instantiations (each is a separate instrumented build):
     the SIMT kernel once per dtype and tile config, its transposes, load path and split-K varying from case
     to case so that each dtype runs both output types (C and the split-K workspace) and both load paths;
-    the tensor-core kernel once per dtype, both tile configs between them; reduce.cu in every SIMT case."""
-    simt = [Case(d, c.name, *TRANS[i % 4], i % 2 == 0, 1 if i % 3 == 1 else 2)
-            for d in DTYPES for i, c in enumerate(c for c in tiles.TILE_CONFIGS if d in c.dtypes)]
-    tensor = [Case("bfloat16", "tc_small", False, False, True, 3), Case("float32", "tc_small", True, False, True, 1),
-              Case("float16", "tc_large", False, True, True, 1)]
+    the tensor-core kernel once per dtype, both tile configs between them; reduce.cu in every SIMT case.
+    The activations rotate over the cases, so that every family runs its staged epilogue (with Z stored),
+    the split-K reduction its activation, and the column sum its dZ + db pass."""
+    simt = [Case(d, c.name, *TRANS[i % 4], i % 2 == 0, 1 if i % 3 == 1 else 2,
+                 activations.ACTIVATIONS[(i + j) % len(activations.ACTIVATIONS)])
+            for j, d in enumerate(DTYPES) for i, c in enumerate(c for c in tiles.TILE_CONFIGS if d in c.dtypes)]
+    tensor = [Case("bfloat16", "tc_small", False, False, True, 3, "gelu"),
+              Case("float32", "tc_small", True, False, True, 1, "gelu_tanh"),
+              Case("float16", "tc_large", False, True, True, 1, "silu")]
     return simt + tensor
 
 

@@ -2,20 +2,26 @@
 
 A backend only multiplies and reduces; the equations of the layer live in linear.functional.
 
-    Backend.gemm(a, b, c, alpha=, beta=, bias=)
-        c[...] = alpha * a @ b + beta * c (+ bias[None, :] when bias is given)
+    Backend.gemm(a, b, c, alpha=, beta=, bias=, activation=None, preact=None)
+        z = alpha * a @ b + beta * c (+ bias[None, :] when bias is given)
+        c[...] = act(z);  preact[...] = z when preact is given
         a is (M, K), b is (K, N), c is (M, N); or stacks of them: a, b and c with the same leading
         (batch) dimensions, c's matrices computed independently. A transpose reaches the backend one
         way: as a transposed view (x.T, swapaxes), never a flag; a kernel backend's plan derives the
         kernel's transpose flags from the strides (plan.as_operand).
+        activation: a name of linear.activations.ACTIVATIONS, applied to z in the accumulator dtype.
     Backend.colsum(a, out, beta=)
         out[...] = a.sum(axis=0) + beta * out, in a fixed (deterministic) order.
+    Backend.activation_grad(dy, z, dz, db, activation=, beta=)
+        dz[...] = dy ⊙ act'(z) (linear.activations.gradient, in the accumulator dtype);
+        db[...] = Σ_rows of those products + beta * db, in a fixed order, unless db is None.
 
 What linear.functional guarantees to a backend (so backends never re-check it):
 - every array is an array of `backend.xp`: a, b, c 2-D, or all three with the same batch dimensions
   before their matrices (a and b possibly broadcast views, stride 0); bias and out 1-D;
 - all arrays share one dtype (float16, bfloat16, float32 or float64); half types accumulate in float32;
-- c and out are C-contiguous, writable and overlap no input;
+- c, out, preact, dz and db are C-contiguous, writable and overlap no input (preact has c's shape,
+  dz that of dy and z, db is (N,) for (M, N) dy); activation is never None in activation_grad;
 - a and b may be any strided view (transposed, Fortran-ordered, negative strides); the backend maps
   views to leading dimensions (and, for the kernels, transpose flags) and copies only when no such
   mapping exists;
@@ -43,9 +49,12 @@ class Backend(Protocol):
     name: str
     xp: ModuleType
 
-    def gemm(self, a: Any, b: Any, c: Any, *, alpha: float, beta: float, bias: Any = None) -> None: ...
+    def gemm(self, a: Any, b: Any, c: Any, *, alpha: float, beta: float, bias: Any = None,
+             activation: str | None = None, preact: Any = None) -> None: ...
 
     def colsum(self, a: Any, out: Any, *, beta: float) -> None: ...
+
+    def activation_grad(self, dy: Any, z: Any, dz: Any, db: Any, *, activation: str, beta: float) -> None: ...
 
 
 KernelFunction = Callable[..., None]

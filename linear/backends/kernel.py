@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from ..tf32 import get_tf32
 from .base import KernelFunction, Runtime
-from .plan import Launch, Plan, Tuning, colsum_plan, gemm_plan, layout_key
+from .plan import Launch, Plan, Tuning, activation_grad_plan, colsum_plan, gemm_plan, layout_key
 
 PLAN_CACHE_SIZE = 512  # plans kept per backend; the least recently used goes first
 
@@ -25,31 +25,42 @@ class KernelBackend:
         self.name = runtime.name
         self.xp = runtime.xp
         self.tuning = tuning
-        # key -> (Plan, its launches' kernel functions); the key names the product ("gemm", "colsum")
+        # key -> (Plan, its launches' kernel functions); the key names the product ("gemm", "colsum",
+        # "activation_grad")
         self._plans: OrderedDict[tuple, tuple[Plan, tuple[KernelFunction, ...]]] = OrderedDict()
         self._insert = threading.Lock()
 
-    def gemm(self, a: Any, b: Any, c: Any, *, alpha: float, beta: float, bias: Any = None) -> None:
+    def gemm(self, a: Any, b: Any, c: Any, *, alpha: float, beta: float, bias: Any = None,
+             activation: str | None = None, preact: Any = None) -> None:
         """base.Backend.gemm. An argument that changes the plan belongs in the key: an array as one more
         entry of `arrays` (plan.GEMM_ARRAYS; its layout is then keyed and its slot filled per call), any
         other (a flag, an epilogue's name) as itself in the key."""
-        arrays = (a, b, c, bias)  # in plan.GEMM_ARRAYS' order
-        key = ("gemm", layout_key(arrays), self.tuning, get_tf32(), self.runtime.device_id())
+        arrays = (a, b, c, bias, preact)  # in plan.GEMM_ARRAYS' order
+        key = ("gemm", layout_key(arrays), activation, self.tuning, get_tf32(), self.runtime.device_id())
         self._run(key, arrays, alpha, beta, self._plan_gemm)
 
     def colsum(self, a: Any, out: Any, *, beta: float) -> None:
         arrays = (a, out)
         self._run(("colsum", layout_key(arrays), self.runtime.device_id()), arrays, 1.0, beta, self._plan_colsum)
 
+    def activation_grad(self, dy: Any, z: Any, dz: Any, db: Any, *, activation: str, beta: float) -> None:
+        """base.Backend.activation_grad: planned and cached as colsum is, the activation in the key."""
+        arrays = (dy, z, dz, db)  # in plan.ACTIVATION_GRAD_ARRAYS' order
+        key = ("activation_grad", layout_key(arrays), activation, self.runtime.device_id())
+        self._run(key, arrays, 1.0, beta, self._plan_activation_grad)
+
     def _plan_gemm(self, key: tuple, arrays: tuple) -> tuple[Plan, dict[int, Any]]:
-        _, _, tuning, tf32, _ = key  # the settings the plan is keyed by, read once
-        a, b, c, bias = arrays
+        _, _, activation, tuning, tf32, _ = key  # the settings the plan is keyed by, read once
+        a, b, c, bias, preact = arrays
         runtime = self.runtime
         return gemm_plan(self.xp, a, b, c, bias=bias, tuning=tuning, arch=runtime.compute_capability(), tf32=tf32,
-                         device=runtime.device_limits())
+                         device=runtime.device_limits(), activation=activation, preact=preact)
 
     def _plan_colsum(self, key: tuple, arrays: tuple) -> tuple[Plan, dict[int, Any]]:
         return colsum_plan(*arrays, device=self.runtime.device_limits()), {}
+
+    def _plan_activation_grad(self, key: tuple, arrays: tuple) -> tuple[Plan, dict[int, Any]]:
+        return activation_grad_plan(*arrays, activation=key[2], device=self.runtime.device_limits()), {}
 
     def _run(self, key: tuple, arrays: tuple, alpha: float, beta: float,
              make: Callable[[tuple, tuple], tuple[Plan, dict[int, Any]]]) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import activations
 from ..dtypes import accumulator_dtype
 
 
@@ -59,13 +60,15 @@ class NumpyBackend:
         found once): ~0.6 µs a block, ~2.5 µs when the count differs (threadpool_limits: ~300 µs)."""
         return _BlasThreads(_blas_libraries(), count)
 
-    def gemm(self, a, b, c, *, alpha, beta, bias=None):
+    def gemm(self, a, b, c, *, alpha, beta, bias=None, activation=None, preact=None):
         work = accumulator_dtype(c.dtype)  # as the kernels do; numpy's float16 matmul is slower and less precise
         op_a, op_b = (a.astype(work), b.astype(work)) if work != c.dtype else (a, b)
         # BLAS writes straight into c unless c is an addend or needs a cast; an addend c of the same
         # dtype with beta == 1 (gradient accumulation) takes the product in place. Fresh temporaries are
         # kept to one: each large one costs page faults that can exceed the product itself on small layers.
-        direct = beta == 0 and work == c.dtype
+        # The activation is applied to the sum in the accumulator dtype, as the kernels' epilogue does.
+        plain = activation is None and preact is None
+        direct = beta == 0 and work == c.dtype and plain
         product = np.matmul(op_a, op_b, out=c if direct else None)
         if alpha != 1:
             product *= work.type(alpha)
@@ -73,12 +76,21 @@ class NumpyBackend:
             product += bias
         if direct:
             return
-        if beta == 1 and work == c.dtype:
+        if beta == 1 and work == c.dtype and plain:
             c += product
             return
         if beta != 0:
             product += c if beta == 1 else work.type(beta) * c
-        c[...] = product
+        if preact is not None:
+            preact[...] = product
+        c[...] = product if activation is None else activations.apply(activation, product)
+
+    def activation_grad(self, dy, z, dz, db, *, activation, beta):
+        work = accumulator_dtype(dz.dtype)
+        grad = activations.gradient(activation, dy.astype(work, copy=False), z.astype(work, copy=False))
+        dz[...] = grad
+        if db is not None:  # the sum of the unrounded products, as the kernel adds them
+            self.colsum(grad, db, beta=beta)
 
     def colsum(self, a, out, *, beta):
         work = accumulator_dtype(out.dtype)

@@ -28,7 +28,11 @@ A plan is made once for many calls: gemm_plan and colsum_plan return a Plan, the
 where a call's arrays, alpha and beta go and Buffers (aligned copies, split-K workspaces) made anew for
 each call; it depends on the arrays only through layout_key (shapes, strides, dtypes, addresses modulo
 16 bytes), so KernelBackend caches it under that key with the tuning, TF32 setting and device.
-plan_gemm and plan_colsum are the plan filled in for one call (Plan.bind).
+plan_gemm, plan_colsum and plan_activation_grad are the plan filled in for one call (Plan.bind).
+
+Activations (linear.activations, kernels/epilogue.cuh) travel as a runtime argument of the same
+instantiations: the activation's code is a constant of the plan (a part of its key), the array Z is
+written to (preact) one more slot, with C's layout.
 
 Stacks of matrices (numpy.matmul's batch) are one strided-batched launch: grid z = batch · splits, each
 operand with its own batch stride, 0 for a broadcast one. Batch dimensions whose strides merge into one
@@ -48,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from ..activations import activation_code
 from ..dtypes import ElementType, element_type
 from .cost import aligned_copies_pay, choose, estimate, split_k
 from .device import H100, DeviceLimits
@@ -305,12 +310,21 @@ def _check_size(**sizes: int) -> None:
             raise ValueError(f"{what} = {size} exceeds the kernels' limit of {MAX_SIZE} (2**31 - 1025)")
 
 
+def _activation_args(code: int, preact: Slot | None, stand_in: Slot) -> tuple:
+    """The epilogue's last arguments (kernels/epilogue.cuh): the activation's code, where Z goes (an unused
+    stand-in of C's type when it is not stored) and whether it is stored."""
+    return np.int32(code), stand_in if preact is None else preact, np.int32(preact is not None)
+
+
 def _sum_splits_launch(t: ElementType, m: int, n: int, splits: int, partials: Slot, c: Slot, ldc: int,
-                       bias: Slot | None, device: DeviceLimits) -> Launch:
-    """out = alpha·(the sum of the splits) + beta·out (+ bias), with the plan's ALPHA and BETA."""
+                       bias: Slot | None, device: DeviceLimits, activation: int = 0,
+                       preact: Slot | None = None) -> Launch:
+    """out = act(alpha·(the sum of the splits) + beta·out (+ bias)), with the plan's ALPHA and BETA, and
+    its argument written to preact (out's leading dimension) when given."""
     blocks = max(1, min(ceil_div(m * n, REDUCE_THREADS), REDUCE_BLOCKS_PER_SM * device.sms))
     args = (np.int32(m), np.int32(n), np.int32(splits), partials, c, np.int64(ldc),
-            ALPHA, BETA, c if bias is None else bias, np.int32(bias is not None))
+            ALPHA, BETA, c if bias is None else bias, np.int32(bias is not None),
+            *_activation_args(activation, preact, c))
     return Launch("reduce.cu", sum_splits_name(t), (blocks, 1, 1), (REDUCE_THREADS, 1, 1), args)
 
 
@@ -385,22 +399,24 @@ class Choice:
     k_per_split: int
 
 
-GEMM_ARRAYS = ("a", "b", "c", "bias")  # the arrays of a gemm plan's calls, in this order
+GEMM_ARRAYS = ("a", "b", "c", "bias", "preact")  # the arrays of a gemm plan's calls, in this order
 
 
 def plan_gemm(xp: ModuleType, a: Any, b: Any, c: Any, *, alpha: float, beta: float, bias: Any = None,
               tuning: Tuning = Tuning(), arch: int | None = None, tf32: bool = False,
-              device: DeviceLimits = H100) -> list[Launch]:
-    """The launches for c[...] = alpha·a·b + beta·c (+ bias), as in base.Backend.gemm: gemm_plan's
-    Plan, filled in with this call's arrays."""
-    plan, made = gemm_plan(xp, a, b, c, bias=bias, tuning=tuning, arch=arch, tf32=tf32, device=device)
-    return plan.bind(xp, (a, b, c, bias), alpha, beta, made)
+              device: DeviceLimits = H100, activation: str | None = None, preact: Any = None) -> list[Launch]:
+    """The launches for c[...] = act(alpha·a·b + beta·c (+ bias)), its argument written to preact when
+    given, as in base.Backend.gemm: gemm_plan's Plan, filled in with this call's arrays."""
+    plan, made = gemm_plan(xp, a, b, c, bias=bias, tuning=tuning, arch=arch, tf32=tf32, device=device,
+                           activation=activation, preact=preact)
+    return plan.bind(xp, (a, b, c, bias, preact), alpha, beta, made)
 
 
 def gemm_plan(xp: ModuleType, a: Any, b: Any, c: Any, *, bias: Any = None, tuning: Tuning = Tuning(),
-              arch: int | None = None, tf32: bool = False, device: DeviceLimits = H100
-              ) -> tuple[Plan, dict[int, Any]]:
-    """The Plan of c[...] = alpha·a·b + beta·c (+ bias), as in base.Backend.gemm, for every call whose
+              arch: int | None = None, tf32: bool = False, device: DeviceLimits = H100,
+              activation: str | None = None, preact: Any = None) -> tuple[Plan, dict[int, Any]]:
+    """The Plan of c[...] = act(alpha·a·b + beta·c (+ bias)), with that argument (Z) written to preact
+    (c's shape, strides and dtype) when given, as in base.Backend.gemm, for every call whose
     arrays (GEMM_ARRAYS) have the layout_key of these; and the buffers made on the way for this call (the
     aligned copies of its operands, which Plan.values takes as `made`). a (M x K) and b (K x N) are
     views, a transposed operand a transposed view (its flag is derived here, by as_operand).
@@ -408,7 +424,9 @@ def gemm_plan(xp: ModuleType, a: Any, b: Any, c: Any, *, bias: Any = None, tunin
     a, b and c may carry the same leading batch dimensions (a stack of matrices); a's and b's may be
     broadcast views (stride 0) of them. 2-D arrays are one matrix. arch is the device's compute
     capability as an int (90 for 9.0), None for no tensor cores; tf32 allows float32 products to run
-    on them with TF32 operands; device: the limits the cost model plans for.
+    on them with TF32 operands; device: the limits the cost model plans for. The activation is a
+    runtime argument of the same instantiations (kernels/epilogue.cuh); with split-K the reduction
+    applies it.
 
     Three steps: the operands (strides, aligned copies), the choice (family, tile, split-K), the launches.
     """
@@ -419,6 +437,10 @@ def gemm_plan(xp: ModuleType, a: Any, b: Any, c: Any, *, bias: Any = None, tunin
     if named is not None and product.dtype not in named.dtypes:
         raise ValueError(f"tile config {named.name!r} is instantiated for {', '.join(named.dtypes)} only, "
                          f"got dtype {product.dtype}")
+    code = activation_code(activation)
+    if preact is not None and (preact.shape != c.shape or preact.strides != c.strides or preact.dtype != c.dtype):
+        raise ValueError(f"preact must have c's shape, strides and dtype {c.shape}, {c.strides}, {c.dtype}; "
+                         f"got {preact.shape}, {preact.strides}, {preact.dtype}")
     if product.m == 0 or product.n == 0 or product.batch == 0:
         return Plan(product.t.acc, (), ()), {}
     ldc = _output_ld(c)
@@ -431,7 +453,7 @@ def gemm_plan(xp: ModuleType, a: Any, b: Any, c: Any, *, bias: Any = None, tunin
     slots = _Slots(len(GEMM_ARRAYS))
     slot_a, slot_b = (slots.buffer(AlignedCopy(slots.array(i).index, op.trans), made=op.array) if op.copied
                       else slots.array(i) for i, op in enumerate((op_a, op_b)))
-    launches = _launches(product, choice, op_a, op_b, slot_a, slot_b, c, ldc, bias, slots, device)
+    launches = _launches(product, choice, op_a, op_b, slot_a, slot_b, c, ldc, bias, code, preact, slots, device)
     return Plan(product.t.acc, tuple(slots.buffers), tuple(launches)), slots.made
 
 
@@ -479,9 +501,11 @@ def _choose(product: Product, families: list[tuple[GemmConfig, ...]], aligned: b
 
 
 def _launches(product: Product, choice: Choice, op_a: Operand, op_b: Operand, slot_a: Slot, slot_b: Slot,
-              c: Any, ldc: int, bias: Any, slots: _Slots, device: DeviceLimits) -> list[Launch]:
+              c: Any, ldc: int, bias: Any, activation: int, preact: Any, slots: _Slots,
+              device: DeviceLimits) -> list[Launch]:
     """Step 3: the GEMM launches (a stack cut where its batch dimensions do not merge or grid z ends),
-    then, for split-K, the reduction of the workspace that applies the epilogue."""
+    then, for split-K, the reduction of the workspace that applies the epilogue (and the activation).
+    Z (preact) is cut into launches as C is (same strides); a split-K workspace launch stores none."""
     t, m, n, k, config, splits = product.t, product.m, product.n, product.k, choice.config, choice.splits
     grid_xy = (ceil_div(m, config.bm), ceil_div(n, config.bn))
     if grid_xy[1] > device.max_grid[1]:
@@ -492,6 +516,7 @@ def _launches(product: Product, choice: Choice, op_a: Operand, op_b: Operand, sl
         slot_bias = slots.array(3)
         if bias.size > 1 and bias.strides[0] != bias.itemsize:
             slot_bias = slots.buffer(Contiguous(slot_bias.index))
+    slot_preact = None if preact is None else slots.array(4)
     if splits == 1:
         c_cpp, target, target_ld, split_stride = t.cpp, slot_c, ldc, 0
         epilogue = (ALPHA, BETA, slot_c if slot_bias is None else slot_bias, np.int32(bias is not None))
@@ -505,20 +530,26 @@ def _launches(product: Product, choice: Choice, op_a: Operand, op_b: Operand, sl
     if splits == 1:
         operands.append(c)
         operand_slots.append(slot_c)
+        if preact is not None:
+            operands.append(preact)
+            operand_slots.append(slot_preact)
     launches = []
     for part in batch_launches(operands, device.max_grid[2] // splits):
         part_a, part_b, *part_c = (Slot(slot.index, view) for slot, view in zip(operand_slots, part.views))
         stride_a, stride_b, *stride_c = part.strides
+        activation_args = (_activation_args(activation, part_c[1] if preact is not None else None, part_c[0])
+                           if splits == 1 else _activation_args(0, None, target))
         launches.append(Launch(
             config.source, name, grid_xy + (part.count * splits,), (config.threads, 1, 1),
             (np.int32(m), np.int32(n), np.int32(k), np.int32(choice.k_per_split), np.int32(splits),
              part_a, np.int64(op_a.ld), np.int64(stride_a), part_b, np.int64(op_b.ld), np.int64(stride_b),
              part_c[0] if part_c else target, np.int64(target_ld), np.int64(stride_c[0] if stride_c else 0),
-             np.int64(split_stride)) + epilogue,
+             np.int64(split_stride)) + epilogue + activation_args,
             shared))
     if splits == 1:
         return launches
-    return launches + [_sum_splits_launch(t, m, n, splits, target, slot_c, ldc, slot_bias, device)]
+    return launches + [_sum_splits_launch(t, m, n, splits, target, slot_c, ldc, slot_bias, device, activation,
+                                          slot_preact)]
 
 
 def colsum_chunks(rows: int, cols: int, device: DeviceLimits = H100) -> tuple[int, int]:
@@ -531,6 +562,7 @@ def colsum_chunks(rows: int, cols: int, device: DeviceLimits = H100) -> tuple[in
 
 
 COLSUM_ARRAYS = ("a", "out")  # the arrays of a colsum plan's calls, in this order
+ACTIVATION_GRAD_ARRAYS = ("dy", "z", "dz", "db")  # the arrays of an activation_grad plan's calls
 
 
 def plan_colsum(xp: ModuleType, a: Any, out: Any, *, beta: float, device: DeviceLimits = H100) -> list[Launch]:
@@ -542,19 +574,53 @@ def plan_colsum(xp: ModuleType, a: Any, out: Any, *, beta: float, device: Device
 def colsum_plan(a: Any, out: Any, *, device: DeviceLimits = H100) -> Plan:
     """The Plan of out[...] = a.sum(axis=0) + beta·out for every call whose arrays (COLSUM_ARRAYS) have
     the layout_key of these (its alpha is 1)."""
-    t = element_type(out.dtype)
+    return _column_plan(a, None, None, out, len(COLSUM_ARRAYS), (0, None, None, 1), None, device)
+
+
+def plan_activation_grad(xp: ModuleType, dy: Any, z: Any, dz: Any, db: Any, *, activation: str, beta: float,
+                         device: DeviceLimits = H100) -> list[Launch]:
+    """The launches for dz[...] = dy ⊙ act'(z) and db[...] = Σ_rows dz + beta·db, as in
+    base.Backend.activation_grad: activation_grad_plan's Plan, filled in with this call's arrays."""
+    return activation_grad_plan(dy, z, dz, db, activation=activation, device=device).bind(
+        xp, (dy, z, dz, db), 1.0, beta)
+
+
+def activation_grad_plan(dy: Any, z: Any, dz: Any, db: Any, *, activation: str,
+                         device: DeviceLimits = H100) -> Plan:
+    """The Plan of dz[...] = dy ⊙ act'(z) and db[...] = Σ_rows dz + beta·db for every call whose arrays
+    (ACTIVATION_GRAD_ARRAYS) have the layout_key of these: one pass over dy and z (linear_colsum_partial
+    writes dz and per-chunk column sums), then the fixed-order sum of the chunks (none when db is None)."""
+    return _column_plan(dy, z, dz, db, len(ACTIVATION_GRAD_ARRAYS), (0, 1, 2, 3), activation, device)
+
+
+def _rows(slots: _Slots, x: Any, position: int) -> tuple[Slot, int]:
+    """x's slot and leading dimension as the reduce.cu kernels read it (rows); any other layout is copied."""
+    slot, ld = slots.array(position), _row_major_ld(x.shape, x.strides, x.itemsize)
+    if ld is None:
+        slot, ld = slots.buffer(Contiguous(slot.index)), x.shape[1]
+    return slot, ld
+
+
+def _column_plan(a: Any, z: Any, dz: Any, out: Any, arrays: int, positions: tuple, activation: str | None,
+                 device: DeviceLimits) -> Plan:
+    """The two passes of a column sum of a (or of a ⊙ act'(z), written to dz, with an activation) into
+    out (none when out is None); positions: the call's array numbers of a, z, dz and out."""
+    t = element_type(a.dtype)
     rows, cols = a.shape
     _check_size(rows=rows, cols=cols)
-    if cols == 0:
+    if cols == 0 or out is None and rows == 0:
         return Plan(t.acc, (), ())
-    slots = _Slots(len(COLSUM_ARRAYS))
-    source, lda = slots.array(0), _row_major_ld(a.shape, a.strides, a.itemsize)
-    if lda is None:  # the kernel reads rows; any other layout is copied
-        source, lda = slots.buffer(Contiguous(source.index)), cols
+    slots = _Slots(arrays)
+    source, lda = _rows(slots, a, positions[0])
+    z_slot, ldz = _rows(slots, z, positions[1]) if z is not None else (source, lda)  # a: an unused stand-in
+    dz_slot = source if dz is None else slots.array(positions[2])
     rows_per_chunk, chunks = colsum_chunks(rows, cols, device)
     partials = slots.buffer(Workspace((chunks, cols), t.acc))
     first = Launch("reduce.cu", colsum_partial_name(t), (ceil_div(cols, REDUCE_THREADS), chunks, 1),
                    (REDUCE_THREADS, 1, 1),
-                   (np.int32(rows), np.int32(cols), np.int32(rows_per_chunk), source, np.int64(lda), partials))
-    last = _sum_splits_launch(t, 1, cols, chunks, partials, slots.array(1), cols, None, device)
+                   (np.int32(rows), np.int32(cols), np.int32(rows_per_chunk), source, np.int64(lda), partials,
+                    np.int32(activation_code(activation)), z_slot, np.int64(ldz), dz_slot))
+    if out is None:
+        return Plan(t.acc, tuple(slots.buffers), (first,))
+    last = _sum_splits_launch(t, 1, cols, chunks, partials, slots.array(positions[3]), cols, None, device)
     return Plan(t.acc, tuple(slots.buffers), (first, last))

@@ -167,4 +167,5 @@ def gemm(runtime: Any, a: Any, b: Any, c: Any, *, trans_a: bool = False, trans_b
         total((min(-(-m * n // REDUCE_THREADS), 8 * runtime.device_limits().sms), 1, 1), (REDUCE_THREADS, 1, 1),
               (np.int32(m), np.int32(n), np.int32(splits), target, c[0], np.int64(c.strides[1] // c.itemsize),
                np.float32(alpha),
-               np.float32(beta), bias_arg, np.int32(bias is not None)))
+               np.float32(beta), bias_arg, np.int32(bias is not None),
+               np.int32(0), c[0], np.int32(0)))  # no activation, no Z (an unused stand-in): kernels/epilogue.cuh
