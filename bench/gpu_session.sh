@@ -19,8 +19,8 @@ set -u -o pipefail
 # The phases, in order, as name:limit_seconds. Each is a function phase_<name>, run from the repository
 # root with $R (the results folder), $PY and $LIMIT (its time limit) set. Add a phase here and below;
 # GPU_SESSION_PHASES names a bash file sourced after these definitions that may redefine them (tests).
-PHASES=(preflight:60 compile:60 tests:90 bench:100 bench_half:80 bench_tf32:50 tc_tiles:45 wgmma:90 sweep:100
-        determinism:30 counters:60 launch_all:30 memcheck:50 racecheck:45 torch_linear:40)
+PHASES=(preflight:60 compile:60 tests:90 bench:100 bench_half:80 bench_tf32:50 tc_tiles:45 wgmma:90 activation:45
+        sweep:100 determinism:30 counters:60 launch_all:30 memcheck:50 racecheck:45 torch_linear:40)
 
 phase_preflight() {   # the tests' own dependencies (one missing is a collection error, and pytest then runs
     # no test at all), then versions, GPU, driver, include dirs, one kernel
@@ -43,6 +43,10 @@ phase_bench_half()  { "$PY" -m bench --quick --dtype bfloat16,float16 --shape 20
 phase_bench_tf32()  { "$PY" -m bench --quick --tf32 --backends linear-cuda,cublas,torch-gpu --out "$R/bench-tf32"; }
 phase_tc_tiles()    { "$PY" bench/gpu_check.py tc_tiles "$R/tc_tiles.json"; }   # tc_wide (candidate) beside tc_large
 phase_wgmma()       { "$PY" bench/gpu_check.py wgmma "$R/wgmma.json"; }   # the Hopper kernel beside tc_*, cuBLAS, torch
+phase_activation()  {   # the Linear+activation training step, fused against unfused (issue 22's Measure)
+    "$PY" -m bench.activation --backend cuda --dtype bfloat16 --shape 8192,4096,11008 --shape 4096,4096,4096 \
+        --activation relu --activation gelu --repeats 10 --json "$R/activation.json"
+}
 phase_sweep()       { "$PY" -m bench.sweep --budget-s $((LIMIT - 20)) --out "$R/sweep"; }
 phase_determinism() { "$PY" bench/gpu_check.py determinism "$R/determinism.json"; }
 phase_counters() {   # Nsight Compute: the main kernels at 4096³ and cuBLAS's (nvjet_* on Hopper), the sections that explain speed

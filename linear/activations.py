@@ -16,6 +16,8 @@ relu's gradient is a select (dz = 0 where z <= 0, else dy), the others' a produc
 Half types (float16, bfloat16) are computed in float32 and rounded once, as torch and our kernels do;
 float32 in float32 (erf in float64, rounded: numpy has no float32 erf); float64 in float64.
 The kernels' codes (kernels/epilogue.cuh, `Activation`) are the positions in ACTIVATIONS.
+The functions also take CuPy arrays (numpy's ufuncs and np.where dispatch to CuPy; erf is cupyx's): the
+benchmark's unfused step on the GPU (bench/activation.py) runs them there.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ import math
 from typing import Any
 
 import numpy as np
+
+from .arrays import array_module
 
 # The choices, in the order of their codes in kernels/epilogue.cuh (None is code 0).
 ACTIVATIONS: tuple[str | None, ...] = (None, "relu", "gelu", "gelu_tanh", "silu")
@@ -55,6 +59,9 @@ def compute_dtype(dtype: Any) -> np.dtype:
 
 
 def _gelu_erf(z: np.ndarray) -> np.ndarray:
+    if array_module(z) is not np:  # a CuPy array (bench/activation.py's unfused step on the GPU): CuPy's erf
+        from cupyx.scipy.special import erf
+        return erf(z * z.dtype.type(SQRT1_2))
     return _erf(z * z.dtype.type(SQRT1_2)).astype(z.dtype)
 
 

@@ -235,16 +235,11 @@ def matmul(a: Array, b: Array, /, out: Array | tuple[Array] | None = None, *, tr
     and beta must keep their defaults. With beta != 0, `out` holds C on entry and is required, with
     the result's dtype. Returns `out` when given.
     """
-    # The common case in few steps, as in forward: plain numpy matrices (or stacks of the same batch
-    # shape) of one native float dtype, nothing but alpha given, a backend that takes numpy arrays.
     if (out is None and axes is None and axis is None and trans_a is False and trans_b is False
             and type(alpha) is float and type(beta) is float and beta == 0 and type(a) is np.ndarray
             and type(b) is np.ndarray):
-        dtype, be = a.dtype, _backend(backend)
-        if (be.xp is np and (dtype is _FLOAT32 or dtype is _FLOAT64 or dtype is _FLOAT16) and b.dtype is dtype
-                and a.ndim >= 2 and a.ndim == b.ndim and a.shape[-1] == b.shape[-2] and a.shape[:-2] == b.shape[:-2]):
-            c = np.empty(a.shape[:-1] + b.shape[-1:], dtype)
-            be.gemm(a, b, c, alpha=alpha, beta=0.0)
+        c = _matmul_plain(a, b, alpha, backend)
+        if c is not None:
             return c
     if axis is not None:
         raise TypeError("matmul: axis can only be used with a single shared core dimension, not with the 3 "
@@ -258,6 +253,41 @@ def matmul(a: Array, b: Array, /, out: Array | tuple[Array] | None = None, *, tr
     alpha, beta = _check_scalar("alpha", alpha), _check_scalar("beta", beta)
     trans_a, trans_b = _check_flag("trans_a", trans_a), _check_flag("trans_b", trans_b)
     xp = be.xp
+    given_out, out_axes = out, None
+    if axes is not None:  # the named matrix axes moved last; out as a view, so writing it writes out
+        a, b, out, out_axes = _move_axes(xp, axes, a, b, out)
+    op_a, op_b, batch, shape = _matmul_operands(xp, a, b, out, trans_a, trans_b)
+    if beta != 0 and out is None:
+        raise ValueError("matmul: beta != 0 needs out= holding C")
+    dtype = _promote([a.dtype, b.dtype])
+    if not _is_kernel_dtype(dtype):
+        return _matmul_other_dtype(xp, a, b, op_a, op_b, out, given_out, out_axes, shape, alpha, beta)
+    (m, k), n = op_a.shape[-2:], op_b.shape[-1]
+    c = _Output(xp, "out", out, shape, batch + (m, n), dtype, [a, b], keep=beta != 0, cast=True)
+    # op(a), op(b) as views (a swapped view is how a transpose reaches the backend), the stacks broadcast.
+    be.gemm(_as_stack(xp, op_a, dtype, batch + (m, k)), _as_stack(xp, op_b, dtype, batch + (k, n)), c.work,
+            alpha=alpha, beta=beta)
+    c.finish()
+    return given_out if given_out is not None else _finish(xp, c.result, out_axes)
+
+
+def _matmul_plain(a: np.ndarray, b: np.ndarray, alpha: float, backend: str | Backend | None) -> Array | None:
+    """matmul's common case in few steps, as in forward: plain numpy matrices (or stacks of the same batch
+    shape) of one native float dtype, nothing but alpha given, a backend that takes numpy arrays. None
+    when the call is not that case (the general path then takes it)."""
+    dtype, be = a.dtype, _backend(backend)
+    if (be.xp is np and (dtype is _FLOAT32 or dtype is _FLOAT64 or dtype is _FLOAT16) and b.dtype is dtype
+            and a.ndim >= 2 and a.ndim == b.ndim and a.shape[-1] == b.shape[-2] and a.shape[:-2] == b.shape[:-2]):
+        c = np.empty(a.shape[:-1] + b.shape[-1:], dtype)
+        be.gemm(a, b, c, alpha=alpha, beta=0.0)
+        return c
+    return None
+
+
+def _matmul_operands(xp, a: Array, b: Array, out: Array | None, trans_a: bool, trans_b: bool
+                     ) -> tuple[Array, Array, tuple[int, ...], tuple[int, ...]]:
+    """(op(a), op(b), batch, result shape) of matmul, its operands' shapes checked: op(a) and op(b) as
+    stacks of matrices (a 1-D a a row, a 1-D b a column), the broadcast batch, and numpy's result shape."""
     for name, x, trans in (("a", a, trans_a), ("b", b, trans_b)):
         if x.ndim == 0:
             raise ValueError(f"matmul: {name} has {describe(x)}; a scalar (0-D) operand is not allowed, "
@@ -265,10 +295,6 @@ def matmul(a: Array, b: Array, /, out: Array | tuple[Array] | None = None, *, tr
         if trans and x.ndim == 1:
             raise ValueError(f"matmul: {name} has {describe(x)}; trans_{name} needs a matrix (2-D or more)")
     vector_a, vector_b = a.ndim == 1, b.ndim == 1
-    given_out, out_axes = out, None
-    if axes is not None:  # the named matrix axes moved last; out as a view, so writing it writes out
-        a, b, out, out_axes = _move_axes(xp, axes, a, b, out)
-    # op(a) and op(b) as stacks of matrices: a vector is a row (a) or a column (b).
     op_a = a[None, :] if vector_a else xp.swapaxes(a, -1, -2) if trans_a else a
     op_b = b[:, None] if vector_b else xp.swapaxes(b, -1, -2) if trans_b else b
     (m, k), (k_b, n) = op_a.shape[-2:], op_b.shape[-2:]
@@ -287,28 +313,23 @@ def matmul(a: Array, b: Array, /, out: Array | tuple[Array] | None = None, *, tr
     if out is not None and tuple(out.shape) != shape:
         raise ValueError(f"matmul: out has {describe(out)}; the result has shape {shape} "
                          "(non-broadcastable output operand: out is never broadcast)")
-    if beta != 0 and out is None:
-        raise ValueError("matmul: beta != 0 needs out= holding C")
-    dtype = _promote([a.dtype, b.dtype])
+    return op_a, op_b, batch, shape
 
-    if not _is_kernel_dtype(dtype):
-        if alpha != 1 or beta != 0:
-            raise TypeError(f"matmul: alpha and beta need a float result; a has {describe(a)}, b has {describe(b)}")
-        product = xp.matmul(op_a, op_b).reshape(shape)
-        if out is None:
-            return _finish(xp, product, out_axes)
-        if not np.can_cast(product.dtype, out.dtype, "same_kind"):
-            raise TypeError(f"matmul: out has {describe(out)}. Cannot cast ufunc 'matmul' output from "
-                            f"{product.dtype} to {out.dtype} with casting rule 'same_kind'")
-        out[...] = product
-        return given_out
 
-    c = _Output(xp, "out", out, shape, batch + (m, n), dtype, [a, b], keep=beta != 0, cast=True)
-    # op(a), op(b) as views (a swapped view is how a transpose reaches the backend), the stacks broadcast.
-    be.gemm(_as_stack(xp, op_a, dtype, batch + (m, k)), _as_stack(xp, op_b, dtype, batch + (k, n)), c.work,
-            alpha=alpha, beta=beta)
-    c.finish()
-    return given_out if given_out is not None else _finish(xp, c.result, out_axes)
+def _matmul_other_dtype(xp, a: Array, b: Array, op_a: Array, op_b: Array, out: Array | None,
+                        given_out: Array | None, out_axes, shape: tuple[int, ...], alpha: float,
+                        beta: float) -> Array:
+    """matmul of a result dtype our kernels do not take (int, bool, complex, ...): the array module's own."""
+    if alpha != 1 or beta != 0:
+        raise TypeError(f"matmul: alpha and beta need a float result; a has {describe(a)}, b has {describe(b)}")
+    product = xp.matmul(op_a, op_b).reshape(shape)
+    if out is None:
+        return _finish(xp, product, out_axes)
+    if not np.can_cast(product.dtype, out.dtype, "same_kind"):
+        raise TypeError(f"matmul: out has {describe(out)}. Cannot cast ufunc 'matmul' output from "
+                        f"{product.dtype} to {out.dtype} with casting rule 'same_kind'")
+    out[...] = product
+    return given_out
 
 
 def _as_stack(xp, a: Array, dtype: np.dtype, shape: tuple[int, ...]) -> Array:

@@ -262,3 +262,32 @@ def test_installed_benchmark_runs_outside_the_repository(tmp_path):
                            "--repeats", "3", "--no-plot"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(list(tmp_path.glob("linear-bench-out/*/results.json"))) == 1
+
+
+def test_the_activation_case_runs_on_a_kernel_backend_and_writes_its_json(bench, tmp_path, capsys):
+    """bench.activation on emulate: the code path the GPU session runs on cuda (backend arrays, timers, --json)."""
+    from bench.activation import main, step_bytes
+    out = tmp_path / "activation.json"
+    main(["--backend", "emulate", "--shape", "16,24,8", "--repeats", "1", "--activation", "relu",
+          "--activation", "gelu", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert not list(tmp_path.glob("*.partial"))
+    assert (result["backend"], result["dtype"], result["clock"]) == ("emulate", "float32", "wall")
+    assert [row["activation"] for row in result["results"]] == ["relu", "gelu"]
+    for row in result["results"]:
+        assert row["shape"] == [16, 24, 8]
+        assert row["mb_unfused"] == step_bytes(16, 24, 8, 4, row["activation"], False) / 1e6
+        assert row["mb_fused"] == step_bytes(16, 24, 8, 4, row["activation"], True) / 1e6
+        assert row["ms_unfused"] > 0 and row["ms_fused"] > 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 3 and "gelu" in printed[2]
+
+
+def test_the_activation_case_refuses_to_time_steps_that_disagree(bench, monkeypatch):
+    """Negative control: a fused step whose Y is off is caught before anything is timed."""
+    import bench.activation as activation
+    from bench.cases import Shape
+    fused = activation.fused_step
+    monkeypatch.setattr(activation, "fused_step", lambda x, *rest: (fused(x, *rest)[0] * 1.1, *fused(x, *rest)[1:]))
+    with pytest.raises(AssertionError, match="fused and unfused steps differ"):
+        activation.measure(Shape(16, 24, 8), "float32", "gelu", "numpy", repeats=1)
