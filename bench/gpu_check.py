@@ -16,8 +16,8 @@ determinism: one layer step (forward with bias, dX, dW accumulated, db, and a sp
 tc_tiles:    every tensor-core configuration, candidates included, in bfloat16 on the layer's three
              products at TC_TILE_SHAPES, beside cuBLAS (cupy.matmul): each result checked against float64
              first, then the median of device-event times (the wall clock on the emulator).
-wgmma:       the Hopper kernel (both tile shapes) beside tc_large, tc_wide, cuBLAS and torch, in bfloat16
-             and float16 at WGMMA_SHAPES (M, N, K); the same checks and times.
+wgmma:       the Hopper kernel (both tile shapes) beside tc_large, tc_wide, the plan's own choice, cuBLAS
+             and torch, in bfloat16 and float16 at WGMMA_SHAPES (M, N, K); the same checks and times.
 """
 from __future__ import annotations
 

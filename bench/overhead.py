@@ -73,7 +73,7 @@ class NoLaunchRuntime:
     def __init__(self) -> None:
         self.xp = _stand_in_cupy()
 
-    def function(self, source: str, name: str):
+    def function(self, source: str, name: str, options: tuple[str, ...] = ()):
         return lambda grid, block, args, shared_mem=0: None
 
     def compute_capability(self) -> int:

@@ -126,18 +126,21 @@ class RecordingRuntime:
         self.runtime, self.name, self.xp = runtime, runtime.name, runtime.xp
         self.launched, self.looked_up = [], []
 
-    def function(self, source, name):
+    def function(self, source, name, options=()):
         from linear.backends.plan import Launch
         self.looked_up.append((source, name))
-        kernel = self.runtime.function(source, name)
+        kernel = self.runtime.function(source, name, options=options)
 
         def launch(grid, block, args, shared_mem=0):
-            self.launched.append(Launch(source, name, tuple(grid), tuple(block), tuple(args), shared_mem))
+            self.launched.append(Launch(source, name, tuple(grid), tuple(block), tuple(args), shared_mem, tuple(options)))
             kernel(grid, block, args, shared_mem=shared_mem)
         return launch
 
     def compute_capability(self):
         return self.runtime.compute_capability()
+
+    def host_library(self):  # the emulator's, which encodes tensor maps
+        return self.runtime.host_library()
 
     def device_limits(self):
         return self.runtime.device_limits()

@@ -7,6 +7,8 @@ every host backend, with outputs poisoned (NaN) before each run; NaN and inf pro
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -438,7 +440,8 @@ def test_a_layer_refuses_an_unknown_activation():
 # The benchmark's Linear+activation case (bench/activation.py)
 # ----------------------------------------------------------------------------------------------------
 
-def test_the_benchmark_counts_the_bytes_and_checks_before_it_times():
+def test_the_benchmark_counts_the_bytes_and_checks_before_it_times(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))  # bench/ is not installed as bench
     from bench.activation import main, measure, step_bytes
     from bench.cases import Shape
     b, f, d = 8192, 4096, 11008  # bench/NOTES.md's figures, bf16

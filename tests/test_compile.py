@@ -25,7 +25,7 @@ def test_nvcc_builds_every_instantiation_without_spills_and_the_generated_tables
     assert not wrong, "\n".join(wrong)
     assert compile_check.REGISTERS_MODULE.read_text() == compile_check.registers_module(resources), (
         f"linear/backends/registers.py is stale: run {compile_check.COMMAND}")
-    assert cost.REGISTERS == registers.REGISTERS  # the cost model reads the generated table
+    assert cost.PLAN_REGISTERS == registers.PLAN_REGISTERS  # the cost model reads the generated table
     # The float32 16-byte-load kernels of 128 x 128 tiles hold 2 blocks (16 warps) per SM.
     for name in ("large", "warp"):
         assert cost.blocks_per_sm(tiles.CONFIGS_BY_NAME[name], "float32", True) == 2, name

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 import plan_table
+from linear.activations import activation_code
 from linear.backends import cost, plan, tiles
 from linear.backends.device import H100, DeviceLimits
+from linear.backends.launch import GemmCall, Slot
+from linear.dtypes import element_type
 from linear.backends.plan import Tuning
 from reference import DTYPE_CONFIGS, DTYPES, TRANS, batched, op
 
@@ -99,33 +102,77 @@ def test_tensor_cores_run_half_types_and_tf32_on_sm80_and_later_for_aligned_oper
     def source(dtype, m=64, n=64, k=64, **device):
         return gemm_launches(m, n, k, dtype, **device)[0].source
     for dtype in ("float16", "bfloat16"):
-        assert source(dtype, arch=80) == source(dtype, arch=90) == "tc_gemm.cu"
+        assert source(dtype, arch=80) == "tc_gemm.cu" and source(dtype, arch=90) == "wgmma_gemm.cu"  # Hopper's tiles
         assert source(dtype, arch=75) == source(dtype) == "gemm.cu"  # older cards; no device named
         assert source(dtype, 64, 64, 63, arch=90, tuning=Tuning(vector=False)) == "gemm.cu"  # as they are
     assert source("float32", arch=90) == "gemm.cu" and source("float32", arch=90, tf32=True) == "tc_gemm.cu"
     assert source("float64", arch=90, tf32=True) == "gemm.cu"
-    assert gemm_launches(4096, 4096, 64, "bfloat16", arch=90)[0].name.endswith("128, 128, 32, 64, 32, 4>")
-    assert gemm_launches(512, 512, 64, "bfloat16", arch=90)[0].name.endswith("64, 64, 32, 32, 32, 3>")
+    assert gemm_launches(4096, 4096, 64, "bfloat16", arch=80)[0].name.endswith("128, 128, 32, 64, 32, 4>")
+    assert gemm_launches(512, 512, 64, "bfloat16", arch=80)[0].name.endswith("64, 64, 32, 32, 32, 3>")
     assert source("float16", tuning=Tuning(config="medium"), arch=90) == "gemm.cu"  # named: the SIMT kernel
     with pytest.raises(ValueError, match="'tc_small' runs on tensor cores, which this call cannot use"):
         gemm_launches(64, 64, 64, "float32", tuning=Tuning(config="tc_small"), arch=90)
 
 
+def test_an_activation_runs_only_on_a_family_whose_epilogue_applies_it(monkeypatch):
+    """wgmma_gemm.cu has no activation epilogue (WgmmaConfig.activations is False): on 9.0 a bf16 product
+    with an activation runs tc_gemm, with the activation's code, Z and the stored flag as its last
+    arguments (so does one that only stores Z), while the same product without either runs wgmma;
+    split-K's reduction applies it; a named wgmma tile with an activation is refused, naming it. The plan
+    reads the attribute, not the family: a stand-in family without it is passed over the same way."""
+    rng = np.random.default_rng(5)
+    a, b = (rng.standard_normal(shape).astype(DTYPES["bfloat16"]) for shape in ((256, 128), (128, 256)))
+    c, z = np.empty((256, 256), DTYPES["bfloat16"]), np.empty((256, 256), DTYPES["bfloat16"])
+    [plain] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90)
+    assert plain.source == "wgmma_gemm.cu"
+    [fused] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90, activation="gelu", preact=z)
+    assert fused.source == "tc_gemm.cu"
+    assert fused.args[-3] == activation_code("gelu") and fused.args[-2] is z and fused.args[-1] == 1
+    [stored] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90, preact=z)  # Z = Y, no activation
+    assert stored.source == "tc_gemm.cu" and stored.args[-3] == 0 and stored.args[-2] is z and stored.args[-1] == 1
+    [relu] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90, activation="relu")
+    assert relu.source == "tc_gemm.cu" and relu.args[-3] == activation_code("relu") and relu.args[-1] == 0
+    *products, reduction = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90, activation="silu",
+                                          preact=z, tuning=Tuning(splits=2))
+    assert [launch.source for launch in products] == ["tc_gemm.cu"] and products[0].args[-3] == 0
+    assert reduction.source == "reduce.cu" and reduction.args[-3] == activation_code("silu")
+    assert reduction.args[-2] is z and reduction.args[-1] == 1
+    with pytest.raises(ValueError, match="'wgmma' runs on Hopper.*activation 'gelu'"):
+        plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90, activation="gelu", tuning=Tuning(config="wgmma"))
+    call = GemmCall(tiles.CONFIGS_BY_NAME["wgmma"], "bfloat16", element_type(c.dtype), 256, 256, 128, 1,
+                    plan.as_operand(np, a), plan.as_operand(np, b), c, 256, 1, 128, True, H100, Slot(2), Slot(3),
+                    Slot(4), None, None, activation_code("relu"))
+    with pytest.raises(ValueError, match="applies no activation"):  # the family's own guard
+        tiles.CONFIGS_BY_NAME["wgmma"].launches(call)
+
+    class NoEpilogue(tiles.TensorCoreConfig):
+        source = "hopper.cu"
+        min_arch = 90
+        activations = False
+
+    config = NoEpilogue("hopper", bm=128, bn=128, wm=64, wn=32, stages=4)
+    monkeypatch.setattr(plan, "FAMILIES", (tiles.TILE_CONFIGS, tiles.TC_CONFIGS, (config,)))
+    for dtype in config.dtypes:
+        monkeypatch.setitem(cost.PLAN_REGISTERS, (config.name, dtype, True), 128)
+    assert gemm_launches(4096, 4096, 64, "bfloat16", arch=90)[0].source == "hopper.cu"
+    assert gemm_launches(4096, 4096, 64, "bfloat16", arch=90, activation="gelu")[0].source == "tc_gemm.cu"
+
+
 def test_unaligned_operands_are_copied_to_aligned_rows_for_the_tensor_cores():
-    """126-byte rows of A (K = 63) cannot go by 16-byte cp.async: A is copied into rows of 64 elements
+    """On sm_80 (sm_90 would take the Hopper tiles, the same copies): 126-byte rows of A (K = 63) cannot go by 16-byte cp.async: A is copied into rows of 64 elements
     (128 bytes), B is passed as it is, and the caller's A is only read."""
     rng = np.random.default_rng(3)
     a, b = rng.standard_normal((64, 63)).astype(np.float16), rng.standard_normal((63, 64)).astype(np.float16)
     a_before = a.copy()
     c = np.zeros((64, 64), np.float16)
-    [launch] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90)
+    [launch] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=80)
     assert launch.source == "tc_gemm.cu"
     copied, lda = launch.args[5], launch.args[6]
     assert lda == 64 and copied.shape == (64, 63) and copied.strides == (128, 2) and np.array_equal(copied, a)
     assert launch.args[8] is b and np.array_equal(a, a_before)
     # A stack: its broadcast operand is copied once and stays broadcast (batch stride 0).
     [stacked] = plan.plan_gemm(np, np.broadcast_to(a, (3, 64, 63)), b, np.zeros((3, 64, 64), np.float16),
-                               alpha=1.0, beta=0.0, arch=90)
+                               alpha=1.0, beta=0.0, arch=80)
     assert stacked.source == "tc_gemm.cu" and stacked.grid[2] == 3
     assert stacked.args[6] == 64 and stacked.args[7] == 0 and np.array_equal(stacked.args[5][0], a)
     # Where the cost model says the copy costs more than the tensor cores save (a device with a slow
@@ -133,14 +180,14 @@ def test_unaligned_operands_are_copied_to_aligned_rows_for_the_tensor_cores():
     slow = DeviceLimits(sms=132, bandwidth=1e6)
     assert not cost.aligned_copies_pay(64, 64, 63, 1, "float16", [a.nbytes], aligned=tiles.TC_HEURISTIC_CONFIGS,
                                        as_they_are=tiles.HEURISTIC_CONFIGS, device=slow)
-    [simt] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90, device=slow)
+    [simt] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=80, device=slow)
     assert simt.source == "gemm.cu" and simt.args[5] is a
     # The SIMT kernel asked for, or a dtype without tensor cores: the arrays as they are.
-    named = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90,
+    named = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=80,
                            tuning=Tuning(config="medium"))
     assert named[0].source == "gemm.cu" and named[0].args[5] is a
     a64 = a.astype(np.float64)
-    [launch] = plan.plan_gemm(np, a64, b.astype(np.float64), c.astype(np.float64), alpha=1.0, beta=0.0, arch=90)
+    [launch] = plan.plan_gemm(np, a64, b.astype(np.float64), c.astype(np.float64), alpha=1.0, beta=0.0, arch=80)
     assert launch.args[5] is a64
 
 
@@ -258,18 +305,19 @@ def test_a_batch_beyond_grid_z_is_cut_into_launches():
 
 
 def test_a_new_family_is_its_configurations_alone(monkeypatch):
-    """A third family (here a stand-in for the Hopper kernel: sm_90 only, aligned operands only) needs no
-    change to plan.py or cost.py: listed last in FAMILIES, with its registers, it runs what it can run,
-    and every other call goes to the families before it."""
+    """A new family (here a stand-in for the Hopper kernel, in its place: sm_90 only, aligned operands
+    only) needs no change to plan.py or cost.py: listed last in FAMILIES, with its registers, it runs what
+    it can run (its ties with the tensor-core tiles, whose alignment it shares, go to it), and every other
+    call goes to the families before it."""
     class HopperLike(tiles.TensorCoreConfig):
         source = "hopper.cu"
         min_arch = 90
         arch_flags = ("-arch=sm_90a",)
 
     config = HopperLike("hopper", bm=128, bn=128, wm=64, wn=32, stages=4)
-    monkeypatch.setattr(plan, "FAMILIES", tiles.FAMILIES + ((config,),))
+    monkeypatch.setattr(plan, "FAMILIES", (tiles.TILE_CONFIGS, tiles.TC_CONFIGS, (config,)))
     for dtype in config.dtypes:
-        monkeypatch.setitem(cost.REGISTERS, (config.name, dtype, True), 128)
+        monkeypatch.setitem(cost.PLAN_REGISTERS, (config.name, dtype, True), 128)
     assert gemm_launches(4096, 4096, 64, "bfloat16", arch=90)[0].source == "hopper.cu"
     assert gemm_launches(4096, 4096, 64, "bfloat16", arch=80)[0].source == "tc_gemm.cu"  # before sm_90
     assert gemm_launches(4096, 4096, 64, "float32", arch=90)[0].source == "gemm.cu"  # TF32 off

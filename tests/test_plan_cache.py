@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import linear
-from linear.backends import kernel, plan
+from linear.backends import kernel, plan, tensor_map
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
 from reference import DTYPES, RecordingRuntime, emulator, poisoned
@@ -34,6 +34,11 @@ def at_offset(values: np.ndarray, offset_bytes: int) -> np.ndarray:
     return out
 
 
+def map_address(encoded: tensor_map.TensorMap) -> int:
+    """The global address an emulator tensor map holds (kernels/emu/emu_tensor_map.h: its second quadword)."""
+    return int(np.frombuffer(encoded.bytes.tobytes(), np.uint64)[1])
+
+
 def assert_same_launches(recorded: list[plan.Launch], planned: list[plan.Launch], inputs: list,
                           planned_inputs: list) -> None:
     """The same kernels and scalars; each array argument the same part of the corresponding input, or,
@@ -50,6 +55,11 @@ def assert_same_launches(recorded: list[plan.Launch], planned: list[plan.Launch]
                (want.source, want.name, want.grid, want.block, want.shared_mem)
         assert len(got.args) == len(want.args)
         for i, (x, y) in enumerate(zip(got.args, want.args)):
+            if isinstance(y, tensor_map.TensorMapArg):  # the kernel got the map of the array the plan names
+                assert isinstance(x, tensor_map.TensorMap) and (x.box, x.swizzle) == (y.box, y.swizzle), \
+                    f"{got.name}: argument {i} is {x!r}, a fresh plan's {y!r}"
+                assert map_address(x) == plan.address(x.array), f"{got.name}: argument {i} maps another array"
+                x, y = x.array, y.array
             if not isinstance(y, np.ndarray):
                 assert type(x) is type(y) and x == y, f"{got.name}: argument {i} is {x!r}, a fresh plan's {y!r}"
                 continue
@@ -105,21 +115,55 @@ def test_a_cached_call_equals_an_uncached_one_bitwise(runtime, dtype):
                 assert len(recording.looked_up) == before, f"{name}: the repeated call looked a kernel up"
 
 
+def test_a_cached_wgmma_plan_maps_each_calls_own_arrays(runtime):
+    """A bfloat16 product the plan gives the Hopper tiles, twice with fresh arrays (the first call's kept
+    alive, so the pointers differ): the second call reuses the plan, writes the bits of an uncached plan
+    and the float64 product's within bfloat16's tolerance, and its tensor maps hold its own operands'
+    addresses, not the first call's (with tensor_map's cache keyed without the pointer, both fail)."""
+    dtype = DTYPES["bfloat16"]
+    rng = np.random.default_rng(47)
+    recording = RecordingRuntime(runtime)
+    cached = KernelBackend(recording)
+    calls = []
+    for call in range(2):
+        a, b = random(rng, (128, 64), dtype), random(rng, (64, 128), dtype)
+        c, c_uncached = poisoned(np, (128, 128), dtype), poisoned(np, (128, 128), dtype)
+        recording.launched.clear()
+        before = len(recording.looked_up)
+        cached.gemm(a, b, c, alpha=1.0, beta=0.0)
+        planned = plan.plan_gemm(np, a, b, c_uncached, alpha=1.0, beta=0.0, arch=90, device=runtime.device_limits())
+        KernelBackend(runtime).launch(planned)
+        assert np.array_equal(c, c_uncached), f"call {call}"
+        expected = a.astype(np.float64) @ b.astype(np.float64)
+        assert linear.testing.relative_error(c.astype(np.float64), expected) <= linear.testing.TOLERANCE["bfloat16"]
+        assert_same_launches(recording.launched, planned, [a, b, c], [a, b, c_uncached])
+        maps = [arg for launch in recording.launched for arg in launch.args if isinstance(arg, tensor_map.TensorMap)]
+        assert [launch.name.split("<")[0] for launch in recording.launched] == ["linear_wgmma_gemm"] and len(maps) == 2
+        assert [map_address(m) for m in maps] == [plan.address(a), plan.address(b)], f"call {call}"
+        if call:
+            assert len(recording.looked_up) == before, "the repeated call planned again"
+        calls.append((a, b, maps))
+    (a1, b1, _), (a2, b2, _) = calls
+    assert {plan.address(a1), plan.address(b1)}.isdisjoint({plan.address(a2), plan.address(b2)})
+
+
 def test_the_pointer_alignment_is_in_the_key(runtime):
     """Two calls with the same shapes and strides whose operand is 16-byte aligned in one and 2 bytes off
-    in the other: the tensor-core plan reads the first as it is and copies the second into aligned rows,
-    in either order."""
+    in the other: the tensor-core plan (compute capability 8.0: 9.0 takes the Hopper tiles, whose plans
+    the wgmma test below holds) reads the first as it is and copies the second into aligned rows, in
+    either order."""
     rng = np.random.default_rng(43)
     a, b = random(rng, (64, 64), np.float16), random(rng, (64, 48), np.float16)
     for offsets in ((0, 2), (2, 0)):
         recording = RecordingRuntime(runtime)
+        recording.compute_capability = lambda: 80
         backend = KernelBackend(recording)
         for offset in offsets:
             shifted = at_offset(a, offset)
             c, c_uncached = poisoned(np, (64, 48), np.float16), poisoned(np, (64, 48), np.float16)
             recording.launched.clear()
             backend.gemm(shifted, b, c, alpha=1.0, beta=0.0)
-            planned = plan.plan_gemm(np, shifted, b, c_uncached, alpha=1.0, beta=0.0, arch=90)
+            planned = plan.plan_gemm(np, shifted, b, c_uncached, alpha=1.0, beta=0.0, arch=80)
             KernelBackend(runtime).launch(planned)
             assert planned[0].source == "tc_gemm.cu"
             assert (planned[0].args[5] is shifted) == (offset == 0)  # copied where unaligned

@@ -176,9 +176,9 @@ def test_nvrtc_compiles_every_instantiation_for_sm_90a_only():
 @pytest.mark.parametrize("cupy_arch", ["-arch=sm_90", "-arch=compute_90", "--gpu-architecture=sm_90"])
 def test_nvrtc_builds_an_sm_90a_cubin_beside_cupys_own_arch_option(cupy_arch, tmp_path):
     """CuPy passes NVRTC its own -arch for the device (sm_90 or compute_90); the cuda runtime adds
-    -arch=sm_90a for this kernel (wgmma.ARCH_OPTIONS). Either order gives an sm_90a cubin."""
+    -arch=sm_90a for this kernel (its family's arch_flags). Either order gives an sm_90a cubin."""
     import ctypes
-    from linear.backends import wgmma
+    from linear.backends.tiles import WgmmaConfig
     library = compile_check.find_nvrtc()
     require(library is not None, "the nvidia-cuda-nvrtc wheel")
     cuobjdump = find_cuda_tool("cuobjdump")
@@ -186,7 +186,7 @@ def test_nvrtc_builds_an_sm_90a_cubin_beside_cupys_own_arch_option(cupy_arch, tm
     nvrtc = ctypes.CDLL(str(library))
     name = wgmma_name("__nv_bfloat16", "__nv_bfloat16", False, False, 128, 6).encode()
     base = ["-std=c++17", f"-I{kernels_dir()}", *(f"-I{d}" for d in compile_check.cuda_include_dirs())]
-    for options in ([*base, cupy_arch, *wgmma.ARCH_OPTIONS], [*base, *wgmma.ARCH_OPTIONS, cupy_arch]):
+    for options in ([*base, cupy_arch, *WgmmaConfig.arch_flags], [*base, *WgmmaConfig.arch_flags, cupy_arch]):
         program = ctypes.c_void_p()
         source = (kernels_dir() / "wgmma_gemm.cu").read_bytes()
         assert nvrtc.nvrtcCreateProgram(ctypes.byref(program), source, b"wgmma_gemm.cu", 0, None, None) == 0

@@ -1,4 +1,4 @@
-"""The Hopper kernel (both tile shapes) beside tc_large, tc_wide, cuBLAS and torch, in bfloat16 and float16,
+"""The Hopper kernel (both tile shapes) beside tc_large, tc_wide, the plan's own choice, cuBLAS and torch, in bfloat16 and float16,
 C = A·B at WGMMA_SHAPES (M, N, K): each result checked against float64 first, then the median of
 device-event times (the wall clock on the emulator). Split-K where its tiles fill less than the SMs; rows
 TMA cannot take (K = 50257: 100,514-byte rows) are copied into 16-byte-aligned rows first, as the plan
@@ -18,7 +18,7 @@ WGMMA_SHAPES = [(4096, 4096, 4096), (8192, 8192, 8192), (8192, 4096, 11008), (20
 
 def wgmma(out: Path, backend_name: str, scale: float) -> bool:
     import ml_dtypes
-    from linear.backends import get_backend, wgmma as hopper
+    from linear.backends import get_backend, tiles as families
     from linear.backends.cost import split_k
     from linear.backends.kernel import KernelBackend
     from linear.backends.plan import Tuning
@@ -47,30 +47,28 @@ def wgmma(out: Path, backend_name: str, scale: float) -> bool:
             picked = rng.choice(m, min(rows, m), replace=False)
             host_a, host_b = (x.get() if on_gpu else x for x in (a, b))
             expected = host_a[picked].astype(np.float64) @ host_b.astype(np.float64)
-            contenders = [(config.name, config) for config in hopper.WGMMA_CONFIGS]
-            contenders += [("tc_large", "tc_large"), ("tc_wide", "tc_wide")]
+            contenders = [(config.name, config) for config in families.WGMMA_CONFIGS]
+            contenders += [("tc_large", families.CONFIGS_BY_NAME["tc_large"]),
+                           ("tc_wide", families.CONFIGS_BY_NAME["tc_wide"]), ("plan", "plan")]
             contenders += [("cublas", None)] if on_gpu else []
             contenders += [("torch", None)] if torch is not None else []
             for name, config in contenders:
                 row = {"dtype": dtype.name, "shape": [m, n, k], "config": name}
                 try:
                     c = xp.full((m, n), np.nan, dtype)
-                    if isinstance(config, hopper.WgmmaConfig):
+                    if isinstance(config, families.WgmmaConfig):
+                        # A persistent grid: split K where there are fewer tiles than SMs; rows TMA cannot
+                        # take (K = 50257) get the plan's aligned copy.
                         tiles = config.tiles(m, n)
                         splits = min(16, -(-2 * sms // tiles)) if tiles < sms else 1
-                        aligned = -(-k * dtype.itemsize // 16) * 16 // dtype.itemsize  # elements per row
-                        row["splits"], row["copied"] = split_k(k, splits, hopper.BK)[1], aligned != k
-
-                        def call(config=config, splits=splits, aligned=aligned):
-                            stored_a = a
-                            if aligned != k:  # the plan's aligned copy: rows padded to 16 bytes
-                                stored_a = xp.empty((m, aligned), dtype)[:, :k]
-                                stored_a[...] = a
-                            hopper.gemm(runtime, stored_a[None], b[None], c[None], config=config, splits=splits)
+                        row["splits"] = split_k(k, splits, config.k_depth(dtype.itemsize))[1]
+                        row["copied"] = k * dtype.itemsize % 16 != 0
+                        backend = KernelBackend(runtime, Tuning(config=config.name, splits=splits))
                     elif config is not None:
-                        backend = KernelBackend(runtime, Tuning(config=config, splits=1))
-                        call = lambda backend=backend: backend.gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0,
-                                                                    beta=0.0)
+                        # tc tiles with one split as before; "plan": the cost model's own choice.
+                        backend = KernelBackend(runtime, Tuning() if config == "plan" else Tuning(config=name, splits=1))
+                    if config is not None:
+                        call = lambda backend=backend: backend.gemm(a, b, c, alpha=1.0, beta=0.0)
                     elif name == "cublas":
                         call = lambda: xp.matmul(a, b, out=c)
                     else:

@@ -30,7 +30,7 @@ What linear.functional guarantees to a backend (so backends never re-check it):
 A kernel backend (cuda, emulate) is the same class with a different Runtime: the runtime compiles a
 kernel source from kernels/ and launches a named template instantiation of it:
 
-    runtime.function(source, name)(grid, block, args, shared_mem=0)
+    runtime.function(source, name, options=())(grid, block, args, shared_mem=0)
     runtime.compute_capability()    e.g. 90: tensor-core kernels run from 80 on
     runtime.device_limits()         device.DeviceLimits: SMs, registers, shared memory, grid (the plan)
     runtime.device_id()             the current device's number (a key of the plan cache)
@@ -64,7 +64,9 @@ class Runtime(Protocol):
     name: str
     xp: ModuleType
 
-    def function(self, source: str, name: str) -> KernelFunction: ...
+    def function(self, source: str, name: str, options: tuple[str, ...] = ()) -> KernelFunction:
+        """The kernel, compiled with these extra compiler flags (a family's arch_flags)."""
+        ...
 
     def compute_capability(self) -> int:
         """The current device's compute capability as an int (90 for 9.0): the plan's choice of kernels."""

@@ -4,10 +4,11 @@ choose(): for each configuration of a kernel family (tiles.py) and each split-K 
 the time from the device's limits (device.DeviceLimits: SMs, registers, shared memory, threads per
 SM; the runtime's device_limits(), an H100 for the emulator) and picks the fastest. It asks every
 configuration the same questions (tiles.GemmConfig), whatever its family:
-1. Blocks per SM: the fewest that registers (registers.REGISTERS, ptxas's counts on sm_90, allocated
+1. Blocks per SM: the fewest that registers (registers.PLAN_REGISTERS, ptxas's counts on sm_90, allocated
    per warp in units of 256), shared memory (plus 1 KiB a block) and threads allow.
-2. The busiest SM runs ⌈blocks / SMs⌉ blocks (waves and uneven loads alike), up to blocks-per-SM at a
-   time. Its FMA rate is the family's peak (GemmConfig.fma_per_clock) times the lesser of the tile's
+2. The busiest SM runs ⌈blocks / SMs⌉ blocks (waves and uneven loads alike; a persistent grid's tiles
+   of work alike), up to blocks-per-SM at a time, each for its K plus the tile's prologue and epilogue
+   (GemmConfig.overhead_k_steps). Its FMA rate is the family's peak (GemmConfig.fma_per_clock) times the lesser of the tile's
    efficiency (GemmConfig.efficiency; SIMT: the FFMA share of its instruction stream; tensor cores:
    its FLOPs per staged byte next to the 128 x 128 tile's, or the share of the peak that shared
    memory's bandwidth allows its warp tiles, if less) and the warps it holds over
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 from ..dtypes import element_type
 from .device import H100, DeviceLimits
-from .registers import REGISTERS
+from .registers import PLAN_REGISTERS
 from .tiles import HEURISTIC_CONFIGS, WARP_SIZE, GemmConfig, ceil_div, round_up
 
 MIN_K_PER_SPLIT = 512  # shorter K slices would spend more on the workspace than they gain
@@ -32,14 +33,13 @@ MAX_SPLITS = 32
 REGISTER_UNIT = 256  # registers are allocated per warp in units of 256
 SHARED_PER_BLOCK_RESERVED = 1024  # bytes the CUDA runtime keeps per resident block (sm_80 and later)
 WARPS_TO_HIDE_LATENCY = 16  # warps per SM at which the latency model stops adding speed (estimate)
-BLOCK_OVERHEAD_K = 32  # a block's prologue and epilogue, in k steps of its tile (estimate)
 EXTRA_LAUNCH_S = 3e-6  # one more small launch: a linear_sum_splits, an operand's aligned copy (estimate)
 TIE = 0.03  # estimates this close count as equal
 
 
 def blocks_per_sm(config: GemmConfig, dtype: str, vector: bool, device: DeviceLimits = H100) -> int:
     """Resident blocks of one launch per SM: registers, shared memory and threads."""
-    registers = REGISTERS[config.name, dtype, vector or config.vector_only]
+    registers = PLAN_REGISTERS[config.name, dtype, vector or config.vector_only]
     warps = ceil_div(config.threads, WARP_SIZE)
     return max(1, min(device.registers_per_sm // (warps * round_up(registers * WARP_SIZE, REGISTER_UNIT)),
                       device.shared_per_sm // (config.shared_bytes(dtype) + SHARED_PER_BLOCK_RESERVED),
@@ -66,7 +66,7 @@ def estimate(config: GemmConfig, splits: int, m: int, n: int, k: int, batch: int
     warps = min(resident, busiest) * config.threads / WARP_SIZE
     peak = config.fma_per_clock(dtype) * device.clock_hz
     rate = peak * min(config.efficiency(dtype), warps / WARPS_TO_HIDE_LATENCY)
-    seconds = busiest * config.bm * config.bn * (round_up(k_per_split, bk) + BLOCK_OVERHEAD_K * bk) / rate
+    seconds = busiest * config.bm * config.bn * (round_up(k_per_split, bk) + config.overhead_k_steps * bk) / rate
     if splits > 1:  # the workspace written and read, C written, one more launch
         seconds += (2 * splits * t.acc_itemsize + t.itemsize) * m * n / device.bandwidth + EXTRA_LAUNCH_S
     return Estimate(config, splits, seconds, warps)

@@ -3,7 +3,8 @@
 It turns the plan (plan.py) into runtime launches; nothing here depends on the runtime. Plans are
 cached: a call whose arrays have the layout (plan.layout_key: shapes, strides, dtypes, addresses
 modulo 16 bytes) of an earlier one, under the same tuning, TF32 setting and device, reuses that call's
-Plan and the kernel functions it resolved, and only fills in its own arrays, scalars and buffers.
+Plan and the kernel functions it resolved, and only fills in its own arrays, scalars and buffers (and
+its tensor maps: launch.call encodes each from the call's own array, through tensor_map's cache).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any, Callable
 
 from ..tf32 import get_tf32
 from .base import KernelFunction, Runtime
-from .plan import Launch, Plan, Tuning, activation_grad_plan, colsum_plan, gemm_plan, layout_key
+from .launch import Launch, call, function, run
+from .plan import Plan, Tuning, activation_grad_plan, colsum_plan, gemm_plan, layout_key
 
 PLAN_CACHE_SIZE = 512  # plans kept per backend; the least recently used goes first
 
@@ -68,7 +70,7 @@ class KernelBackend:
         entry, made = self._plans.get(key), None
         if entry is None:
             plan, made = make(key, arrays)
-            entry = plan, tuple(self.runtime.function(launch.source, launch.name) for launch in plan.launches)
+            entry = plan, tuple(function(self.runtime, launch) for launch in plan.launches)
             with self._insert:
                 self._plans[key] = entry
                 if len(self._plans) > PLAN_CACHE_SIZE:
@@ -78,14 +80,12 @@ class KernelBackend:
                 self._plans.move_to_end(key)
             except KeyError:  # another thread dropped it meanwhile
                 pass
-        plan, functions = entry
-        xp = self.xp
+        plan, kernels = entry
+        xp, runtime = self.xp, self.runtime
         values = plan.values(xp, arrays, alpha, beta, made)
-        for launch, function in zip(plan.launches, functions):
-            function(launch.grid, launch.block, launch.arguments(xp, values), shared_mem=launch.shared_mem)
+        for launch, kernel in zip(plan.launches, kernels):
+            call(runtime, kernel, launch, launch.arguments(xp, values))
 
     def launch(self, launches: list[Launch]) -> None:
         """Run launches as they are (a plan bound to its arrays: plan.plan_gemm's), without the cache."""
-        for launch in launches:
-            kernel = self.runtime.function(launch.source, launch.name)
-            kernel(launch.grid, launch.block, launch.args, shared_mem=launch.shared_mem)
+        run(self.runtime, launches)

@@ -9,42 +9,47 @@ emulator exercises all of it in CI.
 plan_gemm works in three steps, each computed once per call:
 1. Operands (_operands): each view's strides as a leading dimension and a transpose flag (as_operand),
    and copies into aligned rows where needed (below).
-2. Choice (_choose): the kernel family is the newest one (tiles.FAMILIES) whose requirements the call
-   meets (GemmConfig.runs: dtype, compute capability, TF32; vector_only: 16-byte aligned operands); the
-   tile and split-K among that family's configurations come from the cost model (cost.choose). Today:
-   tensor cores (kernels/tc_gemm.cu) for float16 and bfloat16, and for float32 when TF32 is allowed,
-   on compute capability >= 8.0 (the emulator counts as 9.0) with aligned operands (cp.async moves
-   16-byte chunks); the SIMT kernel (kernels/gemm.cu) for every other call, float64 and older cards
-   included. Where the preferred family needs aligned operands and an operand is not (a vocabulary of
-   50257 in bfloat16, attention over 77 tokens), that operand is first copied into a buffer with
-   aligned rows, when the cost model says the copies and that family beat the next one on the operands
-   as they are (the user's arrays are only read; a broadcast matrix is copied once).
-3. Launches (_launches): the template instantiation, grid, block, shared memory and arguments of each
-   launch, and the split-K reduction.
+2. Choice (_choose): the kernel families are the newest ones (tiles.FAMILIES) whose requirements the
+   call meets (GemmConfig.runs: dtype, compute capability, TF32, K; vector_only: 16-byte aligned
+   operands), neighbouring families of the same alignment requirement weighed together (_competing);
+   the tile and split-K among their configurations come from the cost model (cost.choose). Today: on
+   compute capability 9.0 (the emulator's) with aligned operands, the Hopper tiles (kernels/
+   wgmma_gemm.cu) and the tensor-core tiles weighed together for float16 and bfloat16 (K >= 1); tensor
+   cores (kernels/tc_gemm.cu) for float16 and bfloat16 from 8.0 on, and for float32 when TF32 is
+   allowed, with aligned operands (cp.async moves 16-byte chunks); the SIMT kernel (kernels/gemm.cu)
+   for every other call, float64 and older cards included. Where the preferred family needs aligned
+   operands and an operand is not (a vocabulary of 50257 in bfloat16, attention over 77 tokens), that
+   operand is first copied into a buffer with aligned rows, when the cost model says the copies and that
+   family beat the next one on the operands as they are (the user's arrays are only read; a broadcast
+   matrix is copied once).
+3. Launches: the chosen configuration builds them (GemmConfig.launches) from a family-neutral
+   launch.GemmCall: template instantiation, grid, block, shared memory, arguments, compiler flags, and
+   the split-K reduction.
 Vector loads: only when both operands' pointers, leading dimensions and batch strides are 16-byte
 aligned. Tuning() overrides the configuration, split-K and the vector path (for tests and tile sweeps).
 
-A plan is made once for many calls: gemm_plan and colsum_plan return a Plan, the launches with Slots
-where a call's arrays, alpha and beta go and Buffers (aligned copies, split-K workspaces) made anew for
-each call; it depends on the arrays only through layout_key (shapes, strides, dtypes, addresses modulo
-16 bytes), so KernelBackend caches it under that key with the tuning, TF32 setting and device.
+A plan is made once for many calls: gemm_plan and colsum_plan return a Plan, the launches (launch.py)
+with Slots where a call's arrays, alpha and beta go (tensor maps of Slots for the Hopper tiles) and
+Buffers (aligned copies, split-K workspaces) made anew for each call; it depends on the arrays only
+through layout_key (shapes, strides, dtypes, addresses modulo 16 bytes), so KernelBackend caches it
+under that key with the tuning, TF32 setting and device.
 plan_gemm, plan_colsum and plan_activation_grad are the plan filled in for one call (Plan.bind).
 
 Activations (linear.activations, kernels/epilogue.cuh) travel as a runtime argument of the same
 instantiations: the activation's code is a constant of the plan (a part of its key), the array Z is
-written to (preact) one more slot, with C's layout.
+written to (preact) one more slot, with C's layout. Only the families whose epilogue applies one and
+stores Z (GemmConfig.activations) run a call with an activation or a preact.
 
-Stacks of matrices (numpy.matmul's batch) are one strided-batched launch: grid z = batch · splits, each
-operand with its own batch stride, 0 for a broadcast one. Batch dimensions whose strides merge into one
-(every contiguous stack, a broadcast matrix) become that one stride; outer dimensions that do not merge
-(two operands broadcast along different dimensions) get one launch each, and a batch beyond gridDim.z's
-limit is cut into several launches.
+Stacks of matrices (numpy.matmul's batch) are one strided-batched launch (gemm.cu, tc_gemm.cu: grid z =
+batch · splits; wgmma_gemm.cu: a persistent grid over the stack's tiles), each operand with its own
+batch stride, 0 for a broadcast one. Batch dimensions whose strides merge into one (every contiguous
+stack, a broadcast matrix) become that one stride; outer dimensions that do not merge (two operands
+broadcast along different dimensions) get one launch each, and a batch beyond gridDim.z's limit is cut
+into several launches.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-import itertools
 import math
 from dataclasses import dataclass
 from types import ModuleType
@@ -56,12 +61,11 @@ from ..activations import activation_code
 from ..dtypes import ElementType, element_type
 from .cost import aligned_copies_pay, choose, estimate, split_k
 from .device import H100, DeviceLimits
-from .tiles import (CONFIGS_BY_NAME, FAMILIES, MAX_SIZE, GemmConfig, ceil_div, colsum_partial_name,
-                    heuristic_configs, round_up, sum_splits_name)
+from .launch import REDUCE_THREADS, GemmCall, Launch, Operand, Slot, colsum_partial_name, sum_splits_launch
+from .tensor_map import address
+from .tiles import CONFIGS_BY_NAME, FAMILIES, MAX_SIZE, GemmConfig, ceil_div, heuristic_configs, round_up
 
 VECTOR_BYTES = 16
-REDUCE_THREADS = 256  # block size of the reduce.cu kernels
-REDUCE_BLOCKS_PER_SM = 8  # linear_sum_splits's grid: enough to fill the card; it loops over the rest
 COLSUM_MIN_ROWS_PER_CHUNK = 64
 
 
@@ -82,21 +86,6 @@ class Tuning:
 # ----------------------------------------------------------------------------------------------------
 # Operands: strides -> (leading dimension, transpose flag)
 # ----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Operand:
-    """What the kernel receives for one matrix, or a stack of them in the leading dimensions: each
-    matrix of `array` (transposed when `trans`) is stored row-major with leading dimension `ld`
-    (in elements)."""
-    array: Any
-    ld: int
-    trans: bool
-    copied: bool = False  # array is an aligned_copy, made anew for each call
-
-    @property
-    def rows(self) -> int:
-        return self.array.shape[-2]
 
 
 def _row_major_ld(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> int | None:
@@ -136,11 +125,6 @@ def as_operand(xp: ModuleType, x: Any) -> Operand:
     return aligned_copy(xp, x, False)
 
 
-def address(x: Any) -> int:
-    """The device (CuPy) or host (numpy) address of x's first element."""
-    return x.ctypes.data if isinstance(x, np.ndarray) else x.data.ptr
-
-
 def aligned_copy(xp: ModuleType, x: Any, trans: bool) -> Operand:
     """x copied into a buffer whose rows start every VECTOR_BYTES (its leading dimension rounded up to
     the vector width); the kernel never reads the padding at the end of each row. A broadcast
@@ -167,56 +151,11 @@ def vector_aligned(operand: Operand) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Launches, and plans: the launches with each call's arrays left as slots
+# Plans: the launches with each call's arrays left as slots
 # ----------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class View:
-    """One launch's part of a stack cut into several: the array seen with `shape` and byte `strides`
-    (its batch dimensions merged, then its matrices as the kernel reads them), indexed with `index`."""
-    shape: tuple[int, ...]
-    strides: tuple[int, ...]
-    index: tuple
-
-    def of(self, xp: ModuleType, x: Any) -> Any:
-        return xp.lib.stride_tricks.as_strided(x, self.shape, self.strides)[self.index]
-
-
-@dataclass(frozen=True)
-class Slot:
-    """A launch argument that each call fills in (Plan.values): value number `index`, or a View of it.
-    An operand goes in as the array the call gave, not as its transposed view: the kernel reads only
-    its first element's address (the emulator also its dtype and its bytes), the same for both."""
-    index: int
-    view: View | None = None
-
-
-ALPHA, BETA = Slot(0), Slot(1)  # a plan's first two values: alpha and beta as its accumulator type
-_FIRST_ARRAY = 2  # then the call's arrays, in the order the plan was made for, then its buffers
-
-
-@dataclass(frozen=True)
-class Launch:
-    """runtime.function(source, name)(grid, block, args, shared_mem=shared_mem). In a Plan, args hold
-    Slots where each call's values go (arguments() fills them in)."""
-    source: str
-    name: str
-    grid: tuple[int, int, int]
-    block: tuple[int, int, int]
-    args: tuple
-    shared_mem: int = 0
-
-    @functools.cached_property
-    def _slots(self) -> tuple[tuple[int, Slot], ...]:
-        return tuple((i, arg) for i, arg in enumerate(self.args) if isinstance(arg, Slot))
-
-    def arguments(self, xp: ModuleType, values: list[Any]) -> tuple:
-        """args with each Slot replaced by its value."""
-        args = list(self.args)
-        for i, slot in self._slots:
-            args[i] = values[slot.index] if slot.view is None else slot.view.of(xp, values[slot.index])
-        return tuple(args)
+_FIRST_ARRAY = 2  # a plan's values: alpha, beta (launch.ALPHA, launch.BETA), the call's arrays, its buffers
 
 
 @dataclass(frozen=True)
@@ -310,72 +249,11 @@ def _check_size(**sizes: int) -> None:
             raise ValueError(f"{what} = {size} exceeds the kernels' limit of {MAX_SIZE} (2**31 - 1025)")
 
 
-def _activation_args(code: int, preact: Slot | None, stand_in: Slot) -> tuple:
-    """The epilogue's last arguments (kernels/epilogue.cuh): the activation's code, where Z goes (an unused
-    stand-in of C's type when it is not stored) and whether it is stored."""
-    return np.int32(code), stand_in if preact is None else preact, np.int32(preact is not None)
-
-
-def _sum_splits_launch(t: ElementType, m: int, n: int, splits: int, partials: Slot, c: Slot, ldc: int,
-                       bias: Slot | None, device: DeviceLimits, activation: int = 0,
-                       preact: Slot | None = None) -> Launch:
-    """out = act(alpha·(the sum of the splits) + beta·out (+ bias)), with the plan's ALPHA and BETA, and
-    its argument written to preact (out's leading dimension) when given."""
-    blocks = max(1, min(ceil_div(m * n, REDUCE_THREADS), REDUCE_BLOCKS_PER_SM * device.sms))
-    args = (np.int32(m), np.int32(n), np.int32(splits), partials, c, np.int64(ldc),
-            ALPHA, BETA, c if bias is None else bias, np.int32(bias is not None),
-            *_activation_args(activation, preact, c))
-    return Launch("reduce.cu", sum_splits_name(t), (blocks, 1, 1), (REDUCE_THREADS, 1, 1), args)
-
-
 def _output_ld(c: Any) -> int:
     ld = _row_major_ld(c.shape[-2:], c.strides[-2:], c.itemsize)
     if ld is None or any(stride % c.itemsize for stride in c.strides[:-2]):
         raise ValueError(f"the output must be row-major, got shape {c.shape} and strides {c.strides}")
     return ld
-
-
-@dataclass(frozen=True)
-class BatchLaunch:
-    """One launch's share of a stack: `count` matrices, each operand's next one `strides` elements
-    further (0 for a broadcast operand); `views`: where each array's share is, None for the whole
-    array as it is (a launch that takes the whole stack, or a single matrix)."""
-    views: tuple[View | None, ...]
-    count: int
-    strides: tuple[int, ...]
-
-
-def batch_launches(arrays: list[Any], max_count: int) -> list[BatchLaunch]:
-    """Split the common batch dimensions of `arrays` (leading dimensions, before each one's matrix)
-    into launches: dimensions whose strides merge for every array become one strided dimension (the
-    innermost goes to the grid); each index of the outer ones, and each max_count matrices of the
-    inner one, is a launch of its own. Only views of the arrays, never a copy."""
-    merged: list[tuple[int, tuple[int, ...]]] = []  # (size, byte strides per array), outer first
-    for i, size in enumerate(arrays[0].shape[:-2]):
-        if size == 1:
-            continue
-        strides = tuple(x.strides[i] for x in arrays)
-        if merged and all(outer == size * inner for outer, inner in zip(merged[-1][1], strides)):
-            merged[-1] = (merged[-1][0] * size, strides)
-        else:
-            merged.append((size, strides))
-    whole = (None,) * len(arrays)
-    if not merged:  # one matrix
-        return [BatchLaunch(whole, 1, (0,) * len(arrays))]
-    count = merged[-1][0]
-    element_strides = tuple(stride // x.itemsize for stride, x in zip(merged[-1][1], arrays))
-    if len(merged) == 1 and count <= max_count:  # one launch: each array from its first matrix, as it is
-        return [BatchLaunch(whole, count, element_strides)]
-    # Each array as [merged batch dims..., rows, cols]; its first element is that of matrix 0.
-    shapes = [tuple(size for size, _ in merged) + x.shape[-2:] for x in arrays]
-    strides = [tuple(s[j] for _, s in merged) + x.strides[-2:] for j, x in enumerate(arrays)]
-    launches = []
-    for index in itertools.product(*(range(size) for size, _ in merged[:-1])):
-        for first in range(0, count, max_count):
-            part = index + (slice(first, first + max_count),)
-            launches.append(BatchLaunch(tuple(View(shape, stride, part) for shape, stride in zip(shapes, strides)),
-                                        min(max_count, count - first), element_strides))
-    return launches
 
 
 @dataclass(frozen=True)
@@ -444,17 +322,42 @@ def gemm_plan(xp: ModuleType, a: Any, b: Any, c: Any, *, bias: Any = None, tunin
     if product.m == 0 or product.n == 0 or product.batch == 0:
         return Plan(product.t.acc, (), ()), {}
     ldc = _output_ld(c)
+    fused = code != 0 or preact is not None  # the epilogue applies an activation or stores Z
     families = [(named,)] if named else [heuristic_configs(configs) for configs in reversed(FAMILIES)]
-    families = [configs for configs in families if configs[0].runs(product.dtype, arch, tf32)]
+    families = _competing([configs for configs in families if configs[0].runs(product.dtype, arch, tf32, k, fused)])
     op_a, op_b, aligned = _operands(xp, as_operand(xp, a), as_operand(xp, b), product,
                                     families, tuning, device)
     choice = _choose(product, families, aligned, named, tuning, device,
-                     f"compute capability {arch}, TF32 {'on' if tf32 else 'off'}")
+                     f"compute capability {arch}, TF32 {'on' if tf32 else 'off'}, K {k}"
+                     + (f", activation {activation!r}{' with preact' if preact is not None else ''}" if fused else ""))
     slots = _Slots(len(GEMM_ARRAYS))
     slot_a, slot_b = (slots.buffer(AlignedCopy(slots.array(i).index, op.trans), made=op.array) if op.copied
                       else slots.array(i) for i, op in enumerate((op_a, op_b)))
-    launches = _launches(product, choice, op_a, op_b, slot_a, slot_b, c, ldc, bias, code, preact, slots, device)
+    slot_bias = None
+    if bias is not None:  # the kernels read it with unit stride
+        slot_bias = slots.array(3)
+        if bias.size > 1 and bias.strides[0] != bias.itemsize:
+            slot_bias = slots.buffer(Contiguous(slot_bias.index))
+    workspace = slots.buffer(Workspace((choice.splits, product.m, product.n), product.t.acc)) \
+        if choice.splits > 1 else None
+    launches = choice.config.launches(GemmCall(
+        choice.config, product.dtype, product.t, product.m, product.n, k, product.batch, op_a, op_b, c, ldc,
+        choice.splits, choice.k_per_split, choice.vector, device, slot_a, slot_b, slots.array(2), slot_bias,
+        workspace, code, None if preact is None else slots.array(4)))
     return Plan(product.t.acc, tuple(slots.buffers), tuple(launches)), slots.made
+
+
+def _competing(families: list[tuple[GemmConfig, ...]]) -> list[tuple[GemmConfig, ...]]:
+    """The families that run a call, newest first, with neighbours of the same alignment requirement
+    (vector_only) merged into one tuple: the cost model weighs their configurations against each other
+    (the newest listed first, so ties go to it)."""
+    merged: list[tuple[GemmConfig, ...]] = []
+    for configs in families:
+        if merged and merged[-1][0].vector_only == configs[0].vector_only:
+            merged[-1] += configs
+        else:
+            merged.append(configs)
+    return merged
 
 
 def _operands(xp: ModuleType, op_a: Operand, op_b: Operand, product: Product,
@@ -498,58 +401,6 @@ def _choose(product: Product, families: list[tuple[GemmConfig, ...]], aligned: b
         best = choose(m, n, k, batch, dtype, vector, configs, device)
     k_per_split, splits = split_k(k, best.splits, best.config.k_depth(product.t.itemsize))
     return Choice(best.config, vector, splits, k_per_split)
-
-
-def _launches(product: Product, choice: Choice, op_a: Operand, op_b: Operand, slot_a: Slot, slot_b: Slot,
-              c: Any, ldc: int, bias: Any, activation: int, preact: Any, slots: _Slots,
-              device: DeviceLimits) -> list[Launch]:
-    """Step 3: the GEMM launches (a stack cut where its batch dimensions do not merge or grid z ends),
-    then, for split-K, the reduction of the workspace that applies the epilogue (and the activation).
-    Z (preact) is cut into launches as C is (same strides); a split-K workspace launch stores none."""
-    t, m, n, k, config, splits = product.t, product.m, product.n, product.k, choice.config, choice.splits
-    grid_xy = (ceil_div(m, config.bm), ceil_div(n, config.bn))
-    if grid_xy[1] > device.max_grid[1]:
-        raise ValueError(f"N = {n} needs {grid_xy[1]} column tiles, more than one launch allows "
-                         f"({device.max_grid[1]})")
-    slot_c, slot_bias = slots.array(2), None
-    if bias is not None:  # the kernels read it with unit stride
-        slot_bias = slots.array(3)
-        if bias.size > 1 and bias.strides[0] != bias.itemsize:
-            slot_bias = slots.buffer(Contiguous(slot_bias.index))
-    slot_preact = None if preact is None else slots.array(4)
-    if splits == 1:
-        c_cpp, target, target_ld, split_stride = t.cpp, slot_c, ldc, 0
-        epilogue = (ALPHA, BETA, slot_c if slot_bias is None else slot_bias, np.int32(bias is not None))
-    else:  # partial products into the workspace; linear_sum_splits applies the epilogue
-        target = slots.buffer(Workspace((splits, m, n), t.acc))
-        c_cpp, target_ld, split_stride = t.acc_cpp, n, m * n
-        epilogue = (t.acc(1), t.acc(0), slot_c, np.int32(0))  # c: an unused stand-in for the bias
-    name = config.template_name(t, c_cpp, op_a.trans, op_b.trans, choice.vector)
-    shared = config.shared_bytes(product.dtype)
-    operands, operand_slots = [op_a.array, op_b.array], [slot_a, slot_b]
-    if splits == 1:
-        operands.append(c)
-        operand_slots.append(slot_c)
-        if preact is not None:
-            operands.append(preact)
-            operand_slots.append(slot_preact)
-    launches = []
-    for part in batch_launches(operands, device.max_grid[2] // splits):
-        part_a, part_b, *part_c = (Slot(slot.index, view) for slot, view in zip(operand_slots, part.views))
-        stride_a, stride_b, *stride_c = part.strides
-        activation_args = (_activation_args(activation, part_c[1] if preact is not None else None, part_c[0])
-                           if splits == 1 else _activation_args(0, None, target))
-        launches.append(Launch(
-            config.source, name, grid_xy + (part.count * splits,), (config.threads, 1, 1),
-            (np.int32(m), np.int32(n), np.int32(k), np.int32(choice.k_per_split), np.int32(splits),
-             part_a, np.int64(op_a.ld), np.int64(stride_a), part_b, np.int64(op_b.ld), np.int64(stride_b),
-             part_c[0] if part_c else target, np.int64(target_ld), np.int64(stride_c[0] if stride_c else 0),
-             np.int64(split_stride)) + epilogue + activation_args,
-            shared))
-    if splits == 1:
-        return launches
-    return launches + [_sum_splits_launch(t, m, n, splits, target, slot_c, ldc, slot_bias, device, activation,
-                                          slot_preact)]
 
 
 def colsum_chunks(rows: int, cols: int, device: DeviceLimits = H100) -> tuple[int, int]:
@@ -622,5 +473,5 @@ def _column_plan(a: Any, z: Any, dz: Any, out: Any, arrays: int, positions: tupl
                     np.int32(activation_code(activation)), z_slot, np.int64(ldz), dz_slot))
     if out is None:
         return Plan(t.acc, tuple(slots.buffers), (first,))
-    last = _sum_splits_launch(t, 1, cols, chunks, partials, slots.array(positions[3]), cols, None, device)
+    last = sum_splits_launch(t, 1, cols, chunks, partials, slots.array(positions[3]), cols, None, device)
     return Plan(t.acc, tuple(slots.buffers), (first, last))

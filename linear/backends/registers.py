@@ -2,7 +2,7 @@
 # sm_90; do not edit: tests/test_compile.py fails when it differs from the compiler's.
 """Registers per thread of each kernel configuration as ptxas allocates them on sm_90: (config name,
 dtype, 16-byte loads) -> registers, the most over the products (NN, NT, TN, TT) and C types.
-The cost model's occupancy reads it."""
+The cost model's occupancy reads PLAN_REGISTERS: these and SM90A_REGISTERS."""
 
 REGISTERS: dict[tuple[str, str, bool], int] = {
     ('large', 'float32', False): 163,
@@ -47,3 +47,12 @@ REGISTERS: dict[tuple[str, str, bool], int] = {
     ('tc_small', 'float32', True): 96,
     ('tc_wide', 'float32', True): 241,
 }
+
+# kernels/wgmma_gemm.cu (sm_90a), not from the compile checks (they build sm_80 and sm_90 only). ptxas
+# (nvcc 13.0 -arch=sm_90a -Xptxas -v, bench/NOTES.md; tests/test_wgmma_machine_code.py) reports 168 for every
+# instantiation: the 384-thread launch bound (setmaxnreg then gives the consumers 232, the producer 40).
+SM90A_REGISTERS: dict[tuple[str, str, bool], int] = {
+    (name, dtype, True): 168 for name in ("wgmma_wide", "wgmma") for dtype in ("float16", "bfloat16")}
+
+# What the cost model reads: every family's registers.
+PLAN_REGISTERS: dict[tuple[str, str, bool], int] = {**REGISTERS, **SM90A_REGISTERS}

@@ -13,11 +13,18 @@ array alive; it points at the array itself, so in the emulator TMA reads and wri
 place, not the guarded copy of a pointer argument (memcheck does not watch it; TMA cannot leave the
 map's extents anyway).
 
+A launch plan, made without a runtime, names a map as a TensorMapArg (array, box, swizzle); in a plan that
+serves many calls its array is a launch.Slot, filled with each call's own array (launch.Launch.arguments).
+launch.call encodes it for the runtime that launches, once per (runtime, pointer, shape, strides, dtype,
+box, swizzle): TENSOR_MAPS, a TensorMapCache, copies the 128 bytes of a map made before for that pointer.
+
 The cuda path has not been executed here (no GPU): it is the documented driver call, kept small.
 """
 from __future__ import annotations
 
 import ctypes
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -130,3 +137,48 @@ def _cuda_encode(runtime, array, data_type, rank, dims, byte_strides, box, strid
         raise ValueError(f"tensor_map: the driver's cuTensorMapEncodeTiled refuses the {array.dtype.name} array of "
                          f"shape {array.shape} with box {tuple(box[::-1])}: {err}")
     return ctypes.string_at(encoded.getPtr(), TENSOR_MAP_BYTES)
+
+
+def address(x: Any) -> int:
+    """The device (CuPy) or host (numpy) address of x's first element."""
+    return x.ctypes.data if isinstance(x, np.ndarray) else x.data.ptr
+
+
+class TensorMapCache:
+    """Tensor maps by (runtime, pointer, shape, strides, dtype, box, swizzle): the driver (or the emulator)
+    encodes a map once; a later call with the same operand copies its 128 bytes. The bytes hold no reference
+    to the array, so the cache keeps no array alive; a map is only passed along with the array it describes."""
+
+    def __init__(self, capacity: int = 256):
+        self.capacity = capacity
+        self._maps: OrderedDict[tuple, bytes] = OrderedDict()
+        self.encoded = 0  # how many maps were made (the rest came from the cache)
+
+    def get(self, runtime: Any, array: Any, box: tuple[int, ...], swizzle: int) -> TensorMap:
+        key = (runtime.name, address(array), array.shape, array.strides, array.dtype.name, box, swizzle)
+        data = self._maps.get(key)
+        if data is None:
+            data = tensor_map(runtime, array, box, swizzle=swizzle).bytes.tobytes()
+            self.encoded += 1
+            self._maps[key] = data
+            if len(self._maps) > self.capacity:
+                self._maps.popitem(last=False)
+        else:
+            self._maps.move_to_end(key)
+        return TensorMap(data, array, box, swizzle)
+
+
+TENSOR_MAPS = TensorMapCache()
+
+
+@dataclass(frozen=True, eq=False)
+class TensorMapArg:
+    """A kernel argument that is the tensor map of `array` with this box and swizzle: a launch plan holds it
+    (plans are made without a runtime; a cached plan's `array` is a launch.Slot until a call fills it in);
+    launch.call encodes it for the runtime that launches, through TENSOR_MAPS."""
+    array: Any
+    box: tuple[int, ...]
+    swizzle: int
+
+    def encode(self, runtime: Any) -> TensorMap:
+        return TENSOR_MAPS.get(runtime, self.array, self.box, self.swizzle)

@@ -4,9 +4,11 @@ every instantiation a launch plan can ask for (what kernels/REGISTERS.md and the
 A kernel family is a kernel file and its tile configurations, each a GemmConfig. GemmConfig is the one
 interface the plan (plan.py) and the cost model (cost.py) ask a configuration through, so that neither
 asks which family it holds: adding a family is adding its kernel, a GemmConfig subclass and its tiles
-(in FAMILIES, and their registers in registers.py). Today: SIMT tiles (kernels/gemm.cu, TILE_CONFIGS)
-for every dtype; tensor-core tiles (kernels/tc_gemm.cu, TC_CONFIGS) for float16, bfloat16 and float32
-as TF32.
+(in FAMILIES, and their registers in registers.py). Each family builds its own launches from a
+family-neutral description of the product (GemmConfig.launches, launch.GemmCall). Today: SIMT tiles
+(kernels/gemm.cu, TILE_CONFIGS) for every dtype; tensor-core tiles (kernels/tc_gemm.cu, TC_CONFIGS) for
+float16, bfloat16 and float32 as TF32; Hopper tiles (kernels/wgmma_gemm.cu, WGMMA_CONFIGS: wgmma, TMA,
+a persistent grid; sm_90a) for float16 and bfloat16.
 """
 from __future__ import annotations
 
@@ -16,14 +18,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..dtypes import ELEMENT_TYPES, ElementType
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def round_up(a: int, b: int) -> int:
-    return ceil_div(a, b) * b
+from . import launch
+from .launch import GemmCall, Launch, ceil_div, colsum_partial_name, round_up, sum_splits_name
 
 
 WARP_SIZE = 32
@@ -46,17 +42,25 @@ class GemmConfig(ABC):
     shared_bytes(dtype)              dynamic shared memory per block
     fma_per_clock(dtype)             peak FMA per SM per clock (the cost model's numerator)
     efficiency(dtype)                the share of that peak the tile can reach with latency hidden
-    min_arch, dtypes, tf32_dtypes    what it requires: compute capability, dtypes it is instantiated for,
-    vector_only, arch_flags          those that run only with TF32 allowed, 16-byte aligned operands
-                                     (the vector path) or not, extra compiler flags (e.g. sm_90a)
+    overhead_k_steps                 a tile's prologue and epilogue, in k steps of its stage (estimate)
+    min_arch, max_arch, dtypes,      what it requires: compute capability (from, up to), dtypes it is
+    tf32_dtypes, min_k,              instantiated for, those that run only with TF32 allowed, the least K,
+    vector_only, arch_flags,         16-byte aligned operands, leading dimensions and batch strides (the
+    activations                      vector path) or not, extra compiler flags (e.g. -arch=sm_90a), whether
+                                     its epilogue applies an activation and stores Z (kernels/epilogue.cuh)
     candidate                        only Tuning(config=...) launches it; the cost model never chooses it
+    launches(call)                   its launches for one product (launch.GemmCall), split-K reduction included
     """
     source: ClassVar[str]
     hardware: ClassVar[str]
     min_arch: ClassVar[int] = 0
+    max_arch: ClassVar[int | None] = None
+    min_k: ClassVar[int] = 0
+    overhead_k_steps: ClassVar[int] = 32  # a block of gemm.cu or tc_gemm.cu (estimate)
     tf32_dtypes: ClassVar[tuple[str, ...]] = ()
     vector_only: ClassVar[bool] = False
     arch_flags: ClassVar[tuple[str, ...]] = ()
+    activations: ClassVar[bool] = True
     FMA_PER_CLOCK: ClassVar[dict[str, int]]  # by dtype
     name: str
     bm: int
@@ -80,16 +84,22 @@ class GemmConfig(ABC):
     @abstractmethod
     def efficiency(self, dtype: str) -> float: ...
 
+    @abstractmethod
+    def launches(self, call: GemmCall) -> list[Launch]: ...
+
     def fma_per_clock(self, dtype: str) -> int:
         return self.FMA_PER_CLOCK[dtype]
 
     def tiles(self, m: int, n: int) -> int:
         return ceil_div(m, self.bm) * ceil_div(n, self.bn)
 
-    def runs(self, dtype: str, arch: int | None, tf32: bool) -> bool:
+    def runs(self, dtype: str, arch: int | None, tf32: bool, k: int = 1, fused: bool = False) -> bool:
         """Whether it runs dtype on a device of compute capability arch (None: no device named, the
-        kernels every device runs), with TF32 allowed or not; alignment aside (vector_only)."""
-        return dtype in self.dtypes and (arch or 0) >= self.min_arch and (tf32 or dtype not in self.tf32_dtypes)
+        kernels every device runs), with TF32 allowed or not, for a product of depth k, with an activation
+        applied or Z stored by the epilogue (fused) or not; alignment aside (vector_only)."""
+        arch = arch or 0
+        return dtype in self.dtypes and self.min_arch <= arch and (self.max_arch is None or arch <= self.max_arch) \
+            and (tf32 or dtype not in self.tf32_dtypes) and k >= self.min_k and (self.activations or not fused)
 
     def vectors(self) -> tuple[bool, ...]:
         """The load paths it is instantiated for: 16-byte loads, and scalar ones unless vector_only."""
@@ -145,6 +155,9 @@ class TileConfig(GemmConfig):
     def shared_bytes(self, dtype: str) -> int:
         # Two stages of As [BK][BM + pad] and Bs [BK][BN + pad] accumulators (gemm.cu, SMEM_PAD).
         return 2 * self.bk * (self.bm + SHARED_PAD + self.bn + SHARED_PAD) * ELEMENT_TYPES[dtype].acc_itemsize
+
+    def launches(self, call: GemmCall) -> list[Launch]:
+        return launch.strided_batched(call)
 
     def efficiency(self, dtype: str) -> float:
         """FFMA over all the instructions a thread issues per k: TM·TN FFMA, (TM+TN)/4 LDS.128 and
@@ -224,6 +237,9 @@ class TensorCoreConfig(GemmConfig):
         # STAGES stages of the A and B tiles, elements as stored (tc_gemm.cu).
         return self.stages * (self.bm + self.bn) * TC_STAGE_BYTES_PER_ROW
 
+    def launches(self, call: GemmCall) -> list[Launch]:
+        return launch.strided_batched(call)
+
     def efficiency(self, dtype: str) -> float:
         """The lesser of its FLOPs per staged byte over the 128 x 128 tile's and shared_bound."""
         staged = self.bm * self.bn / (self.bm + self.bn) / 64
@@ -256,26 +272,116 @@ TC_HEURISTIC_CONFIGS = tuple(config for config in TC_CONFIGS if not config.candi
 
 
 # ----------------------------------------------------------------------------------------------------
+# Hopper (wgmma, TMA, a persistent grid): kernels/wgmma_gemm.cu
+# ----------------------------------------------------------------------------------------------------
+
+WGMMA_BM = 128  # C tile rows per block: two consumer warpgroups of 64 rows (wgmma_gemm.cu, WGMMA_BM)
+WGMMA_ROWS_PER_CONSUMER = 64  # one m64nNk16 per consumer warpgroup
+WGMMA_K = 16  # k of one wgmma
+WGMMA_STAGE_ROW_BYTES = 128  # a stage's k depth: one 128-byte swizzled row (64 halves, WGMMA_BK)
+WGMMA_PANEL = 64  # the width of an MN-major operand's box (one 128-byte row of halves)
+WGMMA_SWIZZLE = 128  # bytes: the tensor maps' and the descriptors' swizzle
+WGMMA_ALIGNMENT_SLACK = 1024  # the stages start on the first 1024-byte boundary of the dynamic shared memory
+
+
+@dataclass(frozen=True)
+class WgmmaConfig(GemmConfig):
+    """One tile shape of linear_wgmma_gemm (see the top of kernels/wgmma_gemm.cu): WGMMA_BM x bn, a ring
+    of `stages` stages of 64 k that a TMA producer warpgroup fills for two consumer warpgroups issuing
+    wgmma, a persistent grid; sm_90a only, operands as TMA tensor maps (16-byte aligned, leading
+    dimensions and batch strides multiples of 16 bytes: the vector path), K of at least 1 (a map has no
+    empty dimension)."""
+    source: ClassVar[str] = "wgmma_gemm.cu"
+    hardware: ClassVar[str] = "Hopper tensor cores (wgmma, TMA; sm_90a)"
+    min_arch: ClassVar[int] = 90
+    max_arch: ClassVar[int | None] = 90  # sm_90a code runs on compute capability 9.0 only
+    min_k: ClassVar[int] = 1
+    # The epilogue's stores, a few thousand clocks per 128 x 256 tile (bench/NOTES.md): about 4 k-blocks; the
+    # ring's fill overlaps the previous tile's epilogue (the producer runs ahead on a persistent grid).
+    overhead_k_steps: ClassVar[int] = 4
+    vector_only: ClassVar[bool] = True
+    arch_flags: ClassVar[tuple[str, ...]] = ("-arch=sm_90a",)  # wgmma, setmaxnreg: sm_90a only
+    activations: ClassVar[bool] = False  # wgmma_gemm.cu's epilogue has no activation (issue 22 predates it)
+    FMA_PER_CLOCK: ClassVar[dict[str, int]] = {dtype: TensorCoreConfig.FMA_PER_CLOCK[dtype]
+                                               for dtype in ("float16", "bfloat16")}
+    swizzle: ClassVar[int] = WGMMA_SWIZZLE
+    name: str
+    bn: int  # C tile columns per block: the wgmma's N (128 or 256)
+    stages: int  # depth of the shared-memory ring
+    bm: int = WGMMA_BM
+    candidate: bool = False
+    dtypes: tuple[str, ...] = ("bfloat16", "float16")
+
+    def __post_init__(self):
+        if self.bn not in (128, 256) or self.stages < 2 or self.bm != WGMMA_BM:
+            raise ValueError(f"wgmma config {self.name!r} does not tile: {self}")
+
+    @property
+    def threads(self) -> int:
+        return (1 + self.bm // WGMMA_ROWS_PER_CONSUMER) * 4 * WARP_SIZE  # a producer and the consumers
+
+    def template_name(self, t: ElementType, c_cpp: str, trans_a: bool, trans_b: bool, vector: bool) -> str:
+        flags = ", ".join(map(_cpp_bool, (trans_a, trans_b)))  # TMA: no load-path parameter
+        return f"linear_wgmma_gemm<{t.cpp}, {c_cpp}, {flags}, {self.bn}, {self.stages}>"
+
+    def k_depth(self, itemsize: int) -> int:
+        return WGMMA_STAGE_ROW_BYTES // itemsize
+
+    def shared_bytes(self, dtype: str) -> int:
+        # STAGES stages of the A and B tiles, elements as stored, and the 1024-byte alignment slack.
+        k_depth = self.k_depth(ELEMENT_TYPES[dtype].itemsize)
+        return self.stages * (self.bm + self.bn) * k_depth * ELEMENT_TYPES[dtype].itemsize + WGMMA_ALIGNMENT_SLACK
+
+    def efficiency(self, dtype: str) -> float:
+        """The shared-memory bound of bench/NOTES.md (issue does not bind: the consumers issue 19 % of the
+        clocks for 128 x 256, 35 % for 128 x 128): per k-block each consumer's wgmmas read its 64 rows of A
+        and all of B, TMA writes the stage, and shared memory moves SHARED_BYTES_PER_CLOCK a clock while the
+        tensor cores take bm · bn · k / fma_per_clock: 1.0 for 128 x 256, 0.8 for 128 x 128 (counting TMA's
+        writes on the same port as wgmma's reads, which NVIDIA does not document)."""
+        itemsize = ELEMENT_TYPES[dtype].itemsize
+        k = self.k_depth(itemsize)
+        consumers = self.bm // WGMMA_ROWS_PER_CONSUMER
+        moved = (consumers * (WGMMA_ROWS_PER_CONSUMER + self.bn) + self.bm + self.bn) * k * itemsize
+        tensor_clocks = self.bm * self.bn * k / self.fma_per_clock(dtype)
+        return min(1.0, tensor_clocks / (moved / SHARED_BYTES_PER_CLOCK))
+
+    def box(self, operand: str, trans: bool) -> tuple[int, int, int]:
+        """The TMA box of an operand stack (batch, rows, columns as stored): the K-major ones (A, Bᵀ) one box
+        of all the tile's rows by a stage's k, the MN-major ones (Aᵀ, B) boxes of a stage's k by
+        WGMMA_PANEL (wgmma_gemm.cu)."""
+        k = self.k_depth(2)
+        k_major = (operand == "a") != trans
+        return (1, self.bm if operand == "a" else self.bn, k) if k_major else (1, k, WGMMA_PANEL)
+
+    def launches(self, call: GemmCall) -> list[Launch]:
+        return launch.persistent_tma(call)
+
+
+# The cost model weighs them with the tensor-core tiles (ties go to the first).
+WGMMA_CONFIGS = (
+    # 4 stages of 48 KiB (192 KiB + slack), one block per SM: the tile for large products.
+    WgmmaConfig("wgmma_wide", bn=256, stages=4),
+    # 6 stages of 32 KiB: half the columns, for the shapes with fewer tiles.
+    WgmmaConfig("wgmma", bn=128, stages=6),
+)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Every family
 # ----------------------------------------------------------------------------------------------------
 
 # Each family's configurations, oldest first (as kernels/REGISTERS.md lists them): the plan runs a call on
 # the newest family that can run it.
-FAMILIES: tuple[tuple[GemmConfig, ...], ...] = (TILE_CONFIGS, TC_CONFIGS)
+FAMILIES: tuple[tuple[GemmConfig, ...], ...] = (TILE_CONFIGS, TC_CONFIGS, WGMMA_CONFIGS)
+# The families the compile checks build (compile_check: sm_80 and sm_90 with each runtime's own -arch): not
+# those that need arch flags of their own (sm_90a), which the checks cannot build yet.
+COMPILE_CHECKED_FAMILIES = tuple(configs for configs in FAMILIES if not configs[0].arch_flags)
 CONFIGS_BY_NAME: dict[str, GemmConfig] = {config.name: config for configs in FAMILIES for config in configs}
 
 
 def heuristic_configs(configs: tuple[GemmConfig, ...]) -> tuple[GemmConfig, ...]:
     """The configurations of a family the cost model chooses among (its candidates left out)."""
     return tuple(config for config in configs if not config.candidate)
-
-
-def sum_splits_name(t: ElementType) -> str:
-    return f"linear_sum_splits<{t.cpp}>"
-
-
-def colsum_partial_name(t: ElementType) -> str:
-    return f"linear_colsum_partial<{t.cpp}>"
 
 
 @dataclass(frozen=True)
@@ -302,8 +408,9 @@ def gemm_instantiations(configs: tuple[GemmConfig, ...]) -> list[tuple[GemmConfi
 
 
 def instantiations() -> list[Instantiation]:
-    """Every template instantiation a plan can launch."""
-    found = [kernel for configs in FAMILIES for *_, kernel in gemm_instantiations(configs)]
+    """Every template instantiation a plan can launch, but for the families that need arch flags of their
+    own (COMPILE_CHECKED_FAMILIES: the compile checks cannot build them yet)."""
+    found = [kernel for configs in COMPILE_CHECKED_FAMILIES for *_, kernel in gemm_instantiations(configs)]
     for t in ELEMENT_TYPES.values():
         found += [Instantiation("reduce.cu", colsum_partial_name(t), 0),
                   Instantiation("reduce.cu", sum_splits_name(t), 0)]
