@@ -7,6 +7,7 @@ import numpy as np
 from conftest import require
 from linear import get_tf32
 from linear.backends import BackendUnavailable, get_backend
+from linear.backends.launch import Launch
 from linear.backends.tiles import TILE_CONFIGS
 from linear.dtypes import ELEMENT_TYPES, dtype_of
 from linear.testing import TF32_TOLERANCE, TOLERANCE, relative_error
@@ -119,7 +120,7 @@ def emulate_backend():
 
 
 class RecordingRuntime:
-    """A runtime that launches through `runtime` and records each launch as a plan.Launch (its args as
+    """A runtime that launches through `runtime` and records each launch as a launch.Launch (its args as
     the kernel got them) in `launched`, and each kernel function it hands out in `looked_up`."""
 
     def __init__(self, runtime):
@@ -127,7 +128,6 @@ class RecordingRuntime:
         self.launched, self.looked_up = [], []
 
     def function(self, source, name, options=()):
-        from linear.backends.plan import Launch
         self.looked_up.append((source, name))
         kernel = self.runtime.function(source, name, options=options)
 
