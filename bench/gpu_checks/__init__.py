@@ -12,9 +12,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 
 def write_json(path: Path, value) -> None:
     """Replaces `path` whole (never half-written): the session may be stopped at any moment."""
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(value, indent=1) + "\n")
     partial.replace(path)
+
+
+def check_then_time(row: dict, call, result, expected, tolerance: float, clock, repeats: int, flop: float) -> None:
+    """Runs `call` once and records in `row` the relative error of `result()` against `expected`; times it
+    (median of `repeats` runs of `clock(call)`, in ms, and TFLOP/s) only when the error is within `tolerance`."""
+    from linear.testing import relative_error
+    call()
+    row["rel_err"] = float(relative_error(result(), expected))
+    if not row["rel_err"] <= tolerance:
+        row["error"] = "wrong result: not timed"
+        return
+    row["median_ms"] = float(np.median([clock(call) for _ in range(repeats)]))
+    row["tflops"] = flop / row["median_ms"] * 1e-9

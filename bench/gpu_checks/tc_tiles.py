@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.gpu_checks import write_json
+from bench.gpu_checks import check_then_time, write_json
 
 TC_TILE_SHAPES = [(4096, 4096, 4096), (8192, 4096, 11008), (2048, 768, 50257)]  # layer (B, F, D)
 TC_TILE_REPEATS = 10
@@ -19,7 +19,7 @@ def tc_tiles(out: Path, backend_name: str, scale: float) -> bool:
     from linear.backends import get_backend, tiles
     from linear.backends.kernel import KernelBackend
     from linear.backends.plan import Tuning
-    from linear.testing import TOLERANCE, relative_error
+    from linear.testing import TOLERANCE
     from bench.timers import cpu_ms, gpu_ms
     runtime = get_backend(backend_name).runtime
     xp, on_gpu = runtime.xp, backend_name == "cuda"
@@ -50,14 +50,8 @@ def tc_tiles(out: Path, backend_name: str, scale: float) -> bool:
                     else:
                         backend = KernelBackend(runtime, Tuning(config=name, splits=1))
                         call = lambda: backend.gemm(op_a, op_b, c, alpha=1.0, beta=0.0)
-                    call()
-                    got = (c.get() if on_gpu else c)[picked].astype(np.float64)
-                    row["rel_err"] = float(relative_error(got, expected))
-                    if not row["rel_err"] <= TOLERANCE["bfloat16"]:
-                        row["error"] = "wrong result: not timed"
-                    else:
-                        row["median_ms"] = float(np.median([clock(call) for _ in range(repeats)]))
-                        row["tflops"] = 2 * m * n * a.shape[1] / row["median_ms"] * 1e-9
+                    check_then_time(row, call, lambda: (c.get() if on_gpu else c)[picked].astype(np.float64),
+                                    expected, TOLERANCE["bfloat16"], clock, repeats, 2 * m * n * a.shape[1])
                 except Exception as e:  # one configuration failing must not lose the others
                     row["error"] = f"{type(e).__name__}: {e}"[:300]
                 results.append(row)

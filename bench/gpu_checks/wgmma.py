@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.gpu_checks import write_json
+from bench.gpu_checks import check_then_time, write_json
 from bench.gpu_checks.tc_tiles import TC_TILE_REPEATS
 
 WGMMA_SHAPES = [(4096, 4096, 4096), (8192, 8192, 8192), (8192, 4096, 11008), (2048, 768, 50257)]  # M, N, K
@@ -22,7 +22,7 @@ def wgmma(out: Path, backend_name: str, scale: float) -> bool:
     from linear.backends.cost import split_k
     from linear.backends.kernel import KernelBackend
     from linear.backends.plan import Tuning
-    from linear.testing import TOLERANCE, relative_error
+    from linear.testing import TOLERANCE
     from bench.timers import cpu_ms, gpu_ms
     runtime = get_backend(backend_name).runtime
     xp, on_gpu = runtime.xp, backend_name == "cuda"
@@ -74,14 +74,8 @@ def wgmma(out: Path, backend_name: str, scale: float) -> bool:
                     else:
                         ta, tb, tc = (torch.as_tensor(x, device="cuda") for x in (a, b, c))
                         call = lambda: torch.matmul(ta, tb, out=tc)
-                    call()
-                    got = (c.get() if on_gpu else c)[picked].astype(np.float64)
-                    row["rel_err"] = float(relative_error(got, expected))
-                    if not row["rel_err"] <= TOLERANCE[dtype.name]:
-                        row["error"] = "wrong result: not timed"
-                    else:
-                        row["median_ms"] = float(np.median([clock(call) for _ in range(repeats)]))
-                        row["tflops"] = 2 * m * n * k / row["median_ms"] * 1e-9
+                    check_then_time(row, call, lambda: (c.get() if on_gpu else c)[picked].astype(np.float64),
+                                    expected, TOLERANCE[dtype.name], clock, repeats, 2 * m * n * k)
                 except Exception as e:  # one contender failing must not lose the others
                     row["error"] = f"{type(e).__name__}: {e}"[:300]
                 results.append(row)
