@@ -1,4 +1,4 @@
-// linear_wgmma_gemm: C = alpha · op(A) · op(B) + beta · C  (+ bias[None, :]) on Hopper's tensor cores
+// linear_wgmma_gemm: C = act(alpha · op(A) · op(B) + beta · C  (+ bias[None, :])) on Hopper's tensor cores
 //
 //   The contract of gemm.cu and tc_gemm.cu (read them first): op(A) is M x K, op(B) is K x N, C row-major
 //   with a leading dimension, transposes as the compile-time flags TRANS_A / TRANS_B (NN for Y = X·W, NT
@@ -69,8 +69,8 @@
 // it for the block's next tile. Each consumer warpgroup has a staging area of its own after the ring, a
 // chunk's 32 accumulators per thread (slot v of thread t at v · 128 + t: a warp's accesses fall in distinct
 // banks), 16 KiB each; a thread reads back only its own slots, so no barrier is needed, and a loop that is
-// not unrolled finishes each pair of columns. A split-K launch writes alpha · acc to the workspace and
-// linear_sum_splits applies the rest, the activation included.
+// not unrolled finishes each pair of columns. A split-K launch writes plain sums to the workspace (alpha
+// 1, no beta, bias or activation) and linear_sum_splits applies all of it, the activation included.
 //
 // Shared memory (the plan asks for WgmmaConfig.shared_bytes): 1024 bytes of alignment slack, the ring
 // (STAGES · STAGE_BYTES = 192 KiB for both tiles) and the staging areas (32 KiB): 225 KiB of the 227 KiB a

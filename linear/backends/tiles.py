@@ -336,8 +336,8 @@ class WgmmaConfig(GemmConfig):
         return WGMMA_ALIGNMENT_SLACK + ring + WGMMA_STAGING_BYTES
 
     def efficiency(self, dtype: str) -> float:
-        """The shared-memory bound of bench/NOTES.md (issue does not bind: the consumers issue 19 % of the
-        clocks for 128 x 256, 35 % for 128 x 128): per k-block each consumer's wgmmas read its 64 rows of A
+        """The shared-memory bound of bench/NOTES.md (issue does not bind: the consumers issue 18 % of the
+        clocks for 128 x 256, 34 % for 128 x 128): per k-block each consumer's wgmmas read its 64 rows of A
         and all of B, TMA writes the stage, and shared memory moves SHARED_BYTES_PER_CLOCK a clock while the
         tensor cores take bm · bn · k / fma_per_clock: 1.0 for 128 x 256, 0.8 for 128 x 128 (counting TMA's
         writes on the same port as wgmma's reads, which NVIDIA does not document)."""
@@ -362,7 +362,7 @@ class WgmmaConfig(GemmConfig):
 
 # The cost model weighs them with the tensor-core tiles (ties go to the first).
 WGMMA_CONFIGS = (
-    # 4 stages of 48 KiB (192 KiB + slack), one block per SM: the tile for large products.
+    # 4 stages of 48 KiB (192 KiB + slack + staging), one block per SM: the tile for large products.
     WgmmaConfig("wgmma_wide", bn=256, stages=4),
     # 6 stages of 32 KiB: half the columns, for the shapes with fewer tiles.
     WgmmaConfig("wgmma", bn=128, stages=6),
