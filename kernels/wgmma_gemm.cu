@@ -70,7 +70,8 @@
 // chunk's 32 accumulators per thread (slot v of thread t at v · 128 + t: a warp's accesses fall in distinct
 // banks), 16 KiB each; a thread reads back only its own slots, so no barrier is needed, and a loop that is
 // not unrolled finishes each pair of columns. A split-K launch writes plain sums to the workspace (alpha
-// 1, no beta, bias or activation) and linear_sum_splits applies all of it, the activation included.
+// 1, no beta, bias or activation) and linear_sum_splits applies all of it, the activation included: the
+// workspace's instantiations (TC = float) compile the register epilogue only.
 //
 // Shared memory (the plan asks for WgmmaConfig.shared_bytes): 1024 bytes of alignment slack, the ring
 // (STAGES · STAGE_BYTES = 192 KiB for both tiles) and the staging areas (32 KiB): 225 KiB of the 227 KiB a
@@ -210,6 +211,7 @@ linear_wgmma_gemm(int M, int N, int K, int k_per_split, int splits, int batches,
     using TileB = OperandTile<!TRANS_B, BN>;       // B is K x N: MN-major unless TRANS_B (stored N x K)
     constexpr int STAGE_BYTES = TileA::BYTES + TileB::BYTES;
     constexpr int K_STEPS = WGMMA_BK / WGMMA_K;
+    constexpr bool WORKSPACE = sizeof(TC) != sizeof(T);  // C is split-K's float workspace
 
     __shared__ __align__(8) unsigned long long barriers[2 * STAGES];  // full[STAGES], then empty[STAGES]
     // The stages start on the first 1024-byte boundary of the dynamic shared memory, the staging areas
@@ -308,7 +310,9 @@ linear_wgmma_gemm(int M, int N, int K, int k_per_split, int splits, int batches,
         const int row0 = u.m0 + 64 * consumer + 16 * (threadIdx.x % 128 / 32) + lane / 4;
         const auto row_of = [&](int p) { return row0 + 8 * (p % 2); };
         const auto col_of = [&](int chunk, int p) { return u.n0 + chunk * WGMMA_EPILOGUE_COLUMNS + 8 * (p / 2) + 2 * q; };
-        if (activation == ACTIVATION_NONE && !store_preact) {
+        // TC = float is split-K's workspace (T is 16-bit), for which the launch asks for neither (linear_sum_splits
+        // applies them): that instantiation compiles the register epilogue only.
+        if (WORKSPACE || (activation == ACTIVATION_NONE && !store_preact)) {
 #pragma unroll
             for (int chunk = 0; chunk < BN / WGMMA_EPILOGUE_COLUMNS; ++chunk) {
 #pragma unroll

@@ -328,7 +328,7 @@ def patched_kernels(tmp: Path, bug: str) -> Path:
             shutil.copy(path, tmp / path.name)
     pattern, replacement = BUGS[bug] if bug in BUGS else EPILOGUE_BUGS[bug][0]
     text, count = re.subn(pattern, replacement, (tmp / SOURCE).read_text())
-    assert count == 1, f"the patch for {bug!r} matches {SOURCE} {count} times, not once"
+    assert count >= 1, f"the patch for {bug!r} no longer matches {SOURCE}"
     (tmp / SOURCE).write_text(text)
     return tmp
 

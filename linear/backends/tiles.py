@@ -336,7 +336,7 @@ class WgmmaConfig(GemmConfig):
         return WGMMA_ALIGNMENT_SLACK + ring + WGMMA_STAGING_BYTES
 
     def efficiency(self, dtype: str) -> float:
-        """The shared-memory bound of bench/NOTES.md (issue does not bind: the consumers issue 18 % of the
+        """The shared-memory bound of bench/NOTES.md (issue does not bind: the consumers issue 19 % of the
         clocks for 128 x 256, 34 % for 128 x 128): per k-block each consumer's wgmmas read its 64 rows of A
         and all of B, TMA writes the stage, and shared memory moves SHARED_BYTES_PER_CLOCK a clock while the
         tensor cores take bm · bn · k / fma_per_clock: 1.0 for 128 x 256, 0.8 for 128 x 128 (counting TMA's
