@@ -240,7 +240,8 @@ def test_inputs_are_not_modified(backend):
 
 # (config, dtype, splits, beta, trans_a, tf32), shape (M, N, K): edge tiles everywhere. large (float32) and
 # medium (float64) stage their rows in 4 and 2 rounds; split-K applies the activation in linear_sum_splits;
-# tensor cores in bf16 and f16, and TF32 with Aᵀ (the paired rows of its epilogue).
+# tensor cores in bf16 and f16, and TF32 with Aᵀ (the paired rows of its epilogue). The Hopper kernel's
+# epilogue has its own tests (tests/test_wgmma_gemm.py: the persistent grid and tensor maps need its harness).
 FAMILIES = [("large", "float32", 1, 0.0, False, False, (129, 131, 65)),
             ("medium", "float64", 1, 0.5, True, False, (70, 66, 33)),
             ("small", "float16", 3, 0.0, False, False, (70, 50, 33)),
