@@ -12,7 +12,8 @@ alpha, beta, bias, a batch and split-K (where linear_sum_splits applies it), aga
 temporary directory (the kernel itself has no test switches), must each fail: a consumer that skips its
 full-barrier wait, a producer that refills a stage before its empty barrier, a descriptor with the wrong
 swizzle mode, and no wgmma.wait_group; in the epilogue, staged values in the wrong slots, a chunk left
-without its activation, and staging in the ring that the producer is refilling.
+without its activation, and staging in the ring that the producer is refilling; and a plan that asks for
+less shared memory than the staging areas need (memcheck).
 """
 from __future__ import annotations
 
@@ -363,6 +364,18 @@ def test_epilogue_negative_controls_fail(tmp_path, bug):
     errors = [relative_error(c, expected)] + ([relative_error(z, expected_z)] if case.preact else [])
     print(f"{bug}: relative errors of C and Z {errors}")
     assert not max(errors) <= 1e-2, f"{bug}: the kernel still gives the right answer"
+
+
+def test_the_plan_asks_for_the_staging_areas(monkeypatch):
+    # The staged epilogue is clean under memcheck with WgmmaConfig.shared_bytes as it is; with 1028 bytes
+    # less (more than the 1024 of alignment slack, which the emulator's 1024-aligned dynamic shared memory
+    # leaves unused) memcheck reports the staging's writes past the end.
+    case = Case(136, 296, 200, True, False, bias=True, grid=2, activation="gelu", preact=True)
+    c, expected, _, _, _ = run_fused(emulator(sanitize="memcheck"), case)
+    assert relative_error(c, expected) <= 1e-2
+    monkeypatch.setattr(tiles, "WGMMA_STAGING_BYTES", tiles.WGMMA_STAGING_BYTES - 1028)
+    with pytest.raises(EmulationError, match="memcheck: out-of-bounds write .* of the dynamic shared memory"):
+        run_fused(emulator(sanitize="memcheck"), case)
 
 
 @pytest.mark.parametrize("mode", ["memcheck", "racecheck", "initcheck", "synccheck"])
