@@ -300,16 +300,21 @@ linear_wgmma_gemm(int M, int N, int K, int k_per_split, int splits, int batches,
         // thread's two adjacent columns are stored together when C's (and Z's) rows and pointers allow it
         // (one 4-byte store of two halves), in chunks of 64 columns: the compiler barrier between chunks
         // keeps the register epilogue from loading every C and bias value of the tile at once (more
-        // registers than there are). Pair p of a chunk: acc[32 · chunk + 2p] and the next, C(row_of(p), col_of(chunk, p)).
+        // registers than there are). Pair p of a chunk: acc[32 · chunk + 2p] and the next, at C(row_of(p),
+        // col_of(chunk, p)) and the next column.
         const long long c_offset = u.batch * batch_stride_c + u.split * c_split_stride;  // 64-bit; Z's too
         TC* const c_tile = C + c_offset;
         TC* const z_tile = preact + c_offset;
-        const auto aligned = [](const TC* p) { return reinterpret_cast<unsigned long long>(p) % sizeof(Pair<TC>) == 0; };
+        const auto aligned = [](const TC* p) {
+            return reinterpret_cast<unsigned long long>(p) % sizeof(Pair<TC>) == 0;
+        };
         const bool pairs = ldc % 2 == 0 && aligned(c_tile) && (!store_preact || aligned(z_tile));
         const int lane = threadIdx.x % 32, q = lane % 4;
         const int row0 = u.m0 + 64 * consumer + 16 * (threadIdx.x % 128 / 32) + lane / 4;
         const auto row_of = [&](int p) { return row0 + 8 * (p % 2); };
-        const auto col_of = [&](int chunk, int p) { return u.n0 + chunk * WGMMA_EPILOGUE_COLUMNS + 8 * (p / 2) + 2 * q; };
+        const auto col_of = [&](int chunk, int p) {
+            return u.n0 + chunk * WGMMA_EPILOGUE_COLUMNS + 8 * (p / 2) + 2 * q;
+        };
         // TC = float is split-K's workspace (T is 16-bit), for which the launch asks for neither (linear_sum_splits
         // applies them): that instantiation compiles the register epilogue only.
         if (WORKSPACE || (activation == ACTIVATION_NONE && !store_preact)) {

@@ -313,8 +313,9 @@ BUGS = {  # what to remove or change (a regular expression) and what to put ther
 EPILOGUE_BUGS = {  # the same for the fused epilogue, each with the case it must fail
     "staged values in the wrong slots": ((r"acc\[c \* WGMMA_STAGED \+ v\]", "acc[c * WGMMA_STAGED + (v ^ 2)]"),
                                          Case(130, 200, 96, bias=True, activation="gelu_tanh", preact=True)),
-    "a chunk without its activation": ((r"add_bias, activation,", "add_bias, chunk == 1 ? ACTIVATION_NONE : activation,"),
-                                       Case(130, 200, 96, bias=True, activation="relu")),
+    "a chunk without its activation":
+        ((r"add_bias, activation,", "add_bias, chunk == 1 ? ACTIVATION_NONE : activation,"),
+         Case(130, 200, 96, bias=True, activation="relu")),
     # 2 tiles of 8 k-blocks on one block: the producer fills the ring for the second while the consumers
     # stage the first.
     "staging in the ring": ((r" \+ STAGES \* STAGE_BYTES\);", ");"),

@@ -347,8 +347,9 @@ def persistent_tma(call: GemmCall) -> list[Launch]:
             maps += [TensorMapArg(slot.viewed(view, map_view), config.box(which, operand.trans), config.swizzle),
                      np.int32(batched)]
         c_arg, batch_stride_c = (call.slot_c.viewed(part.views[2]), part.strides[2]) if splits == 1 else (target, 0)
-        activation = (activation_args(call.activation, call.slot_preact.viewed(part.views[3]) if stores_preact else None,
-                                      c_arg) if splits == 1 else activation_args(0, None, target))
+        preact = call.slot_preact.viewed(part.views[3]) if stores_preact else None
+        activation = activation_args(call.activation, preact, c_arg) if splits == 1 else \
+            activation_args(0, None, target)
         launches.append(Launch(
             config.source, name, (max(1, min(units, call.device.sms)), 1, 1), (config.threads, 1, 1),
             (np.int32(m), np.int32(n), np.int32(call.k), np.int32(call.k_per_split), np.int32(splits),
