@@ -110,7 +110,8 @@ __device__ __forceinline__ void store_activated(TC* c, TC* preact, int store_pre
 // barrier before the first round (the other warps' last reads of the tiles) is all it needs; C is still
 // written once, from the chip. Without an activation or Z the epilogue stores straight from the registers,
 // as before. (Keeping alpha, beta·C and the bias in the unrolled part made the 128-register float32 kernels
-// spill.)
+// spill.) wgmma_gemm.cu stages in areas of its own instead of the K loop's tiles, which its producer is
+// already refilling for the next tile.
 //
 // The rounds an epilogue stages `passes` passes of `per_pass` values (every thread's) in, when shared
 // memory holds `capacity` accumulators: the fewest that divide `passes` and fit.

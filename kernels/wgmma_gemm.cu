@@ -1,4 +1,4 @@
-// linear_wgmma_gemm: C = alpha · op(A) · op(B) + beta · C  (+ bias[None, :]) on Hopper's tensor cores
+// linear_wgmma_gemm: C = act(alpha · op(A) · op(B) + beta · C  (+ bias[None, :])) on Hopper's tensor cores
 //
 //   The contract of gemm.cu and tc_gemm.cu (read them first): op(A) is M x K, op(B) is K x N, C row-major
 //   with a leading dimension, transposes as the compile-time flags TRANS_A / TRANS_B (NN for Y = X·W, NT
@@ -61,9 +61,21 @@
 // zeros); the epilogue masks rows >= M and columns >= N. A split covers k_per_split (a multiple of BK,
 // as cost.split_k makes it) so that no k-block straddles two splits.
 //
-// Epilogue: from the accumulators in registers: alpha, beta · C (read only when beta != 0), bias, the
-// conversion to TC, one element at a time with the edge masks; the tile stays in registers until then,
-// for the fused activations that will follow the bias.
+// Epilogue, in chunks of 64 columns: z = alpha · acc + beta · C (read only when beta != 0) + bias, then
+// C = act(z) and Z = z beside it when the launch asks (store_preact), as elements of TC with the edge
+// masks, two adjacent columns stored at once where C allows (kernels/epilogue.cuh: the activation is a
+// runtime argument). Without an activation or Z it runs straight from the registers. With one it stages,
+// as tc_gemm.cu does (epilogue.cuh says why), but not through the ring: the producer is already refilling
+// it for the block's next tile. Each consumer warpgroup has a staging area of its own after the ring, a
+// chunk's 32 accumulators per thread (slot v of thread t at v · 128 + t: a warp's accesses fall in distinct
+// banks), 16 KiB each; a thread reads back only its own slots, so no barrier is needed, and a loop that is
+// not unrolled finishes each pair of columns. A split-K launch writes plain sums to the workspace (alpha
+// 1, no beta, bias or activation) and linear_sum_splits applies all of it, the activation included: the
+// workspace's instantiations (TC = float) compile the register epilogue only.
+//
+// Shared memory (the plan asks for WgmmaConfig.shared_bytes): 1024 bytes of alignment slack, the ring
+// (STAGES · STAGE_BYTES = 192 KiB for both tiles) and the staging areas (32 KiB): 225 KiB of the 227 KiB a
+// block may have, and the barriers (static).
 //
 // Template parameters:
 //   T        __half or __nv_bfloat16
@@ -72,6 +84,7 @@
 //   BN       the block's C tile width, 128 or 256 (the wgmma's N)
 //   STAGES   depth of the shared-memory ring (>= 2)
 #include "common.cuh"
+#include "epilogue.cuh"
 #include "ptx_sm90.cuh"
 
 constexpr int WGMMA_BM = 128;            // two consumer warpgroups of 64 rows
@@ -83,6 +96,8 @@ constexpr int WGMMA_SWIZZLE_GROUP = 1024;  // bytes of a group of 8 swizzled row
 constexpr int WGMMA_CONSUMERS = 2;
 constexpr int WGMMA_THREADS = (1 + WGMMA_CONSUMERS) * 128;
 constexpr int WGMMA_EPILOGUE_COLUMNS = 64;  // columns of C per chunk of the epilogue
+constexpr int WGMMA_STAGED = WGMMA_EPILOGUE_COLUMNS / 2;  // a consumer thread's accumulators of one chunk
+constexpr int WGMMA_STAGING_BYTES = WGMMA_CONSUMERS * 128 * WGMMA_STAGED * 4;  // 32 KiB, after the ring
 constexpr int WGMMA_GROUP_M = 8;         // tile rows of a group in the L2-friendly tile order
 constexpr unsigned WGMMA_PRODUCER_REGISTERS = 40;   // 128 · 40 + 256 · 232 = 64,512 <= 65,536
 constexpr unsigned WGMMA_CONSUMER_REGISTERS = 232;
@@ -130,6 +145,35 @@ struct alignas(2 * sizeof(TC)) Pair {
     TC v[2];
 };
 
+// Columns col and col + 1 (when < N) of one row of C and of Z from their products alpha · acc (z):
+// + beta · C + bias, then C = act(z) and Z = z (store_preact), each pair stored at once when `pairs`.
+// The register epilogue calls it with ACTIVATION_NONE and no Z, constants that fold activate() away.
+template <typename T, typename TC>
+__device__ __forceinline__ void finish_pair(TC* c_row, TC* z_row, int col, int N, const float (&z)[2], float beta,
+                                            const T* bias, int add_bias, int activation, int store_preact,
+                                            bool pairs) {
+    Pair<TC> out, preact;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const bool inside = col + r < N;
+        float value = z[r];
+        if (beta != 0.0f && inside) value += beta * to_acc(c_row[col + r]);
+        if (add_bias && inside) value += to_acc(bias[col + r]);
+        preact.v[r] = to_element<TC>(value);
+        out.v[r] = to_element<TC>(activate(activation, value));
+    }
+    const auto store = [&](TC* row, const Pair<TC>& values) {
+        if (pairs && col + 1 < N) {
+            *reinterpret_cast<Pair<TC>*>(row + col) = values;
+        } else {
+            row[col] = values.v[0];
+            if (col + 1 < N) row[col + 1] = values.v[1];
+        }
+    };
+    store(c_row, out);
+    if (store_preact) store(z_row, preact);
+}
+
 // The work of one unit: its C tile, batch and K split. 32-bit arithmetic (the plan keeps the unit count
 // below 2^31): a 64-bit division is a subroutine call, across which the live accumulators would spill.
 template <int BN>
@@ -158,7 +202,8 @@ linear_wgmma_gemm(int M, int N, int K, int k_per_split, int splits, int batches,
                   const __grid_constant__ CUtensorMap map_a, int batched_a,
                   const __grid_constant__ CUtensorMap map_b, int batched_b,
                   TC* __restrict__ C, long long ldc, long long batch_stride_c, long long c_split_stride,
-                  float alpha, float beta, const T* __restrict__ bias, int add_bias) {
+                  float alpha, float beta, const T* __restrict__ bias, int add_bias,
+                  int activation, TC* __restrict__ preact, int store_preact) {
     static_assert(sizeof(T) == 2, "16-bit operands: a 128-byte row holds BK = 64 of them");
     static_assert(BN == 128 || BN == 256, "the wgmma N of the tile");
     static_assert(STAGES >= 2, "a pipeline needs two stages");
@@ -166,12 +211,15 @@ linear_wgmma_gemm(int M, int N, int K, int k_per_split, int splits, int batches,
     using TileB = OperandTile<!TRANS_B, BN>;       // B is K x N: MN-major unless TRANS_B (stored N x K)
     constexpr int STAGE_BYTES = TileA::BYTES + TileB::BYTES;
     constexpr int K_STEPS = WGMMA_BK / WGMMA_K;
+    constexpr bool WORKSPACE = sizeof(TC) != sizeof(T);  // C is split-K's float workspace
 
     __shared__ __align__(8) unsigned long long barriers[2 * STAGES];  // full[STAGES], then empty[STAGES]
-    // The stages start on the first 1024-byte boundary of the dynamic shared memory (the plan asks for
-    // STAGES · STAGE_BYTES + 1024 bytes).
+    // The stages start on the first 1024-byte boundary of the dynamic shared memory, the staging areas
+    // follow them (the plan asks for 1024 + STAGES · STAGE_BYTES + WGMMA_STAGING_BYTES bytes).
     extern __shared__ __align__(128) unsigned char wgmma_shared[];
     const unsigned stages = (sm90::shared_address(wgmma_shared) + WGMMA_SWIZZLE_GROUP - 1) & ~(WGMMA_SWIZZLE_GROUP - 1u);
+    static_assert(WGMMA_SWIZZLE_GROUP + STAGES * STAGE_BYTES + WGMMA_STAGING_BYTES <= 227 * 1024,
+                  "the ring and the staging areas fit a block's shared memory");
     const unsigned full0 = sm90::shared_address(barriers), empty0 = full0 + 8 * STAGES;
 
     if (threadIdx.x == 0) {
@@ -214,6 +262,8 @@ linear_wgmma_gemm(int M, int N, int K, int k_per_split, int splits, int batches,
     // The consumers.
     sm90::setmaxnreg_inc<WGMMA_CONSUMER_REGISTERS>();
     const int consumer = warpgroup - 1;
+    float* const staging =  // the staging areas, after the ring
+        reinterpret_cast<float*>(wgmma_shared + (stages - sm90::shared_address(wgmma_shared)) + STAGES * STAGE_BYTES);
     const bool signals = threadIdx.x % 128 == 0;  // the thread that releases stages for its warpgroup
     int stage = 0;
     unsigned round = 0;
@@ -247,43 +297,61 @@ linear_wgmma_gemm(int M, int N, int K, int k_per_split, int splits, int batches,
         // selects 0 (setting acc = 0 here instead would make the compiler copy every accumulator).
 
         // Epilogue: acc[i] is C(row0 + 8·(i/2 % 2), n0 + 8·(i/4) + 2q + i%2) (ptx_sm90.cuh's layout): a
-        // thread's two adjacent columns are stored together when C's rows and pointer allow it (one
-        // 4-byte store of two halves), in chunks of 64 columns: the compiler barrier between chunks keeps
-        // it from loading every C and bias value of the tile at once (more registers than there are).
-        TC* const c_tile = C + u.batch * batch_stride_c + u.split * c_split_stride;  // 64-bit offsets
-        const bool pairs = ldc % 2 == 0 && reinterpret_cast<unsigned long long>(c_tile) % sizeof(Pair<TC>) == 0;
+        // thread's two adjacent columns are stored together when C's (and Z's) rows and pointers allow it
+        // (one 4-byte store of two halves), in chunks of 64 columns: the compiler barrier between chunks
+        // keeps the register epilogue from loading every C and bias value of the tile at once (more
+        // registers than there are). Pair p of a chunk: acc[32 · chunk + 2p] and the next, at C(row_of(p),
+        // col_of(chunk, p)) and the next column.
+        const long long c_offset = u.batch * batch_stride_c + u.split * c_split_stride;  // 64-bit; Z's too
+        TC* const c_tile = C + c_offset;
+        TC* const z_tile = preact + c_offset;
+        const auto aligned = [](const TC* p) {
+            return reinterpret_cast<unsigned long long>(p) % sizeof(Pair<TC>) == 0;
+        };
+        const bool pairs = ldc % 2 == 0 && aligned(c_tile) && (!store_preact || aligned(z_tile));
         const int lane = threadIdx.x % 32, q = lane % 4;
         const int row0 = u.m0 + 64 * consumer + 16 * (threadIdx.x % 128 / 32) + lane / 4;
+        const auto row_of = [&](int p) { return row0 + 8 * (p % 2); };
+        const auto col_of = [&](int chunk, int p) {
+            return u.n0 + chunk * WGMMA_EPILOGUE_COLUMNS + 8 * (p / 2) + 2 * q;
+        };
+        // TC = float is split-K's workspace (T is 16-bit), for which the launch asks for neither (linear_sum_splits
+        // applies them): that instantiation compiles the register epilogue only.
+        if (WORKSPACE || (activation == ACTIVATION_NONE && !store_preact)) {
 #pragma unroll
+            for (int chunk = 0; chunk < BN / WGMMA_EPILOGUE_COLUMNS; ++chunk) {
+#pragma unroll
+                for (int p = 0; p < WGMMA_STAGED / 2; ++p) {
+                    const int row = row_of(p), col = col_of(chunk, p), i = chunk * WGMMA_STAGED + 2 * p;
+                    if (row >= M || col >= N) continue;
+                    const float z[2] = {u.steps > 0 ? alpha * acc[i] : 0.0f, u.steps > 0 ? alpha * acc[i + 1] : 0.0f};
+                    finish_pair(c_tile + row * ldc, z_tile + row * ldc, col, N, z, beta, bias, add_bias,
+                                ACTIVATION_NONE, 0, pairs);
+                }
+                asm volatile("" ::: "memory");
+            }
+            continue;
+        }
+        // Staged: the chunk loop is not unrolled either (one copy of the finishing loop, not BN / 64); a
+        // chunk's accumulators are picked by compile-time indices under a uniform test.
+        float* const slots = staging + consumer * 128 * WGMMA_STAGED + threadIdx.x % 128;
+#pragma unroll 1
         for (int chunk = 0; chunk < BN / WGMMA_EPILOGUE_COLUMNS; ++chunk) {
 #pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int row = row0 + 8 * half;
-                if (row >= M) continue;
-                TC* const c_row = c_tile + row * ldc;
+            for (int c = 0; c < BN / WGMMA_EPILOGUE_COLUMNS; ++c) {
+                if (c != chunk) continue;
 #pragma unroll
-                for (int jj = 0; jj < WGMMA_EPILOGUE_COLUMNS / 8; ++jj) {
-                    const int j = chunk * WGMMA_EPILOGUE_COLUMNS / 8 + jj;
-                    const int col = u.n0 + 8 * j + 2 * q;  // and col + 1
-                    if (col >= N) continue;
-                    Pair<TC> out;
-#pragma unroll
-                    for (int r = 0; r < 2; ++r) {
-                        const bool inside = col + r < N;
-                        float value = u.steps > 0 ? alpha * acc[4 * j + 2 * half + r] : 0.0f;
-                        if (beta != 0.0f && inside) value += beta * to_acc(c_row[col + r]);
-                        if (add_bias && inside) value += to_acc(bias[col + r]);
-                        out.v[r] = to_element<TC>(value);
-                    }
-                    if (pairs && col + 1 < N) {
-                        *reinterpret_cast<Pair<TC>*>(c_row + col) = out;
-                    } else {
-                        c_row[col] = out.v[0];
-                        if (col + 1 < N) c_row[col + 1] = out.v[1];
-                    }
-                }
+                for (int v = 0; v < WGMMA_STAGED; ++v) slots[v * 128] = acc[c * WGMMA_STAGED + v];
             }
-            asm volatile("" ::: "memory");
+#pragma unroll 1
+            for (int p = 0; p < WGMMA_STAGED / 2; ++p) {
+                const int row = row_of(p), col = col_of(chunk, p);
+                if (row >= M || col >= N) continue;
+                const float z[2] = {u.steps > 0 ? alpha * slots[2 * p * 128] : 0.0f,
+                                    u.steps > 0 ? alpha * slots[(2 * p + 1) * 128] : 0.0f};
+                finish_pair(c_tile + row * ldc, z_tile + row * ldc, col, N, z, beta, bias, add_bias, activation,
+                            store_preact, pairs);
+            }
         }
     }
 }

@@ -240,7 +240,8 @@ def test_inputs_are_not_modified(backend):
 
 # (config, dtype, splits, beta, trans_a, tf32), shape (M, N, K): edge tiles everywhere. large (float32) and
 # medium (float64) stage their rows in 4 and 2 rounds; split-K applies the activation in linear_sum_splits;
-# tensor cores in bf16 and f16, and TF32 with Aᵀ (the paired rows of its epilogue).
+# tensor cores in bf16 and f16, and TF32 with Aᵀ (the paired rows of its epilogue). The Hopper kernel's
+# epilogue has its own tests (tests/test_wgmma_gemm.py: the persistent grid and tensor maps need its harness).
 FAMILIES = [("large", "float32", 1, 0.0, False, False, (129, 131, 65)),
             ("medium", "float64", 1, 0.5, True, False, (70, 66, 33)),
             ("small", "float16", 3, 0.0, False, False, (70, 50, 33)),
@@ -281,6 +282,22 @@ def test_the_epilogue_of_every_family(emulator_runtime, config, dtype, splits, b
         for name, out, ref in (("C", c, expected), ("Z", preact, z)):
             err = rel_err(out, ref)
             assert err <= tolerance, f"{activation}: {name} relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_the_emulator_runs_the_half_types_fused_forward_on_the_hopper_kernel(emulator_runtime, dtype):
+    """The emulator reports compute capability 9.0: test_forward_and_backward_match_torch's forward on
+    emulate, both shapes, applies the activation and stores Z in wgmma_gemm.cu's epilogue (the plan the
+    backend makes for it, with the runtime's capability and limits)."""
+    from linear.backends import plan
+    for rows, features, d in SHAPES:
+        x, w = np.zeros((rows, features), dtype_of(dtype)), np.zeros((features, d), dtype_of(dtype))
+        y, z, b = np.zeros((rows, d), x.dtype), np.zeros((rows, d), x.dtype), np.zeros(d, x.dtype)
+        fused = plan.plan_gemm(np, x, w, y, alpha=1.0, beta=0.0, bias=b, activation="gelu", preact=z,
+                               arch=emulator_runtime.compute_capability(), device=emulator_runtime.device_limits())
+        gemm = fused[-1]
+        assert gemm.source == "wgmma_gemm.cu", gemm.name
+        assert gemm.args[-3] == activations.activation_code("gelu") and gemm.args[-2] is z and gemm.args[-1] == 1
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

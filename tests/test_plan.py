@@ -9,8 +9,6 @@ import plan_table
 from linear.activations import activation_code
 from linear.backends import cost, plan, tiles
 from linear.backends.device import H100, DeviceLimits
-from linear.backends.launch import GemmCall, Slot
-from linear.dtypes import element_type
 from linear.backends.plan import Tuning
 from reference import DTYPE_CONFIGS, DTYPES, TRANS, batched, op
 
@@ -114,48 +112,29 @@ def test_tensor_cores_run_half_types_and_tf32_on_sm80_and_later_for_aligned_oper
         gemm_launches(64, 64, 64, "float32", tuning=Tuning(config="tc_small"), arch=90)
 
 
-def test_an_activation_runs_only_on_a_family_whose_epilogue_applies_it(monkeypatch):
-    """wgmma_gemm.cu has no activation epilogue (WgmmaConfig.activations is False): on 9.0 a bf16 product
-    with an activation runs tc_gemm, with the activation's code, Z and the stored flag as its last
-    arguments (so does one that only stores Z), while the same product without either runs wgmma;
-    split-K's reduction applies it; a named wgmma tile with an activation is refused, naming it. The plan
-    reads the attribute, not the family: a stand-in family without it is passed over the same way."""
+def test_an_activation_does_not_change_the_choice_and_travels_as_the_last_arguments():
+    """Every family's epilogue applies the activations: on 9.0 a bf16 product with an activation (or one
+    that only stores Z) runs the same wgmma tile as without, with the activation's code, Z (C's stand-in
+    when not stored) and the stored flag as its last arguments; with split-K the GEMM writes plain sums and
+    the reduction applies it."""
     rng = np.random.default_rng(5)
     a, b = (rng.standard_normal(shape).astype(DTYPES["bfloat16"]) for shape in ((256, 128), (128, 256)))
     c, z = np.empty((256, 256), DTYPES["bfloat16"]), np.empty((256, 256), DTYPES["bfloat16"])
     [plain] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90)
-    assert plain.source == "wgmma_gemm.cu"
+    assert plain.source == "wgmma_gemm.cu" and plain.args[-3] == 0 and plain.args[-2] is c and plain.args[-1] == 0
     [fused] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90, activation="gelu", preact=z)
-    assert fused.source == "tc_gemm.cu"
+    assert fused.name == plain.name
     assert fused.args[-3] == activation_code("gelu") and fused.args[-2] is z and fused.args[-1] == 1
     [stored] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90, preact=z)  # Z = Y, no activation
-    assert stored.source == "tc_gemm.cu" and stored.args[-3] == 0 and stored.args[-2] is z and stored.args[-1] == 1
+    assert stored.name == plain.name and stored.args[-3] == 0 and stored.args[-2] is z and stored.args[-1] == 1
     [relu] = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90, activation="relu")
-    assert relu.source == "tc_gemm.cu" and relu.args[-3] == activation_code("relu") and relu.args[-1] == 0
+    assert relu.name == plain.name and relu.args[-3] == activation_code("relu") and relu.args[-1] == 0
     *products, reduction = plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90, activation="silu",
                                           preact=z, tuning=Tuning(splits=2))
-    assert [launch.source for launch in products] == ["tc_gemm.cu"] and products[0].args[-3] == 0
+    assert [launch.source for launch in products] == ["wgmma_gemm.cu"]
+    assert products[0].args[-3] == 0 and products[0].args[-1] == 0  # the workspace: plain sums
     assert reduction.source == "reduce.cu" and reduction.args[-3] == activation_code("silu")
     assert reduction.args[-2] is z and reduction.args[-1] == 1
-    with pytest.raises(ValueError, match="'wgmma' runs on Hopper.*activation 'gelu'"):
-        plan.plan_gemm(np, a, b, c, alpha=1.0, beta=0.0, arch=90, activation="gelu", tuning=Tuning(config="wgmma"))
-    call = GemmCall(tiles.CONFIGS_BY_NAME["wgmma"], "bfloat16", element_type(c.dtype), 256, 256, 128, 1,
-                    plan.as_operand(np, a), plan.as_operand(np, b), c, 256, 1, 128, True, H100, Slot(2), Slot(3),
-                    Slot(4), None, None, activation_code("relu"))
-    with pytest.raises(ValueError, match="applies no activation"):  # the family's own guard
-        tiles.CONFIGS_BY_NAME["wgmma"].launches(call)
-
-    class NoEpilogue(tiles.TensorCoreConfig):
-        source = "hopper.cu"
-        min_arch = 90
-        activations = False
-
-    config = NoEpilogue("hopper", bm=128, bn=128, wm=64, wn=32, stages=4)
-    monkeypatch.setattr(plan, "FAMILIES", (tiles.TILE_CONFIGS, tiles.TC_CONFIGS, (config,)))
-    for dtype in config.dtypes:
-        monkeypatch.setitem(cost.PLAN_REGISTERS, (config.name, dtype, True), 128)
-    assert gemm_launches(4096, 4096, 64, "bfloat16", arch=90)[0].source == "hopper.cu"
-    assert gemm_launches(4096, 4096, 64, "bfloat16", arch=90, activation="gelu")[0].source == "tc_gemm.cu"
 
 
 def test_unaligned_operands_are_copied_to_aligned_rows_for_the_tensor_cores():

@@ -24,6 +24,8 @@ from test_tensor_cores import operands as tc_operands
 from test_tensor_cores import tf32_values
 
 KERNELS = Path(__file__).parent / "kernels"
+# The Hopper tiles' case: edges in M and N, two k-blocks.
+TC_SHAPES = {**TC_SHAPES, **{config.name: (130, 200, 96) for config in tiles.WGMMA_CONFIGS}}
 SOURCE = (KERNELS / "sanitize.cu").read_text().splitlines()
 ALL = "memcheck,racecheck,initcheck,synccheck"
 f32 = np.float32
@@ -152,8 +154,8 @@ class Case:
     activation: str | None = None  # the GEMM's epilogue stores Z beside act(Z); the column sum is dZ and db
 
     @property
-    def tensor_cores(self) -> bool:
-        return isinstance(tiles.CONFIGS_BY_NAME[self.config], tiles.TensorCoreConfig)
+    def tensor_cores(self) -> bool:  # tc_gemm.cu or wgmma_gemm.cu
+        return not isinstance(tiles.CONFIGS_BY_NAME[self.config], tiles.TileConfig)
 
     def __str__(self) -> str:
         trans = "NT"[self.trans_a] + "NT"[self.trans_b]
@@ -218,15 +220,18 @@ def ci_cases() -> list[Case]:
     """Every family x dtype at least once, with few instantiations (each is a separate instrumented build):
     the SIMT kernel once per dtype and tile config, its transposes, load path and split-K varying from case
     to case so that each dtype runs both output types (C and the split-K workspace) and both load paths;
-    the tensor-core kernel once per dtype, both tile configs between them; reduce.cu in every SIMT case.
-    The activations rotate over the cases, so that every family runs its staged epilogue (with Z stored),
-    the split-K reduction its activation, and the column sum its dZ + db pass."""
+    the tensor-core kernel once per dtype, both tile configs between them; the Hopper kernel (whose
+    instantiations tiles.instantiations() does not list yet: sm_90a) once, in its staged epilogue;
+    reduce.cu in every SIMT case. The activations rotate over the cases, so that every family runs its
+    staged epilogue (with Z stored), the split-K reduction its activation, and the column sum its dZ + db
+    pass."""
     simt = [Case(d, c.name, *TRANS[i % 4], i % 2 == 0, 1 if i % 3 == 1 else 2,
                  activations.ACTIVATIONS[(i + j) % len(activations.ACTIVATIONS)])
             for j, d in enumerate(DTYPES) for i, c in enumerate(c for c in tiles.TILE_CONFIGS if d in c.dtypes)]
     tensor = [Case("bfloat16", "tc_small", False, False, True, 3, "gelu"),
               Case("float32", "tc_small", True, False, True, 1, "gelu_tanh"),
-              Case("float16", "tc_large", False, True, True, 1, "silu")]
+              Case("float16", "tc_large", False, True, True, 1, "silu"),
+              Case("bfloat16", "wgmma_wide", False, True, True, 1, "relu")]
     return simt + tensor
 
 

@@ -5,10 +5,15 @@ Every transpose (NN, NT, TN, TT: the MN-major descriptors), edges in M, N and K 
 epilogue's masks), a batch with a broadcast operand (the tensor maps' third dimension), split-K into
 the float32 workspace summed by reduce.cu's linear_sum_splits, alpha, beta and bias, outputs poisoned
 with NaN; a persistent grid smaller than the work, so that each block runs several tiles through one
-ring; bitwise equal results under the forward, reverse and shuffled block orders. Negative controls,
-each a patched copy of the kernel source in a temporary directory (the kernel itself has no test
-switches), must each fail: a consumer that skips its full-barrier wait, a producer that refills a stage
-before its empty barrier, a descriptor with the wrong swizzle mode, and no wgmma.wait_group.
+ring; bitwise equal results under the forward, reverse and shuffled block orders. The fused epilogue:
+every activation with and without Z stored (the staged path), in both dtypes and tiles, with edges,
+alpha, beta, bias, a batch and split-K (where linear_sum_splits applies it), against float64
+(linear.activations' references). Negative controls, each a patched copy of the kernel source in a
+temporary directory (the kernel itself has no test switches), must each fail: a consumer that skips its
+full-barrier wait, a producer that refills a stage before its empty barrier, a descriptor with the wrong
+swizzle mode, and no wgmma.wait_group; in the epilogue, staged values in the wrong slots, a chunk left
+without its activation, and staging in the ring that the producer is refilling; and a plan that asks for
+less shared memory than the staging areas need (memcheck).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import numpy as np
 import pytest
 
 from conftest import require
+from linear import activations
 from linear.backends import BackendUnavailable, launch, plan, tensor_map, tiles
 from linear.backends.emulate import EmulationError, EmulatorRuntime
 from linear.backends.plan import Tuning
@@ -61,6 +67,8 @@ class Case:
     beta: float = 0.0
     bias: bool = False
     grid: int = 2  # persistent blocks (fewer than the units: each runs several)
+    activation: str | None = None  # applied by the epilogue (or split-K's reduction)
+    preact: bool = False  # Z = the activation's argument stored beside C
 
 
 def operands(case: Case, seed: int):
@@ -86,15 +94,15 @@ def reference(case: Case, a, b, c0, bias) -> np.ndarray:
 
 
 def gemm(emu: EmulatorRuntime, a, b, c, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, bias=None,
-         config=tiles.WGMMA_CONFIGS[0], splits=1, grid=2) -> list[launch.Launch]:
-    """c = alpha · op(a) · op(b) + beta · c (+ bias) on `config`, planned and launched: a, b and c are stacks
-    as stored (batch first; a batch of 1 in b is broadcast); a persistent grid of at most `grid` blocks.
-    Returns the launches."""
+         config=tiles.WGMMA_CONFIGS[0], splits=1, grid=2, activation=None, preact=None) -> list[launch.Launch]:
+    """c = act(alpha · op(a) · op(b) + beta · c (+ bias)) on `config`, its argument written to preact when
+    given, planned and launched: a, b and c are stacks as stored (batch first; a batch of 1 in b is
+    broadcast); a persistent grid of at most `grid` blocks. Returns the launches."""
     op_a, op_b = (x.swapaxes(-1, -2) if trans else x for x, trans in ((a, trans_a), (b, trans_b)))
     op_b = np.broadcast_to(op_b, c.shape[:-2] + op_b.shape[-2:])
     launches = plan.plan_gemm(np, op_a, op_b, c, alpha=alpha, beta=beta, bias=bias,
                               tuning=Tuning(config=config.name, splits=splits), arch=emu.compute_capability(),
-                              device=replace(emu.device_limits(), sms=grid))
+                              device=replace(emu.device_limits(), sms=grid), activation=activation, preact=preact)
     assert launches[0].source == "wgmma_gemm.cu"
     launch.run(emu, launches)
     return launches
@@ -102,13 +110,23 @@ def gemm(emu: EmulatorRuntime, a, b, c, *, trans_a=False, trans_b=False, alpha=1
 
 def run(emu: EmulatorRuntime, case: Case, seed: int = 0):
     """(C as the kernel leaves it, the float64 reference, seconds of the call)."""
+    c, expected, _, _, seconds = run_fused(emu, case, seed)
+    return c, expected, seconds
+
+
+def run_fused(emu: EmulatorRuntime, case: Case, seed: int = 0):
+    """(C, its float64 reference act(z), Z as the kernel leaves it (None unless case.preact), z, seconds of
+    the call); C and Z poisoned with NaN unless C is read (beta != 0)."""
     a, b, c0, bias = operands(case, seed)
     c = c0.copy() if case.beta != 0 else np.full(c0.shape, np.nan, c0.dtype)  # poisoned unless read
+    z = np.full(c0.shape, np.nan, c0.dtype) if case.preact else None
     start = time.perf_counter()
     gemm(emu, a, b, c, trans_a=case.trans_a, trans_b=case.trans_b, alpha=case.alpha, beta=case.beta,
-         bias=bias if case.bias else None, config=CONFIGS[case.bn], splits=case.splits, grid=case.grid)
+         bias=bias if case.bias else None, config=CONFIGS[case.bn], splits=case.splits, grid=case.grid,
+         activation=case.activation, preact=z)
     seconds = time.perf_counter() - start
-    return c, reference(case, a, b, c0, bias), seconds
+    expected_z = reference(case, a, b, c0, bias)
+    return c, activations.forward(case.activation, expected_z), z, expected_z, seconds
 
 
 PRODUCTS = [(False, False), (False, True), (True, False), (True, True)]
@@ -145,10 +163,36 @@ def test_split_k_into_the_workspace(emu):
 
 
 def test_bitwise_equal_under_every_block_order():
+    # The register epilogue, and the staged one (gelu, Z stored).
     case = Case(200, 296, 200, False, True, bias=True, grid=3)
-    results = [run(emulator(schedule=schedule), case, seed=5)[0] for schedule in ("forward", "reverse", "shuffle")]
+    fused = replace(case, activation="gelu", preact=True)
+    results = []
+    for schedule in ("forward", "reverse", "shuffle"):
+        runtime = emulator(schedule=schedule)
+        c, _, z, _, _ = run_fused(runtime, fused, seed=5)
+        results.append((run(runtime, case, seed=5)[0], c, z))
     for other in results[1:]:
-        assert np.array_equal(results[0].view(np.uint16), other.view(np.uint16))
+        for first, again in zip(results[0], other):
+            assert np.array_equal(first.view(np.uint16), again.view(np.uint16))
+
+
+# The fused epilogue: 130 x 200 x 96, an edge in M (130 = 128 + 2) and in N (200 of a 256 tile, or 128 + 72).
+FUSED = {
+    "bfloat16-128x256-alpha-beta-bias": Case(130, 200, 96, alpha=1.5, beta=0.5, bias=True),
+    "float16-128x128-TT-batch": Case(130, 200, 96, True, True, dtype="float16", bn=128, batch=2, bias=True, grid=3),
+    "bfloat16-split-k": Case(130, 200, 200, splits=2, alpha=-0.5, bias=True, grid=3),  # the reduction applies it
+}
+
+
+@pytest.mark.parametrize("case", list(FUSED.values()), ids=list(FUSED))
+def test_every_activation_with_and_without_z(emu, case):
+    for activation in activations.ACTIVATIONS:
+        for preact in (False, True) if activation else (True,):  # None without Z is the register epilogue
+            c, expected, z, expected_z, _ = run_fused(emu, replace(case, activation=activation, preact=preact))
+            error = relative_error(c, expected)
+            assert error <= 1e-2, f"{activation}, Z {'stored' if preact else 'not stored'}: C's error {error:.1e}"
+            if preact:
+                assert relative_error(z, expected_z) <= 1e-2, f"{activation}: Z's error"
 
 
 def test_256_cubed_bfloat16_time(emu):
@@ -266,12 +310,25 @@ BUGS = {  # what to remove or change (a regular expression) and what to put ther
 }
 
 
+EPILOGUE_BUGS = {  # the same for the fused epilogue, each with the case it must fail
+    "staged values in the wrong slots": ((r"acc\[c \* WGMMA_STAGED \+ v\]", "acc[c * WGMMA_STAGED + (v ^ 2)]"),
+                                         Case(130, 200, 96, bias=True, activation="gelu_tanh", preact=True)),
+    "a chunk without its activation":
+        ((r"add_bias, activation,", "add_bias, chunk == 1 ? ACTIVATION_NONE : activation,"),
+         Case(130, 200, 96, bias=True, activation="relu")),
+    # 2 tiles of 8 k-blocks on one block: the producer fills the ring for the second while the consumers
+    # stage the first.
+    "staging in the ring": ((r" \+ STAGES \* STAGE_BYTES\);", ");"),
+                            Case(256, 256, 512, grid=1, activation="silu", preact=True)),
+}
+
+
 def patched_kernels(tmp: Path, bug: str) -> Path:
     """A copy of kernels/ with the bug planted in wgmma_gemm.cu."""
     for path in kernels_dir().iterdir():
         if path.is_file():
             shutil.copy(path, tmp / path.name)
-    pattern, replacement = BUGS[bug]
+    pattern, replacement = BUGS[bug] if bug in BUGS else EPILOGUE_BUGS[bug][0]
     text, count = re.subn(pattern, replacement, (tmp / SOURCE).read_text())
     assert count >= 1, f"the patch for {bug!r} no longer matches {SOURCE}"
     (tmp / SOURCE).write_text(text)
@@ -294,6 +351,32 @@ def test_negative_controls_fail(tmp_path, bug):
     error = relative_error(c, expected)
     print(f"{bug}: relative error {error:.2e}")
     assert not error <= 1e-2, f"{bug}: the kernel still gives the right answer"
+
+
+@pytest.mark.parametrize("bug", list(EPILOGUE_BUGS))
+def test_epilogue_negative_controls_fail(tmp_path, bug):
+    emu = emulator(kernel_dir=patched_kernels(tmp_path, bug), timeout_s=60)
+    case = EPILOGUE_BUGS[bug][1]
+    try:
+        c, expected, z, expected_z, _ = run_fused(emu, case)
+    except EmulationError as error:  # a race or an uninitialised read: reported
+        print(f"{bug}: {str(error).splitlines()[0][:200]}")
+        return
+    errors = [relative_error(c, expected)] + ([relative_error(z, expected_z)] if case.preact else [])
+    print(f"{bug}: relative errors of C and Z {errors}")
+    assert not max(errors) <= 1e-2, f"{bug}: the kernel still gives the right answer"
+
+
+def test_the_plan_asks_for_the_staging_areas(monkeypatch):
+    # The staged epilogue is clean under memcheck with WgmmaConfig.shared_bytes as it is; with 1028 bytes
+    # less (more than the 1024 of alignment slack, which the emulator's 1024-aligned dynamic shared memory
+    # leaves unused) memcheck reports the staging's writes past the end.
+    case = Case(136, 296, 200, True, False, bias=True, grid=2, activation="gelu", preact=True)
+    c, expected, _, _, _ = run_fused(emulator(sanitize="memcheck"), case)
+    assert relative_error(c, expected) <= 1e-2
+    monkeypatch.setattr(tiles, "WGMMA_STAGING_BYTES", tiles.WGMMA_STAGING_BYTES - 1028)
+    with pytest.raises(EmulationError, match="memcheck: out-of-bounds write .* of the dynamic shared memory"):
+        run_fused(emulator(sanitize="memcheck"), case)
 
 
 @pytest.mark.parametrize("mode", ["memcheck", "racecheck", "initcheck", "synccheck"])

@@ -15,9 +15,8 @@ Two launch contracts exist today, each a builder here that a family's hook calls
   family's arch flags.
 Both write a split-K product into a float32 workspace (GemmCall.workspace) that linear_sum_splits
 (kernels/reduce.cu) sums in a fixed order and passes through the epilogue (alpha, beta·C, bias, the
-activation). strided_batched applies the activation (kernels/epilogue.cuh) and stores its argument Z
-itself; persistent_tma has no activation epilogue (its family says so: GemmConfig.activations), so the
-plan never gives it an activation.
+activation). Without split-K both apply the activation (kernels/epilogue.cuh) and store its argument Z
+themselves.
 """
 from __future__ import annotations
 
@@ -329,15 +328,14 @@ def persistent_tma(call: GemmCall) -> list[Launch]:
     launches of their own), a persistent grid of min(tiles of work, SMs) blocks, A and B as tensor maps
     with the family's boxes (of each call's arrays: TensorMapArgs of slots), C by pointer, leading
     dimension and batch stride; then the split-K reduction (split-K takes one matrix: the plan splits
-    only those). Its kernel has no activation epilogue: a call with one is an error here (the plan does
-    not choose a family whose GemmConfig.activations is False for one)."""
+    only those, which applies the activation). Z (preact) goes by pointer with C's strides."""
     config, m, n, splits = call.config, call.m, call.n, call.splits
-    if call.activation or call.slot_preact is not None:
-        raise ValueError(f"{config.name} ({config.source}) applies no activation and stores no preact")
     c_cpp, target, target_ld, epilogue = _split_target(call)
     name = config.template_name(call.t, c_cpp, call.a.trans, call.b.trans, call.vector)
+    stores_preact = splits == 1 and call.slot_preact is not None
     launches = []
-    for part in batch_launches([call.a.array, call.b.array, call.c], MAX_UNITS):
+    arrays = [call.a.array, call.b.array, call.c] + ([call.c] if stores_preact else [])  # Z: c's strides
+    for part in batch_launches(arrays, MAX_UNITS):
         units = config.tiles(m, n) * part.count * splits
         if units >= MAX_UNITS:
             raise ValueError(f"{units} tiles of work (M {m}, N {n}, batch {part.count}, splits {splits}) exceed "
@@ -349,9 +347,12 @@ def persistent_tma(call: GemmCall) -> list[Launch]:
             maps += [TensorMapArg(slot.viewed(view, map_view), config.box(which, operand.trans), config.swizzle),
                      np.int32(batched)]
         c_arg, batch_stride_c = (call.slot_c.viewed(part.views[2]), part.strides[2]) if splits == 1 else (target, 0)
+        preact = call.slot_preact.viewed(part.views[3]) if stores_preact else None
+        activation = activation_args(call.activation, preact, c_arg) if splits == 1 else \
+            activation_args(0, None, target)
         launches.append(Launch(
             config.source, name, (max(1, min(units, call.device.sms)), 1, 1), (config.threads, 1, 1),
             (np.int32(m), np.int32(n), np.int32(call.k), np.int32(call.k_per_split), np.int32(splits),
              np.int32(part.count), *maps, c_arg, np.int64(target_ld), np.int64(batch_stride_c), np.int64(m * n))
-            + epilogue, config.shared_bytes(call.dtype), config.arch_flags))
+            + epilogue + activation, config.shared_bytes(call.dtype), config.arch_flags))
     return _with_reduction(call, launches)

@@ -37,8 +37,8 @@ plan_gemm, plan_colsum and plan_activation_grad are the plan filled in for one c
 
 Activations (linear.activations, kernels/epilogue.cuh) travel as a runtime argument of the same
 instantiations: the activation's code is a constant of the plan (a part of its key), the array Z is
-written to (preact) one more slot, with C's layout. Only the families whose epilogue applies one and
-stores Z (GemmConfig.activations) run a call with an activation or a preact.
+written to (preact) one more slot, with C's layout. Every family's epilogue applies them and stores Z,
+so they do not change the choice.
 
 Stacks of matrices (numpy.matmul's batch) are one strided-batched launch (gemm.cu, tc_gemm.cu: grid z =
 batch · splits; wgmma_gemm.cu: a persistent grid over the stack's tiles), each operand with its own
@@ -322,14 +322,12 @@ def gemm_plan(xp: ModuleType, a: Any, b: Any, c: Any, *, bias: Any = None, tunin
     if product.m == 0 or product.n == 0 or product.batch == 0:
         return Plan(product.t.acc, (), ()), {}
     ldc = _output_ld(c)
-    fused = code != 0 or preact is not None  # the epilogue applies an activation or stores Z
     families = [(named,)] if named else [heuristic_configs(configs) for configs in reversed(FAMILIES)]
-    families = _competing([configs for configs in families if configs[0].runs(product.dtype, arch, tf32, k, fused)])
+    families = _competing([configs for configs in families if configs[0].runs(product.dtype, arch, tf32, k)])
     op_a, op_b, aligned = _operands(xp, as_operand(xp, a), as_operand(xp, b), product,
                                     families, tuning, device)
     choice = _choose(product, families, aligned, named, tuning, device,
-                     f"compute capability {arch}, TF32 {'on' if tf32 else 'off'}, K {k}"
-                     + (f", activation {activation!r}{' with preact' if preact is not None else ''}" if fused else ""))
+                     f"compute capability {arch}, TF32 {'on' if tf32 else 'off'}, K {k}")
     slots = _Slots(len(GEMM_ARRAYS))
     slot_a, slot_b = (slots.buffer(AlignedCopy(slots.array(i).index, op.trans), made=op.array) if op.copied
                       else slots.array(i) for i, op in enumerate((op_a, op_b)))

@@ -45,9 +45,8 @@ class GemmConfig(ABC):
     overhead_k_steps                 a tile's prologue and epilogue, in k steps of its stage (estimate)
     min_arch, max_arch, dtypes,      what it requires: compute capability (from, up to), dtypes it is
     tf32_dtypes, min_k,              instantiated for, those that run only with TF32 allowed, the least K,
-    vector_only, arch_flags,         16-byte aligned operands, leading dimensions and batch strides (the
-    activations                      vector path) or not, extra compiler flags (e.g. -arch=sm_90a), whether
-                                     its epilogue applies an activation and stores Z (kernels/epilogue.cuh)
+    vector_only, arch_flags          16-byte aligned operands, leading dimensions and batch strides (the
+                                     vector path) or not, extra compiler flags (e.g. -arch=sm_90a)
     candidate                        only Tuning(config=...) launches it; the cost model never chooses it
     launches(call)                   its launches for one product (launch.GemmCall), split-K reduction included
     """
@@ -60,7 +59,6 @@ class GemmConfig(ABC):
     tf32_dtypes: ClassVar[tuple[str, ...]] = ()
     vector_only: ClassVar[bool] = False
     arch_flags: ClassVar[tuple[str, ...]] = ()
-    activations: ClassVar[bool] = True
     FMA_PER_CLOCK: ClassVar[dict[str, int]]  # by dtype
     name: str
     bm: int
@@ -93,13 +91,13 @@ class GemmConfig(ABC):
     def tiles(self, m: int, n: int) -> int:
         return ceil_div(m, self.bm) * ceil_div(n, self.bn)
 
-    def runs(self, dtype: str, arch: int | None, tf32: bool, k: int = 1, fused: bool = False) -> bool:
+    def runs(self, dtype: str, arch: int | None, tf32: bool, k: int = 1) -> bool:
         """Whether it runs dtype on a device of compute capability arch (None: no device named, the
-        kernels every device runs), with TF32 allowed or not, for a product of depth k, with an activation
-        applied or Z stored by the epilogue (fused) or not; alignment aside (vector_only)."""
+        kernels every device runs), with TF32 allowed or not, for a product of depth k; alignment aside
+        (vector_only). Every family's epilogue applies the activations and stores Z (kernels/epilogue.cuh)."""
         arch = arch or 0
         return dtype in self.dtypes and self.min_arch <= arch and (self.max_arch is None or arch <= self.max_arch) \
-            and (tf32 or dtype not in self.tf32_dtypes) and k >= self.min_k and (self.activations or not fused)
+            and (tf32 or dtype not in self.tf32_dtypes) and k >= self.min_k
 
     def vectors(self) -> tuple[bool, ...]:
         """The load paths it is instantiated for: 16-byte loads, and scalar ones unless vector_only."""
@@ -282,6 +280,10 @@ WGMMA_STAGE_ROW_BYTES = 128  # a stage's k depth: one 128-byte swizzled row (64 
 WGMMA_PANEL = 64  # the width of an MN-major operand's box (one 128-byte row of halves)
 WGMMA_SWIZZLE = 128  # bytes: the tensor maps' and the descriptors' swizzle
 WGMMA_ALIGNMENT_SLACK = 1024  # the stages start on the first 1024-byte boundary of the dynamic shared memory
+WGMMA_EPILOGUE_COLUMNS = 64  # C columns per chunk of the epilogue (wgmma_gemm.cu)
+# The activation epilogue's staging areas after the ring, one per consumer warpgroup: a chunk's accumulators of
+# each of its 128 threads, as floats (wgmma_gemm.cu, WGMMA_STAGING_BYTES): 32 KiB.
+WGMMA_STAGING_BYTES = WGMMA_BM // WGMMA_ROWS_PER_CONSUMER * 4 * WARP_SIZE * WGMMA_EPILOGUE_COLUMNS // 2 * 4
 
 
 @dataclass(frozen=True)
@@ -301,7 +303,6 @@ class WgmmaConfig(GemmConfig):
     overhead_k_steps: ClassVar[int] = 4
     vector_only: ClassVar[bool] = True
     arch_flags: ClassVar[tuple[str, ...]] = ("-arch=sm_90a",)  # wgmma, setmaxnreg: sm_90a only
-    activations: ClassVar[bool] = False  # wgmma_gemm.cu's epilogue has no activation (issue 22 predates it)
     FMA_PER_CLOCK: ClassVar[dict[str, int]] = {dtype: TensorCoreConfig.FMA_PER_CLOCK[dtype]
                                                for dtype in ("float16", "bfloat16")}
     swizzle: ClassVar[int] = WGMMA_SWIZZLE
@@ -328,13 +329,15 @@ class WgmmaConfig(GemmConfig):
         return WGMMA_STAGE_ROW_BYTES // itemsize
 
     def shared_bytes(self, dtype: str) -> int:
-        # STAGES stages of the A and B tiles, elements as stored, and the 1024-byte alignment slack.
+        # The 1024-byte alignment slack, STAGES stages of the A and B tiles, elements as stored, and the
+        # epilogue's staging areas: 1 + 192 + 32 KiB for both tiles, of the 227 KiB a block may have.
         k_depth = self.k_depth(ELEMENT_TYPES[dtype].itemsize)
-        return self.stages * (self.bm + self.bn) * k_depth * ELEMENT_TYPES[dtype].itemsize + WGMMA_ALIGNMENT_SLACK
+        ring = self.stages * (self.bm + self.bn) * k_depth * ELEMENT_TYPES[dtype].itemsize
+        return WGMMA_ALIGNMENT_SLACK + ring + WGMMA_STAGING_BYTES
 
     def efficiency(self, dtype: str) -> float:
         """The shared-memory bound of bench/NOTES.md (issue does not bind: the consumers issue 19 % of the
-        clocks for 128 x 256, 35 % for 128 x 128): per k-block each consumer's wgmmas read its 64 rows of A
+        clocks for 128 x 256, 34 % for 128 x 128): per k-block each consumer's wgmmas read its 64 rows of A
         and all of B, TMA writes the stage, and shared memory moves SHARED_BYTES_PER_CLOCK a clock while the
         tensor cores take bm · bn · k / fma_per_clock: 1.0 for 128 x 256, 0.8 for 128 x 128 (counting TMA's
         writes on the same port as wgmma's reads, which NVIDIA does not document)."""
@@ -359,7 +362,7 @@ class WgmmaConfig(GemmConfig):
 
 # The cost model weighs them with the tensor-core tiles (ties go to the first).
 WGMMA_CONFIGS = (
-    # 4 stages of 48 KiB (192 KiB + slack), one block per SM: the tile for large products.
+    # 4 stages of 48 KiB (192 KiB + slack + staging), one block per SM: the tile for large products.
     WgmmaConfig("wgmma_wide", bn=256, stages=4),
     # 6 stages of 32 KiB: half the columns, for the shapes with fewer tiles.
     WgmmaConfig("wgmma", bn=128, stages=6),
