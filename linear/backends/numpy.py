@@ -16,13 +16,14 @@ class NumpyBackend:
 
     def gemm(self, a, b, c, *, alpha, beta, bias=None, activation=None, preact=None):
         work = accumulator_dtype(c.dtype)  # as the kernels do; numpy's float16 matmul is slower and less precise
-        op_a, op_b = (a.astype(work), b.astype(work)) if work != c.dtype else (a, b)
+        cast = work != c.dtype
+        op_a, op_b = (a.astype(work), b.astype(work)) if cast else (a, b)
         # BLAS writes straight into c unless c is an addend or needs a cast; an addend c of the same
         # dtype with beta == 1 (gradient accumulation) takes the product in place. Fresh temporaries are
         # kept to one: each large one costs page faults that can exceed the product itself on small layers.
         # The activation is applied to the sum in the accumulator dtype, as the kernels' epilogue does.
-        plain = activation is None and preact is None
-        direct = beta == 0 and work == c.dtype and plain
+        plain = activation is None and preact is None and not cast
+        direct = beta == 0 and plain
         product = np.matmul(op_a, op_b, out=c if direct else None)
         if alpha != 1:
             product *= work.type(alpha)
@@ -30,7 +31,7 @@ class NumpyBackend:
             product += bias
         if direct:
             return
-        if beta == 1 and work == c.dtype and plain:
+        if beta == 1 and plain:
             c += product
             return
         if beta != 0:
@@ -48,8 +49,8 @@ class NumpyBackend:
 
     def colsum(self, a, out, *, beta):
         work = accumulator_dtype(out.dtype)
-        if beta == 0 and work == out.dtype:  # straight into out, as gemm writes c
-            a.sum(axis=0, dtype=work, out=out)
+        if beta == 0 and work == out.dtype:  # straight into out, as gemm writes c (a has out's dtype)
+            a.sum(axis=0, out=out)
             return
         total = a.sum(axis=0, dtype=work)
         if beta == 1 and work == out.dtype:  # accumulation, in place as gemm does it
