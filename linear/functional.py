@@ -66,11 +66,12 @@ def _resolve(arrays: dict[str, Any], backend: str | Backend | None, optional: tu
 
     It runs on every call, where a small layer feels each microsecond: a plain numpy array, the
     common case, costs one type test."""
-    on_gpu, convert = [], []
+    on_gpu, convert, missing = [], [], 0
     for name, a in arrays.items():
         if type(a) is np.ndarray:
             continue
         if a is None:
+            missing += 1
             if not name.endswith("out") and name not in optional:
                 raise TypeError(f"{name} must be an array; got None")
         elif _is_cupy(a):
@@ -78,7 +79,7 @@ def _resolve(arrays: dict[str, Any], backend: str | Backend | None, optional: tu
         elif not name.endswith("out"):  # a wrong out= is _Output's to report
             convert.append(name)
     present = lambda: [name for name, a in arrays.items() if a is not None]  # for the messages
-    if on_gpu and len(on_gpu) != len(present()):
+    if on_gpu and len(on_gpu) + missing != len(arrays):
         on_host = [name for name in present() if name not in on_gpu]
         raise TypeError(f"cannot mix CuPy and numpy arrays: {', '.join(on_gpu)} on the GPU (CuPy), "
                         f"{', '.join(on_host)} on the host (numpy)")
@@ -395,7 +396,8 @@ def forward(x: Array, w: Array, b: Array | None = None, *, activation: str | Non
             return y
     be, arr = _resolve({"x": x, "w": w, "b": b, "out": out, "preact_out": preact_out}, backend, optional=("b",))
     x, w, b, out = arr["x"], arr["w"], arr["b"], arr["out"]
-    _check_distinct(be.xp, {"out": out, "preact_out": arr["preact_out"]})
+    if out is not None and arr["preact_out"] is not None:  # two outputs that might overlap
+        _check_distinct(be.xp, {"out": out, "preact_out": arr["preact_out"]})
     _check_ndim("w", w, 2)
     if x.ndim < 1:
         raise ValueError(f"x must have at least 1 dimension (..., F); got {describe(x)}")

@@ -30,14 +30,16 @@ Two paths, one set of products:
   traces it without a graph break; its backward is the custom op "linear::linear_backward".
 
 Where it runs (the tensors are never copied on the way in):
-- CPU tensors share their memory with numpy arrays (through DLPack); the backend is `backend`, else
-  $LINEAR_BACKEND, else "numpy" ("emulate" runs our CUDA source on the CPU). The numpy backend's BLAS runs
-  with torch.get_num_threads() threads for the span of the call.
+- CPU tensors run on `backend`, else $LINEAR_BACKEND, else "numpy". On "numpy" the products are torch's own
+  CPU kernels on the tensors themselves (backends.torch_cpu: torch's BLAS, with torch's thread count, and
+  the numpy backend's arithmetic); on "emulate" (our CUDA source run on the CPU) the tensors share their
+  memory with numpy arrays (through DLPack).
 - CUDA tensors go to the "cuda" backend through DLPack, on torch's current stream, with no host sync; what
   CuPy allocates during the call comes from torch's caching allocator (so CUDA graphs capture it).
 - meta tensors (and torch.compile's fake tensors) only get the result's shape, dtype and device.
 float32, float64, float16 and bfloat16; x, weight and bias must share one dtype and one device, as in
-torch.nn.functional.linear. This module is the only one that imports torch: `import linear` does not.
+torch.nn.functional.linear. This module and the backend it runs CPU tensors on (backends.torch_cpu) are the
+only ones that import torch: `import linear` does not.
 """
 import contextlib
 import math
@@ -49,6 +51,7 @@ from torch import nn
 
 from .activations import check_activation
 from .backends import BackendUnavailable, default_backend_name, get_backend
+from .backends.torch_cpu import TorchCpuBackend, activation_gradient
 
 __all__ = ["linear", "Linear", "swap_linear"]
 
@@ -109,7 +112,7 @@ def _where(tensors: dict[str, Optional[torch.Tensor]]) -> str:
 def _resolve(tensors: dict[str, Optional[torch.Tensor]], backend: Optional[str]) -> "_Host | _Device":
     """Where a call on `tensors` (of one device, named for the messages) runs: the cuda backend for CUDA
     tensors, else `backend` or the default. Resolved once per call of linear(); its backward uses the same."""
-    device = next(t for t in tensors.values() if t is not None).device
+    device = next(iter(tensors.values())).device  # the first (x or dy) is never None
     if device.type == "cuda":
         if backend not in (None, "cuda"):
             try:
@@ -126,7 +129,7 @@ def _resolve(tensors: dict[str, Optional[torch.Tensor]], backend: Optional[str])
         raise TypeError(f"linear.torch runs on CPU and CUDA tensors; got {_where(tensors)}")
     name = backend or default_backend_name()
     host = _HOSTS.get(name)
-    if host is None:
+    if host is None:  # "numpy" is there from the start
         if name == "cuda":
             raise TypeError(f"backend 'cuda' takes CUDA tensors; got {_where(tensors)}: move them with .cuda()")
         host = _HOSTS[name] = _Host(get_backend(name))  # BackendUnavailable with the reason, e.g. no C++ compiler
@@ -172,20 +175,26 @@ def _host_array(t: torch.Tensor) -> np.ndarray:
 
 
 class _Host:
-    """CPU tensors: numpy arrays sharing their memory; the numpy backend's BLAS runs with torch's thread
-    count (torch.get_num_threads()) for the span of the call, not with its own pool."""
-    __slots__ = ("backend", "name", "_threads")
+    """CPU tensors on a backend of numpy arrays (emulate): numpy arrays sharing the tensors' memory."""
+    __slots__ = ("backend", "name")
     array = staticmethod(_host_array)
+    scope = staticmethod(contextlib.nullcontext)
 
     def __init__(self, backend: Any) -> None:
         self.backend, self.name = backend, backend.name
-        self._threads = getattr(backend, "blas_threads", None)  # the numpy backend's
-
-    def scope(self) -> Any:
-        return contextlib.nullcontext() if self._threads is None else self._threads(torch.get_num_threads())
 
 
-_HOSTS: dict[str, _Host] = {}
+class _TorchHost(_Host):
+    """CPU tensors on the "numpy" backend: the tensors themselves, to torch's own CPU kernels
+    (backends.torch_cpu), so the products run on torch's BLAS with torch's thread count."""
+    __slots__ = ()
+    array = staticmethod(lambda t: t)
+
+    def __init__(self) -> None:
+        self.backend, self.name = TorchCpuBackend(), "numpy"
+
+
+_HOSTS: dict[str, _Host] = {"numpy": _TorchHost()}
 
 
 class _Device:
@@ -228,20 +237,26 @@ def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
 # The products: one backend call per GEMM, on tensors _check has checked
 # ----------------------------------------------------------------------------------------------------
 
+def _matrix(a: Any, rows: int, columns: int) -> Any:
+    """a (..., columns), a tensor or an array, as the (rows, columns) matrix a backend takes: a itself when
+    it is one (reshape costs ~0.8 µs even when it changes nothing, and a small layer feels each)."""
+    return a if a.ndim == 2 else a.reshape(rows, columns)
+
+
 def _forward(run: "_Host | _Device", x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
              activation: Optional[str] = None, preact: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y = act(x·weightᵀ + bias): one GEMM (NT: weight's transpose a view, which the kernels take as a flag)
     whose epilogue applies the activation and, when preact (a tensor of y's shape) is given, writes the
     pre-activation into it."""
     out_features, in_features = weight.shape
-    y = _empty((*x.shape[:-1], out_features), x)
-    rows = math.prod(x.shape[:-1])
+    lead = x.shape[:-1]
+    rows = math.prod(lead)
+    y = _empty((*lead, out_features), x)
     with run.scope():
         array = run.array
-        epilogue = {} if activation is None else {
-            "activation": activation, "preact": None if preact is None else array(preact).reshape(rows, out_features)}
-        run.backend.gemm(array(x).reshape(rows, in_features), array(weight).T, array(y).reshape(rows, out_features),
-                         alpha=1.0, beta=0.0, bias=None if bias is None else array(bias), **epilogue)
+        run.backend.gemm(_matrix(array(x), rows, in_features), array(weight).T, _matrix(array(y), rows, out_features),
+                         alpha=1.0, beta=0.0, bias=None if bias is None else array(bias), activation=activation,
+                         preact=None if preact is None else _matrix(array(preact), rows, out_features))
     return y
 
 
@@ -255,22 +270,22 @@ def _gradients(run: "_Host | _Device", dy: torch.Tensor, x: torch.Tensor, weight
     dz = dy ⊙ act'(z), computed with dbias = Σ_rows dz in one backend call."""
     out_features, in_features = weight.shape
     rows = math.prod(x.shape[:-1])
-    dx = _empty(tuple(x.shape), x) if need_dx else None
+    dx = _empty(x.shape, x) if need_dx else None
     dweight = _empty((out_features, in_features), x) if need_dweight else None
     dbias = _empty((out_features,), x) if need_dbias else None
     if need_dx or need_dweight or need_dbias:
         with run.scope():
             array, backend = run.array, run.backend
-            dy2 = array(dy).reshape(rows, out_features)
+            dy2 = _matrix(array(dy), rows, out_features)
             if activation is not None:
                 dz = array(_empty((rows, out_features), x))
-                backend.activation_grad(dy2, array(saved).reshape(rows, out_features), dz,
+                backend.activation_grad(dy2, _matrix(array(saved), rows, out_features), dz,
                                         None if dbias is None else array(dbias), activation=activation, beta=0.0)
                 dy2, need_dbias = dz, False
             if need_dx:
-                backend.gemm(dy2, array(weight), array(dx).reshape(rows, in_features), alpha=1.0, beta=0.0)
+                backend.gemm(dy2, array(weight), _matrix(array(dx), rows, in_features), alpha=1.0, beta=0.0)
             if need_dweight:
-                backend.gemm(dy2.T, array(x).reshape(rows, in_features), array(dweight), alpha=1.0, beta=0.0)
+                backend.gemm(dy2.T, _matrix(array(x), rows, in_features), array(dweight), alpha=1.0, beta=0.0)
             if need_dbias:
                 backend.colsum(dy2, array(dbias), beta=0.0)
     return dx, dweight, dbias
@@ -281,17 +296,6 @@ def _preact(x: torch.Tensor, weight: torch.Tensor, keep: bool) -> Optional[torch
     return _empty((*x.shape[:-1], weight.shape[0]), x) if keep else None
 
 
-def _act_backward_ops(dy: torch.Tensor, z: torch.Tensor, activation: str) -> torch.Tensor:
-    """dy ⊙ act'(z) with torch's own differentiable ops (the create_graph path). silu's is written out:
-    aten's silu_backward has no derivative; the formula is the one aten's kernel computes."""
-    if activation == "relu":
-        return torch.ops.aten.threshold_backward(dy, z, 0)
-    if activation in ("gelu", "gelu_tanh"):
-        return torch.ops.aten.gelu_backward(dy, z, approximate="none" if activation == "gelu" else "tanh")
-    sigmoid = torch.sigmoid(z)
-    return dy * sigmoid * (1 + z * (1 - sigmoid))
-
-
 def _differentiable_act_gradients(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                                   bias: Optional[torch.Tensor], activation: str, needs: tuple[bool, ...],
                                   backend: Optional[str]) -> tuple[Optional[torch.Tensor], ...]:
@@ -299,7 +303,7 @@ def _differentiable_act_gradients(dy: torch.Tensor, x: torch.Tensor, weight: tor
     z recomputed by linear() (one more GEMM, only here) so that it carries its graph back to x, weight
     and bias, dz by torch's ops, then linear()'s differentiable backward (eager or the custom op)."""
     z = linear(x, weight, bias, backend=backend)
-    dz = _act_backward_ops(dy, z, activation)
+    dz = activation_gradient(activation, dy, z)
     need_dx, need_dweight, need_dbias = needs
     if torch.compiler.is_compiling() or not _eager(dz, x, weight):
         grads = _linear_backward(dz, x, weight, need_dx, need_dweight, need_dbias, backend)

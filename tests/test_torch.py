@@ -26,6 +26,7 @@ torch = importlib.import_module("torch") if CI else pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+import linear  # noqa: E402
 import linear.torch as lt  # noqa: E402
 from linear.backends import BackendUnavailable, available_backends  # noqa: E402
 from linear.testing import TOLERANCE, relative_error  # noqa: E402
@@ -160,18 +161,21 @@ def test_the_weight_gradient_of_a_square_layer_is_not_transposed(backend, poison
     assert rel(reference.t(), reference) > 0.1  # the transposed gradient would be far off
 
 
-def test_the_eager_path_calls_no_custom_op_and_converts_each_tensor_once(monkeypatch):
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_the_eager_path_calls_no_custom_op_and_converts_each_tensor_once(backend, monkeypatch):
     """Plain tensors take the autograd.Function: no custom-op dispatch, the backend resolved once per call
-    (forward and backward share it), each tensor viewed as an array once per product."""
+    (forward and backward share it); on emulate each tensor viewed as an array once per product, on numpy
+    none (the tensors go to torch's own kernels as they are)."""
     resolved, custom, viewed = [], [], []
     real_resolve, real_array = lt._resolve, lt._Host.array
     monkeypatch.setattr(lt, "_resolve", lambda *a: resolved.append(a) or real_resolve(*a))
     monkeypatch.setattr(lt, "_linear", lambda *a: custom.append(a))
     monkeypatch.setattr(lt._Host, "array", staticmethod(lambda t: viewed.append(t.shape) or real_array(t)))
     x, weight, bias = make((4, 5), True, False, torch.float32, seed=18)
-    lt.linear(x, weight, bias, backend="numpy").sum().backward()
+    lt.linear(x, weight, bias, backend=backend).sum().backward()
     assert len(resolved) == 1 and not custom
-    assert len(viewed) == 4 + 6  # x, weight, bias, y; then dy, weight, dx, x, dweight, dbias
+    # x, weight, bias, y; then dy, weight, dx, x, dweight, dbias
+    assert len(viewed) == (4 + 6 if backend == "emulate" else 0)
 
 
 def test_opcheck_schema_fake_and_autograd_registration():
@@ -197,30 +201,112 @@ def test_only_the_needed_gradients_are_computed(monkeypatch):
     assert calls == [(False, True, False)] and weight.grad is not None
 
 
-def test_numpy_blas_runs_with_torchs_thread_count_for_the_span_of_the_call(monkeypatch):
-    """torch.set_num_threads is the one knob: inside each product numpy's BLAS has torch's thread count,
-    and after the call the count it had before (3 here, set by the user through threadpoolctl)."""
-    threadpoolctl = importlib.import_module("threadpoolctl") if CI else pytest.importorskip("threadpoolctl")
-    from linear.backends.numpy import NumpyBackend
+def backend_calls(monkeypatch, backend_class):
+    """A list that records each gemm, colsum and activation_grad call of backend_class as (method, the
+    types of its array arguments), and then runs it."""
+    calls = []
 
-    def blas_threads():
-        return {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
-    seen = []
-    real_gemm, real_colsum = NumpyBackend.gemm, NumpyBackend.colsum
-    monkeypatch.setattr(NumpyBackend, "gemm", lambda *a, **k: seen.append(blas_threads()) or real_gemm(*a, **k))
-    monkeypatch.setattr(NumpyBackend, "colsum", lambda *a, **k: seen.append(blas_threads()) or real_colsum(*a, **k))
-    x, weight, bias = make((4, 5), True, False, torch.float32, seed=19)
-    before = torch.get_num_threads()
-    try:
-        with threadpoolctl.threadpool_limits(3, user_api="blas"):
-            for threads in (1, 2):
-                torch.set_num_threads(threads)
-                lt.linear(x, weight, bias, backend="numpy").sum().backward()
-                assert seen == [{threads}] * 4  # y; dx, dweight, dbias
-                assert blas_threads() == {3}
-                seen.clear()
-    finally:
-        torch.set_num_threads(before)
+    def spy(method, real):
+        def call(self, *arrays, **kwargs):
+            calls.append((method, {type(a) for a in arrays if a is not None}))
+            return real(self, *arrays, **kwargs)
+        return call
+    for method in ("gemm", "colsum", "activation_grad"):
+        monkeypatch.setattr(backend_class, method, spy(method, getattr(backend_class, method)))
+    return calls
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cpu_tensors_on_the_numpy_backend_run_on_torchs_own_kernels(dtype, activation, monkeypatch, poisoned):
+    """backend="numpy" (the default) on CPU tensors: every product is a call of the torch_cpu backend on the
+    tensors themselves (torch's BLAS, torch's thread count), none reaches numpy's BLAS, and the values are
+    torch's within the dtype's tolerance. Negative control: numpy arrays through linear.forward and
+    linear.backward still go to the numpy backend, and never to torch's kernels."""
+    from linear.backends.numpy import NumpyBackend
+    from linear.backends.torch_cpu import TorchCpuBackend
+    on_torch, on_numpy = backend_calls(monkeypatch, TorchCpuBackend), backend_calls(monkeypatch, NumpyBackend)
+    x, weight, bias = make((2, 3, 5), True, True, dtype, seed=41)
+    y = lt.linear(x, weight, bias, activation=activation, backend="numpy")
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(42)).to(dtype)
+    grads = torch.autograd.grad(y, (x, weight, bias), dy)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, weight, bias))
+    y64 = F.linear(x64, w64, b64)
+    y64 = y64 if activation is None else F.gelu(y64)
+    refs = torch.autograd.grad(y64, (x64, w64, b64), dy.double())
+    assert rel(y, y64) <= tol(dtype)
+    for grad, ref in zip(grads, refs):
+        assert grad.dtype == dtype and rel(grad, ref) <= tol(dtype)
+    products = (["gemm", "gemm", "gemm", "colsum"] if activation is None  # y; dx, dweight, dbias
+                else ["gemm", "activation_grad", "colsum", "gemm", "gemm"])  # dbias: activation_grad's colsum
+    assert [method for method, _ in on_torch] == products
+    assert all(issubclass(kind, torch.Tensor) for _, types in on_torch for kind in types)
+    assert not on_numpy
+
+    on_torch.clear()
+    a, w, b = (t.detach().float().numpy() for t in (x.reshape(6, 5), weight.t(), bias))
+    linear.forward(a, w, b)
+    linear.backward(np.ones((6, 7), np.float32), a, w)
+    assert [method for method, _ in on_numpy] == ["gemm", "gemm", "gemm", "colsum"] and not on_torch
+
+
+def torch_cpu_case(dtype, seed, m=5, k=6, n=7):
+    """a (m, k) as a transposed view, b (k, n), c, bias and preact as float64 tensors rounded to dtype."""
+    g = torch.Generator().manual_seed(seed)
+    randn = lambda *size: torch.randn(*size, generator=g, dtype=torch.float64).to(dtype)
+    return randn(k, m).t(), randn(k, n), randn(m, n), randn(n)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("alpha, beta", [(1.0, 0.0), (1.0, 1.0), (0.5, 2.0), (-2.0, 0.0)])
+@pytest.mark.parametrize("has_bias", [False, True])
+@pytest.mark.parametrize("activation", [None, "relu", "silu"])
+def test_the_torch_cpu_backend_computes_what_the_interface_says(dtype, alpha, beta, has_bias, activation):
+    """Every path of TorchCpuBackend.gemm (straight into c, c an addend, the bias as addmm's addend, a cast
+    for the half types, the activation and preact after): c = act(alpha·a·b + beta·c + bias), preact the sum
+    before the activation, against float64; c NaN-poisoned where beta == 0 (its contents must be ignored)."""
+    from linear.backends.torch_cpu import TorchCpuBackend
+    a, b, c0, bias = torch_cpu_case(dtype, seed=43)
+    c = torch.full_like(c0, float("nan")) if beta == 0 else c0.clone()
+    preact = None if activation is None else torch.full_like(c0, float("nan"))
+    inputs = [t.clone() for t in (a, b, bias)]
+    TorchCpuBackend().gemm(a, b, c, alpha=alpha, beta=beta, bias=bias if has_bias else None,
+                           activation=activation, preact=preact)
+    z = alpha * a.double() @ b.double() + beta * c0.double() + (bias.double() if has_bias else 0)
+    expected = {None: z, "relu": torch.relu(z), "silu": F.silu(z)}[activation]
+    assert c.dtype == dtype and rel(c, expected) <= tol(dtype)
+    if preact is not None:
+        assert rel(preact, z) <= tol(dtype)
+    assert all(torch.equal(before, after) for before, after in zip(inputs, (a, b, bias)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
+def test_the_torch_cpu_backend_column_sums_and_activation_gradient(dtype, beta):
+    """colsum: out = Σ_rows a + beta·out; activation_grad: dz = dy ⊙ act'(z), db = Σ_rows dz + beta·db
+    (gelu_tanh here), against float64 references; out and db NaN-poisoned where beta == 0."""
+    from linear.backends.torch_cpu import TorchCpuBackend
+    g = torch.Generator().manual_seed(44)
+    dy, z, db0 = (torch.randn(*size, generator=g, dtype=torch.float64).to(dtype) for size in [(6, 7), (7, 6), (7,)])
+    z = z.t()  # a transposed view: any strides will do
+    poisoned_or_given = lambda: torch.full_like(db0, float("nan")) if beta == 0 else db0.clone()
+    out = poisoned_or_given()
+    TorchCpuBackend().colsum(dy, out, beta=beta)
+    assert rel(out, dy.double().sum(0) + beta * db0.double()) <= tol(dtype)
+    dz, db = torch.full_like(dy, float("nan")), poisoned_or_given()
+    TorchCpuBackend().activation_grad(dy, z, dz, db, activation="gelu_tanh", beta=beta)
+    z64 = z.double().requires_grad_()
+    (expected,) = torch.autograd.grad(F.gelu(z64, approximate="tanh"), z64, dy.double())
+    assert dz.dtype == dtype and rel(dz, expected) <= tol(dtype)
+    assert rel(db, expected.sum(0) + beta * db0.double()) <= tol(dtype)
+
+
+def test_the_torch_cpu_backend_tests_can_fail():
+    """Negative control for the two tests above: the interface's sums with the addend dropped, or the
+    bias added twice, are far outside every tolerance."""
+    a, b, c0, bias = torch_cpu_case(torch.float32, seed=43)
+    z = a.double() @ b.double() + c0.double() + bias.double()
+    assert rel(a @ b + bias, z) > 0.1 and rel(a @ b + c0 + 2 * bias, z) > 0.1
 
 
 def test_meta_tensors_give_shapes_only():
@@ -291,10 +377,15 @@ def test_linear_backend_environment_variable_picks_the_cpu_backend(monkeypatch):
     assert chosen == [other, "numpy"]
 
 
-def test_bfloat16_without_ml_dtypes_is_a_clear_error(monkeypatch):
+def test_bfloat16_without_ml_dtypes(monkeypatch):
+    """numpy's bfloat16 is ml_dtypes': the emulate backend, which views tensors as numpy arrays, needs it
+    and says so; the numpy backend runs CPU tensors on torch's own kernels and does not."""
     monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # import ml_dtypes now raises ImportError
-    with pytest.raises(TypeError, match="bfloat16 tensors need the ml_dtypes package"):
-        lt.linear(torch.randn(2, 5, dtype=torch.bfloat16), torch.randn(3, 5, dtype=torch.bfloat16))
+    x, weight = torch.randn(2, 5, dtype=torch.bfloat16), torch.randn(3, 5, dtype=torch.bfloat16)
+    assert rel(lt.linear(x, weight, backend="numpy"), F.linear(x.double(), weight.double())) <= tol(torch.bfloat16)
+    if "emulate" in HOST_BACKENDS:
+        with pytest.raises(TypeError, match="bfloat16 tensors need the ml_dtypes package"):
+            lt.linear(x, weight, backend="emulate")
 
 
 class TestCudaDispatch:

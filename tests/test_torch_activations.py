@@ -156,7 +156,7 @@ def test_the_pre_activation_is_kept_only_for_backward_and_never_for_relu(activat
 def test_the_eager_backward_is_one_fused_call_and_the_products(monkeypatch):
     """A training step's backward: one activation_grad (dz and dbias together), then two GEMMs on dz
     (the calls linear.torch makes; the backend's own calls inside them are not counted)."""
-    from linear.backends.numpy import NumpyBackend
+    from linear.backends.torch_cpu import TorchCpuBackend  # where backend="numpy" runs CPU tensors
     calls, depth = [], [0]
 
     def spy(name, real):
@@ -170,7 +170,7 @@ def test_the_eager_backward_is_one_fused_call_and_the_products(monkeypatch):
                 depth[0] -= 1
         return call
     for method in ("gemm", "colsum", "activation_grad"):
-        monkeypatch.setattr(NumpyBackend, method, spy(method, getattr(NumpyBackend, method)))
+        monkeypatch.setattr(TorchCpuBackend, method, spy(method, getattr(TorchCpuBackend, method)))
     x, weight, bias = make((4, 5), True, False, torch.float32, seed=38)
     lt.linear(x, weight, bias, activation="silu", backend="numpy").sum().backward()
     assert calls == ["gemm", "activation_grad", "gemm", "gemm"]

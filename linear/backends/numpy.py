@@ -1,14 +1,8 @@
 """The numpy backend: GEMM through numpy's matmul (BLAS) on the views it is given (a transposed operand
-is a transposed view: BLAS takes it as a flag, never a copy).
-
-Its BLAS runs with its own thread pool; blas_threads(n) runs it with n threads for the span of a with block
-(linear.torch passes torch.get_num_threads(), so that torch's one knob governs both libraries).
+is a transposed view: BLAS takes it as a flag, never a copy). Its BLAS runs with its own thread pool.
+(linear.torch runs CPU tensors on torch's own kernels instead: backends/torch_cpu.py.)
 """
 from __future__ import annotations
-
-import functools
-import warnings
-from typing import Any
 
 import numpy as np
 
@@ -16,59 +10,20 @@ from .. import activations
 from ..dtypes import accumulator_dtype
 
 
-@functools.cache
-def _blas_libraries() -> tuple[Any, ...]:
-    """threadpoolctl's controllers of the BLAS libraries loaded in this process (numpy's among them), found
-    once: finding them walks every loaded library, which is what makes threadpool_limits cost ~300 µs a
-    call. Empty, with a warning, without threadpoolctl."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        warnings.warn("threadpoolctl is not installed, so numpy's BLAS runs with its own thread count, "
-                      "whatever torch.set_num_threads says: pip install threadpoolctl", RuntimeWarning, stacklevel=3)
-        return ()
-    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
-
-
-class _BlasThreads:
-    """The with block of NumpyBackend.blas_threads: on entry each BLAS library is set to `count` threads
-    where it differs, on exit set back to what it was."""
-    __slots__ = ("libraries", "count", "before")
-
-    def __init__(self, libraries: tuple[Any, ...], count: int) -> None:
-        self.libraries, self.count, self.before = libraries, count, ()
-
-    def __enter__(self) -> None:
-        self.before = tuple(library.get_num_threads() for library in self.libraries)
-        for library, before in zip(self.libraries, self.before):
-            if before != self.count:
-                library.set_num_threads(self.count)
-
-    def __exit__(self, *exc: Any) -> None:
-        for library, before in zip(self.libraries, self.before):
-            if before != self.count:
-                library.set_num_threads(before)
-
-
 class NumpyBackend:
     name = "numpy"
     xp = np
 
-    def blas_threads(self, count: int) -> _BlasThreads:
-        """`with backend.blas_threads(n):` runs numpy's BLAS with n threads inside the block, and restores
-        the count it had after. Through the BLAS's own get/set-threads calls (threadpoolctl's controllers,
-        found once): ~0.6 µs a block, ~2.5 µs when the count differs (threadpool_limits: ~300 µs)."""
-        return _BlasThreads(_blas_libraries(), count)
-
     def gemm(self, a, b, c, *, alpha, beta, bias=None, activation=None, preact=None):
         work = accumulator_dtype(c.dtype)  # as the kernels do; numpy's float16 matmul is slower and less precise
-        op_a, op_b = (a.astype(work), b.astype(work)) if work != c.dtype else (a, b)
+        cast = work != c.dtype
+        op_a, op_b = (a.astype(work), b.astype(work)) if cast else (a, b)
         # BLAS writes straight into c unless c is an addend or needs a cast; an addend c of the same
         # dtype with beta == 1 (gradient accumulation) takes the product in place. Fresh temporaries are
         # kept to one: each large one costs page faults that can exceed the product itself on small layers.
         # The activation is applied to the sum in the accumulator dtype, as the kernels' epilogue does.
-        plain = activation is None and preact is None
-        direct = beta == 0 and work == c.dtype and plain
+        plain = activation is None and preact is None and not cast
+        direct = beta == 0 and plain
         product = np.matmul(op_a, op_b, out=c if direct else None)
         if alpha != 1:
             product *= work.type(alpha)
@@ -76,7 +31,7 @@ class NumpyBackend:
             product += bias
         if direct:
             return
-        if beta == 1 and work == c.dtype and plain:
+        if beta == 1 and plain:
             c += product
             return
         if beta != 0:
@@ -94,8 +49,8 @@ class NumpyBackend:
 
     def colsum(self, a, out, *, beta):
         work = accumulator_dtype(out.dtype)
-        if beta == 0 and work == out.dtype:  # straight into out, as gemm writes c
-            a.sum(axis=0, dtype=work, out=out)
+        if beta == 0 and work == out.dtype:  # straight into out, as gemm writes c (a has out's dtype)
+            a.sum(axis=0, out=out)
             return
         total = a.sum(axis=0, dtype=work)
         if beta == 1 and work == out.dtype:  # accumulation, in place as gemm does it
