@@ -4,6 +4,7 @@ expression, on a small layer where that cost shows (the default numpy backend; B
     python -m bench.overhead                          # 64x128x128 float32, 2000 rounds
     python -m bench.overhead --shape 32,784,256 --rounds 5000
     python -m bench.overhead --stand-in cuda          # the cuda path's host time, without a GPU
+    python -m bench.overhead --stand-in cuda --dtype bfloat16   # ... on the Hopper kernel, with its tensor maps
 
 Each round times the linear call and the raw expression once each, on the same (cache-warm) inputs, in
 alternating order. Reports, in µs, min and median of each, and the overhead two ways: min(linear) -
@@ -14,7 +15,10 @@ from other work on the machine hits on both sides alike.
 hit on every timed call) over a runtime whose kernels do nothing (function() returns a no-op launcher),
 with arrays that pass for CuPy's (numpy arrays of a class in a module named cupy, so that linear takes
 the path CuPy arrays take). Not in it: CuPy's own costs (cupy.empty from its memory pool, a kernel
-launch through the driver), and what the kernels do. Its raw expression is an empty call.
+launch through the driver), and what the kernels do. Its raw expression is an empty call. The stand-in
+reports an H100 (compute capability 9.0), so with --dtype bfloat16 the products run the Hopper kernel,
+whose two tensor maps per product come from tensor_map's cache on every timed call (the stand-in's
+encoder, called once per operand, makes 128 zero bytes instead of the driver's map).
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ import numpy as np
 import linear
 from linear.backends.device import H100
 from linear.backends.kernel import KernelBackend
+from linear.backends.tensor_map import TENSOR_MAP_BYTES
+from linear.dtypes import dtype_of
 
 from .machine import describe_load, load_check
 from .timers import pin_threads
@@ -85,15 +91,18 @@ class NoLaunchRuntime:
     def device_id(self) -> int:
         return 0
 
+    def encode_tensor_map(self, array, *layout) -> bytes:
+        return bytes(TENSOR_MAP_BYTES)
 
-def _stand_in_pairs(shape: tuple[int, int, int]) -> dict:
+
+def _stand_in_pairs(shape: tuple[int, int, int], dtype: np.dtype) -> dict:
     """op -> (linear call on the cuda stand-in, an empty call)."""
     backend = KernelBackend(NoLaunchRuntime())
     rng = np.random.default_rng(0)
     batch, features, d = shape
-    x, dy, w, b = (rng.standard_normal(s, np.float32).view(_StandInArray)
+    x, dy, w, b = (rng.standard_normal(s).astype(dtype).view(_StandInArray)
                    for s in [(batch, features), (batch, d), (features, d), (d,)])
-    dw, db, y = np.zeros_like(w), np.zeros_like(b), np.empty((batch, d), np.float32).view(_StandInArray)
+    dw, db, y = np.zeros_like(w), np.zeros_like(b), np.empty((batch, d), dtype).view(_StandInArray)
     nothing = lambda: None
     return {
         # the one call linear.torch makes per product
@@ -129,7 +138,9 @@ def measure(ours, raw, rounds: int, warmup: int = 200) -> dict[str, list[float]]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", default="64,128,128", help="B,F,D of X (B×F) · W (F×D); float32")
+    parser.add_argument("--shape", default="64,128,128", help="B,F,D of X (B×F) · W (F×D)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="bfloat16 only with --stand-in (the Hopper kernel; needs ml_dtypes)")
     parser.add_argument("--rounds", type=int, default=2000, help="timed rounds per op (default 2000)")
     parser.add_argument("--ops", help="comma-separated (default: all; forward, backward, matmul, backward-acc, "
                         "and backend.gemm with --stand-in)")
@@ -140,14 +151,17 @@ def main(argv: list[str] | None = None) -> None:
     # The calls name no backend, as users write them: that path (reading $LINEAR_BACKEND) is measured.
     if not args.stand_in and linear.backends.default_backend_name() != "numpy":
         parser.error("it measures the numpy backend, the default: unset LINEAR_BACKEND")
+    if args.dtype != "float32" and not args.stand_in:
+        parser.error("--dtype bfloat16 measures the cuda stand-in: add --stand-in cuda")
+    dtype = np.dtype(np.float32) if args.dtype == "float32" else dtype_of("bfloat16")
     print(f"load: {describe_load(load_check())}")
     pin_threads(1)
-    pairs = _stand_in_pairs(shape) if args.stand_in else _pairs(shape)
+    pairs = _stand_in_pairs(shape, dtype) if args.stand_in else _pairs(shape)
     ops = args.ops.split(",") if args.ops else list(pairs)
     if set(ops) - set(pairs):
         parser.error(f"--ops: choose from {', '.join(pairs)}")
     where = "cuda stand-in (no kernel runs; raw: an empty call)" if args.stand_in else "numpy backend"
-    print(f"{'x'.join(map(str, shape))} float32, {where}, {args.rounds} rounds; µs per call")
+    print(f"{'x'.join(map(str, shape))} {dtype.name}, {where}, {args.rounds} rounds; µs per call")
     print(f"{'op':<12} {'linear min/median':>18} {'raw min/median':>16} {'overhead Δmin/median':>22}")
     for op in ops:
         t = measure(*pairs[op], args.rounds)

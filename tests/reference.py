@@ -139,8 +139,8 @@ class RecordingRuntime:
     def compute_capability(self):
         return self.runtime.compute_capability()
 
-    def host_library(self):  # the emulator's, which encodes tensor maps
-        return self.runtime.host_library()
+    def encode_tensor_map(self, array, *layout):  # the emulator's
+        return self.runtime.encode_tensor_map(array, *layout)
 
     def device_limits(self):
         return self.runtime.device_limits()

@@ -12,6 +12,7 @@ import linear
 from linear.backends import kernel, plan, tensor_map
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
+from linear.dtypes import dtype_of
 from reference import DTYPES, RecordingRuntime, emulator, poisoned
 
 
@@ -58,7 +59,10 @@ def assert_same_launches(recorded: list[plan.Launch], planned: list[plan.Launch]
             if isinstance(y, tensor_map.TensorMapArg):  # the kernel got the map of the array the plan names
                 assert isinstance(x, tensor_map.TensorMap) and (x.box, x.swizzle) == (y.box, y.swizzle), \
                     f"{got.name}: argument {i} is {x!r}, a fresh plan's {y!r}"
-                assert map_address(x) == plan.address(x.array), f"{got.name}: argument {i} maps another array"
+                viewed = x.array
+                for view in y.views:  # the map describes the call's array seen through the plan's views
+                    viewed = view.of(np, viewed)
+                assert map_address(x) == plan.address(viewed), f"{got.name}: argument {i} maps another array"
                 x, y = x.array, y.array
             if not isinstance(y, np.ndarray):
                 assert type(x) is type(y) and x == y, f"{got.name}: argument {i} is {x!r}, a fresh plan's {y!r}"
@@ -291,20 +295,24 @@ def test_the_cache_keeps_the_most_recently_used_plans(runtime, monkeypatch):
     assert plans_made(5, 6) == 0 and plans_made(4) == 1
 
 
-def test_the_cuda_stand_in_of_bench_overhead_times_cached_calls_on_the_cupy_path(monkeypatch):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_cuda_stand_in_of_bench_overhead_times_cached_calls_on_the_cupy_path(monkeypatch, dtype):
     """bench.overhead --stand-in cuda: linear takes its arrays for CuPy's (the general path, not numpy's),
-    and every call after the first hits the plan cache."""
+    and every call after the first hits the plan cache; in bfloat16 the products run the Hopper kernel
+    (the stand-in is an H100) and its tensor maps come from tensor_map's cache after the first call."""
     from pathlib import Path
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
     from bench import overhead
     planned = []
     real = kernel.gemm_plan
     monkeypatch.setattr(kernel, "gemm_plan", lambda *a, **k: planned.append(a) or real(*a, **k))
-    pairs = overhead._stand_in_pairs((4, 8, 8))
+    monkeypatch.setattr(tensor_map, "TENSOR_MAPS", tensor_map.TensorMapCache())
+    pairs = overhead._stand_in_pairs((4, 8, 8), dtype_of(dtype))
     for op, (ours, _) in pairs.items():
         result = ours()
-        made = len(planned)
+        made, encoded = len(planned), tensor_map.TENSOR_MAPS.encoded
         ours()
-        assert len(planned) == made, op
+        assert len(planned) == made and tensor_map.TENSOR_MAPS.encoded == encoded, op
         if op != "backend.gemm":  # which returns nothing
             assert type(result if op in ("forward", "matmul") else result.dx).__module__ == "cupy.stand_in"
+    assert (tensor_map.TENSOR_MAPS.encoded > 0) == (dtype == "bfloat16")  # the Hopper kernel's maps

@@ -12,7 +12,7 @@ import numpy as np
 from .base import BackendUnavailable
 from .device import H100, DeviceLimits
 from .sources import kernels_dir
-from .tensor_map import TENSOR_MAP_ALIGNMENT, TENSOR_MAP_BYTES, TensorMap
+from .tensor_map import TENSOR_MAP_ALIGNMENT, TENSOR_MAP_BYTES, TensorMap, encode_with_driver
 
 
 def cuda_include_dirs() -> list[str]:
@@ -108,6 +108,10 @@ class CupyRuntime:
             kernel(grid, block, tuple(self._by_value(a) for a in args), shared_mem=shared_mem)
 
         return launch
+
+    def encode_tensor_map(self, array: Any, *layout: int | list[int]) -> bytes:
+        """The 128 bytes of a tensor map of `array` (tensor_map.tensor_map's call), by the driver."""
+        return encode_with_driver(array, *layout)
 
     def _by_value(self, arg: Any) -> Any:
         """A TensorMap as the 128 bytes of a `const __grid_constant__ CUtensorMap` parameter: a numpy

@@ -20,7 +20,6 @@ themselves.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 from dataclasses import dataclass
@@ -63,14 +62,19 @@ def colsum_partial_name(t: ElementType) -> str:
 
 @dataclass(frozen=True)
 class View:
-    """An array seen with `shape` and byte `strides` from its first element, indexed with `index`: one
-    launch's part of a stack cut into several, or the (batch, rows, columns) a tensor map describes."""
+    """An array seen with `shape` and byte `strides` from its first element, indexed with `index` and then
+    cut to matrices first .. stop - 1 of the next dimension (`batch`): one launch's part of a stack cut into
+    several, or the (batch, rows, columns) a tensor map describes. Hashable (tensor_map's cache keys)."""
     shape: tuple[int, ...]
     strides: tuple[int, ...]
-    index: tuple = ()
+    index: tuple[int, ...] = ()
+    batch: tuple[int, int] | None = None  # (first, stop)
 
     def of(self, xp: ModuleType, x: Any) -> Any:
-        return xp.lib.stride_tricks.as_strided(x, self.shape, self.strides)[self.index]
+        viewed = xp.lib.stride_tricks.as_strided(x, self.shape, self.strides)
+        if self.index:
+            viewed = viewed[self.index]
+        return viewed if self.batch is None else viewed[self.batch[0]:self.batch[1]]
 
 
 @dataclass(frozen=True)
@@ -114,11 +118,13 @@ class Launch:
                      if isinstance(arg, Slot) or isinstance(arg, TensorMapArg) and isinstance(arg.array, Slot))
 
     def arguments(self, xp: ModuleType, values: list[Any]) -> tuple:
-        """args with each Slot replaced by its value, and each TensorMapArg of a Slot by the map of it."""
+        """args with each Slot replaced by its value, and each TensorMapArg of a Slot by the map of its value
+        seen through the slot's views."""
         args = list(self.args)
         for i, arg in self._slots:
+            # a map's views are applied by tensor_map's cache, only when it has no map of them yet
             args[i] = arg.fill(xp, values) if isinstance(arg, Slot) else \
-                dataclasses.replace(arg, array=arg.array.fill(xp, values))
+                TensorMapArg(values[arg.array.index], arg.box, arg.swizzle, arg.array.views)
         return tuple(args)
 
 
@@ -248,9 +254,9 @@ def batch_launches(arrays: list[Any], max_count: int) -> list[BatchLaunch]:
     launches = []
     for index in itertools.product(*(range(size) for size, _ in merged[:-1])):
         for first in range(0, count, max_count):
-            part = index + (slice(first, first + max_count),)
-            launches.append(BatchLaunch(tuple(View(shape, stride, part) for shape, stride in zip(shapes, strides)),
-                                        min(max_count, count - first), element_strides))
+            part = (first, first + max_count)
+            views = tuple(View(shape, stride, index, part) for shape, stride in zip(shapes, strides))
+            launches.append(BatchLaunch(views, min(max_count, count - first), element_strides))
     return launches
 
 

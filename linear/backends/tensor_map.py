@@ -6,9 +6,10 @@ parameter takes.
 describes `array` (C-contiguous or strided, rows of whole 16-byte multiples) to the tensor memory
 accelerator: `box` is the tile one cp.async.bulk.tensor copies, in the array's axis order (outermost
 first, as numpy shapes are; the driver's arrays are innermost first, and this module reverses them).
-The emulate runtime encodes it with the emulator's cuTensorMapEncodeTiled (kernels/emu/
-emu_tensor_map.h, in the runtime library), which makes the driver's checks; the cuda runtime with the
-driver's own through cuda-python (`cuda.bindings.driver`, an optional dependency). A map keeps its
+The runtime encodes it (its encode_tensor_map): the emulate runtime with the emulator's
+cuTensorMapEncodeTiled (encode_emulated: kernels/emu/emu_tensor_map.h, in the runtime library), which
+makes the driver's checks; the cuda runtime with the driver's own through cuda-python
+(encode_with_driver: `cuda.bindings.driver`, an optional dependency). A map keeps its
 array alive; it points at the array itself, so in the emulator TMA reads and writes the array in
 place, not the guarded copy of a pointer argument (memcheck does not watch it; TMA cannot leave the
 map's extents anyway).
@@ -39,14 +40,24 @@ _TFLOAT32 = 11
 _SWIZZLES = {0: 0, 32: 1, 64: 2, 128: 3}  # CUtensorMapSwizzle by span in bytes (0: none)
 
 
-class TensorMap:
-    """A 128-byte CUtensorMap (64-byte aligned) and the array it describes."""
+def aligned_map_bytes(data: bytes) -> np.ndarray:
+    """`data` (a map's 128 bytes) copied into a 64-byte aligned, read-only uint8 array."""
+    buffer = np.zeros(TENSOR_MAP_BYTES + TENSOR_MAP_ALIGNMENT, np.uint8)
+    start = -buffer.ctypes.data % TENSOR_MAP_ALIGNMENT
+    aligned = buffer[start:start + TENSOR_MAP_BYTES]
+    aligned[:] = np.frombuffer(data, np.uint8)
+    aligned.flags.writeable = False
+    return aligned
 
-    def __init__(self, data: bytes, array: Any, box: tuple[int, ...], swizzle: int):
-        self._buffer = np.zeros(TENSOR_MAP_BYTES + TENSOR_MAP_ALIGNMENT, np.uint8)
-        start = -self._buffer.ctypes.data % TENSOR_MAP_ALIGNMENT
-        self.bytes = self._buffer[start:start + TENSOR_MAP_BYTES]
-        self.bytes[:] = np.frombuffer(data, np.uint8)
+
+class TensorMap:
+    """A 128-byte CUtensorMap (64-byte aligned, read-only: a cached map's bytes serve every call with its
+    operand) and the array it describes."""
+    __slots__ = ("bytes", "array", "box", "swizzle")
+
+    def __init__(self, data: bytes | np.ndarray, array: Any, box: tuple[int, ...], swizzle: int):
+        """data: the 128 bytes, or an array aligned_map_bytes made of them (taken as it is)."""
+        self.bytes = data if isinstance(data, np.ndarray) else aligned_map_bytes(data)
         self.array, self.box, self.swizzle = array, box, swizzle
 
     @property
@@ -85,9 +96,8 @@ def tensor_map(runtime: Any, array: Any, box: Sequence[int], *, swizzle: int = 0
     # The driver's order: dimension 0 innermost; strides in bytes for dimensions 1 .. rank - 1.
     dims = [int(d) for d in reversed(array.shape)]
     byte_strides = [int(s) for s in reversed(array.strides)][1:]
-    encode = _emulate_encode if runtime.name == "emulate" else _cuda_encode
-    data = encode(runtime, array, data_type, rank, dims, byte_strides, box[::-1], strides[::-1],
-                  _SWIZZLES[swizzle], int(oob_nan))
+    data = runtime.encode_tensor_map(array, data_type, rank, dims, byte_strides, box[::-1], strides[::-1],
+                                     _SWIZZLES[swizzle], int(oob_nan))
     return TensorMap(data, array, box, swizzle)
 
 
@@ -105,7 +115,7 @@ def _encode_c(encode_tiled, pointer, data_type, rank, dims, byte_strides, box, s
     return status, out[start:start + TENSOR_MAP_BYTES].tobytes()
 
 
-def _emulate_encode(runtime, array, data_type, rank, dims, byte_strides, box, strides, swizzle, oob) -> bytes:
+def encode_emulated(runtime, array, data_type, rank, dims, byte_strides, box, strides, swizzle, oob) -> bytes:
     library = runtime.host_library()
     status, data = _encode_c(library.cuTensorMapEncodeTiled, array.ctypes.data, data_type, rank, dims, byte_strides,
                              box, strides, swizzle, oob)
@@ -117,7 +127,7 @@ def _emulate_encode(runtime, array, data_type, rank, dims, byte_strides, box, st
     return data
 
 
-def _cuda_encode(runtime, array, data_type, rank, dims, byte_strides, box, strides, swizzle, oob) -> bytes:
+def encode_with_driver(array, data_type, rank, dims, byte_strides, box, strides, swizzle, oob) -> bytes:
     """The driver's cuTensorMapEncodeTiled through cuda-python, or without it straight from libcuda with
     ctypes (unexecuted here: no GPU)."""
     try:
@@ -146,19 +156,25 @@ def address(x: Any) -> int:
 
 class TensorMapCache:
     """Tensor maps by (runtime, pointer, shape, strides, dtype, box, swizzle): the driver (or the emulator)
-    encodes a map once; a later call with the same operand copies its 128 bytes. The bytes hold no reference
-    to the array, so the cache keeps no array alive; a map is only passed along with the array it describes."""
+    encodes a map once; a later call with the same operand gets a TensorMap of the same (read-only) bytes.
+    The bytes hold no reference to the array, so the cache keeps no array alive; a map is only passed along
+    with the array it describes."""
 
     def __init__(self, capacity: int = 256):
         self.capacity = capacity
-        self._maps: OrderedDict[tuple, bytes] = OrderedDict()
+        self._maps: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self.encoded = 0  # how many maps were made (the rest came from the cache)
 
-    def get(self, runtime: Any, array: Any, box: tuple[int, ...], swizzle: int) -> TensorMap:
-        key = (runtime.name, address(array), array.shape, array.strides, array.dtype.name, box, swizzle)
+    def get(self, runtime: Any, array: Any, box: tuple[int, ...], swizzle: int, views: tuple = ()) -> TensorMap:
+        """The map of `array` seen through `views` (launch.View: each has .of(xp, array)), which are applied
+        only to make a map the cache does not have."""
+        key = (runtime.name, address(array), array.shape, array.strides, array.dtype.name, views, box, swizzle)
         data = self._maps.get(key)
         if data is None:
-            data = tensor_map(runtime, array, box, swizzle=swizzle).bytes.tobytes()
+            viewed = array
+            for view in views:
+                viewed = view.of(runtime.xp, viewed)
+            data = tensor_map(runtime, viewed, box, swizzle=swizzle).bytes
             self.encoded += 1
             self._maps[key] = data
             if len(self._maps) > self.capacity:
@@ -173,12 +189,14 @@ TENSOR_MAPS = TensorMapCache()
 
 @dataclass(frozen=True, eq=False)
 class TensorMapArg:
-    """A kernel argument that is the tensor map of `array` with this box and swizzle: a launch plan holds it
-    (plans are made without a runtime; a cached plan's `array` is a launch.Slot until a call fills it in);
-    launch.call encodes it for the runtime that launches, through TENSOR_MAPS."""
+    """A kernel argument that is the tensor map of `array` seen through `views` (launch.View), with this box
+    and swizzle: a launch plan holds it (plans are made without a runtime; a cached plan's `array` is a
+    launch.Slot, with the views, until a call fills it in); launch.call encodes it for the runtime that
+    launches, through TENSOR_MAPS. The TensorMap it gives holds `array` itself."""
     array: Any
     box: tuple[int, ...]
     swizzle: int
+    views: tuple = ()
 
     def encode(self, runtime: Any) -> TensorMap:
-        return TENSOR_MAPS.get(runtime, self.array, self.box, self.swizzle)
+        return TENSOR_MAPS.get(runtime, self.array, self.box, self.swizzle, self.views)

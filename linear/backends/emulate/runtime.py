@@ -12,6 +12,7 @@ import numpy as np
 from ..base import BackendUnavailable
 from ..device import H100, DeviceLimits
 from ..sources import kernels_dir
+from ..tensor_map import encode_emulated
 from . import sanitizers
 from .compiler import Compiler, default_cache_dir
 from .kernel import EmulatedKernel
@@ -50,9 +51,14 @@ class EmulatorRuntime:
     def device_limits(self) -> DeviceLimits:
         return H100  # the card the plan's cost model assumes for the emulator
 
+    def encode_tensor_map(self, array: np.ndarray, *layout: int | list[int]) -> bytes:
+        """The 128 bytes of a tensor map of `array` (tensor_map.tensor_map's call), by the emulator's
+        cuTensorMapEncodeTiled."""
+        return encode_emulated(self, array, *layout)
+
     def host_library(self) -> ctypes.CDLL:
         """The emulator's runtime library, built if need be: its host functions (cuTensorMapEncodeTiled) are
-        what linear/backends/tensor_map.py calls."""
+        what encode_tensor_map calls."""
         with self._lock:
             if self._host is None:
                 self._host = ctypes.CDLL(str(self._compiler.runtime_library()))
