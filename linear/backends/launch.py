@@ -117,6 +117,11 @@ class Launch:
         return tuple((i, arg) for i, arg in enumerate(self.args)
                      if isinstance(arg, Slot) or isinstance(arg, TensorMapArg) and isinstance(arg.array, Slot))
 
+    @functools.cached_property
+    def map_positions(self) -> tuple[int, ...]:
+        """The positions of the tensor-map arguments."""
+        return tuple(i for i, arg in enumerate(self.args) if isinstance(arg, TensorMapArg))
+
     def arguments(self, xp: ModuleType, values: list[Any]) -> tuple:
         """args with each Slot replaced by its value, and each TensorMapArg of a Slot by the map of its value
         seen through the slot's views."""
@@ -136,8 +141,11 @@ def function(runtime: Runtime, launch: Launch) -> KernelFunction:
 def call(runtime: Runtime, kernel: KernelFunction, launch: Launch, args: tuple) -> None:
     """Launch `kernel` (function(runtime, launch)) with launch's grid and the filled-in `args`; a tensor
     map argument is encoded for the runtime here, from the array it holds (tensor_map's cache)."""
-    args = tuple(arg.encode(runtime) if isinstance(arg, TensorMapArg) else arg for arg in args)
-    kernel(launch.grid, launch.block, args, shared_mem=launch.shared_mem)
+    if launch.map_positions:
+        args = list(args)
+        for i in launch.map_positions:
+            args[i] = args[i].encode(runtime)
+    kernel(launch.grid, launch.block, tuple(args), shared_mem=launch.shared_mem)
 
 
 def run(runtime: Runtime, launches: list[Launch]) -> None:
