@@ -254,7 +254,7 @@ def test_plans_launch_exactly_the_listed_instantiations():
                 for launch in gemm_launches(16, 16, 40, dtype, trans_a, trans_b, tuning, arch=80, tf32=True):
                     launched[launch.name] = launch.shared_mem
     for dtype, config in [(dtype, config) for config in tiles.WGMMA_CONFIGS for dtype in config.dtypes]:
-        for trans_a, trans_b in TRANS:
+        for trans_a, trans_b in config.layouts(dtype):  # float32 (TF32): NT only
             for splits in (1, 2):
                 tuning = Tuning(config=config.name, splits=splits)  # K: two k-blocks of 64 halves at least
                 for launch in gemm_launches(16, 16, 160, dtype, trans_a, trans_b, tuning, arch=90, tf32=True):

@@ -2,19 +2,20 @@
 builds that tests/test_compile.py checks for spills and registers (tools/compile_check.py's units, built
 once per run into the shared cache), and NVRTC (CuPy's compiler) beside CuPy's own -arch option.
 
-Every instantiation (float16 and bfloat16 in every product): no local memory; setmaxnreg gives the producer
-40 registers and the consumers 232 (USETMAXREG), and the consumers use no register beyond that. The
-consumer's K loop (the backward branch with the most HGMMA) issues per k-block exactly 4 HGMMA (a k-block
-is 128 bytes of K, an HGMMA 32) of the tile's shape (64 x BN x 16), transposed (.tnspA, .tnspB) exactly where the operand is
+Every instantiation (float16 and bfloat16 in every product, float32 as TF32 in NT: tiles.WgmmaConfig.layouts):
+no local memory; setmaxnreg gives the producer 40 registers and the consumers 232 (USETMAXREG), and the
+consumers use no register beyond that. The consumer's K loop (the backward branch with the most HGMMA)
+issues per k-block exactly 4 HGMMA (a k-block is 128 bytes of K, an HGMMA 32: k16 for 16-bit types, k8
+for TF32) of the tile's shape (64 x BN x k), transposed (.tnspA, .tnspB) exactly where the operand is
 MN-major, waits for one full barrier (SYNCS.PHASECHK), retires all but the last group
 (WARPGROUP.DEPBAR.LE gsb0, 0x1) and releases one stage (SYNCS.ARRIVE); the producer's K loop waits for
 one empty barrier, arrives once with its transaction bytes and issues one UTMALDG per TMA box of a stage
 (1 or 2 for A, 1, 2 or 4 for B). Negative controls: the counts of the other tile width, the other
-transposes or the other 16-bit type fail the check; NVRTC refuses the kernel for plain sm_90.
+transposes, the other 16-bit type or the 16-bit instruction for the TF32 kernel fail the check; NVRTC
+refuses the kernel for plain sm_90.
 """
 from __future__ import annotations
 
-import itertools
 import re
 import subprocess
 
@@ -33,7 +34,7 @@ PRODUCER_REGISTERS, CONSUMER_REGISTERS = 40, 232  # kernels/wgmma_gemm.cu
 KERNELS = {config.template_name(ELEMENT_TYPES[dtype], c, trans_a, trans_b, True): (dtype, trans_a, trans_b, config.bn)
            for config in tiles.WGMMA_CONFIGS for dtype in config.dtypes
            for c in dict.fromkeys((ELEMENT_TYPES[dtype].cpp, ELEMENT_TYPES[dtype].acc_cpp))
-           for trans_a, trans_b in itertools.product((False, True), repeat=2)}
+           for trans_a, trans_b in config.layouts(dtype)}
 UNITS = [unit for unit in compile_check.units(tiles.instantiations()) if unit.source == tiles.WgmmaConfig.source]
 
 
@@ -138,6 +139,9 @@ def test_the_checks_fail_on_other_tilings(compiled):
                   ("float16", False, False, 256)):
         consumer, producer = expected(*other)
         assert consumer_loop_counts(sass[name]) != consumer or producer_loop_counts(sass[name]) != producer, other
+    # The TF32 kernel held to the 16-bit instruction of the same tile and product.
+    tf32 = wgmma_name("float32", "float", False, True, "wgmma_wide")
+    assert consumer_loop_counts(sass[tf32]) != expected("bfloat16", False, True, 256)[0]
 
 
 def test_nvrtc_refuses_the_kernel_on_plain_sm_90():

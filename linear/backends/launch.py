@@ -346,8 +346,8 @@ def persistent_tma(call: GemmCall) -> list[Launch]:
         for which, operand, slot, view, stride in (("a", call.a, call.slot_a, part.views[0], part.strides[0]),
                                                    ("b", call.b, call.slot_b, part.views[1], part.strides[1])):
             map_view, batched = _map_view(operand, stride, part.count)
-            maps += [TensorMapArg(slot.viewed(view, map_view), config.box(which, operand.trans), config.swizzle),
-                     np.int32(batched)]
+            box = config.box(which, operand.trans, call.t.itemsize)
+            maps += [TensorMapArg(slot.viewed(view, map_view), box, config.swizzle), np.int32(batched)]
         c_arg, batch_stride_c = (call.slot_c.viewed(part.views[2]), part.strides[2]) if splits == 1 else (target, 0)
         launches.append(Launch(
             config.source, name, (max(1, min(units, call.device.sms)), 1, 1), (config.threads, 1, 1),

@@ -51,4 +51,6 @@ REGISTERS: dict[tuple[str, str, bool], int] = {
     ('wgmma', 'bfloat16', True): 168,
     ('wgmma_wide', 'float16', True): 168,
     ('wgmma', 'float16', True): 168,
+    ('wgmma_wide', 'float32', True): 168,
+    ('wgmma', 'float32', True): 168,
 }
