@@ -98,13 +98,15 @@ def instantiating_unit(source: str, names: tuple[str, ...] | list[str]) -> str:
 
 def units(kernels: list[Instantiation]) -> list[Unit]:
     """The units the checks compile: the instantiations of each source and arch flags in the fewest units
-    of at most MAX_PER_UNIT, of even sizes, largest units first."""
+    of at most MAX_PER_UNIT, of even sizes, largest units first; and at least two compiler calls per group
+    (units x architectures), so that two cores share a group built for one architecture (the sm_90a
+    family's heavy instantiations)."""
     grouped: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for kernel in kernels:
         grouped.setdefault((kernel.source, kernel.arch_flags), []).append(kernel.name)
     found = []
     for (source, arch_flags), names in grouped.items():
-        parts = -(-len(names) // MAX_PER_UNIT)
+        parts = min(len(names), max(-(-len(names) // MAX_PER_UNIT), -(-2 // len(architectures(arch_flags)))))
         found += [Unit(source, tuple(names[i::parts]), arch_flags) for i in range(parts)]
     return sorted(found, key=lambda unit: -len(unit.names))
 
