@@ -70,17 +70,20 @@ def check_colsum(backend, dtype: str, rng) -> tuple[str, float]:
     return " + ".join(launch.name for launch in launches), relative_error(host(out), host(a).astype(np.float64).sum(axis=0))
 
 
-def compile_kernels(backend_name: str, kernels: list[tuple[str, str]]) -> int:
+def compile_kernels(backend_name: str, kernels: list[tuple[str, str, tuple[str, ...]]]) -> int:
     runtime = get_backend(backend_name).runtime
-    for source, name in kernels:
-        runtime.function(source, name)
+    for source, name, arch_flags in kernels:
+        runtime.function(source, name, arch_flags)
     return len(kernels)
 
 
-def compile_all(backend_name: str, jobs: int, kernels: list[tuple[str, str]] | None = None) -> None:
-    """The kernels (source, name), by default every instantiation, compiled `jobs` processes at a time
-    (into CuPy's on-disk cache, so that a later first call only loads them)."""
-    kernels = kernels or [(kernel.source, kernel.name) for kernel in tiles.instantiations()]
+def compile_all(backend_name: str, jobs: int, kernels: list[tuple[str, str, tuple[str, ...]]] | None = None) -> None:
+    """The kernels (source, name, arch flags), by default every instantiation the device runs (one whose
+    family's arch flags name an architecture, sm_90a, only on that compute capability), compiled `jobs`
+    processes at a time (into CuPy's on-disk cache, so that a later first call only loads them)."""
+    arch = get_backend(backend_name).runtime.compute_capability()
+    kernels = kernels or [(kernel.source, kernel.name, kernel.arch_flags) for kernel in tiles.instantiations()
+                          if all(f"-arch=sm_{arch}" in flag for flag in kernel.arch_flags)]
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
         done = sum(pool.map(compile_kernels, [backend_name] * jobs, [kernels[i::jobs] for i in range(jobs)]))

@@ -233,8 +233,8 @@ def measure_copy(xp, nbytes: int, timer: Timer) -> dict:
     return {"bytes": nbytes, "ms": ms, "timed_runs": runs, "gb_per_s": 2 * nbytes / (ms * 1e-3) / 1e9}
 
 
-def kernels_launched(cases: list[Case]) -> list[tuple[str, str]]:
-    """(source, name) of every kernel the cases launch on 16-byte aligned operands, from the plan itself
+def kernels_launched(cases: list[Case]) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(source, name, compiler options) of every kernel the cases launch on 16-byte aligned operands, from the plan itself
     (on numpy arrays that are never touched, so even the large shapes cost no memory)."""
     found = set()
     for case in cases:
@@ -245,7 +245,7 @@ def kernels_launched(cases: list[Case]) -> list[tuple[str, str]]:
         bias = np.zeros(n, np.float32) if product.bias else None
         launches = plan.plan_gemm(np, a.T if product.trans_a else a, b.T if product.trans_b else b,
                                   np.zeros((m, n), np.float32), alpha=1.0, beta=0.0, bias=bias, tuning=case.tuning)
-        found.update((launch.source, launch.name) for launch in launches)
+        found.update((launch.source, launch.name, launch.options) for launch in launches)
     return sorted(found)
 
 

@@ -3,8 +3,9 @@
 //   The contract of gemm.cu and tc_gemm.cu (read them first): op(A) is M x K, op(B) is K x N, C row-major
 //   with a leading dimension, transposes as the compile-time flags TRANS_A / TRANS_B (NN for Y = X·W, NT
 //   for dX = dY·Wᵀ, TN for dW = Xᵀ·dY, and TT), split-K into a float workspace that linear_sum_splits
-//   adds in a fixed order, and a batch of matrices. T = __half or __nv_bfloat16, float accumulation,
-//   sm_90a only (wgmma, TMA, mbarrier, setmaxnreg).
+//   adds in a fixed order, and a batch of matrices. T = __half or __nv_bfloat16, or float read as TF32
+//   (wgmma takes 32-bit operands K-major only: the NT product alone), float accumulation, sm_90a only
+//   (wgmma, TMA, mbarrier, setmaxnreg).
 //
 //   A and B do not come in as pointers but as TMA tensor maps (`const __grid_constant__ CUtensorMap`),
 //   3-D: the matrix as stored (innermost dimension first) and the batch. The plan makes them once per
@@ -17,11 +18,11 @@
 //                  the other 127 threads leave at once.
 //     warpgroups 1, 2: the consumers. setmaxnreg.inc to 232; consumer c owns rows 64c .. 64c + 63 of the
 //                  block's 128 x BN tile of C: BN / 2 float accumulators per thread, one wgmma
-//                  m64nBNk16 per k-step of 16.
+//                  m64nBNk16 per k-step of 16 (m64nBNk8 per 8 for TF32: 32 bytes of K either way).
 //
-// Tiling: BM x BN x BK = 128 x BN x 64 (BN = 128 or 256); a stage is the A tile (128 x 64) and the B tile
-// (64 x BN), each kept as TMA's 128-byte swizzle stores it, 64 elements (128 bytes) of the contiguous
-// dimension per row:
+// Tiling: BM x BN x BK = 128 x BN x 64 (BN = 128 or 256; BK = 32 for TF32: a stage's k is one 128-byte
+// row); a stage is the A tile (128 x BK) and the B tile (BK x BN), each kept as TMA's 128-byte swizzle
+// stores it, 128 bytes of the contiguous dimension per row (drawn for 16-bit types):
 //
 //                                  op(B), K x N                      B K-major (TRANS_B, stored N x K):
 //                            ┌──────── BN ────────┐                  one box of BN rows of 64 k.
@@ -34,8 +35,8 @@
 //            └──────┘        └────────────────────┘  A MN-major (TRANS_A, stored K x M): 2 boxes of 64 m
 //
 //   Both layouts are wgmma's canonical 128B-swizzled ones (PTX ISA, "shared memory matrix layout"):
-//   K-major, rows of 128 bytes in 1024-byte groups of 8 rows (SBO = 1024), a k-step of 16 is 32 bytes
-//   further along the row; MN-major (imm-trans = 1), 64-element panels of 64 k-rows (LBO = 8192 from one
+//   K-major, rows of 128 bytes in 1024-byte groups of 8 rows (SBO = 1024), a k-step (16 halves, 8 TF32)
+//   is 32 bytes further along the row; MN-major (imm-trans = 1), 64-element panels of 64 k-rows (LBO = 8192 from one
 //   panel to the next, SBO = 1024 between groups of 8 k-rows), a k-step is 16 rows = 2048 bytes further.
 //   The transposes are therefore descriptor modes, never copies. Every tile starts on a 1024-byte
 //   boundary (the swizzle's repeat), so the descriptors' base offset is 0.
@@ -78,7 +79,7 @@
 // block may have, and the barriers (static).
 //
 // Template parameters:
-//   T        __half or __nv_bfloat16
+//   T        __half or __nv_bfloat16; float (TF32) with TRANS_A = false, TRANS_B = true only
 //   TC       element type of C: T, or float when C is a split-K workspace
 //   TRANS_A, TRANS_B   as in gemm.cu
 //   BN       the block's C tile width, 128 or 256 (the wgmma's N)
@@ -88,10 +89,9 @@
 #include "ptx_sm90.cuh"
 
 constexpr int WGMMA_BM = 128;            // two consumer warpgroups of 64 rows
-constexpr int WGMMA_BK = 64;             // 64 halves = 128 bytes: one row of the 128-byte swizzle
-constexpr int WGMMA_K = 16;              // k of one wgmma.mma_async for 16-bit types
-constexpr int WGMMA_PANEL = 64;          // elements of an MN-major box's row (128 bytes)
-constexpr int WGMMA_SWIZZLE_ROW = 128;   // bytes of a swizzled row
+constexpr int WGMMA_SWIZZLE_ROW = 128;   // bytes of a swizzled row: a stage's k depth (BK = 64 halves, 32 floats)
+constexpr int WGMMA_STEP_BYTES = 32;     // the k of one wgmma.mma_async: 16 halves or 8 TF32 values
+constexpr int WGMMA_PANEL = 64;          // elements of an MN-major box's row (128 bytes of 16-bit values)
 constexpr int WGMMA_SWIZZLE_GROUP = 1024;  // bytes of a group of 8 swizzled rows (the pattern's repeat)
 constexpr int WGMMA_CONSUMERS = 2;
 constexpr int WGMMA_THREADS = (1 + WGMMA_CONSUMERS) * 128;
@@ -102,22 +102,25 @@ constexpr int WGMMA_GROUP_M = 8;         // tile rows of a group in the L2-frien
 constexpr unsigned WGMMA_PRODUCER_REGISTERS = 40;   // 128 · 40 + 256 · 232 = 64,512 <= 65,536
 constexpr unsigned WGMMA_CONSUMER_REGISTERS = 232;
 
-// One operand's tile in a stage: BK of k by ROWS of m (A) or n (B), as TMA stores it with the 128-byte
-// swizzle. K-major: ROWS rows of 64 k; MN-major: ROWS / 64 panels, each 64 k-rows of 64 m or n.
-template <bool MN_MAJOR, int ROWS>
+// One operand's tile in a stage: BK of k by ROWS of m (A) or n (B), elements of type T, as TMA stores it
+// with the 128-byte swizzle. K-major: ROWS rows of BK k (128 bytes); MN-major (16-bit T only: wgmma
+// transposes no 32-bit operand): ROWS / 64 panels, each BK = 64 k-rows of 64 m or n.
+template <typename T, bool MN_MAJOR, int ROWS>
 struct OperandTile {
-    static constexpr int BYTES = ROWS * WGMMA_BK * 2;
+    static constexpr int BK = WGMMA_SWIZZLE_ROW / sizeof(T);
+    static constexpr int BYTES = ROWS * BK * sizeof(T);
     static constexpr int BOXES = MN_MAJOR ? ROWS / WGMMA_PANEL : 1;  // TMA loads per stage
     static constexpr int BOX_BYTES = BYTES / BOXES;
-    static constexpr unsigned LBO = MN_MAJOR ? WGMMA_BK * WGMMA_SWIZZLE_ROW : 16;  // unused when K-major
+    static constexpr unsigned LBO = MN_MAJOR ? BK * WGMMA_SWIZZLE_ROW : 16;  // unused when K-major
     static constexpr unsigned SBO = WGMMA_SWIZZLE_GROUP;
     static_assert(ROWS % WGMMA_PANEL == 0 && ROWS <= 256, "whole panels, and a TMA box is at most 256 rows");
+    static_assert(!MN_MAJOR || sizeof(T) == 2, "MN-major operands (imm-trans) are 16-bit only");
 
-    // Bytes from the tile's start to the operand of k-step `step` (of WGMMA_K) whose m or n begins at
-    // `row` (a multiple of 64).
+    // Bytes from the tile's start to the operand of k-step `step` (WGMMA_STEP_BYTES of k) whose m or n
+    // begins at `row` (a multiple of 64): MN-major, a k-step is that many k-rows further.
     static __device__ __forceinline__ unsigned offset(int row, int step) {
-        return MN_MAJOR ? row / WGMMA_PANEL * BOX_BYTES + step * WGMMA_K * WGMMA_SWIZZLE_ROW
-                        : row * WGMMA_SWIZZLE_ROW + step * WGMMA_K * 2;
+        return MN_MAJOR ? row / WGMMA_PANEL * BOX_BYTES + step * WGMMA_STEP_BYTES / sizeof(T) * WGMMA_SWIZZLE_ROW
+                        : row * WGMMA_SWIZZLE_ROW + step * WGMMA_STEP_BYTES;
     }
 
     // The descriptor of that operand in the tile at shared address `tile`.
@@ -174,9 +177,10 @@ __device__ __forceinline__ void finish_pair(TC* c_row, TC* z_row, int col, int N
     if (store_preact) store(z_row, preact);
 }
 
-// The work of one unit: its C tile, batch and K split. 32-bit arithmetic (the plan keeps the unit count
-// below 2^31): a 64-bit division is a subroutine call, across which the live accumulators would spill.
-template <int BN>
+// The work of one unit: its C tile, batch and K split (k-blocks of BK). 32-bit arithmetic (the plan keeps
+// the unit count below 2^31): a 64-bit division is a subroutine call, across which the live accumulators
+// would spill.
+template <int BN, int BK>
 struct WgmmaUnit {
     int m0, n0, split, batch, k_begin, steps;
 
@@ -192,7 +196,7 @@ struct WgmmaUnit {
         n0 = int(in_group / rows) * BN;
         k_begin = split * k_per_split;
         const int k_end = K - k_begin < k_per_split ? K : k_begin + k_per_split;
-        steps = k_end > k_begin ? ceil_div(k_end - k_begin, WGMMA_BK) : 0;
+        steps = k_end > k_begin ? ceil_div(k_end - k_begin, BK) : 0;
     }
 };
 
@@ -204,14 +208,16 @@ linear_wgmma_gemm(int M, int N, int K, int k_per_split, int splits, int batches,
                   TC* __restrict__ C, long long ldc, long long batch_stride_c, long long c_split_stride,
                   float alpha, float beta, const T* __restrict__ bias, int add_bias,
                   int activation, TC* __restrict__ preact, int store_preact) {
-    static_assert(sizeof(T) == 2, "16-bit operands: a 128-byte row holds BK = 64 of them");
+    static_assert(sizeof(T) == 2 || (sizeof(T) == 4 && !TRANS_A && TRANS_B),
+                  "16-bit operands, or float (TF32) with both K-major: A stored M x K, B stored N x K (NT)");
     static_assert(BN == 128 || BN == 256, "the wgmma N of the tile");
     static_assert(STAGES >= 2, "a pipeline needs two stages");
-    using TileA = OperandTile<TRANS_A, WGMMA_BM>;  // A is M x K: K-major unless TRANS_A
-    using TileB = OperandTile<!TRANS_B, BN>;       // B is K x N: MN-major unless TRANS_B (stored N x K)
+    using TileA = OperandTile<T, TRANS_A, WGMMA_BM>;  // A is M x K: K-major unless TRANS_A
+    using TileB = OperandTile<T, !TRANS_B, BN>;       // B is K x N: MN-major unless TRANS_B (stored N x K)
+    constexpr int BK = TileA::BK;
     constexpr int STAGE_BYTES = TileA::BYTES + TileB::BYTES;
-    constexpr int K_STEPS = WGMMA_BK / WGMMA_K;
-    constexpr bool WORKSPACE = sizeof(TC) != sizeof(T);  // C is split-K's float workspace
+    constexpr int K_STEPS = WGMMA_SWIZZLE_ROW / WGMMA_STEP_BYTES;
+    constexpr bool WORKSPACE = sizeof(TC) != sizeof(T);  // C is the float workspace of a half-type split-K
 
     __shared__ __align__(8) unsigned long long barriers[2 * STAGES];  // full[STAGES], then empty[STAGES]
     // The stages start on the first 1024-byte boundary of the dynamic shared memory, the staging areas
@@ -243,14 +249,14 @@ linear_wgmma_gemm(int M, int N, int K, int k_per_split, int splits, int batches,
         int stage = 0;
         unsigned round = 0;  // how many times the ring has wrapped: its parity is the stage's phase
         for (unsigned unit = blockIdx.x; unit < units; unit += gridDim.x) {
-            const WgmmaUnit<BN> u(unit, M, N, K, k_per_split, splits);
+            const WgmmaUnit<BN, BK> u(unit, M, N, K, k_per_split, splits);
             const int batch_a = batched_a ? u.batch : 0, batch_b = batched_b ? u.batch : 0;
             for (int step = 0; step < u.steps; ++step) {
                 while (!sm90::mbarrier_try_wait_parity(empty0 + 8 * stage, (round & 1) ^ 1)) {
                 }
                 const unsigned bar = full0 + 8 * stage, tile = stages + stage * STAGE_BYTES;
                 sm90::mbarrier_arrive_expect_tx(bar, STAGE_BYTES);
-                const int k0 = u.k_begin + step * WGMMA_BK;
+                const int k0 = u.k_begin + step * BK;
                 TileA::load(tile, &map_a, u.m0, k0, batch_a, bar);
                 TileB::load(tile + TileA::BYTES, &map_b, u.n0, k0, batch_b, bar);
                 if (++stage == STAGES) stage = 0, ++round;
@@ -269,7 +275,7 @@ linear_wgmma_gemm(int M, int N, int K, int k_per_split, int splits, int batches,
     unsigned round = 0;
     float acc[BN / 2];
     for (unsigned unit = blockIdx.x; unit < units; unit += gridDim.x) {
-        const WgmmaUnit<BN> u(unit, M, N, K, k_per_split, splits);
+        const WgmmaUnit<BN, BK> u(unit, M, N, K, k_per_split, splits);
         int previous = 0;
         for (int step = 0; step < u.steps; ++step) {
             while (!sm90::mbarrier_try_wait_parity(full0 + 8 * stage, round & 1)) {
@@ -279,9 +285,9 @@ linear_wgmma_gemm(int M, int N, int K, int k_per_split, int splits, int batches,
             sm90::wgmma_fence();  // the epilogue's reads of acc (previous tile) come before these wgmma
 #pragma unroll
             for (int s = 0; s < K_STEPS; ++s)
-                sm90::wgmma_m64k16<T, BN, TRANS_A, !TRANS_B>(acc, TileA::descriptor(tile, 64 * consumer, s),
-                                                              TileB::descriptor(tile + TileA::BYTES, 0, s),
-                                                              step > 0 || s > 0);
+                sm90::wgmma_m64<T, BN, TRANS_A, !TRANS_B>(acc, TileA::descriptor(tile, 64 * consumer, s),
+                                                          TileB::descriptor(tile + TileA::BYTES, 0, s),
+                                                          step > 0 || s > 0);
             sm90::wgmma_commit_group();
             if (step > 0) {
                 sm90::wgmma_wait_group<1>();  // the previous k-block's wgmma have read their stage

@@ -1,11 +1,14 @@
-"""Every kernel instantiation the plan can launch compiles with nvcc (sm_80, sm_90) without register
-spills or a stack frame, within the shared memory a block may opt into on that architecture;
-kernels/REGISTERS.md and linear/backends/registers.py are what tools/compile_check.py makes of it; NVRTC
-(CuPy's compiler, from the nvidia-cuda-nvrtc wheel) compiles the same sources without spills either. Many
-instantiations per compiler call (tools/compile_check.py's units). No GPU needed."""
+"""Every kernel instantiation the plan can launch compiles with nvcc (sm_80 and sm_90, or sm_90a alone for
+the family whose arch flags name it: kernels/wgmma_gemm.cu) without register spills or a stack frame, within
+the shared memory a block may opt into on that architecture; kernels/REGISTERS.md and
+linear/backends/registers.py are what tools/compile_check.py makes of it; NVRTC (CuPy's compiler, from the
+nvidia-cuda-nvrtc wheel) compiles the same sources without spills either (sm_90, the sm_90a family with
+-arch=sm_90a added as the cuda runtime adds it). Many instantiations per compiler call
+(tools/compile_check.py's units); tests/test_sass.py and tests/test_wgmma_machine_code.py read the same
+builds. No GPU needed."""
 from __future__ import annotations
 
-import concurrent.futures
+import pytest
 
 import compile_check  # tools/
 from conftest import require, require_tool
@@ -18,14 +21,16 @@ UNITS = compile_check.units(KERNELS)
 
 def test_nvcc_builds_every_instantiation_without_spills_and_the_generated_tables_are_current(run_dir):
     # One test for the builds and the tables, so that pytest-xdist workers never run the nvcc builds twice
-    # (tests/test_sass.py reads the sm_90 cubins from the same cache).
+    # (tests/test_sass.py and tests/test_wgmma_machine_code.py read the cubins from the same cache).
     builds = compile_check.nvcc_builds(require_tool("nvcc"), UNITS, compile_check.ARCHES, run_dir / "nvcc")
     resources = compile_check.by_arch_and_name(builds)
     wrong = compile_check.problems(KERNELS, resources)
     assert not wrong, "\n".join(wrong)
     assert compile_check.REGISTERS_MODULE.read_text() == compile_check.registers_module(resources), (
         f"linear/backends/registers.py is stale: run {compile_check.COMMAND}")
-    assert cost.PLAN_REGISTERS == registers.PLAN_REGISTERS  # the cost model reads the generated table
+    assert cost.REGISTERS is registers.REGISTERS  # the cost model reads the generated table
+    # Every configuration of every family has its registers there (sm_90a's wgmma family included).
+    assert {key[0] for key in registers.REGISTERS} == set(tiles.CONFIGS_BY_NAME)
     # The float32 16-byte-load kernels of 128 x 128 tiles hold 2 blocks (16 warps) per SM.
     for name in ("large", "warp"):
         assert cost.blocks_per_sm(tiles.CONFIGS_BY_NAME[name], "float32", True) == 2, name
@@ -65,17 +70,20 @@ def test_units_hold_every_instantiation_once():
     assert len(UNITS) <= len(KERNELS) // 40  # a few compiler calls, not one per instantiation
 
 
-def test_nvrtc_compiles_every_instantiation_without_spills():
+@pytest.mark.parametrize("unit", UNITS, ids=lambda unit: f"{unit.source}-{UNITS.index(unit)}")
+def test_nvrtc_compiles_every_instantiation_without_spills(unit):
+    # One test per unit (test_units_hold_every_instantiation_once: together they hold every instantiation),
+    # so that pytest-xdist spreads them over the workers beside the nvcc builds.
     library = compile_check.find_nvrtc()
     require(library is not None, "the nvidia-cuda-nvrtc wheel")
     require(bool(compile_check.cuda_include_dirs()), "CUDA headers (nvidia-cuda-runtime wheel or a toolkit)")
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # NVRTC releases the GIL
-        builds = list(pool.map(lambda unit: compile_check.nvrtc_compile(library, unit), UNITS))
-    lowered = {name: mangled for build in builds for name, mangled in build.lowered.items()}
-    assert sorted(lowered) == sorted(kernel.name for kernel in KERNELS)
-    assert all(name.startswith("_Z") for name in lowered.values())
-    resources = {("sm_90", name): used for build in builds for name, used in build.resources.items()}
-    wrong = compile_check.problems(KERNELS, resources, ("sm_90",))
+    build = compile_check.nvrtc_compile(library, unit)
+    assert sorted(build.lowered) == sorted(unit.names)
+    assert all(name.startswith("_Z") for name in build.lowered.values())
+    assert build.arch == unit.arches[-1]  # sm_90, or sm_90a where the family's arch flags name it
+    kernels = [kernel for kernel in KERNELS if kernel.name in unit.names]
+    resources = {(build.arch, name): used for name, used in build.resources.items()}
+    wrong = compile_check.problems(kernels, resources, (build.arch,))
     assert not wrong, "\n".join(wrong)
 
 

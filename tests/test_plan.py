@@ -232,6 +232,12 @@ def test_plans_launch_exactly_the_listed_instantiations():
                 tuning = Tuning(config=config, splits=splits)
                 for launch in gemm_launches(16, 16, 40, dtype, trans_a, trans_b, tuning, arch=80, tf32=True):
                     launched[launch.name] = launch.shared_mem
+    for dtype, config in [(dtype, config) for config in tiles.WGMMA_CONFIGS for dtype in config.dtypes]:
+        for trans_a, trans_b in config.layouts(dtype):  # float32 (TF32): NT only
+            for splits in (1, 2):
+                tuning = Tuning(config=config.name, splits=splits)  # K: two k-blocks of 64 halves at least
+                for launch in gemm_launches(16, 16, 160, dtype, trans_a, trans_b, tuning, arch=90, tf32=True):
+                    launched[launch.name] = launch.shared_mem
     for dtype in DTYPES:
         a, out = np.zeros((100, 3), DTYPES[dtype]), np.zeros(3, DTYPES[dtype])
         launched.update((launch.name, launch.shared_mem) for launch in plan.plan_colsum(np, a, out, beta=0.0))
@@ -296,7 +302,7 @@ def test_a_new_family_is_its_configurations_alone(monkeypatch):
     config = HopperLike("hopper", bm=128, bn=128, wm=64, wn=32, stages=4)
     monkeypatch.setattr(plan, "FAMILIES", (tiles.TILE_CONFIGS, tiles.TC_CONFIGS, (config,)))
     for dtype in config.dtypes:
-        monkeypatch.setitem(cost.PLAN_REGISTERS, (config.name, dtype, True), 128)
+        monkeypatch.setitem(cost.REGISTERS, (config.name, dtype, True), 128)
     assert gemm_launches(4096, 4096, 64, "bfloat16", arch=90)[0].source == "hopper.cu"
     assert gemm_launches(4096, 4096, 64, "bfloat16", arch=80)[0].source == "tc_gemm.cu"  # before sm_90
     assert gemm_launches(4096, 4096, 64, "float32", arch=90)[0].source == "gemm.cu"  # TF32 off

@@ -22,6 +22,7 @@ from reference import DTYPES, TRANS, op, output, stored, gemm_reference as refer
 from test_tensor_cores import SHAPES as TC_SHAPES
 from test_tensor_cores import operands as tc_operands
 from test_tensor_cores import tf32_values
+from test_wgmma_tf32 import tf32 as tf32_truncated
 
 KERNELS = Path(__file__).parent / "kernels"
 # The Hopper tiles' case: edges in M and N, two k-blocks.
@@ -170,7 +171,9 @@ def planned(case: Case) -> list[tuple[list[plan.Launch], np.ndarray, np.ndarray]
     if case.tensor_cores:
         m, n, k = TC_SHAPES[case.config]
         a, b = tc_operands(rng, case.dtype, m, n, k, case.trans_a, case.trans_b)
-        inputs = (tf32_values(a), tf32_values(b)) if case.dtype == "float32" else (a, b)  # TF32 operands
+        # TF32 operands: tc_gemm rounds them (cvt.rna), wgmma reads the top 19 bits of each float
+        cut = tf32_truncated if isinstance(tiles.CONFIGS_BY_NAME[case.config], tiles.WgmmaConfig) else tf32_values
+        inputs = (cut(a), cut(b)) if case.dtype == "float32" else (a, b)
     else:
         m, n, k = 37, 21, 19
         # Vector: 16-byte aligned leading dimensions; scalar: odd ones.
@@ -211,8 +214,8 @@ def every_case() -> list[Case]:
     """The whole set: every instantiation tiles.instantiations() lists is launched by one of these."""
     simt = [Case(d, c.name, ta, tb, v, s) for d in DTYPES for c in tiles.TILE_CONFIGS if d in c.dtypes
             for ta, tb in TRANS for v in (False, True) for s in (1, 2)]
-    tensor = [Case(d, c.name, ta, tb, True, s) for c in tiles.TC_CONFIGS for d in c.dtypes
-              for ta, tb in TRANS for s in (1, 2)]
+    tensor = [Case(d, c.name, ta, tb, True, s) for c in tiles.TC_CONFIGS + tiles.WGMMA_CONFIGS for d in c.dtypes
+              for ta, tb in c.layouts(d) for s in (1, 2)]
     return simt + tensor
 
 
@@ -220,8 +223,8 @@ def ci_cases() -> list[Case]:
     """Every family x dtype at least once, with few instantiations (each is a separate instrumented build):
     the SIMT kernel once per dtype and tile config, its transposes, load path and split-K varying from case
     to case so that each dtype runs both output types (C and the split-K workspace) and both load paths;
-    the tensor-core kernel once per dtype, both tile configs between them; the Hopper kernel (whose
-    instantiations tiles.instantiations() does not list yet: sm_90a) once, in its staged epilogue;
+    the tensor-core kernel once per dtype, both tile configs between them; the Hopper kernel once per dtype
+    (bfloat16 and float32 as TF32 in its staged epilogue, float16 split-K);
     reduce.cu in every SIMT case. The activations rotate over the cases, so that every family runs its
     staged epilogue (with Z stored), the split-K reduction its activation, and the column sum its dZ + db
     pass."""
@@ -231,7 +234,9 @@ def ci_cases() -> list[Case]:
     tensor = [Case("bfloat16", "tc_small", False, False, True, 3, "gelu"),
               Case("float32", "tc_small", True, False, True, 1, "gelu_tanh"),
               Case("float16", "tc_large", False, True, True, 1, "silu"),
-              Case("bfloat16", "wgmma_wide", False, True, True, 1, "relu")]
+              Case("bfloat16", "wgmma_wide", False, True, True, 1, "relu"),
+              Case("float16", "wgmma", True, False, True, 2, "gelu"),
+              Case("float32", "wgmma", False, True, True, 1, "silu")]
     return simt + tensor
 
 

@@ -141,8 +141,8 @@ def test_full_sweep_covers_every_product_shape_and_float32_config(sweep):
     assert sweep.PRODUCTS["NN"].mnk((8192, 4096, 11008)) == (8192, 11008, 4096)  # M, N, K = B, D, F
     # What the GPU run compiles first: the vector-load GEMMs of every config and product, and the split-K sum.
     kernels = sweep.kernels_launched(cases)
-    assert ("reduce.cu", "linear_sum_splits<float>") in kernels
-    assert {name for source, name in kernels if source == "gemm.cu"} == {
+    assert ("reduce.cu", "linear_sum_splits<float>", ()) in kernels
+    assert {name for source, name, _ in kernels if source == "gemm.cu"} == {
         sweep.tiles.CONFIGS_BY_NAME[c].template_name(ELEMENT_TYPES["float32"], "float", *flags, True)
         for c in configs[1:] for flags in [(False, False), (False, True), (True, False)]}
 

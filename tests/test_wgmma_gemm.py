@@ -261,7 +261,9 @@ def test_operands_tma_cannot_take_are_copied_or_refused(emu):
     with pytest.raises(ValueError, match="needs 16-byte aligned operands"):
         plan.plan_gemm(np, a[0], b[0], c[0], alpha=1.0, beta=0.0, arch=90,
                        tuning=Tuning(config="wgmma_wide", vector=True))
-    with pytest.raises(ValueError, match="instantiated for bfloat16, float16 only, got dtype float32"):
+    with pytest.raises(ValueError, match="instantiated for bfloat16, float16, float32 only, got dtype float64"):
+        gemm(emu, a.astype(np.float64), b.astype(np.float64), c.astype(np.float64))
+    with pytest.raises(ValueError, match=r"'wgmma_wide' runs on .*dtype float32, .*TF32 off"):  # TF32 not allowed
         gemm(emu, a.astype(np.float32), b.astype(np.float32), c.astype(np.float32))
     with pytest.raises(ValueError, match=r"'wgmma_wide' runs on Hopper tensor cores.*K 0"):  # a map needs K >= 1
         gemm(emu, a[:, :, :0], b[:, :0], c)

@@ -1,79 +1,62 @@
-"""The Hopper GEMM (kernels/wgmma_gemm.cu) compiled for sm_90a without a GPU: nvcc (resources and SASS) and
-NVRTC (CuPy's compiler).
+"""The Hopper GEMM (kernels/wgmma_gemm.cu) compiled for sm_90a without a GPU: the machine code of the nvcc
+builds that tests/test_compile.py checks for spills and registers (tools/compile_check.py's units, built
+once per run into the shared cache), and NVRTC (CuPy's compiler) beside CuPy's own -arch option.
 
-Every instantiation: no register spills, no stack frame, no local memory; setmaxnreg gives the producer
-40 registers and the consumers 232 (USETMAXREG), and the consumers use no register beyond that. The
-consumer's K loop (the backward branch with the most HGMMA) issues per k-block exactly BK/16 = 4 HGMMA of
-the tile's shape (64 x BN x 16), transposed (.tnspA, .tnspB) exactly where the operand is MN-major,
-waits for one full barrier (SYNCS.PHASECHK), retires all but the last group (WARPGROUP.DEPBAR.LE gsb0,
-0x1) and releases one stage (SYNCS.ARRIVE); the producer's K loop waits for one empty barrier, arrives
-once with its transaction bytes and issues one UTMALDG per TMA box of a stage (1 or 2 for A, 1, 2 or 4
-for B). Negative controls: the counts of the other tile width or the other transposes fail the check.
+Every instantiation (float16 and bfloat16 in every product, float32 as TF32 in NT: tiles.WgmmaConfig.layouts):
+no local memory; setmaxnreg gives the producer 40 registers and the consumers 232 (USETMAXREG), and the
+consumers use no register beyond that. The consumer's K loop (the backward branch with the most HGMMA)
+issues per k-block exactly 4 HGMMA (a k-block is 128 bytes of K, an HGMMA 32: k16 for 16-bit types, k8
+for TF32) of the tile's shape (64 x BN x k), transposed (.tnspA, .tnspB) exactly where the operand is
+MN-major, waits for one full barrier (SYNCS.PHASECHK), retires all but the last group
+(WARPGROUP.DEPBAR.LE gsb0, 0x1) and releases one stage (SYNCS.ARRIVE); the producer's K loop waits for
+one empty barrier, arrives once with its transaction bytes and issues one UTMALDG per TMA box of a stage
+(1 or 2 for A, 1, 2 or 4 for B). Negative controls: the counts of the other tile width, the other
+transposes, the other 16-bit type or the 16-bit instruction for the TF32 kernel fail the check; NVRTC
+refuses the kernel for plain sm_90.
 """
 from __future__ import annotations
 
-import concurrent.futures
-import itertools
-import os
 import re
 import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from conftest import require, require_tool
 import compile_check  # tools/
+from linear.backends import tiles
 from linear.backends.sources import kernels_dir
-from test_sass import Instruction, find_cuda_tool, how_many, parse_sass
+from linear.dtypes import ELEMENT_TYPES
+from test_sass import Instruction, disassemble, find_cuda_tool, how_many
 
 ARCH = "sm_90a"
-CONFIGS = ((256, 4), (128, 6))  # (BN, STAGES)
-TYPES = {"bfloat16": "__nv_bfloat16", "float16": "__half"}
 PRODUCER_REGISTERS, CONSUMER_REGISTERS = 40, 232  # kernels/wgmma_gemm.cu
+# Every instantiation of the wgmma family: name -> (dtype, trans_a, trans_b, BN).
+KERNELS = {config.template_name(ELEMENT_TYPES[dtype], c, trans_a, trans_b, True): (dtype, trans_a, trans_b, config.bn)
+           for config in tiles.WGMMA_CONFIGS for dtype in config.dtypes
+           for c in dict.fromkeys((ELEMENT_TYPES[dtype].cpp, ELEMENT_TYPES[dtype].acc_cpp))
+           for trans_a, trans_b in config.layouts(dtype)}
+UNITS = [unit for unit in compile_check.units(tiles.instantiations()) if unit.source == tiles.WgmmaConfig.source]
 
 
-def wgmma_name(t: str, c: str, trans_a: bool, trans_b: bool, bn: int, stages: int) -> str:
-    flags = ", ".join("true" if f else "false" for f in (trans_a, trans_b))
-    return f"linear_wgmma_gemm<{t}, {c}, {flags}, {bn}, {stages}>"
+def wgmma_name(dtype: str, c: str, trans_a: bool, trans_b: bool, config: str) -> str:
+    return tiles.CONFIGS_BY_NAME[config].template_name(ELEMENT_TYPES[dtype], c, trans_a, trans_b, True)
 
 
-KERNELS = {wgmma_name(t, c, ta, tb, bn, stages): (ta, tb, bn)
-           for t in TYPES.values() for c in (t, "float") for ta, tb in itertools.product((False, True), repeat=2)
-           for bn, stages in CONFIGS}
-
-
-def compile_cubin(nvcc: str, names: list[str], tmp: Path, tag: str) -> tuple[str, Path]:
-    unit = tmp / f"{tag}.cu"
-    unit.write_text(compile_check.instantiating_unit("wgmma_gemm.cu", names))
-    cubin = tmp / f"{tag}.cubin"
-    done = subprocess.run([nvcc, *compile_check.NVCC_FLAGS, f"-arch={ARCH}", f"-I{kernels_dir()}",
-                           str(unit), "-o", str(cubin)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done.stdout + done.stderr, cubin
+def test_the_units_are_the_compile_checks_sm_90a_instantiations():
+    assert sorted(name for unit in UNITS for name in unit.names) == sorted(KERNELS)
+    assert all(unit.arches == (ARCH,) for unit in UNITS)
 
 
 @pytest.fixture(scope="module")
-def compiled():
-    """({name: Resources}, {name: SASS instructions}) for every instantiation, two nvcc runs at a time."""
-    nvcc = require_tool("nvcc")
-    cuobjdump, nvdisasm = find_cuda_tool("cuobjdump"), find_cuda_tool("nvdisasm")
-    require(cuobjdump is not None, "cuobjdump (the nvidia-cuda-cuobjdump wheel)")
-    require(nvdisasm is not None, "nvdisasm (the nvidia-cuda-nvdisasm wheel)")
-    names = list(KERNELS)
-    with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(2) as pool:
-        parts = list(pool.map(lambda i: compile_cubin(nvcc, names[i::2], Path(tmp), f"part{i}"), range(2)))
-        resources, sass = {}, {}
-        for log, cubin in parts:
-            mangled = compile_check.parse_ptxas(log)
-            readable = compile_check.demangle(list(mangled))
-            resources.update({readable[m]: r for m, r in mangled.items()})
-            text = subprocess.run([cuobjdump, "-sass", str(cubin)], check=True, capture_output=True, text=True,
-                                  env=dict(os.environ, NVDISASM_PATH=str(Path(nvdisasm).parent))).stdout
-            functions = parse_sass(text)
-            readable = compile_check.demangle(list(functions))
-            sass.update({readable[m]: body for m, body in functions.items()})
-    assert sorted(resources) == sorted(names) and sorted(sass) == sorted(names)
+def compiled(run_dir):
+    """({name: Resources}, {name: SASS instructions}) for every instantiation: the sm_90a builds of
+    tests/test_compile.py (tools/compile_check.py's units, built once per run into the shared cache)."""
+    builds = compile_check.nvcc_builds(require_tool("nvcc"), UNITS, (ARCH,), run_dir / "nvcc")
+    resources, sass = {}, {}
+    for build in builds:
+        resources.update(build.resources)
+        sass.update(disassemble(build, list(build.mangled)))
+    assert sorted(resources) == sorted(KERNELS) and sorted(sass) == sorted(KERNELS)
     return resources, sass
 
 
@@ -113,10 +96,11 @@ def producer_loop_counts(instructions: list[Instruction]) -> dict:
     }
 
 
-def expected(name: str, trans_a: bool, trans_b: bool, bn: int) -> tuple[dict, dict]:
+def expected(dtype: str, trans_a: bool, trans_b: bool, bn: int) -> tuple[dict, dict]:
     boxes_a = 2 if trans_a else 1  # A MN-major (stored K x M): 128 / 64 boxes
     boxes_b = 1 if trans_b else bn // 64  # B MN-major (stored K x N): BN / 64 boxes
-    shape = f"HGMMA.64x{bn}x16.F32" + (".BF16" if name.startswith("linear_wgmma_gemm<__nv_bfloat16") else "")
+    k = 8 if dtype == "float32" else 16  # per HGMMA: 32 bytes of K (TF32 or 16-bit values)
+    shape = f"HGMMA.64x{bn}x{k}.F32" + {"bfloat16": ".BF16", "float16": "", "float32": ".TF32"}[dtype]
     consumer = {"hgmma": 4, "shapes": [shape], "tnspA": 4 if trans_a else 0,
                 "tnspB": 0 if trans_b else 4, "full waits": 1, "releases": 1, "retire all but one": 1}
     producer = {"tma loads": boxes_a + boxes_b, "empty waits": 1, "expect_tx arrivals": 1}
@@ -141,8 +125,8 @@ def test_every_instantiation_compiles_without_spills_or_local_memory(compiled):
 
 def test_consumer_and_producer_loops_issue_what_the_tiling_says(compiled):
     _, sass = compiled
-    for name, (trans_a, trans_b, bn) in KERNELS.items():
-        consumer, producer = expected(name, trans_a, trans_b, bn)
+    for name, (dtype, trans_a, trans_b, bn) in KERNELS.items():
+        consumer, producer = expected(dtype, trans_a, trans_b, bn)
         assert consumer_loop_counts(sass[name]) == consumer, name
         assert producer_loop_counts(sass[name]) == producer, name
 
@@ -150,27 +134,25 @@ def test_consumer_and_producer_loops_issue_what_the_tiling_says(compiled):
 def test_the_checks_fail_on_other_tilings(compiled):
     # Negative controls: the same kernel held to another tile width or other transposes fails.
     _, sass = compiled
-    name = wgmma_name("__nv_bfloat16", "__nv_bfloat16", False, False, 256, 4)
-    for other in ((False, False, 128), (True, False, 256), (False, True, 256)):
-        consumer, producer = expected(name, *other)
+    name = wgmma_name("bfloat16", "__nv_bfloat16", False, False, "wgmma_wide")
+    for other in (("bfloat16", False, False, 128), ("bfloat16", True, False, 256), ("bfloat16", False, True, 256),
+                  ("float16", False, False, 256)):
+        consumer, producer = expected(*other)
         assert consumer_loop_counts(sass[name]) != consumer or producer_loop_counts(sass[name]) != producer, other
+    # The TF32 kernel held to the 16-bit instruction of the same tile and product.
+    tf32 = wgmma_name("float32", "float", False, True, "wgmma_wide")
+    assert consumer_loop_counts(sass[tf32]) != expected("bfloat16", False, True, 256)[0]
 
 
-def test_nvrtc_compiles_every_instantiation_for_sm_90a_only():
+def test_nvrtc_refuses_the_kernel_on_plain_sm_90():
+    # tests/test_compile.py compiles every instantiation with NVRTC for sm_90a (-arch=sm_90 -arch=sm_90a, as
+    # the cuda runtime asks CuPy); wgmma and setmaxnreg exist only in the architecture-specific sm_90a:
+    # plain sm_90 must refuse them.
     library = compile_check.find_nvrtc()
     require(library is not None, "the nvidia-cuda-nvrtc wheel")
     require(bool(compile_check.cuda_include_dirs()), "CUDA headers (nvidia-cuda-runtime wheel or a toolkit)")
-    names = list(KERNELS)
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        lowered = {}
-        for result in pool.map(lambda i: compile_check.nvrtc_compile(
-                library, compile_check.Unit("wgmma_gemm.cu", tuple(names[i::2])), ARCH).lowered,
-                               range(2)):
-            lowered.update(result)
-    assert sorted(lowered) == sorted(names) and all(v.startswith("_Z") for v in lowered.values())
-    # wgmma and setmaxnreg exist only in the architecture-specific sm_90a: plain sm_90 must refuse them.
     with pytest.raises(RuntimeError, match="wgmma|setmaxnreg|sm_90a"):
-        compile_check.nvrtc_compile(library, compile_check.Unit("wgmma_gemm.cu", tuple(names[:1])), "sm_90")
+        compile_check.nvrtc_compile(library, compile_check.Unit("wgmma_gemm.cu", tuple(KERNELS)[:1]), "sm_90")
 
 
 @pytest.mark.parametrize("cupy_arch", ["-arch=sm_90", "-arch=compute_90", "--gpu-architecture=sm_90"])
@@ -184,7 +166,7 @@ def test_nvrtc_builds_an_sm_90a_cubin_beside_cupys_own_arch_option(cupy_arch, tm
     cuobjdump = find_cuda_tool("cuobjdump")
     require(cuobjdump is not None, "cuobjdump (the nvidia-cuda-cuobjdump wheel)")
     nvrtc = ctypes.CDLL(str(library))
-    name = wgmma_name("__nv_bfloat16", "__nv_bfloat16", False, False, 128, 6).encode()
+    name = wgmma_name("bfloat16", "__nv_bfloat16", False, False, "wgmma").encode()
     base = ["-std=c++17", f"-I{kernels_dir()}", *(f"-I{d}" for d in compile_check.cuda_include_dirs())]
     for options in ([*base, cupy_arch, *WgmmaConfig.arch_flags], [*base, *WgmmaConfig.arch_flags, cupy_arch]):
         program = ctypes.c_void_p()

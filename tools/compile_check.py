@@ -1,5 +1,6 @@
 """Compile every kernel instantiation without a GPU, many instantiations per compiler call: nvcc for what
-ptxas reports of each kernel (sm_80, sm_90) and the sm_90 machine code, NVRTC as CuPy runs it.
+ptxas reports of each kernel (sm_80 and sm_90; sm_90a alone for a family whose arch flags name it) and the
+machine code, NVRTC as CuPy runs it.
 
     PYTHONPATH=. python tools/compile_check.py   # from the repository root: rewrites kernels/REGISTERS.md
                                                  # and linear/backends/registers.py
@@ -45,9 +46,10 @@ COMMAND = "PYTHONPATH=. python tools/compile_check.py"
 
 # The dynamic shared memory one block may opt into (cudaFuncAttributeMaxDynamicSharedMemorySize, which the
 # cuda runtime sets above the default), per architecture: DeviceLimits.shared_per_block.
-MAX_SHARED_PER_BLOCK = {"sm_80": A100.shared_per_block, "sm_90": H100.shared_per_block}
-ARCHES = tuple(MAX_SHARED_PER_BLOCK)
-REGISTERS_ARCH = "sm_90"  # the cost model's device
+MAX_SHARED_PER_BLOCK = {"sm_80": A100.shared_per_block, "sm_90": H100.shared_per_block,
+                        "sm_90a": H100.shared_per_block}
+ARCHES = tuple(MAX_SHARED_PER_BLOCK)  # every architecture the checks build for
+PORTABLE_ARCHES = ("sm_80", "sm_90")  # a kernel whose family has no -arch flag of its own is built for these
 NVCC_FLAGS = ("-std=c++17", "-cubin", "-Xptxas", "-v", "-diag-suppress", "177")
 # Instantiations per compiler call: few calls (each costs ~1 s of start-up), yet enough units that two
 # run side by side (gemm.cu's 176 instantiations make two units).
@@ -64,15 +66,28 @@ class Resources:
     static_shared: int  # bytes (the kernels use dynamic shared memory, reported by the plan)
 
 
+def architectures(arch_flags: tuple[str, ...]) -> tuple[str, ...]:
+    """The architectures a kernel is built for: the one its family's arch flags name (-arch=sm_90a: code
+    that runs on that architecture only), else PORTABLE_ARCHES. The last is the one the cost model's device
+    (an H100) runs."""
+    named = tuple(flag.removeprefix("-arch=") for flag in arch_flags if flag.startswith("-arch="))
+    return named or PORTABLE_ARCHES
+
+
 @dataclass(frozen=True)
 class Unit:
-    """One translation unit: a kernel source and some of its instantiations."""
+    """One translation unit: a kernel source and some of its instantiations, which share arch flags."""
     source: str  # a file in kernels/
     names: tuple[str, ...]
+    arch_flags: tuple[str, ...] = ()  # the instantiations' (Instantiation.arch_flags)
 
     @property
     def text(self) -> str:
         return instantiating_unit(self.source, self.names)
+
+    @property
+    def arches(self) -> tuple[str, ...]:
+        return architectures(self.arch_flags)
 
 
 def instantiating_unit(source: str, names: tuple[str, ...] | list[str]) -> str:
@@ -82,15 +97,17 @@ def instantiating_unit(source: str, names: tuple[str, ...] | list[str]) -> str:
 
 
 def units(kernels: list[Instantiation]) -> list[Unit]:
-    """The units the checks compile: each source's instantiations in the fewest units of at most
-    MAX_PER_UNIT, of even sizes, largest units first."""
-    grouped: dict[str, list[str]] = {}
+    """The units the checks compile: the instantiations of each source and arch flags in the fewest units
+    of at most MAX_PER_UNIT, of even sizes, largest units first; and at least two compiler calls per group
+    (units x architectures), so that two cores share a group built for one architecture (the sm_90a
+    family's heavy instantiations)."""
+    grouped: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for kernel in kernels:
-        grouped.setdefault(kernel.source, []).append(kernel.name)
+        grouped.setdefault((kernel.source, kernel.arch_flags), []).append(kernel.name)
     found = []
-    for source, names in grouped.items():
-        parts = -(-len(names) // MAX_PER_UNIT)
-        found += [Unit(source, tuple(names[i::parts])) for i in range(parts)]
+    for (source, arch_flags), names in grouped.items():
+        parts = min(len(names), max(-(-len(names) // MAX_PER_UNIT), -(-2 // len(architectures(arch_flags)))))
+        found += [Unit(source, tuple(names[i::parts]), arch_flags) for i in range(parts)]
     return sorted(found, key=lambda unit: -len(unit.names))
 
 
@@ -187,8 +204,8 @@ def nvcc_build(nvcc: str, arch: str, text: str, cache: Path) -> Build:
 
 def nvcc_builds(nvcc: str, work: list[Unit], arches: tuple[str, ...], cache: Path,
                 jobs: int = 2) -> list[Build]:
-    """Every unit built for every architecture, `jobs` nvcc runs at a time."""
-    pairs = [(arch, unit) for unit in work for arch in arches]
+    """Every unit built for each of its architectures that is in `arches`, `jobs` nvcc runs at a time."""
+    pairs = [(arch, unit) for unit in work for arch in unit.arches if arch in arches]
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         return list(pool.map(lambda pair: nvcc_build(nvcc, pair[0], pair[1].text, cache), pairs))
 
@@ -200,11 +217,11 @@ def by_arch_and_name(builds: list[Build]) -> dict[tuple[str, str], Resources]:
 
 def problems(kernels: list[Instantiation], resources: dict[tuple[str, str], Resources],
              arches: tuple[str, ...] = ARCHES) -> list[str]:
-    """What is wrong with each instantiation on each architecture, one line each, naming it: no report,
-    spills or a stack frame (local memory), more shared memory than a block may have."""
+    """What is wrong with each instantiation on each of its architectures in `arches`, one line each, naming
+    it: no report, spills or a stack frame (local memory), more shared memory than a block may have."""
     found = []
     for arch in arches:
-        for kernel in kernels:
+        for kernel in (kernel for kernel in kernels if arch in architectures(kernel.arch_flags)):
             used = resources.get((arch, kernel.name))
             if used is None:
                 found.append(f"{arch} {kernel.name}: ptxas reported nothing")
@@ -236,13 +253,15 @@ def find_nvrtc() -> Path | None:
 
 @dataclass(frozen=True)
 class NvrtcBuild:
+    arch: str  # the architecture ptxas compiled for
     lowered: dict[str, str]  # instantiation name -> lowered (mangled) name
     resources: dict[str, Resources]  # by instantiation name, from ptxas's report in NVRTC's log
 
 
 def nvrtc_compile(library: Path, unit: Unit, arch: str = "sm_90") -> NvrtcBuild:
-    """Compiles the unit's source to a cubin with NVRTC as CuPy does (-std=c++17, the instantiations as
-    name expressions), ptxas reporting. Raises RuntimeError with NVRTC's log when compilation fails."""
+    """Compiles the unit's source to a cubin with NVRTC as CuPy does (-std=c++17, -arch=`arch`, then the
+    unit's arch flags as the cuda runtime adds them, the instantiations as name expressions), ptxas
+    reporting. Raises RuntimeError with NVRTC's log when compilation fails."""
     nvrtc = ctypes.CDLL(str(library))
     program = ctypes.c_void_p()
     text = (kernels_dir() / unit.source).read_bytes()
@@ -250,7 +269,7 @@ def nvrtc_compile(library: Path, unit: Unit, arch: str = "sm_90") -> NvrtcBuild:
     try:
         for name in unit.names:
             _nvrtc_check(nvrtc, nvrtc.nvrtcAddNameExpression(program, name.encode()))
-        options = [f"-arch={arch}", "-std=c++17", f"-I{kernels_dir()}",
+        options = [f"-arch={arch}", *unit.arch_flags, "-std=c++17", f"-I{kernels_dir()}",
                    *(f"-I{d}" for d in cuda_include_dirs()), "-Xptxas", "-v"]
         encoded = (ctypes.c_char_p * len(options))(*(o.encode() for o in options))
         status = nvrtc.nvrtcCompileProgram(program, len(options), encoded)
@@ -268,7 +287,12 @@ def nvrtc_compile(library: Path, unit: Unit, arch: str = "sm_90") -> NvrtcBuild:
             _nvrtc_check(nvrtc, nvrtc.nvrtcGetLoweredName(program, name.encode(), ctypes.byref(pointer)))
             lowered[name] = pointer.value.decode()
         reported = parse_ptxas(log_text)
-        return NvrtcBuild(lowered, {name: reported[m] for name, m in lowered.items() if m in reported})
+        built_for = {m.group(2) for m in _ENTRY.finditer(log_text)}
+        if len(built_for) != 1:
+            raise RuntimeError(f"NVRTC's ptxas report names {sorted(built_for)} for {unit.source}, not one "
+                               f"architecture:\n{log_text[-4000:]}")
+        return NvrtcBuild(built_for.pop(), lowered,
+                          {name: reported[m] for name, m in lowered.items() if m in reported})
     finally:
         nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
 
@@ -290,51 +314,41 @@ def registers_table(kernels: list[Instantiation], resources: dict[tuple[str, str
         "",
         f"Written by `{COMMAND}` from `nvcc -Xptxas -v` "
         f"({', '.join(ARCHES)}); every kernel has 0 bytes of spills and stack frame (tests/test_compile.py).",
+        f"A kernel is built for {' and '.join(PORTABLE_ARCHES)}, or for the one architecture its family's arch "
+        "flags name (-: not built for it).",
         "Shared memory is the dynamic shared memory the plan launches the kernel with.",
         "",
         "| kernel | " + " | ".join(f"registers {arch}" for arch in ARCHES) + " | shared bytes |",
         "|---|" + "---:|" * (len(ARCHES) + 1),
     ]
     for kernel in kernels:
-        registers = " | ".join(str(resources[arch, kernel.name].registers) for arch in ARCHES)
+        registers = " | ".join(str(resources[arch, kernel.name].registers)
+                               if arch in architectures(kernel.arch_flags) else "-" for arch in ARCHES)
         lines.append(f"| `{kernel.name}` | {registers} | {kernel.shared_mem} |")
     return "\n".join(lines) + "\n"
 
 
 def plan_registers(resources: dict[tuple[str, str], Resources]) -> dict[tuple[str, str, bool], int]:
-    """Registers per (config, dtype, 16-byte loads) as ptxas reports them on REGISTERS_ARCH: the most over
-    the products and C types."""
+    """Registers per (config, dtype, 16-byte loads) as ptxas reports them on the architecture an H100 runs
+    of each (the last of architectures()): the most over the products and C types."""
     table = {}
-    for configs in tiles.COMPILE_CHECKED_FAMILIES:
+    for configs in tiles.FAMILIES:
         for config, dtype, vector, kernel in tiles.gemm_instantiations(configs):
-            key = (config.name, dtype, vector)
-            table[key] = max(table.get(key, 0), resources[REGISTERS_ARCH, kernel.name].registers)
+            key, arch = (config.name, dtype, vector), architectures(kernel.arch_flags)[-1]
+            table[key] = max(table.get(key, 0), resources[arch, kernel.name].registers)
     return table
 
 
 def registers_module(resources: dict[tuple[str, str], Resources]) -> str:
     """The text of linear/backends/registers.py."""
     entries = "".join(f"    {key!r}: {value},\n" for key, value in plan_registers(resources).items())
-    return (f"# Generated by `{COMMAND}` (from the repository root) from nvcc's ptxas report on\n"
-            f"# {REGISTERS_ARCH}; do not edit: tests/test_compile.py fails when it differs from the compiler's.\n"
-            '"""Registers per thread of each kernel configuration as ptxas allocates them on '
-            f'{REGISTERS_ARCH}: (config name,\ndtype, 16-byte loads) -> registers, the most over the products '
-            '(NN, NT, TN, TT) and C types.\nThe cost model\'s occupancy reads PLAN_REGISTERS: these and SM90A_REGISTERS."""\n\n'
-            f"REGISTERS: dict[tuple[str, str, bool], int] = {{\n{entries}}}\n" + SM90A_REGISTERS_TEXT)
-
-
-# Written into registers.py as it is: kernels/wgmma_gemm.cu's families are not compile-checked yet
-# (tiles.COMPILE_CHECKED_FAMILIES), so their counts are the measured ones below.
-SM90A_REGISTERS_TEXT = '''
-# kernels/wgmma_gemm.cu (sm_90a), not from the compile checks (they build sm_80 and sm_90 only). ptxas
-# (nvcc 13.0 -arch=sm_90a -Xptxas -v, bench/NOTES.md; tests/test_wgmma_machine_code.py) reports 168 for every
-# instantiation: the 384-thread launch bound (setmaxnreg then gives the consumers 232, the producer 40).
-SM90A_REGISTERS: dict[tuple[str, str, bool], int] = {
-    (name, dtype, True): 168 for name in ("wgmma_wide", "wgmma") for dtype in ("float16", "bfloat16")}
-
-# What the cost model reads: every family's registers.
-PLAN_REGISTERS: dict[tuple[str, str, bool], int] = {**REGISTERS, **SM90A_REGISTERS}
-'''
+    return (f"# Generated from nvcc's ptxas report by `{COMMAND}` (from the repository\n"
+            "# root); do not edit: tests/test_compile.py fails when it differs from the compiler's.\n"
+            '"""Registers per thread of each kernel configuration as ptxas allocates them for an H100: (config\n'
+            "name, dtype, 16-byte loads) -> registers, the most over the products (NN, NT, TN, TT) and C types, on\n"
+            "sm_90 (or on the architecture the family's arch flags name: sm_90a for kernels/wgmma_gemm.cu). The\n"
+            'cost model\'s occupancy reads them."""\n\n'
+            f"REGISTERS: dict[tuple[str, str, bool], int] = {{\n{entries}}}\n")
 
 
 def _write(path: Path, text: str) -> None:

@@ -4,8 +4,9 @@ choose(): for each configuration of a kernel family (tiles.py) and each split-K 
 the time from the device's limits (device.DeviceLimits: SMs, registers, shared memory, threads per
 SM; the runtime's device_limits(), an H100 for the emulator) and picks the fastest. It asks every
 configuration the same questions (tiles.GemmConfig), whatever its family:
-1. Blocks per SM: the fewest that registers (registers.PLAN_REGISTERS, ptxas's counts on sm_90, allocated
-   per warp in units of 256), shared memory (plus 1 KiB a block) and threads allow.
+1. Blocks per SM: the fewest that registers (registers.REGISTERS, ptxas's counts on sm_90, or sm_90a for
+   the Hopper tiles, allocated per warp in units of 256), shared memory (plus 1 KiB a block) and threads
+   allow.
 2. The busiest SM runs ⌈blocks / SMs⌉ blocks (waves and uneven loads alike; a persistent grid's tiles
    of work alike), up to blocks-per-SM at a time, each for its K plus the tile's prologue and epilogue
    (GemmConfig.overhead_k_steps). Its FMA rate is the family's peak (GemmConfig.fma_per_clock) times the lesser of the tile's
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 from ..dtypes import element_type
 from .device import H100, DeviceLimits
-from .registers import PLAN_REGISTERS
+from .registers import REGISTERS
 from .tiles import HEURISTIC_CONFIGS, WARP_SIZE, GemmConfig, ceil_div, round_up
 
 MIN_K_PER_SPLIT = 512  # shorter K slices would spend more on the workspace than they gain
@@ -39,7 +40,7 @@ TIE = 0.03  # estimates this close count as equal
 
 def blocks_per_sm(config: GemmConfig, dtype: str, vector: bool, device: DeviceLimits = H100) -> int:
     """Resident blocks of one launch per SM: registers, shared memory and threads."""
-    registers = PLAN_REGISTERS[config.name, dtype, vector or config.vector_only]
+    registers = REGISTERS[config.name, dtype, vector or config.vector_only]
     warps = ceil_div(config.threads, WARP_SIZE)
     return max(1, min(device.registers_per_sm // (warps * round_up(registers * WARP_SIZE, REGISTER_UNIT)),
                       device.shared_per_sm // (config.shared_bytes(dtype) + SHARED_PER_BLOCK_RESERVED),

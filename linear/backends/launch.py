@@ -358,8 +358,8 @@ def persistent_tma(call: GemmCall) -> list[Launch]:
         for which, operand, slot, view, stride in (("a", call.a, call.slot_a, part.views[0], part.strides[0]),
                                                    ("b", call.b, call.slot_b, part.views[1], part.strides[1])):
             map_view, batched = _map_view(operand, stride, part.count)
-            maps += [TensorMapArg(slot.viewed(view, map_view), config.box(which, operand.trans), config.swizzle),
-                     np.int32(batched)]
+            box = config.box(which, operand.trans, call.t.itemsize)
+            maps += [TensorMapArg(slot.viewed(view, map_view), box, config.swizzle), np.int32(batched)]
         c_arg, batch_stride_c = (call.slot_c.viewed(part.views[2]), part.strides[2]) if splits == 1 else (target, 0)
         preact = call.slot_preact.viewed(part.views[3]) if stores_preact else None
         activation = activation_args(call.activation, preact, c_arg) if splits == 1 else \

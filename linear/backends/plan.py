@@ -322,12 +322,14 @@ def gemm_plan(xp: ModuleType, a: Any, b: Any, c: Any, *, bias: Any = None, tunin
     if product.m == 0 or product.n == 0 or product.batch == 0:
         return Plan(product.t.acc, (), ()), {}
     ldc = _output_ld(c)
+    op_a, op_b = as_operand(xp, a), as_operand(xp, b)
+    layout = (op_a.trans, op_b.trans)  # the product as the kernels read it (aligned copies keep it)
     families = [(named,)] if named else [heuristic_configs(configs) for configs in reversed(FAMILIES)]
-    families = _competing([configs for configs in families if configs[0].runs(product.dtype, arch, tf32, k)])
-    op_a, op_b, aligned = _operands(xp, as_operand(xp, a), as_operand(xp, b), product,
-                                    families, tuning, device)
+    families = _competing([configs for configs in families if configs[0].runs(product.dtype, arch, tf32, k, layout)])
+    op_a, op_b, aligned = _operands(xp, op_a, op_b, product, families, tuning, device)
     choice = _choose(product, families, aligned, named, tuning, device,
-                     f"compute capability {arch}, TF32 {'on' if tf32 else 'off'}, K {k}")
+                     f"compute capability {arch}, TF32 {'on' if tf32 else 'off'}, K {k}, "
+                     f"product {'NT'[op_a.trans]}{'NT'[op_b.trans]}")
     slots = _Slots(len(GEMM_ARRAYS))
     slot_a, slot_b = (slots.buffer(AlignedCopy(slots.array(i).index, op.trans), made=op.array) if op.copied
                       else slots.array(i) for i, op in enumerate((op_a, op_b)))

@@ -8,7 +8,7 @@ asks which family it holds: adding a family is adding its kernel, a GemmConfig s
 family-neutral description of the product (GemmConfig.launches, launch.GemmCall). Today: SIMT tiles
 (kernels/gemm.cu, TILE_CONFIGS) for every dtype; tensor-core tiles (kernels/tc_gemm.cu, TC_CONFIGS) for
 float16, bfloat16 and float32 as TF32; Hopper tiles (kernels/wgmma_gemm.cu, WGMMA_CONFIGS: wgmma, TMA,
-a persistent grid; sm_90a) for float16 and bfloat16.
+a persistent grid; sm_90a) for float16 and bfloat16, and float32 as TF32 in the NT product only.
 """
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ WARP_SIZE = 32
 MAX_SIZE = 2**31 - 1 - 1024
 
 
+# The products (trans_a, trans_b): NN (Y = X·W), NT (dX = dY·Wᵀ), TN (dW = Xᵀ·dY), TT.
+LAYOUTS = ((False, False), (False, True), (True, False), (True, True))
+
+
 def _cpp_bool(flag: bool) -> str:
     return "true" if flag else "false"
 
@@ -45,6 +49,8 @@ class GemmConfig(ABC):
     overhead_k_steps                 a tile's prologue and epilogue, in k steps of its stage (estimate)
     min_arch, max_arch, dtypes,      what it requires: compute capability (from, up to), dtypes it is
     tf32_dtypes, min_k,              instantiated for, those that run only with TF32 allowed, the least K,
+    layouts(dtype)                   the products (trans_a, trans_b) it is instantiated for with dtype: all
+                                     four, or fewer where the hardware reads some operand in one layout only
     vector_only, arch_flags          16-byte aligned operands, leading dimensions and batch strides (the
                                      vector path) or not, extra compiler flags (e.g. -arch=sm_90a)
     candidate                        only Tuning(config=...) launches it; the cost model never chooses it
@@ -91,13 +97,20 @@ class GemmConfig(ABC):
     def tiles(self, m: int, n: int) -> int:
         return ceil_div(m, self.bm) * ceil_div(n, self.bn)
 
-    def runs(self, dtype: str, arch: int | None, tf32: bool, k: int = 1) -> bool:
+    def layouts(self, dtype: str) -> tuple[tuple[bool, bool], ...]:
+        return LAYOUTS
+
+    def runs(self, dtype: str, arch: int | None, tf32: bool, k: int = 1,
+             layout: tuple[bool, bool] | None = None) -> bool:
         """Whether it runs dtype on a device of compute capability arch (None: no device named, the
-        kernels every device runs), with TF32 allowed or not, for a product of depth k; alignment aside
-        (vector_only). Every family's epilogue applies the activations and stores Z (kernels/epilogue.cuh)."""
+        kernels every device runs), with TF32 allowed or not, for a product of depth k, for the product
+        layout (trans_a, trans_b) of the operands as the kernel reads them (None: some layout); alignment
+        aside (vector_only). Every family's epilogue applies the activations and stores Z
+        (kernels/epilogue.cuh)."""
         arch = arch or 0
         return dtype in self.dtypes and self.min_arch <= arch and (self.max_arch is None or arch <= self.max_arch) \
-            and (tf32 or dtype not in self.tf32_dtypes) and k >= self.min_k
+            and (tf32 or dtype not in self.tf32_dtypes) and k >= self.min_k \
+            and (layout is None or layout in self.layouts(dtype))
 
     def vectors(self) -> tuple[bool, ...]:
         """The load paths it is instantiated for: 16-byte loads, and scalar ones unless vector_only."""
@@ -275,9 +288,11 @@ TC_HEURISTIC_CONFIGS = tuple(config for config in TC_CONFIGS if not config.candi
 
 WGMMA_BM = 128  # C tile rows per block: two consumer warpgroups of 64 rows (wgmma_gemm.cu, WGMMA_BM)
 WGMMA_ROWS_PER_CONSUMER = 64  # one m64nNk16 per consumer warpgroup
-WGMMA_K = 16  # k of one wgmma
-WGMMA_STAGE_ROW_BYTES = 128  # a stage's k depth: one 128-byte swizzled row (64 halves, WGMMA_BK)
+WGMMA_STAGE_ROW_BYTES = 128  # a stage's k depth: one 128-byte swizzled row (64 halves, 32 floats)
 WGMMA_PANEL = 64  # the width of an MN-major operand's box (one 128-byte row of halves)
+# wgmma reads 32-bit (TF32) operands K-major only (no imm-trans for them): A stored M x K (not
+# transposed) and B stored N x K (transposed), the NT product (dX = dY·Wᵀ).
+WGMMA_K_MAJOR_LAYOUTS = ((False, True),)
 WGMMA_SWIZZLE = 128  # bytes: the tensor maps' and the descriptors' swizzle
 WGMMA_ALIGNMENT_SLACK = 1024  # the stages start on the first 1024-byte boundary of the dynamic shared memory
 WGMMA_EPILOGUE_COLUMNS = 64  # C columns per chunk of the epilogue (wgmma_gemm.cu)
@@ -289,10 +304,12 @@ WGMMA_STAGING_BYTES = WGMMA_BM // WGMMA_ROWS_PER_CONSUMER * 4 * WARP_SIZE * WGMM
 @dataclass(frozen=True)
 class WgmmaConfig(GemmConfig):
     """One tile shape of linear_wgmma_gemm (see the top of kernels/wgmma_gemm.cu): WGMMA_BM x bn, a ring
-    of `stages` stages of 64 k that a TMA producer warpgroup fills for two consumer warpgroups issuing
-    wgmma, a persistent grid; sm_90a only, operands as TMA tensor maps (16-byte aligned, leading
-    dimensions and batch strides multiples of 16 bytes: the vector path), K of at least 1 (a map has no
-    empty dimension)."""
+    of `stages` stages of 128 bytes of k (64 halves, 32 floats) that a TMA producer warpgroup fills for
+    two consumer warpgroups issuing wgmma, a persistent grid; sm_90a only, operands as TMA tensor maps
+    (16-byte aligned, leading dimensions and batch strides multiples of 16 bytes: the vector path), K of
+    at least 1 (a map has no empty dimension). float32 runs as TF32 (wgmma reads the top 19 bits of each
+    float), with TF32 allowed and in the NT product only (layouts): for NN, TN and TT the plan keeps the
+    other families (tc_gemm's TF32 tiles, which transpose through ldmatrix)."""
     source: ClassVar[str] = "wgmma_gemm.cu"
     hardware: ClassVar[str] = "Hopper tensor cores (wgmma, TMA; sm_90a)"
     min_arch: ClassVar[int] = 90
@@ -303,19 +320,22 @@ class WgmmaConfig(GemmConfig):
     overhead_k_steps: ClassVar[int] = 4
     vector_only: ClassVar[bool] = True
     arch_flags: ClassVar[tuple[str, ...]] = ("-arch=sm_90a",)  # wgmma, setmaxnreg: sm_90a only
-    FMA_PER_CLOCK: ClassVar[dict[str, int]] = {dtype: TensorCoreConfig.FMA_PER_CLOCK[dtype]
-                                               for dtype in ("float16", "bfloat16")}
+    tf32_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
+    FMA_PER_CLOCK: ClassVar[dict[str, int]] = TensorCoreConfig.FMA_PER_CLOCK
     swizzle: ClassVar[int] = WGMMA_SWIZZLE
     name: str
     bn: int  # C tile columns per block: the wgmma's N (128 or 256)
     stages: int  # depth of the shared-memory ring
     bm: int = WGMMA_BM
     candidate: bool = False
-    dtypes: tuple[str, ...] = ("bfloat16", "float16")
+    dtypes: tuple[str, ...] = ("bfloat16", "float16", "float32")  # float32 as TF32, only when allowed
 
     def __post_init__(self):
         if self.bn not in (128, 256) or self.stages < 2 or self.bm != WGMMA_BM:
             raise ValueError(f"wgmma config {self.name!r} does not tile: {self}")
+
+    def layouts(self, dtype: str) -> tuple[tuple[bool, bool], ...]:
+        return WGMMA_K_MAJOR_LAYOUTS if dtype in self.tf32_dtypes else LAYOUTS
 
     @property
     def threads(self) -> int:
@@ -348,11 +368,11 @@ class WgmmaConfig(GemmConfig):
         tensor_clocks = self.bm * self.bn * k / self.fma_per_clock(dtype)
         return min(1.0, tensor_clocks / (moved / SHARED_BYTES_PER_CLOCK))
 
-    def box(self, operand: str, trans: bool) -> tuple[int, int, int]:
-        """The TMA box of an operand stack (batch, rows, columns as stored): the K-major ones (A, Bᵀ) one box
-        of all the tile's rows by a stage's k, the MN-major ones (Aᵀ, B) boxes of a stage's k by
-        WGMMA_PANEL (wgmma_gemm.cu)."""
-        k = self.k_depth(2)
+    def box(self, operand: str, trans: bool, itemsize: int) -> tuple[int, int, int]:
+        """The TMA box of an operand stack of elements of `itemsize` bytes (batch, rows, columns as stored):
+        the K-major ones (A, Bᵀ) one box of all the tile's rows by a stage's k, the MN-major ones (Aᵀ, B;
+        16-bit elements only) boxes of a stage's k by WGMMA_PANEL (wgmma_gemm.cu)."""
+        k = self.k_depth(itemsize)
         k_major = (operand == "a") != trans
         return (1, self.bm if operand == "a" else self.bn, k) if k_major else (1, k, WGMMA_PANEL)
 
@@ -376,9 +396,6 @@ WGMMA_CONFIGS = (
 # Each family's configurations, oldest first (as kernels/REGISTERS.md lists them): the plan runs a call on
 # the newest family that can run it.
 FAMILIES: tuple[tuple[GemmConfig, ...], ...] = (TILE_CONFIGS, TC_CONFIGS, WGMMA_CONFIGS)
-# The families the compile checks build (compile_check: sm_80 and sm_90 with each runtime's own -arch): not
-# those that need arch flags of their own (sm_90a), which the checks cannot build yet.
-COMPILE_CHECKED_FAMILIES = tuple(configs for configs in FAMILIES if not configs[0].arch_flags)
 CONFIGS_BY_NAME: dict[str, GemmConfig] = {config.name: config for configs in FAMILIES for config in configs}
 
 
@@ -392,28 +409,28 @@ class Instantiation:
     source: str  # a file in kernels/
     name: str  # a C++ expression naming the template instantiation
     shared_mem: int  # the dynamic shared memory its launches ask for
+    arch_flags: tuple[str, ...] = ()  # its family's extra compiler flags (GemmConfig.arch_flags)
 
 
 def gemm_instantiations(configs: tuple[GemmConfig, ...]) -> list[tuple[GemmConfig, str, bool, Instantiation]]:
     """(config, dtype, vector, instantiation) for every template instantiation of these configurations: per
-    dtype, C itself or a split-K workspace, each transpose, each load path."""
+    dtype, C itself or a split-K workspace, each product layout it has, each load path."""
     found = []
     for dtype in dict.fromkeys(dtype for config in configs for dtype in config.dtypes):
         t = ELEMENT_TYPES[dtype]
         for c_cpp in dict.fromkeys((t.cpp, t.acc_cpp)):
-            for trans_a, trans_b, config in itertools.product((False, True), (False, True), configs):
-                if dtype in config.dtypes:
+            for (trans_a, trans_b), config in itertools.product(LAYOUTS, configs):
+                if dtype in config.dtypes and (trans_a, trans_b) in config.layouts(dtype):
                     for vector in config.vectors():
                         name = config.template_name(t, c_cpp, trans_a, trans_b, vector)
-                        kernel = Instantiation(config.source, name, config.shared_bytes(dtype))
+                        kernel = Instantiation(config.source, name, config.shared_bytes(dtype), config.arch_flags)
                         found.append((config, dtype, vector, kernel))
     return found
 
 
 def instantiations() -> list[Instantiation]:
-    """Every template instantiation a plan can launch, but for the families that need arch flags of their
-    own (COMPILE_CHECKED_FAMILIES: the compile checks cannot build them yet)."""
-    found = [kernel for configs in COMPILE_CHECKED_FAMILIES for *_, kernel in gemm_instantiations(configs)]
+    """Every template instantiation a plan can launch (what the compile checks build)."""
+    found = [kernel for configs in FAMILIES for *_, kernel in gemm_instantiations(configs)]
     for t in ELEMENT_TYPES.values():
         found += [Instantiation("reduce.cu", colsum_partial_name(t), 0),
                   Instantiation("reduce.cu", sum_splits_name(t), 0)]
