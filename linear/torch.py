@@ -186,15 +186,43 @@ class _Host:
 
 class _TorchHost(_Host):
     """CPU tensors on the "numpy" backend: the tensors themselves, to torch's own CPU kernels
-    (backends.torch_cpu), so the products run on torch's BLAS with torch's thread count."""
+    (backends.torch_cpu), so the products run on torch's BLAS with torch's thread count.
+
+    Without an activation (the common case) _forward and _gradients come here instead: the backend's
+    product and column_sums, whose results torch makes, rather than gemm and colsum into results made
+    beforehand, and no scope or array views. The same arithmetic; it exists for speed alone, since a
+    training step of a small layer is mostly this host work (at 8×16×16, ~10 µs less of a ~75 µs step)."""
     __slots__ = ()
     array = staticmethod(lambda t: t)
 
     def __init__(self) -> None:
         self.backend, self.name = TorchCpuBackend(), "numpy"
 
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """x·weightᵀ + bias."""
+        if x.ndim == 2:
+            return self.backend.product(x, weight.T, bias)
+        lead = x.shape[:-1]
+        return self.backend.product(x.reshape(math.prod(lead), x.shape[-1]), weight.T, bias).view(
+            *lead, weight.shape[0])
 
-_HOSTS: dict[str, _Host] = {"numpy": _TorchHost()}
+    def gradients(self, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_dx: bool, need_dweight: bool,
+                  need_dbias: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(dx, dweight, dbias) as _gradients describes them, None where not needed."""
+        product, shape = self.backend.product, x.shape
+        if len(shape) != 2:
+            rows = math.prod(shape[:-1])
+            dy, x = dy.reshape(rows, weight.shape[0]), x.reshape(rows, weight.shape[1])
+        dx = dweight = None
+        if need_dx:
+            dx = product(dy, weight).view(shape)
+        if need_dweight:
+            dweight = product(dy.T, x)
+        return dx, dweight, self.backend.column_sums(dy) if need_dbias else None
+
+
+_TORCH = _TorchHost()
+_HOSTS: dict[str, _Host] = {"numpy": _TORCH}
 
 
 class _Device:
@@ -248,6 +276,8 @@ def _forward(run: "_Host | _Device", x: torch.Tensor, weight: torch.Tensor, bias
     """y = act(x·weightᵀ + bias): one GEMM (NT: weight's transpose a view, which the kernels take as a flag)
     whose epilogue applies the activation and, when preact (a tensor of y's shape) is given, writes the
     pre-activation into it."""
+    if run is _TORCH and activation is None:
+        return run.forward(x, weight, bias)
     out_features, in_features = weight.shape
     lead = x.shape[:-1]
     rows = math.prod(lead)
@@ -268,6 +298,8 @@ def _gradients(run: "_Host | _Device", dy: torch.Tensor, x: torch.Tensor, weight
     weight's own (out_features, in_features) layout, as autograd wants it for weight.grad),
     dbias = Σ_rows dy. Through an activation (saved: z, or y for relu) dy is first replaced by
     dz = dy ⊙ act'(z), computed with dbias = Σ_rows dz in one backend call."""
+    if run is _TORCH and activation is None:
+        return run.gradients(dy, x, weight, need_dx, need_dweight, need_dbias)
     out_features, in_features = weight.shape
     rows = math.prod(x.shape[:-1])
     dx = _empty(x.shape, x) if need_dx else None
