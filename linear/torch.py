@@ -210,12 +210,13 @@ class _TorchHost(_Host):
                   need_dbias: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
         """(dx, dweight, dbias) as _gradients describes them, None where not needed."""
         product, shape = self.backend.product, x.shape
-        if len(shape) != 2:
+        matrix = len(shape) == 2
+        if not matrix:
             rows = math.prod(shape[:-1])
             dy, x = dy.reshape(rows, weight.shape[0]), x.reshape(rows, weight.shape[1])
         dx = dweight = None
         if need_dx:
-            dx = product(dy, weight).view(shape)
+            dx = product(dy, weight) if matrix else product(dy, weight).view(shape)
         if need_dweight:
             dweight = product(dy.T, x)
         return dx, dweight, self.backend.column_sums(dy) if need_dbias else None
