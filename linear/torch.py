@@ -112,8 +112,9 @@ def _where(tensors: dict[str, Optional[torch.Tensor]]) -> str:
 def _resolve(tensors: dict[str, Optional[torch.Tensor]], backend: Optional[str]) -> "_Host | _Device":
     """Where a call on `tensors` (of one device, named for the messages) runs: the cuda backend for CUDA
     tensors, else `backend` or the default. Resolved once per call of linear(); its backward uses the same."""
-    device = next(iter(tensors.values())).device  # the first (x or dy) is never None
-    if device.type == "cuda":
+    first = next(iter(tensors.values()))  # x or dy, never None; a real tensor (is_cuda: as _eager says)
+    if first.is_cuda:
+        device = first.device
         if backend not in (None, "cuda"):
             try:
                 get_backend(backend)  # ValueError for a name that is no backend at all
@@ -125,7 +126,7 @@ def _resolve(tensors: dict[str, Optional[torch.Tensor]], backend: Optional[str])
             return _Device(get_backend("cuda"), device)
         except BackendUnavailable as e:
             raise BackendUnavailable(f"got {_where(tensors)}, but {e}") from e
-    if device.type != "cpu":
+    if not first.is_cpu:
         raise TypeError(f"linear.torch runs on CPU and CUDA tensors; got {_where(tensors)}")
     name = backend or default_backend_name()
     host = _HOSTS.get(name)
@@ -216,7 +217,7 @@ class _TorchHost(_Host):
             dy, x = dy.reshape(rows, weight.shape[0]), x.reshape(rows, weight.shape[1])
         dx = dweight = None
         if need_dx:
-            dx = product(dy, weight) if matrix else product(dy, weight).view(shape)
+            dx = product(dy, weight) if matrix else product(dy, weight).view(*shape)
         if need_dweight:
             dweight = product(dy.T, x)
         return dx, dweight, self.backend.column_sums(dy) if need_dbias else None
@@ -565,8 +566,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     for the tensors' device type, x, weight and bias are first cast to the autocast dtype (float64 ones
     are left alone), as torch casts them for nn.Linear; the casts are ordinary differentiable torch ops.
     """
-    if isinstance(x, torch.Tensor) and x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
-        x, weight, bias = (_autocast(t, x.device.type) for t in (x, weight, bias))
+    device = x.device.type if isinstance(x, torch.Tensor) else None
+    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+        x, weight, bias = (_autocast(t, device) for t in (x, weight, bias))
     _check(x, weight, bias)
     if backend is not None and not isinstance(backend, str):
         raise TypeError(f"backend must be a string or None; got {backend!r}")
@@ -591,7 +593,7 @@ def _eager(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) 
     """Plain CPU or CUDA tensors: the eager path. Tensor subclasses (fake, functional, DTensor) and meta
     tensors take the custom op, which tracing knows."""
     return (type(x) in _PLAIN and type(weight) in _PLAIN and (bias is None or type(bias) in _PLAIN)
-            and x.device.type in ("cpu", "cuda"))
+            and (x.is_cpu or x.is_cuda))  # on a plain tensor these say what x.device.type does, ~0.2 µs sooner
 
 
 class Linear(nn.Linear):
