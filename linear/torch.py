@@ -13,7 +13,9 @@ Layout: torch stores weight as (out_features, in_features) = (D, F), the transpo
 y = x·weightᵀ + b is one GEMM with weight's transpose as a flag, never a copy. The gradients: dx = dy·weight
 (NN), dweight = dyᵀ·x (TN, written in weight's own layout, as autograd wants it for weight.grad),
 dbias = Σ_rows dy. Each product is one call of the backend's gemm or colsum on tensors checked once by
-linear(), with the backend resolved once per call (the backward reuses the forward's).
+linear(), with the backend resolved once per call (the backward reuses the forward's); on CPU tensors on
+the "numpy" backend without an activation, one call of backends.torch_cpu's product or column_sums, whose
+results torch makes.
 
 With an activation (linear.activations): y = act(z), z = x·weightᵀ + b in one GEMM whose epilogue applies
 act and also writes z when backward needs it (for relu y itself serves, as in torch: y > 0 exactly where

@@ -11,6 +11,7 @@ What it computes is what the numpy backend computes: the Backend interface of ba
 one dtype (float32, float64, float16, bfloat16), half types multiplied, summed and activated in float32
 and rounded once into the result. It takes matrices (2-D tensors, any strides: a transposed weight is a
 view, which torch's BLAS takes as a flag); linear.torch flattens leading dimensions before it calls.
+Beside the interface, product and column_sums compute gemm's and colsum's common case into a new tensor.
 """
 from __future__ import annotations
 
