@@ -114,7 +114,7 @@ def _where(tensors: dict[str, Optional[torch.Tensor]]) -> str:
 def _resolve(tensors: dict[str, Optional[torch.Tensor]], backend: Optional[str]) -> "_Host | _Device":
     """Where a call on `tensors` (of one device, named for the messages) runs: the cuda backend for CUDA
     tensors, else `backend` or the default. Resolved once per call of linear(); its backward uses the same."""
-    first = next(iter(tensors.values()))  # x or dy, never None; a real tensor (is_cuda: as _eager says)
+    first = next(iter(tensors.values()))  # x or dy, never None; is_cuda, is_cpu: device.type's, ~0.2 µs sooner
     if first.is_cuda:
         device = first.device
         if backend not in (None, "cuda"):
@@ -194,7 +194,8 @@ class _TorchHost(_Host):
     Without an activation (the common case) _forward and _gradients come here instead: the backend's
     product and column_sums, whose results torch makes, rather than gemm and colsum into results made
     beforehand, and no scope or array views. The same arithmetic; it exists for speed alone, since a
-    training step of a small layer is mostly this host work (at 8×16×16, ~10 µs less of a ~75 µs step)."""
+    training step of a small layer is mostly host work (at 8×16×16 a step takes ~64 µs with it, ~84 µs
+    without, nn.Linear's ~45 µs: README's Cost)."""
     __slots__ = ()
     array = staticmethod(lambda t: t)
 
