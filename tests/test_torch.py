@@ -211,8 +211,9 @@ def backend_calls(monkeypatch, backend_class):
             calls.append((method, {type(a) for a in arrays if a is not None}))
             return real(self, *arrays, **kwargs)
         return call
-    for method in ("gemm", "colsum", "activation_grad"):
-        monkeypatch.setattr(backend_class, method, spy(method, getattr(backend_class, method)))
+    for method in ("gemm", "colsum", "activation_grad", "product", "column_sums"):
+        if hasattr(backend_class, method):
+            monkeypatch.setattr(backend_class, method, spy(method, getattr(backend_class, method)))
     return calls
 
 
@@ -237,7 +238,7 @@ def test_cpu_tensors_on_the_numpy_backend_run_on_torchs_own_kernels(dtype, activ
     assert rel(y, y64) <= tol(dtype)
     for grad, ref in zip(grads, refs):
         assert grad.dtype == dtype and rel(grad, ref) <= tol(dtype)
-    products = (["gemm", "gemm", "gemm", "colsum"] if activation is None  # y; dx, dweight, dbias
+    products = (["product", "product", "product", "column_sums"] if activation is None  # y; dx, dweight, dbias
                 else ["gemm", "activation_grad", "colsum", "gemm", "gemm"])  # dbias: activation_grad's colsum
     assert [method for method, _ in on_torch] == products
     assert all(issubclass(kind, torch.Tensor) for _, types in on_torch for kind in types)
@@ -299,6 +300,21 @@ def test_the_torch_cpu_backend_column_sums_and_activation_gradient(dtype, beta):
     (expected,) = torch.autograd.grad(F.gelu(z64, approximate="tanh"), z64, dy.double())
     assert dz.dtype == dtype and rel(dz, expected) <= tol(dtype)
     assert rel(db, expected.sum(0) + beta * db0.double()) <= tol(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("has_bias", [False, True])
+def test_the_torch_cpu_backends_product_and_column_sums(dtype, has_bias):
+    """product (a·b + bias into a new tensor) and column_sums (Σ_rows a), the short way linear.torch takes
+    on CPU tensors without an activation: a's dtype, against float64, inputs unchanged."""
+    from linear.backends.torch_cpu import TorchCpuBackend
+    a, b, _, bias = torch_cpu_case(dtype, seed=45)
+    inputs = [t.clone() for t in (a, b, bias)]
+    c = TorchCpuBackend().product(a, b, bias if has_bias else None)
+    assert c.dtype == dtype and rel(c, a.double() @ b.double() + (bias.double() if has_bias else 0)) <= tol(dtype)
+    sums = TorchCpuBackend().column_sums(a)
+    assert sums.dtype == dtype and rel(sums, a.double().sum(0)) <= tol(dtype)
+    assert all(torch.equal(before, after) for before, after in zip(inputs, (a, b, bias)))
 
 
 def test_the_torch_cpu_backend_tests_can_fail():
