@@ -168,7 +168,7 @@ class TensorMapCache:
     def get(self, runtime: Any, array: Any, box: tuple[int, ...], swizzle: int, views: tuple = ()) -> TensorMap:
         """The map of `array` seen through `views` (launch.View: each has .of(xp, array)), which are applied
         only to make a map the cache does not have."""
-        key = (runtime.name, address(array), array.shape, array.strides, array.dtype.name, views, box, swizzle)
+        key = (runtime.name, address(array), array.shape, array.strides, array.dtype, views, box, swizzle)
         data = self._maps.get(key)
         if data is None:
             viewed = array
