@@ -9,8 +9,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -33,3 +35,16 @@ def check_then_time(row: dict, call, result, expected, tolerance: float, clock, 
         return
     row["median_ms"] = float(np.median([clock(call) for _ in range(repeats)]))
     row["tflops"] = flop / row["median_ms"] * 1e-9
+
+
+@contextlib.contextmanager
+def contender(row: dict, results: list[dict], save: Callable[[], None]) -> Iterator[None]:
+    """One contender's row: an exception inside becomes the row's error (one contender failing must not
+    lose the others); then the row is appended to `results`, printed, and `save()` rewrites the file."""
+    try:
+        yield
+    except Exception as e:
+        row["error"] = f"{type(e).__name__}: {e}"[:300]
+    results.append(row)
+    print(json.dumps(row), flush=True)
+    save()

@@ -3,12 +3,11 @@ TC_TILE_SHAPES, beside cuBLAS (cupy.matmul): each result checked against float64
 device-event times (the wall clock on the emulator)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from bench.gpu_checks import check_then_time, write_json
+from bench.gpu_checks import check_then_time, contender, write_json
 
 TC_TILE_SHAPES = [(4096, 4096, 4096), (8192, 4096, 11008), (2048, 768, 50257)]  # layer (B, F, D)
 TC_TILE_REPEATS = 10
@@ -26,6 +25,7 @@ def tc_tiles(out: Path, backend_name: str, scale: float) -> bool:
     clock, repeats = (gpu_ms, TC_TILE_REPEATS) if on_gpu else (cpu_ms, 1)
     rng = np.random.default_rng(0)
     rows, results = 64, []
+    save = lambda: write_json(out, {"backend": backend_name, "scale": scale, "results": results})
     for shape in TC_TILE_SHAPES:
         b, f, d = (max(16, int(n * scale)) for n in shape)
         host = {name: rng.uniform(-1, 1, dims).astype(ml_dtypes.bfloat16)
@@ -41,7 +41,7 @@ def tc_tiles(out: Path, backend_name: str, scale: float) -> bool:
             contenders = [(c.name, c) for c in tiles.TC_CONFIGS] + ([("cublas", None)] if on_gpu else [])
             for name, config in contenders:
                 row = {"shape": [b, f, d], "product": product, "config": name}
-                try:
+                with contender(row, results, save):
                     c = xp.full((m, n), np.nan, ml_dtypes.bfloat16)
                     op_a = arrays[left].T if trans_a else arrays[left]
                     op_b = arrays[right].T if trans_b else arrays[right]
@@ -52,9 +52,4 @@ def tc_tiles(out: Path, backend_name: str, scale: float) -> bool:
                         call = lambda: backend.gemm(op_a, op_b, c, alpha=1.0, beta=0.0)
                     check_then_time(row, call, lambda: (c.get() if on_gpu else c)[picked].astype(np.float64),
                                     expected, TOLERANCE["bfloat16"], clock, repeats, 2 * m * n * a.shape[1])
-                except Exception as e:  # one configuration failing must not lose the others
-                    row["error"] = f"{type(e).__name__}: {e}"[:300]
-                results.append(row)
-                print(json.dumps(row), flush=True)
-                write_json(out, {"backend": backend_name, "scale": scale, "results": results})
     return all("error" not in row for row in results)

@@ -5,12 +5,11 @@ TMA cannot take (K = 50257: 100,514-byte rows) are copied into 16-byte-aligned r
 would, and the copy is timed with it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from bench.gpu_checks import check_then_time, write_json
+from bench.gpu_checks import check_then_time, contender, write_json
 from bench.gpu_checks.tc_tiles import TC_TILE_REPEATS
 
 WGMMA_SHAPES = [(4096, 4096, 4096), (8192, 8192, 8192), (8192, 4096, 11008), (2048, 768, 50257)]  # M, N, K
@@ -37,6 +36,7 @@ def wgmma(out: Path, backend_name: str, scale: float) -> bool:
             pass
     rng = np.random.default_rng(0)
     rows, results = 64, []
+    save = lambda: write_json(out, {"backend": backend_name, "scale": scale, "results": results})
     for dtype in (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)):
         for shape in WGMMA_SHAPES:
             # Scaled down (the emulator), each dimension stays a multiple of 8 as the full shapes are
@@ -54,7 +54,7 @@ def wgmma(out: Path, backend_name: str, scale: float) -> bool:
             contenders += [("torch", None)] if torch is not None else []
             for name, config in contenders:
                 row = {"dtype": dtype.name, "shape": [m, n, k], "config": name}
-                try:
+                with contender(row, results, save):
                     c = xp.full((m, n), np.nan, dtype)
                     if isinstance(config, families.WgmmaConfig):
                         # A persistent grid: split K where there are fewer tiles than SMs; rows TMA cannot
@@ -76,9 +76,4 @@ def wgmma(out: Path, backend_name: str, scale: float) -> bool:
                         call = lambda: torch.matmul(ta, tb, out=tc)
                     check_then_time(row, call, lambda: (c.get() if on_gpu else c)[picked].astype(np.float64),
                                     expected, TOLERANCE[dtype.name], clock, repeats, 2 * m * n * k)
-                except Exception as e:  # one contender failing must not lose the others
-                    row["error"] = f"{type(e).__name__}: {e}"[:300]
-                results.append(row)
-                print(json.dumps(row), flush=True)
-                write_json(out, {"backend": backend_name, "scale": scale, "results": results})
     return all("error" not in row for row in results)
