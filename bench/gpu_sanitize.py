@@ -6,8 +6,11 @@
 bench/gpu_session.sh first compiles every instantiation into CuPy's kernel cache in parallel
 processes (--compile-only), then runs the launches plainly and under compute-sanitizer memcheck and
 racecheck, there with --no-pool: CuPy's memory pool off, so that each array is its own cudaMalloc
-(memcheck sees only allocations: inside a pool's large block an access past an array's end is unseen). Prints one line per launch; exits 1 if a result is wrong or an instantiation of
-linear.backends.tiles.instantiations() was never launched.
+(memcheck sees only allocations: inside a pool's large block an access past an array's end is unseen).
+Every configuration of every family that runs on the device (the Hopper tiles on compute capability 9.0),
+each dtype, product layout and load path, C itself and (splits 3) a split-K workspace; float32 on the
+tensor-core tiles as TF32. Prints one line per launch; exits 1 if a result is wrong or an instantiation of
+linear.backends.tiles.instantiations() that runs on the device was never launched.
 """
 from __future__ import annotations
 
@@ -22,11 +25,13 @@ from linear.backends import get_backend, plan, tiles
 from linear.backends.kernel import KernelBackend
 from linear.backends.plan import Tuning
 from linear.dtypes import dtype_of
-from linear.testing import TOLERANCE, relative_error
+from linear.testing import TF32_TOLERANCE, TOLERANCE, relative_error
 
-# Partial tiles in M and N, three K steps (the last one partial), so edges and the pipeline run.
+# Partial tiles in M and N, three K steps (the last one partial), so edges and the pipeline run: the SIMT
+# tiles by name, every tensor-core and Hopper tile (k-blocks of 32 or 64) at TENSOR_CORE_SHAPE.
 SHAPES = {"large": (130, 70, 20), "medium": (70, 40, 20), "small": (40, 36, 20), "warp": (130, 70, 20),
           "warp_deep": (130, 70, 40), "warp_wide": (130, 260, 20), "warp_medium": (70, 40, 20)}
+TENSOR_CORE_SHAPE = (130, 200, 150)
 
 
 def host(x) -> np.ndarray:
@@ -41,9 +46,12 @@ def matrix(xp, rng, rows: int, cols: int, dtype: np.dtype, ld: int):
 
 
 def check_gemm(backend, dtype: str, trans_a: bool, trans_b: bool, config: str, vector: bool, splits: int,
-               rng) -> tuple[str, float]:
+               rng, arch: int) -> tuple[str, float, float]:
+    """(the launches' names, the relative error against float64, its tolerance) of one GEMM on `config`;
+    float32 on the tensor-core tiles runs as TF32."""
     xp, t = backend.xp, dtype_of(dtype)
-    m, n, k = SHAPES[config]
+    m, n, k = SHAPES.get(config, TENSOR_CORE_SHAPE)
+    tf32 = dtype in tiles.CONFIGS_BY_NAME[config].tf32_dtypes
     ld = (lambda cols: -(-cols // 8) * 8) if vector else (lambda cols: cols + 1)
     a_shape, b_shape = ((k, m) if trans_a else (m, k)), ((n, k) if trans_b else (k, n))
     a = matrix(xp, rng, *a_shape, t, ld(a_shape[1]))
@@ -53,21 +61,23 @@ def check_gemm(backend, dtype: str, trans_a: bool, trans_b: bool, config: str, v
     c = xp.array(c0)  # a copy, also for numpy
     tuned = KernelBackend(backend.runtime, Tuning(config=config, vector=vector, splits=splits))
     launches = plan.plan_gemm(xp, a.T if trans_a else a, b.T if trans_b else b, c, alpha=0.5, beta=0.25, bias=bias,
-                              tuning=tuned.tuning)
+                              tuning=tuned.tuning, arch=arch, tf32=tf32)
     tuned.launch(launches)
     a64, b64 = host(a).astype(np.float64), host(b).astype(np.float64)
     ref = 0.5 * ((a64.T if trans_a else a64) @ (b64.T if trans_b else b64)) + 0.25 * c0.astype(np.float64) \
         + host(bias).astype(np.float64)
-    return " + ".join(launch.name for launch in launches), relative_error(host(c), ref)
+    return (" + ".join(launch.name for launch in launches), relative_error(host(c), ref),
+            TF32_TOLERANCE if tf32 else TOLERANCE[dtype])
 
 
-def check_colsum(backend, dtype: str, rng) -> tuple[str, float]:
+def check_colsum(backend, dtype: str, rng) -> tuple[str, float, float]:
     xp, t = backend.xp, dtype_of(dtype)
     a = matrix(xp, rng, 1000, 37, t, 40)
     out = xp.full(37, np.nan, t)
     launches = plan.plan_colsum(xp, a, out, beta=0.0)
     backend.launch(launches)
-    return " + ".join(launch.name for launch in launches), relative_error(host(out), host(a).astype(np.float64).sum(axis=0))
+    expected = host(a).astype(np.float64).sum(axis=0)
+    return " + ".join(launch.name for launch in launches), relative_error(host(out), expected), TOLERANCE[dtype]
 
 
 def compile_kernels(backend_name: str, kernels: list[tuple[str, str, tuple[str, ...]]]) -> int:
@@ -106,17 +116,22 @@ def main() -> int:
     if args.no_pool and backend.name == "cuda":
         backend.xp.cuda.set_allocator(None)
     rng = np.random.default_rng(0)
+    arch = backend.runtime.compute_capability()
     launched, failures = set(), 0
     for dtype in TOLERANCE:
-        for trans_a in (False, True):
-            for trans_b in (False, True):
-                for config in (name for name in SHAPES if dtype in tiles.CONFIGS_BY_NAME[name].dtypes):
-                    for vector in (False, True):
+        for configs in tiles.FAMILIES:  # every configuration that runs dtype on this device, in every layout
+            for config in configs:
+                for trans_a, trans_b in tiles.LAYOUTS:
+                    if not config.runs(dtype, arch, True, TENSOR_CORE_SHAPE[2], (trans_a, trans_b)):
+                        continue
+                    for vector in config.vectors():
                         for splits in args.splits:
-                            names, err = check_gemm(backend, dtype, trans_a, trans_b, config, vector, splits, rng)
-                            failures += report(names, err, dtype, launched)
-        failures += report(*check_colsum(backend, dtype, rng), dtype, launched)
-    missing = {kernel.name for kernel in tiles.instantiations()} - launched
+                            failures += report(*check_gemm(backend, dtype, trans_a, trans_b, config.name, vector,
+                                                           splits, rng, arch), launched)
+        failures += report(*check_colsum(backend, dtype, rng), launched)
+    runs_here = [kernel.name for kernel in tiles.instantiations()
+                 if all(f"-arch=sm_{arch}" in flag for flag in kernel.arch_flags)]  # sm_90a: only on 9.0
+    missing = set(runs_here) - launched
     if 1 in args.splits and 3 in args.splits and missing:
         print(f"NOT LAUNCHED: {sorted(missing)}")
         failures += 1
@@ -124,9 +139,9 @@ def main() -> int:
     return 1 if failures else 0
 
 
-def report(names: str, err: float, dtype: str, launched: set) -> int:
+def report(names: str, err: float, tolerance: float, launched: set) -> int:
     launched.update(names.split(" + "))
-    ok = err <= TOLERANCE[dtype]
+    ok = err <= tolerance
     print(f"{'ok  ' if ok else 'FAIL'} rel_err {err:.2e}  {names}", flush=True)
     return 0 if ok else 1
 

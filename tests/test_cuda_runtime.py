@@ -204,13 +204,50 @@ def test_gpu_sanitize_no_pool_turns_cupys_memory_pool_off_before_any_launch(monk
         sys.path.pop(0)
     events = []
     fake_cupy.cuda.set_allocator = lambda allocator: events.append(("set_allocator", allocator))
-    backend = types.SimpleNamespace(name="cuda", xp=fake_cupy)
+    runtime = types.SimpleNamespace(compute_capability=lambda: 90)
+    backend = types.SimpleNamespace(name="cuda", xp=fake_cupy, runtime=runtime)
     monkeypatch.setattr(gpu_sanitize, "get_backend", lambda name: backend)
-    monkeypatch.setattr(gpu_sanitize, "check_gemm", lambda *a: events.append("launch") or ("k", 0.0))
-    monkeypatch.setattr(gpu_sanitize, "check_colsum", lambda *a: events.append("launch") or ("k", 0.0))
+    monkeypatch.setattr(gpu_sanitize, "check_gemm", lambda *a: events.append("launch") or ("k", 0.0, 1.0))
+    monkeypatch.setattr(gpu_sanitize, "check_colsum", lambda *a: events.append("launch") or ("k", 0.0, 1.0))
     for argv, expected in ((["--splits", "1", "--no-pool"], [("set_allocator", None)]), (["--splits", "1"], [])):
         events.clear()
         monkeypatch.setattr(sys, "argv", ["gpu_sanitize.py", *argv])
         assert gpu_sanitize.main() == 0
         assert events[:len(expected)] == expected and events[len(expected)] == "launch"
         assert ("set_allocator", None) not in events[len(expected):]
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_gpu_sanitize_launches_every_instantiation_the_device_runs(monkeypatch, capsys, arch):
+    """The launch-all pass plans every configuration of every family that runs on the device (the Hopper
+    tiles only on 9.0) in every dtype, layout, load path and split, so that no instantiation is reported
+    NOT LAUNCHED; planned here without launching (a backend whose launch does nothing, every result taken
+    as right). Negative control: with the Hopper tiles skipped the pass reports their kernels on 9.0."""
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    try:
+        from bench import gpu_sanitize
+    finally:
+        sys.path.pop(0)
+
+    class Planned:  # KernelBackend's part that gpu_sanitize uses, launching nothing
+        def __init__(self, runtime, tuning=None):
+            self.tuning = tuning
+
+        def launch(self, launches):
+            pass
+
+    runtime = types.SimpleNamespace(compute_capability=lambda: arch)
+    backend = types.SimpleNamespace(name="cuda", xp=np, runtime=runtime, launch=lambda launches: None)
+    monkeypatch.setattr(gpu_sanitize, "get_backend", lambda name: backend)
+    monkeypatch.setattr(gpu_sanitize, "KernelBackend", Planned)
+    monkeypatch.setattr(gpu_sanitize, "relative_error", lambda got, expected: 0.0)
+    monkeypatch.setattr(sys, "argv", ["gpu_sanitize.py"])
+    assert gpu_sanitize.main() == 0
+    out = capsys.readouterr().out
+    assert "NOT LAUNCHED" not in out and ("linear_wgmma_gemm" in out) == (arch == 90)
+    if arch == 90:
+        check_gemm = gpu_sanitize.check_gemm
+        monkeypatch.setattr(gpu_sanitize, "check_gemm", lambda backend, dtype, ta, tb, config, *rest: (
+            ("skipped", 0.0, 1.0) if config.startswith("wgmma") else check_gemm(backend, dtype, ta, tb, config, *rest)))
+        assert gpu_sanitize.main() == 1
+        assert "NOT LAUNCHED: ['linear_wgmma_gemm" in capsys.readouterr().out
