@@ -122,7 +122,8 @@ def main() -> int:
         for configs in tiles.FAMILIES:  # every configuration that runs dtype on this device, in every layout
             for config in configs:
                 for trans_a, trans_b in tiles.LAYOUTS:
-                    if not config.runs(dtype, arch, True, TENSOR_CORE_SHAPE[2], (trans_a, trans_b)):
+                    k = SHAPES.get(config.name, TENSOR_CORE_SHAPE)[2]
+                    if not config.runs(dtype, arch, True, k, (trans_a, trans_b)):
                         continue
                     for vector in config.vectors():
                         for splits in args.splits:

@@ -676,22 +676,29 @@ def test_a_swapped_model_trains_with_the_same_loss_curve():
     assert rel(sgd_losses(perturbed), reference) > 1e-4  # negative control: the tolerance sees a small change
 
 
+def compiled_matches_eager(model: nn.Module, x: torch.Tensor, backward=lambda y: y.square().sum().backward()):
+    """model compiled with fullgraph=True (aot_eager): its output for x, and the parameters' gradients after
+    backward(output), equal the eager model's (1e-6). Returns the compiled model."""
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    outputs, grads = [], []
+    for fn in (model, compiled):
+        model.zero_grad()
+        y = fn(x)
+        backward(y)
+        outputs.append(y)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert rel(outputs[1], outputs[0]) <= 1e-6
+    assert all(rel(c, e) <= 1e-6 for c, e in zip(grads[1], grads[0]))
+    return compiled
+
+
 def test_torch_compile_fullgraph_matches_eager():
     """fullgraph=True fails on any graph break; aot_eager traces forward and backward through the fake
     impls as inductor does, without inductor's minute of C++ compilation."""
     torch.manual_seed(11)
     model = lt.swap_linear(mlp())
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     x = torch.randn(6, 5)
-    outputs, grads = [], []
-    for fn in (model, compiled):
-        model.zero_grad()
-        y = fn(x)
-        y.square().sum().backward()
-        outputs.append(y)
-        grads.append([p.grad.clone() for p in model.parameters()])
-    assert rel(outputs[1], outputs[0]) <= 1e-6
-    assert all(rel(c, e) <= 1e-6 for c, e in zip(grads[1], grads[0]))
+    compiled = compiled_matches_eager(model, x)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the autocast casts are traced into the graph too
         y_compiled, y_eager = compiled(x), model(x)
     assert y_compiled.dtype == y_eager.dtype == torch.bfloat16 and torch.equal(y_compiled, y_eager)

@@ -17,7 +17,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import linear.torch as lt  # noqa: E402
-from test_torch import DTYPES, make, needs_cuda, poisoned, rel, tol  # noqa: E402,F401 (poisoned: a fixture)
+from test_torch import (DTYPES, compiled_matches_eager, make, needs_cuda,  # noqa: E402,F401 (poisoned: a fixture)
+                        poisoned, rel, tol)
 
 ACTIVATIONS = ["relu", "gelu", "gelu_tanh", "silu"]
 REFERENCE = {  # torch's own activation, applied after F.linear
@@ -209,22 +210,16 @@ def test_torch_compile_fullgraph_matches_eager_and_runs_the_fused_backward(monke
     (not the create_graph path), once per fused layer."""
     torch.manual_seed(40)
     model = lt.swap_linear(fused_mlp())
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    x = torch.randn(6, 5)
-    outputs, grads = [], []
-    for fn in (model, compiled):
-        model.zero_grad()
-        y = fn(x)
+    real = lt._gradients
+
+    def backward(y):
         fused = []
-        real = lt._gradients
         monkeypatch.setattr(lt, "_gradients", lambda *a: fused.append(a[7:8]) or real(*a))
         y.square().sum().backward()
         monkeypatch.setattr(lt, "_gradients", real)
         assert sorted(fused) == sorted([(a,) for a in ACTIVATIONS] + [()] * 2)  # and the two plain layers
-        outputs.append(y)
-        grads.append([p.grad.clone() for p in model.parameters()])
-    assert rel(outputs[1], outputs[0]) <= 1e-6
-    assert all(rel(c, e) <= 1e-6 for c, e in zip(grads[1], grads[0]))
+
+    compiled_matches_eager(model, torch.randn(6, 5), backward)
 
 
 def test_torch_compile_gradient_penalty_matches_eager():
