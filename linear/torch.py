@@ -13,9 +13,7 @@ Layout: torch stores weight as (out_features, in_features) = (D, F), the transpo
 y = x·weightᵀ + b is one GEMM with weight's transpose as a flag, never a copy. The gradients: dx = dy·weight
 (NN), dweight = dyᵀ·x (TN, written in weight's own layout, as autograd wants it for weight.grad),
 dbias = Σ_rows dy. Each product is one call of the backend's gemm or colsum on tensors checked once by
-linear(), with the backend resolved once per call (the backward reuses the forward's); on CPU tensors on
-the "numpy" backend without an activation, one call of backends.torch_cpu's product or column_sums, whose
-results torch makes.
+linear(), with the backend resolved once per call (the backward reuses the forward's).
 
 With an activation (linear.activations): y = act(z), z = x·weightᵀ + b in one GEMM whose epilogue applies
 act and also writes z when backward needs it (for relu y itself serves, as in torch: y > 0 exactly where
@@ -26,7 +24,10 @@ linear()'s differentiable backward.
 
 Two paths, one set of products:
 - eager (plain CPU or CUDA tensors, nothing tracing): torch.autograd.Functions, whose backward is itself
-  differentiable (double backward, gradient penalties), written with linear() again;
+  differentiable (double backward, gradient penalties), written with linear() again; except on CPU tensors on
+  the "numpy" backend without an activation, where the product is a composition of torch's own
+  differentiable ops (backends.torch_cpu's product), and torch's autograd does the backward, as for
+  nn.Linear;
 - traced (torch.compiler.is_compiling(), tensor subclasses such as fake tensors, meta tensors): the custom
   op "linear::linear" (torch.library) with autograd and a fake implementation, so torch.compile(fullgraph=True)
   traces it without a graph break; its backward is the custom op "linear::linear_backward".
@@ -111,7 +112,7 @@ def _where(tensors: dict[str, Optional[torch.Tensor]]) -> str:
     return f"{', '.join(present)} on {first.device} with dtype {first.dtype}"
 
 
-def _resolve(tensors: dict[str, Optional[torch.Tensor]], backend: Optional[str]) -> "_Host | _Device":
+def _resolve(tensors: dict[str, Optional[torch.Tensor]], backend: Optional[str]) -> "_Run":
     """Where a call on `tensors` (of one device, named for the messages) runs: the cuda backend for CUDA
     tensors, else `backend` or the default. Resolved once per call of linear(); its backward uses the same."""
     first = next(iter(tensors.values()))  # x or dy, never None; is_cuda, is_cpu: device.type's, ~0.2 µs sooner
@@ -177,7 +178,16 @@ def _host_array(t: torch.Tensor) -> np.ndarray:
     return np.from_dlpack(_Capsule(_TO_DLPACK(t)))
 
 
-class _Host:
+class _Run:
+    """Where a call runs, as _resolve answers it: a backend and how tensors reach it."""
+    __slots__ = ()
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """linear() without an activation, eagerly: the autograd.Function around our products."""
+        return _Linear.apply(x, weight, bias, self)
+
+
+class _Host(_Run):
     """CPU tensors on a backend of numpy arrays (emulate): numpy arrays sharing the tensors' memory."""
     __slots__ = ("backend", "name")
     array = staticmethod(_host_array)
@@ -191,46 +201,30 @@ class _TorchHost(_Host):
     """CPU tensors on the "numpy" backend: the tensors themselves, to torch's own CPU kernels
     (backends.torch_cpu), so the products run on torch's BLAS with torch's thread count.
 
-    Without an activation (the common case) _forward and _gradients come here instead: the backend's
-    product and column_sums, whose results torch makes, rather than gemm and colsum into results made
-    beforehand, and no scope or array views. The same arithmetic; it exists for speed alone, since a
-    training step of a small layer is mostly host work (at 8×16×16 a step takes ~64 µs with it, ~84 µs
-    without, nn.Linear's ~45 µs: README's Cost)."""
+    Without an activation, eagerly, linear() is the backend's product, a composition of torch's
+    differentiable ops that torch's autograd records as it records nn.Linear's: the backward (dx = dy·weight,
+    dweight = dyᵀ·x, dbias = Σ_rows dy, half types in float32 and rounded once, as the product was) and any
+    double backward run in torch's C++ engine, with no Python of ours. A training step of a small layer is
+    mostly host work, and an autograd.Function's Python costs ~10 µs a step (README's Cost)."""
     __slots__ = ()
     array = staticmethod(lambda t: t)
 
     def __init__(self) -> None:
         self.backend, self.name = TorchCpuBackend(), "numpy"
 
-    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """x·weightᵀ + bias."""
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """x·weightᵀ + bias, differentiable by torch's autograd."""
         if x.ndim == 2:
             return self.backend.product(x, weight.T, bias)
         lead = x.shape[:-1]
         return self.backend.product(x.reshape(math.prod(lead), x.shape[-1]), weight.T, bias).view(
             *lead, weight.shape[0])
 
-    def gradients(self, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_dx: bool, need_dweight: bool,
-                  need_dbias: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """(dx, dweight, dbias) as _gradients describes them, None where not needed."""
-        product, shape = self.backend.product, x.shape
-        matrix = len(shape) == 2
-        if not matrix:
-            rows = math.prod(shape[:-1])
-            dy, x = dy.reshape(rows, weight.shape[0]), x.reshape(rows, weight.shape[1])
-        dx = dweight = None
-        if need_dx:
-            dx = product(dy, weight) if matrix else product(dy, weight).view(*shape)
-        if need_dweight:
-            dweight = product(dy.T, x)
-        return dx, dweight, self.backend.column_sums(dy) if need_dbias else None
+
+_HOSTS: dict[str, _Host] = {"numpy": _TorchHost()}
 
 
-_TORCH = _TorchHost()
-_HOSTS: dict[str, _Host] = {"numpy": _TORCH}
-
-
-class _Device:
+class _Device(_Run):
     """CUDA tensors: CuPy arrays sharing their memory (DLPack on torch's current stream, so no event and no
     wait); the launches go to torch's current stream, and what CuPy allocates inside the call (the plan's
     workspaces) comes from torch's caching allocator rather than from CuPy's pool, so memory is not held
@@ -276,13 +270,11 @@ def _matrix(a: Any, rows: int, columns: int) -> Any:
     return a if a.ndim == 2 else a.reshape(rows, columns)
 
 
-def _forward(run: "_Host | _Device", x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+def _forward(run: _Run, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
              activation: Optional[str] = None, preact: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y = act(x·weightᵀ + bias): one GEMM (NT: weight's transpose a view, which the kernels take as a flag)
     whose epilogue applies the activation and, when preact (a tensor of y's shape) is given, writes the
     pre-activation into it."""
-    if run is _TORCH and activation is None:
-        return run.forward(x, weight, bias)
     out_features, in_features = weight.shape
     lead = x.shape[:-1]
     rows = math.prod(lead)
@@ -295,7 +287,7 @@ def _forward(run: "_Host | _Device", x: torch.Tensor, weight: torch.Tensor, bias
     return y
 
 
-def _gradients(run: "_Host | _Device", dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_dx: bool,
+def _gradients(run: _Run, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_dx: bool,
                need_dweight: bool, need_dbias: bool, activation: Optional[str] = None,
                saved: Optional[torch.Tensor] = None
                ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -303,8 +295,6 @@ def _gradients(run: "_Host | _Device", dy: torch.Tensor, x: torch.Tensor, weight
     weight's own (out_features, in_features) layout, as autograd wants it for weight.grad),
     dbias = Σ_rows dy. Through an activation (saved: z, or y for relu) dy is first replaced by
     dz = dy ⊙ act'(z), computed with dbias = Σ_rows dz in one backend call."""
-    if run is _TORCH and activation is None:
-        return run.gradients(dy, x, weight, need_dx, need_dweight, need_dbias)
     out_features, in_features = weight.shape
     rows = math.prod(x.shape[:-1])
     dx = _empty(x.shape, x) if need_dx else None
@@ -578,7 +568,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     if activation is None:
         if torch.compiler.is_compiling() or not _eager(x, weight, bias):
             return _linear(x, weight, bias, backend)
-        return _Linear.apply(x, weight, bias, _resolve({"x": x, "weight": weight, "bias": bias}, backend))
+        return _resolve({"x": x, "weight": weight, "bias": bias}, backend).linear(x, weight, bias)
     check_activation(activation)
     # z is written beside y only when a backward will need it (for relu, y serves)
     keep_preact = activation != "relu" and torch.is_grad_enabled() and (

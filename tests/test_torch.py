@@ -136,16 +136,21 @@ def test_gradgradcheck_with_only_some_inputs_differentiable():
     assert torch.autograd.gradgradcheck(lambda x: lt.linear(x, weight.detach(), backend="numpy"), (x,))
 
 
-def test_gradcheck_catches_a_wrong_gradient(monkeypatch):
-    """Negative control: gradcheck fails once the bias gradient is doubled."""
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_gradcheck_catches_a_wrong_gradient(backend, monkeypatch):
+    """Negative control: gradcheck fails once the bias gradient is wrong: doubled by the autograd.Function's
+    backward (emulate), or lost by a product that adds the bias outside torch's autograd (numpy, whose CPU
+    tensors torch's autograd differentiates)."""
+    from linear.backends.torch_cpu import TorchCpuBackend
     real = lt._gradients
 
     def doubled_dbias(*args):
         dx, dweight, dbias = real(*args)
         return dx, dweight, 2 * dbias
     monkeypatch.setattr(lt, "_gradients", doubled_dbias)
+    monkeypatch.setattr(TorchCpuBackend, "product", lambda self, a, b, bias: torch.mm(a, b) + bias.detach())
     args = make((4, 5), True, False, torch.float64, seed=4)
-    assert not torch.autograd.gradcheck(lambda *a: lt.linear(*a, backend="numpy"), args, raise_exception=False)
+    assert not torch.autograd.gradcheck(lambda *a: lt.linear(*a, backend=backend), args, raise_exception=False)
 
 
 @pytest.mark.parametrize("backend", HOST_BACKENDS)
@@ -189,6 +194,8 @@ def test_opcheck_schema_fake_and_autograd_registration():
 
 
 def test_only_the_needed_gradients_are_computed(monkeypatch):
+    """The autograd.Function's backward asks the backend for the gradients autograd needs, no more (on
+    emulate: on numpy, CPU tensors are differentiated by torch's autograd)."""
     calls = []
     real = lt._gradients
 
@@ -197,7 +204,7 @@ def test_only_the_needed_gradients_are_computed(monkeypatch):
         return real(run, dy, x, weight, need_dx, need_dweight, need_dbias)
     monkeypatch.setattr(lt, "_gradients", spy)
     x, weight, bias = make((4, 5), True, False, torch.float32, seed=6)
-    lt.linear(x.detach(), weight, bias.detach()).sum().backward()
+    lt.linear(x.detach(), weight, bias.detach(), backend="emulate").sum().backward()
     assert calls == [(False, True, False)] and weight.grad is not None
 
 
@@ -211,7 +218,7 @@ def backend_calls(monkeypatch, backend_class):
             calls.append((method, {type(a) for a in arrays if a is not None}))
             return real(self, *arrays, **kwargs)
         return call
-    for method in ("gemm", "colsum", "activation_grad", "product", "column_sums"):
+    for method in ("gemm", "colsum", "activation_grad", "product"):
         if hasattr(backend_class, method):
             monkeypatch.setattr(backend_class, method, spy(method, getattr(backend_class, method)))
     return calls
@@ -238,7 +245,7 @@ def test_cpu_tensors_on_the_numpy_backend_run_on_torchs_own_kernels(dtype, activ
     assert rel(y, y64) <= tol(dtype)
     for grad, ref in zip(grads, refs):
         assert grad.dtype == dtype and rel(grad, ref) <= tol(dtype)
-    products = (["product", "product", "product", "column_sums"] if activation is None  # y; dx, dweight, dbias
+    products = (["product"] if activation is None  # y; torch's autograd differentiates it
                 else ["gemm", "activation_grad", "colsum", "gemm", "gemm"])  # dbias: activation_grad's colsum
     assert [method for method, _ in on_torch] == products
     assert all(issubclass(kind, torch.Tensor) for _, types in on_torch for kind in types)
@@ -283,7 +290,7 @@ def test_the_torch_cpu_backend_computes_what_the_interface_says(dtype, alpha, be
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
-def test_the_torch_cpu_backend_column_sums_and_activation_gradient(dtype, beta):
+def test_the_torch_cpu_backend_colsum_and_activation_gradient(dtype, beta):
     """colsum: out = Σ_rows a + beta·out; activation_grad: dz = dy ⊙ act'(z), db = Σ_rows dz + beta·db
     (gelu_tanh here), against float64 references; out and db NaN-poisoned where beta == 0."""
     from linear.backends.torch_cpu import TorchCpuBackend
@@ -304,16 +311,14 @@ def test_the_torch_cpu_backend_column_sums_and_activation_gradient(dtype, beta):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("has_bias", [False, True])
-def test_the_torch_cpu_backends_product_and_column_sums(dtype, has_bias):
-    """product (a·b + bias into a new tensor) and column_sums (Σ_rows a), the short way linear.torch takes
-    on CPU tensors without an activation: a's dtype, against float64, inputs unchanged."""
+def test_the_torch_cpu_backends_product(dtype, has_bias):
+    """product (a·b + bias into a new tensor), what linear.torch runs on CPU tensors without an activation:
+    a's dtype, against float64, inputs unchanged."""
     from linear.backends.torch_cpu import TorchCpuBackend
     a, b, _, bias = torch_cpu_case(dtype, seed=45)
     inputs = [t.clone() for t in (a, b, bias)]
     c = TorchCpuBackend().product(a, b, bias if has_bias else None)
     assert c.dtype == dtype and rel(c, a.double() @ b.double() + (bias.double() if has_bias else 0)) <= tol(dtype)
-    sums = TorchCpuBackend().column_sums(a)
-    assert sums.dtype == dtype and rel(sums, a.double().sum(0)) <= tol(dtype)
     assert all(torch.equal(before, after) for before, after in zip(inputs, (a, b, bias)))
 
 
@@ -379,12 +384,13 @@ def test_bad_arguments():
 
 def test_linear_backend_environment_variable_picks_the_cpu_backend(monkeypatch):
     chosen = []
-    real = lt._forward
+    real = lt._resolve
 
-    def spy(run, *args):
+    def spy(*args):
+        run = real(*args)
         chosen.append(run.name)
-        return real(run, *args)
-    monkeypatch.setattr(lt, "_forward", spy)
+        return run
+    monkeypatch.setattr(lt, "_resolve", spy)
     other = "emulate" if "emulate" in HOST_BACKENDS else "numpy"
     monkeypatch.setenv("LINEAR_BACKEND", other)
     lt.linear(torch.randn(2, 5), torch.randn(3, 5))
