@@ -218,6 +218,15 @@ def test_tf32_tuning_and_device_are_in_the_key(runtime, monkeypatch):
     finally:
         linear.set_tf32(None)
     assert plans_made() == 0 and recording.launched[-1].source == "gemm.cu"
+    a64, b64, c64 = a.astype(np.float64), b.astype(np.float64), c.astype(np.float64)
+    backend.gemm(a64, b64, c64, alpha=1.0, beta=0.0)
+    linear.set_tf32(True)
+    try:  # TF32 decides float32 plans only: a float64 product keeps its plan
+        before = len(recording.looked_up)
+        backend.gemm(a64, b64, c64, alpha=1.0, beta=0.0)
+        assert len(recording.looked_up) == before and np.allclose(c64, a64 @ b64, rtol=1e-12, atol=1e-12)
+    finally:
+        linear.set_tf32(None)
     backend.tuning = Tuning(config="small")
     assert plans_made() == 1 and plans_made() == 0
     monkeypatch.setattr(recording, "device_id", lambda: 1)  # another device: its own plans and kernels
