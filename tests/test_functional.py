@@ -562,6 +562,24 @@ def test_linear_backend_environment_variable(monkeypatch):
     np.testing.assert_allclose(linear.forward(x, w), x @ w)
 
 
+def test_the_environment_variable_is_read_as_os_environ_has_it_on_every_call(monkeypatch):
+    """default_backend_name reads $LINEAR_BACKEND from os.environ's own dict: what os.environ.get gives, set,
+    changed, empty or removed at run time, and from a mapping that replaces os.environ (which it reads with get)."""
+    import os
+    from linear.backends import default_backend_name
+    for value in ("emulate", "numpy", "", "cuda", None):
+        if value is None:
+            monkeypatch.delenv("LINEAR_BACKEND", raising=False)
+        else:
+            monkeypatch.setenv("LINEAR_BACKEND", value)
+        assert default_backend_name() == (os.environ.get("LINEAR_BACKEND") or "numpy") == (value or "numpy")
+    monkeypatch.setattr(os, "environ", {"LINEAR_BACKEND": "emulate"})
+    assert default_backend_name() == "emulate"
+    os.environ["LINEAR_BACKEND"] = "no-such-backend"
+    with pytest.raises(ValueError, match=r"\$LINEAR_BACKEND .* got .no-such-backend."):
+        default_backend_name()
+
+
 def test_numpy_arrays_on_the_cuda_backend_are_refused():
     x, w = np.full((2, 3), 0.5, np.float32), np.full((3, 2), 0.25, np.float32)
     error = TypeError if "cuda" in linear.available_backends() else linear.BackendUnavailable
