@@ -16,7 +16,8 @@ hit on every timed call) over the cuda runtime with kernels that do nothing (Cup
 passes tensor maps by value, around a CuPy kernel function that does nothing), with arrays that pass for
 CuPy's (numpy arrays of a class in a module named cupy, so that linear takes the path CuPy arrays take).
 An array's address costs the stand-in numpy's ~0.9 µs (ctypes) the first time it is read from that array
-object (every new output, every view), ~0.15 µs after, where CuPy's costs ~0.05 µs each time. Not in it:
+object (every new output, every view), ~0.15 µs after; CuPy's x.data.ptr is two attribute reads of its
+Cython objects (not measured here: no CuPy). Not in it:
 CuPy's own costs (cupy.empty from its memory pool, a kernel launch through the driver, reading the
 current device), and what the kernels do. Its raw expression is an empty call. The stand-in
 reports an H100 (compute capability 9.0), so with --dtype bfloat16 the products run the Hopper kernel,
@@ -62,8 +63,8 @@ def _pairs(shape: tuple[int, int, int]) -> dict:
 
 class _StandInArray(np.ndarray):
     """A numpy array that linear takes for a CuPy array (its class lives in a module named cupy). Its address
-    (x.ctypes.data, which linear reads where CuPy's x.data.ptr is two attribute reads) costs numpy's ~0.9 µs
-    once per array object, then ~0.15 µs: read once and kept (an array's data never moves)."""
+    (x.ctypes.data, read by linear where CuPy's x.data.ptr is two attribute reads) costs numpy's ~0.9 µs once
+    per array object, then ~0.15 µs: read once and kept (the stand-in never resizes an array in place)."""
 
     @property
     def ctypes(self):
