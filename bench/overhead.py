@@ -12,10 +12,14 @@ min(raw), the cost on a quiet moment, and the median of the round-by-round diffe
 from other work on the machine hits on both sides alike.
 
 --stand-in cuda times everything of a cuda call but the GPU's part: the kernel backend (its plan cache
-hit on every timed call) over a runtime whose kernels do nothing (function() returns a no-op launcher),
-with arrays that pass for CuPy's (numpy arrays of a class in a module named cupy, so that linear takes
-the path CuPy arrays take). Not in it: CuPy's own costs (cupy.empty from its memory pool, a kernel
-launch through the driver), and what the kernels do. Its raw expression is an empty call. The stand-in
+hit on every timed call) over the cuda runtime with kernels that do nothing (CupyRuntime's launcher, which
+passes tensor maps by value, around a CuPy kernel function that does nothing), with arrays that pass for
+CuPy's (numpy arrays of a class in a module named cupy, so that linear takes the path CuPy arrays take).
+An array's address costs the stand-in numpy's ~0.9 µs (ctypes) the first time it is read from that array
+object (every new output, every view), ~0.15 µs after; CuPy's x.data.ptr is two attribute reads of its
+Cython objects (not measured here: no CuPy). Not in it:
+CuPy's own costs (cupy.empty from its memory pool, a kernel launch through the driver, reading the
+current device), and what the kernels do. Its raw expression is an empty call. The stand-in
 reports an H100 (compute capability 9.0), so with --dtype bfloat16 the products run the Hopper kernel,
 whose two tensor maps per product come from tensor_map's cache on every timed call (the stand-in's
 encoder, called once per operand, makes 128 zero bytes instead of the driver's map).
@@ -30,6 +34,7 @@ import types
 import numpy as np
 
 import linear
+from linear.backends.cuda import CupyRuntime
 from linear.backends.device import H100
 from linear.backends.kernel import KernelBackend
 from linear.backends.tensor_map import TENSOR_MAP_BYTES
@@ -57,30 +62,50 @@ def _pairs(shape: tuple[int, int, int]) -> dict:
 
 
 class _StandInArray(np.ndarray):
-    """A numpy array that linear takes for a CuPy array (its class lives in a module named cupy)."""
+    """A numpy array that linear takes for a CuPy array (its class lives in a module named cupy). Its address
+    (x.ctypes.data, read by linear where CuPy's x.data.ptr is two attribute reads) costs numpy's ~0.9 µs once
+    per array object, then ~0.15 µs: read once and kept (the stand-in never resizes an array in place)."""
+
+    @property
+    def ctypes(self):
+        kept = self.__dict__.get("_ctypes")
+        if kept is None:
+            kept = self.__dict__["_ctypes"] = types.SimpleNamespace(data=np.ndarray.ctypes.__get__(self).data)
+        return kept
 
 
 _StandInArray.__module__ = "cupy.stand_in"
 
 
 def _stand_in_cupy() -> types.ModuleType:
-    """numpy, as far as linear and the plan use CuPy, making _StandInArrays."""
+    """numpy, as far as linear, the plan and the cuda runtime use CuPy, making _StandInArrays."""
     cupy = types.ModuleType("cupy")
     cupy.__getattr__ = lambda name: getattr(np, name)
     cupy.ndarray = _StandInArray
     cupy.empty = lambda shape, dtype=float: np.empty(shape, dtype).view(_StandInArray)
+    cupy.make_aligned_dtype = lambda dtype, alignment: np.dtype(dtype, align=True)  # the alignment aside
     return cupy
 
 
-class NoLaunchRuntime:
-    """The cuda runtime's stand-in: an H100's compute capability and limits, kernels that do nothing."""
+class _NoKernel:
+    """A CuPy kernel function that does nothing."""
+    max_dynamic_shared_size_bytes = 0
+
+    def __call__(self, grid, block, args, shared_mem=0) -> None:
+        pass
+
+
+class NoLaunchRuntime(CupyRuntime):
+    """The cuda runtime's stand-in: an H100's compute capability and limits, and CupyRuntime's launcher
+    (what the cuda runtime does with a launch's arguments for CuPy) around kernels that do nothing."""
     name = "cuda"
 
-    def __init__(self) -> None:
+    def __init__(self) -> None:  # nothing of CuPy's to find or compile with
         self.xp = _stand_in_cupy()
+        self._tensor_map_dtype = None
 
     def function(self, source: str, name: str, options: tuple[str, ...] = ()):
-        return lambda grid, block, args, shared_mem=0: None
+        return self.launcher(_NoKernel())
 
     def compute_capability(self) -> int:
         return 90

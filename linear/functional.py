@@ -49,6 +49,21 @@ def _is_cupy(a: Any) -> bool:
     return type(a).__module__.split(".")[0] == "cupy"
 
 
+def _fast_backend(a: Any, backend: str | Backend | None) -> Backend | None:
+    """The backend of a call whose arrays are all of a's type, where that is exactly the array type the
+    backend takes (numpy's, or CuPy's for the cuda backend); None otherwise. The fast paths of forward,
+    backward and matmul start here: a call it answers None for takes the general path, which names the
+    fault."""
+    kind = type(a)
+    if kind is np.ndarray:
+        be = _backend(backend)
+    elif _is_cupy(a):
+        be = _backend(backend, True)
+    else:
+        return None
+    return be if be.xp.ndarray is kind else None
+
+
 def _backend(backend: str | Backend | None, on_gpu: bool = False) -> Backend:
     """The backend named, or given (a Linear passes the one it resolved once), else the default for the
     inputs: cuda for CuPy arrays, $LINEAR_BACKEND or numpy for the rest."""
@@ -117,13 +132,17 @@ def _check_dtype(name: str, a: Array) -> None:
 _FLOAT16, _FLOAT32, _FLOAT64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 
 
+def _plain_float(dtype: np.dtype) -> bool:
+    """One of SUPPORTED_DTYPES as numpy (or ml_dtypes) hands it out, found with `is` first."""
+    return dtype is _FLOAT32 or dtype is _FLOAT64 or dtype is _FLOAT16 or _is_bfloat16(dtype)
+
+
 def _one_float(dtypes: list[np.dtype]) -> bool:
     """All of one supported dtype: the common case, whose result is that dtype, with neither the
     per-array checks nor result_type (together ~1.5 µs a call, ~2.5 for bfloat16). A dtype equal to the
     singleton (metadata aside) promotes to it too."""
     first = dtypes[0]
-    return (first is _FLOAT32 or first is _FLOAT64 or first is _FLOAT16 or _is_bfloat16(first)) \
-        and dtypes.count(first) == len(dtypes)
+    return _plain_float(first) and dtypes.count(first) == len(dtypes)
 
 
 def _promote(dtypes: list[np.dtype]) -> np.dtype:
@@ -243,8 +262,7 @@ def matmul(a: Array, b: Array, /, out: Array | tuple[Array] | None = None, *, tr
     the result's dtype. Returns `out` when given.
     """
     if (out is None and axes is None and axis is None and trans_a is False and trans_b is False
-            and type(alpha) is float and type(beta) is float and beta == 0 and type(a) is np.ndarray
-            and type(b) is np.ndarray):
+            and type(alpha) is float and type(beta) is float and beta == 0 and type(b) is type(a)):
         c = _matmul_plain(a, b, alpha, backend)
         if c is not None:
             return c
@@ -278,14 +296,14 @@ def matmul(a: Array, b: Array, /, out: Array | tuple[Array] | None = None, *, tr
     return given_out if given_out is not None else _finish(xp, c.result, out_axes)
 
 
-def _matmul_plain(a: np.ndarray, b: np.ndarray, alpha: float, backend: str | Backend | None) -> Array | None:
-    """matmul's common case in few steps, as in forward: plain numpy matrices (or stacks of the same batch
-    shape) of one native float dtype, nothing but alpha given, a backend that takes numpy arrays. None
-    when the call is not that case (the general path then takes it)."""
-    dtype, be = a.dtype, _backend(backend)
-    if (be.xp is np and (dtype is _FLOAT32 or dtype is _FLOAT64 or dtype is _FLOAT16) and b.dtype is dtype
+def _matmul_plain(a: Array, b: Array, alpha: float, backend: str | Backend | None) -> Array | None:
+    """matmul's common case in few steps, as in forward: matrices (or stacks of the same batch shape) of
+    the type the backend takes, of one supported dtype, nothing but alpha given. None when the call is
+    not that case (the general path then takes it)."""
+    be = _fast_backend(a, backend)
+    if (be is not None and _plain_float(dtype := a.dtype) and b.dtype is dtype
             and a.ndim >= 2 and a.ndim == b.ndim and a.shape[-1] == b.shape[-2] and a.shape[:-2] == b.shape[:-2]):
-        c = np.empty(a.shape[:-1] + b.shape[-1:], dtype)
+        c = be.xp.empty(a.shape[:-1] + b.shape[-1:], dtype)
         be.gemm(a, b, c, alpha=alpha, beta=0.0)
         return c
     return None
@@ -383,16 +401,15 @@ def forward(x: Array, w: Array, b: Array | None = None, *, activation: str | Non
     backward needs for the activation's gradient (relu needs only Y)."""
     if activation is not None:
         check_activation(activation)
-    # The common case in few steps (a small layer in a training loop feels each µs of checks): plain
-    # numpy arrays of one native float dtype and matching shapes, no out=, a backend that takes numpy
-    # arrays. Whatever fails a test here takes the general path, which checks it all and names the fault.
-    if (out is None and preact_out is None and type(x) is np.ndarray and type(w) is np.ndarray
-            and (b is None or type(b) is np.ndarray)):
-        dtype, be = x.dtype, _backend(backend)
-        if (be.xp is np and (dtype is _FLOAT32 or dtype is _FLOAT64 or dtype is _FLOAT16) and w.dtype is dtype
+    # The common case in few steps (a small layer in a training loop feels each µs of checks): arrays of
+    # the type the backend takes (numpy's, or CuPy's), of one supported dtype and matching shapes, no
+    # out=. Whatever fails a test here takes the general path, which checks it all and names the fault.
+    if out is None and preact_out is None and type(w) is type(x) and (b is None or type(b) is type(x)):
+        be = _fast_backend(x, backend)
+        if (be is not None and _plain_float(dtype := x.dtype) and w.dtype is dtype
                 and w.ndim == 2 and x.ndim >= 1 and x.shape[-1] == w.shape[0]
                 and (b is None or b.dtype is dtype and b.shape == w.shape[1:])):
-            y = np.empty(x.shape[:-1] + w.shape[1:], dtype)
+            y = be.xp.empty(x.shape[:-1] + w.shape[1:], dtype)
             if x.ndim == 2:  # reshape costs ~0.3 µs even when it changes nothing
                 be.gemm(x, w, y, alpha=1.0, beta=0.0, bias=b, activation=activation)
             else:
@@ -461,20 +478,20 @@ def backward(dy: Array, x: Array, w: Array, *, activation: str | None = None, pr
                              "wrote to preact_out (for 'relu' forward's output serves)")
     elif preact is not None:
         raise ValueError("preact is given but activation is None: name the activation it belongs to")
-    # The common case in few steps, as in forward: plain numpy arrays of one native float dtype and
-    # matching shapes, no out=, a backend that takes numpy arrays. Anything else takes the general path.
+    # The common case in few steps, as in forward: arrays of the type the backend takes, of one supported
+    # dtype and matching shapes, no out=. Anything else takes the general path.
     if (activation is None and dx_out is None and db_out is None and dw_out is None and accumulate is False
-            and type(dy) is np.ndarray
-            and type(x) is np.ndarray and type(w) is np.ndarray and type(need_dx) is bool and type(need_dw) is bool
+            and type(x) is type(dy) and type(w) is type(dy) and type(need_dx) is bool and type(need_dw) is bool
             and type(need_db) is bool):
-        dtype, be = x.dtype, _backend(backend)
-        if (be.xp is np and (dtype is _FLOAT32 or dtype is _FLOAT64 or dtype is _FLOAT16) and w.dtype is dtype
+        be = _fast_backend(x, backend)
+        if (be is not None and _plain_float(dtype := x.dtype) and w.dtype is dtype
                 and dy.dtype is dtype and w.ndim == 2 and x.ndim >= 1 and x.shape[-1] == w.shape[0]
                 and dy.shape == x.shape[:-1] + w.shape[1:]):
             features, d = w.shape
-            dx = np.empty(x.shape, dtype) if need_dx else None
-            dw = np.empty((features, d), dtype) if need_dw else None
-            db = np.empty(d, dtype) if need_db else None
+            empty = be.xp.empty
+            dx = empty(x.shape, dtype) if need_dx else None
+            dw = empty((features, d), dtype) if need_dw else None
+            db = empty(d, dtype) if need_db else None
             if x.ndim == 2:  # reshape costs ~0.3 µs even when it changes nothing
                 _gradients(be, dy, x, w, dx, dw, db, beta=0.0)
             else:

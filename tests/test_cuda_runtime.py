@@ -123,6 +123,24 @@ def test_cupy_runtime_caches_modules(fake_cupy):
     assert callable(first)
 
 
+def test_the_launcher_passes_tensor_maps_by_value_and_the_rest_as_given(fake_cupy):
+    """A TensorMap argument reaches the CuPy kernel as its 128 bytes in one structured scalar (what a
+    `const __grid_constant__ CUtensorMap` parameter takes), every other argument as it was given, and
+    dynamic shared memory above the default is opted into first."""
+    from linear.backends.tensor_map import TensorMap
+    fake_cupy.make_aligned_dtype = lambda dtype, alignment: np.dtype(dtype, align=True)  # the alignment aside
+    kernel, launched = FakeKernel(lambda grid, block, args, shared_mem=0: launched.append(args)), []
+    data = bytes(range(128))
+    tensor_map = TensorMap(data, np.zeros((8, 8), np.float32), (8, 8), 0)
+    given = (np.int32(3), tensor_map, np.zeros(4, np.float32), np.float32(0.5), tensor_map, np.int64(7))
+    CupyRuntime().launcher(kernel)((1, 1, 1), (128, 1, 1), given, shared_mem=100_000)
+    (args,) = launched
+    assert len(args) == len(given) and all(got is arg for got, arg in zip(args, given) if arg is not tensor_map)
+    for i in (1, 4):
+        assert isinstance(args[i], np.void) and args[i].dtype.itemsize == 128 and args[i].tobytes() == data
+    assert kernel.max_dynamic_shared_size_bytes == 100_000
+
+
 def test_cupy_runtime_reads_the_device_limits_from_its_attributes(fake_cupy):
     from dataclasses import replace
 

@@ -321,7 +321,7 @@ def test_out_aliasing_an_input_gives_the_right_answer(backend):
     assert rel_err(g.dw, ref_dw) < 1e-12 and rel_err(x, ref_dx) < 1e-12
 
 
-@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
 def test_forward_fast_path_equals_the_general_path(backend, dtype):
     """Plain arrays of one float dtype take forward's fast path; out= and an ndarray subclass take the
     general path: one answer, bit for bit, for every layout and lead shape."""
@@ -340,7 +340,7 @@ def test_forward_fast_path_equals_the_general_path(backend, dtype):
         np.testing.assert_array_equal(linear.forward(x.view(subclass), w, b, backend=backend), fast)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
 def test_backward_and_matmul_fast_paths_equal_the_general_path(backend, dtype):
     """backward and matmul's fast paths (plain arrays of one float dtype, no out=) against their general
     path (out= given): one answer, bit for bit; backward's flags pick the gradients in both."""
@@ -366,6 +366,36 @@ def test_backward_and_matmul_fast_paths_equal_the_general_path(backend, dtype):
             general = linear.matmul(a, b, alpha=0.5, out=nan(fast), backend=backend)
             assert type(fast) is type(a) and fast.shape == a.shape[:-1] + b.shape[-1:]
             np.testing.assert_array_equal(to_numpy(fast), to_numpy(general))
+
+
+def test_cupy_arrays_take_the_fast_paths_and_the_general_path_still_checks(monkeypatch):
+    """Arrays of the cuda backend's type take the fast paths of forward, backward and matmul as numpy's take
+    them on the numpy backend (no _resolve), here bench.overhead's stand-in for CuPy (numpy arrays of a class
+    in a module named cupy, on a runtime whose kernels do nothing); what the fast paths do not take (a
+    mismatch, arrays of two modules) still gets the general path's exceptions."""
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    from bench import overhead
+    from linear import functional
+    from linear.backends.kernel import KernelBackend
+    backend = KernelBackend(overhead.NoLaunchRuntime())
+    resolved = []
+    real = functional._resolve
+    monkeypatch.setattr(functional, "_resolve", lambda *a, **k: resolved.append(a) or real(*a, **k))
+    on_device = lambda shape, dtype: np.ones(shape, dtype).view(overhead._StandInArray)
+    for dtype in (np.float32, dtype_of("bfloat16")):
+        x, w, b, dy = (on_device(shape, dtype) for shape in [(2, 3, 4), (4, 5), (5,), (2, 3, 5)])
+        results = [linear.forward(x, w, b, backend=backend), *linear.backward(dy, x, w, backend=backend),
+                   linear.matmul(x, x.swapaxes(-1, -2), backend=backend)]
+        assert not resolved
+        assert [(type(r), r.dtype, r.shape) for r in results] == \
+               [(overhead._StandInArray, np.dtype(dtype), shape) for shape in [(2, 3, 5), (2, 3, 4), (4, 5), (5,),
+                                                                               (2, 3, 3)]]
+    with pytest.raises(ValueError, match=r"x has shape \(2, 3, 4\) and w has shape \(5, 5\)"):
+        linear.forward(x, on_device((5, 5), dtype), backend=backend)
+    with pytest.raises(TypeError, match="cannot mix CuPy and numpy arrays: x, b on the GPU .* w on the host"):
+        linear.forward(x, np.ones((4, 5), dtype), b, backend=backend)
+    assert len(resolved) == 2
 
 
 def test_non_contiguous_out(backend):
@@ -560,6 +590,24 @@ def test_linear_backend_environment_variable(monkeypatch):
         linear.forward(x, w)
     monkeypatch.setenv("LINEAR_BACKEND", "numpy")
     np.testing.assert_allclose(linear.forward(x, w), x @ w)
+
+
+def test_the_environment_variable_is_read_as_os_environ_has_it_on_every_call(monkeypatch):
+    """default_backend_name reads $LINEAR_BACKEND from os.environ's own dict: what os.environ.get gives, set,
+    changed, empty or removed at run time, and from a mapping that replaces os.environ (which it reads with get)."""
+    import os
+    from linear.backends import default_backend_name
+    for value in ("emulate", "numpy", "", "cuda", None):
+        if value is None:
+            monkeypatch.delenv("LINEAR_BACKEND", raising=False)
+        else:
+            monkeypatch.setenv("LINEAR_BACKEND", value)
+        assert default_backend_name() == (os.environ.get("LINEAR_BACKEND") or "numpy") == (value or "numpy")
+    monkeypatch.setattr(os, "environ", {"LINEAR_BACKEND": "emulate"})
+    assert default_backend_name() == "emulate"
+    os.environ["LINEAR_BACKEND"] = "no-such-backend"
+    with pytest.raises(ValueError, match=r"\$LINEAR_BACKEND .* got .no-such-backend."):
+        default_backend_name()
 
 
 def test_numpy_arrays_on_the_cuda_backend_are_refused():

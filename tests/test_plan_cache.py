@@ -218,6 +218,15 @@ def test_tf32_tuning_and_device_are_in_the_key(runtime, monkeypatch):
     finally:
         linear.set_tf32(None)
     assert plans_made() == 0 and recording.launched[-1].source == "gemm.cu"
+    a64, b64, c64 = a.astype(np.float64), b.astype(np.float64), c.astype(np.float64)
+    backend.gemm(a64, b64, c64, alpha=1.0, beta=0.0)
+    linear.set_tf32(True)
+    try:  # TF32 decides float32 plans only: a float64 product keeps its plan
+        before = len(recording.looked_up)
+        backend.gemm(a64, b64, c64, alpha=1.0, beta=0.0)
+        assert len(recording.looked_up) == before and np.allclose(c64, a64 @ b64, rtol=1e-12, atol=1e-12)
+    finally:
+        linear.set_tf32(None)
     backend.tuning = Tuning(config="small")
     assert plans_made() == 1 and plans_made() == 0
     monkeypatch.setattr(recording, "device_id", lambda: 1)  # another device: its own plans and kernels
@@ -316,3 +325,56 @@ def test_the_cuda_stand_in_of_bench_overhead_times_cached_calls_on_the_cupy_path
         if op != "backend.gemm":  # which returns nothing
             assert type(result if op in ("forward", "matmul") else result.dx).__module__ == "cupy.stand_in"
     assert (tensor_map.TENSOR_MAPS.encoded > 0) == (dtype == "bfloat16")  # the Hopper kernel's maps
+
+
+class EncodingRuntime:
+    """A runtime that only encodes tensor maps: each map it makes is 128 bytes holding its number, and
+    `encoded` lists what it was asked for (address, dims, byte strides, box, swizzle)."""
+    xp = np
+
+    def __init__(self, name="emulate"):
+        self.name, self.encoded = name, []
+
+    def encode_tensor_map(self, array, data_type, rank, dims, byte_strides, box, strides, swizzle, oob):
+        self.encoded.append((plan.address(array), data_type, dims, byte_strides, box, swizzle))
+        return len(self.encoded).to_bytes(8, "little") + bytes(tensor_map.TENSOR_MAP_BYTES - 8)
+
+
+def test_the_tensor_map_cache_keys_everything_that_decides_a_map():
+    """A map from the cache is the one made for the same runtime, pointer, shape, strides, dtype, views, box
+    and swizzle; a change in any of them makes a new map (a wrong hit would be a silently wrong product),
+    and each map the cache hands out is the one made for its key, whatever was asked for in between."""
+    from linear.backends.launch import View
+    cache, runtimes = tensor_map.TensorMapCache(), [EncodingRuntime(), EncodingRuntime("cuda")]
+    storage = np.zeros((16, 48), DTYPES["bfloat16"])
+    a = storage[:8, :32]  # rows 96 bytes apart
+    stack = View((1, 8, 32), (8 * 96, 96, 2))
+    other_rows = View((1, 4, 32), (8 * 96, 192, 2))  # every other row of the same memory
+    asks = {  # name -> (runtime, array, box, swizzle, views): each differs from "a" in one thing
+        "a": (0, a, (8, 32), 64, ()),
+        "another runtime": (1, a, (8, 32), 64, ()),
+        "another pointer": (0, storage[:8, 16:], (8, 32), 64, ()),
+        "another shape": (0, storage[:8, :16], (8, 32), 64, ()),
+        "another stride": (0, storage[::2, :32], (8, 32), 64, ()),  # rows 192 bytes apart
+        "another dtype": (0, a.view(np.float16), (8, 32), 64, ()),
+        "another box": (0, a, (4, 32), 64, ()),
+        "another swizzle": (0, a, (8, 32), 0, ()),
+        "a view": (0, a, (1, 8, 32), 64, (stack,)),
+        "another view": (0, a, (1, 8, 32), 64, (other_rows,)),  # a box past the rows: TMA fills it
+    }
+    made = {}
+    for _ in range(2):  # every map made once, then all from the cache
+        for name, (runtime, array, box, swizzle, views) in asks.items():
+            before = len(runtimes[0].encoded) + len(runtimes[1].encoded)
+            got = cache.get(runtimes[runtime], tensor_map.TensorMapArg(array, box, swizzle, views))
+            number = int.from_bytes(got.bytes[:8].tobytes(), "little")
+            fresh = len(runtimes[0].encoded) + len(runtimes[1].encoded) - before
+            assert got.array is array and (got.box, got.swizzle) == (tuple(box), swizzle), name
+            if name not in made:
+                assert fresh == 1, f"{name}: came from the cache"
+                made[name] = (runtime, number)
+            else:
+                assert fresh == 0 and made[name] == (runtime, number), f"{name}: made again, or another's map"
+    assert cache.encoded == len(asks)
+    viewed = runtimes[0].encoded[made["another view"][1] - 1]
+    assert viewed[0] == plan.address(a) and viewed[3] == [192, 8 * 96]  # the views applied to the array

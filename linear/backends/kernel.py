@@ -2,9 +2,10 @@
 
 It turns the plan (plan.py) into runtime launches; nothing here depends on the runtime. Plans are
 cached: a call whose arrays have the layout (plan.layout_key: shapes, strides, dtypes, addresses
-modulo 16 bytes) of an earlier one, under the same tuning, TF32 setting and device, reuses that call's
-Plan and the kernel functions it resolved, and only fills in its own arrays, scalars and buffers (and
-its tensor maps: launch.call encodes each from the call's own array, through tensor_map's cache).
+modulo 16 bytes) of an earlier one, under the same tuning, TF32 setting (of float32 products) and
+device, reuses that call's Plan and the kernel functions it resolved, and only fills in its own
+arrays, scalars and buffers (and its tensor maps: launch.call encodes each from the call's own array,
+through tensor_map's cache).
 """
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable
 
+import numpy as np
+
 from ..tf32 import get_tf32
 from .base import KernelFunction, Runtime
 from .launch import Launch, call, function, run
 from .plan import Plan, Tuning, activation_grad_plan, colsum_plan, gemm_plan, layout_key
 
 PLAN_CACHE_SIZE = 512  # plans kept per backend; the least recently used goes first
+_FLOAT32 = np.dtype(np.float32)
 
 
 class KernelBackend:
@@ -38,7 +42,9 @@ class KernelBackend:
         entry of `arrays` (plan.GEMM_ARRAYS; its layout is then keyed and its slot filled per call), any
         other (a flag, an epilogue's name) as itself in the key."""
         arrays = (a, b, c, bias, preact)  # in plan.GEMM_ARRAYS' order
-        key = ("gemm", layout_key(arrays), activation, self.tuning, get_tf32(), self.runtime.device_id())
+        # TF32 is a way to run float32 products: the setting ($LINEAR_TF32, ~0.6 µs to read) decides no other plan
+        tf32 = c.dtype == _FLOAT32 and get_tf32()
+        key = ("gemm", layout_key(arrays), activation, self.tuning, tf32, self.runtime.device_id())
         self._run(key, arrays, alpha, beta, self._plan_gemm)
 
     def colsum(self, a: Any, out: Any, *, beta: float) -> None:

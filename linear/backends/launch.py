@@ -64,11 +64,16 @@ def colsum_partial_name(t: ElementType) -> str:
 class View:
     """An array seen with `shape` and byte `strides` from its first element, indexed with `index` and then
     cut to matrices first .. stop - 1 of the next dimension (`batch`): one launch's part of a stack cut into
-    several, or the (batch, rows, columns) a tensor map describes. Hashable (tensor_map's cache keys)."""
+    several, or the (batch, rows, columns) a tensor map describes. `key`: its fields as one tuple of ints,
+    which tensor_map's cache keys hash at C speed."""
     shape: tuple[int, ...]
     strides: tuple[int, ...]
     index: tuple[int, ...] = ()
     batch: tuple[int, int] | None = None  # (first, stop)
+
+    @property
+    def key(self) -> tuple:
+        return self.shape, self.strides, self.index, self.batch
 
     def of(self, xp: ModuleType, x: Any) -> Any:
         viewed = xp.lib.stride_tricks.as_strided(x, self.shape, self.strides)
@@ -113,9 +118,15 @@ class Launch:
     options: tuple[str, ...] = ()  # extra compiler flags (the family's arch_flags)
 
     @functools.cached_property
-    def _slots(self) -> tuple[tuple[int, Slot | TensorMapArg], ...]:
-        return tuple((i, arg) for i, arg in enumerate(self.args)
-                     if isinstance(arg, Slot) or isinstance(arg, TensorMapArg) and isinstance(arg.array, Slot))
+    def _slots(self) -> tuple[tuple[int, Slot], ...]:
+        return tuple((i, arg) for i, arg in enumerate(self.args) if isinstance(arg, Slot))
+
+    @functools.cached_property
+    def _map_slots(self) -> tuple[tuple[int, int, TensorMapArg], ...]:
+        """(position, value number, the map seen through the slot's views, its array left out) of each
+        TensorMapArg of a Slot."""
+        return tuple((i, arg.array.index, TensorMapArg(None, arg.box, arg.swizzle, arg.array.views))
+                     for i, arg in enumerate(self.args) if isinstance(arg, TensorMapArg) and isinstance(arg.array, Slot))
 
     @functools.cached_property
     def map_positions(self) -> tuple[int, ...]:
@@ -126,10 +137,11 @@ class Launch:
         """args with each Slot replaced by its value, and each TensorMapArg of a Slot by the map of its value
         seen through the slot's views."""
         args = list(self.args)
-        for i, arg in self._slots:
+        for i, slot in self._slots:
+            args[i] = slot.fill(xp, values)
+        for i, index, unfilled in self._map_slots:
             # a map's views are applied by tensor_map's cache, only when it has no map of them yet
-            args[i] = arg.fill(xp, values) if isinstance(arg, Slot) else \
-                TensorMapArg(values[arg.array.index], arg.box, arg.swizzle, arg.array.views)
+            args[i] = unfilled.of(values[index])
         return tuple(args)
 
 

@@ -17,7 +17,8 @@ map's extents anyway).
 A launch plan, made without a runtime, names a map as a TensorMapArg (array, box, swizzle); in a plan that
 serves many calls its array is a launch.Slot, filled with each call's own array (launch.Launch.arguments).
 launch.call encodes it for the runtime that launches, once per (runtime, pointer, shape, strides, dtype,
-box, swizzle): TENSOR_MAPS, a TensorMapCache, copies the 128 bytes of a map made before for that pointer.
+views, box, swizzle): TENSOR_MAPS, a TensorMapCache, hands out the 128 bytes of a map made before for that
+pointer.
 
 The cuda path has not been executed here (no GPU): it is the documented driver call, kept small.
 """
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import ctypes
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -155,48 +155,62 @@ def address(x: Any) -> int:
 
 
 class TensorMapCache:
-    """Tensor maps by (runtime, pointer, shape, strides, dtype, box, swizzle): the driver (or the emulator)
-    encodes a map once; a later call with the same operand gets a TensorMap of the same (read-only) bytes.
-    The bytes hold no reference to the array, so the cache keeps no array alive; a map is only passed along
-    with the array it describes."""
+    """Tensor maps by (runtime, pointer, shape, strides, dtype, views, box, swizzle): the driver (or the
+    emulator) encodes a map once; a later call with the same operand gets a TensorMap of the same
+    (read-only) bytes. The bytes hold no reference to the array, so the cache keeps no array alive; a map
+    is only passed along with the array it describes."""
 
     def __init__(self, capacity: int = 256):
         self.capacity = capacity
         self._maps: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self.encoded = 0  # how many maps were made (the rest came from the cache)
 
-    def get(self, runtime: Any, array: Any, box: tuple[int, ...], swizzle: int, views: tuple = ()) -> TensorMap:
-        """The map of `array` seen through `views` (launch.View: each has .of(xp, array)), which are applied
-        only to make a map the cache does not have."""
-        key = (runtime.name, address(array), array.shape, array.strides, array.dtype, views, box, swizzle)
+    def get(self, runtime: Any, arg: TensorMapArg) -> TensorMap:
+        """The map of arg.array seen through arg.views (launch.View: each has .of(xp, array)), which are
+        applied only to make a map the cache does not have."""
+        array = arg.array
+        key = (runtime.name, address(array), array.shape, array.strides, array.dtype, arg.layout)
         data = self._maps.get(key)
         if data is None:
             viewed = array
-            for view in views:
+            for view in arg.views:
                 viewed = view.of(runtime.xp, viewed)
-            data = tensor_map(runtime, viewed, box, swizzle=swizzle).bytes
+            data = tensor_map(runtime, viewed, arg.box, swizzle=arg.swizzle).bytes
             self.encoded += 1
             self._maps[key] = data
             if len(self._maps) > self.capacity:
                 self._maps.popitem(last=False)
         else:
             self._maps.move_to_end(key)
-        return TensorMap(data, array, box, swizzle)
+        return TensorMap(data, array, arg.box, arg.swizzle)
 
 
 TENSOR_MAPS = TensorMapCache()
 
 
-@dataclass(frozen=True, eq=False)
 class TensorMapArg:
     """A kernel argument that is the tensor map of `array` seen through `views` (launch.View), with this box
     and swizzle: a launch plan holds it (plans are made without a runtime; a cached plan's `array` is a
-    launch.Slot, with the views, until a call fills it in); launch.call encodes it for the runtime that
-    launches, through TENSOR_MAPS. The TensorMap it gives holds `array` itself."""
-    array: Any
-    box: tuple[int, ...]
-    swizzle: int
-    views: tuple = ()
+    launch.Slot, with the views, until a call fills it in: of()); launch.call encodes it for the runtime that
+    launches, through TENSOR_MAPS. The TensorMap it gives holds `array` itself.
+
+    `layout` is the box, swizzle and views as one tuple of ints (each view's key), made once: with the
+    array's address, shape, strides and dtype, all that decides the map, and TENSOR_MAPS' key, which hashes
+    it at C speed on every call."""
+    __slots__ = ("array", "box", "swizzle", "views", "layout")
+
+    def __init__(self, array: Any, box: tuple[int, ...], swizzle: int, views: tuple = ()):
+        self.array, self.box, self.swizzle, self.views = array, tuple(box), swizzle, tuple(views)
+        self.layout = (self.box, swizzle, tuple(view.key for view in self.views))
+
+    def of(self, array: Any) -> TensorMapArg:
+        """This map of another array (a call's): the same box, swizzle, views and layout."""
+        arg = object.__new__(TensorMapArg)
+        arg.array, arg.box, arg.swizzle, arg.views, arg.layout = array, self.box, self.swizzle, self.views, self.layout
+        return arg
 
     def encode(self, runtime: Any) -> TensorMap:
-        return TENSOR_MAPS.get(runtime, self.array, self.box, self.swizzle, self.views)
+        return TENSOR_MAPS.get(runtime, self)
+
+    def __repr__(self) -> str:
+        return f"TensorMapArg({self.array!r}, box {self.box}, swizzle {self.swizzle}, views {self.views})"
