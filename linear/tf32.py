@@ -8,7 +8,7 @@ it; the numpy backend always computes in float32, as CPU BLAS has no TF32.
 """
 from __future__ import annotations
 
-import os
+from .environment import setting
 
 _ENVIRONMENT = "LINEAR_TF32"
 _set_by_user: bool | None = None
@@ -27,7 +27,8 @@ def get_tf32() -> bool:
     """Whether float32 products may run on TF32 tensor cores."""
     if _set_by_user is not None:
         return _set_by_user
-    value = os.environ.get(_ENVIRONMENT, "0")
+    value = setting(_ENVIRONMENT)
+    value = "0" if value is None else value
     if value not in ("0", "1"):
         raise ValueError(f"${_ENVIRONMENT} must be 0 or 1, got {value!r}")
     return value == "1"

@@ -592,19 +592,29 @@ def test_linear_backend_environment_variable(monkeypatch):
     np.testing.assert_allclose(linear.forward(x, w), x @ w)
 
 
-def test_the_environment_variable_is_read_as_os_environ_has_it_on_every_call(monkeypatch):
-    """default_backend_name reads $LINEAR_BACKEND from os.environ's own dict: what os.environ.get gives, set,
-    changed, empty or removed at run time, and from a mapping that replaces os.environ (which it reads with get)."""
+def test_the_environment_variables_are_read_as_os_environ_has_them_on_every_call(monkeypatch):
+    """environment.setting reads os.environ's own dict: what os.environ.get gives, set, changed, empty or
+    removed at run time, and from a mapping that replaces os.environ (which it reads with get); $LINEAR_BACKEND
+    and $LINEAR_TF32 are read through it at every call."""
     import os
     from linear.backends import default_backend_name
+    from linear.environment import setting
+    monkeypatch.setattr(linear.tf32, "_set_by_user", None)
     for value in ("emulate", "numpy", "", "cuda", None):
         if value is None:
             monkeypatch.delenv("LINEAR_BACKEND", raising=False)
         else:
             monkeypatch.setenv("LINEAR_BACKEND", value)
-        assert default_backend_name() == (os.environ.get("LINEAR_BACKEND") or "numpy") == (value or "numpy")
-    monkeypatch.setattr(os, "environ", {"LINEAR_BACKEND": "emulate"})
-    assert default_backend_name() == "emulate"
+        assert setting("LINEAR_BACKEND") == os.environ.get("LINEAR_BACKEND") == value
+        assert default_backend_name() == (value or "numpy")
+    for value, enabled in (("1", True), ("0", False), (None, False)):
+        if value is None:
+            monkeypatch.delenv("LINEAR_TF32", raising=False)
+        else:
+            monkeypatch.setenv("LINEAR_TF32", value)
+        assert setting("LINEAR_TF32") == value and linear.get_tf32() is enabled
+    monkeypatch.setattr(os, "environ", {"LINEAR_BACKEND": "emulate", "LINEAR_TF32": "1"})
+    assert default_backend_name() == "emulate" and linear.get_tf32()
     os.environ["LINEAR_BACKEND"] = "no-such-backend"
     with pytest.raises(ValueError, match=r"\$LINEAR_BACKEND .* got .no-such-backend."):
         default_backend_name()

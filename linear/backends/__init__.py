@@ -7,9 +7,9 @@ cuda     our CUDA kernels, compiled with NVRTC through CuPy; needs CuPy and a GP
 from __future__ import annotations
 
 import functools
-import os
 from typing import Callable
 
+from ..environment import setting
 from .base import Backend, BackendUnavailable, Runtime
 
 
@@ -58,26 +58,10 @@ def available_backends() -> list[str]:
     return [name for name in _FACTORIES if not isinstance(_load(name), BackendUnavailable)]
 
 
-# $LINEAR_BACKEND as os.environ keeps it (CPython's os module: a dict of encoded names and values, which every
-# change through os.environ updates), for the reads on every call: os.environ.get takes ~0.6 µs for a name that
-# is not set (a KeyError raised and caught inside os.environ), a look-up in that dict ~0.1 µs.
-_ENVIRONMENT_KEY = os.environ.encodekey("LINEAR_BACKEND") if hasattr(os.environ, "encodekey") else None
-
-
-def _environment_value() -> str | None:
-    """$LINEAR_BACKEND now, as os.environ.get("LINEAR_BACKEND") gives it."""
-    environ = os.environ
-    data = getattr(environ, "_data", None)
-    if data is None or _ENVIRONMENT_KEY is None:  # os.environ replaced by another mapping
-        return environ.get("LINEAR_BACKEND")
-    value = data.get(_ENVIRONMENT_KEY)
-    return None if value is None else environ.decodevalue(value)
-
-
 def default_backend_name() -> str:
     """The backend for numpy inputs when none is named: $LINEAR_BACKEND, else numpy; read on every call, so
     that a change at run time takes effect."""
-    name = _environment_value() or "numpy"
+    name = setting("LINEAR_BACKEND") or "numpy"
     if name not in _FACTORIES:
         raise ValueError(f"$LINEAR_BACKEND must be one of {sorted(_FACTORIES)}, got {name!r}")
     return name
