@@ -102,10 +102,11 @@ class NoLaunchRuntime(CupyRuntime):
 
     def __init__(self) -> None:  # nothing of CuPy's to find or compile with
         self.xp = _stand_in_cupy()
-        self._tensor_map_dtype = None
+        self._tensor_map_dtype, self._kernels, self._opted_in = None, {}, {}
 
     def function(self, source: str, name: str, options: tuple[str, ...] = ()):
-        return self.launcher(_NoKernel())
+        kernel = self._kernels.setdefault((source, name, options), _NoKernel())  # kept, as CupyRuntime keeps its own
+        return self.launcher(kernel)
 
     def compute_capability(self) -> int:
         return 90

@@ -24,7 +24,10 @@ from reference import assert_close
 class FakeKernel:
     def __init__(self, emulated):
         self.emulated = emulated
-        self.max_dynamic_shared_size_bytes = 48 * 1024
+        self.opt_ins = []  # each value given to max_dynamic_shared_size_bytes (a driver call in CuPy)
+
+    max_dynamic_shared_size_bytes = property(lambda self: self.opt_ins[-1] if self.opt_ins else 48 * 1024,
+                                             lambda self, size: self.opt_ins.append(size))
 
     def __call__(self, grid, block, args, shared_mem=0):
         assert shared_mem <= self.max_dynamic_shared_size_bytes, "dynamic shared memory was not opted into"
@@ -133,12 +136,29 @@ def test_the_launcher_passes_tensor_maps_by_value_and_the_rest_as_given(fake_cup
     data = bytes(range(128))
     tensor_map = TensorMap(data, np.zeros((8, 8), np.float32), (8, 8), 0)
     given = (np.int32(3), tensor_map, np.zeros(4, np.float32), np.float32(0.5), tensor_map, np.int64(7))
-    CupyRuntime().launcher(kernel)((1, 1, 1), (128, 1, 1), given, shared_mem=100_000)
+    runtime = CupyRuntime()
+    runtime.launcher(kernel)((1, 1, 1), (128, 1, 1), given, shared_mem=100_000)
     (args,) = launched
     assert len(args) == len(given) and all(got is arg for got, arg in zip(args, given) if arg is not tensor_map)
     for i in (1, 4):
         assert isinstance(args[i], np.void) and args[i].dtype.itemsize == 128 and args[i].tobytes() == data
-    assert kernel.max_dynamic_shared_size_bytes == 100_000
+    assert kernel.opt_ins == [100_000]
+
+
+def test_dynamic_shared_memory_is_opted_into_once_per_kernel_and_size(fake_cupy):
+    """Setting a kernel's max_dynamic_shared_size_bytes is a driver call: made on the first launch that needs
+    more than the default and again only when a launch (through any launcher of that kernel) needs more
+    than it was given; a launch within the default makes none."""
+    kernel = FakeKernel(lambda grid, block, args, shared_mem=0: None)
+    runtime = CupyRuntime()
+    first, second = runtime.launcher(kernel), runtime.launcher(kernel)
+    for launch, shared_mem in [(first, 100_000), (first, 100_000), (second, 100_000), (second, 40_000),
+                               (first, 150_000), (second, 120_000), (second, 150_000)]:
+        launch((1, 1, 1), (128, 1, 1), (), shared_mem=shared_mem)
+    assert kernel.opt_ins == [100_000, 150_000]
+    other = FakeKernel(lambda grid, block, args, shared_mem=0: None)
+    runtime.launcher(other)((1, 1, 1), (128, 1, 1), (), shared_mem=120_000)
+    assert other.opt_ins == [120_000]
 
 
 def test_cupy_runtime_reads_the_device_limits_from_its_attributes(fake_cupy):

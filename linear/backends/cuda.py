@@ -63,6 +63,7 @@ class CupyRuntime:
         self.kernel_dir = Path(kernel_dir) if kernel_dir is not None else kernels_dir()
         self._options = ("-std=c++17", f"-I{kernels_dir()}", *(f"-I{d}" for d in nvrtc_include_dirs(cupy)))
         self._kernels: dict[tuple[int, str, str], Any] = {}
+        self._opted_in: dict[int, int] = {}  # id(kernel) -> the dynamic shared memory it is opted into
         self._limits: dict[int, DeviceLimits] = {}
         self._tensor_map_dtype: np.dtype | None = None
 
@@ -104,12 +105,15 @@ class CupyRuntime:
     def launcher(self, kernel: Any) -> Callable[..., None]:
         """A CuPy kernel function as the Runtime's kernel functions are called: (grid, block, args, shared_mem),
         a TensorMap argument passed by value (_by_value; the rest as they are), dynamic shared memory above
-        the default opted into."""
-        opt_in_above = self.device_limits().shared_per_block_default
+        the default opted into, once per kernel and size (setting the attribute is a driver call, and every
+        launch of a Hopper kernel asks for more than the default). The kernel must live as long as the
+        runtime, as the ones function() makes do (self._kernels), so that its id stays its own."""
+        opt_in_above, opted_in = self.device_limits().shared_per_block_default, self._opted_in
+        kernel_id = id(kernel)
 
         def launch(grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
-            if shared_mem > opt_in_above:  # above the default, dynamic shared memory must be opted into
-                kernel.max_dynamic_shared_size_bytes = shared_mem
+            if shared_mem > opt_in_above and opted_in.get(kernel_id, 0) < shared_mem:
+                kernel.max_dynamic_shared_size_bytes = opted_in[kernel_id] = shared_mem
             # one type test per argument (a call per argument cost ~1.2 µs a launch of ~20 arguments)
             kernel(grid, block, tuple([self._by_value(a) if type(a) is TensorMap else a for a in args]),
                    shared_mem=shared_mem)
