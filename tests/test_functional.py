@@ -368,6 +368,48 @@ def test_backward_and_matmul_fast_paths_equal_the_general_path(backend, dtype):
             np.testing.assert_array_equal(to_numpy(fast), to_numpy(general))
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_backward_fast_path_writes_given_gradients_as_the_general_path_does(backend, dtype, activation,
+                                                                           monkeypatch):
+    """Linear.backward's call (dw_out and db_out given, accumulate=True, with or without an activation), and
+    the same with accumulate=False, takes backward's fast path (no _resolve) and writes what the general path
+    (forced by a dx_out) writes, bit for bit. Outputs it cannot write directly take the general path: a
+    Fortran-ordered dw_out, a dw_out that is the input w (dw must be computed from w as it was); two
+    gradients in one memory are still an error."""
+    from linear import functional
+    rng = np.random.default_rng(22)
+    xp = get_backend(backend).xp
+    resolved = []
+    real = functional._resolve
+    monkeypatch.setattr(functional, "_resolve", lambda *a, **k: resolved.append(a) or real(*a, **k))
+    for lead, accumulate in [((3,), True), ((2, 3), False), ((0,), True), ((5,), False)]:
+        x, w, dy = (make(rng, backend, shape, dtype) for shape in [(*lead, 6), (6, 4), (*lead, 4)])
+        preact = None if activation is None else make(rng, backend, (*lead, 4), dtype)
+        dw0, db0 = make(rng, backend, (6, 4), dtype), make(rng, backend, (4,), dtype)
+        call = dict(activation=activation, preact=preact, accumulate=accumulate, backend=backend)
+        fast_dw, fast_db = dw0.copy(), db0.copy()
+        fast = linear.backward(dy, x, w, dw_out=fast_dw, db_out=fast_db, **call)
+        assert not resolved and fast.dw is fast_dw and fast.db is fast_db
+        general = linear.backward(dy, x, w, dx_out=xp.full(x.shape, np.nan, x.dtype), dw_out=dw0.copy(),
+                                  db_out=db0.copy(), **call)
+        for got, want in zip(fast, general):
+            np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
+        fortran = linear.backward(dy, x, w, dw_out=xp.asfortranarray(dw0), db_out=db0.copy(), **call)
+        np.testing.assert_array_equal(to_numpy(fortran.dw), to_numpy(fast.dw))
+        assert len(resolved) == 2  # the general path, twice
+        resolved.clear()
+    x, w, dy = (make(rng, backend, shape, "float64") for shape in [(3, 6), (6, 4), (3, 4)])
+    w0 = f64(w)
+    grads = linear.backward(dy, x, w, dw_out=w, db_out=make(rng, backend, (4,), "float64"), accumulate=True,
+                            backend=backend)
+    assert grads.dw is w and rel_err(w, w0 + f64(x).T @ f64(dy)) < 1e-12
+    assert rel_err(grads.dx, f64(dy) @ w0.T) < 1e-12
+    dw = make(rng, backend, (6, 4), "float64")
+    with pytest.raises(ValueError, match="dw_out and db_out share memory"):
+        linear.backward(dy, x, w, dw_out=dw, db_out=dw[0], accumulate=True, backend=backend)
+
+
 def test_cupy_arrays_take_the_fast_paths_and_the_general_path_still_checks(monkeypatch):
     """Arrays of the cuda backend's type take the fast paths of forward, backward and matmul as numpy's take
     them on the numpy backend (no _resolve), here bench.overhead's stand-in for CuPy (numpy arrays of a class
