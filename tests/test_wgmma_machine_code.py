@@ -145,9 +145,9 @@ def test_the_checks_fail_on_other_tilings(compiled):
 
 
 def test_nvrtc_refuses_the_kernel_on_plain_sm_90():
-    # tests/test_compile.py compiles every instantiation with NVRTC for sm_90a (-arch=sm_90 -arch=sm_90a, as
-    # the cuda runtime asks CuPy); wgmma and setmaxnreg exist only in the architecture-specific sm_90a:
-    # plain sm_90 must refuse them.
+    # tests/test_compile.py compiles every instantiation with NVRTC for sm_90a (-arch=sm_90 and -arch=sm_90a,
+    # whose order does not matter: the test below); wgmma and setmaxnreg exist only in the
+    # architecture-specific sm_90a: plain sm_90 must refuse them.
     library = compile_check.find_nvrtc()
     require(library is not None, "the nvidia-cuda-nvrtc wheel")
     require(bool(compile_check.cuda_include_dirs()), "CUDA headers (nvidia-cuda-runtime wheel or a toolkit)")

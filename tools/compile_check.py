@@ -259,9 +259,10 @@ class NvrtcBuild:
 
 
 def nvrtc_compile(library: Path, unit: Unit, arch: str = "sm_90") -> NvrtcBuild:
-    """Compiles the unit's source to a cubin with NVRTC as CuPy does (-std=c++17, -arch=`arch`, then the
-    unit's arch flags as the cuda runtime adds them, the instantiations as name expressions), ptxas
-    reporting. Raises RuntimeError with NVRTC's log when compilation fails."""
+    """Compiles the unit's source to a cubin with NVRTC, with the options the cuda runtime gives CuPy
+    (-std=c++17, the include paths, the unit's arch flags) and -arch=`arch` for the device, which CuPy 14
+    appends after them (NVRTC builds sm_90a in either order: test_wgmma_machine_code), the instantiations
+    as name expressions, ptxas reporting. Raises RuntimeError with NVRTC's log when compilation fails."""
     nvrtc = ctypes.CDLL(str(library))
     program = ctypes.c_void_p()
     text = (kernels_dir() / unit.source).read_bytes()

@@ -92,7 +92,8 @@ class CupyRuntime:
         return limits
 
     def function(self, source: str, name: str, options: tuple[str, ...] = ()) -> Callable[..., None]:
-        """options: extra NVRTC options, e.g. -arch=sm_90a for the Hopper kernel (after CuPy's own -arch)."""
+        """options: extra NVRTC options, e.g. -arch=sm_90a for the Hopper kernel. CuPy 14 appends its own
+        -arch=sm_<cc> (and -ftz=true) after them; NVRTC still builds for sm_90a (test_wgmma_machine_code)."""
         # One module per instantiation: a call compiles only what it launches (CuPy caches it on disk).
         key = (self.xp.cuda.Device().id, source, name, options)
         kernel = self._kernels.get(key)
