@@ -100,13 +100,24 @@ def test_values_and_gradients_match_torch(case, dtype, backend, poisoned):
     y64 = F.linear(x64, w64, b64)
     refs = torch.autograd.grad(y64, [t for t in (x64, w64, b64) if t is not None], dy.double())
 
+    assert_matches(y, grads, y64, refs, dtype)
+    assert_unchanged(inputs, (x, weight, bias))
+
+
+def assert_matches(y, grads, y64, refs, dtype):
+    """y and the gradients (dx, dweight, dbias) against their float64 references: dtype, shape, and relative
+    error within the dtype's tolerance."""
     assert y.dtype == dtype and y.shape == y64.shape
     assert rel(y, y64) <= tol(dtype)
     for grad, ref, name in zip(grads, refs, ("dx", "dweight", "dbias")):
         assert grad.dtype == dtype and grad.shape == ref.shape, name
         assert rel(grad, ref) <= tol(dtype), name
-    for before, after in zip(inputs, (t for t in (x, weight, bias) if t is not None)):
-        assert torch.equal(before, after.detach())  # nothing the user passes is modified
+
+
+def assert_unchanged(copies, tensors):
+    """Nothing the user passes is modified: each given tensor (None skipped) equals its copy from before."""
+    for before, after in zip(copies, (t for t in tensors if t is not None)):
+        assert torch.equal(before, after.detach())
 
 
 def test_the_poison_shows():

@@ -17,8 +17,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import linear.torch as lt  # noqa: E402
-from test_torch import (DTYPES, compiled_matches_eager, make, needs_cuda,  # noqa: E402,F401 (poisoned: a fixture)
-                        poisoned, rel, tol)
+from test_torch import (DTYPES, assert_matches, assert_unchanged, compiled_matches_eager,  # noqa: E402,F401
+                        make, needs_cuda, poisoned, rel, tol)  # poisoned: a fixture
 
 ACTIVATIONS = ["relu", "gelu", "gelu_tanh", "silu"]
 REFERENCE = {  # torch's own activation, applied after F.linear
@@ -67,13 +67,8 @@ def test_values_and_gradients_match_torch(case, activation, dtype, backend, pois
     grads = torch.autograd.grad(y, [t for t in (x, weight, bias) if t is not None], dy)
     y64, refs = reference(x, weight, bias, activation, dy)
 
-    assert y.dtype == dtype and y.shape == y64.shape
-    assert rel(y, y64) <= tol(dtype)
-    for grad, ref, name in zip(grads, refs, ("dx", "dweight", "dbias")):
-        assert grad.dtype == dtype and grad.shape == ref.shape, name
-        assert rel(grad, ref) <= tol(dtype), name
-    for before, after in zip(inputs, (t for t in (x, weight, bias) if t is not None)):
-        assert torch.equal(before, after.detach())  # nothing the user passes is modified
+    assert_matches(y, grads, y64, refs, dtype)
+    assert_unchanged(inputs, (x, weight, bias))
 
 
 @pytest.mark.parametrize("backend", backends())
