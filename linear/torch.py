@@ -25,9 +25,9 @@ linear()'s differentiable backward.
 Two paths, one set of products:
 - eager (plain CPU or CUDA tensors, nothing tracing): torch.autograd.Functions, whose backward is itself
   differentiable (double backward, gradient penalties), written with linear() again; except on CPU tensors on
-  the "numpy" backend without an activation, where the product is a composition of torch's own
+  the "numpy" backend, where the product (and its activation) is a composition of torch's own
   differentiable ops (backends.torch_cpu's product), and torch's autograd does the backward, as for
-  nn.Linear;
+  nn.Linear and torch's activations;
 - traced (torch.compiler.is_compiling(), tensor subclasses such as fake tensors, meta tensors): the custom
   op "linear::linear" (torch.library) with autograd and a fake implementation, so torch.compile(fullgraph=True)
   traces it without a graph break; its backward is the custom op "linear::linear_backward".
@@ -182,9 +182,12 @@ class _Run:
     """Where a call runs, as _resolve answers it: a backend and how tensors reach it."""
     __slots__ = ()
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """linear() without an activation, eagerly: the autograd.Function around our products."""
-        return _Linear.apply(x, weight, bias, self)
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+               activation: Optional[str]) -> torch.Tensor:
+        """linear() eagerly: the autograd.Function around our products (with an activation, the fused one)."""
+        if activation is None:
+            return _Linear.apply(x, weight, bias, self)
+        return _LinearAct.apply(x, weight, bias, activation, _keep_preact(x, weight, bias, activation), self)
 
 
 class _Host(_Run):
@@ -201,24 +204,26 @@ class _TorchHost(_Host):
     """CPU tensors on the "numpy" backend: the tensors themselves, to torch's own CPU kernels
     (backends.torch_cpu), so the products run on torch's BLAS with torch's thread count.
 
-    Without an activation, eagerly, linear() is the backend's product, a composition of torch's
-    differentiable ops that torch's autograd records as it records nn.Linear's: the backward (dx = dy·weight,
-    dweight = dyᵀ·x, dbias = Σ_rows dy, half types in float32 and rounded once, as the product was) and any
-    double backward run in torch's C++ engine, with no Python of ours. A training step of a small layer is
-    mostly host work, and an autograd.Function's Python costs ~10 µs a step (README's Cost)."""
+    Eagerly, linear() is the backend's product (its activation included), a composition of torch's
+    differentiable ops that torch's autograd records as it records nn.Linear's (and the activation's): the
+    backward (dz = dy ⊙ act'(z), dx = dz·weight, dweight = dzᵀ·x, dbias = Σ_rows dz, half types in float32
+    and rounded once, as the product was) and any double backward run in torch's C++ engine, with no Python
+    of ours. A training step of a small layer is mostly host work, and an autograd.Function's Python costs
+    ~10 µs a step (README's Cost)."""
     __slots__ = ()
     array = staticmethod(lambda t: t)
 
     def __init__(self) -> None:
         self.backend, self.name = TorchCpuBackend(), "numpy"
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """x·weightᵀ + bias, differentiable by torch's autograd."""
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+               activation: Optional[str]) -> torch.Tensor:
+        """act(x·weightᵀ + bias), differentiable by torch's autograd."""
         if x.ndim == 2:
-            return self.backend.product(x, weight.T, bias)
+            return self.backend.product(x, weight.T, bias, activation=activation)
         lead = x.shape[:-1]
-        return self.backend.product(x.reshape(math.prod(lead), x.shape[-1]), weight.T, bias).view(
-            *lead, weight.shape[0])
+        matrix = x.reshape(math.prod(lead), x.shape[-1])
+        return self.backend.product(matrix, weight.T, bias, activation=activation).view(*lead, weight.shape[0])
 
 
 _HOSTS: dict[str, _Host] = {"numpy": _TorchHost()}
@@ -565,19 +570,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     _check(x, weight, bias)
     if backend is not None and not isinstance(backend, str):
         raise TypeError(f"backend must be a string or None; got {backend!r}")
-    if activation is None:
-        if torch.compiler.is_compiling() or not _eager(x, weight, bias):
-            return _linear(x, weight, bias, backend)
-        return _resolve({"x": x, "weight": weight, "bias": bias}, backend).linear(x, weight, bias)
-    check_activation(activation)
-    # z is written beside y only when a backward will need it (for relu, y serves)
-    keep_preact = activation != "relu" and torch.is_grad_enabled() and (
-        x.requires_grad or weight.requires_grad or bias is not None and bias.requires_grad)
+    if activation is not None:
+        check_activation(activation)
     if torch.compiler.is_compiling() or not _eager(x, weight, bias):
-        return _linear_act(x, weight, bias, activation, keep_preact, backend)[0]
-    return _LinearAct.apply(x, weight, bias, activation, keep_preact,
-                            _resolve({"x": x, "weight": weight, "bias": bias}, backend))
+        if activation is None:
+            return _linear(x, weight, bias, backend)
+        return _linear_act(x, weight, bias, activation, _keep_preact(x, weight, bias, activation), backend)[0]
+    return _resolve({"x": x, "weight": weight, "bias": bias}, backend).linear(x, weight, bias, activation)
 
+
+def _keep_preact(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str) -> bool:
+    """Whether the GEMM writes z beside y: only when a backward will need it (for relu, y serves)."""
+    return activation != "relu" and torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or bias is not None and bias.requires_grad)
 
 _PLAIN = (torch.Tensor, nn.Parameter)
 

@@ -159,7 +159,8 @@ def test_gradcheck_catches_a_wrong_gradient(backend, monkeypatch):
         dx, dweight, dbias = real(*args)
         return dx, dweight, 2 * dbias
     monkeypatch.setattr(lt, "_gradients", doubled_dbias)
-    monkeypatch.setattr(TorchCpuBackend, "product", lambda self, a, b, bias: torch.mm(a, b) + bias.detach())
+    monkeypatch.setattr(TorchCpuBackend, "product",
+                        lambda self, a, b, bias, activation: torch.mm(a, b) + bias.detach())
     args = make((4, 5), True, False, torch.float64, seed=4)
     assert not torch.autograd.gradcheck(lambda *a: lt.linear(*a, backend=backend), args, raise_exception=False)
 
@@ -256,9 +257,7 @@ def test_cpu_tensors_on_the_numpy_backend_run_on_torchs_own_kernels(dtype, activ
     assert rel(y, y64) <= tol(dtype)
     for grad, ref in zip(grads, refs):
         assert grad.dtype == dtype and rel(grad, ref) <= tol(dtype)
-    products = (["product"] if activation is None  # y; torch's autograd differentiates it
-                else ["gemm", "activation_grad", "colsum", "gemm", "gemm"])  # dbias: activation_grad's colsum
-    assert [method for method, _ in on_torch] == products
+    assert [method for method, _ in on_torch] == ["product"]  # y (and z); torch's autograd differentiates it
     assert all(issubclass(kind, torch.Tensor) for _, types in on_torch for kind in types)
     assert not on_numpy
 
@@ -821,6 +820,24 @@ def test_benchmark_script_checks_and_times_both_layers(monkeypatch, tmp_path):
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the spinning process was ended (and reaped)
     assert report["threads"] == threads == torch.get_num_threads()
+
+
+def test_benchmark_script_times_a_fused_activation_against_the_pair_it_replaces(monkeypatch, tmp_path, capsys):
+    """--activation gelu: nn.Linear followed by nn.GELU against the fused Linear that swap_linear makes of
+    them, both checked against float64. Negative control: with our product's activation dropped, the check
+    fails the run."""
+    from linear.backends.torch_cpu import TorchCpuBackend
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import torch_linear
+    argv = ["torch_linear.py", str(tmp_path / "t.json"), "--shape", "9,16,5", "--repeats", "2", "--activation", "gelu"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert torch_linear.main() == 0
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert report["activation"] == "gelu" and report["results"][0]["activation"] == "gelu"
+    assert "followed by gelu" in capsys.readouterr().out
+    real = TorchCpuBackend.product
+    monkeypatch.setattr(TorchCpuBackend, "product", lambda self, a, b, bias=None, activation=None: real(self, a, b, bias))
+    assert torch_linear.main() == 1 and "WRONG" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -96,16 +96,20 @@ def test_gradgradcheck_without_bias_and_with_only_the_weight_differentiable():
         assert torch.autograd.gradgradcheck(lambda w: lt.linear(x.detach(), w, activation=activation), (weight,))
 
 
-def test_gradcheck_catches_a_wrong_activation_gradient(monkeypatch):
-    """Negative control: with the backward handed y in place of z (the pre-activation dropped), gradcheck
-    fails for gelu (relu is the one activation for which y serves)."""
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_gradcheck_catches_a_wrong_activation_gradient(backend, monkeypatch):
+    """Negative control: gradcheck fails for gelu with the fused backward handed y in place of z (the
+    pre-activation dropped; relu is the one activation for which y serves) on emulate, and with gelu's
+    derivative replaced by 1 on numpy (whose CPU tensors torch's autograd differentiates)."""
+    from linear.backends import torch_cpu
     real = lt._gradients
 
     def dropped_preact(run, dy, x, weight, need_dx, need_dweight, need_dbias, activation, saved):
         return real(run, dy, x, weight, need_dx, need_dweight, need_dbias, activation, F.gelu(saved))  # y for z
     monkeypatch.setattr(lt, "_gradients", dropped_preact)
+    monkeypatch.setitem(torch_cpu._ACTIVATIONS, "gelu", lambda z: F.gelu(z).detach() + z - z.detach())
     args = make((4, 5), True, False, torch.float64, seed=34)
-    assert not torch.autograd.gradcheck(lambda *a: lt.linear(*a, activation="gelu", backend="numpy"), args,
+    assert not torch.autograd.gradcheck(lambda *a: lt.linear(*a, activation="gelu", backend=backend), args,
                                         raise_exception=False)
 
 
@@ -138,21 +142,23 @@ def test_nan_and_inf_propagate_as_in_torch(activation, backend):
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_the_pre_activation_is_kept_only_for_backward_and_never_for_relu(activation, monkeypatch):
+    """The fused autograd.Function (emulate) has the GEMM write z only when a backward will need it."""
     kept = []
     real = lt._forward
     monkeypatch.setattr(lt, "_forward", lambda *a: kept.append(a[-1] is not None) or real(*a))
     x, weight, bias = make((4, 5), True, False, torch.float32, seed=37)
-    lt.linear(x, weight, bias, activation=activation)
+    lt.linear(x, weight, bias, activation=activation, backend="emulate")
     with torch.no_grad():
-        lt.linear(x, weight, bias, activation=activation)
-    lt.linear(x.detach(), weight.detach(), bias.detach(), activation=activation)
+        lt.linear(x, weight, bias, activation=activation, backend="emulate")
+    lt.linear(x.detach(), weight.detach(), bias.detach(), activation=activation, backend="emulate")
     assert kept == [activation != "relu", False, False]
 
 
 def test_the_eager_backward_is_one_fused_call_and_the_products(monkeypatch):
-    """A training step's backward: one activation_grad (dz and dbias together), then two GEMMs on dz
-    (the calls linear.torch makes; the backend's own calls inside them are not counted)."""
-    from linear.backends.torch_cpu import TorchCpuBackend  # where backend="numpy" runs CPU tensors
+    """A training step's backward through the fused autograd.Function (emulate): one activation_grad (dz
+    and dbias together), then two GEMMs on dz (the calls linear.torch makes; the backend's own calls inside
+    them are not counted)."""
+    from linear.backends.kernel import KernelBackend  # emulate's backend class
     calls, depth = [], [0]
 
     def spy(name, real):
@@ -166,9 +172,9 @@ def test_the_eager_backward_is_one_fused_call_and_the_products(monkeypatch):
                 depth[0] -= 1
         return call
     for method in ("gemm", "colsum", "activation_grad"):
-        monkeypatch.setattr(TorchCpuBackend, method, spy(method, getattr(TorchCpuBackend, method)))
+        monkeypatch.setattr(KernelBackend, method, spy(method, getattr(KernelBackend, method)))
     x, weight, bias = make((4, 5), True, False, torch.float32, seed=38)
-    lt.linear(x, weight, bias, activation="silu", backend="numpy").sum().backward()
+    lt.linear(x, weight, bias, activation="silu", backend="emulate").sum().backward()
     assert calls == ["gemm", "activation_grad", "gemm", "gemm"]
 
 
@@ -206,16 +212,16 @@ def test_torch_compile_fullgraph_matches_eager_and_runs_the_fused_backward(monke
     torch.manual_seed(40)
     model = lt.swap_linear(fused_mlp())
     real = lt._gradients
-    # the two plain layers: differentiated by torch's autograd eagerly (CPU tensors on numpy), by the custom
-    # op's backward once compiled
-    plain = iter([0, 2])
+    # eagerly torch's autograd differentiates every layer (CPU tensors on numpy); compiled, the custom ops'
+    # backward: the fused one for each activation, the plain one for the two plain layers
+    phases = iter([[], sorted([(a,) for a in ACTIVATIONS] + [()] * 2)])
 
     def backward(y):
         fused = []
         monkeypatch.setattr(lt, "_gradients", lambda *a: fused.append(a[7:8]) or real(*a))
         y.square().sum().backward()
         monkeypatch.setattr(lt, "_gradients", real)
-        assert sorted(fused) == sorted([(a,) for a in ACTIVATIONS] + [()] * next(plain))
+        assert sorted(fused) == next(phases)
 
     compiled_matches_eager(model, torch.randn(6, 5), backward)
 

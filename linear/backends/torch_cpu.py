@@ -11,8 +11,8 @@ What it computes is what the numpy backend computes: the Backend interface of ba
 one dtype (float32, float64, float16, bfloat16), half types multiplied, summed and activated in float32
 and rounded once into the result. It takes matrices (2-D tensors, any strides: a transposed weight is a
 view, which torch's BLAS takes as a flag); linear.torch flattens leading dimensions before it calls.
-Beside the interface, product computes gemm's common case into a new tensor, with torch's differentiable
-ops only, so that torch's autograd can differentiate it.
+Beside the interface, product computes gemm's common case (its activation included) into a new tensor,
+with torch's differentiable ops only, so that torch's autograd can differentiate it.
 """
 from __future__ import annotations
 
@@ -86,16 +86,19 @@ class TorchCpuBackend:
             preact.copy_(z)
         c.copy_(z if activation is None else _ACTIVATIONS[activation](z))
 
-    def product(self, a: torch.Tensor, b: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """a·b + bias (bias None: a·b) into a new tensor of a's dtype: gemm's common case (alpha 1, beta 0, no
-        activation), with the same arithmetic. Its ops are differentiable (the casts too), so linear.torch's
-        eager CPU path calls it under torch's autograd, which then computes the gradients with the same
-        arithmetic: half types in float32, rounded once."""
+    def product(self, a: torch.Tensor, b: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                activation: Optional[str] = None) -> torch.Tensor:
+        """act(a·b + bias) (bias None: no addend; activation None: none) into a new tensor of a's dtype: gemm's
+        common case (alpha 1, beta 0, no preact), with the same arithmetic. Its ops are differentiable (the
+        casts too), so linear.torch's eager CPU path calls it under torch's autograd, which then computes
+        the gradients with the same arithmetic: half types in float32, rounded once."""
         dtype = a.dtype
         work = _accumulator(dtype)
         if work is not dtype:
             a, b = a.to(work), b.to(work)
         z = torch.mm(a, b) if bias is None else torch.addmm(_to(bias, work), a, b)
+        if activation is not None:
+            z = _ACTIVATIONS[activation](z)
         return z if work is dtype else z.to(dtype)
 
     def activation_grad(self, dy: torch.Tensor, z: torch.Tensor, dz: torch.Tensor, db: Optional[torch.Tensor], *,
