@@ -6,8 +6,8 @@
 On CUDA tensors when torch sees a GPU (TF32 off, so that cuBLAS computes in true float32 as we do), else on
 the CPU. Each shape is first checked: both layers' output and gradients against a float64 nn.Linear (and
 activation; relative error, within linear.testing.TOLERANCE); then both steps are timed in --repeats
-interleaved rounds (each round one step of each, in alternating order) after a warm-up (CUDA events on the GPU, perf_counter on
-the CPU). speed = nn.Linear's median time / ours (1 = as fast, 0.5 = twice as slow), with the quartiles of
+interleaved rounds (each round one step of each, in alternating order) after a warm-up (CUDA events on the
+GPU, perf_counter on the CPU). speed = nn.Linear's median time / ours (1 = as fast, 0.5 = twice as slow), with the quartiles of
 the rounds' own ratios as its spread. --threads calls torch.set_num_threads; --busy N runs N processes that
 spin on the CPU for the whole run, as another job on the machine would (the load average is reported).
 --activation: nn.Linear followed by that activation module (nn.ReLU, nn.GELU, nn.SiLU) against the
