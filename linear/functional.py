@@ -403,20 +403,26 @@ def forward(x: Array, w: Array, b: Array | None = None, *, activation: str | Non
         check_activation(activation)
     # The common case in few steps (a small layer in a training loop feels each µs of checks): arrays of
     # the type the backend takes (numpy's, or CuPy's), of one supported dtype and matching shapes, no
-    # out=. Whatever fails a test here takes the general path, which checks it all and names the fault.
-    if out is None and preact_out is None and type(w) is type(x) and (b is None or type(b) is type(x)):
+    # out=, preact_out either not given or written directly (as Linear.forward gives it). Whatever fails a
+    # test here takes the general path, which checks it all and names the fault.
+    if (out is None and type(w) is type(x) and (b is None or type(b) is type(x))
+            and (preact_out is None or type(preact_out) is type(x))):
         be = _fast_backend(x, backend)
         if (be is not None and _plain_float(dtype := x.dtype) and w.dtype is dtype
                 and w.ndim == 2 and x.ndim >= 1 and x.shape[-1] == w.shape[0]
                 and (b is None or b.dtype is dtype and b.shape == w.shape[1:])):
-            y = be.xp.empty(x.shape[:-1] + w.shape[1:], dtype)
-            if x.ndim == 2:  # reshape costs ~0.3 µs even when it changes nothing
-                be.gemm(x, w, y, alpha=1.0, beta=0.0, bias=b, activation=activation)
-            else:
-                rows = math.prod(x.shape[:-1])
-                be.gemm(x.reshape(rows, x.shape[-1]), w, y.reshape(rows, w.shape[1]), alpha=1.0, beta=0.0, bias=b,
-                        activation=activation)
-            return y
+            shape = x.shape[:-1] + w.shape[1:]
+            z = None if preact_out is None else _direct_out(be.xp, preact_out, True, False, shape, dtype,
+                                                            (x, w) if b is None else (x, w, b))
+            if z is not False:
+                y = be.xp.empty(shape, dtype)
+                if x.ndim == 2:  # reshape costs ~0.3 µs even when it changes nothing
+                    be.gemm(x, w, y, alpha=1.0, beta=0.0, bias=b, activation=activation, preact=z)
+                else:
+                    rows, d = math.prod(x.shape[:-1]), w.shape[1]
+                    be.gemm(x.reshape(rows, x.shape[-1]), w, y.reshape(rows, d), alpha=1.0, beta=0.0, bias=b,
+                            activation=activation, preact=None if z is None else z.reshape(rows, d))
+                return y
     be, arr = _resolve({"x": x, "w": w, "b": b, "out": out, "preact_out": preact_out}, backend, optional=("b",))
     x, w, b, out = arr["x"], arr["w"], arr["b"], arr["out"]
     if out is not None and arr["preact_out"] is not None:  # two outputs that might overlap

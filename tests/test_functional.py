@@ -369,6 +369,42 @@ def test_backward_and_matmul_fast_paths_equal_the_general_path(backend, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_forward_fast_path_writes_a_given_preact_out_as_the_general_path_does(backend, dtype, activation,
+                                                                            monkeypatch):
+    """Linear.forward's call (preact_out given) takes forward's fast path (no _resolve) and writes y and z as
+    the general path (forced by out=) does, bit for bit. A preact_out it cannot write directly takes the
+    general path: Fortran-ordered, or x itself (z must be computed from x as it was)."""
+    from linear import functional
+    rng = np.random.default_rng(23)
+    xp = get_backend(backend).xp
+    resolved = []
+    real = functional._resolve
+    monkeypatch.setattr(functional, "_resolve", lambda *a, **k: resolved.append(a) or real(*a, **k))
+    nan = lambda shape: xp.full(shape, np.nan, dtype_of(dtype))
+    for lead in [(3,), (2, 3), (0,)]:
+        x, w, b = (make(rng, backend, shape, dtype) for shape in [(*lead, 6), (6, 4), (4,)])
+        z = nan((*lead, 4))
+        y = linear.forward(x, w, b, activation=activation, preact_out=z, backend=backend)
+        assert not resolved
+        z_general = nan((*lead, 4))
+        y_general = linear.forward(x, w, b, activation=activation, preact_out=z_general, out=nan((*lead, 4)),
+                                   backend=backend)
+        for got, want in [(y, y_general), (z, z_general)]:
+            np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
+        z_fortran = xp.asfortranarray(nan((*lead, 4)))
+        linear.forward(x, w, b, activation=activation, preact_out=z_fortran, backend=backend)
+        np.testing.assert_array_equal(to_numpy(z_fortran), to_numpy(z))
+        # the general path, twice (an empty array is C-contiguous too, and takes the fast path)
+        assert len(resolved) == 1 + (not z_fortran.flags.c_contiguous)
+        resolved.clear()
+    x, w = make(rng, backend, (3, 4), "float64"), make(rng, backend, (4, 4), "float64")
+    expected = f64(x) @ f64(w)
+    linear.forward(x, w, activation=activation, preact_out=x, backend=backend)
+    assert rel_err(x, expected) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
 @pytest.mark.parametrize("activation", [None, "gelu"])
 def test_backward_fast_path_writes_given_gradients_as_the_general_path_does(backend, dtype, activation,
                                                                            monkeypatch):
