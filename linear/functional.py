@@ -557,10 +557,11 @@ def backward(dy: Array, x: Array, w: Array, *, activation: str | None = None, pr
 
 def _direct_out(xp: Any, out: Array | None, need: bool, accumulate: bool, shape: tuple[int, ...], dtype: np.dtype,
                 inputs: tuple[Array, ...]) -> Array | None | Literal[False]:
-    """For backward's fast path, the array a gradient is written to: None when it is not needed (and no out
-    given), a new array when no out is given and nothing is accumulated, out itself when it can be written
-    directly (its type, dtype and shape, C-contiguous, sharing no memory with an input); False for anything
-    else, which the general path takes (to copy through a temporary, or to name the fault)."""
+    """For the fast paths of forward and backward, the array a result is written to: None when it is not
+    needed (and no out given), a new array when no out is given and nothing is accumulated, out itself when
+    it can be written directly (its type, dtype and shape, C-contiguous, sharing no memory with an input);
+    False for anything else, which the general path takes (to copy through a temporary, or to name the
+    fault)."""
     if out is None:
         return None if not need else False if accumulate else xp.empty(shape, dtype)
     if not (need and type(out) is type(inputs[0]) and out.dtype is dtype and out.shape == shape
