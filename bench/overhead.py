@@ -100,12 +100,12 @@ class NoLaunchRuntime(CupyRuntime):
     (what the cuda runtime does with a launch's arguments for CuPy) around kernels that do nothing."""
     name = "cuda"
 
-    def __init__(self) -> None:  # nothing of CuPy's to find or compile with
-        self.xp = _stand_in_cupy()
-        self._tensor_map_dtype, self._kernels, self._opted_in = None, {}, {}
+    def __init__(self) -> None:
+        super().__init__(xp=_stand_in_cupy())  # nothing of CuPy's to find or compile with
+        self.kernels: dict[tuple, _NoKernel] = {}
 
     def function(self, source: str, name: str, options: tuple[str, ...] = ()):
-        kernel = self._kernels.setdefault((source, name, options), _NoKernel())  # kept, as CupyRuntime keeps its own
+        kernel = self.kernels.setdefault((source, name, options), _NoKernel())  # kept, as CupyRuntime keeps its own
         return self.launcher(kernel)
 
     def compute_capability(self) -> int:

@@ -41,31 +41,40 @@ def nvrtc_include_dirs(cupy: Any) -> list[str]:
     return []
 
 
+def _cupy_with_a_gpu() -> Any:
+    """The cupy module, once it has found a GPU; BackendUnavailable with the reason otherwise."""
+    try:
+        import cupy
+    except ImportError as e:
+        raise BackendUnavailable(
+            "the cuda backend needs an NVIDIA GPU with its driver, and CuPy: pip install 'linear[cuda13]' "
+            "for CUDA 13.x or 'linear[cuda12]' for CUDA 12.x; from a clone of the repository: "
+            "pip install \".[cuda13]\" (or \".[cuda12]\")") from e
+    try:
+        devices = cupy.cuda.runtime.getDeviceCount()
+    except cupy.cuda.runtime.CUDARuntimeError as e:
+        raise BackendUnavailable(f"the cuda backend found no GPU: {e}") from e
+    if devices == 0:
+        raise BackendUnavailable("the cuda backend found no GPU")
+    return cupy
+
+
 class CupyRuntime:
     name = "cuda"
 
-    def __init__(self, *, kernel_dir: str | os.PathLike | None = None) -> None:
-        """kernel_dir: where the sources are (default kernels/); kernels/ stays on the include path."""
-        try:
-            import cupy
-        except ImportError as e:
-            raise BackendUnavailable(
-                "the cuda backend needs an NVIDIA GPU with its driver, and CuPy: pip install 'linear[cuda13]' "
-                "for CUDA 13.x or 'linear[cuda12]' for CUDA 12.x; from a clone of the repository: "
-                "pip install \".[cuda13]\" (or \".[cuda12]\")") from e
-        try:
-            devices = cupy.cuda.runtime.getDeviceCount()
-        except cupy.cuda.runtime.CUDARuntimeError as e:
-            raise BackendUnavailable(f"the cuda backend found no GPU: {e}") from e
-        if devices == 0:
-            raise BackendUnavailable("the cuda backend found no GPU")
-        self.xp = cupy
+    def __init__(self, *, kernel_dir: str | os.PathLike | None = None, xp: Any = None) -> None:
+        """kernel_dir: where the sources are (default kernels/); kernels/ stays on the include path.
+        xp: the module used as CuPy; None (the default) imports CuPy, which must find a GPU. Given one (a
+        stand-in, as bench.overhead's), nothing is imported or checked here."""
+        self.xp = _cupy_with_a_gpu() if xp is None else xp
         self.kernel_dir = Path(kernel_dir) if kernel_dir is not None else kernels_dir()
-        self._options = ("-std=c++17", f"-I{kernels_dir()}", *(f"-I{d}" for d in nvrtc_include_dirs(cupy)))
         self._kernels: dict[tuple[int, str, str], Any] = {}
         self._opted_in: dict[int, int] = {}  # id(kernel) -> the dynamic shared memory it is opted into
         self._limits: dict[int, DeviceLimits] = {}
         self._tensor_map_dtype: np.dtype | None = None
+        # NVRTC's options of every compile (the family's arch flags come after); BackendUnavailable now when
+        # CuPy finds no CUDA headers, whose every compile would fail
+        self._options = ("-std=c++17", f"-I{kernels_dir()}", *(f"-I{d}" for d in nvrtc_include_dirs(self.xp)))
 
     def compute_capability(self) -> int:
         return int(self.xp.cuda.Device().compute_capability)
